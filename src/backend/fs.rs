@@ -1,0 +1,138 @@
+//! A local directory as a source. Keys map to files below `root`; a key can never name anything
+//! outside it (dot segments are refused before we get here, and symlinks that resolve outside the
+//! root are refused here).
+
+use std::fs::{File, Metadata};
+use std::io::{Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use tokio::io::AsyncReadExt;
+use tokio_util::io::ReaderStream;
+
+use super::{Backend, BackendError, ByteRange, ObjectBody, ObjectMeta};
+use crate::config::defaults::BODY_CHUNK_BYTES;
+
+pub struct FsBackend {
+    /// Canonical root directory.
+    root: Arc<PathBuf>,
+}
+
+impl FsBackend {
+    /// Open a root directory. Fails if it does not exist or is not a directory.
+    pub fn new(root: &Path) -> Result<FsBackend, BackendError> {
+        let root = root.canonicalize()?;
+        if !root.is_dir() {
+            return Err(BackendError::NotAnObject);
+        }
+        Ok(FsBackend { root: Arc::new(root) })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        key: &str,
+        f: impl FnOnce(&Path, &Path) -> Result<T, BackendError> + Send + 'static,
+    ) -> Result<T, BackendError> {
+        let root = Arc::clone(&self.root);
+        let key = key.to_owned();
+        tokio::task::spawn_blocking(move || f(&root, Path::new(&key)))
+            .await
+            .map_err(|e| BackendError::Io(std::io::Error::other(e)))?
+    }
+}
+
+/// Resolve `key` below `root` and open it as a regular file.
+fn open_below(root: &Path, key: &Path) -> Result<(File, Metadata), BackendError> {
+    let key_str = key.to_str().unwrap_or_default();
+    // A file system cannot hold `a//b`, `/a` or `a/` as distinct keys: they are not objects here.
+    if key_str.is_empty() || key_str.starts_with('/') || key_str.ends_with('/') || key_str.contains("//") {
+        return Err(BackendError::NotFound);
+    }
+    let joined = root.join(key);
+    let real = joined.canonicalize().map_err(map_io)?;
+    if !real.starts_with(root) {
+        // A symlink pointing outside the root: as if it did not exist.
+        return Err(BackendError::NotFound);
+    }
+    let file = File::open(&real).map_err(map_io)?;
+    let md = file.metadata().map_err(map_io)?;
+    if !md.is_file() {
+        return Err(BackendError::NotAnObject);
+    }
+    Ok((file, md))
+}
+
+fn map_io(e: std::io::Error) -> BackendError {
+    match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory => BackendError::NotFound,
+        std::io::ErrorKind::PermissionDenied => BackendError::AccessDenied,
+        _ => match e.raw_os_error() {
+            // ENAMETOOLONG, ELOOP: no such object for the client.
+            Some(36) | Some(40) => BackendError::NotFound,
+            _ => BackendError::Io(e),
+        },
+    }
+}
+
+fn meta_of(key: &Path, md: &Metadata) -> ObjectMeta {
+    let mtime = md.modified().ok();
+    let (secs, nanos) = mtime
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| (d.as_secs(), d.subsec_nanos()))
+        .unwrap_or((0, 0));
+    let content_type = mime_guess::from_path(key).first_raw().map(str::to_owned);
+    ObjectMeta {
+        size: md.len(),
+        // Size and nanosecond mtime: changes whenever the file is rewritten.
+        etag: Some(format!("\"{:x}-{:x}{:08x}\"", md.len(), secs, nanos)),
+        last_modified: mtime.map(|_| UNIX_EPOCH + Duration::from_secs(secs)),
+        content_type,
+    }
+}
+
+impl Backend for FsBackend {
+    async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
+        self.blocking(key, |root, key| {
+            let (_file, md) = open_below(root, key)?;
+            Ok(meta_of(key, &md))
+        })
+        .await
+    }
+
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+        expect: &ObjectMeta,
+    ) -> Result<ObjectBody, BackendError> {
+        let expect_etag = expect.etag.clone();
+        let (file, meta) = self
+            .blocking(key, move |root, key| {
+                let (mut file, md) = open_below(root, key)?;
+                let meta = meta_of(key, &md);
+                if meta.etag != expect_etag {
+                    return Err(BackendError::Changed);
+                }
+                if let Some(r) = range {
+                    file.seek(SeekFrom::Start(r.start))?;
+                }
+                Ok((file, meta))
+            })
+            .await?;
+        let len = range.map(|r| r.len()).unwrap_or(meta.size);
+        let reader = tokio::fs::File::from_std(file).take(len);
+        let body = ReaderStream::with_capacity(reader, BODY_CHUNK_BYTES).map(|r| r.map_err(BackendError::Io));
+        Ok(ObjectBody { meta, body: Box::pin(body) })
+    }
+
+    async fn ready(&self) -> Result<(), BackendError> {
+        let root = Arc::clone(&self.root);
+        tokio::task::spawn_blocking(move || std::fs::read_dir(root.as_path()).map(|_| ()))
+            .await
+            .map_err(|e| BackendError::Io(std::io::Error::other(e)))?
+            .map_err(BackendError::Io)
+    }
+}
+

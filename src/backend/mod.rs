@@ -1,0 +1,170 @@
+//! Object storage backends: a local directory (`fs`) and S3 or an S3-compatible store (`s3`).
+//!
+//! A backend answers two questions about a key: what is it ([`ObjectMeta`]) and what are its bytes
+//! (a stream of frames, optionally for one byte range). It knows nothing of HTTP requests, tokens,
+//! caching or status codes; it reports what went wrong as a [`BackendError`] and `error.rs` picks
+//! the status.
+
+pub mod fs;
+pub mod s3;
+
+use std::fmt;
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+/// What the gateway needs to know about a stored object before sending it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Total size in bytes.
+    pub size: u64,
+    /// Strong entity tag, with its quotes (`"abc"`), as HTTP sends it.
+    pub etag: Option<String>,
+    /// Last modification time, whole seconds (HTTP dates have no finer resolution).
+    pub last_modified: Option<SystemTime>,
+    /// The stored content type, unfiltered; the response stage decides what is safe to send.
+    pub content_type: Option<String>,
+}
+
+/// An inclusive byte range `start..=end`, already validated against the object size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl ByteRange {
+    pub fn len(&self) -> u64 {
+        self.end - self.start + 1
+    }
+}
+
+/// The body of an object: frames of bytes. An `Err` item means the body is incomplete and the
+/// response must be aborted, never finished as if complete.
+pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, BackendError>> + Send + 'static>>;
+
+/// An object opened for reading: the metadata it was opened under and its (possibly ranged) body.
+pub struct ObjectBody {
+    pub meta: ObjectMeta,
+    pub body: BodyStream,
+}
+
+impl fmt::Debug for ObjectBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObjectBody").field("meta", &self.meta).finish_non_exhaustive()
+    }
+}
+
+/// Why a backend could not answer. Each variant is a different thing for the client to learn,
+/// so `error.rs` can map them exhaustively.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("object not found")]
+    NotFound,
+    /// The key names something that is not a regular object (a directory in an fs source).
+    #[error("not a regular object")]
+    NotAnObject,
+    /// The store refused our credentials for this key.
+    #[error("access denied by the store")]
+    AccessDenied,
+    /// The object changed between `head` and `get` (ETag no longer matches).
+    #[error("object changed while being read")]
+    Changed,
+    /// Could not connect to the store, or the store answered with a server error.
+    #[error("store unreachable: {0}")]
+    Unreachable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The store sent no response headers within the first-byte timeout.
+    #[error("store did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The body stream stalled past the idle timeout.
+    #[error("store body stalled for {0:?}")]
+    Stalled(std::time::Duration),
+    /// The body ended early, or the connection broke mid-body.
+    #[error("store body broke off: {0}")]
+    BodyBroken(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Local I/O failure (fs sources).
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The store answered something we cannot use (bad header, unexpected status).
+    #[error("unusable answer from the store: {0}")]
+    Protocol(String),
+}
+
+impl BackendError {
+    /// Whether an identical call may succeed if tried again (nothing was sent to the client yet).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, BackendError::Unreachable(_) | BackendError::Timeout(_) | BackendError::Changed)
+    }
+
+    /// Short machine label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendError::NotFound => "not_found",
+            BackendError::NotAnObject => "not_an_object",
+            BackendError::AccessDenied => "access_denied",
+            BackendError::Changed => "changed",
+            BackendError::Unreachable(_) => "unreachable",
+            BackendError::Timeout(_) => "timeout",
+            BackendError::Stalled(_) => "stalled",
+            BackendError::BodyBroken(_) => "body_broken",
+            BackendError::Io(_) => "io",
+            BackendError::Protocol(_) => "protocol",
+        }
+    }
+}
+
+/// A storage backend. `key` is the decoded, validated object key (never contains `.`/`..`
+/// segments or control characters); the backend maps it to its own namespace.
+pub trait Backend: Send + Sync {
+    /// Metadata of `key`.
+    fn head(&self, key: &str) -> impl Future<Output = Result<ObjectMeta, BackendError>> + Send;
+
+    /// Open `key` for reading, the whole object or one range of it. `expect` is the metadata the
+    /// caller decided on; if the object no longer matches it, return [`BackendError::Changed`]
+    /// so that ranges from two versions are never mixed.
+    fn get(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+        expect: &ObjectMeta,
+    ) -> impl Future<Output = Result<ObjectBody, BackendError>> + Send;
+
+    /// Whether the backend is reachable and usable (for `/readyz`).
+    fn ready(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
+}
+
+/// A configured source: one of the backend kinds, dispatched without dynamic allocation.
+pub enum AnyBackend {
+    Fs(fs::FsBackend),
+    S3(s3::S3Backend),
+}
+
+impl Backend for AnyBackend {
+    async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
+        match self {
+            AnyBackend::Fs(b) => b.head(key).await,
+            AnyBackend::S3(b) => b.head(key).await,
+        }
+    }
+
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+        expect: &ObjectMeta,
+    ) -> Result<ObjectBody, BackendError> {
+        match self {
+            AnyBackend::Fs(b) => b.get(key, range, expect).await,
+            AnyBackend::S3(b) => b.get(key, range, expect).await,
+        }
+    }
+
+    async fn ready(&self) -> Result<(), BackendError> {
+        match self {
+            AnyBackend::Fs(b) => b.ready().await,
+            AnyBackend::S3(b) => b.ready().await,
+        }
+    }
+}

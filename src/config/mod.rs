@@ -1,0 +1,166 @@
+//! Configuration: the TOML file's raw structs (`file.rs`, the only place that sees them) are
+//! validated into the typed [`Config`] below. Every mistake in a file is collected and reported at
+//! once as `file:line:col: key: message`; `bucketgate check` and `serve` share that validation.
+//! Defaults, with units in their names, live in `defaults.rs` and nowhere else.
+//!
+//! This module owns parsing and validation. It must not open sockets, read objects or build
+//! clients: `app.rs` turns a `Config` into live parts.
+
+pub mod defaults;
+mod file;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use validate::{ConfigError, ConfigErrors};
+
+/// A validated configuration snapshot. Built only by [`parse`], [`load`] or [`Config::embedded_default`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listener: ListenerConfig,
+    pub admin: AdminConfig,
+    pub limits: Limits,
+    /// Named sources, in name order. Never empty.
+    pub sources: BTreeMap<String, SourceConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Address of the TLS data listener (`127.0.0.1:0` in tests).
+    pub addr: SocketAddr,
+    pub tls: TlsConfig,
+}
+
+#[derive(Debug, Clone)]
+pub enum TlsConfig {
+    /// PEM certificate chain and private key files.
+    Files { cert: PathBuf, key: PathBuf },
+    /// Generate (once) and reuse a self-signed development certificate under this directory.
+    Development { dir: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Plain-HTTP admin listener; loopback by default.
+    pub addr: SocketAddr,
+}
+
+/// Every limit and timeout the gateway enforces. Defaults in `defaults.rs`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub tls_handshake_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+    pub h2_max_concurrent_streams: u32,
+    pub h2_max_header_list_bytes: u32,
+    pub h2_max_pending_reset_streams: usize,
+    pub h2_max_local_error_reset_streams: usize,
+    pub shutdown_grace: Duration,
+    pub upstream_connect_timeout: Duration,
+    pub upstream_first_byte_timeout: Duration,
+    pub upstream_idle_timeout: Duration,
+    /// Retries of an upstream call that has sent nothing to the client yet.
+    pub upstream_max_retries: u32,
+}
+
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    Fs(FsSource),
+    S3(S3Source),
+}
+
+#[derive(Debug, Clone)]
+pub struct FsSource {
+    pub root: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct S3Source {
+    pub bucket: String,
+    /// Key prefix inside the bucket, prepended verbatim (empty = none). `photos/` + key.
+    pub prefix: String,
+    pub region: String,
+    /// Custom endpoint for S3-compatible stores (`http://127.0.0.1:9000`); `None` = AWS.
+    pub endpoint: Option<String>,
+    pub path_style: bool,
+    pub credentials: S3Credentials,
+}
+
+#[derive(Clone)]
+pub enum S3Credentials {
+    /// The AWS default chain (env, profile, web identity, ECS, IMDS).
+    DefaultChain,
+    /// Static keys; the secret was resolved from `env:NAME` or `file:PATH` at load.
+    Static { access_key_id: String, secret_access_key: Secret },
+}
+
+impl fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            S3Credentials::DefaultChain => f.write_str("DefaultChain"),
+            S3Credentials::Static { access_key_id, .. } => f
+                .debug_struct("Static")
+                .field("access_key_id", access_key_id)
+                .field("secret_access_key", &"<redacted>")
+                .finish(),
+        }
+    }
+}
+
+/// A secret value that never prints.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Parse and validate config text. `origin` names the file in error messages.
+pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
+    validate::parse(text, origin)
+}
+
+/// Read, parse and validate a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    validate::load(path)
+}
+
+impl Config {
+    /// The embedded default used when `serve` gets no config: serve `./data` as the source `local`
+    /// on https://127.0.0.1:8443 with a development certificate kept under `./.bucketgate/`, admin
+    /// on http://127.0.0.1:9090.
+    pub fn embedded_default(workdir: &Path) -> Config {
+        let mut sources = BTreeMap::new();
+        sources.insert(
+            "local".to_string(),
+            SourceConfig::Fs(FsSource { root: workdir.join("data") }),
+        );
+        Config {
+            listener: ListenerConfig {
+                addr: defaults::DEFAULT_DATA_ADDR,
+                tls: TlsConfig::Development { dir: workdir.join(".bucketgate") },
+            },
+            admin: AdminConfig { addr: defaults::DEFAULT_ADMIN_ADDR },
+            limits: Limits::default(),
+            sources,
+        }
+    }
+}

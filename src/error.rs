@@ -1,0 +1,99 @@
+//! The request error type and the one place that chooses HTTP status codes.
+//!
+//! Each variant carries its typed cause; the client gets a short fixed message (never the cause
+//! chain, an upstream body or a secret), the log gets the whole chain, once.
+
+use http::StatusCode;
+
+use crate::backend::BackendError;
+use crate::pipeline::plan::PlanError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("bad request")]
+    Plan(#[from] PlanError),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("request body on a read-only route")]
+    BodyNotAllowed,
+    #[error("precondition failed")]
+    PreconditionFailed,
+    #[error("range not satisfiable for an object of {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
+    #[error("source {source_name}")]
+    Backend {
+        source_name: String,
+        #[source]
+        error: BackendError,
+    },
+}
+
+impl Error {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::Plan(e) => match e {
+                PlanError::NoRoute | PlanError::UnknownSource => StatusCode::NOT_FOUND,
+                PlanError::EmptyKey
+                | PlanError::BadPercentEncoding
+                | PlanError::InvalidUtf8
+                | PlanError::ControlCharacter
+                | PlanError::DotSegment
+                | PlanError::KeyTooLong
+                | PlanError::UnknownParameter
+                | PlanError::RepeatedParameter => StatusCode::BAD_REQUEST,
+            },
+            Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Error::BodyNotAllowed => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            Error::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            Error::Backend { error, .. } => match error {
+                BackendError::NotFound | BackendError::NotAnObject => StatusCode::NOT_FOUND,
+                BackendError::AccessDenied => StatusCode::FORBIDDEN,
+                // Still changing after every retry: the client may try again.
+                BackendError::Changed => StatusCode::SERVICE_UNAVAILABLE,
+                BackendError::Unreachable(_) | BackendError::BodyBroken(_) | BackendError::Protocol(_) => {
+                    StatusCode::BAD_GATEWAY
+                }
+                BackendError::Timeout(_) | BackendError::Stalled(_) => StatusCode::GATEWAY_TIMEOUT,
+                BackendError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+        }
+    }
+
+    /// The short text the client sees. Fixed strings only.
+    pub fn client_message(&self) -> &'static str {
+        match self {
+            Error::Plan(e) => match e {
+                PlanError::NoRoute | PlanError::UnknownSource => "not found",
+                PlanError::EmptyKey => "missing object key",
+                PlanError::BadPercentEncoding => "malformed percent-encoding in the path",
+                PlanError::InvalidUtf8 => "object key is not valid UTF-8",
+                PlanError::ControlCharacter => "object key contains a control character",
+                PlanError::DotSegment => "object key contains a '.' or '..' segment",
+                PlanError::KeyTooLong => "object key is longer than 1024 bytes",
+                PlanError::UnknownParameter => "unknown query parameter",
+                PlanError::RepeatedParameter => "repeated query parameter",
+            },
+            Error::MethodNotAllowed => "method not allowed",
+            Error::BodyNotAllowed => "request bodies are not accepted",
+            Error::PreconditionFailed => "precondition failed",
+            Error::RangeNotSatisfiable { .. } => "range not satisfiable",
+            Error::Backend { error, .. } => match error {
+                BackendError::NotFound | BackendError::NotAnObject => "not found",
+                BackendError::AccessDenied => "forbidden",
+                BackendError::Changed => "object is changing, try again",
+                BackendError::Unreachable(_) | BackendError::BodyBroken(_) | BackendError::Protocol(_) => {
+                    "storage backend failed"
+                }
+                BackendError::Timeout(_) | BackendError::Stalled(_) => "storage backend timed out",
+                BackendError::Io(_) => "internal error",
+            },
+        }
+    }
+
+    /// Whether this is worth a warning in the log (a fault on our side or upstream), rather than
+    /// an ordinary client mistake.
+    pub fn is_server_fault(&self) -> bool {
+        self.status().is_server_error()
+    }
+}

@@ -1,0 +1,17 @@
+//! bucketgate: a TLS reverse proxy and storage gateway that serves bucket objects to labeling UIs
+//! without making buckets public or handing out bucket credentials.
+//!
+//! The crate is a library with a thin binary (`main.rs`) so that tests and benches drive the same
+//! code. Dependency direction: `server -> pipeline -> {backend, ...}`; lower modules never import
+//! the pipeline or hyper request types. See `pipeline/mod.rs` for the request lifecycle.
+
+pub mod admin;
+pub mod app;
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod pipeline;
+pub mod server;
+pub mod telemetry;
+
+pub use app::{Gateway, StartError};

@@ -1,0 +1,203 @@
+//! The request lifecycle. [`Pipeline::handle`] calls the stages in this order; each stage returns a
+//! value only it can build, and a refusal ends the request before any costlier work:
+//!
+//! | # | stage | here |
+//! |---|---|---|
+//! | 1 | network: peer -> [`network::ClientIp`] | `network.rs` |
+//! | 2 | identity (tokens) | not yet: every request is anonymous |
+//! | 3 | authorize | not yet |
+//! | 4 | admit (rate limits) | not yet |
+//! | 5 | plan: route, method, body, query, key -> [`plan::Plan`] | `plan.rs` |
+//! | 7 | fetch: metadata, preconditions, range, open the body | `fetch` below, `range.rs` |
+//! | 9 | respond: head + streaming body | `respond.rs` |
+//!
+//! The pipeline knows nothing about sockets or TLS (that is `server/`) and never builds backend
+//! clients (that is `app.rs`).
+
+pub mod network;
+pub mod plan;
+pub mod range;
+pub mod respond;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::BodyExt;
+use tracing::Instrument;
+
+use crate::backend::{AnyBackend, Backend, BackendError};
+use crate::config::Limits;
+use crate::error::Error;
+use crate::telemetry::{Metrics, RouteLabel, RouteStatus, UpstreamError};
+use plan::Plan;
+use range::{Precondition, Selection};
+use respond::{ResponseBody, StreamingBody};
+
+/// What the server knows about the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+}
+
+/// The live parts a request needs, built by `app.rs` from one config snapshot.
+pub struct Pipeline {
+    sources: HashMap<String, AnyBackend>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+}
+
+const ROUTE_OBJECT: &str = "object";
+const ROUTE_OTHER: &str = "other";
+
+impl Pipeline {
+    pub fn new(sources: HashMap<String, AnyBackend>, limits: Limits, metrics: Arc<Metrics>) -> Pipeline {
+        Pipeline { sources, limits, metrics }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn sources(&self) -> impl Iterator<Item = (&String, &AnyBackend)> {
+        self.sources.iter()
+    }
+
+    /// Answer one request. Never fails: every error becomes a response here.
+    pub async fn handle<B>(&self, req: Request<B>, conn: ConnInfo) -> Response<ResponseBody>
+    where
+        B: Body,
+    {
+        let started = Instant::now();
+        let request_id = uuid::Uuid::new_v4().simple().to_string();
+        let route = if req.uri().path().starts_with("/o/") { ROUTE_OBJECT } else { ROUTE_OTHER };
+        let span = tracing::info_span!(
+            "request",
+            request_id = %request_id,
+            method = %req.method(),
+            route,
+            peer = %conn.peer,
+            source = tracing::field::Empty,
+            status = tracing::field::Empty,
+        );
+        async move {
+            let mut resp = match self.run(&req, conn, route).await {
+                Ok(resp) => resp,
+                Err(err) => {
+                    if err.is_server_fault() {
+                        tracing::warn!(error = %ErrorChain(&err), "request failed");
+                    } else {
+                        tracing::debug!(error = %ErrorChain(&err), "request refused");
+                    }
+                    if let Error::Backend { source_name, error } = &err {
+                        self.metrics
+                            .upstream_errors
+                            .get_or_create(&UpstreamError { source: source_name.clone(), kind: error.kind() })
+                            .inc();
+                    }
+                    respond::error_response(&err, &request_id)
+                }
+            };
+            respond::security_headers(resp.headers_mut(), &request_id);
+            let status = resp.status().as_u16();
+            tracing::Span::current().record("status", status);
+            self.metrics.requests.get_or_create(&RouteStatus { route, status }).inc();
+            self.metrics
+                .request_duration
+                .get_or_create(&RouteLabel { route })
+                .observe(started.elapsed().as_secs_f64());
+            resp
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn run<B: Body>(&self, req: &Request<B>, conn: ConnInfo, route: &'static str) -> Result<Response<ResponseBody>, Error> {
+        // 1. network
+        let _client = network::client_ip(conn.peer);
+        // 5. plan. The route decides which methods exist; a body is refused before any work.
+        let plan = plan::plan_object(req.uri().path(), req.uri().query(), |s| self.sources.contains_key(s))?;
+        let head_only = match *req.method() {
+            Method::GET => false,
+            Method::HEAD => true,
+            _ => return Err(Error::MethodNotAllowed),
+        };
+        if !req.body().is_end_stream() {
+            return Err(Error::BodyNotAllowed);
+        }
+        tracing::Span::current().record("source", plan.source());
+        // 7 + 9. fetch and respond
+        self.fetch(req.headers(), &plan, head_only, route).await
+    }
+
+    /// Metadata, preconditions, range, then the body. If the object changes between metadata and
+    /// body, start over (bounded): a response never mixes two versions.
+    async fn fetch(
+        &self,
+        headers: &http::HeaderMap,
+        plan: &Plan,
+        head_only: bool,
+        route: &'static str,
+    ) -> Result<Response<ResponseBody>, Error> {
+        let backend_err = |error| Error::Backend { source_name: plan.source().to_owned(), error };
+        let backend = self.sources.get(plan.source()).ok_or(Error::Plan(plan::PlanError::UnknownSource))?;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let meta = backend.head(plan.key()).await.map_err(backend_err)?;
+            match range::preconditions(headers, &meta) {
+                Precondition::Proceed => {}
+                Precondition::NotModified => {
+                    return respond::object_head(StatusCode::NOT_MODIFIED, &meta, None)
+                        .body(respond::empty())
+                        .map_err(|e| backend_err(BackendError::Protocol(e.to_string())));
+                }
+                Precondition::Failed => return Err(Error::PreconditionFailed),
+            }
+            let spec = if head_only || !range::if_range_holds(headers, &meta) { None } else { range::parse_range(headers) };
+            let selection = range::select(spec, meta.size);
+            let part = match selection {
+                Selection::Full => None,
+                Selection::Partial(r) => Some(r),
+                Selection::Unsatisfiable => return Err(Error::RangeNotSatisfiable { size: meta.size }),
+            };
+            let status = if part.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+            if head_only {
+                return respond::object_head(status, &meta, None)
+                    .body(respond::empty())
+                    .map_err(|e| backend_err(BackendError::Protocol(e.to_string())));
+            }
+            match backend.get(plan.key(), part, &meta).await {
+                Ok(object) => {
+                    let len = part.map_or(object.meta.size, |r| r.len());
+                    let body = StreamingBody::new(object.body, len, route, Arc::clone(&self.metrics));
+                    return respond::object_head(status, &object.meta, part)
+                        .body(body.boxed_unsync())
+                        .map_err(|e| backend_err(BackendError::Protocol(e.to_string())));
+                }
+                Err(BackendError::Changed) if attempts <= self.limits.upstream_max_retries => {
+                    tracing::debug!(attempts, "object changed between head and get; starting over");
+                }
+                Err(e) => return Err(backend_err(e)),
+            }
+        }
+    }
+}
+
+/// Display an error with its whole source chain: `a: b: c`.
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cur = self.0.source();
+        while let Some(e) = cur {
+            write!(f, ": {e}")?;
+            cur = e.source();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,194 @@
+//! Stage 5, plan: route and parameters -> [`Plan`]. Decodes the object key exactly once and
+//! refuses anything DESIGN.md "Paths and keys" forbids, before any backend work.
+
+use std::collections::HashSet;
+
+use percent_encoding::percent_decode;
+
+use crate::config::defaults::MAX_KEY_BYTES;
+
+/// Why a request could not be planned (all are the client's fault: 400, or 404 for a route).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("no such route")]
+    NoRoute,
+    #[error("unknown source")]
+    UnknownSource,
+    #[error("missing object key")]
+    EmptyKey,
+    #[error("malformed percent-encoding in the path")]
+    BadPercentEncoding,
+    #[error("object key is not valid UTF-8")]
+    InvalidUtf8,
+    #[error("object key contains a control character")]
+    ControlCharacter,
+    #[error("object key contains a '.' or '..' segment")]
+    DotSegment,
+    #[error("object key is longer than {MAX_KEY_BYTES} bytes")]
+    KeyTooLong,
+    #[error("unknown query parameter")]
+    UnknownParameter,
+    #[error("repeated query parameter")]
+    RepeatedParameter,
+}
+
+/// What to serve: a configured source and a validated key. Built only by [`plan_object`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    source: String,
+    key: String,
+}
+
+impl Plan {
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+/// Plan a `/o/{source}/{key...}` request. `path` is the raw (still percent-encoded) path, `query`
+/// the raw query string. `known_source` says whether a source name is configured.
+pub fn plan_object(
+    path: &str,
+    query: Option<&str>,
+    known_source: impl Fn(&str) -> bool,
+) -> Result<Plan, PlanError> {
+    let rest = path.strip_prefix("/o/").ok_or(PlanError::NoRoute)?;
+    let (source, raw_key) = rest.split_once('/').ok_or(PlanError::NoRoute)?;
+    // Source names are plain ASCII in the config; an encoded one names nothing configured.
+    if !known_source(source) {
+        return Err(PlanError::UnknownSource);
+    }
+    check_query(query)?;
+    let key = decode_key(raw_key)?;
+    Ok(Plan { source: source.to_owned(), key })
+}
+
+/// Refuse every query parameter: `/o/` takes none yet, and S3's own (`response-*`, `versionId`)
+/// must never pass. Repeated names are reported as such.
+pub fn check_query(query: Option<&str>) -> Result<(), PlanError> {
+    let Some(q) = query else { return Ok(()) };
+    if q.is_empty() {
+        return Ok(());
+    }
+    let mut seen = HashSet::new();
+    for pair in q.split('&') {
+        let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+        if !seen.insert(name) {
+            return Err(PlanError::RepeatedParameter);
+        }
+    }
+    Err(PlanError::UnknownParameter)
+}
+
+/// Decode a raw key once and validate it.
+pub fn decode_key(raw: &str) -> Result<String, PlanError> {
+    if raw.is_empty() {
+        return Err(PlanError::EmptyKey);
+    }
+    check_percent_syntax(raw.as_bytes())?;
+    let bytes: Vec<u8> = percent_decode(raw.as_bytes()).collect();
+    if bytes.len() > MAX_KEY_BYTES {
+        return Err(PlanError::KeyTooLong);
+    }
+    let key = String::from_utf8(bytes).map_err(|_| PlanError::InvalidUtf8)?;
+    if key.chars().any(char::is_control) {
+        return Err(PlanError::ControlCharacter);
+    }
+    if key.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(PlanError::DotSegment);
+    }
+    Ok(key)
+}
+
+/// Every `%` must start a `%XX` escape; anything else is ambiguous and refused.
+fn check_percent_syntax(raw: &[u8]) -> Result<(), PlanError> {
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' {
+            let ok = raw.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && raw.get(i + 2).is_some_and(u8::is_ascii_hexdigit);
+            if !ok {
+                return Err(PlanError::BadPercentEncoding);
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(path: &str, query: Option<&str>) -> Result<Plan, PlanError> {
+        plan_object(path, query, |s| s == "local")
+    }
+
+    #[test]
+    fn key_is_decoded_exactly_once() {
+        assert_eq!(decode_key("a%20b").as_deref(), Ok("a b"));
+        assert_eq!(decode_key("%252e%252e").as_deref(), Ok("%2e%2e"));
+        assert_eq!(decode_key("a+b").as_deref(), Ok("a+b"));
+    }
+
+    #[test]
+    fn slashes_are_not_merged_or_trimmed() {
+        assert_eq!(decode_key("a//b").as_deref(), Ok("a//b"));
+        assert_eq!(decode_key("a/b/").as_deref(), Ok("a/b/"));
+        assert_eq!(decode_key("a%2Fb").as_deref(), Ok("a/b"));
+    }
+
+    #[test]
+    fn dot_segments_in_every_encoding_are_refused() {
+        for raw in ["..", ".", "a/../b", "a/./b", "%2e%2e", "%2E.", ".%2e/x", "..%2F", "a%2F..%2Fb", "x/.."] {
+            assert_eq!(decode_key(raw), Err(PlanError::DotSegment), "{raw}");
+        }
+        assert_eq!(decode_key("...").as_deref(), Ok("..."));
+        assert_eq!(decode_key("..a").as_deref(), Ok("..a"));
+    }
+
+    #[test]
+    fn control_characters_and_bad_utf8_are_refused() {
+        assert_eq!(decode_key("a%00b"), Err(PlanError::ControlCharacter));
+        assert_eq!(decode_key("a%0Ab"), Err(PlanError::ControlCharacter));
+        assert_eq!(decode_key("a%7Fb"), Err(PlanError::ControlCharacter));
+        assert_eq!(decode_key("a%C2%85b"), Err(PlanError::ControlCharacter));
+        assert_eq!(decode_key("a%FFb"), Err(PlanError::InvalidUtf8));
+        assert_eq!(decode_key("a%C0%AE"), Err(PlanError::InvalidUtf8));
+    }
+
+    #[test]
+    fn malformed_escapes_are_refused() {
+        assert_eq!(decode_key("a%2"), Err(PlanError::BadPercentEncoding));
+        assert_eq!(decode_key("a%zz"), Err(PlanError::BadPercentEncoding));
+        assert_eq!(decode_key("%"), Err(PlanError::BadPercentEncoding));
+    }
+
+    #[test]
+    fn key_length_limit_is_on_decoded_bytes() {
+        let ok = "é".repeat(512); // 1024 bytes
+        assert!(decode_key(&ok).is_ok());
+        assert_eq!(decode_key(&format!("{ok}a")), Err(PlanError::KeyTooLong));
+        let encoded = "%41".repeat(1024);
+        assert!(decode_key(&encoded).is_ok());
+        assert_eq!(decode_key(&format!("{encoded}%41")), Err(PlanError::KeyTooLong));
+    }
+
+    #[test]
+    fn routes_sources_and_queries() {
+        assert_eq!(plan("/o/local/a.txt", None).map(|p| p.key).as_deref(), Ok("a.txt"));
+        assert_eq!(plan("/o/other/a.txt", None), Err(PlanError::UnknownSource));
+        assert_eq!(plan("/o/local", None), Err(PlanError::NoRoute));
+        assert_eq!(plan("/x/local/a", None), Err(PlanError::NoRoute));
+        assert_eq!(plan("/o/local/", None), Err(PlanError::EmptyKey));
+        assert_eq!(plan("/o/local/a", Some("")).map(|p| p.key).as_deref(), Ok("a"));
+        assert_eq!(plan("/o/local/a", Some("versionId=1")), Err(PlanError::UnknownParameter));
+        assert_eq!(plan("/o/local/a", Some("x=1&x=2")), Err(PlanError::RepeatedParameter));
+        assert_eq!(plan("/o/local/a", Some("response-content-type=text/html")), Err(PlanError::UnknownParameter));
+    }
+}

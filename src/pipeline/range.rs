@@ -1,0 +1,253 @@
+//! Range and conditional requests (RFC 9110 sections 13 and 14), decided from the object's
+//! metadata alone, identically for every backend.
+
+use std::time::SystemTime;
+
+use http::HeaderMap;
+use http::header::{IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE};
+
+use crate::backend::{ByteRange, ObjectMeta};
+
+/// What the client asked for with `Range`, before looking at the object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeSpec {
+    /// `bytes=a-b`
+    FromTo(u64, u64),
+    /// `bytes=a-`
+    From(u64),
+    /// `bytes=-n`
+    Suffix(u64),
+}
+
+/// The part of the object to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selection {
+    Full,
+    Partial(ByteRange),
+    Unsatisfiable,
+}
+
+/// The outcome of the conditional headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    Proceed,
+    NotModified,
+    Failed,
+}
+
+/// Parse a `Range` header. `None` means "serve the whole object": no header, several headers,
+/// several ranges, another unit, or invalid syntax (a server may ignore what it cannot honour).
+pub fn parse_range(headers: &HeaderMap) -> Option<RangeSpec> {
+    let mut values = headers.get_all(RANGE).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let text = value.to_str().ok()?.trim();
+    let (unit, set) = text.split_once('=')?;
+    if !unit.trim().eq_ignore_ascii_case("bytes") {
+        return None;
+    }
+    let set = set.trim();
+    if set.contains(',') {
+        return None;
+    }
+    let (first, last) = set.split_once('-')?;
+    let (first, last) = (first.trim(), last.trim());
+    match (first.is_empty(), last.is_empty()) {
+        (true, true) => None,
+        (true, false) => Some(RangeSpec::Suffix(digits(last)?)),
+        (false, true) => Some(RangeSpec::From(digits(first)?)),
+        (false, false) => {
+            let (a, b) = (digits(first)?, digits(last)?);
+            (a <= b).then_some(RangeSpec::FromTo(a, b))
+        }
+    }
+}
+
+fn digits(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // Overflowing positions are past any real object's end.
+    Some(s.parse().unwrap_or(u64::MAX))
+}
+
+/// Resolve a range against an object size: clip past the end, 416 when nothing is left.
+pub fn select(spec: Option<RangeSpec>, size: u64) -> Selection {
+    let Some(spec) = spec else { return Selection::Full };
+    if size == 0 {
+        return Selection::Unsatisfiable;
+    }
+    let last = size - 1;
+    let (start, end) = match spec {
+        RangeSpec::FromTo(a, b) => (a, b.min(last)),
+        RangeSpec::From(a) => (a, last),
+        RangeSpec::Suffix(0) => return Selection::Unsatisfiable,
+        RangeSpec::Suffix(n) => (size.saturating_sub(n), last),
+    };
+    if start > last {
+        return Selection::Unsatisfiable;
+    }
+    Selection::Partial(ByteRange { start, end })
+}
+
+/// Evaluate If-Match, If-Unmodified-Since, If-None-Match and If-Modified-Since, in RFC 9110 order.
+pub fn preconditions(headers: &HeaderMap, meta: &ObjectMeta) -> Precondition {
+    let etag = meta.etag.as_deref();
+    if let Some(v) = header_str(headers, IF_MATCH) {
+        if !list_matches(v, etag, true) {
+            return Precondition::Failed;
+        }
+    } else if let Some(since) = header_date(headers, IF_UNMODIFIED_SINCE) {
+        if meta.last_modified.is_some_and(|lm| lm > since) {
+            return Precondition::Failed;
+        }
+    }
+    if let Some(v) = header_str(headers, IF_NONE_MATCH) {
+        if list_matches(v, etag, false) {
+            return Precondition::NotModified;
+        }
+    } else if let Some(since) = header_date(headers, IF_MODIFIED_SINCE) {
+        if meta.last_modified.is_some_and(|lm| lm <= since) {
+            return Precondition::NotModified;
+        }
+    }
+    Precondition::Proceed
+}
+
+/// `If-Range`: the range applies only if the validator still names this exact representation.
+pub fn if_range_holds(headers: &HeaderMap, meta: &ObjectMeta) -> bool {
+    let Some(v) = headers.get(IF_RANGE) else { return true };
+    let Ok(v) = v.to_str() else { return false };
+    let v = v.trim();
+    if v.starts_with('"') || v.starts_with("W/") {
+        // Strong comparison: a weak validator never matches.
+        return !v.starts_with("W/") && meta.etag.as_deref() == Some(v);
+    }
+    match (httpdate::parse_http_date(v), meta.last_modified) {
+        (Ok(date), Some(lm)) => date == lm,
+        _ => false,
+    }
+}
+
+fn header_str(headers: &HeaderMap, name: http::HeaderName) -> Option<&str> {
+    // An unreadable conditional header is treated as absent.
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn header_date(headers: &HeaderMap, name: http::HeaderName) -> Option<SystemTime> {
+    header_str(headers, name).and_then(|v| httpdate::parse_http_date(v.trim()).ok())
+}
+
+/// Does an entity-tag list (`*` or `"a", W/"b"`) match `etag`? `strong` selects the comparison.
+fn list_matches(list: &str, etag: Option<&str>, strong: bool) -> bool {
+    let list = list.trim();
+    if list == "*" {
+        return true;
+    }
+    let Some(etag) = etag else { return false };
+    let ours = etag.strip_prefix("W/").unwrap_or(etag);
+    let ours_weak = etag.starts_with("W/");
+    list.split(',').map(str::trim).any(|candidate| {
+        let weak = candidate.starts_with("W/");
+        let tag = candidate.strip_prefix("W/").unwrap_or(candidate);
+        if strong && (weak || ours_weak) {
+            return false;
+        }
+        tag == ours
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use http::HeaderValue;
+
+    use super::*;
+
+    fn headers(pairs: &[(http::HeaderName, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(k.clone(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    fn meta() -> ObjectMeta {
+        ObjectMeta {
+            size: 100,
+            etag: Some("\"abc\"".into()),
+            last_modified: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+            content_type: None,
+        }
+    }
+
+    fn range(v: &str) -> Option<RangeSpec> {
+        parse_range(&headers(&[(RANGE, v)]))
+    }
+
+    #[test]
+    fn range_forms() {
+        assert_eq!(range("bytes=0-9"), Some(RangeSpec::FromTo(0, 9)));
+        assert_eq!(range("bytes=5-"), Some(RangeSpec::From(5)));
+        assert_eq!(range("bytes=-5"), Some(RangeSpec::Suffix(5)));
+        assert_eq!(range("BYTES = 1-2"), Some(RangeSpec::FromTo(1, 2)));
+        assert_eq!(range("bytes=0-1,3-4"), None);
+        assert_eq!(range("bytes=5-4"), None);
+        assert_eq!(range("items=0-1"), None);
+        assert_eq!(range("bytes=-"), None);
+        assert_eq!(range("bytes=+1-2"), None);
+        assert_eq!(range("bytes=99999999999999999999999-"), Some(RangeSpec::From(u64::MAX)));
+    }
+
+    #[test]
+    fn selection_clips_and_refuses() {
+        let p = |s, e| Selection::Partial(ByteRange { start: s, end: e });
+        assert_eq!(select(Some(RangeSpec::FromTo(0, 9)), 100), p(0, 9));
+        assert_eq!(select(Some(RangeSpec::FromTo(90, 200)), 100), p(90, 99));
+        assert_eq!(select(Some(RangeSpec::From(99)), 100), p(99, 99));
+        assert_eq!(select(Some(RangeSpec::From(100)), 100), Selection::Unsatisfiable);
+        assert_eq!(select(Some(RangeSpec::Suffix(10)), 100), p(90, 99));
+        assert_eq!(select(Some(RangeSpec::Suffix(1000)), 100), p(0, 99));
+        assert_eq!(select(Some(RangeSpec::Suffix(0)), 100), Selection::Unsatisfiable);
+        assert_eq!(select(Some(RangeSpec::From(0)), 0), Selection::Unsatisfiable);
+        assert_eq!(select(None, 0), Selection::Full);
+    }
+
+    #[test]
+    fn conditionals() {
+        let m = meta();
+        assert_eq!(preconditions(&headers(&[(IF_NONE_MATCH, "\"abc\"")]), &m), Precondition::NotModified);
+        assert_eq!(preconditions(&headers(&[(IF_NONE_MATCH, "W/\"abc\"")]), &m), Precondition::NotModified);
+        assert_eq!(preconditions(&headers(&[(IF_NONE_MATCH, "\"x\", \"abc\"")]), &m), Precondition::NotModified);
+        assert_eq!(preconditions(&headers(&[(IF_NONE_MATCH, "\"x\"")]), &m), Precondition::Proceed);
+        assert_eq!(preconditions(&headers(&[(IF_NONE_MATCH, "*")]), &m), Precondition::NotModified);
+        let lm = httpdate::fmt_http_date(m.last_modified.unwrap());
+        let before = httpdate::fmt_http_date(m.last_modified.unwrap() - Duration::from_secs(1));
+        assert_eq!(preconditions(&headers(&[(IF_MODIFIED_SINCE, &lm)]), &m), Precondition::NotModified);
+        assert_eq!(preconditions(&headers(&[(IF_MODIFIED_SINCE, &before)]), &m), Precondition::Proceed);
+        // If-None-Match wins over If-Modified-Since.
+        assert_eq!(
+            preconditions(&headers(&[(IF_NONE_MATCH, "\"x\""), (IF_MODIFIED_SINCE, &lm)]), &m),
+            Precondition::Proceed
+        );
+        assert_eq!(preconditions(&headers(&[(IF_MATCH, "\"x\"")]), &m), Precondition::Failed);
+        assert_eq!(preconditions(&headers(&[(IF_MATCH, "W/\"abc\"")]), &m), Precondition::Failed);
+        assert_eq!(preconditions(&headers(&[(IF_MATCH, "\"abc\"")]), &m), Precondition::Proceed);
+        assert_eq!(preconditions(&headers(&[(IF_UNMODIFIED_SINCE, &before)]), &m), Precondition::Failed);
+    }
+
+    #[test]
+    fn if_range() {
+        let m = meta();
+        let lm = httpdate::fmt_http_date(m.last_modified.unwrap());
+        assert!(if_range_holds(&headers(&[]), &m));
+        assert!(if_range_holds(&headers(&[(IF_RANGE, "\"abc\"")]), &m));
+        assert!(!if_range_holds(&headers(&[(IF_RANGE, "\"old\"")]), &m));
+        assert!(!if_range_holds(&headers(&[(IF_RANGE, "W/\"abc\"")]), &m));
+        assert!(if_range_holds(&headers(&[(IF_RANGE, &lm)]), &m));
+        assert!(!if_range_holds(&headers(&[(IF_RANGE, "Mon, 01 Jan 2001 00:00:00 GMT")]), &m));
+    }
+}

@@ -1,0 +1,242 @@
+//! Stage 9, respond: response heads for objects and errors, and the streaming body that refuses to
+//! look complete when it is not.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header::{
+    ACCEPT_RANGES, ALLOW, CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_RANGE,
+    CONTENT_SECURITY_POLICY, CONTENT_TYPE, ETAG, LAST_MODIFIED, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS,
+};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+
+use crate::backend::{BackendError, BodyStream, ByteRange, ObjectMeta};
+use crate::error::Error;
+use crate::telemetry::{Metrics, RouteLabel};
+
+/// Every response body the data listener sends.
+pub type ResponseBody = UnsyncBoxBody<Bytes, BodyError>;
+
+/// Why a response body was cut off. Returning one makes hyper reset the stream (h2) or close the
+/// connection (http/1.1), so the client can tell the body is incomplete.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("upstream body failed: {0}")]
+    Upstream(#[source] BackendError),
+    #[error("upstream body ended {missing} bytes early")]
+    Truncated { missing: u64 },
+    #[error("upstream body is longer than announced")]
+    Overlong,
+}
+
+pub const REQUEST_ID: &str = "x-request-id";
+const CSP: &str = "default-src 'none'; sandbox";
+
+pub fn empty() -> ResponseBody {
+    http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+fn full(bytes: Bytes) -> ResponseBody {
+    http_body_util::Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// Headers on every data-listener response.
+pub fn security_headers(headers: &mut HeaderMap, request_id: &str) {
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert(REQUEST_ID, v);
+    }
+}
+
+/// A small JSON error: `{"error": "...", "request_id": "..."}`, the same text for every cause that
+/// maps to the same client message.
+pub fn error_response(err: &Error, request_id: &str) -> Response<ResponseBody> {
+    let status = err.status();
+    // Both strings are ours: fixed ASCII messages and a UUID; nothing needs escaping.
+    let body = format!("{{\"error\":\"{}\",\"request_id\":\"{}\"}}\n", err.client_message(), request_id);
+    let mut resp = Response::new(full(Bytes::from(body)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    match err {
+        Error::MethodNotAllowed => {
+            h.insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        }
+        Error::RangeNotSatisfiable { size } => {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                h.insert(CONTENT_RANGE, v);
+            }
+        }
+        _ => {}
+    }
+    resp
+}
+
+/// Response head for an object (200, 206 or 304), with validators and the content type filtered.
+pub fn object_head(status: StatusCode, meta: &ObjectMeta, range: Option<ByteRange>) -> http::response::Builder {
+    let mut b = Response::builder().status(status);
+    if let Some(h) = b.headers_mut() {
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("private"));
+        if let Some(v) = meta.etag.as_deref().and_then(|e| HeaderValue::from_str(e).ok()) {
+            h.insert(ETAG, v);
+        }
+        if let Some(v) = meta.last_modified.and_then(http_date) {
+            h.insert(LAST_MODIFIED, v);
+        }
+        if status == StatusCode::NOT_MODIFIED {
+            return b;
+        }
+        h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        let (ctype, attachment) = safe_content_type(meta.content_type.as_deref());
+        h.insert(CONTENT_TYPE, ctype);
+        if attachment {
+            h.insert(CONTENT_DISPOSITION, HeaderValue::from_static("attachment"));
+        }
+        let len = range.map_or(meta.size, |r| r.len());
+        h.insert(CONTENT_LENGTH, HeaderValue::from(len));
+        if let Some(r) = range {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{}/{}", r.start, r.end, meta.size)) {
+                h.insert(CONTENT_RANGE, v);
+            }
+        }
+    }
+    b
+}
+
+fn http_date(t: SystemTime) -> Option<HeaderValue> {
+    HeaderValue::from_str(&httpdate::fmt_http_date(t)).ok()
+}
+
+/// Pass a stored content type only if it is on the safe list (images except SVG, video, audio,
+/// JSON, plain text); anything else becomes an octet-stream download.
+pub fn safe_content_type(stored: Option<&str>) -> (HeaderValue, bool) {
+    const FALLBACK: (HeaderValue, bool) = (HeaderValue::from_static("application/octet-stream"), true);
+    let Some(stored) = stored else { return FALLBACK };
+    let mut parts = stored.split(';');
+    let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+    let Some((top, sub)) = essence.split_once('/') else { return FALLBACK };
+    let token = |s: &str| {
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    if !token(top) || !token(sub) {
+        return FALLBACK;
+    }
+    let safe = match top {
+        "image" => !sub.contains("svg") && !sub.contains("xml"),
+        "video" | "audio" => true,
+        "application" => sub == "json",
+        "text" => sub == "plain",
+        _ => false,
+    };
+    if !safe {
+        return FALLBACK;
+    }
+    let charset = parts
+        .filter_map(|p| p.trim().split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("charset"))
+        .map(|(_, v)| v.trim().trim_matches('"').to_ascii_lowercase())
+        .filter(|v| token(v));
+    let value = match charset {
+        Some(cs) if top == "text" || essence == "application/json" => format!("{essence}; charset={cs}"),
+        _ => essence,
+    };
+    match HeaderValue::from_str(&value) {
+        Ok(v) => (v, false),
+        Err(_) => FALLBACK,
+    }
+}
+
+/// The body of an object response: passes frames through with backpressure (hyper polls for the
+/// next frame only when it can write), checks the byte count against what the head announced, and
+/// turns any shortfall or upstream failure into a body error. Counts bytes on drop.
+pub struct StreamingBody {
+    stream: BodyStream,
+    remaining: u64,
+    sent: u64,
+    finished: bool,
+    route: &'static str,
+    metrics: Arc<Metrics>,
+}
+
+impl StreamingBody {
+    pub fn new(stream: BodyStream, len: u64, route: &'static str, metrics: Arc<Metrics>) -> StreamingBody {
+        StreamingBody { stream, remaining: len, sent: 0, finished: len == 0, route, metrics }
+    }
+}
+
+impl Body for StreamingBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        match self.stream.as_mut().poll_next(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(chunk))) => {
+                let n = chunk.len() as u64;
+                if n > self.remaining {
+                    return Poll::Ready(Some(Err(BodyError::Overlong)));
+                }
+                self.remaining -= n;
+                self.sent += n;
+                if self.remaining == 0 {
+                    self.finished = true;
+                }
+                Poll::Ready(Some(Ok(Frame::data(chunk))))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Upstream(e)))),
+            Poll::Ready(None) => Poll::Ready(Some(Err(BodyError::Truncated { missing: self.remaining }))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.finished
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
+impl Drop for StreamingBody {
+    fn drop(&mut self) {
+        let route = RouteLabel { route: self.route };
+        self.metrics.response_bytes.get_or_create(&route).inc_by(self.sent);
+        if !self.finished {
+            self.metrics.aborted_responses.get_or_create(&route).inc();
+            tracing::info!(sent = self.sent, missing = self.remaining, "response body cut off");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_types_pass_and_others_download() {
+        let t = |s: Option<&str>| {
+            let (v, a) = safe_content_type(s);
+            (v.to_str().unwrap().to_owned(), a)
+        };
+        assert_eq!(t(Some("image/jpeg")), ("image/jpeg".into(), false));
+        assert_eq!(t(Some("Video/MP4")), ("video/mp4".into(), false));
+        assert_eq!(t(Some("text/plain; charset=UTF-8")), ("text/plain; charset=utf-8".into(), false));
+        assert_eq!(t(Some("application/json")), ("application/json".into(), false));
+        for bad in ["text/html", "image/svg+xml", "application/javascript", "application/xml", "text/html;x=image/png", "garbage", ""] {
+            assert_eq!(t(Some(bad)), ("application/octet-stream".into(), true), "{bad}");
+        }
+        assert_eq!(t(None), ("application/octet-stream".into(), true));
+    }
+}

@@ -1,0 +1,269 @@
+//! Listeners: the accept loop, TLS, and per-connection hyper settings. Knows no paths or tokens;
+//! it hands each request to a [`Handler`] with the connection's [`ConnInfo`].
+//!
+//! Limits enforced here: max connections (excess connections are closed at accept), TLS handshake
+//! timeout, header read timeout, keep-alive idle timeout, header count and size, h2 streams, header
+//! list size and reset-stream limits, and the shutdown grace period.
+
+pub mod tls;
+
+use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::Limits;
+use crate::config::defaults::ACCEPT_ERROR_BACKOFF_MS;
+use crate::pipeline::respond::ResponseBody;
+use crate::pipeline::{ConnInfo, Pipeline};
+use crate::telemetry::Metrics;
+
+/// Something that answers requests: the data pipeline, or the admin router.
+pub trait Handler: Send + Sync + 'static {
+    fn call(&self, req: Request<Incoming>, conn: ConnInfo) -> impl Future<Output = Response<ResponseBody>> + Send;
+}
+
+impl Handler for Pipeline {
+    fn call(&self, req: Request<Incoming>, conn: ConnInfo) -> impl Future<Output = Response<ResponseBody>> + Send {
+        self.handle(req, conn)
+    }
+}
+
+/// Which listener this is; only the data listener counts connections in the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Data,
+    Admin,
+}
+
+/// Run a listener until `shutdown` fires, then stop accepting, let in-flight requests finish for
+/// up to `limits.shutdown_grace`, and drop whatever is left.
+pub async fn serve<H: Handler>(
+    role: Role,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    handler: Arc<H>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // EMFILE, ENFILE, ECONNABORTED...: keep serving, but do not spin.
+                        metrics.accept_errors.inc();
+                        tracing::warn!(error = %e, ?role, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(ACCEPT_ERROR_BACKOFF_MS)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                    metrics.rejected_connections.inc();
+                    tracing::debug!(%peer, "max_connections reached; closing");
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let conn = ConnInfo { peer };
+                let watcher = graceful.watcher();
+                let handler = Arc::clone(&handler);
+                let metrics = Arc::clone(&metrics);
+                let limits = limits.clone();
+                let tls = tls.clone();
+                let span = tracing::debug_span!("conn", %peer);
+                conns.spawn(async move {
+                    let _permit = permit;
+                    let _open = (role == Role::Data).then(|| OpenConnection::new(&metrics));
+                    match tls {
+                        Some(acceptor) => {
+                            let handshake = tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream)).await;
+                            match handshake {
+                                Ok(Ok(stream)) => serve_connection(stream, conn, handler, &limits, watcher).await,
+                                Ok(Err(e)) => {
+                                    metrics.tls_handshake_failures.inc();
+                                    tracing::debug!(error = %e, "TLS handshake failed");
+                                }
+                                Err(_) => {
+                                    metrics.tls_handshake_failures.inc();
+                                    tracing::debug!("TLS handshake timed out");
+                                }
+                            }
+                        }
+                        None => serve_connection(stream, conn, handler, &limits, watcher).await,
+                    }
+                }.instrument(span));
+            }
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(?role, grace = ?limits.shutdown_grace, "connections still open after the grace period; closing them");
+    }
+    conns.abort_all();
+    while conns.join_next().await.is_some() {}
+}
+
+/// Serve HTTP/1.1 or h2 on one established connection, closing it once idle for too long.
+async fn serve_connection<IO, H>(
+    io: IO,
+    conn: ConnInfo,
+    handler: Arc<H>,
+    limits: &Limits,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Handler,
+{
+    let io = IdleIo::new(io);
+    let activity = Arc::clone(&io.activity);
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let handler = Arc::clone(&handler);
+        async move { Ok::<_, Infallible>(handler.call(req, conn).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers)
+        // hyper refuses buffers under 8 KiB; the header size limit is this read buffer.
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(limits.h2_max_header_list_bytes)
+        .max_pending_accept_reset_streams(limits.h2_max_pending_reset_streams)
+        .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
+        .keep_alive_interval(Some(limits.idle_timeout / 2))
+        .keep_alive_timeout(limits.idle_timeout / 2);
+    let connection = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
+    tokio::pin!(connection);
+    let idle = limits.idle_timeout;
+    loop {
+        let deadline = activity.last() + idle;
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = tokio::time::sleep_until(deadline.into()) => {
+                if activity.last().elapsed() >= idle {
+                    tracing::debug!(?idle, "closing idle connection");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Keeps the open-connections gauge right however a connection task ends.
+struct OpenConnection(Arc<Metrics>);
+
+impl OpenConnection {
+    fn new(metrics: &Arc<Metrics>) -> OpenConnection {
+        metrics.open_connections.inc();
+        OpenConnection(Arc::clone(metrics))
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open_connections.dec();
+    }
+}
+
+/// When a connection last moved bytes, in milliseconds since it opened.
+struct Activity {
+    opened: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+    fn last(&self) -> Instant {
+        self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// An I/O wrapper that records activity, for the idle timeout.
+struct IdleIo<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T> IdleIo<T> {
+    fn new(inner: T) -> IdleIo<T> {
+        IdleIo { inner, activity: Arc::new(Activity { opened: Instant::now(), last_ms: AtomicU64::new(0) }) }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        res
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        res
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        res
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

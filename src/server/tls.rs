@@ -1,0 +1,87 @@
+//! TLS server configuration: rustls with ring, TLS 1.2 and 1.3, ALPN h2 and http/1.1. Certificates
+//! come from PEM files, or a development certificate generated once and kept on disk.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::TlsConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("reading certificate chain {path}")]
+    Cert { path: PathBuf, #[source] source: rustls_pki_types::pem::Error },
+    #[error("{path} holds no certificate")]
+    NoCert { path: PathBuf },
+    #[error("reading private key {path}")]
+    Key { path: PathBuf, #[source] source: rustls_pki_types::pem::Error },
+    #[error("certificate and key do not make a usable TLS config")]
+    Rustls(#[from] rustls::Error),
+    #[error("generating the development certificate")]
+    Generate(#[from] rcgen::Error),
+    #[error("writing the development certificate to {path}")]
+    Write { path: PathBuf, #[source] source: std::io::Error },
+}
+
+/// File names of the development certificate inside its directory.
+pub const DEV_CERT_FILE: &str = "cert.pem";
+pub const DEV_KEY_FILE: &str = "key.pem";
+
+/// Build the server TLS config for the data listener.
+pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
+    let (cert_path, key_path) = match tls {
+        TlsConfig::Files { cert, key } => (cert.clone(), key.clone()),
+        TlsConfig::Development { dir } => ensure_dev_cert(dir)?,
+    };
+    let certs = CertificateDer::pem_file_iter(&cert_path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| TlsError::Cert { path: cert_path.clone(), source })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCert { path: cert_path });
+    }
+    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|source| TlsError::Key { path: key_path, source })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Create `dir/cert.pem` and `dir/key.pem` (self-signed for localhost, 127.0.0.1 and ::1) unless
+/// both exist. The key file is readable by its owner only.
+pub fn ensure_dev_cert(dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
+    let cert_path = dir.join(DEV_CERT_FILE);
+    let key_path = dir.join(DEV_KEY_FILE);
+    if cert_path.is_file() && key_path.is_file() {
+        return Ok((cert_path, key_path));
+    }
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let generated = rcgen::generate_simple_self_signed(names)?;
+    let write_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TlsError::Write { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(write_err(dir))?;
+    write_private(&key_path, generated.key_pair.serialize_pem().as_bytes()).map_err(write_err(&key_path))?;
+    std::fs::write(&cert_path, generated.cert.pem()).map_err(write_err(&cert_path))?;
+    Ok((cert_path, key_path))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}

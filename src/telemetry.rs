@@ -1,0 +1,134 @@
+//! Logging setup and the Prometheus metrics. Every metric name lives in this file.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line (for log shippers).
+    Json,
+    /// Human-readable, for a terminal.
+    Pretty,
+}
+
+/// Install the global tracing subscriber. `RUST_LOG` overrides the default `info` level.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A second init (tests) is harmless; ignore the error it returns.
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Pretty => builder.compact().try_init(),
+    };
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteStatus {
+    pub route: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamError {
+    pub source: String,
+    pub kind: &'static str,
+}
+
+/// All gateway metrics. One instance per running gateway (tests run several in one process).
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RouteStatus, Counter>,
+    pub response_bytes: Family<RouteLabel, Counter>,
+    pub request_duration: Family<RouteLabel, Histogram>,
+    pub aborted_responses: Family<RouteLabel, Counter>,
+    pub open_connections: Gauge<i64, std::sync::atomic::AtomicI64>,
+    pub rejected_connections: Counter<u64, AtomicU64>,
+    pub tls_handshake_failures: Counter<u64, AtomicU64>,
+    pub accept_errors: Counter<u64, AtomicU64>,
+    pub upstream_errors: Family<UpstreamError, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("bucketgate");
+        let requests = Family::<RouteStatus, Counter>::default();
+        registry.register("http_requests", "Requests answered, by route and status", requests.clone());
+        let response_bytes = Family::<RouteLabel, Counter>::default();
+        registry.register(
+            "http_response_body_bytes",
+            "Response body bytes sent to clients",
+            response_bytes.clone(),
+        );
+        let request_duration = Family::<RouteLabel, Histogram>::new_with_constructor(|| {
+            // 0.5 ms .. ~16 s
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from request head to response head",
+            request_duration.clone(),
+        );
+        let aborted_responses = Family::<RouteLabel, Counter>::default();
+        registry.register(
+            "http_aborted_responses",
+            "Responses whose body was cut off (upstream failure or client gone)",
+            aborted_responses.clone(),
+        );
+        let open_connections = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        registry.register("open_connections", "Open client connections on the data listener", open_connections.clone());
+        let rejected_connections = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "rejected_connections",
+            "Connections closed at accept because max_connections was reached",
+            rejected_connections.clone(),
+        );
+        let tls_handshake_failures = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            tls_handshake_failures.clone(),
+        );
+        let accept_errors = Counter::<u64, AtomicU64>::default();
+        registry.register("accept_errors", "Errors from accept() (EMFILE and the like)", accept_errors.clone());
+        let upstream_errors = Family::<UpstreamError, Counter>::default();
+        registry.register("upstream_errors", "Backend failures, by source and kind", upstream_errors.clone());
+        Metrics {
+            registry,
+            requests,
+            response_bytes,
+            request_duration,
+            aborted_responses,
+            open_connections,
+            rejected_connections,
+            tls_handshake_failures,
+            accept_errors,
+            upstream_errors,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
