@@ -98,7 +98,10 @@ pub enum S3Credentials {
     /// The AWS default chain (env, profile, web identity, ECS, IMDS).
     DefaultChain,
     /// Static keys; the secret was resolved from `env:NAME` or `file:PATH` at load.
-    Static { access_key_id: String, secret_access_key: Secret },
+    Static {
+        access_key_id: String,
+        secret_access_key: Secret,
+    },
 }
 
 impl fmt::Debug for S3Credentials {
@@ -133,7 +136,8 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Parse and validate config text. `origin` names the file in error messages.
+/// Parse and validate config text. `origin` names the file in error messages, and relative paths
+/// in the text (fs roots, TLS files, `file:` secrets) are resolved from its directory.
 pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
     validate::parse(text, origin)
 }
@@ -151,14 +155,20 @@ impl Config {
         let mut sources = BTreeMap::new();
         sources.insert(
             "local".to_string(),
-            SourceConfig::Fs(FsSource { root: workdir.join("data") }),
+            SourceConfig::Fs(FsSource {
+                root: workdir.join("data"),
+            }),
         );
         Config {
             listener: ListenerConfig {
                 addr: defaults::DEFAULT_DATA_ADDR,
-                tls: TlsConfig::Development { dir: workdir.join(".bucketgate") },
+                tls: TlsConfig::Development {
+                    dir: workdir.join(".bucketgate"),
+                },
             },
-            admin: AdminConfig { addr: defaults::DEFAULT_ADMIN_ADDR },
+            admin: AdminConfig {
+                addr: defaults::DEFAULT_ADMIN_ADDR,
+            },
             limits: Limits::default(),
             sources,
         }

@@ -1,0 +1,76 @@
+//! Every default limit and timeout, in one place, with units in the names.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use super::Limits;
+
+pub const DEFAULT_DATA_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8443);
+pub const DEFAULT_ADMIN_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090);
+
+pub const TLS_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
+pub const HEADER_READ_TIMEOUT_SECS: u64 = 10;
+pub const IDLE_TIMEOUT_SECS: u64 = 60;
+pub const MAX_CONNECTIONS: usize = 10_000;
+pub const MAX_HEADERS: usize = 64;
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
+pub const H2_MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+pub const H2_MAX_PENDING_RESET_STREAMS: usize = 20;
+pub const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
+pub const SHUTDOWN_GRACE_SECS: u64 = 30;
+pub const UPSTREAM_CONNECT_TIMEOUT_MS: u64 = 3_000;
+pub const UPSTREAM_FIRST_BYTE_TIMEOUT_SECS: u64 = 15;
+pub const UPSTREAM_IDLE_TIMEOUT_SECS: u64 = 30;
+pub const UPSTREAM_MAX_RETRIES: u32 = 2;
+
+/// Region used by an s3 source that names none.
+pub const DEFAULT_S3_REGION: &str = "us-east-1";
+
+// Upper bounds accepted by config validation. A value above one is almost certainly a typo (an
+// extra digit, or milliseconds written into a `_secs` key); the lower bound is 1 everywhere except
+// `upstream_max_retries`, which may be 0.
+pub const TLS_HANDSHAKE_TIMEOUT_SECS_MAX: u64 = 300;
+pub const HEADER_READ_TIMEOUT_SECS_MAX: u64 = 300;
+pub const IDLE_TIMEOUT_SECS_MAX: u64 = 3_600;
+pub const MAX_CONNECTIONS_MAX: u64 = 1_000_000;
+pub const MAX_HEADERS_MAX: u64 = 1_024;
+pub const MAX_HEADER_BYTES_MAX: u64 = 1024 * 1024;
+pub const H2_MAX_CONCURRENT_STREAMS_MAX: u64 = 10_000;
+pub const H2_MAX_HEADER_LIST_BYTES_MAX: u64 = 1024 * 1024;
+pub const H2_MAX_PENDING_RESET_STREAMS_MAX: u64 = 10_000;
+pub const H2_MAX_LOCAL_ERROR_RESET_STREAMS_MAX: u64 = 100_000;
+pub const SHUTDOWN_GRACE_SECS_MAX: u64 = 3_600;
+pub const UPSTREAM_CONNECT_TIMEOUT_MS_MAX: u64 = 60_000;
+pub const UPSTREAM_FIRST_BYTE_TIMEOUT_SECS_MAX: u64 = 600;
+pub const UPSTREAM_IDLE_TIMEOUT_SECS_MAX: u64 = 3_600;
+pub const UPSTREAM_MAX_RETRIES_MAX: u64 = 10;
+
+/// Bytes read from a backend per body frame: bounds per-response memory.
+pub const BODY_CHUNK_BYTES: usize = 64 * 1024;
+/// Longest decoded object key, in bytes (DESIGN.md "Paths and keys").
+pub const MAX_KEY_BYTES: usize = 1024;
+/// Pause after an accept error (EMFILE and friends) so the loop does not spin.
+pub const ACCEPT_ERROR_BACKOFF_MS: u64 = 50;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            tls_handshake_timeout: Duration::from_secs(TLS_HANDSHAKE_TIMEOUT_SECS),
+            header_read_timeout: Duration::from_secs(HEADER_READ_TIMEOUT_SECS),
+            idle_timeout: Duration::from_secs(IDLE_TIMEOUT_SECS),
+            max_connections: MAX_CONNECTIONS,
+            max_headers: MAX_HEADERS,
+            max_header_bytes: MAX_HEADER_BYTES,
+            h2_max_concurrent_streams: H2_MAX_CONCURRENT_STREAMS,
+            h2_max_header_list_bytes: H2_MAX_HEADER_LIST_BYTES,
+            h2_max_pending_reset_streams: H2_MAX_PENDING_RESET_STREAMS,
+            h2_max_local_error_reset_streams: H2_MAX_LOCAL_ERROR_RESET_STREAMS,
+            shutdown_grace: Duration::from_secs(SHUTDOWN_GRACE_SECS),
+            upstream_connect_timeout: Duration::from_millis(UPSTREAM_CONNECT_TIMEOUT_MS),
+            upstream_first_byte_timeout: Duration::from_secs(UPSTREAM_FIRST_BYTE_TIMEOUT_SECS),
+            upstream_idle_timeout: Duration::from_secs(UPSTREAM_IDLE_TIMEOUT_SECS),
+            upstream_max_retries: UPSTREAM_MAX_RETRIES,
+        }
+    }
+}

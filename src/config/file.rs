@@ -1,0 +1,127 @@
+//! The config file exactly as written: serde structs that mirror the TOML layout.
+//!
+//! Every value is wrapped in [`Spanned`] so that `validate.rs` can point an error at its line and
+//! column, and every field is optional so that a missing key becomes a validation error collected
+//! with all the others instead of stopping deserialization. Integers are read as `i64` for the same
+//! reason: a negative or zero limit is reported by validation, with the key's bounds.
+//!
+//! `deny_unknown_fields` makes a misspelt key an error that lists the valid keys. Nothing outside
+//! `config/` sees these types; the rest of the crate uses the validated types in `mod.rs`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
+use toml::Spanned;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub listener: Option<Spanned<RawListener>>,
+    pub admin: Option<Spanned<RawAdmin>>,
+    pub limits: Option<Spanned<RawLimits>>,
+    pub sources: Option<Spanned<BTreeMap<Spanned<String>, Spanned<RawSource>>>>,
+}
+
+/// `[listener]`: the TLS data listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawListener {
+    pub addr: Option<Spanned<String>>,
+    pub tls_cert: Option<Spanned<String>>,
+    pub tls_key: Option<Spanned<String>>,
+    pub dev_certificate_dir: Option<Spanned<String>>,
+}
+
+/// `[admin]`: the plain-HTTP admin listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub addr: Option<Spanned<String>>,
+}
+
+/// `[limits]`: every key optional, defaults in `defaults.rs`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub tls_handshake_timeout_secs: Option<Spanned<i64>>,
+    pub header_read_timeout_secs: Option<Spanned<i64>>,
+    pub idle_timeout_secs: Option<Spanned<i64>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub max_headers: Option<Spanned<i64>>,
+    pub max_header_bytes: Option<Spanned<i64>>,
+    pub h2_max_concurrent_streams: Option<Spanned<i64>>,
+    pub h2_max_header_list_bytes: Option<Spanned<i64>>,
+    pub h2_max_pending_reset_streams: Option<Spanned<i64>>,
+    pub h2_max_local_error_reset_streams: Option<Spanned<i64>>,
+    pub shutdown_grace_secs: Option<Spanned<i64>>,
+    pub upstream_connect_timeout_ms: Option<Spanned<i64>>,
+    pub upstream_first_byte_timeout_secs: Option<Spanned<i64>>,
+    pub upstream_idle_timeout_secs: Option<Spanned<i64>>,
+    pub upstream_max_retries: Option<Spanned<i64>>,
+}
+
+/// `[sources.NAME]`: one flat struct for every kind, so that a key of the wrong kind (`bucket` on
+/// an fs source) is reported by validation with a message naming the kind it belongs to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSource {
+    pub kind: Option<Spanned<String>>,
+    // kind = "fs"
+    pub root: Option<Spanned<String>>,
+    // kind = "s3"
+    pub bucket: Option<Spanned<String>>,
+    pub prefix: Option<Spanned<String>>,
+    pub region: Option<Spanned<String>>,
+    pub endpoint: Option<Spanned<String>>,
+    pub path_style: Option<Spanned<bool>>,
+    pub credentials: Option<Spanned<RawCredentials>>,
+}
+
+/// `credentials = "default"` or `credentials = { access_key_id = ..., secret_access_key = ... }`.
+///
+/// Hand-written rather than `#[serde(untagged)]`: an untagged enum buffers its input and would
+/// lose the spans of the fields inside the table.
+#[derive(Debug)]
+pub(super) enum RawCredentials {
+    /// A bare string; only `"default"` is valid. Kept whole so validation can reject the rest
+    /// (without printing it: it could be a pasted secret).
+    Named(String),
+    Static(RawStaticCredentials),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStaticCredentials {
+    pub access_key_id: Option<Spanned<String>>,
+    pub secret_access_key: Option<Spanned<String>>,
+}
+
+impl<'de> Deserialize<'de> for RawCredentials {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct CredentialsVisitor;
+
+        impl<'de> Visitor<'de> for CredentialsVisitor {
+            type Value = RawCredentials;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "\"default\" or a table { access_key_id = \"...\", secret_access_key = \"env:NAME\" }",
+                )
+            }
+
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<RawCredentials, E> {
+                Ok(RawCredentials::Named(value.to_owned()))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawCredentials, A::Error> {
+                RawStaticCredentials::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawCredentials::Static)
+            }
+        }
+
+        deserializer.deserialize_any(CredentialsVisitor)
+    }
+}

@@ -1,0 +1,725 @@
+//! Config validation, one test per class of mistake: each asserts the line, the dotted key and
+//! that the message says how to fix it. Files are written to a temp directory and loaded with
+//! `config::load`, so relative paths resolve the way they do for a real config file.
+
+// Tests may unwrap and panic; the lints guard src/.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+
+use bucketgate::config::{self, Config, ConfigError, S3Credentials, SourceConfig, TlsConfig};
+
+/// A temp directory holding `data/` (a valid fs root) and the config file under test.
+struct Dir {
+    dir: tempfile::TempDir,
+}
+
+impl Dir {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        Dir { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn load(&self, text: &str) -> Result<Config, Vec<ConfigError>> {
+        let path = self.config_path();
+        std::fs::write(&path, text).unwrap();
+        config::load(&path).map_err(|e| e.0)
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.path().join("config.toml")
+    }
+}
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    match Dir::new().load(text) {
+        Ok(config) => panic!("expected errors, got {config:?}"),
+        Err(errors) => errors,
+    }
+}
+
+fn one_error(text: &str) -> ConfigError {
+    let errors = errors(text);
+    assert_eq!(
+        errors.len(),
+        1,
+        "expected exactly one error, got {errors:#?}"
+    );
+    errors.into_iter().next().unwrap()
+}
+
+#[track_caller]
+fn assert_at(error: &ConfigError, line: usize, key: &str, needle: &str) {
+    assert_eq!((error.line, error.key.as_str()), (line, key), "{error}");
+    assert!(
+        error.message.contains(needle),
+        "message lacks {needle:?}: {error}"
+    );
+}
+
+#[test]
+fn config_example_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml.example");
+    let config = config::load(&path).unwrap_or_else(|e| panic!("config.toml.example:\n{e}"));
+    assert_eq!(config.listener.addr.to_string(), "127.0.0.1:8443");
+    assert!(matches!(config.listener.tls, TlsConfig::Development { .. }));
+    assert_eq!(config.admin.addr, config::defaults::DEFAULT_ADMIN_ADDR);
+    match &config.sources["local"] {
+        SourceConfig::Fs(fs) => assert!(fs.root.join("hello.txt").is_file(), "{fs:?}"),
+        other => panic!("local should be fs: {other:?}"),
+    }
+    match &config.sources["photos"] {
+        SourceConfig::S3(s3) => {
+            assert_eq!(s3.prefix, "photos/");
+            assert!(matches!(s3.credentials, S3Credentials::DefaultChain));
+        }
+        other => panic!("photos should be s3: {other:?}"),
+    }
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let dir = Dir::new();
+    let config = dir
+        .load(
+            r#"[listener]
+addr = "127.0.0.1:0"
+dev_certificate_dir = ".bucketgate"
+
+[sources.local]
+kind = "fs"
+root = "data"
+"#,
+        )
+        .unwrap();
+    assert_eq!(config.admin.addr, config::defaults::DEFAULT_ADMIN_ADDR);
+    assert_eq!(
+        config.limits.idle_timeout.as_secs(),
+        config::defaults::IDLE_TIMEOUT_SECS
+    );
+    match &config.listener.tls {
+        TlsConfig::Development { dir: cert_dir } => {
+            assert_eq!(cert_dir, &dir.path().join(".bucketgate"))
+        }
+        other => panic!("{other:?}"),
+    }
+    match &config.sources["local"] {
+        SourceConfig::Fs(fs) => assert_eq!(fs.root, dir.path().join("data")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn config_syntax_error_points_at_the_bad_value() {
+    let e = one_error(
+        r#"[listener]
+addr = 127.0.0.1:8443
+dev_certificate_dir = ".bucketgate"
+"#,
+    );
+    assert_at(&e, 2, "listener.addr", "fix the TOML syntax");
+}
+
+#[test]
+fn config_syntax_error_outside_a_key_is_reported_with_position() {
+    let e = one_error("[listener]\naddr = \"127.0.0.1:8443\"\n[sources\n");
+    assert_at(&e, 3, "(syntax)", "expected `]`");
+    assert_eq!(e.col, 9);
+}
+
+#[test]
+fn config_unknown_key_is_named_with_the_valid_keys() {
+    let e = one_error(
+        r#"[listener]
+addr = "127.0.0.1:8443"
+dev_certificate_dir = ".bucketgate"
+port = 8443
+"#,
+    );
+    assert_at(&e, 4, "listener.port", "unknown field `port`");
+    assert!(
+        e.message.contains("`addr`") && e.message.contains("`tls_cert`"),
+        "{e}"
+    );
+    assert_eq!(e.col, 1);
+}
+
+#[test]
+fn config_unknown_table_is_named() {
+    let e = one_error("[listner]\naddr = \"127.0.0.1:8443\"\n");
+    assert_at(&e, 1, "listner", "expected one of `listener`");
+}
+
+#[test]
+fn config_wrong_type_points_at_the_value() {
+    let e = one_error(
+        r#"[listener]
+addr = "127.0.0.1:8443"
+dev_certificate_dir = ".bucketgate"
+
+[limits]
+idle_timeout_secs = "60"
+"#,
+    );
+    assert_at(&e, 6, "limits.idle_timeout_secs", "expected an integer");
+    assert_eq!(e.col, 21);
+}
+
+#[test]
+fn config_bad_socket_address() {
+    let e = one_error(
+        r#"[listener]
+addr = "localhost:8443"
+dev_certificate_dir = ".bucketgate"
+
+[sources.local]
+kind = "fs"
+root = "data"
+"#,
+    );
+    assert_at(&e, 2, "listener.addr", "write IP:PORT");
+    assert_eq!(e.col, 8);
+}
+
+#[test]
+fn config_missing_required_key_points_at_its_table() {
+    let e = one_error(
+        r#"[listener]
+dev_certificate_dir = ".bucketgate"
+
+[sources.local]
+kind = "fs"
+root = "data"
+"#,
+    );
+    assert_at(&e, 1, "listener.addr", "add `addr = ");
+}
+
+#[test]
+fn config_missing_listener_table() {
+    let e = one_error("[sources.local]\nkind = \"fs\"\nroot = \"data\"\n");
+    assert_at(&e, 1, "listener", "add it");
+}
+
+#[test]
+fn config_tls_files_and_dev_dir_together_is_refused() {
+    let e = one_error(
+        r#"[listener]
+addr = "127.0.0.1:8443"
+tls_cert = "server.crt"
+tls_key = "server.key"
+dev_certificate_dir = ".bucketgate"
+
+[sources.local]
+kind = "fs"
+root = "data"
+"#,
+    );
+    assert_at(&e, 5, "listener.dev_certificate_dir", "remove the other");
+}
+
+#[test]
+fn config_tls_cert_without_key_is_refused() {
+    let e = one_error(
+        r#"[listener]
+addr = "127.0.0.1:8443"
+tls_cert = "server.crt"
+
+[sources.local]
+kind = "fs"
+root = "data"
+"#,
+    );
+    assert_at(&e, 3, "listener.tls_cert", "add `tls_key`");
+}
+
+#[test]
+fn config_tls_key_without_cert_is_refused() {
+    let e = one_error(
+        r#"[listener]
+addr = "127.0.0.1:8443"
+tls_key = "server.key"
+
+[sources.local]
+kind = "fs"
+root = "data"
+"#,
+    );
+    assert_at(&e, 3, "listener.tls_key", "add `tls_cert`");
+}
+
+#[test]
+fn config_no_tls_at_all_is_refused() {
+    let e = one_error(
+        "[listener]\naddr = \"127.0.0.1:8443\"\n\n[sources.local]\nkind = \"fs\"\nroot = \"data\"\n",
+    );
+    assert_at(&e, 1, "listener", "dev_certificate_dir");
+}
+
+#[test]
+fn config_tls_files_must_exist() {
+    let dir = Dir::new();
+    std::fs::write(
+        dir.path().join("server.crt"),
+        "-----BEGIN CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let errors = dir
+        .load(
+            r#"[listener]
+addr = "127.0.0.1:8443"
+tls_cert = "server.crt"
+tls_key = "server.key"
+
+[sources.local]
+kind = "fs"
+root = "data"
+"#,
+        )
+        .unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_at(&errors[0], 4, "listener.tls_key", "does not exist");
+}
+
+#[test]
+fn config_admin_on_the_data_port_is_refused() {
+    let e = one_error(
+        r#"[listener]
+addr = "127.0.0.1:8443"
+dev_certificate_dir = ".bucketgate"
+
+[admin]
+addr = "127.0.0.1:8443"
+
+[sources.local]
+kind = "fs"
+root = "data"
+"#,
+    );
+    assert_at(&e, 6, "admin.addr", "its own port");
+}
+
+#[test]
+fn config_zero_timeout_is_refused() {
+    let e = one_error(
+        r#"[listener]
+addr = "127.0.0.1:8443"
+dev_certificate_dir = ".bucketgate"
+
+[limits]
+upstream_max_retries = 0
+idle_timeout_secs = 0
+
+[sources.local]
+kind = "fs"
+root = "data"
+"#,
+    );
+    assert_at(&e, 7, "limits.idle_timeout_secs", "0 is not allowed");
+    assert!(e.message.contains("from 1 to 3600"), "{e}");
+}
+
+#[test]
+fn config_limit_above_its_bound_is_refused() {
+    let e = one_error(
+        r#"[listener]
+addr = "127.0.0.1:8443"
+dev_certificate_dir = ".bucketgate"
+
+[limits]
+max_header_bytes = 2097152
+
+[sources.local]
+kind = "fs"
+root = "data"
+"#,
+    );
+    assert_at(&e, 6, "limits.max_header_bytes", "from 1 to 1048576");
+}
+
+#[test]
+fn config_bad_source_name() {
+    let e = one_error(
+        r#"[listener]
+addr = "127.0.0.1:8443"
+dev_certificate_dir = ".bucketgate"
+
+[sources.Photos]
+kind = "fs"
+root = "data"
+"#,
+    );
+    assert_at(&e, 5, "sources.Photos", "not a valid source name");
+}
+
+#[test]
+fn config_no_sources() {
+    let e =
+        one_error("[listener]\naddr = \"127.0.0.1:8443\"\ndev_certificate_dir = \".bucketgate\"\n");
+    assert_at(&e, 1, "sources", "add at least one");
+}
+
+#[test]
+fn config_empty_sources_table() {
+    let e = one_error(
+        "[listener]\naddr = \"127.0.0.1:8443\"\ndev_certificate_dir = \".bucketgate\"\n\n[sources]\n",
+    );
+    assert_at(&e, 5, "sources", "add at least one");
+}
+
+#[test]
+fn config_fs_root_missing() {
+    let e = one_error(
+        r#"[listener]
+addr = "127.0.0.1:8443"
+dev_certificate_dir = ".bucketgate"
+
+[sources.local]
+kind = "fs"
+root = "no-such-dir"
+"#,
+    );
+    assert_at(&e, 7, "sources.local.root", "does not exist; create it");
+}
+
+#[test]
+fn config_fs_root_that_is_a_file() {
+    let dir = Dir::new();
+    std::fs::write(dir.path().join("file"), "x").unwrap();
+    let errors = dir
+        .load("[listener]\naddr = \"127.0.0.1:8443\"\ndev_certificate_dir = \".b\"\n[sources.local]\nkind = \"fs\"\nroot = \"file\"\n")
+        .unwrap_err();
+    assert_at(&errors[0], 6, "sources.local.root", "is not a directory");
+}
+
+#[test]
+fn config_fs_source_with_s3_key() {
+    let e = one_error(
+        r#"[listener]
+addr = "127.0.0.1:8443"
+dev_certificate_dir = ".bucketgate"
+
+[sources.local]
+kind = "fs"
+root = "data"
+bucket = "photos"
+"#,
+    );
+    assert_at(
+        &e,
+        8,
+        "sources.local.bucket",
+        "only valid for kind = \"s3\"",
+    );
+}
+
+#[test]
+fn config_s3_source_with_fs_key() {
+    let e = one_error(
+        r#"[listener]
+addr = "127.0.0.1:8443"
+dev_certificate_dir = ".bucketgate"
+
+[sources.photos]
+kind = "s3"
+bucket = "photos"
+root = "data"
+"#,
+    );
+    assert_at(&e, 8, "sources.photos.root", "only valid for kind = \"fs\"");
+}
+
+#[test]
+fn config_unknown_source_kind() {
+    let e = one_error(
+        "[listener]\naddr = \"127.0.0.1:8443\"\ndev_certificate_dir = \".b\"\n[sources.x]\nkind = \"gcs\"\n",
+    );
+    assert_at(&e, 5, "sources.x.kind", "use \"fs\" or \"s3\"");
+}
+
+#[test]
+fn config_bad_bucket_name() {
+    let e = one_error(
+        r#"[listener]
+addr = "127.0.0.1:8443"
+dev_certificate_dir = ".bucketgate"
+
+[sources.photos]
+kind = "s3"
+bucket = "My_Photos"
+"#,
+    );
+    assert_at(&e, 7, "sources.photos.bucket", "not a valid S3 bucket name");
+}
+
+#[test]
+fn config_bad_prefix() {
+    let e = one_error(
+        r#"[listener]
+addr = "127.0.0.1:8443"
+dev_certificate_dir = ".bucketgate"
+
+[sources.photos]
+kind = "s3"
+bucket = "photos"
+prefix = "/photos"
+"#,
+    );
+    assert_at(&e, 8, "sources.photos.prefix", "write \"photos/\"");
+}
+
+#[test]
+fn config_bad_endpoint_url() {
+    let e = one_error(
+        r#"[listener]
+addr = "127.0.0.1:8443"
+dev_certificate_dir = ".bucketgate"
+
+[sources.photos]
+kind = "s3"
+bucket = "photos"
+endpoint = "http://127.0.0.1:9000/photos"
+"#,
+    );
+    assert_at(&e, 8, "sources.photos.endpoint", "must not have a path");
+}
+
+#[test]
+fn config_endpoint_is_normalized() {
+    let config = Dir::new()
+        .load(
+            r#"[listener]
+addr = "127.0.0.1:8443"
+dev_certificate_dir = ".bucketgate"
+
+[sources.photos]
+kind = "s3"
+bucket = "photos"
+endpoint = "http://127.0.0.1:9000/"
+path_style = true
+"#,
+        )
+        .unwrap();
+    match &config.sources["photos"] {
+        SourceConfig::S3(s3) => {
+            assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+            assert_eq!(s3.region, "us-east-1");
+            assert_eq!(s3.prefix, "");
+            assert!(s3.path_style);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn config_literal_secret_is_refused_without_echoing_it() {
+    let e = one_error(
+        r#"[listener]
+addr = "127.0.0.1:8443"
+dev_certificate_dir = ".bucketgate"
+
+[sources.photos]
+kind = "s3"
+bucket = "photos"
+credentials = { access_key_id = "AKIAEXAMPLE", secret_access_key = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY" }
+"#,
+    );
+    assert_at(
+        &e,
+        8,
+        "sources.photos.credentials.secret_access_key",
+        "\"env:NAME\"",
+    );
+    assert!(!e.to_string().contains("wJalrXUtnFEMI"), "{e}");
+}
+
+#[test]
+fn config_unknown_credentials_string_is_refused_without_echoing_it() {
+    let e = one_error(
+        r#"[listener]
+addr = "127.0.0.1:8443"
+dev_certificate_dir = ".bucketgate"
+
+[sources.photos]
+kind = "s3"
+bucket = "photos"
+credentials = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+"#,
+    );
+    assert_at(&e, 8, "sources.photos.credentials", "\"default\"");
+    assert!(!e.to_string().contains("wJalrXUtnFEMI"), "{e}");
+}
+
+#[test]
+fn config_missing_env_secret_names_the_variable() {
+    let e = one_error(
+        r#"[listener]
+addr = "127.0.0.1:8443"
+dev_certificate_dir = ".bucketgate"
+
+[sources.photos]
+kind = "s3"
+bucket = "photos"
+
+[sources.photos.credentials]
+access_key_id = "AKIAEXAMPLE"
+secret_access_key = "env:BUCKETGATE_TEST_SURELY_UNSET_7D3F9A"
+"#,
+    );
+    assert_at(
+        &e,
+        11,
+        "sources.photos.credentials.secret_access_key",
+        "`BUCKETGATE_TEST_SURELY_UNSET_7D3F9A` is not set",
+    );
+}
+
+#[test]
+fn config_env_secret_is_resolved() {
+    // PATH is set wherever the tests run; it stands in for a secret (tests cannot set variables:
+    // `unsafe_code` is forbidden).
+    let config = Dir::new()
+        .load(
+            r#"[listener]
+addr = "127.0.0.1:8443"
+dev_certificate_dir = ".bucketgate"
+
+[sources.photos]
+kind = "s3"
+bucket = "photos"
+credentials = { access_key_id = "AKIAEXAMPLE", secret_access_key = "env:PATH" }
+"#,
+        )
+        .unwrap();
+    let SourceConfig::S3(s3) = &config.sources["photos"] else {
+        panic!("not s3")
+    };
+    let S3Credentials::Static {
+        secret_access_key, ..
+    } = &s3.credentials
+    else {
+        panic!("not static")
+    };
+    assert_eq!(secret_access_key.expose(), std::env::var("PATH").unwrap());
+}
+
+#[test]
+fn config_file_secret_is_read_relative_to_the_config_and_trimmed() {
+    let dir = Dir::new();
+    std::fs::write(dir.path().join("s3-secret"), "s3cr3t-value\n").unwrap();
+    let config = dir
+        .load(
+            r#"[listener]
+addr = "127.0.0.1:8443"
+dev_certificate_dir = ".bucketgate"
+
+[sources.photos]
+kind = "s3"
+bucket = "photos"
+credentials = { access_key_id = "AKIAEXAMPLE", secret_access_key = "file:s3-secret" }
+"#,
+        )
+        .unwrap();
+    let SourceConfig::S3(s3) = &config.sources["photos"] else {
+        panic!("not s3")
+    };
+    let S3Credentials::Static {
+        access_key_id,
+        secret_access_key,
+    } = &s3.credentials
+    else {
+        panic!("not static")
+    };
+    assert_eq!(access_key_id, "AKIAEXAMPLE");
+    assert_eq!(secret_access_key.expose(), "s3cr3t-value");
+    assert!(
+        !format!("{config:?}").contains("s3cr3t"),
+        "Debug must redact the secret"
+    );
+}
+
+#[test]
+fn config_unreadable_file_secret_names_the_file() {
+    let e = one_error(
+        r#"[listener]
+addr = "127.0.0.1:8443"
+dev_certificate_dir = ".bucketgate"
+
+[sources.photos]
+kind = "s3"
+bucket = "photos"
+credentials = { access_key_id = "AKIAEXAMPLE", secret_access_key = "file:missing-secret" }
+"#,
+    );
+    assert_at(
+        &e,
+        8,
+        "sources.photos.credentials.secret_access_key",
+        "missing-secret",
+    );
+}
+
+#[test]
+fn config_several_errors_are_reported_together_in_file_order() {
+    let dir = Dir::new();
+    let text = r#"[listener]
+addr = "127.0.0.1:99999"
+dev_certificate_dir = ".bucketgate"
+
+[limits]
+header_read_timeout_secs = 0
+
+[sources.local]
+kind = "fs"
+root = "nope"
+endpoint = "http://127.0.0.1:9000"
+
+[sources.photos]
+kind = "s3"
+bucket = "ab"
+prefix = "photos"
+"#;
+    let errors = dir.load(text).unwrap_err();
+    let found: Vec<(usize, &str)> = errors.iter().map(|e| (e.line, e.key.as_str())).collect();
+    assert_eq!(
+        found,
+        [
+            (2, "listener.addr"),
+            (6, "limits.header_read_timeout_secs"),
+            (10, "sources.local.root"),
+            (11, "sources.local.endpoint"),
+            (15, "sources.photos.bucket"),
+            (16, "sources.photos.prefix"),
+        ]
+    );
+    // Display: one `file:line:col: key: message` line per error.
+    let shown = config::load(&dir.config_path()).unwrap_err().to_string();
+    let origin = dir.config_path().display().to_string();
+    assert_eq!(shown.lines().count(), 6, "{shown}");
+    assert!(
+        shown
+            .lines()
+            .next()
+            .unwrap()
+            .starts_with(&format!("{origin}:2:8: listener.addr: ")),
+        "{shown}"
+    );
+}
+
+#[test]
+fn config_missing_file_is_one_error() {
+    let dir = Dir::new();
+    let errors = config::load(&dir.path().join("absent.toml")).unwrap_err().0;
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].key, "(file)");
+    assert!(
+        errors[0].message.contains("cannot read the config file"),
+        "{}",
+        errors[0]
+    );
+}
