@@ -1,0 +1,542 @@
+//! S3 and S3-compatible stores through aws-sdk-s3.
+//!
+//! This module owns the SDK client of one source: its HTTP stack (our hyper 1 + rustls + ring,
+//! never a second TLS stack), its timeouts and retries, the mapping from a gateway key to a bucket
+//! key (`prefix + key`, verbatim bytes) and the mapping from SDK errors to [`BackendError`].
+//! It must not pick HTTP statuses, log credentials or pass S3 error bodies on.
+//!
+//! Time limits, and who enforces them:
+//! - connect: the SDK connector (`upstream_connect_timeout`);
+//! - response headers: the SDK's per-attempt timeout (`upstream_first_byte_timeout`), retried up
+//!   to `upstream_max_retries` times, which is safe because nothing has reached the client yet;
+//! - body: our own per-frame idle timeout (`upstream_idle_timeout`) in [`body_stream`]. The SDK's
+//!   stalled-stream protection is turned off so that a stall is reported once, as
+//!   [`BackendError::Stalled`], and never retried behind the client's back.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use aws_config::default_provider::credentials::DefaultCredentialsChain;
+use aws_config::provider_config::ProviderConfig;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, StalledStreamProtectionConfig};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::{ByteStream, DateTime};
+use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+
+use super::{Backend, BackendError, BodyStream, ByteRange, ObjectBody, ObjectMeta};
+use crate::config::{Limits, S3Credentials, S3Source};
+
+/// First pause between two attempts of one upstream call; the SDK doubles it, with jitter.
+/// The SDK's own default (1 s) is too slow for a request a browser is waiting on.
+const RETRY_INITIAL_BACKOFF_MS: u64 = 100;
+/// Longest pause between two attempts.
+const RETRY_MAX_BACKOFF_MS: u64 = 1_000;
+
+/// One configured S3 source: a client bound to one bucket and key prefix.
+pub struct S3Backend {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    prefix: String,
+    connect_timeout: Duration,
+    first_byte_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl fmt::Debug for S3Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Backend")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Backend {
+    /// Build the client. Makes no network call: credentials of the default chain are loaded on
+    /// first use, so a source whose store is down still starts (and `ready()` says so).
+    pub async fn new(cfg: &S3Source, limits: &Limits) -> Result<S3Backend, BackendError> {
+        // One HTTP stack for the whole process: hyper 1 + rustls with ring.
+        let http_client = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+            .build_https();
+        let region = Region::new(cfg.region.clone());
+
+        // No connector read timeout: the attempt timeout already bounds the wait for headers,
+        // and a second, equal timer would only make the reported cause depend on a race.
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(limits.upstream_connect_timeout)
+            .operation_attempt_timeout(limits.upstream_first_byte_timeout)
+            .build();
+        let retries = RetryConfig::standard()
+            .with_max_attempts(limits.upstream_max_retries.saturating_add(1))
+            .with_initial_backoff(Duration::from_millis(RETRY_INITIAL_BACKOFF_MS))
+            .with_max_backoff(Duration::from_millis(RETRY_MAX_BACKOFF_MS));
+
+        let mut builder = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(region.clone())
+            .http_client(http_client.clone())
+            .timeout_config(timeouts.clone())
+            .retry_config(retries.clone())
+            .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
+            .force_path_style(cfg.path_style);
+        if let Some(endpoint) = &cfg.endpoint {
+            builder = builder.endpoint_url(endpoint);
+        }
+        builder = match &cfg.credentials {
+            S3Credentials::Static {
+                access_key_id,
+                secret_access_key,
+            } => builder.credentials_provider(Credentials::new(
+                access_key_id,
+                secret_access_key.expose(),
+                None,
+                None,
+                "bucketgate-static",
+            )),
+            S3Credentials::DefaultChain => {
+                // The chain's own calls (STS, IMDS, ECS) go through the same HTTP client.
+                let provider_config = ProviderConfig::default()
+                    .with_http_client(http_client)
+                    .with_region(Some(region.clone()))
+                    .with_timeout_config(timeouts)
+                    .with_retry_config(retries);
+                let chain = DefaultCredentialsChain::builder()
+                    .region(region)
+                    .configure(provider_config)
+                    .build()
+                    .await;
+                builder.credentials_provider(chain)
+            }
+        };
+
+        Ok(S3Backend {
+            client: aws_sdk_s3::Client::from_conf(builder.build()),
+            bucket: cfg.bucket.clone(),
+            prefix: cfg.prefix.clone(),
+            connect_timeout: limits.upstream_connect_timeout,
+            first_byte_timeout: limits.upstream_first_byte_timeout,
+            idle_timeout: limits.upstream_idle_timeout,
+        })
+    }
+
+    /// The key in the bucket: the prefix and the key, concatenated byte for byte. No slash is
+    /// added, merged or trimmed; the SDK percent-encodes the result.
+    fn object_key(&self, key: &str) -> String {
+        let mut full = String::with_capacity(self.prefix.len() + key.len());
+        full.push_str(&self.prefix);
+        full.push_str(key);
+        full
+    }
+
+    fn classify<E>(&self, err: SdkError<E>) -> BackendError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        classify_sdk_error(err, self.connect_timeout, self.first_byte_timeout)
+    }
+}
+
+impl Backend for S3Backend {
+    async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(key))
+            .send()
+            .await
+            .map_err(|e| self.classify(e))?;
+        Ok(ObjectMeta {
+            size: content_length(out.content_length())?,
+            etag: out.e_tag().map(str::to_owned),
+            last_modified: out.last_modified().map(whole_seconds),
+            content_type: out.content_type().map(str::to_owned),
+        })
+    }
+
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+        expect: &ObjectMeta,
+    ) -> Result<ObjectBody, BackendError> {
+        let mut request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(key));
+        if let Some(r) = range {
+            request = request.range(range_header(r));
+        }
+        // A changed object must never be mixed with the version the caller decided on: S3 answers
+        // 412 to a failed precondition. Without an ETag, the modification time is the next best.
+        if let Some(etag) = &expect.etag {
+            request = request.if_match(etag);
+        } else if let Some(modified) = expect.last_modified {
+            request = request.if_unmodified_since(DateTime::from(modified));
+        }
+        let out = request.send().await.map_err(|e| self.classify(e))?;
+
+        // Not every S3-compatible store honours If-Match on GET; compare ourselves too.
+        let etag = out.e_tag().map(str::to_owned);
+        if let (Some(want), Some(got)) = (&expect.etag, &etag)
+            && want != got
+        {
+            return Err(BackendError::Changed);
+        }
+
+        let length = content_length(out.content_length())?;
+        let size = match range {
+            Some(r) => {
+                // A store that ignores Range would send the whole object as if it were the range.
+                let total = match out.content_range() {
+                    Some(value) => check_content_range(value, r)?,
+                    None => {
+                        return Err(BackendError::Protocol(
+                            "ranged GET answered without Content-Range".into(),
+                        ));
+                    }
+                };
+                if length != r.len() {
+                    return Err(BackendError::Protocol(format!(
+                        "ranged GET: Content-Length {length}, expected {}",
+                        r.len()
+                    )));
+                }
+                total
+            }
+            None => length,
+        };
+        let meta = ObjectMeta {
+            size,
+            etag,
+            last_modified: out.last_modified().map(whole_seconds),
+            content_type: out.content_type().map(str::to_owned),
+        };
+        Ok(ObjectBody {
+            meta,
+            body: body_stream(out.body, length, self.idle_timeout),
+        })
+    }
+
+    async fn ready(&self) -> Result<(), BackendError> {
+        // A listing under the prefix needs the same permission as a prefix-scoped read policy
+        // grants, where HeadBucket would need rights on the whole bucket.
+        self.client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&self.prefix)
+            .max_keys(1)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.classify(e))
+    }
+}
+
+/// `Range` header value for one inclusive range.
+fn range_header(range: ByteRange) -> String {
+    format!("bytes={}-{}", range.start, range.end)
+}
+
+/// Check a `Content-Range: bytes start-end/total` against the range we asked for; return the
+/// object's total size.
+fn check_content_range(value: &str, asked: ByteRange) -> Result<u64, BackendError> {
+    let bad =
+        || BackendError::Protocol("ranged GET answered with an unusable Content-Range".into());
+    let rest = value.trim().strip_prefix("bytes ").ok_or_else(bad)?;
+    let (span, total) = rest.split_once('/').ok_or_else(bad)?;
+    let (start, end) = span.split_once('-').ok_or_else(bad)?;
+    let start: u64 = start.parse().map_err(|_| bad())?;
+    let end: u64 = end.parse().map_err(|_| bad())?;
+    let total: u64 = total.parse().map_err(|_| bad())?;
+    if start != asked.start || end != asked.end || end >= total {
+        return Err(BackendError::Protocol(format!(
+            "ranged GET: store sent bytes {start}-{end}/{total}, asked {}-{}",
+            asked.start, asked.end
+        )));
+    }
+    Ok(total)
+}
+
+fn content_length(value: Option<i64>) -> Result<u64, BackendError> {
+    value
+        .and_then(|n| u64::try_from(n).ok())
+        .ok_or_else(|| BackendError::Protocol("answer without a valid Content-Length".into()))
+}
+
+/// HTTP dates carry whole seconds; S3's are already whole, other stores' may not be.
+fn whole_seconds(t: &DateTime) -> SystemTime {
+    let secs = t.secs();
+    match u64::try_from(secs) {
+        Ok(s) => SystemTime::UNIX_EPOCH + Duration::from_secs(s),
+        Err(_) => SystemTime::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()),
+    }
+}
+
+/// The body as `Bytes` frames, one at a time (constant memory). Each frame must arrive within
+/// `idle`; a stall, a transport error or a body that ends short of `expected` bytes yields one
+/// `Err` item and ends the stream, so the response is aborted and never finished as complete.
+fn body_stream(body: ByteStream, expected: u64, idle: Duration) -> BodyStream {
+    struct State {
+        body: ByteStream,
+        received: u64,
+    }
+    let start = Some(State { body, received: 0 });
+    Box::pin(futures_util::stream::unfold(
+        start,
+        move |state| async move {
+            let mut st = state?;
+            match tokio::time::timeout(idle, st.body.next()).await {
+                Err(_) => Some((Err(BackendError::Stalled(idle)), None)),
+                Ok(Some(Ok(frame))) => {
+                    st.received = st.received.saturating_add(frame.len() as u64);
+                    if st.received > expected {
+                        let err = LengthMismatch {
+                            received: st.received,
+                            expected,
+                        };
+                        return Some((Err(BackendError::BodyBroken(Box::new(err))), None));
+                    }
+                    Some((Ok(frame), Some(st)))
+                }
+                Ok(Some(Err(e))) => Some((Err(BackendError::BodyBroken(Box::new(e))), None)),
+                Ok(None) if st.received == expected => None,
+                Ok(None) => {
+                    let err = LengthMismatch {
+                        received: st.received,
+                        expected,
+                    };
+                    Some((Err(BackendError::BodyBroken(Box::new(err))), None))
+                }
+            }
+        },
+    ))
+}
+
+/// The body's length disagreed with its Content-Length (hyper checks this too; this is the
+/// backstop for transports that do not).
+#[derive(Debug, thiserror::Error)]
+#[error("body had {received} bytes, Content-Length said {expected}")]
+struct LengthMismatch {
+    received: u64,
+    expected: u64,
+}
+
+/// A store's error answer, reduced to what is safe to log: the status and S3's error code, never
+/// the message or the XML body.
+#[derive(Debug, thiserror::Error)]
+#[error("store answered {status}{}", code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
+struct StoreStatus {
+    status: u16,
+    code: Option<String>,
+}
+
+fn classify_sdk_error<E>(
+    err: SdkError<E>,
+    connect_timeout: Duration,
+    first_byte_timeout: Duration,
+) -> BackendError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match err {
+        SdkError::TimeoutError(_) => BackendError::Timeout(first_byte_timeout),
+        SdkError::DispatchFailure(ref failure) => {
+            if failure.is_timeout() {
+                BackendError::Timeout(connect_timeout)
+            } else if failure.is_user() {
+                BackendError::Protocol("request could not be sent".into())
+            } else {
+                // io (refused, reset, DNS) and unclassified transport failures.
+                match err.into_source() {
+                    Ok(source) => BackendError::Unreachable(source),
+                    Err(_) => BackendError::Unreachable("dispatch failure".into()),
+                }
+            }
+        }
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            classify_status(status, service.err().code())
+        }
+        SdkError::ResponseError(response) => {
+            // An answer that could not be parsed; the status still tells a server error apart.
+            let status = response.raw().status().as_u16();
+            if status >= 500 {
+                BackendError::Unreachable(Box::new(StoreStatus { status, code: None }))
+            } else {
+                BackendError::Protocol(format!("unparseable answer with status {status}"))
+            }
+        }
+        // Request building, including loading credentials from the default chain.
+        SdkError::ConstructionFailure(_) => {
+            BackendError::Protocol("request could not be built (credentials or parameters)".into())
+        }
+        _ => BackendError::Protocol("unknown SDK error".into()),
+    }
+}
+
+/// Map an error answer by status and S3 error code. The code wins where S3 is specific; the
+/// status covers HEAD answers, which have no body and so no code.
+fn classify_status(status: u16, code: Option<&str>) -> BackendError {
+    match code {
+        Some("NoSuchKey" | "NoSuchBucket" | "NotFound") => return BackendError::NotFound,
+        Some(
+            "AccessDenied"
+            | "InvalidAccessKeyId"
+            | "SignatureDoesNotMatch"
+            | "AllAccessDisabled"
+            | "AccountProblem"
+            | "ExpiredToken"
+            | "InvalidToken"
+            | "InvalidObjectState",
+        ) => return BackendError::AccessDenied,
+        Some("PreconditionFailed") => return BackendError::Changed,
+        _ => {}
+    }
+    match status {
+        404 => BackendError::NotFound,
+        401 | 403 => BackendError::AccessDenied,
+        412 => BackendError::Changed,
+        500..=599 => BackendError::Unreachable(Box::new(StoreStatus {
+            status,
+            code: code.map(short_code),
+        })),
+        _ => BackendError::Protocol(match code {
+            Some(c) => format!("store answered {status} ({})", short_code(c)),
+            None => format!("store answered {status}"),
+        }),
+    }
+}
+
+/// An S3 error code is a short identifier; anything else from a misbehaving store is cut down.
+fn short_code(code: &str) -> String {
+    code.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
+        .take(64)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    #[test]
+    fn range_header_is_inclusive_bytes_range() {
+        assert_eq!(range_header(ByteRange { start: 0, end: 0 }), "bytes=0-0");
+        assert_eq!(
+            range_header(ByteRange { start: 10, end: 19 }),
+            "bytes=10-19"
+        );
+    }
+
+    #[test]
+    fn content_range_matching_the_request_gives_total_size() {
+        let r = ByteRange { start: 10, end: 19 };
+        assert_eq!(check_content_range("bytes 10-19/100", r).ok(), Some(100));
+    }
+
+    #[test]
+    fn content_range_for_another_span_is_a_protocol_error() {
+        let r = ByteRange { start: 10, end: 19 };
+        for bad in [
+            "bytes 0-99/100",
+            "bytes 10-19/15",
+            "bytes */100",
+            "items 10-19/100",
+            "bytes 10-19/*",
+        ] {
+            assert!(
+                matches!(check_content_range(bad, r), Err(BackendError::Protocol(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn status_and_code_map_to_backend_errors() {
+        assert!(matches!(
+            classify_status(404, Some("NoSuchKey")),
+            BackendError::NotFound
+        ));
+        assert!(matches!(classify_status(404, None), BackendError::NotFound));
+        assert!(matches!(
+            classify_status(403, None),
+            BackendError::AccessDenied
+        ));
+        assert!(matches!(
+            classify_status(403, Some("SignatureDoesNotMatch")),
+            BackendError::AccessDenied
+        ));
+        assert!(matches!(classify_status(412, None), BackendError::Changed));
+        assert!(matches!(
+            classify_status(412, Some("PreconditionFailed")),
+            BackendError::Changed
+        ));
+        assert!(matches!(
+            classify_status(503, Some("SlowDown")),
+            BackendError::Unreachable(_)
+        ));
+        assert!(matches!(
+            classify_status(500, None),
+            BackendError::Unreachable(_)
+        ));
+        assert!(matches!(
+            classify_status(400, Some("InvalidArgument")),
+            BackendError::Protocol(_)
+        ));
+    }
+
+    #[test]
+    fn error_text_never_carries_more_than_the_code() {
+        let long = format!("<Error><Message>{}</Message></Error>", "x".repeat(500));
+        let err = classify_status(418, Some(&long));
+        let text = err.to_string();
+        assert!(!text.contains('<'), "{text}");
+        assert!(text.len() < 150, "{text}");
+        let err = classify_status(502, Some("InternalError"));
+        assert_eq!(
+            std::error::Error::source(&err)
+                .map(|s| s.to_string())
+                .as_deref(),
+            Some("store answered 502 (InternalError)")
+        );
+    }
+
+    #[test]
+    fn whole_seconds_drops_subseconds() {
+        let t = DateTime::from_fractional_secs(1_700_000_000, 0.75);
+        assert_eq!(
+            whole_seconds(&t),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+        );
+    }
+
+    #[tokio::test]
+    async fn body_shorter_than_its_length_ends_with_body_broken() {
+        use futures_util::StreamExt;
+        let mut s = body_stream(ByteStream::from_static(b"abc"), 5, Duration::from_secs(5));
+        assert_eq!(
+            s.next().await.and_then(|r| r.ok()),
+            Some(Bytes::from_static(b"abc"))
+        );
+        assert!(matches!(
+            s.next().await,
+            Some(Err(BackendError::BodyBroken(_)))
+        ));
+        assert!(s.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn body_of_exact_length_ends_cleanly() {
+        use futures_util::StreamExt;
+        let mut s = body_stream(ByteStream::from_static(b"abcde"), 5, Duration::from_secs(5));
+        assert!(matches!(s.next().await, Some(Ok(_))));
+        assert!(s.next().await.is_none());
+    }
+}

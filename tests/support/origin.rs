@@ -1,0 +1,232 @@
+//! A deliberately misbehaving S3-like origin: a real TCP server on `127.0.0.1:0` speaking
+//! hand-written HTTP/1.1, so each failure is exactly the bytes (or silence, or RST) a broken store
+//! or network would produce.
+//!
+//! Every mode except `Refuse` and `StallBeforeHeaders` answers HEAD (HeadObject) correctly, so a
+//! client gets past `head` and meets the failure in `get`. Any path is the one object
+//! ([`OBJECT_LEN`] bytes of [`object_bytes`]); `?list-type=2` (ListObjectsV2) gets an empty
+//! listing in `Healthy` mode.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// Size of the one object every path names.
+pub const OBJECT_LEN: usize = 64 * 1024;
+/// How much of the body the broken modes send before failing.
+pub const PARTIAL_LEN: usize = OBJECT_LEN / 4;
+/// The object's ETag, quoted as S3 sends it.
+pub const ETAG: &str = "\"0123456789abcdef0123456789abcdef\"";
+/// The object's Last-Modified: 2025-01-01T00:00:00Z.
+pub const LAST_MODIFIED_SECS: u64 = 1_735_689_600;
+const LAST_MODIFIED_HTTP: &str = "Wed, 01 Jan 2025 00:00:00 GMT";
+pub const CONTENT_TYPE: &str = "image/png";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Nothing listens on the port (bound, then released).
+    Refuse,
+    /// Accept and read each request, never answer.
+    StallBeforeHeaders,
+    /// GET: 200 with the full Content-Length and part of the body, then a TCP reset.
+    ResetMidBody,
+    /// GET: 200 with the full Content-Length, fewer bytes, then a normal close (FIN).
+    ShortBody,
+    /// GET: 200 with headers and part of the body, then silence with the connection open.
+    StallMidBody,
+    /// A correct answer to everything (Range included).
+    Healthy,
+}
+
+/// The object's bytes: a fixed pattern, so any slice of it can be checked.
+pub fn object_bytes() -> Vec<u8> {
+    (0..OBJECT_LEN).map(|i| (i % 251) as u8).collect()
+}
+
+pub struct Origin {
+    /// `http://127.0.0.1:PORT`
+    pub endpoint: String,
+    pub mode: Mode,
+    requests: Arc<AtomicUsize>,
+    server: Option<JoinHandle<()>>,
+}
+
+impl Origin {
+    pub async fn start(mode: Mode) -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+        let addr = listener.local_addr().expect("origin addr");
+        let requests = Arc::new(AtomicUsize::new(0));
+        let server = if mode == Mode::Refuse {
+            drop(listener);
+            None
+        } else {
+            let counter = requests.clone();
+            Some(tokio::spawn(async move {
+                let mut connections = tokio::task::JoinSet::new();
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    connections.spawn(serve(stream, mode, counter.clone()));
+                }
+            }))
+        };
+        Origin {
+            endpoint: format!("http://{addr}"),
+            mode,
+            requests,
+            server,
+        }
+    }
+
+    /// Requests received so far (complete request heads, HEAD and GET alike).
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        if let Some(server) = &self.server {
+            // Aborting the accept task drops its JoinSet, which aborts every connection,
+            // including the ones parked forever by the stall modes.
+            server.abort();
+        }
+    }
+}
+
+struct Request {
+    method: String,
+    target: String,
+    range: Option<String>,
+}
+
+/// Read one request head; `None` when the peer closed or sent garbage.
+async fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).await.ok()? == 0 {
+        return None;
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_string();
+    let target = parts.next()?.to_string();
+    let mut range = None;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).await.ok()? == 0 {
+            return None;
+        }
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':')
+            && name.trim().eq_ignore_ascii_case("range")
+        {
+            range = Some(value.trim().to_string());
+        }
+    }
+    Some(Request {
+        method,
+        target,
+        range,
+    })
+}
+
+fn object_head(status: &str, length: usize, extra: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {length}\r\nETag: {ETAG}\r\n\
+         Last-Modified: {LAST_MODIFIED_HTTP}\r\nContent-Type: {CONTENT_TYPE}\r\n\
+         Accept-Ranges: bytes\r\nx-amz-request-id: origin-test\r\n{extra}\r\n"
+    )
+}
+
+/// `bytes=a-b` -> (a, b) clipped to the object; anything else -> whole object.
+fn parse_range(value: &str) -> Option<(usize, usize)> {
+    let (a, b) = value.strip_prefix("bytes=")?.split_once('-')?;
+    let start: usize = a.parse().ok()?;
+    let end: usize = b.parse::<usize>().ok()?.min(OBJECT_LEN - 1);
+    (start <= end).then_some((start, end))
+}
+
+async fn serve(stream: TcpStream, mode: Mode, requests: Arc<AtomicUsize>) {
+    let mut reader = BufReader::new(stream);
+    let body = object_bytes();
+    while let Some(req) = read_request(&mut reader).await {
+        requests.fetch_add(1, Ordering::SeqCst);
+        if mode == Mode::StallBeforeHeaders {
+            std::future::pending::<()>().await;
+        }
+        let stream = reader.get_mut();
+        if req.method == "HEAD" {
+            if stream
+                .write_all(object_head("200 OK", OBJECT_LEN, "").as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            continue;
+        }
+        match mode {
+            Mode::Healthy => {
+                let ok = if req.target.contains("list-type=2") {
+                    let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListBucketResult \
+                               xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>b</Name>\
+                               <Prefix></Prefix><KeyCount>0</KeyCount><MaxKeys>1</MaxKeys>\
+                               <IsTruncated>false</IsTruncated></ListBucketResult>";
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n",
+                        xml.len()
+                    );
+                    write_all(stream, &[head.as_bytes(), xml.as_bytes()]).await
+                } else if let Some((start, end)) = req.range.as_deref().and_then(parse_range) {
+                    let extra = format!("Content-Range: bytes {start}-{end}/{OBJECT_LEN}\r\n");
+                    let head = object_head("206 Partial Content", end - start + 1, &extra);
+                    write_all(stream, &[head.as_bytes(), &body[start..=end]]).await
+                } else {
+                    let head = object_head("200 OK", OBJECT_LEN, "");
+                    write_all(stream, &[head.as_bytes(), &body]).await
+                };
+                if !ok {
+                    return;
+                }
+            }
+            Mode::ResetMidBody => {
+                let head = object_head("200 OK", OBJECT_LEN, "");
+                let _ = write_all(stream, &[head.as_bytes(), &body[..PARTIAL_LEN]]).await;
+                // On Linux the peer still reads the queued headers and partial body before the
+                // reset is reported, so the failure lands in the body, as it would in production.
+                // SO_LINGER 0: close() sends RST instead of FIN.
+                let _ = socket2::SockRef::from(&*stream).set_linger(Some(Duration::ZERO));
+                return;
+            }
+            Mode::ShortBody => {
+                let head = object_head("200 OK", OBJECT_LEN, "");
+                let _ = write_all(stream, &[head.as_bytes(), &body[..PARTIAL_LEN]]).await;
+                let _ = stream.shutdown().await;
+                return;
+            }
+            Mode::StallMidBody => {
+                let head = object_head("200 OK", OBJECT_LEN, "");
+                let _ = write_all(stream, &[head.as_bytes(), &body[..PARTIAL_LEN]]).await;
+                std::future::pending::<()>().await;
+            }
+            Mode::Refuse | Mode::StallBeforeHeaders => return,
+        }
+    }
+}
+
+async fn write_all(stream: &mut TcpStream, parts: &[&[u8]]) -> bool {
+    for part in parts {
+        if stream.write_all(part).await.is_err() {
+            return false;
+        }
+    }
+    stream.flush().await.is_ok()
+}
