@@ -1,1 +1,96 @@
-fn main() {}
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Criterion benches for the per-request hot paths: key decoding, range and conditional
+//! evaluation, and one whole pipeline pass (plan -> metadata -> response head) on an fs object,
+//! without sockets or TLS. The load script (`benches/load.sh`) measures the gateway end to end.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::sync::Arc;
+
+use bucketgate::backend::AnyBackend;
+use bucketgate::backend::fs::FsBackend;
+use bucketgate::config::Limits;
+use bucketgate::pipeline::{ConnInfo, Pipeline, plan, range};
+use bucketgate::telemetry::Metrics;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderValue, Request};
+
+fn key_decoding(c: &mut Criterion) {
+    let mut g = c.benchmark_group("plan");
+    g.bench_function("decode_key/ascii", |b| {
+        b.iter(|| plan::decode_key(black_box("projects/42/images/frame_000123.jpg")))
+    });
+    g.bench_function("decode_key/encoded_unicode", |b| {
+        b.iter(|| {
+            plan::decode_key(black_box(
+                "projets/%C3%A9t%C3%A9%202024/%E7%8C%AB%20(1).png",
+            ))
+        })
+    });
+    g.bench_function("plan_object", |b| {
+        b.iter(|| {
+            plan::plan_object(
+                black_box("/o/local/projects/42/images/frame_000123.jpg"),
+                None,
+                |s| s == "local",
+            )
+        })
+    });
+    g.finish();
+}
+
+fn ranges(c: &mut Criterion) {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::RANGE,
+        HeaderValue::from_static("bytes=1048576-2097151"),
+    );
+    headers.insert(
+        http::header::IF_NONE_MATCH,
+        HeaderValue::from_static("\"other\", W/\"x\""),
+    );
+    let meta = bucketgate::backend::ObjectMeta {
+        size: 10 << 20,
+        etag: Some("\"a0000-65f1c2d3\"".into()),
+        last_modified: None,
+        content_type: Some("image/jpeg".into()),
+    };
+    c.bench_function("range/parse_select_preconditions", |b| {
+        b.iter(|| {
+            let p = range::preconditions(black_box(&headers), &meta);
+            let s = range::select(range::parse_range(black_box(&headers)), meta.size);
+            (p, s)
+        })
+    });
+}
+
+fn pipeline_head(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("obj.bin"), vec![7u8; 64 * 1024]).expect("write object");
+    let mut sources = HashMap::new();
+    sources.insert(
+        "local".to_string(),
+        AnyBackend::Fs(FsBackend::new(dir.path()).expect("fs backend")),
+    );
+    let pipeline = Pipeline::new(sources, Limits::default(), Arc::new(Metrics::new()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let conn = ConnInfo {
+        peer: "127.0.0.1:40000".parse().expect("addr"),
+    };
+    c.bench_function("pipeline/head_64k_fs", |b| {
+        b.to_async(&rt).iter(|| async {
+            let req = Request::head("/o/local/obj.bin")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .expect("request");
+            let resp = pipeline.handle(req, conn).await;
+            assert_eq!(resp.status(), 200);
+        })
+    });
+}
+
+criterion_group!(benches, key_decoding, ranges, pipeline_head);
+criterion_main!(benches);

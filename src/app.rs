@@ -29,11 +29,25 @@ pub enum StartError {
     #[error("setting up TLS")]
     Tls(#[from] TlsError),
     #[error("source {name}: cannot open {root}")]
-    FsSource { name: String, root: PathBuf, #[source] source: BackendError },
+    FsSource {
+        name: String,
+        root: PathBuf,
+        #[source]
+        source: BackendError,
+    },
     #[error("source {name}: cannot build the S3 client")]
-    S3Source { name: String, #[source] source: BackendError },
+    S3Source {
+        name: String,
+        #[source]
+        source: BackendError,
+    },
     #[error("binding {what} listener on {addr}")]
-    Bind { what: &'static str, addr: SocketAddr, #[source] source: std::io::Error },
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A running gateway: both listeners bound and serving.
@@ -53,27 +67,43 @@ impl Gateway {
         let mut sources = HashMap::new();
         for (name, source) in &config.sources {
             let backend = match source {
-                SourceConfig::Fs(fs) => AnyBackend::Fs(FsBackend::new(&fs.root).map_err(|source| {
-                    StartError::FsSource { name: name.clone(), root: fs.root.clone(), source }
-                })?),
-                SourceConfig::S3(s3) => AnyBackend::S3(
-                    S3Backend::new(s3, &config.limits)
-                        .await
-                        .map_err(|source| StartError::S3Source { name: name.clone(), source })?,
-                ),
+                SourceConfig::Fs(fs) => {
+                    AnyBackend::Fs(FsBackend::new(&fs.root).map_err(|source| {
+                        StartError::FsSource {
+                            name: name.clone(),
+                            root: fs.root.clone(),
+                            source,
+                        }
+                    })?)
+                }
+                SourceConfig::S3(s3) => {
+                    AnyBackend::S3(S3Backend::new(s3, &config.limits).await.map_err(|source| {
+                        StartError::S3Source {
+                            name: name.clone(),
+                            source,
+                        }
+                    })?)
+                }
             };
             sources.insert(name.clone(), backend);
         }
-        let pipeline = Arc::new(Pipeline::new(sources, config.limits.clone(), Arc::clone(&metrics)));
+        let pipeline = Arc::new(Pipeline::new(
+            sources,
+            config.limits.clone(),
+            Arc::clone(&metrics),
+        ));
         let admin = Arc::new(Admin::new(Arc::clone(&pipeline)));
 
         let bind = |what: &'static str, addr: SocketAddr| async move {
-            TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source })
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { what, addr, source })
         };
         let data_listener = bind("data", config.listener.addr).await?;
         let admin_listener = bind("admin", config.admin.addr).await?;
         let local = |l: &TcpListener, what: &'static str, addr: SocketAddr| {
-            l.local_addr().map_err(|source| StartError::Bind { what, addr, source })
+            l.local_addr()
+                .map_err(|source| StartError::Bind { what, addr, source })
         };
         let data_addr = local(&data_listener, "data", config.listener.addr)?;
         let admin_addr = local(&admin_listener, "admin", config.admin.addr)?;
@@ -98,7 +128,13 @@ impl Gateway {
             shutdown.clone(),
         ));
         tracing::info!(%data_addr, %admin_addr, sources = config.sources.len(), "bucketgate serving");
-        Ok(Gateway { data_addr, admin_addr, shutdown, tasks: vec![data, admin], metrics })
+        Ok(Gateway {
+            data_addr,
+            admin_addr,
+            shutdown,
+            tasks: vec![data, admin],
+            metrics,
+        })
     }
 
     /// Where the TLS data listener is bound (the real port when configured with port 0).

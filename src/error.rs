@@ -51,9 +51,9 @@ impl Error {
                 BackendError::AccessDenied => StatusCode::FORBIDDEN,
                 // Still changing after every retry: the client may try again.
                 BackendError::Changed => StatusCode::SERVICE_UNAVAILABLE,
-                BackendError::Unreachable(_) | BackendError::BodyBroken(_) | BackendError::Protocol(_) => {
-                    StatusCode::BAD_GATEWAY
-                }
+                BackendError::Unreachable(_)
+                | BackendError::BodyBroken(_)
+                | BackendError::Protocol(_) => StatusCode::BAD_GATEWAY,
                 BackendError::Timeout(_) | BackendError::Stalled(_) => StatusCode::GATEWAY_TIMEOUT,
                 BackendError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
@@ -82,9 +82,9 @@ impl Error {
                 BackendError::NotFound | BackendError::NotAnObject => "not found",
                 BackendError::AccessDenied => "forbidden",
                 BackendError::Changed => "object is changing, try again",
-                BackendError::Unreachable(_) | BackendError::BodyBroken(_) | BackendError::Protocol(_) => {
-                    "storage backend failed"
-                }
+                BackendError::Unreachable(_)
+                | BackendError::BodyBroken(_)
+                | BackendError::Protocol(_) => "storage backend failed",
                 BackendError::Timeout(_) | BackendError::Stalled(_) => "storage backend timed out",
                 BackendError::Io(_) => "internal error",
             },

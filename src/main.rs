@@ -4,13 +4,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use bucketgate::Gateway;
 use bucketgate::config::{self, Config, TlsConfig};
 use bucketgate::telemetry::{self, LogFormat};
-use bucketgate::Gateway;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "bucketgate", version, about = "TLS gateway that serves bucket objects to labeling UIs")]
+#[command(
+    name = "bucketgate",
+    version,
+    about = "TLS gateway that serves bucket objects to labeling UIs"
+)]
 struct Cli {
     /// Log line format.
     #[arg(long, global = true, value_enum, default_value = "pretty")]
@@ -67,11 +71,14 @@ fn check(path: &std::path::Path) -> ExitCode {
 fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let embedded = config_path.is_none();
     let config = match &config_path {
-        Some(path) => config::load(path).map_err(|errors| anyhow::anyhow!("invalid config:\n{errors}"))?,
+        Some(path) => {
+            config::load(path).map_err(|errors| anyhow::anyhow!("invalid config:\n{errors}"))?
+        }
         None => {
             let cwd = std::env::current_dir().context("reading the current directory")?;
             let data = cwd.join("data");
-            std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+            std::fs::create_dir_all(&data)
+                .with_context(|| format!("creating {}", data.display()))?;
             Config::embedded_default(&cwd)
         }
     };
@@ -80,7 +87,9 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let gateway = Gateway::start(config.clone()).await.context("starting the gateway")?;
+        let gateway = Gateway::start(config.clone())
+            .await
+            .context("starting the gateway")?;
         if embedded {
             print_welcome(&config, &gateway);
         }
@@ -104,7 +113,10 @@ fn print_welcome(config: &Config, gateway: &Gateway) {
     let data = gateway.data_addr();
     println!("bucketgate is serving ./data as the source `local` (embedded default config)");
     println!("  try:     echo hello > data/hello.txt");
-    println!("           curl --cacert {} https://{data}/o/local/hello.txt", cert.display());
+    println!(
+        "           curl --cacert {} https://{data}/o/local/hello.txt",
+        cert.display()
+    );
     println!("  metrics: curl http://{}/metrics", gateway.admin_addr());
 }
 

@@ -22,10 +22,16 @@ pub enum LogFormat {
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     // A second init (tests) is harmless; ignore the error it returns.
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
         LogFormat::Pretty => builder.compact().try_init(),
     };
 }
@@ -71,7 +77,11 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("bucketgate");
         let requests = Family::<RouteStatus, Counter>::default();
-        registry.register("http_requests", "Requests answered, by route and status", requests.clone());
+        registry.register(
+            "http_requests",
+            "Requests answered, by route and status",
+            requests.clone(),
+        );
         let response_bytes = Family::<RouteLabel, Counter>::default();
         registry.register(
             "http_response_body_bytes",
@@ -94,7 +104,11 @@ impl Metrics {
             aborted_responses.clone(),
         );
         let open_connections = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
-        registry.register("open_connections", "Open client connections on the data listener", open_connections.clone());
+        registry.register(
+            "open_connections",
+            "Open client connections on the data listener",
+            open_connections.clone(),
+        );
         let rejected_connections = Counter::<u64, AtomicU64>::default();
         registry.register(
             "rejected_connections",
@@ -108,9 +122,17 @@ impl Metrics {
             tls_handshake_failures.clone(),
         );
         let accept_errors = Counter::<u64, AtomicU64>::default();
-        registry.register("accept_errors", "Errors from accept() (EMFILE and the like)", accept_errors.clone());
+        registry.register(
+            "accept_errors",
+            "Errors from accept() (EMFILE and the like)",
+            accept_errors.clone(),
+        );
         let upstream_errors = Family::<UpstreamError, Counter>::default();
-        registry.register("upstream_errors", "Backend failures, by source and kind", upstream_errors.clone());
+        registry.register(
+            "upstream_errors",
+            "Backend failures, by source and kind",
+            upstream_errors.clone(),
+        );
         Metrics {
             registry,
             requests,

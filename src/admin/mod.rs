@@ -39,11 +39,16 @@ impl Admin {
                     let mut resp = text(StatusCode::OK, body);
                     resp.headers_mut().insert(
                         CONTENT_TYPE,
-                        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                        HeaderValue::from_static(
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        ),
                     );
                     resp
                 }
-                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed\n"),
+                Err(_) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "metrics encoding failed\n",
+                ),
             },
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
@@ -65,11 +70,18 @@ impl Admin {
                 }
             }
         });
-        let failed: Vec<String> = futures_util::future::join_all(checks).await.into_iter().flatten().collect();
+        let failed: Vec<String> = futures_util::future::join_all(checks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         if failed.is_empty() {
             text(StatusCode::OK, "ready\n")
         } else {
-            text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", failed.join(", ")))
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {}\n", failed.join(", ")),
+            )
         }
     }
 }
@@ -81,8 +93,15 @@ impl Handler for Admin {
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<ResponseBody> {
-    let mut resp = Response::new(http_body_util::Full::new(body.into()).map_err(|never| match never {}).boxed_unsync());
+    let mut resp = Response::new(
+        http_body_util::Full::new(body.into())
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
     *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }

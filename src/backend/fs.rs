@@ -27,7 +27,9 @@ impl FsBackend {
         if !root.is_dir() {
             return Err(BackendError::NotAnObject);
         }
-        Ok(FsBackend { root: Arc::new(root) })
+        Ok(FsBackend {
+            root: Arc::new(root),
+        })
     }
 
     async fn blocking<T: Send + 'static>(
@@ -47,7 +49,11 @@ impl FsBackend {
 fn open_below(root: &Path, key: &Path) -> Result<(File, Metadata), BackendError> {
     let key_str = key.to_str().unwrap_or_default();
     // A file system cannot hold `a//b`, `/a` or `a/` as distinct keys: they are not objects here.
-    if key_str.is_empty() || key_str.starts_with('/') || key_str.ends_with('/') || key_str.contains("//") {
+    if key_str.is_empty()
+        || key_str.starts_with('/')
+        || key_str.ends_with('/')
+        || key_str.contains("//")
+    {
         return Err(BackendError::NotFound);
     }
     let joined = root.join(key);
@@ -123,8 +129,12 @@ impl Backend for FsBackend {
             .await?;
         let len = range.map(|r| r.len()).unwrap_or(meta.size);
         let reader = tokio::fs::File::from_std(file).take(len);
-        let body = ReaderStream::with_capacity(reader, BODY_CHUNK_BYTES).map(|r| r.map_err(BackendError::Io));
-        Ok(ObjectBody { meta, body: Box::pin(body) })
+        let body = ReaderStream::with_capacity(reader, BODY_CHUNK_BYTES)
+            .map(|r| r.map_err(BackendError::Io));
+        Ok(ObjectBody {
+            meta,
+            body: Box::pin(body),
+        })
     }
 
     async fn ready(&self) -> Result<(), BackendError> {
@@ -135,4 +145,3 @@ impl Backend for FsBackend {
             .map_err(BackendError::Io)
     }
 }
-

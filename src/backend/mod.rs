@@ -36,6 +36,8 @@ pub struct ByteRange {
 }
 
 impl ByteRange {
+    /// Number of bytes in the range (never zero: `start <= end`).
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> u64 {
         self.end - self.start + 1
     }
@@ -53,7 +55,9 @@ pub struct ObjectBody {
 
 impl fmt::Debug for ObjectBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ObjectBody").field("meta", &self.meta).finish_non_exhaustive()
+        f.debug_struct("ObjectBody")
+            .field("meta", &self.meta)
+            .finish_non_exhaustive()
     }
 }
 
@@ -95,7 +99,10 @@ pub enum BackendError {
 impl BackendError {
     /// Whether an identical call may succeed if tried again (nothing was sent to the client yet).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, BackendError::Unreachable(_) | BackendError::Timeout(_) | BackendError::Changed)
+        matches!(
+            self,
+            BackendError::Unreachable(_) | BackendError::Timeout(_) | BackendError::Changed
+        )
     }
 
     /// Short machine label for metrics.

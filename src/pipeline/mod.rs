@@ -54,8 +54,16 @@ const ROUTE_OBJECT: &str = "object";
 const ROUTE_OTHER: &str = "other";
 
 impl Pipeline {
-    pub fn new(sources: HashMap<String, AnyBackend>, limits: Limits, metrics: Arc<Metrics>) -> Pipeline {
-        Pipeline { sources, limits, metrics }
+    pub fn new(
+        sources: HashMap<String, AnyBackend>,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+    ) -> Pipeline {
+        Pipeline {
+            sources,
+            limits,
+            metrics,
+        }
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -73,7 +81,11 @@ impl Pipeline {
     {
         let started = Instant::now();
         let request_id = uuid::Uuid::new_v4().simple().to_string();
-        let route = if req.uri().path().starts_with("/o/") { ROUTE_OBJECT } else { ROUTE_OTHER };
+        let route = if req.uri().path().starts_with("/o/") {
+            ROUTE_OBJECT
+        } else {
+            ROUTE_OTHER
+        };
         let span = tracing::info_span!(
             "request",
             request_id = %request_id,
@@ -95,16 +107,28 @@ impl Pipeline {
                     if let Error::Backend { source_name, error } = &err {
                         self.metrics
                             .upstream_errors
-                            .get_or_create(&UpstreamError { source: source_name.clone(), kind: error.kind() })
+                            .get_or_create(&UpstreamError {
+                                source: source_name.clone(),
+                                kind: error.kind(),
+                            })
                             .inc();
                     }
                     respond::error_response(&err, &request_id)
                 }
             };
+            // A HEAD response never has a body. hyper drops it for http/1.1 but sends it as DATA
+            // frames on h2, which clients reject as a protocol error (regression: h2 HEAD of a
+            // missing key was reset instead of answered 404).
+            if req.method() == Method::HEAD {
+                *resp.body_mut() = respond::empty();
+            }
             respond::security_headers(resp.headers_mut(), &request_id);
             let status = resp.status().as_u16();
             tracing::Span::current().record("status", status);
-            self.metrics.requests.get_or_create(&RouteStatus { route, status }).inc();
+            self.metrics
+                .requests
+                .get_or_create(&RouteStatus { route, status })
+                .inc();
             self.metrics
                 .request_duration
                 .get_or_create(&RouteLabel { route })
@@ -115,11 +139,18 @@ impl Pipeline {
         .await
     }
 
-    async fn run<B: Body>(&self, req: &Request<B>, conn: ConnInfo, route: &'static str) -> Result<Response<ResponseBody>, Error> {
+    async fn run<B: Body>(
+        &self,
+        req: &Request<B>,
+        conn: ConnInfo,
+        route: &'static str,
+    ) -> Result<Response<ResponseBody>, Error> {
         // 1. network
         let _client = network::client_ip(conn.peer);
         // 5. plan. The route decides which methods exist; a body is refused before any work.
-        let plan = plan::plan_object(req.uri().path(), req.uri().query(), |s| self.sources.contains_key(s))?;
+        let plan = plan::plan_object(req.uri().path(), req.uri().query(), |s| {
+            self.sources.contains_key(s)
+        })?;
         let head_only = match *req.method() {
             Method::GET => false,
             Method::HEAD => true,
@@ -142,8 +173,14 @@ impl Pipeline {
         head_only: bool,
         route: &'static str,
     ) -> Result<Response<ResponseBody>, Error> {
-        let backend_err = |error| Error::Backend { source_name: plan.source().to_owned(), error };
-        let backend = self.sources.get(plan.source()).ok_or(Error::Plan(plan::PlanError::UnknownSource))?;
+        let backend_err = |error| Error::Backend {
+            source_name: plan.source().to_owned(),
+            error,
+        };
+        let backend = self
+            .sources
+            .get(plan.source())
+            .ok_or(Error::Plan(plan::PlanError::UnknownSource))?;
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -157,14 +194,24 @@ impl Pipeline {
                 }
                 Precondition::Failed => return Err(Error::PreconditionFailed),
             }
-            let spec = if head_only || !range::if_range_holds(headers, &meta) { None } else { range::parse_range(headers) };
+            let spec = if head_only || !range::if_range_holds(headers, &meta) {
+                None
+            } else {
+                range::parse_range(headers)
+            };
             let selection = range::select(spec, meta.size);
             let part = match selection {
                 Selection::Full => None,
                 Selection::Partial(r) => Some(r),
-                Selection::Unsatisfiable => return Err(Error::RangeNotSatisfiable { size: meta.size }),
+                Selection::Unsatisfiable => {
+                    return Err(Error::RangeNotSatisfiable { size: meta.size });
+                }
             };
-            let status = if part.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+            let status = if part.is_some() {
+                StatusCode::PARTIAL_CONTENT
+            } else {
+                StatusCode::OK
+            };
             if head_only {
                 return respond::object_head(status, &meta, None)
                     .body(respond::empty())
@@ -173,13 +220,17 @@ impl Pipeline {
             match backend.get(plan.key(), part, &meta).await {
                 Ok(object) => {
                     let len = part.map_or(object.meta.size, |r| r.len());
-                    let body = StreamingBody::new(object.body, len, route, Arc::clone(&self.metrics));
+                    let body =
+                        StreamingBody::new(object.body, len, route, Arc::clone(&self.metrics));
                     return respond::object_head(status, &object.meta, part)
                         .body(body.boxed_unsync())
                         .map_err(|e| backend_err(BackendError::Protocol(e.to_string())));
                 }
                 Err(BackendError::Changed) if attempts <= self.limits.upstream_max_retries => {
-                    tracing::debug!(attempts, "object changed between head and get; starting over");
+                    tracing::debug!(
+                        attempts,
+                        "object changed between head and get; starting over"
+                    );
                 }
                 Err(e) => return Err(backend_err(e)),
             }

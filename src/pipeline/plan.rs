@@ -63,7 +63,10 @@ pub fn plan_object(
     }
     check_query(query)?;
     let key = decode_key(raw_key)?;
-    Ok(Plan { source: source.to_owned(), key })
+    Ok(Plan {
+        source: source.to_owned(),
+        key,
+    })
 }
 
 /// Refuse every query parameter: `/o/` takes none yet, and S3's own (`response-*`, `versionId`)
@@ -122,6 +125,7 @@ fn check_percent_syntax(raw: &[u8]) -> Result<(), PlanError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap; src/ may not
 mod tests {
     use super::*;
 
@@ -145,7 +149,18 @@ mod tests {
 
     #[test]
     fn dot_segments_in_every_encoding_are_refused() {
-        for raw in ["..", ".", "a/../b", "a/./b", "%2e%2e", "%2E.", ".%2e/x", "..%2F", "a%2F..%2Fb", "x/.."] {
+        for raw in [
+            "..",
+            ".",
+            "a/../b",
+            "a/./b",
+            "%2e%2e",
+            "%2E.",
+            ".%2e/x",
+            "..%2F",
+            "a%2F..%2Fb",
+            "x/..",
+        ] {
             assert_eq!(decode_key(raw), Err(PlanError::DotSegment), "{raw}");
         }
         assert_eq!(decode_key("...").as_deref(), Ok("..."));
@@ -176,19 +191,37 @@ mod tests {
         assert_eq!(decode_key(&format!("{ok}a")), Err(PlanError::KeyTooLong));
         let encoded = "%41".repeat(1024);
         assert!(decode_key(&encoded).is_ok());
-        assert_eq!(decode_key(&format!("{encoded}%41")), Err(PlanError::KeyTooLong));
+        assert_eq!(
+            decode_key(&format!("{encoded}%41")),
+            Err(PlanError::KeyTooLong)
+        );
     }
 
     #[test]
     fn routes_sources_and_queries() {
-        assert_eq!(plan("/o/local/a.txt", None).map(|p| p.key).as_deref(), Ok("a.txt"));
+        assert_eq!(
+            plan("/o/local/a.txt", None).map(|p| p.key).as_deref(),
+            Ok("a.txt")
+        );
         assert_eq!(plan("/o/other/a.txt", None), Err(PlanError::UnknownSource));
         assert_eq!(plan("/o/local", None), Err(PlanError::NoRoute));
         assert_eq!(plan("/x/local/a", None), Err(PlanError::NoRoute));
         assert_eq!(plan("/o/local/", None), Err(PlanError::EmptyKey));
-        assert_eq!(plan("/o/local/a", Some("")).map(|p| p.key).as_deref(), Ok("a"));
-        assert_eq!(plan("/o/local/a", Some("versionId=1")), Err(PlanError::UnknownParameter));
-        assert_eq!(plan("/o/local/a", Some("x=1&x=2")), Err(PlanError::RepeatedParameter));
-        assert_eq!(plan("/o/local/a", Some("response-content-type=text/html")), Err(PlanError::UnknownParameter));
+        assert_eq!(
+            plan("/o/local/a", Some("")).map(|p| p.key).as_deref(),
+            Ok("a")
+        );
+        assert_eq!(
+            plan("/o/local/a", Some("versionId=1")),
+            Err(PlanError::UnknownParameter)
+        );
+        assert_eq!(
+            plan("/o/local/a", Some("x=1&x=2")),
+            Err(PlanError::RepeatedParameter)
+        );
+        assert_eq!(
+            plan("/o/local/a", Some("response-content-type=text/html")),
+            Err(PlanError::UnknownParameter)
+        );
     }
 }

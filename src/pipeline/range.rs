@@ -4,7 +4,9 @@
 use std::time::SystemTime;
 
 use http::HeaderMap;
-use http::header::{IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE};
+use http::header::{
+    IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE,
+};
 
 use crate::backend::{ByteRange, ObjectMeta};
 
@@ -75,7 +77,9 @@ fn digits(s: &str) -> Option<u64> {
 
 /// Resolve a range against an object size: clip past the end, 416 when nothing is left.
 pub fn select(spec: Option<RangeSpec>, size: u64) -> Selection {
-    let Some(spec) = spec else { return Selection::Full };
+    let Some(spec) = spec else {
+        return Selection::Full;
+    };
     if size == 0 {
         return Selection::Unsatisfiable;
     }
@@ -99,26 +103,28 @@ pub fn preconditions(headers: &HeaderMap, meta: &ObjectMeta) -> Precondition {
         if !list_matches(v, etag, true) {
             return Precondition::Failed;
         }
-    } else if let Some(since) = header_date(headers, IF_UNMODIFIED_SINCE) {
-        if meta.last_modified.is_some_and(|lm| lm > since) {
-            return Precondition::Failed;
-        }
+    } else if let Some(since) = header_date(headers, IF_UNMODIFIED_SINCE)
+        && meta.last_modified.is_some_and(|lm| lm > since)
+    {
+        return Precondition::Failed;
     }
     if let Some(v) = header_str(headers, IF_NONE_MATCH) {
         if list_matches(v, etag, false) {
             return Precondition::NotModified;
         }
-    } else if let Some(since) = header_date(headers, IF_MODIFIED_SINCE) {
-        if meta.last_modified.is_some_and(|lm| lm <= since) {
-            return Precondition::NotModified;
-        }
+    } else if let Some(since) = header_date(headers, IF_MODIFIED_SINCE)
+        && meta.last_modified.is_some_and(|lm| lm <= since)
+    {
+        return Precondition::NotModified;
     }
     Precondition::Proceed
 }
 
 /// `If-Range`: the range applies only if the validator still names this exact representation.
 pub fn if_range_holds(headers: &HeaderMap, meta: &ObjectMeta) -> bool {
-    let Some(v) = headers.get(IF_RANGE) else { return true };
+    let Some(v) = headers.get(IF_RANGE) else {
+        return true;
+    };
     let Ok(v) = v.to_str() else { return false };
     let v = v.trim();
     if v.starts_with('"') || v.starts_with("W/") {
@@ -160,6 +166,7 @@ fn list_matches(list: &str, etag: Option<&str>, strong: bool) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap; src/ may not
 mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
@@ -199,7 +206,10 @@ mod tests {
         assert_eq!(range("items=0-1"), None);
         assert_eq!(range("bytes=-"), None);
         assert_eq!(range("bytes=+1-2"), None);
-        assert_eq!(range("bytes=99999999999999999999999-"), Some(RangeSpec::From(u64::MAX)));
+        assert_eq!(
+            range("bytes=99999999999999999999999-"),
+            Some(RangeSpec::From(u64::MAX))
+        );
     }
 
     #[test]
@@ -208,35 +218,80 @@ mod tests {
         assert_eq!(select(Some(RangeSpec::FromTo(0, 9)), 100), p(0, 9));
         assert_eq!(select(Some(RangeSpec::FromTo(90, 200)), 100), p(90, 99));
         assert_eq!(select(Some(RangeSpec::From(99)), 100), p(99, 99));
-        assert_eq!(select(Some(RangeSpec::From(100)), 100), Selection::Unsatisfiable);
+        assert_eq!(
+            select(Some(RangeSpec::From(100)), 100),
+            Selection::Unsatisfiable
+        );
         assert_eq!(select(Some(RangeSpec::Suffix(10)), 100), p(90, 99));
         assert_eq!(select(Some(RangeSpec::Suffix(1000)), 100), p(0, 99));
-        assert_eq!(select(Some(RangeSpec::Suffix(0)), 100), Selection::Unsatisfiable);
-        assert_eq!(select(Some(RangeSpec::From(0)), 0), Selection::Unsatisfiable);
+        assert_eq!(
+            select(Some(RangeSpec::Suffix(0)), 100),
+            Selection::Unsatisfiable
+        );
+        assert_eq!(
+            select(Some(RangeSpec::From(0)), 0),
+            Selection::Unsatisfiable
+        );
         assert_eq!(select(None, 0), Selection::Full);
     }
 
     #[test]
     fn conditionals() {
         let m = meta();
-        assert_eq!(preconditions(&headers(&[(IF_NONE_MATCH, "\"abc\"")]), &m), Precondition::NotModified);
-        assert_eq!(preconditions(&headers(&[(IF_NONE_MATCH, "W/\"abc\"")]), &m), Precondition::NotModified);
-        assert_eq!(preconditions(&headers(&[(IF_NONE_MATCH, "\"x\", \"abc\"")]), &m), Precondition::NotModified);
-        assert_eq!(preconditions(&headers(&[(IF_NONE_MATCH, "\"x\"")]), &m), Precondition::Proceed);
-        assert_eq!(preconditions(&headers(&[(IF_NONE_MATCH, "*")]), &m), Precondition::NotModified);
-        let lm = httpdate::fmt_http_date(m.last_modified.unwrap());
-        let before = httpdate::fmt_http_date(m.last_modified.unwrap() - Duration::from_secs(1));
-        assert_eq!(preconditions(&headers(&[(IF_MODIFIED_SINCE, &lm)]), &m), Precondition::NotModified);
-        assert_eq!(preconditions(&headers(&[(IF_MODIFIED_SINCE, &before)]), &m), Precondition::Proceed);
-        // If-None-Match wins over If-Modified-Since.
         assert_eq!(
-            preconditions(&headers(&[(IF_NONE_MATCH, "\"x\""), (IF_MODIFIED_SINCE, &lm)]), &m),
+            preconditions(&headers(&[(IF_NONE_MATCH, "\"abc\"")]), &m),
+            Precondition::NotModified
+        );
+        assert_eq!(
+            preconditions(&headers(&[(IF_NONE_MATCH, "W/\"abc\"")]), &m),
+            Precondition::NotModified
+        );
+        assert_eq!(
+            preconditions(&headers(&[(IF_NONE_MATCH, "\"x\", \"abc\"")]), &m),
+            Precondition::NotModified
+        );
+        assert_eq!(
+            preconditions(&headers(&[(IF_NONE_MATCH, "\"x\"")]), &m),
             Precondition::Proceed
         );
-        assert_eq!(preconditions(&headers(&[(IF_MATCH, "\"x\"")]), &m), Precondition::Failed);
-        assert_eq!(preconditions(&headers(&[(IF_MATCH, "W/\"abc\"")]), &m), Precondition::Failed);
-        assert_eq!(preconditions(&headers(&[(IF_MATCH, "\"abc\"")]), &m), Precondition::Proceed);
-        assert_eq!(preconditions(&headers(&[(IF_UNMODIFIED_SINCE, &before)]), &m), Precondition::Failed);
+        assert_eq!(
+            preconditions(&headers(&[(IF_NONE_MATCH, "*")]), &m),
+            Precondition::NotModified
+        );
+        let lm = httpdate::fmt_http_date(m.last_modified.unwrap());
+        let before = httpdate::fmt_http_date(m.last_modified.unwrap() - Duration::from_secs(1));
+        assert_eq!(
+            preconditions(&headers(&[(IF_MODIFIED_SINCE, &lm)]), &m),
+            Precondition::NotModified
+        );
+        assert_eq!(
+            preconditions(&headers(&[(IF_MODIFIED_SINCE, &before)]), &m),
+            Precondition::Proceed
+        );
+        // If-None-Match wins over If-Modified-Since.
+        assert_eq!(
+            preconditions(
+                &headers(&[(IF_NONE_MATCH, "\"x\""), (IF_MODIFIED_SINCE, &lm)]),
+                &m
+            ),
+            Precondition::Proceed
+        );
+        assert_eq!(
+            preconditions(&headers(&[(IF_MATCH, "\"x\"")]), &m),
+            Precondition::Failed
+        );
+        assert_eq!(
+            preconditions(&headers(&[(IF_MATCH, "W/\"abc\"")]), &m),
+            Precondition::Failed
+        );
+        assert_eq!(
+            preconditions(&headers(&[(IF_MATCH, "\"abc\"")]), &m),
+            Precondition::Proceed
+        );
+        assert_eq!(
+            preconditions(&headers(&[(IF_UNMODIFIED_SINCE, &before)]), &m),
+            Precondition::Failed
+        );
     }
 
     #[test]
@@ -248,6 +303,9 @@ mod tests {
         assert!(!if_range_holds(&headers(&[(IF_RANGE, "\"old\"")]), &m));
         assert!(!if_range_holds(&headers(&[(IF_RANGE, "W/\"abc\"")]), &m));
         assert!(if_range_holds(&headers(&[(IF_RANGE, &lm)]), &m));
-        assert!(!if_range_holds(&headers(&[(IF_RANGE, "Mon, 01 Jan 2001 00:00:00 GMT")]), &m));
+        assert!(!if_range_holds(
+            &headers(&[(IF_RANGE, "Mon, 01 Jan 2001 00:00:00 GMT")]),
+            &m
+        ));
     }
 }

@@ -9,7 +9,8 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use http::header::{
     ACCEPT_RANGES, ALLOW, CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_RANGE,
-    CONTENT_SECURITY_POLICY, CONTENT_TYPE, ETAG, LAST_MODIFIED, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS,
+    CONTENT_SECURITY_POLICY, CONTENT_TYPE, ETAG, LAST_MODIFIED, REFERRER_POLICY,
+    X_CONTENT_TYPE_OPTIONS,
 };
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
@@ -39,11 +40,15 @@ pub const REQUEST_ID: &str = "x-request-id";
 const CSP: &str = "default-src 'none'; sandbox";
 
 pub fn empty() -> ResponseBody {
-    http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync()
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 fn full(bytes: Bytes) -> ResponseBody {
-    http_body_util::Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+    http_body_util::Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// Headers on every data-listener response.
@@ -61,7 +66,11 @@ pub fn security_headers(headers: &mut HeaderMap, request_id: &str) {
 pub fn error_response(err: &Error, request_id: &str) -> Response<ResponseBody> {
     let status = err.status();
     // Both strings are ours: fixed ASCII messages and a UUID; nothing needs escaping.
-    let body = format!("{{\"error\":\"{}\",\"request_id\":\"{}\"}}\n", err.client_message(), request_id);
+    let body = format!(
+        "{{\"error\":\"{}\",\"request_id\":\"{}\"}}\n",
+        err.client_message(),
+        request_id
+    );
     let mut resp = Response::new(full(Bytes::from(body)));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
@@ -82,11 +91,19 @@ pub fn error_response(err: &Error, request_id: &str) -> Response<ResponseBody> {
 }
 
 /// Response head for an object (200, 206 or 304), with validators and the content type filtered.
-pub fn object_head(status: StatusCode, meta: &ObjectMeta, range: Option<ByteRange>) -> http::response::Builder {
+pub fn object_head(
+    status: StatusCode,
+    meta: &ObjectMeta,
+    range: Option<ByteRange>,
+) -> http::response::Builder {
     let mut b = Response::builder().status(status);
     if let Some(h) = b.headers_mut() {
         h.insert(CACHE_CONTROL, HeaderValue::from_static("private"));
-        if let Some(v) = meta.etag.as_deref().and_then(|e| HeaderValue::from_str(e).ok()) {
+        if let Some(v) = meta
+            .etag
+            .as_deref()
+            .and_then(|e| HeaderValue::from_str(e).ok())
+        {
             h.insert(ETAG, v);
         }
         if let Some(v) = meta.last_modified.and_then(http_date) {
@@ -103,10 +120,11 @@ pub fn object_head(status: StatusCode, meta: &ObjectMeta, range: Option<ByteRang
         }
         let len = range.map_or(meta.size, |r| r.len());
         h.insert(CONTENT_LENGTH, HeaderValue::from(len));
-        if let Some(r) = range {
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{}/{}", r.start, r.end, meta.size)) {
-                h.insert(CONTENT_RANGE, v);
-            }
+        if let Some(r) = range
+            && let Ok(v) =
+                HeaderValue::from_str(&format!("bytes {}-{}/{}", r.start, r.end, meta.size))
+        {
+            h.insert(CONTENT_RANGE, v);
         }
     }
     b
@@ -119,13 +137,20 @@ fn http_date(t: SystemTime) -> Option<HeaderValue> {
 /// Pass a stored content type only if it is on the safe list (images except SVG, video, audio,
 /// JSON, plain text); anything else becomes an octet-stream download.
 pub fn safe_content_type(stored: Option<&str>) -> (HeaderValue, bool) {
-    const FALLBACK: (HeaderValue, bool) = (HeaderValue::from_static("application/octet-stream"), true);
-    let Some(stored) = stored else { return FALLBACK };
+    const FALLBACK: (HeaderValue, bool) =
+        (HeaderValue::from_static("application/octet-stream"), true);
+    let Some(stored) = stored else {
+        return FALLBACK;
+    };
     let mut parts = stored.split(';');
     let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
-    let Some((top, sub)) = essence.split_once('/') else { return FALLBACK };
+    let Some((top, sub)) = essence.split_once('/') else {
+        return FALLBACK;
+    };
     let token = |s: &str| {
-        !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
     };
     if !token(top) || !token(sub) {
         return FALLBACK;
@@ -146,7 +171,9 @@ pub fn safe_content_type(stored: Option<&str>) -> (HeaderValue, bool) {
         .map(|(_, v)| v.trim().trim_matches('"').to_ascii_lowercase())
         .filter(|v| token(v));
     let value = match charset {
-        Some(cs) if top == "text" || essence == "application/json" => format!("{essence}; charset={cs}"),
+        Some(cs) if top == "text" || essence == "application/json" => {
+            format!("{essence}; charset={cs}")
+        }
         _ => essence,
     };
     match HeaderValue::from_str(&value) {
@@ -168,8 +195,20 @@ pub struct StreamingBody {
 }
 
 impl StreamingBody {
-    pub fn new(stream: BodyStream, len: u64, route: &'static str, metrics: Arc<Metrics>) -> StreamingBody {
-        StreamingBody { stream, remaining: len, sent: 0, finished: len == 0, route, metrics }
+    pub fn new(
+        stream: BodyStream,
+        len: u64,
+        route: &'static str,
+        metrics: Arc<Metrics>,
+    ) -> StreamingBody {
+        StreamingBody {
+            stream,
+            remaining: len,
+            sent: 0,
+            finished: len == 0,
+            route,
+            metrics,
+        }
     }
 }
 
@@ -177,7 +216,10 @@ impl Body for StreamingBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         if self.finished {
             return Poll::Ready(None);
         }
@@ -196,7 +238,9 @@ impl Body for StreamingBody {
                 Poll::Ready(Some(Ok(Frame::data(chunk))))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Upstream(e)))),
-            Poll::Ready(None) => Poll::Ready(Some(Err(BodyError::Truncated { missing: self.remaining }))),
+            Poll::Ready(None) => Poll::Ready(Some(Err(BodyError::Truncated {
+                missing: self.remaining,
+            }))),
         }
     }
 
@@ -212,15 +256,23 @@ impl Body for StreamingBody {
 impl Drop for StreamingBody {
     fn drop(&mut self) {
         let route = RouteLabel { route: self.route };
-        self.metrics.response_bytes.get_or_create(&route).inc_by(self.sent);
+        self.metrics
+            .response_bytes
+            .get_or_create(&route)
+            .inc_by(self.sent);
         if !self.finished {
             self.metrics.aborted_responses.get_or_create(&route).inc();
-            tracing::info!(sent = self.sent, missing = self.remaining, "response body cut off");
+            tracing::info!(
+                sent = self.sent,
+                missing = self.remaining,
+                "response body cut off"
+            );
         }
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap; src/ may not
 mod tests {
     use super::*;
 
@@ -232,10 +284,28 @@ mod tests {
         };
         assert_eq!(t(Some("image/jpeg")), ("image/jpeg".into(), false));
         assert_eq!(t(Some("Video/MP4")), ("video/mp4".into(), false));
-        assert_eq!(t(Some("text/plain; charset=UTF-8")), ("text/plain; charset=utf-8".into(), false));
-        assert_eq!(t(Some("application/json")), ("application/json".into(), false));
-        for bad in ["text/html", "image/svg+xml", "application/javascript", "application/xml", "text/html;x=image/png", "garbage", ""] {
-            assert_eq!(t(Some(bad)), ("application/octet-stream".into(), true), "{bad}");
+        assert_eq!(
+            t(Some("text/plain; charset=UTF-8")),
+            ("text/plain; charset=utf-8".into(), false)
+        );
+        assert_eq!(
+            t(Some("application/json")),
+            ("application/json".into(), false)
+        );
+        for bad in [
+            "text/html",
+            "image/svg+xml",
+            "application/javascript",
+            "application/xml",
+            "text/html;x=image/png",
+            "garbage",
+            "",
+        ] {
+            assert_eq!(
+                t(Some(bad)),
+                ("application/octet-stream".into(), true),
+                "{bad}"
+            );
         }
         assert_eq!(t(None), ("application/octet-stream".into(), true));
     }

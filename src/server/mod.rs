@@ -36,11 +36,19 @@ use crate::telemetry::Metrics;
 
 /// Something that answers requests: the data pipeline, or the admin router.
 pub trait Handler: Send + Sync + 'static {
-    fn call(&self, req: Request<Incoming>, conn: ConnInfo) -> impl Future<Output = Response<ResponseBody>> + Send;
+    fn call(
+        &self,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> impl Future<Output = Response<ResponseBody>> + Send;
 }
 
 impl Handler for Pipeline {
-    fn call(&self, req: Request<Incoming>, conn: ConnInfo) -> impl Future<Output = Response<ResponseBody>> + Send {
+    fn call(
+        &self,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> impl Future<Output = Response<ResponseBody>> + Send {
         self.handle(req, conn)
     }
 }
@@ -119,7 +127,10 @@ pub async fn serve<H: Handler>(
         }
     }
     drop(listener);
-    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!(?role, grace = ?limits.shutdown_grace, "connections still open after the grace period; closing them");
     }
     conns.abort_all();
@@ -223,12 +234,22 @@ struct IdleIo<T> {
 
 impl<T> IdleIo<T> {
     fn new(inner: T) -> IdleIo<T> {
-        IdleIo { inner, activity: Arc::new(Activity { opened: Instant::now(), last_ms: AtomicU64::new(0) }) }
+        IdleIo {
+            inner,
+            activity: Arc::new(Activity {
+                opened: Instant::now(),
+                last_ms: AtomicU64::new(0),
+            }),
+        }
     }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -239,7 +260,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();

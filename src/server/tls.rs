@@ -13,17 +13,29 @@ use crate::config::TlsConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("reading certificate chain {path}")]
-    Cert { path: PathBuf, #[source] source: rustls_pki_types::pem::Error },
+    Cert {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
     #[error("{path} holds no certificate")]
     NoCert { path: PathBuf },
     #[error("reading private key {path}")]
-    Key { path: PathBuf, #[source] source: rustls_pki_types::pem::Error },
+    Key {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
     #[error("certificate and key do not make a usable TLS config")]
     Rustls(#[from] rustls::Error),
     #[error("generating the development certificate")]
     Generate(#[from] rcgen::Error),
     #[error("writing the development certificate to {path}")]
-    Write { path: PathBuf, #[source] source: std::io::Error },
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// File names of the development certificate inside its directory.
@@ -38,11 +50,17 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
     };
     let certs = CertificateDer::pem_file_iter(&cert_path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|source| TlsError::Cert { path: cert_path.clone(), source })?;
+        .map_err(|source| TlsError::Cert {
+            path: cert_path.clone(),
+            source,
+        })?;
     if certs.is_empty() {
         return Err(TlsError::NoCert { path: cert_path });
     }
-    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|source| TlsError::Key { path: key_path, source })?;
+    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|source| TlsError::Key {
+        path: key_path,
+        source,
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
@@ -60,14 +78,19 @@ pub fn ensure_dev_cert(dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
     if cert_path.is_file() && key_path.is_file() {
         return Ok((cert_path, key_path));
     }
-    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
     let generated = rcgen::generate_simple_self_signed(names)?;
     let write_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| TlsError::Write { path, source }
     };
     std::fs::create_dir_all(dir).map_err(write_err(dir))?;
-    write_private(&key_path, generated.key_pair.serialize_pem().as_bytes()).map_err(write_err(&key_path))?;
+    write_private(&key_path, generated.key_pair.serialize_pem().as_bytes())
+        .map_err(write_err(&key_path))?;
     std::fs::write(&cert_path, generated.cert.pem()).map_err(write_err(&cert_path))?;
     Ok((cert_path, key_path))
 }

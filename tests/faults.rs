@@ -1,0 +1,327 @@
+//! Upstream failures as a client sees them, against a real origin that misbehaves on purpose
+//! (`support/origin.rs`): refused connections and stalls before headers become 502 / 504 after a
+//! bounded number of attempts; a body that breaks, ends short or stalls after the head was sent is
+//! aborted (never finished as if complete), over http/1.1 and h2. After every fault the same
+//! gateway keeps serving its other source.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bucketgate::config::{Limits, SourceConfig};
+use http::StatusCode;
+use support::origin::{self, Mode, Origin};
+use support::{Proto, TestGateway};
+
+const HELLO: &[u8] = b"still serving\n";
+/// Retries the tests allow the gateway: each request reaches the origin at most 1 + this many
+/// times per upstream call.
+const MAX_RETRIES: u32 = 1;
+
+/// Short upstream limits so that every fault resolves in about a second.
+fn limits() -> Limits {
+    Limits {
+        upstream_connect_timeout: Duration::from_secs(1),
+        upstream_first_byte_timeout: Duration::from_secs(1),
+        upstream_idle_timeout: Duration::from_secs(1),
+        upstream_max_retries: MAX_RETRIES,
+        ..support::test_limits()
+    }
+}
+
+/// A gateway with the source `origin` (S3 pointed at a misbehaving origin) and the fs source
+/// `local` holding `hello.txt`.
+struct Bed {
+    gw: TestGateway,
+    origin: Origin,
+    _dir: tempfile::TempDir,
+}
+
+async fn bed(mode: Mode) -> Bed {
+    let origin = Origin::start(mode).await;
+    let dir = tempfile::tempdir().unwrap();
+    support::write_file(dir.path(), "hello.txt", HELLO);
+    let sources = BTreeMap::from([
+        (
+            "origin".to_string(),
+            SourceConfig::S3(support::s3::source(
+                &origin.endpoint,
+                "bucket",
+                "",
+                "AKIDTEST",
+                "secret",
+            )),
+        ),
+        ("local".to_string(), support::fs_source(dir.path())),
+    ]);
+    let gw = support::start_gateway_with(sources, limits()).await;
+    Bed {
+        gw,
+        origin,
+        _dir: dir,
+    }
+}
+
+impl Bed {
+    /// The fs source on the same gateway still answers, over `proto`.
+    async fn assert_still_serves(&self, client: &reqwest::Client, what: &str) {
+        let resp = client
+            .get(self.gw.url("/o/local/hello.txt"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(
+            resp.status(),
+            StatusCode::OK,
+            "{what}: gateway stopped serving"
+        );
+        assert_eq!(&resp.bytes().await.unwrap()[..], HELLO, "{what}");
+    }
+
+    /// The origin saw at most `calls` upstream calls, each tried at most 1 + MAX_RETRIES times.
+    fn assert_bounded_attempts(&self, before: usize, calls: usize, what: &str) {
+        let seen = self.origin.requests() - before;
+        let most = calls * (1 + MAX_RETRIES as usize);
+        assert!(
+            seen >= 1 && seen <= most,
+            "{what}: origin saw {seen} requests, allowed 1..={most}"
+        );
+    }
+}
+
+/// Headers that must not come through from the origin.
+fn assert_no_upstream_headers(headers: &http::HeaderMap, what: &str) {
+    for name in headers.keys() {
+        assert!(
+            !name.as_str().starts_with("x-amz"),
+            "{what}: upstream header {name} passed on"
+        );
+    }
+}
+
+/// An error response with the given status and the JSON body naming its request id.
+async fn assert_error(resp: reqwest::Response, status: StatusCode, message: &str, what: &str) {
+    assert_eq!(resp.status(), status, "{what}");
+    assert_no_upstream_headers(resp.headers(), what);
+    let id = resp
+        .headers()
+        .get("x-request-id")
+        .expect("x-request-id")
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body = resp.text().await.unwrap();
+    assert_eq!(
+        body.trim_end(),
+        format!("{{\"error\":\"{message}\",\"request_id\":\"{id}\"}}"),
+        "{what}"
+    );
+}
+
+#[tokio::test]
+async fn refused_origin_is_502_and_the_gateway_keeps_serving() {
+    let bed = bed(Mode::Refuse).await;
+    for proto in Proto::BOTH {
+        let client = bed.gw.client_for(proto);
+        let what = format!("{proto:?} refused");
+        let resp = client
+            .get(bed.gw.url("/o/origin/photo.png"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.version(), proto.version());
+        assert_error(
+            resp,
+            StatusCode::BAD_GATEWAY,
+            "storage backend failed",
+            &what,
+        )
+        .await;
+        bed.assert_still_serves(&client, &what).await;
+    }
+    assert_eq!(
+        bed.origin.requests(),
+        0,
+        "nothing listens, so nothing was received"
+    );
+}
+
+#[tokio::test]
+async fn origin_stalling_before_headers_is_504_after_bounded_retries() {
+    let bed = bed(Mode::StallBeforeHeaders).await;
+    for proto in Proto::BOTH {
+        let client = bed.gw.client_for(proto);
+        let what = format!("{proto:?} stall before headers");
+        let before = bed.origin.requests();
+        let started = Instant::now();
+        let resp = client
+            .get(bed.gw.url("/o/origin/photo.png"))
+            .send()
+            .await
+            .unwrap();
+        let waited = started.elapsed();
+        assert_error(
+            resp,
+            StatusCode::GATEWAY_TIMEOUT,
+            "storage backend timed out",
+            &what,
+        )
+        .await;
+        // One HEAD, tried at most twice with a 1 s first-byte timeout each.
+        assert!(
+            waited >= Duration::from_millis(900),
+            "{what}: answered after {waited:?}, before the timeout"
+        );
+        assert!(
+            waited < Duration::from_secs(8),
+            "{what}: answered only after {waited:?}"
+        );
+        bed.assert_bounded_attempts(before, 1, &what);
+        bed.assert_still_serves(&client, &what).await;
+    }
+}
+
+/// GET the origin's object and read the body until it ends or fails. Returns the bytes received,
+/// whether the response ended in an error, and how long that took from the request.
+///
+/// The head may not reach the client at all: when the very first body frame already fails,
+/// hyper has not flushed the head yet and closes (http/1.1) or resets the stream (h2) without it.
+/// That is an aborted response too; what must never happen is a body that ends as if complete.
+async fn read_broken_body(
+    bed: &Bed,
+    client: &reqwest::Client,
+    proto: Proto,
+    what: &str,
+) -> (Vec<u8>, bool, Duration) {
+    let started = Instant::now();
+    let mut resp = match client.get(bed.gw.url("/o/origin/photo.png")).send().await {
+        Ok(resp) => resp,
+        Err(e) => {
+            assert!(!e.is_timeout(), "{what}: client timed out: {e}");
+            return (Vec::new(), true, started.elapsed());
+        }
+    };
+    assert_eq!(resp.version(), proto.version(), "{what}");
+    // The head went out before the body broke: it announces the whole object.
+    assert_eq!(resp.status(), StatusCode::OK, "{what}");
+    assert_eq!(
+        resp.content_length(),
+        Some(origin::OBJECT_LEN as u64),
+        "{what}"
+    );
+    assert_no_upstream_headers(resp.headers(), what);
+    let mut got = Vec::new();
+    let failed = loop {
+        match tokio::time::timeout(Duration::from_secs(10), resp.chunk()).await {
+            Err(_) => panic!("{what}: body neither finished nor failed within 10 s"),
+            Ok(Ok(Some(chunk))) => got.extend_from_slice(&chunk),
+            Ok(Ok(None)) => break false,
+            Ok(Err(_)) => break true,
+        }
+    };
+    (got, failed, started.elapsed())
+}
+
+/// The client saw an aborted body: an error, after a correct prefix shorter than the object.
+fn assert_aborted(got: &[u8], failed: bool, what: &str) {
+    assert!(
+        failed,
+        "{what}: body of {} bytes ended as if complete",
+        got.len()
+    );
+    assert!(
+        got.len() < origin::OBJECT_LEN,
+        "{what}: the whole object arrived"
+    );
+    assert!(
+        got == &origin::object_bytes()[..got.len()],
+        "{what}: the prefix that arrived is wrong"
+    );
+}
+
+async fn broken_body_is_aborted(mode: Mode) {
+    let bed = bed(mode).await;
+    for proto in Proto::BOTH {
+        let client = bed.gw.client_for(proto);
+        let what = format!("{proto:?} {mode:?}");
+        let before = bed.origin.requests();
+        let (got, failed, _) = read_broken_body(&bed, &client, proto, &what).await;
+        assert_aborted(&got, failed, &what);
+        // HEAD and GET; a body that broke after the head went out is never retried.
+        bed.assert_bounded_attempts(before, 2, &what);
+        assert!(
+            bed.origin.requests() - before <= 2,
+            "{what}: the broken GET was retried"
+        );
+        // Same client: for h2 the same connection, which must survive one reset stream.
+        bed.assert_still_serves(&client, &what).await;
+    }
+}
+
+#[tokio::test]
+async fn origin_reset_mid_body_aborts_the_response() {
+    broken_body_is_aborted(Mode::ResetMidBody).await;
+}
+
+#[tokio::test]
+async fn origin_short_body_aborts_the_response() {
+    broken_body_is_aborted(Mode::ShortBody).await;
+}
+
+#[tokio::test]
+async fn origin_stalling_mid_body_aborts_after_the_idle_timeout() {
+    let bed = bed(Mode::StallMidBody).await;
+    for proto in Proto::BOTH {
+        let client = bed.gw.client_for(proto);
+        let what = format!("{proto:?} stall mid-body");
+        let before = bed.origin.requests();
+        let (got, failed, waited) = read_broken_body(&bed, &client, proto, &what).await;
+        assert_aborted(&got, failed, &what);
+        assert!(
+            waited >= Duration::from_millis(900),
+            "{what}: aborted after {waited:?}, before the 1 s idle timeout"
+        );
+        assert!(
+            waited < Duration::from_secs(5),
+            "{what}: aborted only after {waited:?}"
+        );
+        assert!(
+            bed.origin.requests() - before <= 2,
+            "{what}: the stalled GET was retried"
+        );
+        bed.assert_still_serves(&client, &what).await;
+    }
+}
+
+#[tokio::test]
+async fn healthy_origin_serves_the_object_and_ranges() {
+    // The control for the fault tests: the same setup with a well-behaved origin works.
+    let bed = bed(Mode::Healthy).await;
+    let data = origin::object_bytes();
+    for proto in Proto::BOTH {
+        let client = bed.gw.client_for(proto);
+        let resp = client
+            .get(bed.gw.url("/o/origin/photo.png"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{proto:?}");
+        assert_eq!(resp.headers().get("etag").unwrap(), origin::ETAG);
+        assert_no_upstream_headers(resp.headers(), "healthy");
+        assert!(resp.bytes().await.unwrap() == data, "{proto:?}: body");
+        let resp = client
+            .get(bed.gw.url("/o/origin/photo.png"))
+            .header("range", "bytes=100-199")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT, "{proto:?}");
+        assert!(
+            resp.bytes().await.unwrap() == data[100..200],
+            "{proto:?}: range body"
+        );
+    }
+}

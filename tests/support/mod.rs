@@ -1,0 +1,400 @@
+//! Shared helpers for the integration tests: a gateway on `127.0.0.1:0` with a development
+//! certificate in a tempdir, clients that trust it (reqwest for ordinary requests, raw hyper for
+//! paths a URL parser would normalize, tokio-rustls for the listener's TLS edge cases), and small
+//! polling helpers. Every test file does `mod support;` and uses what it needs.
+#![allow(dead_code)]
+
+pub mod origin;
+pub mod s3;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bucketgate::Gateway;
+use bucketgate::config::{
+    AdminConfig, Config, FsSource, Limits, ListenerConfig, SourceConfig, TlsConfig,
+};
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::pem::PemObject;
+use tempfile::TempDir;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// Which HTTP version a client offers by ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    H1,
+    H2,
+}
+
+impl Proto {
+    pub const BOTH: [Proto; 2] = [Proto::H1, Proto::H2];
+
+    pub fn version(self) -> Version {
+        match self {
+            Proto::H1 => Version::HTTP_11,
+            Proto::H2 => Version::HTTP_2,
+        }
+    }
+
+    fn alpn(self) -> Vec<Vec<u8>> {
+        match self {
+            Proto::H1 => vec![b"http/1.1".to_vec()],
+            Proto::H2 => vec![b"h2".to_vec()],
+        }
+    }
+}
+
+/// Log to the test output when `RUST_LOG` is set (`RUST_LOG=bucketgate=debug cargo test ...`).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// An fs source serving `dir`.
+pub fn fs_source(dir: &Path) -> SourceConfig {
+    SourceConfig::Fs(FsSource {
+        root: dir.to_path_buf(),
+    })
+}
+
+/// Limits for tests: the defaults, with short timeouts where a test might otherwise wait on them.
+pub fn test_limits() -> Limits {
+    Limits {
+        tls_handshake_timeout: Duration::from_secs(5),
+        header_read_timeout: Duration::from_secs(5),
+        shutdown_grace: Duration::from_secs(20),
+        upstream_connect_timeout: Duration::from_secs(2),
+        upstream_first_byte_timeout: Duration::from_secs(5),
+        upstream_idle_timeout: Duration::from_secs(5),
+        ..Limits::default()
+    }
+}
+
+/// A running gateway plus everything it needs kept alive (its certificate directory).
+pub struct TestGateway {
+    gateway: Option<Gateway>,
+    tls_dir: TempDir,
+    cert: CertificateDer<'static>,
+    cert_pem: Vec<u8>,
+    data_addr: SocketAddr,
+    admin_addr: SocketAddr,
+}
+
+/// Start a gateway serving `sources` with [`test_limits`].
+pub async fn start_gateway(sources: BTreeMap<String, SourceConfig>) -> TestGateway {
+    start_gateway_with(sources, test_limits()).await
+}
+
+/// Start a gateway serving `sources` with the given limits, on `127.0.0.1:0` for both listeners.
+pub async fn start_gateway_with(
+    sources: BTreeMap<String, SourceConfig>,
+    limits: Limits,
+) -> TestGateway {
+    init_tracing();
+    let tls_dir = tempfile::tempdir().expect("tempdir for the dev certificate");
+    let loopback: SocketAddr = "127.0.0.1:0".parse().expect("loopback address");
+    let config = Config {
+        listener: ListenerConfig {
+            addr: loopback,
+            tls: TlsConfig::Development {
+                dir: tls_dir.path().to_path_buf(),
+            },
+        },
+        admin: AdminConfig { addr: loopback },
+        limits,
+        sources,
+    };
+    let gateway = Gateway::start(config).await.expect("gateway starts");
+    let cert_pem = std::fs::read(tls_dir.path().join("cert.pem")).expect("dev certificate written");
+    let cert = CertificateDer::from_pem_slice(&cert_pem).expect("dev certificate parses");
+    TestGateway {
+        data_addr: gateway.data_addr(),
+        admin_addr: gateway.admin_addr(),
+        gateway: Some(gateway),
+        tls_dir,
+        cert,
+        cert_pem,
+    }
+}
+
+/// One source named `name` serving a fresh tempdir; returns the gateway and the directory.
+pub async fn start_fs_gateway(name: &str) -> (TestGateway, TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir for an fs source");
+    let gw = start_gateway(BTreeMap::from([(name.to_string(), fs_source(dir.path()))])).await;
+    (gw, dir)
+}
+
+impl TestGateway {
+    pub fn gateway(&self) -> &Gateway {
+        self.gateway.as_ref().expect("gateway not shut down yet")
+    }
+
+    /// Take the gateway out, for tests that shut it down themselves.
+    pub fn take_gateway(&mut self) -> Gateway {
+        self.gateway.take().expect("gateway not taken twice")
+    }
+
+    pub fn data_addr(&self) -> SocketAddr {
+        self.data_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// `https://127.0.0.1:PORT` (the dev certificate names 127.0.0.1).
+    pub fn base(&self) -> String {
+        format!("https://{}", self.data_addr)
+    }
+
+    /// `base` + `path_and_query` (which must start with `/` and be encoded already).
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("{}{}", self.base(), path_and_query)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin_addr, path)
+    }
+
+    pub fn cert_pem(&self) -> &[u8] {
+        &self.cert_pem
+    }
+
+    fn client_builder(&self) -> reqwest::ClientBuilder {
+        let root =
+            reqwest::Certificate::from_pem(&self.cert_pem).expect("dev certificate for reqwest");
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(root)
+            .no_proxy()
+            .timeout(Duration::from_secs(30))
+    }
+
+    /// A client that offers both h2 and http/1.1 by ALPN (the server picks).
+    pub fn client(&self) -> reqwest::Client {
+        self.client_builder().build().expect("reqwest client")
+    }
+
+    /// A client that offers only http/1.1.
+    pub fn h1_client(&self) -> reqwest::Client {
+        self.client_builder()
+            .http1_only()
+            .build()
+            .expect("reqwest http/1.1 client")
+    }
+
+    /// A client that speaks only h2 (ALPN `h2`).
+    pub fn h2_client(&self) -> reqwest::Client {
+        self.client_builder()
+            .http2_prior_knowledge()
+            .build()
+            .expect("reqwest h2 client")
+    }
+
+    pub fn client_for(&self, proto: Proto) -> reqwest::Client {
+        match proto {
+            Proto::H1 => self.h1_client(),
+            Proto::H2 => self.h2_client(),
+        }
+    }
+
+    /// A rustls client config trusting the dev certificate, with the given ALPN list and versions.
+    pub fn tls_config(
+        &self,
+        alpn: &[&[u8]],
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(self.cert.clone())
+            .expect("dev certificate as a root");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .expect("protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+
+    /// Open a TLS connection to the data listener with `config`.
+    pub async fn tls_connect(
+        &self,
+        config: Arc<rustls::ClientConfig>,
+    ) -> std::io::Result<TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(self.data_addr).await?;
+        let name = ServerName::IpAddress(self.data_addr.ip().into());
+        TlsConnector::from(config).connect(name, tcp).await
+    }
+
+    /// Send one request with a path exactly as given (no URL normalization), over a fresh
+    /// connection with the given protocol, and read the whole response.
+    pub async fn raw(
+        &self,
+        proto: Proto,
+        method: Method,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+    ) -> RawResponse {
+        self.raw_with_body(proto, method, path_and_query, headers, Bytes::new())
+            .await
+    }
+
+    pub async fn raw_with_body(
+        &self,
+        proto: Proto,
+        method: Method,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> RawResponse {
+        let alpn = proto.alpn();
+        let alpn: Vec<&[u8]> = alpn.iter().map(Vec::as_slice).collect();
+        let config = self.tls_config(&alpn, rustls::ALL_VERSIONS);
+        let stream = self
+            .tls_connect(config)
+            .await
+            .expect("TLS connection to the gateway");
+        let io = TokioIo::new(stream);
+        // h1 takes origin-form plus Host; h2 takes the authority in the URI.
+        let uri = match proto {
+            Proto::H1 => path_and_query.to_string(),
+            Proto::H2 => self.url(path_and_query),
+        };
+        let mut builder = http::Request::builder().method(method).uri(uri.as_str());
+        if proto == Proto::H1 {
+            builder = builder.header(http::header::HOST, self.data_addr.to_string());
+        }
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        let req = builder.body(Full::new(body)).expect("raw request builds");
+        let resp = match proto {
+            Proto::H1 => {
+                let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+                    .await
+                    .expect("h1 handshake");
+                tokio::spawn(conn);
+                sender.send_request(req).await.expect("h1 response")
+            }
+            Proto::H2 => {
+                let (mut sender, conn) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                        .await
+                        .expect("h2 handshake");
+                tokio::spawn(conn);
+                sender.send_request(req).await.expect("h2 response")
+            }
+        };
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("raw response body").to_bytes();
+        RawResponse {
+            status: parts.status,
+            version: parts.version,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    /// Stop the gateway and wait for it.
+    pub async fn shutdown(mut self) {
+        if let Some(gw) = self.gateway.take() {
+            gw.shutdown().await;
+        }
+    }
+}
+
+/// A response read whole by [`TestGateway::raw`].
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Write `bytes` to `root/key`, creating parent directories.
+pub fn write_file(root: &Path, key: &str, bytes: &[u8]) -> PathBuf {
+    let path = root.join(key);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("create parent directories");
+    }
+    std::fs::write(&path, bytes).expect("write test object");
+    path
+}
+
+/// Deterministic, non-repeating-looking bytes (so an offset mistake shows as a mismatch).
+pub fn pattern_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            // xorshift64*
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+        })
+        .collect()
+}
+
+/// Poll `check` until it returns `Some`, at most `attempts` times, `interval` apart. Panics with
+/// `what` if it never does. For waiting on a result without a fixed sleep.
+pub async fn eventually<T, F, Fut>(what: &str, attempts: u32, interval: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    for _ in 0..attempts {
+        if let Some(v) = check().await {
+            return v;
+        }
+        tokio::time::sleep(interval).await;
+    }
+    panic!("{what}: not reached after {attempts} attempts {interval:?} apart");
+}
+
+/// Resident set size of this process (the gateway runs in-process), from /proc/self/status.
+pub fn vm_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS line");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("VmRSS value in kB");
+    kib * 1024
+}
+
+/// Percent-encode every byte of a key except unreserved characters and `/`.
+pub fn encode_key(key: &str) -> String {
+    const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~')
+        .remove(b'/');
+    percent_encoding::utf8_percent_encode(key, KEEP).to_string()
+}
