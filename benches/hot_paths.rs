@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bucketgate::backend::AnyBackend;
 use bucketgate::backend::fs::FsBackend;
 use bucketgate::config::Limits;
-use bucketgate::pipeline::{ConnInfo, Pipeline, plan, range};
+use bucketgate::pipeline::{ConnInfo, Pipeline, Snapshot, plan, range};
 use bucketgate::telemetry::Metrics;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Request};
@@ -72,7 +72,10 @@ fn pipeline_head(c: &mut Criterion) {
         "local".to_string(),
         AnyBackend::Fs(FsBackend::new(dir.path()).expect("fs backend")),
     );
-    let pipeline = Pipeline::new(sources, Limits::default(), Arc::new(Metrics::new()));
+    let pipeline = Pipeline::new(
+        Snapshot::new(sources, Limits::default()),
+        Arc::new(Metrics::new()),
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -20,7 +20,7 @@ use crate::backend::fs::FsBackend;
 use crate::backend::s3::S3Backend;
 use crate::backend::{AnyBackend, BackendError};
 use crate::config::{Config, SourceConfig};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, Snapshot};
 use crate::server::{self, Role, tls::TlsError};
 use crate::telemetry::Metrics;
 
@@ -57,6 +57,38 @@ pub struct Gateway {
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     metrics: Arc<Metrics>,
+    pipeline: Arc<Pipeline>,
+    /// The config in force (listener settings from the first one stay until restart).
+    config: std::sync::Mutex<Config>,
+}
+
+/// Build every live part a request needs from a config. Used at start and by every reload, so a
+/// reload validates exactly what a start would.
+pub async fn build_snapshot(config: &Config) -> Result<Snapshot, StartError> {
+    let mut sources = HashMap::new();
+    for (name, source) in &config.sources {
+        let backend = match source {
+            SourceConfig::Fs(fs) => {
+                AnyBackend::Fs(
+                    FsBackend::new(&fs.root).map_err(|source| StartError::FsSource {
+                        name: name.clone(),
+                        root: fs.root.clone(),
+                        source,
+                    })?,
+                )
+            }
+            SourceConfig::S3(s3) => {
+                AnyBackend::S3(S3Backend::new(s3, &config.limits).await.map_err(|source| {
+                    StartError::S3Source {
+                        name: name.clone(),
+                        source,
+                    }
+                })?)
+            }
+        };
+        sources.insert(name.clone(), backend);
+    }
+    Ok(Snapshot::new(sources, config.limits.clone()))
 }
 
 impl Gateway {
@@ -64,32 +96,8 @@ impl Gateway {
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
         let metrics = Arc::new(Metrics::new());
         let tls = TlsAcceptor::from(server::tls::server_config(&config.listener.tls)?);
-        let mut sources = HashMap::new();
-        for (name, source) in &config.sources {
-            let backend = match source {
-                SourceConfig::Fs(fs) => {
-                    AnyBackend::Fs(FsBackend::new(&fs.root).map_err(|source| {
-                        StartError::FsSource {
-                            name: name.clone(),
-                            root: fs.root.clone(),
-                            source,
-                        }
-                    })?)
-                }
-                SourceConfig::S3(s3) => {
-                    AnyBackend::S3(S3Backend::new(s3, &config.limits).await.map_err(|source| {
-                        StartError::S3Source {
-                            name: name.clone(),
-                            source,
-                        }
-                    })?)
-                }
-            };
-            sources.insert(name.clone(), backend);
-        }
         let pipeline = Arc::new(Pipeline::new(
-            sources,
-            config.limits.clone(),
+            build_snapshot(&config).await?,
             Arc::clone(&metrics),
         ));
         let admin = Arc::new(Admin::new(Arc::clone(&pipeline)));
@@ -113,7 +121,7 @@ impl Gateway {
             Role::Data,
             data_listener,
             Some(tls),
-            pipeline,
+            Arc::clone(&pipeline),
             config.limits.clone(),
             Arc::clone(&metrics),
             shutdown.clone(),
@@ -134,6 +142,8 @@ impl Gateway {
             shutdown,
             tasks: vec![data, admin],
             metrics,
+            pipeline,
+            config: std::sync::Mutex::new(config),
         })
     }
 
@@ -149,6 +159,28 @@ impl Gateway {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    pub fn pipeline(&self) -> &Arc<Pipeline> {
+        &self.pipeline
+    }
+
+    /// Build a whole new snapshot from `config` and put it in force; on any error the old one
+    /// keeps serving. Listener address, TLS and connection limits apply only at start: a change
+    /// to them is logged and ignored until restart.
+    pub async fn reload(&self, config: Config) -> Result<(), StartError> {
+        let snapshot = build_snapshot(&config).await?;
+        let mut current = match self.config.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if current.listener.addr != config.listener.addr || current.admin.addr != config.admin.addr
+        {
+            tracing::warn!("listener addresses changed in the config; they apply after a restart");
+        }
+        self.pipeline.replace(snapshot);
+        *current = config;
+        Ok(())
     }
 
     /// A token that stops the gateway when cancelled (signal handlers hold one).

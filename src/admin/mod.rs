@@ -56,7 +56,8 @@ impl Admin {
 
     /// Ready when every source answers; the body names the ones that do not (names only).
     async fn ready(&self) -> Response<ResponseBody> {
-        let checks = self.pipeline.sources().map(|(name, backend)| async move {
+        let snapshot = self.pipeline.snapshot();
+        let checks = snapshot.sources().map(|(name, backend)| async move {
             let outcome = tokio::time::timeout(READY_CHECK_TIMEOUT, backend.ready()).await;
             match outcome {
                 Ok(Ok(())) => None,

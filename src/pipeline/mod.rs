@@ -24,6 +24,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
+
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -43,10 +45,32 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
 }
 
-/// The live parts a request needs, built by `app.rs` from one config snapshot.
-pub struct Pipeline {
+/// The live parts built from one config snapshot by `app.rs`. A request loads the current
+/// snapshot once and uses it for every stage, so a reload never splits a request across two
+/// configurations.
+pub struct Snapshot {
     sources: HashMap<String, AnyBackend>,
     limits: Limits,
+}
+
+impl Snapshot {
+    pub fn new(sources: HashMap<String, AnyBackend>, limits: Limits) -> Snapshot {
+        Snapshot { sources, limits }
+    }
+
+    pub fn sources(&self) -> impl Iterator<Item = (&String, &AnyBackend)> {
+        self.sources.iter()
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+}
+
+/// The request pipeline: the current snapshot (swapped atomically on reload) and the state that
+/// outlives snapshots (metrics).
+pub struct Pipeline {
+    current: ArcSwap<Snapshot>,
     metrics: Arc<Metrics>,
 }
 
@@ -54,14 +78,9 @@ const ROUTE_OBJECT: &str = "object";
 const ROUTE_OTHER: &str = "other";
 
 impl Pipeline {
-    pub fn new(
-        sources: HashMap<String, AnyBackend>,
-        limits: Limits,
-        metrics: Arc<Metrics>,
-    ) -> Pipeline {
+    pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>) -> Pipeline {
         Pipeline {
-            sources,
-            limits,
+            current: ArcSwap::from_pointee(snapshot),
             metrics,
         }
     }
@@ -70,8 +89,14 @@ impl Pipeline {
         &self.metrics
     }
 
-    pub fn sources(&self) -> impl Iterator<Item = (&String, &AnyBackend)> {
-        self.sources.iter()
+    /// The snapshot in force now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Put a new, fully built snapshot in force. Requests already running keep the old one.
+    pub fn replace(&self, snapshot: Snapshot) {
+        self.current.store(Arc::new(snapshot));
     }
 
     /// Answer one request. Never fails: every error becomes a response here.
@@ -96,7 +121,8 @@ impl Pipeline {
             status = tracing::field::Empty,
         );
         async move {
-            let mut resp = match self.run(&req, conn, route).await {
+            let snapshot = self.snapshot();
+            let mut resp = match self.run(&snapshot, &req, conn, route).await {
                 Ok(resp) => resp,
                 Err(err) => {
                     if err.is_server_fault() {
@@ -141,6 +167,7 @@ impl Pipeline {
 
     async fn run<B: Body>(
         &self,
+        snapshot: &Snapshot,
         req: &Request<B>,
         conn: ConnInfo,
         route: &'static str,
@@ -149,7 +176,7 @@ impl Pipeline {
         let _client = network::client_ip(conn.peer);
         // 5. plan. The route decides which methods exist; a body is refused before any work.
         let plan = plan::plan_object(req.uri().path(), req.uri().query(), |s| {
-            self.sources.contains_key(s)
+            snapshot.sources.contains_key(s)
         })?;
         let head_only = match *req.method() {
             Method::GET => false,
@@ -161,13 +188,15 @@ impl Pipeline {
         }
         tracing::Span::current().record("source", plan.source());
         // 7 + 9. fetch and respond
-        self.fetch(req.headers(), &plan, head_only, route).await
+        self.fetch(snapshot, req.headers(), &plan, head_only, route)
+            .await
     }
 
     /// Metadata, preconditions, range, then the body. If the object changes between metadata and
     /// body, start over (bounded): a response never mixes two versions.
     async fn fetch(
         &self,
+        snapshot: &Snapshot,
         headers: &http::HeaderMap,
         plan: &Plan,
         head_only: bool,
@@ -177,7 +206,7 @@ impl Pipeline {
             source_name: plan.source().to_owned(),
             error,
         };
-        let backend = self
+        let backend = snapshot
             .sources
             .get(plan.source())
             .ok_or(Error::Plan(plan::PlanError::UnknownSource))?;
@@ -226,7 +255,7 @@ impl Pipeline {
                         .body(body.boxed_unsync())
                         .map_err(|e| backend_err(BackendError::Protocol(e.to_string())));
                 }
-                Err(BackendError::Changed) if attempts <= self.limits.upstream_max_retries => {
+                Err(BackendError::Changed) if attempts <= snapshot.limits.upstream_max_retries => {
                     tracing::debug!(
                         attempts,
                         "object changed between head and get; starting over"
