@@ -1,0 +1,37 @@
+# syntax=docker/dockerfile:1
+#
+# docker build -t bucketgate .
+# docker run --rm -p 8443:8443 -p 127.0.0.1:9090:9090 \
+#     -v "$PWD/config.toml:/etc/bucketgate/config.toml:ro" -v "$PWD/certs:/etc/bucketgate/certs:ro" \
+#     bucketgate
+#
+# In a container the config must listen on 0.0.0.0 (the embedded default binds 127.0.0.1 only).
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /build
+# Only what `cargo build --release` reads: the manifest names the bench target, so benches/ too.
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY benches ./benches
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/build/target \
+    cargo build --release --locked --bin bucketgate \
+    && install -m 0755 target/release/bucketgate /usr/local/bin/bucketgate
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 bucketgate \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /srv/bucketgate --shell /usr/sbin/nologin bucketgate \
+    && mkdir -p /srv/bucketgate /etc/bucketgate \
+    && chown 10001:10001 /srv/bucketgate
+COPY --from=build /usr/local/bin/bucketgate /usr/local/bin/bucketgate
+COPY config.toml.example /usr/share/doc/bucketgate/config.toml.example
+# The working directory is writable: a config without tls_cert/tls_key keeps its generated
+# development certificate under ./.bucketgate/ here.
+WORKDIR /srv/bucketgate
+USER 10001:10001
+EXPOSE 8443 9090
+ENTRYPOINT ["/usr/local/bin/bucketgate"]
+CMD ["serve", "--config", "/etc/bucketgate/config.toml"]

@@ -1,0 +1,508 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2317  # cleanup and helpers are called through traps and indirection
+# Load test: bucketgate side by side with peers, in one run, on loopback only.
+#
+#   benches/load.sh
+#
+# 1. builds bucketgate (`cargo build --release --locked`);
+# 2. makes a temp dir with a 64 KiB and a 1 MiB random file and a 1 GiB sparse file, and a
+#    self-signed ECDSA P-256 certificate that both TLS servers use;
+# 3. fs section: nginx (TLS, keep-alive, sendfile on, worker_processes = WORKERS) and bucketgate
+#    (fs source, TOKIO_WORKER_THREADS = WORKERS) serve the same files; wrk (HTTP/1.1) and
+#    h2load (HTTP/2) drive each for DURATION seconds, back to back;
+# 4. s3 section: s3s-fs serves the same small files as an S3 bucket; bucketgate (s3 source,
+#    SigV4-signed) vs nginx proxying to s3s-fs vs reading s3s-fs directly (plain http);
+# 5. memory: a fresh bucketgate, MEM_CLIENTS slow clients (curl --limit-rate MEM_RATE) each
+#    reading the 1 GiB object for MEM_SECONDS; prints peak RSS above idle;
+# 6. prints one table with req/s, MiB/s, latency and the bucketgate/peer ratios.
+#
+# Environment (defaults in brackets):
+#   DURATION [10] seconds per measurement   CONNECTIONS [50]   THREADS [2] client threads
+#   WORKERS [2] nginx worker_processes and bucketgate runtime threads
+#   H2_STREAMS [10] concurrent streams per h2load connection
+#   MEM_CLIENTS [200]  MEM_SECONDS [20]  MEM_RATE [1M]
+#   SECTIONS ["fs s3 mem"]  any subset, space separated
+#   SKIP_GATEWAY=1   measure the peers only (when bucketgate does not build or start)
+#   SKIP_BUILD=1     use the existing target/release/bucketgate
+#   BENCH_RUST_LOG [warn]  RUST_LOG for bucketgate (per-request logs would measure the logger)
+#   S3_SERVER [auto]  s3s-fs, moto, or auto (s3s-fs, installing it if needed, else moto)
+#   KEEP_TMP=1       keep the temp dir (logs, configs) for inspection
+# Needs: nginx, wrk, nghttp2-client (h2load), curl, openssl, python3 (installed with apt-get
+# when missing and running as root); s3s-fs 0.14 (cargo install, pinned: newer needs rustc 1.96),
+# falling back to moto_server from ./.venv (see ./tests/run) for the s3 section.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-50}
+THREADS=${THREADS:-2}
+WORKERS=${WORKERS:-2}
+H2_STREAMS=${H2_STREAMS:-10}
+MEM_CLIENTS=${MEM_CLIENTS:-200}
+MEM_SECONDS=${MEM_SECONDS:-20}
+MEM_RATE=${MEM_RATE:-1M}
+SECTIONS=${SECTIONS:-"fs s3 mem"}
+SKIP_GATEWAY=${SKIP_GATEWAY:-0}
+SKIP_BUILD=${SKIP_BUILD:-0}
+BENCH_RUST_LOG=${BENCH_RUST_LOG:-warn}
+S3_SERVER=${S3_SERVER:-auto}
+S3S_FS_VERSION=0.14.1
+MEM_TARGET_MIB=64
+
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+BIN="$TARGET_DIR/release/bucketgate"
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() {
+    printf 'load.sh: error: %s\n' "$*" >&2
+    exit 1
+}
+has_section() { [[ " $SECTIONS " == *" $1 "* ]]; }
+
+# --- processes: every child is tracked by pid and ended by pid on exit ------------------------
+
+declare -a PIDS=()
+TMP=""
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ -n "$TMP" && -d "$TMP" ]]; then
+        if [[ "${KEEP_TMP:-0}" == "1" ]]; then
+            log "kept $TMP"
+        else
+            rm -rf "$TMP"
+        fi
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+stop() {
+    local pid=$1 i
+    kill "$pid" 2>/dev/null || return 0
+    for i in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+# --- tools ---------------------------------------------------------------------------------------
+
+APT_UPDATED=0
+apt_install() {
+    [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1 || return 1
+    export DEBIAN_FRONTEND=noninteractive
+    if [[ $APT_UPDATED -eq 0 ]]; then
+        apt-get update -qq >/dev/null
+        APT_UPDATED=1
+    fi
+    apt-get install -y -qq "$@" >/dev/null
+}
+
+need() {
+    local cmd=$1 pkg=$2
+    if ! command -v "$cmd" >/dev/null 2>&1 && ! [[ -x "/usr/sbin/$cmd" ]]; then
+        log "installing $pkg (for $cmd)"
+        apt_install "$pkg" || die "$cmd is missing; install the Debian package $pkg"
+    fi
+}
+need nginx nginx
+need wrk wrk
+need h2load nghttp2-client
+need curl curl
+need openssl openssl
+need python3 python3
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_http() { # url, seconds, pid-to-watch, [curl args...]: wait until url answers 200
+    local url=$1 secs=$2 pid=$3 deadline
+    shift 3
+    deadline=$((SECONDS + secs))
+    while ((SECONDS < deadline)); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@" "$url" || true) == 200 ]] && return 0
+        sleep 0.2
+    done
+    return 1
+}
+
+# Fetch once and check status and size before measuring: a benchmark of 404s is no benchmark.
+check_url() { # url expected-size
+    local out
+    out=$(curl -s -o /dev/null -w '%{http_code} %{size_download} %{http_version}' --max-time 10 \
+        --cacert "$TMP/cert.pem" "$1" || true)
+    if [[ "$out" != "200 $2 "* ]]; then
+        log "WARNING: $1 answered '${out:-nothing}' (want 200 and $2 bytes)"
+        return 1
+    fi
+}
+
+# --- build and files -------------------------------------------------------------------------------
+
+if [[ "$SKIP_GATEWAY" != "1" && "$SKIP_BUILD" != "1" ]]; then
+    log "cargo build --release --locked"
+    cargo build --release --locked 2>&1 | tail -3 >&2
+    [[ ${PIPESTATUS[0]} -eq 0 ]] || die "cargo build --release failed"
+fi
+if [[ "$SKIP_GATEWAY" != "1" && ! -x "$BIN" ]]; then
+    die "$BIN not found"
+fi
+
+TMP=$(mktemp -d /tmp/bucketgate-load.XXXXXX)
+chmod 755 "$TMP" # nginx workers run as an unprivileged user
+mkdir -p "$TMP/files" "$TMP/nginx" "$TMP/s3root/bench" "$TMP/gw"
+head -c $((64 * 1024)) /dev/urandom >"$TMP/files/64k.bin"
+head -c $((1024 * 1024)) /dev/urandom >"$TMP/files/1m.bin"
+truncate -s 1G "$TMP/files/1g.bin"
+chmod 644 "$TMP/files/"*
+cp "$TMP/files/64k.bin" "$TMP/files/1m.bin" "$TMP/s3root/bench/"
+declare -A SIZE=([64k.bin]=65536 [1m.bin]=1048576 [1g.bin]=1073741824)
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -keyout "$TMP/key.pem" -out "$TMP/cert.pem" -subj "/CN=localhost" \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
+chmod 644 "$TMP/key.pem" "$TMP/cert.pem"
+
+# --- result table --------------------------------------------------------------------------------
+
+declare -a ROWS=()     # "section|target|proto|file|req/s|MiB/s|latency|note"
+declare -A REQS=() MIBS=()
+
+to_mib() { # "123.45MB" -> MiB as a number (wrk and h2load count in powers of 1024)
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u); sub(/\/s$/, "", u)
+        f = 1 / 1048576
+        if (u == "KB") f = 1 / 1024; else if (u == "MB") f = 1; else if (u == "GB") f = 1024
+        printf "%.1f", n * f }'
+}
+
+# wrk: HTTP/1.1 with keep-alive. Records req/s, MiB/s, p99.
+run_wrk() { # section target file url
+    local section=$1 target=$2 file=$3 url=$4 out rps tps p99 note=""
+    log "wrk  $target $file ($DURATION s, c=$CONNECTIONS, t=$THREADS)"
+    out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url" 2>&1) || note="wrk-failed"
+    rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+    tps=$(awk '/^Transfer\/sec:/ {print $2}' <<<"$out")
+    p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
+    grep -q 'Non-2xx' <<<"$out" && note+="non-2xx:$(awk '/Non-2xx/ {print $NF}' <<<"$out") "
+    grep -q 'Socket errors' <<<"$out" && note+="$(grep 'Socket errors' <<<"$out" | sed 's/^ *Socket errors: //') "
+    record "$section" "$target" h1 "$file" "${rps:-0}" "$(to_mib "${tps:-0B}")" "p99 ${p99:--}" "$note"
+}
+
+# h2load: HTTP/2 over TLS (ALPN). h2load prints no percentiles; the mean is shown instead.
+run_h2load() { # section target file url
+    local section=$1 target=$2 file=$3 url=$4 out rps tps mean failed note=""
+    log "h2load $target $file ($DURATION s, c=$CONNECTIONS, m=$H2_STREAMS, t=$THREADS)"
+    out=$(h2load -t"$THREADS" -c"$CONNECTIONS" -m"$H2_STREAMS" -D"$DURATION" "$url" 2>&1) || note="h2load-failed "
+    rps=$(awk '/^finished in/ {gsub(",", "", $4); print $4}' <<<"$out")
+    tps=$(awk '/^finished in/ {print $6}' <<<"$out")
+    mean=$(awk '/^time for request:/ {print $6}' <<<"$out")
+    failed=$(awk '/^requests:/ {print $10 + $12}' <<<"$out")
+    [[ "${failed:-0}" == "0" ]] || note+="failed/errored:$failed "
+    grep -q 'No protocol negotiated\|h2 is not supported' <<<"$out" && note+="no-h2 "
+    local non2xx
+    non2xx=$(awk '/^status codes:/ {print $5 + $7 + $9}' <<<"$out")
+    [[ "${non2xx:-0}" == "0" ]] || note+="non-2xx:$non2xx "
+    record "$section" "$target" h2 "$file" "${rps:-0}" "$(to_mib "${tps:-0B}")" "mean ${mean:--}" "$note"
+}
+
+record() { # section target proto file rps mib latency note
+    ROWS+=("$1|$2|$3|$4|$5|$6|$7|$8")
+    REQS["$1|$2|$3|$4"]=$5
+    MIBS["$1|$2|$3|$4"]=$6
+}
+
+ratio() { # a b -> a/b with two decimals, or "-"
+    awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'
+}
+
+# --- servers -------------------------------------------------------------------------------------
+
+NGINX_PORT=$(free_port)
+GW_PORT=$(free_port)
+GW_ADMIN_PORT=$(free_port)
+S3_PORT=$(free_port)      # s3s-fs with SigV4 credentials, for the gateway
+S3_ANON_PORT=$(free_port) # s3s-fs without auth, for direct reads
+S3_ACCESS_KEY=BENCHACCESSKEY
+S3_SECRET_KEY=benchsecretkey0123456789
+S3_KIND=""
+
+# s3s-fs (preferred, fast) or moto_server (fallback). Sets S3_KIND, S3_ANON_PORT and S3_PORT.
+start_s3() {
+    local s3s
+    s3s=$(command -v s3s-fs || echo "$HOME/.cargo/bin/s3s-fs")
+    [[ "$S3_SERVER" != moto ]] || s3s=/nonexistent
+    if [[ "$S3_SERVER" != moto && ! -x "$s3s" ]]; then
+        log "installing s3s-fs $S3S_FS_VERSION (cargo install, a few minutes once)"
+        cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary --locked >"$TMP/s3s-install.log" 2>&1 ||
+            log "cargo install s3s-fs failed (see $TMP/s3s-install.log)"
+    fi
+    if [[ -x "$s3s" ]]; then
+        S3_KIND="s3s-fs"
+        "$s3s" --host 127.0.0.1 --port "$S3_PORT" --access-key "$S3_ACCESS_KEY" \
+            --secret-key "$S3_SECRET_KEY" "$TMP/s3root" >"$TMP/s3s-auth.log" 2>&1 &
+        PIDS+=("$!")
+        local auth_pid=$!
+        "$s3s" --host 127.0.0.1 --port "$S3_ANON_PORT" "$TMP/s3root" >"$TMP/s3s-anon.log" 2>&1 &
+        PIDS+=("$!")
+        wait_http "http://127.0.0.1:$S3_ANON_PORT/bench/64k.bin" 20 "$!" ||
+            { cat "$TMP/s3s-anon.log" >&2; die "s3s-fs did not start"; }
+        # The signed instance refuses an unsigned GET (403) once it is up.
+        local i
+        for i in $(seq 100); do
+            kill -0 "$auth_pid" 2>/dev/null || { cat "$TMP/s3s-auth.log" >&2; die "s3s-fs (auth) exited"; }
+            [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$S3_PORT/" || true) != 000 ]] && break
+            sleep 0.1
+        done
+        return 0
+    fi
+    local moto="$REPO/.venv/bin/moto_server"
+    [[ "$S3_SERVER" != s3s-fs && -x "$moto" ]] || return 1
+    # moto does not check signatures: one instance serves both the gateway and direct reads.
+    S3_KIND=moto
+    S3_PORT=$S3_ANON_PORT
+    "$moto" -H 127.0.0.1 -p "$S3_ANON_PORT" >"$TMP/moto.log" 2>&1 &
+    PIDS+=("$!")
+    wait_http "http://127.0.0.1:$S3_ANON_PORT/moto-api/" 30 "$!" || { cat "$TMP/moto.log" >&2; die "moto did not start"; }
+    curl -sf -X PUT "http://127.0.0.1:$S3_ANON_PORT/bench" >/dev/null
+    local f
+    for f in 64k.bin 1m.bin; do
+        curl -sf -H "x-amz-acl: public-read" -T "$TMP/files/$f" "http://127.0.0.1:$S3_ANON_PORT/bench/$f" >/dev/null
+    done
+}
+
+start_nginx() {
+    local h2_listen="" h2_directive="" ver
+    ver=$("$NGINX" -v 2>&1 | sed -n 's|.*nginx/\([0-9.]*\).*|\1|p')
+    # `http2 on;` exists from 1.25.1; older versions take it as a listen parameter.
+    if [[ "$(printf '%s\n1.25.1\n' "$ver" | sort -V | head -1)" == "1.25.1" ]]; then
+        h2_directive="http2 on;"
+    else
+        h2_listen=" http2"
+    fi
+    local s3_location=""
+    if [[ -n "$S3_KIND" ]]; then
+        s3_location="
+        location /s3/ {
+            proxy_pass http://s3_upstream/bench/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_buffering on;
+        }"
+    fi
+    cat >"$TMP/nginx/nginx.conf" <<EOF
+worker_processes $WORKERS;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_timeout 65s;
+    keepalive_requests 1000000;
+    client_body_temp_path $TMP/nginx/client_body;
+    proxy_temp_path $TMP/nginx/proxy;
+    fastcgi_temp_path $TMP/nginx/fastcgi;
+    uwsgi_temp_path $TMP/nginx/uwsgi;
+    scgi_temp_path $TMP/nginx/scgi;
+    default_type application/octet-stream;
+    upstream s3_upstream { server 127.0.0.1:$S3_ANON_PORT; keepalive 64; }
+    server {
+        listen 127.0.0.1:$NGINX_PORT ssl$h2_listen;
+        $h2_directive
+        ssl_certificate $TMP/cert.pem;
+        ssl_certificate_key $TMP/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:SSL:10m;
+        location /o/bench/ { alias $TMP/files/; }$s3_location
+    }
+}
+EOF
+    "$NGINX" -t -q -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" ||
+        die "nginx rejected its config ($TMP/nginx/nginx.conf)"
+    "$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" -g 'daemon off;' \
+        >"$TMP/nginx/stdout.log" 2>&1 &
+    PIDS+=("$!")
+    wait_http "https://127.0.0.1:$NGINX_PORT/o/bench/64k.bin" 20 "$!" --cacert "$TMP/cert.pem" ||
+        { cat "$TMP/nginx/error.log" >&2; die "nginx did not start"; }
+}
+
+GW_PID=""
+write_gateway_config() {
+    local s3_source=""
+    if [[ -n "$S3_KIND" ]]; then
+        s3_source="
+[sources.s3]
+kind = \"s3\"
+bucket = \"bench\"
+region = \"us-east-1\"
+endpoint = \"http://127.0.0.1:$S3_PORT\"
+path_style = true
+credentials = { access_key_id = \"$S3_ACCESS_KEY\", secret_access_key = \"env:BENCH_S3_SECRET_KEY\" }"
+    fi
+    cat >"$TMP/gw/config.toml" <<EOF
+[listener]
+addr = "127.0.0.1:$GW_PORT"
+tls_cert = "$TMP/cert.pem"
+tls_key = "$TMP/key.pem"
+
+[admin]
+addr = "127.0.0.1:$GW_ADMIN_PORT"
+
+[sources.bench]
+kind = "fs"
+root = "$TMP/files"
+$s3_source
+EOF
+}
+
+start_gateway() { # log-name
+    local logf="$TMP/gw/$1.log"
+    (
+        cd "$TMP/gw"
+        export BENCH_S3_SECRET_KEY=$S3_SECRET_KEY RUST_LOG=$BENCH_RUST_LOG TOKIO_WORKER_THREADS=$WORKERS
+        exec "$BIN" serve --config "$TMP/gw/config.toml"
+    ) >"$logf" 2>&1 &
+    GW_PID=$!
+    PIDS+=("$GW_PID")
+    if ! wait_http "https://127.0.0.1:$GW_PORT/o/bench/64k.bin" 30 "$GW_PID" --cacert "$TMP/cert.pem"; then
+        printf '\n--- bucketgate did not serve /o/bench/64k.bin within 30 s; its config:\n' >&2
+        cat "$TMP/gw/config.toml" >&2
+        printf -- '--- its log (%s):\n' "$logf" >&2
+        cat "$logf" >&2
+        exit 1
+    fi
+}
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+# --- run ------------------------------------------------------------------------------------------
+
+if has_section s3; then
+    start_s3 || log "NOTICE: no S3 server available (s3s-fs install failed, no .venv moto); s3 section skipped"
+fi
+start_nginx
+if [[ "$SKIP_GATEWAY" != "1" ]]; then
+    write_gateway_config
+    if has_section fs || has_section s3; then
+        start_gateway bench
+    fi
+fi
+
+NG="https://127.0.0.1:$NGINX_PORT"
+GW="https://127.0.0.1:$GW_PORT"
+
+if has_section fs; then
+    for f in 64k.bin 1m.bin; do
+        check_url "$NG/o/bench/$f" "${SIZE[$f]}" || true
+        [[ "$SKIP_GATEWAY" == "1" ]] || check_url "$GW/o/bench/$f" "${SIZE[$f]}" || true
+        for proto in h1 h2; do
+            runner=run_wrk
+            [[ $proto == h2 ]] && runner=run_h2load
+            $runner fs nginx "$f" "$NG/o/bench/$f"
+            [[ "$SKIP_GATEWAY" == "1" ]] || $runner fs bucketgate "$f" "$GW/o/bench/$f"
+        done
+    done
+fi
+
+if has_section s3 && [[ -n "$S3_KIND" ]]; then
+    for f in 64k.bin 1m.bin; do
+        check_url "http://127.0.0.1:$S3_ANON_PORT/bench/$f" "${SIZE[$f]}" || true
+        check_url "$NG/s3/$f" "${SIZE[$f]}" || true
+        [[ "$SKIP_GATEWAY" == "1" ]] || check_url "$GW/o/s3/$f" "${SIZE[$f]}" || true
+        run_wrk s3 "$S3_KIND-direct(http)" "$f" "http://127.0.0.1:$S3_ANON_PORT/bench/$f"
+        run_wrk s3 "nginx->$S3_KIND" "$f" "$NG/s3/$f"
+        [[ "$SKIP_GATEWAY" == "1" ]] || run_wrk s3 "bucketgate->$S3_KIND" "$f" "$GW/o/s3/$f"
+    done
+fi
+
+MEM_LINE=""
+if has_section mem && [[ "$SKIP_GATEWAY" != "1" ]]; then
+    # A fresh process, so that allocator memory kept from the runs above does not count as idle.
+    [[ -z "$GW_PID" ]] || stop "$GW_PID"
+    GW_PORT=$(free_port) # new ports: the old ones may linger in TIME_WAIT
+    GW_ADMIN_PORT=$(free_port)
+    GW="https://127.0.0.1:$GW_PORT"
+    write_gateway_config
+    start_gateway mem
+    sleep 1
+    idle=$(rss_kib "$GW_PID")
+    log "memory: idle RSS $((idle / 1024)) MiB; $MEM_CLIENTS clients at $MEM_RATE/s for $MEM_SECONDS s"
+    declare -a CLIENTS=()
+    mkdir -p "$TMP/mem"
+    for i in $(seq "$MEM_CLIENTS"); do
+        curl -s -o /dev/null --cacert "$TMP/cert.pem" --limit-rate "$MEM_RATE" --max-time "$MEM_SECONDS" \
+            -w '%{http_code} %{size_download}\n' "$GW/o/bench/1g.bin" >"$TMP/mem/$i.out" 2>/dev/null &
+        CLIENTS+=("$!")
+        PIDS+=("$!")
+    done
+    peak=$idle
+    peak_threads=0
+    deadline=$((SECONDS + MEM_SECONDS + 5))
+    while ((SECONDS < deadline)); do
+        kill -0 "$GW_PID" 2>/dev/null || { cat "$TMP/gw/mem.log" >&2; die "bucketgate exited during the memory test"; }
+        now=$(rss_kib "$GW_PID")
+        ((now > peak)) && peak=$now
+        threads=$(awk '/^Threads:/ {print $2}' "/proc/$GW_PID/status" 2>/dev/null || echo 0)
+        ((threads > peak_threads)) && peak_threads=$threads
+        alive=0
+        for pid in "${CLIENTS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=$((alive + 1)); done
+        ((alive == 0)) && break
+        sleep 0.25
+    done
+    for pid in "${CLIENTS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${CLIENTS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$GW_PID/status" 2>/dev/null || echo 0)
+    streamed=$(cat "$TMP"/mem/*.out 2>/dev/null | awk '$1 == 200 {n++; b += $2} $1 != 200 {e++}
+        END {printf "%d clients got 200 (%.0f MiB in all), %d did not", n, b / 1048576, e}')
+    above=$(((peak - idle) / 1024))
+    verdict=ok
+    ((above < MEM_TARGET_MIB)) || verdict=OVER
+    MEM_LINE="RSS above idle: $above MiB (target < $MEM_TARGET_MIB MiB) [$verdict]; idle $((idle / 1024)) MiB, peak $((peak / 1024)) MiB, VmHWM $((hwm / 1024)) MiB, threads up to $peak_threads; streamed: $streamed"
+fi
+
+# --- report ----------------------------------------------------------------------------------------
+
+printf '\nbucketgate load test: %s s per run, %s connections, %s client threads, %s server workers, h2 streams/conn %s\n' \
+    "$DURATION" "$CONNECTIONS" "$THREADS" "$WORKERS" "$H2_STREAMS"
+printf 'host: %s cores, %s; nginx %s; %s\n\n' "$(nproc)" "$(uname -r)" "$("$NGINX" -v 2>&1 | sed 's|.*/||')" \
+    "$(wrk -v 2>&1 | head -1 | awk '{print $1, $2}')"
+fmt='%-7s %-24s %-5s %-8s %11s %10s %14s  %s\n'
+# shellcheck disable=SC2059  # fmt is a constant format
+printf "$fmt" section target proto file req/s MiB/s latency note
+for row in "${ROWS[@]}"; do
+    IFS='|' read -r s t p f r m l n <<<"$row"
+    # shellcheck disable=SC2059
+    printf "$fmt" "$s" "$t" "$p" "$f" "$r" "$m" "$l" "$n"
+done
+
+printf '\nratios (bucketgate / peer):\n'
+for row in "${ROWS[@]}"; do
+    IFS='|' read -r s t p f _ <<<"$row"
+    [[ $t == bucketgate* ]] || continue
+    for peer_row in "${ROWS[@]}"; do
+        IFS='|' read -r ps pt pp pf _ <<<"$peer_row"
+        [[ $ps == "$s" && $pp == "$p" && $pf == "$f" && $pt != bucketgate* ]] || continue
+        printf '  %-3s %-3s %-8s vs %-22s req/s %5s   MiB/s %5s\n' "$s" "$p" "$f" "$pt" \
+            "$(ratio "${REQS[$s|$t|$p|$f]}" "${REQS[$ps|$pt|$pp|$pf]}")" \
+            "$(ratio "${MIBS[$s|$t|$p|$f]}" "${MIBS[$ps|$pt|$pp|$pf]}")"
+    done
+done
+[[ -z "$MEM_LINE" ]] || printf '\nmemory (%s clients x %s/s on the 1 GiB object, %s s): %s\n' \
+    "$MEM_CLIENTS" "$MEM_RATE" "$MEM_SECONDS" "$MEM_LINE"
+[[ "$SKIP_GATEWAY" != "1" ]] || printf '\nNOTE: SKIP_GATEWAY=1: peers only, no bucketgate rows\n'
