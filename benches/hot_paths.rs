@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use bucketgate::backend::AnyBackend;
 use bucketgate::backend::fs::FsBackend;
-use bucketgate::config::Limits;
+use bucketgate::config::{Limits, NetworkConfig};
+use bucketgate::pipeline::network::NetworkPolicy;
 use bucketgate::pipeline::{ConnInfo, Pipeline, Snapshot, plan, range};
 use bucketgate::telemetry::Metrics;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -73,7 +74,11 @@ fn pipeline_head(c: &mut Criterion) {
         AnyBackend::Fs(FsBackend::new(dir.path()).expect("fs backend")),
     );
     let pipeline = Pipeline::new(
-        Snapshot::new(sources, Limits::default()),
+        Snapshot::new(
+            sources,
+            Limits::default(),
+            NetworkPolicy::compile(&NetworkConfig::loopback_only()),
+        ),
         Arc::new(Metrics::new()),
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -81,9 +86,7 @@ fn pipeline_head(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let conn = ConnInfo {
-        peer: "127.0.0.1:40000".parse().expect("addr"),
-    };
+    let conn = ConnInfo::direct("127.0.0.1:40000".parse().expect("addr"));
     c.bench_function("pipeline/head_64k_fs", |b| {
         b.to_async(&rt).iter(|| async {
             let req = Request::head("/o/local/obj.bin")

@@ -20,7 +20,11 @@ use crate::backend::fs::FsBackend;
 use crate::backend::s3::S3Backend;
 use crate::backend::{AnyBackend, BackendError};
 use crate::config::{Config, SourceConfig};
+use crate::pipeline::admit::{Admission, AdmitClock};
+use crate::pipeline::network::NetworkPolicy;
 use crate::pipeline::{Pipeline, Snapshot};
+use crate::reload::{self, Control, FileWatcher, ReloadError, Trigger};
+use crate::server::per_ip::PerIpConnections;
 use crate::server::{self, Role, tls::TlsError};
 use crate::telemetry::Metrics;
 
@@ -41,6 +45,8 @@ pub enum StartError {
         #[source]
         source: BackendError,
     },
+    #[error("loading the persisted admin state")]
+    State(#[from] crate::reload::lists::StateError),
     #[error("binding {what} listener on {addr}")]
     Bind {
         what: &'static str,
@@ -58,8 +64,20 @@ pub struct Gateway {
     tasks: Vec<JoinHandle<()>>,
     metrics: Arc<Metrics>,
     pipeline: Arc<Pipeline>,
-    /// The config in force (listener settings from the first one stay until restart).
-    config: std::sync::Mutex<Config>,
+    /// Reloads and admin changes (listener settings from the first config stay until restart).
+    control: Arc<Control>,
+}
+
+/// How to start a gateway beyond its config.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// The file the config came from: SIGHUP, the file watcher and `POST /admin/reload` read it
+    /// again. `None`: nothing to reload from (tests, the embedded default).
+    pub config_path: Option<PathBuf>,
+    /// Watch `config_path` for changes (every `[admin] reload_poll_secs`).
+    pub watch_config_file: bool,
+    /// The rate limiters' clock (tests inject a fake one).
+    pub clock: AdmitClock,
 }
 
 /// Build every live part a request needs from a config. Used at start and by every reload, so a
@@ -88,19 +106,55 @@ pub async fn build_snapshot(config: &Config) -> Result<Snapshot, StartError> {
         };
         sources.insert(name.clone(), backend);
     }
-    Ok(Snapshot::new(sources, config.limits.clone()))
+    Ok(Snapshot::new(
+        sources,
+        config.limits.clone(),
+        NetworkPolicy::compile(&config.network),
+    ))
 }
 
 impl Gateway {
     /// Build everything from `config`, bind the listeners and start serving.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        Gateway::start_with(config, StartOptions::default()).await
+    }
+
+    /// [`Gateway::start`] for a config loaded from `path`, watching the file for changes.
+    pub async fn start_with_path(
+        config: Config,
+        path: Option<PathBuf>,
+    ) -> Result<Gateway, StartError> {
+        let watch = path.is_some();
+        let options = StartOptions {
+            config_path: path,
+            watch_config_file: watch,
+            ..StartOptions::default()
+        };
+        Gateway::start_with(config, options).await
+    }
+
+    pub async fn start_with(config: Config, options: StartOptions) -> Result<Gateway, StartError> {
         let metrics = Arc::new(Metrics::new());
         let tls = TlsAcceptor::from(server::tls::server_config(&config.listener.tls)?);
-        let pipeline = Arc::new(Pipeline::new(
+        // A persisted admin change outranks the file's lists (see reload/lists.rs).
+        let config = reload::with_persisted_lists(config)?;
+        let admission = Admission::new(&config.rate_limits, options.clock.clone());
+        let pipeline = Arc::new(Pipeline::with_admission(
             build_snapshot(&config).await?,
             Arc::clone(&metrics),
+            admission,
         ));
-        let admin = Arc::new(Admin::new(Arc::clone(&pipeline)));
+        let per_ip = Arc::new(PerIpConnections::new(
+            config.rate_limits.max_connections_per_ip,
+        ));
+        let control = Arc::new(Control::new(
+            Arc::clone(&pipeline),
+            Arc::clone(&metrics),
+            Arc::clone(&per_ip),
+            options.config_path.clone(),
+            config.clone(),
+        ));
+        let admin = Arc::new(Admin::new(Arc::clone(&pipeline), Arc::clone(&control)));
 
         let bind = |what: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -124,6 +178,7 @@ impl Gateway {
             Arc::clone(&pipeline),
             config.limits.clone(),
             Arc::clone(&metrics),
+            Some(per_ip),
             shutdown.clone(),
         ));
         let admin = tokio::spawn(server::serve(
@@ -133,17 +188,27 @@ impl Gateway {
             admin,
             config.limits.clone(),
             Arc::clone(&metrics),
+            None,
             shutdown.clone(),
         ));
+        let mut tasks = vec![data, admin];
+        tasks.push(tokio::spawn(evict_idle_rate_limit_keys(
+            Arc::clone(&pipeline),
+            shutdown.clone(),
+        )));
+        if let (Some(path), true) = (&options.config_path, options.watch_config_file) {
+            let watcher = FileWatcher::new(Arc::clone(&control), path.clone());
+            tasks.push(tokio::spawn(watcher.run(shutdown.clone())));
+        }
         tracing::info!(%data_addr, %admin_addr, sources = config.sources.len(), "bucketgate serving");
         Ok(Gateway {
             data_addr,
             admin_addr,
             shutdown,
-            tasks: vec![data, admin],
+            tasks,
             metrics,
             pipeline,
-            config: std::sync::Mutex::new(config),
+            control,
         })
     }
 
@@ -167,20 +232,19 @@ impl Gateway {
 
     /// Build a whole new snapshot from `config` and put it in force; on any error the old one
     /// keeps serving. Listener address, TLS and connection limits apply only at start: a change
-    /// to them is logged and ignored until restart.
-    pub async fn reload(&self, config: Config) -> Result<(), StartError> {
-        let snapshot = build_snapshot(&config).await?;
-        let mut current = match self.config.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if current.listener.addr != config.listener.addr || current.admin.addr != config.admin.addr
-        {
-            tracing::warn!("listener addresses changed in the config; they apply after a restart");
-        }
-        self.pipeline.replace(snapshot);
-        *current = config;
-        Ok(())
+    /// to them is logged and ignored until restart. Persisted admin lists still override.
+    pub async fn reload(&self, config: Config) -> Result<(), ReloadError> {
+        self.control.install(config).await
+    }
+
+    /// Read the config file again and put it in force: what SIGHUP does.
+    pub async fn reload_from_file(&self, trigger: Trigger) -> Result<(), ReloadError> {
+        self.control.reload_from_file(trigger).await
+    }
+
+    /// Reloads and admin changes (signal handlers hold one).
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
     }
 
     /// A token that stops the gateway when cancelled (signal handlers hold one).
@@ -200,6 +264,18 @@ impl Gateway {
             if let Err(e) = task.await {
                 tracing::error!(error = %e, "listener task failed");
             }
+        }
+    }
+}
+
+/// Forget rate-limit keys that have been idle long enough to be indistinguishable from new ones,
+/// so the limiters' memory follows the active clients, not every client ever seen.
+async fn evict_idle_rate_limit_keys(pipeline: Arc<Pipeline>, shutdown: CancellationToken) {
+    let every = std::time::Duration::from_secs(crate::config::defaults::RATE_LIMIT_EVICT_SECS);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => pipeline.admission().evict_idle(),
         }
     }
 }

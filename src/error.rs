@@ -5,11 +5,23 @@
 
 use http::StatusCode;
 
+use crate::admin::api::AdminError;
 use crate::backend::BackendError;
+use crate::pipeline::admit::RateLimited;
+use crate::pipeline::network::{NetworkError, RuleRef};
 use crate::pipeline::plan::PlanError;
+
+/// The one body text of every 403, whatever refused the request.
+pub const FORBIDDEN: &str = "forbidden";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Stage 1 could not tell who the client is (a malformed forwarded header).
+    #[error("bad request")]
+    Network(#[from] NetworkError),
+    /// The network policy refused the client address.
+    #[error("network policy refused the client: {rule}")]
+    NetworkDenied { rule: RuleRef },
     #[error("bad request")]
     Plan(#[from] PlanError),
     #[error("method not allowed")]
@@ -20,6 +32,8 @@ pub enum Error {
     PreconditionFailed,
     #[error("range not satisfiable for an object of {size} bytes")]
     RangeNotSatisfiable { size: u64 },
+    #[error("too many requests")]
+    RateLimited(#[from] RateLimited),
     #[error("source {source_name}")]
     Backend {
         source_name: String,
@@ -31,6 +45,12 @@ pub enum Error {
 impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
+            Error::Network(e) => match e {
+                NetworkError::MalformedForwarded(_) | NetworkError::AmbiguousForwarded => {
+                    StatusCode::BAD_REQUEST
+                }
+            },
+            Error::NetworkDenied { .. } => StatusCode::FORBIDDEN,
             Error::Plan(e) => match e {
                 PlanError::NoRoute | PlanError::UnknownSource => StatusCode::NOT_FOUND,
                 PlanError::EmptyKey
@@ -46,6 +66,7 @@ impl Error {
             Error::BodyNotAllowed => StatusCode::PAYLOAD_TOO_LARGE,
             Error::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             Error::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            Error::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Backend { error, .. } => match error {
                 BackendError::NotFound | BackendError::NotAnObject => StatusCode::NOT_FOUND,
                 BackendError::AccessDenied => StatusCode::FORBIDDEN,
@@ -63,6 +84,13 @@ impl Error {
     /// The short text the client sees. Fixed strings only.
     pub fn client_message(&self) -> &'static str {
         match self {
+            Error::Network(e) => match e {
+                NetworkError::MalformedForwarded(_) | NetworkError::AmbiguousForwarded => {
+                    "malformed forwarded header"
+                }
+            },
+            // The same text as every other 403: a client learns nothing about the rules.
+            Error::NetworkDenied { .. } => FORBIDDEN,
             Error::Plan(e) => match e {
                 PlanError::NoRoute | PlanError::UnknownSource => "not found",
                 PlanError::EmptyKey => "missing object key",
@@ -78,9 +106,10 @@ impl Error {
             Error::BodyNotAllowed => "request bodies are not accepted",
             Error::PreconditionFailed => "precondition failed",
             Error::RangeNotSatisfiable { .. } => "range not satisfiable",
+            Error::RateLimited(_) => "too many requests",
             Error::Backend { error, .. } => match error {
                 BackendError::NotFound | BackendError::NotAnObject => "not found",
-                BackendError::AccessDenied => "forbidden",
+                BackendError::AccessDenied => FORBIDDEN,
                 BackendError::Changed => "object is changing, try again",
                 BackendError::Unreachable(_)
                 | BackendError::BodyBroken(_)
@@ -95,5 +124,21 @@ impl Error {
     /// an ordinary client mistake.
     pub fn is_server_fault(&self) -> bool {
         self.status().is_server_error()
+    }
+}
+
+impl AdminError {
+    /// Status codes of the `/admin/*` API.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AdminError::NotFound => StatusCode::NOT_FOUND,
+            AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AdminError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            AdminError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            AdminError::BodyRead | AdminError::Invalid(_) => StatusCode::BAD_REQUEST,
+            AdminError::NoConfigFile => StatusCode::CONFLICT,
+            AdminError::ConfigInvalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            AdminError::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+        }
     }
 }

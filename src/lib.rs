@@ -11,7 +11,8 @@ pub mod backend;
 pub mod config;
 pub mod error;
 pub mod pipeline;
+pub mod reload;
 pub mod server;
 pub mod telemetry;
 
-pub use app::{Gateway, StartError};
+pub use app::{Gateway, StartError, StartOptions};

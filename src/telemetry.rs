@@ -53,6 +53,28 @@ pub struct UpstreamError {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitedLabel {
+    /// `ip` or `subject`.
+    pub key: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabel {
+    /// `ok` or `error`.
+    pub outcome: &'static str,
+    /// `signal`, `file` or `api`.
+    pub trigger: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NetworkDecisionLabel {
+    /// `allow`, `deny`, or `malformed` (a bad forwarded header from a trusted proxy).
+    pub outcome: &'static str,
+    /// `global`, `source`, or `forwarded`. Never a CIDR or an address: bounded cardinality.
+    pub list: &'static str,
+}
+
 /// All gateway metrics. One instance per running gateway (tests run several in one process).
 pub struct Metrics {
     registry: Registry,
@@ -65,6 +87,11 @@ pub struct Metrics {
     pub tls_handshake_failures: Counter<u64, AtomicU64>,
     pub accept_errors: Counter<u64, AtomicU64>,
     pub upstream_errors: Family<UpstreamError, Counter>,
+    pub network_decisions: Family<NetworkDecisionLabel, Counter>,
+    pub proxy_protocol_failures: Counter<u64, AtomicU64>,
+    pub rate_limited: Family<RateLimitedLabel, Counter>,
+    pub rejected_connections_per_ip: Counter<u64, AtomicU64>,
+    pub config_reloads: Family<ReloadLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -133,8 +160,40 @@ impl Metrics {
             "Backend failures, by source and kind",
             upstream_errors.clone(),
         );
+        let rate_limited = Family::<RateLimitedLabel, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused with 429, by the limit that refused them (ip or subject)",
+            rate_limited.clone(),
+        );
+        let rejected_connections_per_ip = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "rejected_connections_per_ip",
+            "Connections closed at accept because their address had max_connections_per_ip open",
+            rejected_connections_per_ip.clone(),
+        );
+        let config_reloads = Family::<ReloadLabel, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Config reloads and admin changes, by outcome (ok, error) and trigger (signal, file, api)",
+            config_reloads.clone(),
+        );
+        let network_decisions = Family::<NetworkDecisionLabel, Counter>::default();
+        registry.register(
+            "network_decisions",
+            "Network stage decisions, by outcome and the list that decided",
+            network_decisions.clone(),
+        );
+        let proxy_protocol_failures = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "proxy_protocol_failures",
+            "Connections closed for a missing, malformed or late PROXY protocol header",
+            proxy_protocol_failures.clone(),
+        );
         Metrics {
             registry,
+            network_decisions,
+            proxy_protocol_failures,
             requests,
             response_bytes,
             request_duration,
@@ -144,6 +203,9 @@ impl Metrics {
             tls_handshake_failures,
             accept_errors,
             upstream_errors,
+            rate_limited,
+            rejected_connections_per_ip,
+            config_reloads,
         }
     }
 

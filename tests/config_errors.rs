@@ -69,6 +69,7 @@ fn config_example_loads() {
     assert_eq!(config.listener.addr.to_string(), "127.0.0.1:8443");
     assert!(matches!(config.listener.tls, TlsConfig::Development { .. }));
     assert_eq!(config.admin.addr, config::defaults::DEFAULT_ADMIN_ADDR);
+    assert_eq!(config.network, config::NetworkConfig::loopback_only());
     match &config.sources["local"] {
         SourceConfig::Fs(fs) => assert!(fs.root.join("hello.txt").is_file(), "{fs:?}"),
         other => panic!("local should be fs: {other:?}"),
@@ -722,4 +723,230 @@ fn config_missing_file_is_one_error() {
         "{}",
         errors[0]
     );
+}
+
+// ---- [network] ----
+
+const NETWORK_BASE: &str = r#"[listener]
+addr = "127.0.0.1:0"
+dev_certificate_dir = ".bucketgate"
+
+[sources.local]
+kind = "fs"
+root = "data"
+
+"#;
+
+#[test]
+fn config_network_missing_table_denies_everything() {
+    let config = Dir::new().load(NETWORK_BASE).unwrap();
+    assert!(config.network.allow.is_empty());
+    assert_eq!(
+        config.network.proxy_protocol_timeout.as_millis(),
+        u128::from(config::defaults::PROXY_PROTOCOL_TIMEOUT_MS)
+    );
+}
+
+#[test]
+fn config_network_lists_are_parsed() {
+    let text = format!(
+        "{NETWORK_BASE}[network]\nallow = [\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\"]\n\
+         deny = [\"10.9.0.0/16\"]\ntrusted_proxies = [\"127.0.0.1\"]\nproxy_protocol_timeout_ms = 500\n\
+         [network.sources.local]\nallow = []\n"
+    );
+    let config = Dir::new().load(&text).unwrap();
+    let shown: Vec<String> = config
+        .network
+        .allow
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(shown, ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7/32"]);
+    assert_eq!(config.network.proxy_protocol_timeout.as_millis(), 500);
+    assert_eq!(config.network.sources["local"].allow, Some(vec![]));
+}
+
+#[test]
+fn config_network_cidr_with_host_bits_suggests_the_network() {
+    let text = format!("{NETWORK_BASE}[network]\nallow = [\"127.0.0.0/8\", \"10.0.0.1/8\"]\n");
+    let e = one_error(&text);
+    assert_at(&e, 10, "network.allow", "write \"10.0.0.0/8\"");
+    assert_eq!(e.col, 25);
+}
+
+#[test]
+fn config_network_odd_address_forms_are_refused() {
+    for (bad, needle) in [
+        ("010.0.0.0/8", "without leading zeros"),
+        ("0x0a.0.0.0/8", "without leading zeros"),
+        ("10.0.0.0/33", "prefix length"),
+        ("fe80::1%eth0", "zone id"),
+        ("::ffff:10.0.0.0/104", "write the IPv4 form \"10.0.0.0/8\""),
+        ("", "is empty"),
+    ] {
+        let text = format!("{NETWORK_BASE}[network]\ndeny = [\"{bad}\"]\n");
+        let e = one_error(&text);
+        assert_at(&e, 10, "network.deny", needle);
+    }
+}
+
+#[test]
+fn config_network_every_bad_entry_is_reported() {
+    let text = format!(
+        "{NETWORK_BASE}[network]\nallow = [\"1.2.3.4/8\"]\ntrusted_proxies = [\"proxy.local\"]\n\
+         proxy_protocol = [\"::1/129\"]\n"
+    );
+    let errors = errors(&text);
+    let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "network.allow",
+            "network.trusted_proxies",
+            "network.proxy_protocol"
+        ]
+    );
+}
+
+#[test]
+fn config_network_lists_for_an_unknown_source_are_an_error() {
+    let text =
+        format!("{NETWORK_BASE}[network]\nallow = []\n[network.sources.photos]\nallow = []\n");
+    let e = one_error(&text);
+    assert_at(&e, 11, "network.sources.photos", "no source named `photos`");
+}
+
+#[test]
+fn config_network_source_list_entries_are_checked() {
+    let text = format!("{NETWORK_BASE}[network.sources.local]\ndeny = [\"10.0.0.1/8\"]\n");
+    let e = one_error(&text);
+    assert_at(&e, 10, "network.sources.local.deny", "\"10.0.0.0/8\"");
+}
+
+#[test]
+fn config_network_proxy_protocol_timeout_is_bounded() {
+    let text = format!("{NETWORK_BASE}[network]\nproxy_protocol_timeout_ms = 0\n");
+    let e = one_error(&text);
+    assert_at(
+        &e,
+        10,
+        "network.proxy_protocol_timeout_ms",
+        "set a value from 1 to 60000",
+    );
+}
+
+#[test]
+fn config_network_misspelt_key_is_named() {
+    let text = format!("{NETWORK_BASE}[network]\nallowed = []\n");
+    let e = one_error(&text);
+    assert_at(&e, 10, "network.allowed", "correct its spelling");
+}
+
+// ---- [admin] API keys and [rate_limits] ----
+
+const ADMIN_BASE: &str = r#"[listener]
+addr = "127.0.0.1:0"
+dev_certificate_dir = ".bucketgate"
+
+[sources.local]
+kind = "fs"
+root = "data"
+
+"#;
+
+#[test]
+fn config_admin_and_rate_limit_defaults_apply() {
+    let dir = Dir::new();
+    let config = dir.load(ADMIN_BASE).unwrap();
+    assert!(config.admin.token.is_none());
+    assert_eq!(config.admin.state_dir, dir.path().join(".bucketgate/state"));
+    assert_eq!(config.admin.reload_poll.as_secs(), 2);
+    assert_eq!(
+        config.rate_limits,
+        bucketgate::config::RateLimits::default()
+    );
+    assert_eq!(config.rate_limits.per_ip_rps, 200);
+}
+
+#[test]
+fn config_admin_token_must_be_a_secret_reference() {
+    let text = format!("{ADMIN_BASE}[admin]\ntoken = \"hunter2-literal\"\n");
+    let e = one_error(&text);
+    assert_at(&e, 10, "admin.token", "env:NAME");
+    assert!(!e.message.contains("hunter2"), "{e}");
+}
+
+#[test]
+fn config_admin_token_env_variable_must_be_set() {
+    let text = format!("{ADMIN_BASE}[admin]\ntoken = \"env:BUCKETGATE_TEST_UNSET_ADMIN_TOKEN\"\n");
+    let e = one_error(&text);
+    assert_at(&e, 10, "admin.token", "is not set");
+}
+
+#[test]
+fn config_admin_token_file_is_read_relative_to_the_config() {
+    let dir = Dir::new();
+    std::fs::write(dir.path().join("admin-token"), "t0ken\n").unwrap();
+    let config = dir
+        .load(&format!(
+            "{ADMIN_BASE}[admin]\ntoken = \"file:admin-token\"\n"
+        ))
+        .unwrap();
+    assert_eq!(config.admin.token.unwrap().expose(), "t0ken");
+}
+
+#[test]
+fn config_admin_state_dir_must_not_be_empty() {
+    let text = format!("{ADMIN_BASE}[admin]\nstate_dir = \"\"\n");
+    let e = one_error(&text);
+    assert_at(&e, 10, "admin.state_dir", "write a path");
+}
+
+#[test]
+fn config_admin_reload_poll_is_bounded() {
+    let text = format!("{ADMIN_BASE}[admin]\nreload_poll_secs = 0\n");
+    let e = one_error(&text);
+    assert_at(
+        &e,
+        10,
+        "admin.reload_poll_secs",
+        "set a value from 1 to 3600",
+    );
+}
+
+#[test]
+fn config_rate_limits_zero_is_refused_for_every_key() {
+    let text = format!(
+        "{ADMIN_BASE}[rate_limits]\nper_ip_rps = 0\nper_ip_burst = 0\nper_subject_rps = 0\n\
+         per_subject_burst = -1\nmax_connections_per_ip = 0\n"
+    );
+    let errors = errors(&text);
+    let keys: Vec<(usize, &str)> = errors.iter().map(|e| (e.line, e.key.as_str())).collect();
+    assert_eq!(
+        keys,
+        vec![
+            (10, "rate_limits.per_ip_rps"),
+            (11, "rate_limits.per_ip_burst"),
+            (12, "rate_limits.per_subject_rps"),
+            (13, "rate_limits.per_subject_burst"),
+            (14, "rate_limits.max_connections_per_ip"),
+        ]
+    );
+    assert!(
+        errors[0].message.contains("0 is not allowed"),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        errors[3].message.contains("set a value from 1 to"),
+        "{}",
+        errors[3]
+    );
+}
+
+#[test]
+fn config_rate_limits_misspelt_key_is_named() {
+    let text = format!("{ADMIN_BASE}[rate_limits]\nper_ip_rpm = 5\n");
+    let e = one_error(&text);
+    assert_at(&e, 10, "rate_limits.per_ip_rpm", "correct its spelling");
 }

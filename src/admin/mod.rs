@@ -1,5 +1,8 @@
 //! The admin listener (plain HTTP, loopback by default, never the data port): `/healthz` (the
-//! process is up), `/readyz` (every source answers), `/metrics` (Prometheus text).
+//! process is up), `/readyz` (every source answers), `/metrics` (Prometheus text), and the
+//! authenticated `/admin/*` API (`api.rs`).
+
+pub mod api;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +16,7 @@ use hyper::body::Incoming;
 use crate::backend::Backend;
 use crate::pipeline::respond::ResponseBody;
 use crate::pipeline::{ConnInfo, ErrorChain, Pipeline};
+use crate::reload::Control;
 use crate::server::Handler;
 
 /// How long `/readyz` waits for each source.
@@ -20,11 +24,12 @@ const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Admin {
     pipeline: Arc<Pipeline>,
+    control: Arc<Control>,
 }
 
 impl Admin {
-    pub fn new(pipeline: Arc<Pipeline>) -> Admin {
-        Admin { pipeline }
+    pub fn new(pipeline: Arc<Pipeline>, control: Arc<Control>) -> Admin {
+        Admin { pipeline, control }
     }
 
     async fn route(&self, req: &Request<Incoming>) -> Response<ResponseBody> {
@@ -89,6 +94,9 @@ impl Admin {
 
 impl Handler for Admin {
     async fn call(&self, req: Request<Incoming>, _conn: ConnInfo) -> Response<ResponseBody> {
+        if req.uri().path().starts_with("/admin/") {
+            return api::handle(&self.control, req).await;
+        }
         self.route(&req).await
     }
 }

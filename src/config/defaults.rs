@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use super::Limits;
+use super::{Limits, RateLimits};
 
 pub const DEFAULT_DATA_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8443);
 pub const DEFAULT_ADMIN_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090);
@@ -23,6 +23,32 @@ pub const UPSTREAM_CONNECT_TIMEOUT_MS: u64 = 3_000;
 pub const UPSTREAM_FIRST_BYTE_TIMEOUT_SECS: u64 = 15;
 pub const UPSTREAM_IDLE_TIMEOUT_SECS: u64 = 30;
 pub const UPSTREAM_MAX_RETRIES: u32 = 2;
+
+/// Time a PROXY-protocol peer has to send its header, in milliseconds.
+pub const PROXY_PROTOCOL_TIMEOUT_MS: u64 = 3_000;
+pub const PROXY_PROTOCOL_TIMEOUT_MS_MAX: u64 = 60_000;
+/// What the embedded default lets in.
+pub const LOOPBACK_NETS: [&str; 2] = ["127.0.0.0/8", "::1/128"];
+
+/// `[admin]`: where admin API changes are kept, relative to the config file's directory (or
+/// the working directory for the embedded default).
+pub const STATE_DIR: &str = ".bucketgate/state";
+/// How often the config file is checked for a change.
+pub const RELOAD_POLL_SECS: u64 = 2;
+pub const RELOAD_POLL_SECS_MAX: u64 = 3_600;
+/// Largest admin API request body.
+pub const ADMIN_BODY_MAX_BYTES: usize = 64 * 1024;
+
+/// `[rate_limits]` (stage 4, admit).
+pub const PER_IP_RPS: u32 = 200;
+pub const PER_IP_BURST: u32 = 400;
+pub const PER_SUBJECT_RPS: u32 = 100;
+pub const PER_SUBJECT_BURST: u32 = 200;
+pub const MAX_CONNECTIONS_PER_IP: usize = 256;
+pub const RATE_MAX: u64 = 1_000_000;
+pub const MAX_CONNECTIONS_PER_IP_MAX: u64 = 1_000_000;
+/// How often idle rate-limiter keys are evicted.
+pub const RATE_LIMIT_EVICT_SECS: u64 = 60;
 
 /// Region used by an s3 source that names none.
 pub const DEFAULT_S3_REGION: &str = "us-east-1";
@@ -48,6 +74,8 @@ pub const UPSTREAM_MAX_RETRIES_MAX: u64 = 10;
 
 /// Bytes read from a backend per body frame: bounds per-response memory.
 pub const BODY_CHUNK_BYTES: usize = 64 * 1024;
+/// Per-stream h2 send buffer: with the chunk above, what one slow h2 reader can hold in memory.
+pub const H2_SEND_BUFFER_BYTES: usize = 64 * 1024;
 /// Longest decoded object key, in bytes (DESIGN.md "Paths and keys").
 pub const MAX_KEY_BYTES: usize = 1024;
 /// Pause after an accept error (EMFILE and friends) so the loop does not spin.
@@ -71,6 +99,18 @@ impl Default for Limits {
             upstream_first_byte_timeout: Duration::from_secs(UPSTREAM_FIRST_BYTE_TIMEOUT_SECS),
             upstream_idle_timeout: Duration::from_secs(UPSTREAM_IDLE_TIMEOUT_SECS),
             upstream_max_retries: UPSTREAM_MAX_RETRIES,
+        }
+    }
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            per_ip_rps: PER_IP_RPS,
+            per_ip_burst: PER_IP_BURST,
+            per_subject_rps: PER_SUBJECT_RPS,
+            per_subject_burst: PER_SUBJECT_BURST,
+            max_connections_per_ip: MAX_CONNECTIONS_PER_IP,
         }
     }
 }

@@ -23,6 +23,31 @@ pub(super) struct RawConfig {
     pub admin: Option<Spanned<RawAdmin>>,
     pub limits: Option<Spanned<RawLimits>>,
     pub sources: Option<Spanned<BTreeMap<Spanned<String>, Spanned<RawSource>>>>,
+    pub network: Option<Spanned<RawNetwork>>,
+    pub rate_limits: Option<Spanned<RawRateLimits>>,
+}
+
+/// A list of CIDR strings, each with its own span.
+pub(super) type RawCidrList = Spanned<Vec<Spanned<String>>>;
+
+/// `[network]`: allow/deny lists, trusted proxies, PROXY protocol peers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNetwork {
+    pub allow: Option<RawCidrList>,
+    pub deny: Option<RawCidrList>,
+    pub trusted_proxies: Option<RawCidrList>,
+    pub proxy_protocol: Option<RawCidrList>,
+    pub proxy_protocol_timeout_ms: Option<Spanned<i64>>,
+    pub sources: Option<Spanned<BTreeMap<Spanned<String>, Spanned<RawSourceLists>>>>,
+}
+
+/// `[network.sources.NAME]`: lists that narrow the global ones for one source.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSourceLists {
+    pub allow: Option<RawCidrList>,
+    pub deny: Option<RawCidrList>,
 }
 
 /// `[listener]`: the TLS data listener.
@@ -40,6 +65,21 @@ pub(super) struct RawListener {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
     pub addr: Option<Spanned<String>>,
+    /// `env:NAME` or `file:PATH`: the bearer token of the `/admin/*` API.
+    pub token: Option<Spanned<String>>,
+    pub state_dir: Option<Spanned<String>>,
+    pub reload_poll_secs: Option<Spanned<i64>>,
+}
+
+/// `[rate_limits]`: stage 4 (admit). Every key optional, defaults in `defaults.rs`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRateLimits {
+    pub per_ip_rps: Option<Spanned<i64>>,
+    pub per_ip_burst: Option<Spanned<i64>>,
+    pub per_subject_rps: Option<Spanned<i64>>,
+    pub per_subject_burst: Option<Spanned<i64>>,
+    pub max_connections_per_ip: Option<Spanned<i64>>,
 }
 
 /// `[limits]`: every key optional, defaults in `defaults.rs`.

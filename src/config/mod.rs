@@ -8,6 +8,7 @@
 
 pub mod defaults;
 mod file;
+pub mod network;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -15,6 +16,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use ipnet::IpNet;
 
 pub use validate::{ConfigError, ConfigErrors};
 
@@ -26,6 +29,46 @@ pub struct Config {
     pub limits: Limits,
     /// Named sources, in name order. Never empty.
     pub sources: BTreeMap<String, SourceConfig>,
+    pub network: NetworkConfig,
+    pub rate_limits: RateLimits,
+}
+
+/// `[network]`: who may reach the data listener at all. An empty `allow` denies everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkConfig {
+    pub allow: Vec<IpNet>,
+    /// Deny wins over allow.
+    pub deny: Vec<IpNet>,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` headers are read.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Peers that must send a PROXY protocol header on the data listener; nobody else may.
+    pub proxy_protocol: Vec<IpNet>,
+    pub proxy_protocol_timeout: Duration,
+    /// Per-source lists, only for configured sources. They narrow the global lists, never widen.
+    pub sources: BTreeMap<String, SourceLists>,
+}
+
+/// `[network.sources.NAME]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceLists {
+    /// `None` (key omitted): no narrowing, the global allow list alone decides. `Some(empty)`:
+    /// nobody may reach this source.
+    pub allow: Option<Vec<IpNet>>,
+    pub deny: Vec<IpNet>,
+}
+
+impl NetworkConfig {
+    /// Loopback only (`127.0.0.0/8`, `::1/128`): the embedded default.
+    pub fn loopback_only() -> NetworkConfig {
+        NetworkConfig {
+            allow: defaults::LOOPBACK_NETS
+                .iter()
+                .filter_map(|n| n.parse().ok())
+                .collect(),
+            proxy_protocol_timeout: Duration::from_millis(defaults::PROXY_PROTOCOL_TIMEOUT_MS),
+            ..NetworkConfig::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -47,6 +90,36 @@ pub enum TlsConfig {
 pub struct AdminConfig {
     /// Plain-HTTP admin listener; loopback by default.
     pub addr: SocketAddr,
+    /// Bearer token of the `/admin/*` API; `None`: those routes do not exist (404).
+    pub token: Option<Secret>,
+    /// Where admin API changes are persisted (`network.json`).
+    pub state_dir: PathBuf,
+    /// How often the config file is checked for changes.
+    pub reload_poll: Duration,
+}
+
+impl AdminConfig {
+    /// An admin listener on `addr` with no API token, state under `state_dir`, and the default
+    /// reload poll interval.
+    pub fn new(addr: SocketAddr, state_dir: PathBuf) -> AdminConfig {
+        AdminConfig {
+            addr,
+            token: None,
+            state_dir,
+            reload_poll: Duration::from_secs(defaults::RELOAD_POLL_SECS),
+        }
+    }
+}
+
+/// `[rate_limits]`: stage 4 (admit). Defaults in `defaults.rs`; every value is at least 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimits {
+    pub per_ip_rps: u32,
+    pub per_ip_burst: u32,
+    pub per_subject_rps: u32,
+    pub per_subject_burst: u32,
+    /// Open connections per client address on the data listener.
+    pub max_connections_per_ip: usize,
 }
 
 /// Every limit and timeout the gateway enforces. Defaults in `defaults.rs`.
@@ -166,11 +239,14 @@ impl Config {
                     dir: workdir.join(".bucketgate"),
                 },
             },
-            admin: AdminConfig {
-                addr: defaults::DEFAULT_ADMIN_ADDR,
-            },
+            admin: AdminConfig::new(
+                defaults::DEFAULT_ADMIN_ADDR,
+                workdir.join(defaults::STATE_DIR),
+            ),
             limits: Limits::default(),
             sources,
+            network: NetworkConfig::loopback_only(),
+            rate_limits: RateLimits::default(),
         }
     }
 }

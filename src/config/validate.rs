@@ -23,9 +23,10 @@ use toml::de::{DeTable, DeValue};
 
 use super::defaults as d;
 use super::file::{RawAdmin, RawConfig, RawCredentials, RawLimits, RawListener, RawSource};
+use super::file::{RawCidrList, RawNetwork, RawRateLimits};
 use super::{
-    AdminConfig, Config, FsSource, Limits, ListenerConfig, S3Credentials, S3Source, Secret,
-    SourceConfig, TlsConfig,
+    AdminConfig, Config, FsSource, Limits, ListenerConfig, NetworkConfig, RateLimits,
+    S3Credentials, S3Source, Secret, SourceConfig, SourceLists, TlsConfig,
 };
 
 /// One mistake in a config file, printed as `file:line:col: key: message`.
@@ -268,12 +269,97 @@ impl Checker<'_> {
         let admin = self.admin(raw.admin.as_ref(), listener.as_ref());
         let limits = self.limits(raw.limits.as_ref().map(|l| l.get_ref()));
         let sources = self.sources(raw.sources.as_ref());
+        let network = self.network(raw.network.as_ref(), raw.sources.as_ref());
+        let rate_limits = self.rate_limits(raw.rate_limits.as_ref().map(|r| r.get_ref()));
         Some(Config {
             listener: listener?,
             admin: admin?,
             limits: limits?,
             sources: sources?,
+            network: network?,
+            rate_limits: rate_limits?,
         })
+    }
+
+    // ---- [network] ----
+
+    /// A missing `[network]` table or `allow` key is valid and denies everything (fail closed).
+    fn network(
+        &mut self,
+        raw: Option<&Spanned<RawNetwork>>,
+        raw_sources: Option<&Spanned<BTreeMap<Spanned<String>, Spanned<RawSource>>>>,
+    ) -> Option<NetworkConfig> {
+        let before = self.errors.len();
+        let Some(raw) = raw else {
+            return Some(NetworkConfig {
+                proxy_protocol_timeout: Duration::from_millis(d::PROXY_PROTOCOL_TIMEOUT_MS),
+                ..NetworkConfig::default()
+            });
+        };
+        let raw = raw.get_ref();
+        let allow = self.cidrs(raw.allow.as_ref(), "network.allow");
+        let deny = self.cidrs(raw.deny.as_ref(), "network.deny");
+        let trusted_proxies = self.cidrs(raw.trusted_proxies.as_ref(), "network.trusted_proxies");
+        let proxy_protocol = self.cidrs(raw.proxy_protocol.as_ref(), "network.proxy_protocol");
+        let timeout_ms = self.limit(
+            &raw.proxy_protocol_timeout_ms,
+            "proxy_protocol_timeout_ms",
+            d::PROXY_PROTOCOL_TIMEOUT_MS,
+            1,
+            d::PROXY_PROTOCOL_TIMEOUT_MS_MAX,
+        );
+        // `limit` names its key `limits.NAME`; this one lives in [network].
+        if let Some(last) = self.errors.last_mut()
+            && last.key == "limits.proxy_protocol_timeout_ms"
+        {
+            last.key = "network.proxy_protocol_timeout_ms".to_owned();
+        }
+        let mut sources = BTreeMap::new();
+        if let Some(per_source) = &raw.sources {
+            for (name, lists) in per_source.get_ref() {
+                let key = dotted(&["network", "sources", name.get_ref().as_str()]);
+                let known = raw_sources
+                    .is_some_and(|s| s.get_ref().keys().any(|k| k.get_ref() == name.get_ref()));
+                if !known {
+                    self.push(
+                        name.span(),
+                        key.clone(),
+                        format!(
+                            "there is no source named `{}`; per-source lists apply to a                              configured [sources.NAME], fix the name or add the source",
+                            name.get_ref()
+                        ),
+                    );
+                    continue;
+                }
+                let lists = lists.get_ref();
+                let allow = lists
+                    .allow
+                    .as_ref()
+                    .map(|a| self.cidrs(Some(a), &format!("{key}.allow")));
+                let deny = self.cidrs(lists.deny.as_ref(), &format!("{key}.deny"));
+                sources.insert(name.get_ref().clone(), SourceLists { allow, deny });
+            }
+        }
+        (self.errors.len() == before).then(|| NetworkConfig {
+            allow,
+            deny,
+            trusted_proxies,
+            proxy_protocol,
+            proxy_protocol_timeout: Duration::from_millis(timeout_ms),
+            sources,
+        })
+    }
+
+    /// Every valid CIDR of a list; each invalid one pushes an error at its own position.
+    fn cidrs(&mut self, raw: Option<&RawCidrList>, key: &str) -> Vec<ipnet::IpNet> {
+        let mut nets = Vec::new();
+        for item in raw.map(|l| l.get_ref().as_slice()).unwrap_or_default() {
+            match super::network::parse_cidr(item.get_ref()) {
+                Ok(net) => nets.push(net),
+                Err(e) => self.push(item.span(), key, e.to_string()),
+            }
+        }
+        nets
     }
 
     // ---- [listener] and [admin] ----
@@ -368,6 +454,23 @@ impl Checker<'_> {
         raw: Option<&Spanned<RawAdmin>>,
         listener: Option<&ListenerConfig>,
     ) -> Option<AdminConfig> {
+        // The API keys first, so their errors are reported even when `addr` is wrong too.
+        let fields = raw.map(Spanned::get_ref);
+        let token = match fields.and_then(|a| a.token.as_ref()) {
+            Some(token) => self.secret(token, "admin.token").map(Some),
+            None => Some(None),
+        };
+        let state_dir = match fields.and_then(|a| a.state_dir.as_ref()) {
+            Some(dir) => self.path(dir, "admin.state_dir"),
+            None => Some(self.base_dir.join(d::STATE_DIR)),
+        };
+        let reload_poll = Duration::from_secs(self.bounded(
+            &fields.and_then(|a| a.reload_poll_secs.clone()),
+            "admin.reload_poll_secs",
+            d::RELOAD_POLL_SECS,
+            1,
+            d::RELOAD_POLL_SECS_MAX,
+        ));
         let raw_addr = raw.and_then(|a| a.get_ref().addr.as_ref());
         let addr = match raw_addr {
             Some(addr) => self.socket_addr(addr, "admin.addr")?,
@@ -399,7 +502,43 @@ impl Checker<'_> {
             }
             return None;
         }
-        Some(AdminConfig { addr })
+        Some(AdminConfig {
+            addr,
+            token: token?,
+            state_dir: state_dir?,
+            reload_poll,
+        })
+    }
+
+    // ---- [rate_limits] ----
+
+    fn rate_limits(&mut self, raw: Option<&RawRateLimits>) -> Option<RateLimits> {
+        let empty = RawRateLimits::default();
+        let r = raw.unwrap_or(&empty);
+        let before = self.errors.len();
+        macro_rules! rate {
+            ($key:ident, $default:expr, $max:expr) => {
+                self.bounded(
+                    &r.$key,
+                    concat!("rate_limits.", stringify!($key)),
+                    $default,
+                    1,
+                    $max,
+                )
+            };
+        }
+        let limits = RateLimits {
+            per_ip_rps: rate!(per_ip_rps, d::PER_IP_RPS, d::RATE_MAX),
+            per_ip_burst: rate!(per_ip_burst, d::PER_IP_BURST, d::RATE_MAX),
+            per_subject_rps: rate!(per_subject_rps, d::PER_SUBJECT_RPS, d::RATE_MAX),
+            per_subject_burst: rate!(per_subject_burst, d::PER_SUBJECT_BURST, d::RATE_MAX),
+            max_connections_per_ip: rate!(
+                max_connections_per_ip,
+                d::MAX_CONNECTIONS_PER_IP,
+                d::MAX_CONNECTIONS_PER_IP_MAX
+            ),
+        };
+        (self.errors.len() == before).then_some(limits)
     }
 
     fn socket_addr(&mut self, raw: &Spanned<String>, key: &str) -> Option<SocketAddr> {
@@ -521,6 +660,22 @@ impl Checker<'_> {
     where
         T: TryFrom<u64> + fmt::Display + Copy,
     {
+        self.bounded(raw, &format!("limits.{name}"), default, min, max)
+    }
+
+    /// The value of the integer key `key` (dotted) within `min..=max`, or `default` when absent;
+    /// out of range pushes an error and yields `default`.
+    fn bounded<T>(
+        &mut self,
+        raw: &Option<Spanned<i64>>,
+        key: &str,
+        default: T,
+        min: u64,
+        max: u64,
+    ) -> T
+    where
+        T: TryFrom<u64> + fmt::Display + Copy,
+    {
         let Some(raw) = raw else { return default };
         let value = *raw.get_ref();
         let in_range = u64::try_from(value)
@@ -536,7 +691,7 @@ impl Checker<'_> {
         };
         self.push(
             raw.span(),
-            format!("limits.{name}"),
+            key,
             format!(
                 "{problem}; set a value from {min} to {max}, or remove the key to use \
                  the default {default}"

@@ -3,10 +3,10 @@
 //!
 //! | # | stage | here |
 //! |---|---|---|
-//! | 1 | network: peer -> [`network::ClientIp`] | `network.rs` |
+//! | 1 | network: peer (+ forwarded headers from trusted proxies) -> [`network::ClientIp`] -> allow/deny | `network.rs` |
 //! | 2 | identity (tokens) | not yet: every request is anonymous |
 //! | 3 | authorize | not yet |
-//! | 4 | admit (rate limits) | not yet |
+//! | 4 | admit: rate limits per client address and subject -> [`admit::Admitted`] | `admit.rs` |
 //! | 5 | plan: route, method, body, query, key -> [`plan::Plan`] | `plan.rs` |
 //! | 7 | fetch: metadata, preconditions, range, open the body | `fetch` below, `range.rs` |
 //! | 9 | respond: head + streaming body | `respond.rs` |
@@ -14,6 +14,7 @@
 //! The pipeline knows nothing about sockets or TLS (that is `server/`) and never builds backend
 //! clients (that is `app.rs`).
 
+pub mod admit;
 pub mod network;
 pub mod plan;
 pub mod range;
@@ -34,7 +35,7 @@ use tracing::Instrument;
 use crate::backend::{AnyBackend, Backend, BackendError};
 use crate::config::Limits;
 use crate::error::Error;
-use crate::telemetry::{Metrics, RouteLabel, RouteStatus, UpstreamError};
+use crate::telemetry::{Metrics, NetworkDecisionLabel, RouteLabel, RouteStatus, UpstreamError};
 use plan::Plan;
 use range::{Precondition, Selection};
 use respond::{ResponseBody, StreamingBody};
@@ -42,7 +43,21 @@ use respond::{ResponseBody, StreamingBody};
 /// What the server knows about the connection a request came on.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {
+    /// The client as the data listener sees it: the TCP peer, or the source address of a PROXY
+    /// protocol header sent by a configured peer.
     pub peer: SocketAddr,
+    /// The TCP peer that sent a PROXY protocol header, if one did.
+    pub proxied_by: Option<SocketAddr>,
+}
+
+impl ConnInfo {
+    /// A direct connection (no PROXY protocol header).
+    pub fn direct(peer: SocketAddr) -> ConnInfo {
+        ConnInfo {
+            peer,
+            proxied_by: None,
+        }
+    }
 }
 
 /// The live parts built from one config snapshot by `app.rs`. A request loads the current
@@ -51,11 +66,25 @@ pub struct ConnInfo {
 pub struct Snapshot {
     sources: HashMap<String, AnyBackend>,
     limits: Limits,
+    network: network::NetworkPolicy,
 }
 
 impl Snapshot {
-    pub fn new(sources: HashMap<String, AnyBackend>, limits: Limits) -> Snapshot {
-        Snapshot { sources, limits }
+    pub fn new(
+        sources: HashMap<String, AnyBackend>,
+        limits: Limits,
+        network: network::NetworkPolicy,
+    ) -> Snapshot {
+        Snapshot {
+            sources,
+            limits,
+            network,
+        }
+    }
+
+    /// The compiled network policy (stage 1, and the PROXY protocol peers for the listener).
+    pub fn network(&self) -> &network::NetworkPolicy {
+        &self.network
     }
 
     pub fn sources(&self) -> impl Iterator<Item = (&String, &AnyBackend)> {
@@ -72,17 +101,35 @@ impl Snapshot {
 pub struct Pipeline {
     current: ArcSwap<Snapshot>,
     metrics: Arc<Metrics>,
+    /// Rate-limit state: outlives snapshots so a reload does not reset every client's budget.
+    admission: admit::Admission,
 }
 
 const ROUTE_OBJECT: &str = "object";
 const ROUTE_OTHER: &str = "other";
 
 impl Pipeline {
+    /// A pipeline without rate limits (benches drive it directly); the gateway uses
+    /// [`Pipeline::with_admission`].
     pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>) -> Pipeline {
+        Pipeline::with_admission(snapshot, metrics, admit::Admission::unlimited())
+    }
+
+    pub fn with_admission(
+        snapshot: Snapshot,
+        metrics: Arc<Metrics>,
+        admission: admit::Admission,
+    ) -> Pipeline {
         Pipeline {
             current: ArcSwap::from_pointee(snapshot),
             metrics,
+            admission,
         }
+    }
+
+    /// The rate limits (stage 4); reloads update their quotas.
+    pub fn admission(&self) -> &admit::Admission {
+        &self.admission
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -117,6 +164,9 @@ impl Pipeline {
             method = %req.method(),
             route,
             peer = %conn.peer,
+            client = tracing::field::Empty,
+            decision = tracing::field::Empty,
+            rule = tracing::field::Empty,
             source = tracing::field::Empty,
             status = tracing::field::Empty,
         );
@@ -172,8 +222,13 @@ impl Pipeline {
         conn: ConnInfo,
         route: &'static str,
     ) -> Result<Response<ResponseBody>, Error> {
-        // 1. network
-        let _client = network::client_ip(conn.peer);
+        // 1. network: before any identity, key or backend work. The source's own lists apply
+        // here already, read from the raw path without decoding the key.
+        let client = self.network_stage(snapshot, req, conn)?;
+        // 4. admit. Identity (2) does not exist yet, so there is no subject to count.
+        let _admitted = self
+            .admission
+            .admit_counted(client.addr(), None, &self.metrics)?;
         // 5. plan. The route decides which methods exist; a body is refused before any work.
         let plan = plan::plan_object(req.uri().path(), req.uri().query(), |s| {
             snapshot.sources.contains_key(s)
@@ -190,6 +245,51 @@ impl Pipeline {
         // 7 + 9. fetch and respond
         self.fetch(snapshot, req.headers(), &plan, head_only, route)
             .await
+    }
+
+    /// Stage 1: the client address, then the global and per-source lists. Records the decision
+    /// in the request span and the metrics.
+    fn network_stage<B>(
+        &self,
+        snapshot: &Snapshot,
+        req: &Request<B>,
+        conn: ConnInfo,
+    ) -> Result<network::ClientIp, Error> {
+        let span = tracing::Span::current();
+        let client = match network::client_ip(conn.peer, req.headers(), &snapshot.network) {
+            Ok(client) => client,
+            Err(e) => {
+                span.record("decision", "malformed");
+                self.metrics
+                    .network_decisions
+                    .get_or_create(&NetworkDecisionLabel {
+                        outcome: "malformed",
+                        list: "forwarded",
+                    })
+                    .inc();
+                return Err(e.into());
+            }
+        };
+        let decision = snapshot
+            .network
+            .decide(client.addr(), network::route_source(req.uri().path()));
+        span.record("client", tracing::field::display(client));
+        span.record("decision", if decision.allowed { "allow" } else { "deny" });
+        span.record("rule", tracing::field::display(&decision.rule));
+        self.metrics
+            .network_decisions
+            .get_or_create(&NetworkDecisionLabel {
+                outcome: if decision.allowed { "allow" } else { "deny" },
+                list: decision.rule.scope.label(),
+            })
+            .inc();
+        if decision.allowed {
+            Ok(client)
+        } else {
+            Err(Error::NetworkDenied {
+                rule: decision.rule,
+            })
+        }
     }
 
     /// Metadata, preconditions, range, then the body. If the object changes between metadata and

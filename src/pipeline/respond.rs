@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use http::header::{
     ACCEPT_RANGES, ALLOW, CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_RANGE,
-    CONTENT_SECURITY_POLICY, CONTENT_TYPE, ETAG, LAST_MODIFIED, REFERRER_POLICY,
+    CONTENT_SECURITY_POLICY, CONTENT_TYPE, ETAG, LAST_MODIFIED, REFERRER_POLICY, RETRY_AFTER,
     X_CONTENT_TYPE_OPTIONS,
 };
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
@@ -84,6 +84,9 @@ pub fn error_response(err: &Error, request_id: &str) -> Response<ResponseBody> {
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                 h.insert(CONTENT_RANGE, v);
             }
+        }
+        Error::RateLimited(limited) => {
+            h.insert(RETRY_AFTER, HeaderValue::from(limited.retry_after_secs()));
         }
         _ => {}
     }

@@ -5,6 +5,8 @@
 //! timeout, header read timeout, keep-alive idle timeout, header count and size, h2 streams, header
 //! list size and reset-stream limits, and the shutdown grace period.
 
+pub mod per_ip;
+pub mod proxy_protocol;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -29,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Limits;
-use crate::config::defaults::ACCEPT_ERROR_BACKOFF_MS;
+use crate::config::defaults::{ACCEPT_ERROR_BACKOFF_MS, H2_SEND_BUFFER_BYTES};
 use crate::pipeline::respond::ResponseBody;
 use crate::pipeline::{ConnInfo, Pipeline};
 use crate::telemetry::Metrics;
@@ -41,9 +43,23 @@ pub trait Handler: Send + Sync + 'static {
         req: Request<Incoming>,
         conn: ConnInfo,
     ) -> impl Future<Output = Response<ResponseBody>> + Send;
+
+    /// If `peer` must open with a PROXY protocol header, the time it has to send it. Asked per
+    /// connection, so a reload applies to the next connection.
+    fn proxy_header_timeout(&self, _peer: std::net::IpAddr) -> Option<Duration> {
+        None
+    }
 }
 
 impl Handler for Pipeline {
+    fn proxy_header_timeout(&self, peer: std::net::IpAddr) -> Option<Duration> {
+        let snapshot = self.snapshot();
+        let network = snapshot.network();
+        network
+            .requires_proxy_header(peer)
+            .then(|| network.proxy_protocol_timeout())
+    }
+
     fn call(
         &self,
         req: Request<Incoming>,
@@ -62,6 +78,7 @@ pub enum Role {
 
 /// Run a listener until `shutdown` fires, then stop accepting, let in-flight requests finish for
 /// up to `limits.shutdown_grace`, and drop whatever is left.
+#[allow(clippy::too_many_arguments)] // one listener's whole setup, passed once at start
 pub async fn serve<H: Handler>(
     role: Role,
     listener: TcpListener,
@@ -69,6 +86,7 @@ pub async fn serve<H: Handler>(
     handler: Arc<H>,
     limits: Limits,
     metrics: Arc<Metrics>,
+    per_ip: Option<Arc<per_ip::PerIpConnections>>,
     shutdown: CancellationToken,
 ) {
     let graceful = GracefulShutdown::new();
@@ -89,13 +107,24 @@ pub async fn serve<H: Handler>(
                         continue;
                     }
                 };
+                let ip_slot = match &per_ip {
+                    Some(per_ip) => match per_ip.try_open(peer.ip()) {
+                        Some(slot) => Some(slot),
+                        None => {
+                            metrics.rejected_connections_per_ip.inc();
+                            tracing::debug!(%peer, "max_connections_per_ip reached; closing");
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
                 let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
                     metrics.rejected_connections.inc();
                     tracing::debug!(%peer, "max_connections reached; closing");
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let conn = ConnInfo { peer };
+                let conn = ConnInfo::direct(peer);
                 let watcher = graceful.watcher();
                 let handler = Arc::clone(&handler);
                 let metrics = Arc::clone(&metrics);
@@ -104,7 +133,12 @@ pub async fn serve<H: Handler>(
                 let span = tracing::debug_span!("conn", %peer);
                 conns.spawn(async move {
                     let _permit = permit;
+                    let _ip_slot = ip_slot;
                     let _open = (role == Role::Data).then(|| OpenConnection::new(&metrics));
+                    let mut stream = stream;
+                    let Some(conn) = read_proxy_header(&mut stream, conn, handler.as_ref(), &metrics).await else {
+                        return;
+                    };
                     match tls {
                         Some(acceptor) => {
                             let handshake = tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream)).await;
@@ -135,6 +169,37 @@ pub async fn serve<H: Handler>(
     }
     conns.abort_all();
     while conns.join_next().await.is_some() {}
+}
+
+/// Before TLS: from a peer in `network.proxy_protocol`, read the required PROXY header within its
+/// timeout and take the client address from it; `None` closes the connection. Other peers are
+/// left alone: a header from them fails the TLS handshake.
+async fn read_proxy_header<H: Handler>(
+    stream: &mut tokio::net::TcpStream,
+    conn: ConnInfo,
+    handler: &H,
+    metrics: &Metrics,
+) -> Option<ConnInfo> {
+    let Some(timeout) = handler.proxy_header_timeout(conn.peer.ip()) else {
+        return Some(conn);
+    };
+    match tokio::time::timeout(timeout, proxy_protocol::read_header(stream)).await {
+        Ok(Ok(proxy_protocol::ProxyHeader::Local)) => Some(conn),
+        Ok(Ok(proxy_protocol::ProxyHeader::Proxied { source })) => Some(ConnInfo {
+            peer: source,
+            proxied_by: Some(conn.peer),
+        }),
+        Ok(Err(e)) => {
+            metrics.proxy_protocol_failures.inc();
+            tracing::debug!(error = %e, "PROXY protocol header refused; closing");
+            None
+        }
+        Err(_) => {
+            metrics.proxy_protocol_failures.inc();
+            tracing::debug!(?timeout, "no PROXY protocol header in time; closing");
+            None
+        }
+    }
 }
 
 /// Serve HTTP/1.1 or h2 on one established connection, closing it once idle for too long.
@@ -170,6 +235,9 @@ async fn serve_connection<IO, H>(
         .max_header_list_size(limits.h2_max_header_list_bytes)
         .max_pending_accept_reset_streams(limits.h2_max_pending_reset_streams)
         .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
+        // h2 buffers this much per stream before it stops pulling the body: keep a slow reader
+        // from parking hundreds of KiB in the gateway (hyper's default is 400 KiB).
+        .max_send_buf_size(H2_SEND_BUFFER_BYTES)
         .keep_alive_interval(Some(limits.idle_timeout / 2))
         .keep_alive_timeout(limits.idle_timeout / 2);
     let connection = watcher.watch(builder.serve_connection(TokioIo::new(io), service));

@@ -15,8 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bucketgate::Gateway;
+use bucketgate::StartOptions;
 use bucketgate::config::{
-    AdminConfig, Config, FsSource, Limits, ListenerConfig, SourceConfig, TlsConfig,
+    AdminConfig, Config, FsSource, Limits, ListenerConfig, NetworkConfig, RateLimits, SourceConfig,
+    TlsConfig,
 };
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode, Version};
@@ -102,6 +104,39 @@ pub async fn start_gateway_with(
     sources: BTreeMap<String, SourceConfig>,
     limits: Limits,
 ) -> TestGateway {
+    start_gateway_tweaked(sources, limits, |_| {}).await
+}
+
+/// Like [`start_gateway_with`], with `tweak` applied to the config first (network lists,
+/// listener address, ...). The default network section allows loopback only.
+pub async fn start_gateway_tweaked(
+    sources: BTreeMap<String, SourceConfig>,
+    limits: Limits,
+    tweak: impl FnOnce(&mut Config),
+) -> TestGateway {
+    start_gateway_opts(sources, limits, tweak, StartOptions::default()).await
+}
+
+/// Rate limits for tests: high enough that no test trips them unless it sets its own.
+pub fn test_rate_limits() -> RateLimits {
+    RateLimits {
+        per_ip_rps: 1_000_000,
+        per_ip_burst: 1_000_000,
+        per_subject_rps: 1_000_000,
+        per_subject_burst: 1_000_000,
+        max_connections_per_ip: 100_000,
+    }
+}
+
+/// Like [`start_gateway_tweaked`], with start options (a config path to reload from, a fake
+/// rate-limit clock). Admin state goes to `<tempdir>/state` unless `tweak` sets
+/// `config.admin.state_dir`.
+pub async fn start_gateway_opts(
+    sources: BTreeMap<String, SourceConfig>,
+    limits: Limits,
+    tweak: impl FnOnce(&mut Config),
+    options: StartOptions,
+) -> TestGateway {
     init_tracing();
     let tls_dir = tempfile::tempdir().expect("tempdir for the dev certificate");
     let loopback: SocketAddr = "127.0.0.1:0".parse().expect("loopback address");
@@ -112,11 +147,28 @@ pub async fn start_gateway_with(
                 dir: tls_dir.path().to_path_buf(),
             },
         },
-        admin: AdminConfig { addr: loopback },
+        admin: AdminConfig::new(loopback, tls_dir.path().join("state")),
         limits,
         sources,
+        network: NetworkConfig::loopback_only(),
+        rate_limits: test_rate_limits(),
     };
-    let gateway = Gateway::start(config).await.expect("gateway starts");
+    let mut config = config;
+    tweak(&mut config);
+    start_gateway_from(config, tls_dir, options).await
+}
+
+/// Start a gateway from a whole config (e.g. loaded from a file) whose development certificate
+/// directory is `tls_dir`.
+pub async fn start_gateway_from(
+    config: Config,
+    tls_dir: TempDir,
+    options: StartOptions,
+) -> TestGateway {
+    init_tracing();
+    let gateway = Gateway::start_with(config, options)
+        .await
+        .expect("gateway starts");
     let cert_pem = std::fs::read(tls_dir.path().join("cert.pem")).expect("dev certificate written");
     let cert = CertificateDer::from_pem_slice(&cert_pem).expect("dev certificate parses");
     TestGateway {
@@ -186,6 +238,14 @@ impl TestGateway {
     /// A client that offers both h2 and http/1.1 by ALPN (the server picks).
     pub fn client(&self) -> reqwest::Client {
         self.client_builder().build().expect("reqwest client")
+    }
+
+    /// A client whose connections come from `local` (any 127.0.0.x works on Linux loopback).
+    pub fn client_from(&self, local: std::net::IpAddr) -> reqwest::Client {
+        self.client_builder()
+            .local_address(local)
+            .build()
+            .expect("reqwest client with a local address")
     }
 
     /// A client that offers only http/1.1.

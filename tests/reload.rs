@@ -1,0 +1,439 @@
+//! Live reloads: SIGHUP (the same function the signal handler calls), a Kubernetes-style `..data`
+//! symlink swap seen by the file watcher, and the admin API, while clients keep requesting.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bucketgate::StartOptions;
+use bucketgate::reload::{FileWatcher, ReloadError, Trigger};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::{Proto, TestGateway};
+
+const TOKEN: &str = "reload-test-admin-token";
+const BOTH: &[&str] = &["127.0.0.1/32", "127.0.0.2/32"];
+const ONLY_ONE: &[&str] = &["127.0.0.1/32"];
+
+/// A config directory laid out like a mounted Kubernetes ConfigMap:
+/// `config.toml -> ..data/config.toml`, `..data -> ..vN`.
+struct Env {
+    dir: tempfile::TempDir,
+    version: usize,
+    poll_secs: u64,
+}
+
+impl Env {
+    fn new(poll_secs: u64) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        std::fs::write(dir.path().join("data/hello.txt"), b"hello\n").unwrap();
+        std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+        Env {
+            dir,
+            version: 0,
+            poll_secs,
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    fn text(&self, allow: &[&str]) -> String {
+        let d = self.dir.path().display();
+        let allow: Vec<String> = allow.iter().map(|a| format!("\"{a}\"")).collect();
+        format!(
+            "[listener]\naddr = \"127.0.0.1:0\"\ndev_certificate_dir = \"{d}/tls\"\n\n\
+             [admin]\naddr = \"127.0.0.1:0\"\ntoken = \"file:{d}/token\"\nstate_dir = \"{d}/state\"\n\
+             reload_poll_secs = {poll}\n\n\
+             [rate_limits]\nper_ip_rps = 1000000\nper_ip_burst = 1000000\n\n\
+             [sources.local]\nkind = \"fs\"\nroot = \"{d}/data\"\n\n\
+             [network]\nallow = [{}]\n# version {}\n",
+            allow.join(", "),
+            self.version,
+            poll = self.poll_secs,
+        )
+    }
+
+    /// Put `text` in force the way kubelet does: a new version directory, then one rename of
+    /// the `..data` symlink.
+    fn swap(&mut self, text: &str) {
+        self.version += 1;
+        let root = self.dir.path();
+        let version = root.join(format!("..v{}", self.version));
+        std::fs::create_dir(&version).unwrap();
+        std::fs::write(version.join("config.toml"), text).unwrap();
+        let tmp = root.join("..data_tmp");
+        std::os::unix::fs::symlink(&version, &tmp).unwrap();
+        std::fs::rename(&tmp, root.join("..data")).unwrap();
+        if !root.join("config.toml").exists() {
+            std::os::unix::fs::symlink(root.join("..data/config.toml"), root.join("config.toml"))
+                .unwrap();
+        }
+    }
+
+    fn swap_allow(&mut self, allow: &[&str]) {
+        let text = self.text(allow);
+        self.swap(&text);
+    }
+
+    async fn start(&mut self, allow: &[&str], watch: bool) -> TestGateway {
+        self.swap_allow(allow);
+        let config = bucketgate::config::load(&self.path()).unwrap_or_else(|e| panic!("{e}"));
+        // The certificate directory must outlive the gateway: keep it in a TempDir the
+        // TestGateway owns.
+        let tls = tempfile::tempdir().unwrap();
+        let mut config = config;
+        config.listener.tls = bucketgate::config::TlsConfig::Development {
+            dir: tls.path().to_path_buf(),
+        };
+        support::start_gateway_from(
+            config,
+            tls,
+            StartOptions {
+                config_path: Some(self.path()),
+                watch_config_file: watch,
+                ..StartOptions::default()
+            },
+        )
+        .await
+    }
+}
+
+async fn status_from(gw: &TestGateway, client: &reqwest::Client) -> Result<u16, reqwest::Error> {
+    let resp = client.get(gw.url("/o/local/hello.txt")).send().await?;
+    let status = resp.status().as_u16();
+    resp.bytes().await?;
+    Ok(status)
+}
+
+fn metric(gw: &TestGateway, series: &str) -> u64 {
+    let text = gw.gateway().metrics().encode().unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+fn reloads(gw: &TestGateway, outcome: &str, trigger: &str) -> u64 {
+    metric(
+        gw,
+        &format!("bucketgate_config_reloads_total{{outcome=\"{outcome}\",trigger=\"{trigger}\"}}"),
+    )
+}
+
+async fn put_allow(gw: &TestGateway, allow: &[&str]) -> u16 {
+    let allow: Vec<String> = allow.iter().map(|a| format!("\"{a}\"")).collect();
+    let body = format!(
+        r#"{{"allow":[{}],"deny":[],"trusted_proxies":[]}}"#,
+        allow.join(",")
+    );
+    reqwest::Client::new()
+        .put(gw.admin_url("/admin/network"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+const REQUESTS_PER_CLIENT: usize = 300;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reload_under_load_never_fails_a_request_both_rule_sets_allow() {
+    let mut env = Env::new(2);
+    let gw = Arc::new(env.start(BOTH, false).await);
+    let mut watcher = FileWatcher::new(Arc::clone(gw.gateway().control()), env.path());
+    let progress = Arc::new(AtomicUsize::new(0));
+
+    // 127.0.0.1 is allowed by both rule sets; 127.0.0.2 only by BOTH.
+    let spawn_client = |local: &str, progress: Option<Arc<AtomicUsize>>| {
+        let gw = Arc::clone(&gw);
+        let client = gw.client_from(local.parse().unwrap());
+        tokio::spawn(async move {
+            let mut results = Vec::with_capacity(REQUESTS_PER_CLIENT);
+            for _ in 0..REQUESTS_PER_CLIENT {
+                results.push(status_from(&gw, &client).await.map_err(|e| e.to_string()));
+                if let Some(p) = &progress {
+                    p.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            results
+        })
+    };
+    let one = spawn_client("127.0.0.1", None);
+    let two = spawn_client("127.0.0.2", Some(Arc::clone(&progress)));
+
+    // Flip the allowlist through all three paths while the clients run. Signal and file flips
+    // first: once the API has persisted lists, they outrank the file (by design).
+    let mut flips = 0;
+    for i in 0..30 {
+        if progress.load(Ordering::SeqCst) >= REQUESTS_PER_CLIENT - 10 {
+            break;
+        }
+        let allow = if i % 2 == 0 { ONLY_ONE } else { BOTH };
+        match i {
+            0..20 if i % 4 < 2 => {
+                env.swap_allow(allow);
+                gw.gateway()
+                    .reload_from_file(Trigger::Signal)
+                    .await
+                    .unwrap();
+            }
+            0..20 => {
+                env.swap_allow(allow);
+                assert!(watcher.poll_once().await, "the watcher sees the swap");
+            }
+            _ => assert_eq!(put_allow(&gw, allow).await, 200),
+        }
+        flips += 1;
+        // Let the second client make a few requests under these rules.
+        let seen = progress.load(Ordering::SeqCst);
+        support::eventually("client progress", 500, Duration::from_millis(5), || {
+            let done = progress.load(Ordering::SeqCst) >= (seen + 3).min(REQUESTS_PER_CLIENT);
+            async move { done.then_some(()) }
+        })
+        .await;
+    }
+
+    let one = one.await.unwrap();
+    let two = two.await.unwrap();
+    assert!(flips >= 10, "only {flips} flips happened during the run");
+    assert!(
+        one.iter().all(|r| r == &Ok(200)),
+        "127.0.0.1 is allowed by both rule sets: {:?}",
+        one.iter().filter(|r| *r != &Ok(200)).collect::<Vec<_>>()
+    );
+    assert!(
+        two.iter().all(|r| r == &Ok(200) || r == &Ok(403)),
+        "127.0.0.2 is judged by one rule set or the other: {:?}",
+        two.iter()
+            .filter(|r| *r != &Ok(200) && *r != &Ok(403))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        two.contains(&Ok(200)) && two.contains(&Ok(403)),
+        "both rule sets were seen"
+    );
+    assert!(reloads(&gw, "ok", "signal") >= 5);
+    assert!(reloads(&gw, "ok", "file") >= 5);
+    assert_eq!(
+        reloads(&gw, "error", "signal") + reloads(&gw, "error", "file"),
+        0
+    );
+    Arc::into_inner(gw).unwrap().shutdown().await;
+}
+
+#[tokio::test]
+async fn invalid_configs_leave_the_old_rules_in_force_and_count_errors() {
+    let mut env = Env::new(2);
+    let gw = env.start(BOTH, false).await;
+    let client = gw.client_from("127.0.0.2".parse().unwrap());
+    let mut watcher = FileWatcher::new(Arc::clone(gw.gateway().control()), env.path());
+    assert_eq!(status_from(&gw, &client).await.unwrap(), 200);
+
+    // A TOML syntax error, through SIGHUP.
+    let broken = env.text(ONLY_ONE).replace("[network]", "[network");
+    let line = broken.lines().position(|l| l == "[network").unwrap() + 1;
+    env.swap(&broken);
+    match gw.gateway().reload_from_file(Trigger::Signal).await {
+        Err(ReloadError::Config(errors)) => assert_eq!(errors.0[0].line, line, "{errors}"),
+        other => panic!("expected config errors, got {other:?}"),
+    }
+    assert_eq!(reloads(&gw, "error", "signal"), 1);
+    assert_eq!(
+        status_from(&gw, &client).await.unwrap(),
+        200,
+        "old rules still in force"
+    );
+
+    // A bad CIDR, through the file watcher.
+    env.swap_allow(&["127.0.0.1/32", "127.0.0.2/8"]);
+    assert!(watcher.poll_once().await);
+    assert_eq!(reloads(&gw, "error", "file"), 1);
+    assert_eq!(status_from(&gw, &client).await.unwrap(), 200);
+    // The same file again is not retried until it changes.
+    assert!(!watcher.poll_once().await);
+
+    // Through the API: 422 with the error's position.
+    let resp = reqwest::Client::new()
+        .post(gw.admin_url("/admin/reload"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("network.allow"), "{body}");
+    assert_eq!(reloads(&gw, "error", "api"), 1);
+    assert_eq!(status_from(&gw, &client).await.unwrap(), 200);
+
+    // A valid file is taken.
+    env.swap_allow(ONLY_ONE);
+    let resp = reqwest::Client::new()
+        .post(gw.admin_url("/admin/reload"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(reloads(&gw, "ok", "api"), 1);
+    assert_eq!(status_from(&gw, &client).await.unwrap(), 403);
+    gw.shutdown().await;
+}
+
+/// One raw connection from `local` that stays open across requests.
+async fn keep_alive_status(
+    gw: &TestGateway,
+    proto: Proto,
+    local: &str,
+) -> (
+    impl FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>>,
+    Arc<AtomicUsize>,
+) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(local.parse().unwrap(), 0))
+        .unwrap();
+    let tcp = socket.connect(gw.data_addr()).await.unwrap();
+    let alpn: &[u8] = match proto {
+        Proto::H1 => b"http/1.1",
+        Proto::H2 => b"h2",
+    };
+    let tls = gw.tls_config(&[alpn], rustls::ALL_VERSIONS);
+    let name = rustls::pki_types::ServerName::IpAddress(gw.data_addr().ip().into());
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let io = TokioIo::new(stream);
+    let url = gw.url("/o/local/hello.txt");
+    let host = gw.data_addr().to_string();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&sent);
+    enum Sender {
+        H1(hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>>),
+        H2(hyper::client::conn::http2::SendRequest<Empty<bytes::Bytes>>),
+    }
+    let sender = match proto {
+        Proto::H1 => {
+            let (s, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            Sender::H1(s)
+        }
+        Proto::H2 => {
+            let (s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            Sender::H2(s)
+        }
+    };
+    let sender = Arc::new(tokio::sync::Mutex::new(sender));
+    let send = move || {
+        let sender = Arc::clone(&sender);
+        let url = url.clone();
+        let host = host.clone();
+        let counter = Arc::clone(&counter);
+        Box::pin(async move {
+            let mut sender = sender.lock().await;
+            let resp = match &mut *sender {
+                Sender::H1(s) => {
+                    let req = http::Request::get("/o/local/hello.txt")
+                        .header("host", host)
+                        .body(Empty::new())
+                        .unwrap();
+                    s.send_request(req).await.expect("same connection answers")
+                }
+                Sender::H2(s) => {
+                    let req = http::Request::get(url).body(Empty::new()).unwrap();
+                    s.send_request(req).await.expect("same connection answers")
+                }
+            };
+            let status = resp.status().as_u16();
+            resp.into_body().collect().await.unwrap();
+            counter.fetch_add(1, Ordering::SeqCst);
+            status
+        }) as std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>>
+    };
+    (send, sent)
+}
+
+#[tokio::test]
+async fn an_open_keep_alive_connection_is_judged_by_the_new_rules_on_its_next_request() {
+    let mut env = Env::new(2);
+    let gw = env.start(BOTH, false).await;
+    for proto in Proto::BOTH {
+        env.swap_allow(BOTH);
+        gw.gateway()
+            .reload_from_file(Trigger::Signal)
+            .await
+            .unwrap();
+        let (mut send, sent) = keep_alive_status(&gw, proto, "127.0.0.2").await;
+        assert_eq!(send().await, 200, "{proto:?}");
+        env.swap_allow(ONLY_ONE);
+        gw.gateway()
+            .reload_from_file(Trigger::Signal)
+            .await
+            .unwrap();
+        assert_eq!(send().await, 403, "{proto:?}: same connection, new rules");
+        env.swap_allow(BOTH);
+        gw.gateway()
+            .reload_from_file(Trigger::Signal)
+            .await
+            .unwrap();
+        assert_eq!(send().await, 200, "{proto:?}: and back");
+        assert_eq!(sent.load(Ordering::SeqCst), 3);
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_file_watcher_reloads_a_symlink_swap_on_its_own() {
+    let mut env = Env::new(1);
+    let gw = env.start(BOTH, true).await;
+    let client = gw.client_from("127.0.0.2".parse().unwrap());
+    assert_eq!(status_from(&gw, &client).await.unwrap(), 200);
+    env.swap_allow(ONLY_ONE);
+    support::eventually(
+        "the watcher applies the new file",
+        100,
+        Duration::from_millis(50),
+        || {
+            let client = client.clone();
+            let gw = &gw;
+            async move { (status_from(gw, &client).await.ok() == Some(403)).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(reloads(&gw, "ok", "file"), 1);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn persisted_admin_lists_outrank_the_file_on_reload() {
+    let mut env = Env::new(2);
+    let gw = env.start(BOTH, false).await;
+    let client = gw.client_from("127.0.0.2".parse().unwrap());
+    assert_eq!(put_allow(&gw, ONLY_ONE).await, 200);
+    assert_eq!(status_from(&gw, &client).await.unwrap(), 403);
+    env.swap_allow(BOTH);
+    gw.gateway()
+        .reload_from_file(Trigger::Signal)
+        .await
+        .unwrap();
+    assert_eq!(
+        status_from(&gw, &client).await.unwrap(),
+        403,
+        "the admin's list stays in force until changed through the API"
+    );
+    assert!(Path::new(&env.dir.path().join("state/network.json")).is_file());
+    gw.shutdown().await;
+}
