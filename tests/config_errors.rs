@@ -865,7 +865,7 @@ fn config_admin_and_rate_limit_defaults_apply() {
         config.rate_limits,
         bucketgate::config::RateLimits::default()
     );
-    assert_eq!(config.rate_limits.per_ip_rps, 200);
+    assert_eq!(config.rate_limits.per_ip_rps, 1_000);
 }
 
 #[test]

@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 
-use super::{Backend, BackendError, BodyStream, ByteRange, ObjectBody, ObjectMeta};
+use super::{Backend, BackendError, BodyStream, ByteRange, ObjectBody, ObjectMeta, Opened, Want};
 use crate::config::defaults::BODY_CHUNK_BYTES;
 
 pub struct FsBackend {
@@ -72,10 +72,43 @@ fn open_below(root: &Path, key: &Path) -> Result<(File, Metadata), BackendError>
     Ok((file, md))
 }
 
-/// An opened object: small bodies already read, larger ones as a positioned file.
-enum Opened {
+/// A body about to be sent: small ones already read, larger ones as a positioned file.
+enum FileBody {
     Read(Bytes),
     File(File, u64),
+}
+
+impl FileBody {
+    fn into_stream(self) -> BodyStream {
+        match self {
+            FileBody::Read(bytes) => Box::pin(futures_util::stream::once(async move { Ok(bytes) })),
+            FileBody::File(file, len) => {
+                let reader = tokio::fs::File::from_std(file).take(len);
+                Box::pin(
+                    ReaderStream::with_capacity(reader, BODY_CHUNK_BYTES)
+                        .map(|r| r.map_err(BackendError::Io)),
+                )
+            }
+        }
+    }
+}
+
+/// Position `file` at the part to send; a body that fits in one frame is read right away.
+fn read_part(
+    mut file: File,
+    meta: &ObjectMeta,
+    part: Option<ByteRange>,
+) -> Result<FileBody, BackendError> {
+    if let Some(r) = part {
+        file.seek(SeekFrom::Start(r.start))?;
+    }
+    let len = part.map_or(meta.size, |r| r.len());
+    if len <= BODY_CHUNK_BYTES as u64 {
+        let mut buf = Vec::with_capacity(len as usize);
+        (&mut file).take(len).read_to_end(&mut buf)?;
+        return Ok(FileBody::Read(Bytes::from(buf)));
+    }
+    Ok(FileBody::File(file, len))
 }
 
 fn map_io(e: std::io::Error) -> BackendError {
@@ -122,38 +155,51 @@ impl Backend for FsBackend {
         expect: &ObjectMeta,
     ) -> Result<ObjectBody, BackendError> {
         let expect_etag = expect.etag.clone();
-        let (opened, meta) = self
+        let (body, meta) = self
             .blocking(key, move |root, key| {
-                let (mut file, md) = open_below(root, key)?;
+                let (file, md) = open_below(root, key)?;
                 let meta = meta_of(key, &md);
                 if meta.etag != expect_etag {
                     return Err(BackendError::Changed);
                 }
-                if let Some(r) = range {
-                    file.seek(SeekFrom::Start(r.start))?;
-                }
-                let len = range.map_or(meta.size, |r| r.len());
-                // A body that fits in one frame is read in this same blocking call: one thread
-                // hop per request instead of two.
-                if len <= BODY_CHUNK_BYTES as u64 {
-                    let mut buf = Vec::with_capacity(len as usize);
-                    (&mut file).take(len).read_to_end(&mut buf)?;
-                    return Ok((Opened::Read(Bytes::from(buf)), meta));
-                }
-                Ok((Opened::File(file, len), meta))
+                Ok((read_part(file, &meta, range)?, meta))
             })
             .await?;
-        let body: BodyStream = match opened {
-            Opened::Read(bytes) => Box::pin(futures_util::stream::once(async move { Ok(bytes) })),
-            Opened::File(file, len) => {
-                let reader = tokio::fs::File::from_std(file).take(len);
-                Box::pin(
-                    ReaderStream::with_capacity(reader, BODY_CHUNK_BYTES)
-                        .map(|r| r.map_err(BackendError::Io)),
-                )
-            }
-        };
-        Ok(ObjectBody { meta, body })
+        Ok(ObjectBody {
+            meta,
+            body: body.into_stream(),
+        })
+    }
+
+    /// Open, stat, decide and (for small bodies) read in one blocking call: one thread hop for
+    /// most requests, and the body comes from the very file the metadata describes.
+    async fn open<F>(&self, key: &str, want: F) -> Result<Opened, BackendError>
+    where
+        F: FnOnce(&ObjectMeta) -> Want + Send + 'static,
+    {
+        let (meta, body) = self
+            .blocking(key, move |root, key| {
+                let (file, md) = open_below(root, key)?;
+                let meta = meta_of(key, &md);
+                match want(&meta) {
+                    Want::Meta => Ok((meta, None)),
+                    Want::Body(part) => {
+                        let body = read_part(file, &meta, part)?;
+                        Ok((meta, Some((body, part))))
+                    }
+                }
+            })
+            .await?;
+        Ok(match body {
+            None => Opened::Meta(meta),
+            Some((body, part)) => Opened::Object {
+                object: ObjectBody {
+                    meta,
+                    body: body.into_stream(),
+                },
+                part,
+            },
+        })
     }
 
     async fn ready(&self) -> Result<(), BackendError> {

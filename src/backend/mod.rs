@@ -61,6 +61,25 @@ impl fmt::Debug for ObjectBody {
     }
 }
 
+/// What to read once the metadata is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// Only the metadata (HEAD, 304, 412, 416).
+    Meta,
+    /// The body, whole or one range of it.
+    Body(Option<ByteRange>),
+}
+
+/// The result of [`Backend::open`].
+#[derive(Debug)]
+pub enum Opened {
+    Meta(ObjectMeta),
+    Object {
+        object: ObjectBody,
+        part: Option<ByteRange>,
+    },
+}
+
 /// Why a backend could not answer. Each variant is a different thing for the client to learn,
 /// so `error.rs` can map them exhaustively.
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +159,28 @@ pub trait Backend: Send + Sync {
 
     /// Whether the backend is reachable and usable (for `/readyz`).
     fn ready(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Metadata, then whatever `want` asks for once it has seen the metadata, in as few round
+    /// trips as the store allows (the fs backend does it in one blocking call).
+    fn open<F>(
+        &self,
+        key: &str,
+        want: F,
+    ) -> impl Future<Output = Result<Opened, BackendError>> + Send
+    where
+        F: FnOnce(&ObjectMeta) -> Want + Send + 'static,
+    {
+        async move {
+            let meta = self.head(key).await?;
+            match want(&meta) {
+                Want::Meta => Ok(Opened::Meta(meta)),
+                Want::Body(part) => {
+                    let object = self.get(key, part, &meta).await?;
+                    Ok(Opened::Object { object, part })
+                }
+            }
+        }
+    }
 }
 
 /// A configured source: one of the backend kinds, dispatched without dynamic allocation.
@@ -172,6 +213,16 @@ impl Backend for AnyBackend {
         match self {
             AnyBackend::Fs(b) => b.ready().await,
             AnyBackend::S3(b) => b.ready().await,
+        }
+    }
+
+    async fn open<F>(&self, key: &str, want: F) -> Result<Opened, BackendError>
+    where
+        F: FnOnce(&ObjectMeta) -> Want + Send + 'static,
+    {
+        match self {
+            AnyBackend::Fs(b) => b.open(key, want).await,
+            AnyBackend::S3(b) => b.open(key, want).await,
         }
     }
 }

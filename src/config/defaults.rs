@@ -40,10 +40,10 @@ pub const RELOAD_POLL_SECS_MAX: u64 = 3_600;
 pub const ADMIN_BODY_MAX_BYTES: usize = 64 * 1024;
 
 /// `[rate_limits]` (stage 4, admit).
-pub const PER_IP_RPS: u32 = 200;
-pub const PER_IP_BURST: u32 = 400;
-pub const PER_SUBJECT_RPS: u32 = 100;
-pub const PER_SUBJECT_BURST: u32 = 200;
+pub const PER_IP_RPS: u32 = 1_000;
+pub const PER_IP_BURST: u32 = 2_000;
+pub const PER_SUBJECT_RPS: u32 = 200;
+pub const PER_SUBJECT_BURST: u32 = 400;
 pub const MAX_CONNECTIONS_PER_IP: usize = 256;
 pub const RATE_MAX: u64 = 1_000_000;
 pub const MAX_CONNECTIONS_PER_IP_MAX: u64 = 1_000_000;

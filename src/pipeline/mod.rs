@@ -32,12 +32,12 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use tracing::Instrument;
 
-use crate::backend::{AnyBackend, Backend, BackendError};
+use crate::backend::{AnyBackend, Backend, BackendError, ObjectMeta, Opened, Want};
 use crate::config::Limits;
 use crate::error::Error;
 use crate::telemetry::{Metrics, NetworkDecisionLabel, RouteLabel, RouteStatus, UpstreamError};
 use plan::Plan;
-use range::{Precondition, Selection};
+use range::Answer;
 use respond::{ResponseBody, StreamingBody};
 
 /// What the server knows about the connection a request came on.
@@ -310,59 +310,49 @@ impl Pipeline {
             .sources
             .get(plan.source())
             .ok_or(Error::Plan(plan::PlanError::UnknownSource))?;
+        let conditions = Arc::new(range::conditional_headers(headers));
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let meta = backend.head(plan.key()).await.map_err(backend_err)?;
-            match range::preconditions(headers, &meta) {
-                Precondition::Proceed => {}
-                Precondition::NotModified => {
-                    return respond::object_head(StatusCode::NOT_MODIFIED, &meta, None)
-                        .body(respond::empty())
-                        .map_err(|e| backend_err(BackendError::Protocol(e.to_string())));
-                }
-                Precondition::Failed => return Err(Error::PreconditionFailed),
-            }
-            let spec = if head_only || !range::if_range_holds(headers, &meta) {
-                None
-            } else {
-                range::parse_range(headers)
+            let decide = Arc::clone(&conditions);
+            let want = move |meta: &ObjectMeta| match range::answer(&decide, meta, head_only) {
+                Answer::Send(part) if !head_only => Want::Body(part),
+                _ => Want::Meta,
             };
-            let selection = range::select(spec, meta.size);
-            let part = match selection {
-                Selection::Full => None,
-                Selection::Partial(r) => Some(r),
-                Selection::Unsatisfiable => {
+            let (meta, object) = match backend.open(plan.key(), want).await {
+                Ok(Opened::Meta(meta)) => (meta, None),
+                Ok(Opened::Object { object, part }) => (object.meta.clone(), Some((object, part))),
+                Err(BackendError::Changed) if attempts <= snapshot.limits.upstream_max_retries => {
+                    tracing::debug!(attempts, "object changed while being opened; starting over");
+                    continue;
+                }
+                Err(e) => return Err(backend_err(e)),
+            };
+            let head = |status, part| {
+                respond::object_head(status, &meta, part)
+                    .body(respond::empty())
+                    .map_err(|e| backend_err(BackendError::Protocol(e.to_string())))
+            };
+            let (object, part) = match (range::answer(&conditions, &meta, head_only), object) {
+                (Answer::NotModified, _) => return head(StatusCode::NOT_MODIFIED, None),
+                (Answer::PreconditionFailed, _) => return Err(Error::PreconditionFailed),
+                (Answer::Unsatisfiable, _) => {
                     return Err(Error::RangeNotSatisfiable { size: meta.size });
                 }
+                // HEAD: the headers a GET of the whole object would get, without a body.
+                (Answer::Send(_), None) => return head(StatusCode::OK, None),
+                (Answer::Send(_), Some(opened)) => opened,
             };
             let status = if part.is_some() {
                 StatusCode::PARTIAL_CONTENT
             } else {
                 StatusCode::OK
             };
-            if head_only {
-                return respond::object_head(status, &meta, None)
-                    .body(respond::empty())
-                    .map_err(|e| backend_err(BackendError::Protocol(e.to_string())));
-            }
-            match backend.get(plan.key(), part, &meta).await {
-                Ok(object) => {
-                    let len = part.map_or(object.meta.size, |r| r.len());
-                    let body =
-                        StreamingBody::new(object.body, len, route, Arc::clone(&self.metrics));
-                    return respond::object_head(status, &object.meta, part)
-                        .body(body.boxed_unsync())
-                        .map_err(|e| backend_err(BackendError::Protocol(e.to_string())));
-                }
-                Err(BackendError::Changed) if attempts <= snapshot.limits.upstream_max_retries => {
-                    tracing::debug!(
-                        attempts,
-                        "object changed between head and get; starting over"
-                    );
-                }
-                Err(e) => return Err(backend_err(e)),
-            }
+            let len = part.map_or(meta.size, |r| r.len());
+            let body = StreamingBody::new(object.body, len, route, Arc::clone(&self.metrics));
+            return respond::object_head(status, &meta, part)
+                .body(body.boxed_unsync())
+                .map_err(|e| backend_err(BackendError::Protocol(e.to_string())));
         }
     }
 }

@@ -37,6 +37,53 @@ pub enum Precondition {
     Failed,
 }
 
+/// What a GET or HEAD gets, decided from the conditional headers and the object's metadata alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    NotModified,
+    PreconditionFailed,
+    Unsatisfiable,
+    /// Send the object, or one part of it (`None` = all of it).
+    Send(Option<ByteRange>),
+}
+
+/// Decide the answer: preconditions first, then `If-Range`, then `Range` (never for HEAD).
+pub fn answer(headers: &HeaderMap, meta: &ObjectMeta, head_only: bool) -> Answer {
+    match preconditions(headers, meta) {
+        Precondition::Proceed => {}
+        Precondition::NotModified => return Answer::NotModified,
+        Precondition::Failed => return Answer::PreconditionFailed,
+    }
+    let spec = if head_only || !if_range_holds(headers, meta) {
+        None
+    } else {
+        parse_range(headers)
+    };
+    match select(spec, meta.size) {
+        Selection::Full => Answer::Send(None),
+        Selection::Partial(r) => Answer::Send(Some(r)),
+        Selection::Unsatisfiable => Answer::Unsatisfiable,
+    }
+}
+
+/// An owned copy of just the headers [`answer`] reads, to carry into a backend's blocking call.
+pub fn conditional_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for name in [
+        IF_MATCH,
+        IF_NONE_MATCH,
+        IF_MODIFIED_SINCE,
+        IF_UNMODIFIED_SINCE,
+        IF_RANGE,
+        RANGE,
+    ] {
+        for value in headers.get_all(&name) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
 /// Parse a `Range` header. `None` means "serve the whole object": no header, several headers,
 /// several ranges, another unit, or invalid syntax (a server may ignore what it cannot honour).
 pub fn parse_range(headers: &HeaderMap) -> Option<RangeSpec> {
