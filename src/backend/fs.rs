@@ -10,10 +10,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use futures_util::StreamExt;
-use tokio::io::AsyncReadExt;
-use tokio_util::io::ReaderStream;
-
 use super::{Backend, BackendError, BodyStream, ByteRange, ObjectBody, ObjectMeta, Opened, Want};
 use crate::config::defaults::BODY_CHUNK_BYTES;
 
@@ -82,15 +78,43 @@ impl FileBody {
     fn into_stream(self) -> BodyStream {
         match self {
             FileBody::Read(bytes) => Box::pin(futures_util::stream::once(async move { Ok(bytes) })),
-            FileBody::File(file, len) => {
-                let reader = tokio::fs::File::from_std(file).take(len);
-                Box::pin(
-                    ReaderStream::with_capacity(reader, BODY_CHUNK_BYTES)
-                        .map(|r| r.map_err(BackendError::Io)),
-                )
-            }
+            FileBody::File(file, len) => file_stream(file, len),
         }
     }
+}
+
+/// Read `len` bytes from `file`, one frame per blocking call. Each frame is a fresh buffer handed
+/// straight to hyper (no second copy, no buffer kept per response), so a slow reader holds at most
+/// the frame in flight. A file that shrinks under us ends the stream early, which the response
+/// body turns into an aborted response.
+fn file_stream(file: File, len: u64) -> BodyStream {
+    Box::pin(futures_util::stream::unfold(
+        Some((file, len)),
+        |state| async move {
+            let (mut file, remaining) = state?;
+            if remaining == 0 {
+                return None;
+            }
+            let want = remaining.min(BODY_CHUNK_BYTES as u64);
+            let read = tokio::task::spawn_blocking(move || {
+                let mut buf = Vec::with_capacity(want as usize);
+                (&mut file)
+                    .take(want)
+                    .read_to_end(&mut buf)
+                    .map(|_| (file, buf))
+            })
+            .await;
+            match read {
+                Ok(Ok((_, buf))) if buf.is_empty() => None,
+                Ok(Ok((file, buf))) => {
+                    let left = remaining - buf.len() as u64;
+                    Some((Ok(Bytes::from(buf)), Some((file, left))))
+                }
+                Ok(Err(e)) => Some((Err(BackendError::Io(e)), None)),
+                Err(e) => Some((Err(BackendError::Io(std::io::Error::other(e))), None)),
+            }
+        },
+    ))
 }
 
 /// Position `file` at the part to send; a body that fits in one frame is read right away.

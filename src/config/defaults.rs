@@ -76,6 +76,8 @@ pub const UPSTREAM_MAX_RETRIES_MAX: u64 = 10;
 pub const BODY_CHUNK_BYTES: usize = 64 * 1024;
 /// Per-stream h2 send buffer: with the chunk above, what one slow h2 reader can hold in memory.
 pub const H2_SEND_BUFFER_BYTES: usize = 64 * 1024;
+/// Unsent TLS records rustls may queue per connection (its default is 64 KiB).
+pub const TLS_SEND_BUFFER_BYTES: usize = 32 * 1024;
 /// Longest decoded object key, in bytes (DESIGN.md "Paths and keys").
 pub const MAX_KEY_BYTES: usize = 1024;
 /// Pause after an accept error (EMFILE and friends) so the loop does not spin.

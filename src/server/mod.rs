@@ -31,7 +31,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Limits;
-use crate::config::defaults::{ACCEPT_ERROR_BACKOFF_MS, H2_SEND_BUFFER_BYTES};
+use crate::config::defaults::{
+    ACCEPT_ERROR_BACKOFF_MS, H2_SEND_BUFFER_BYTES, TLS_SEND_BUFFER_BYTES,
+};
 use crate::pipeline::respond::ResponseBody;
 use crate::pipeline::{ConnInfo, Pipeline};
 use crate::telemetry::Metrics;
@@ -141,7 +143,9 @@ pub async fn serve<H: Handler>(
                     };
                     match tls {
                         Some(acceptor) => {
-                            let handshake = tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream)).await;
+                            // rustls queues at most this much ciphertext for a slow reader before it pushes back.
+                            let accept = acceptor.accept_with(stream, |tls| tls.set_buffer_limit(Some(TLS_SEND_BUFFER_BYTES)));
+                            let handshake = tokio::time::timeout(limits.tls_handshake_timeout, accept).await;
                             match handshake {
                                 Ok(Ok(stream)) => serve_connection(stream, conn, handler, &limits, watcher).await,
                                 Ok(Err(e)) => {
