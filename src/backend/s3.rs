@@ -26,13 +26,8 @@ use aws_sdk_s3::primitives::{ByteStream, DateTime};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 
 use super::{Backend, BackendError, BodyStream, ByteRange, ObjectBody, ObjectMeta};
+use crate::config::defaults::{RETRY_INITIAL_BACKOFF_MS, RETRY_MAX_BACKOFF_MS};
 use crate::config::{Limits, S3Credentials, S3Source};
-
-/// First pause between two attempts of one upstream call; the SDK doubles it, with jitter.
-/// The SDK's own default (1 s) is too slow for a request a browser is waiting on.
-const RETRY_INITIAL_BACKOFF_MS: u64 = 100;
-/// Longest pause between two attempts.
-const RETRY_MAX_BACKOFF_MS: u64 = 1_000;
 
 /// One configured S3 source: a client bound to one bucket and key prefix.
 pub struct S3Backend {

@@ -23,6 +23,11 @@ pub const UPSTREAM_CONNECT_TIMEOUT_MS: u64 = 3_000;
 pub const UPSTREAM_FIRST_BYTE_TIMEOUT_SECS: u64 = 15;
 pub const UPSTREAM_IDLE_TIMEOUT_SECS: u64 = 30;
 pub const UPSTREAM_MAX_RETRIES: u32 = 2;
+/// First pause between two attempts of one upstream call; the SDK doubles it, with jitter.
+/// The SDK's own default (1 s) is too slow for a request a browser is waiting on.
+pub const RETRY_INITIAL_BACKOFF_MS: u64 = 100;
+/// Longest pause between two attempts of one upstream call.
+pub const RETRY_MAX_BACKOFF_MS: u64 = 1_000;
 
 /// Time a PROXY-protocol peer has to send its header, in milliseconds.
 pub const PROXY_PROTOCOL_TIMEOUT_MS: u64 = 3_000;

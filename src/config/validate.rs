@@ -1049,30 +1049,23 @@ impl Checker<'_> {
     }
 
     fn existing_dir(&mut self, raw: &Spanned<String>, key: &str) -> Option<PathBuf> {
-        let path = self.path(raw, key)?;
-        let problem = match std::fs::metadata(&path) {
-            Ok(meta) if meta.is_dir() => return Some(path),
-            Ok(_) => "is not a directory".to_owned(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => "does not exist".to_owned(),
-            Err(e) => format!("cannot be accessed ({e})"),
-        };
-        self.push(
-            raw.span(),
-            key,
-            format!(
-                "directory `{}` {problem}; create it or fix the path (relative paths are \
-                 resolved from the config file's directory)",
-                path.display()
-            ),
-        );
-        None
+        self.existing(raw, key, Entry::Dir)
     }
 
     fn existing_file(&mut self, raw: &Spanned<String>, key: &str) -> Option<PathBuf> {
+        self.existing(raw, key, Entry::File)
+    }
+
+    /// A path that must exist at load as a directory or a regular file.
+    fn existing(&mut self, raw: &Spanned<String>, key: &str, want: Entry) -> Option<PathBuf> {
         let path = self.path(raw, key)?;
+        let (noun, fix) = match want {
+            Entry::Dir => ("directory", "create it or fix the path"),
+            Entry::File => ("file", "fix the path"),
+        };
         let problem = match std::fs::metadata(&path) {
-            Ok(meta) if meta.is_file() => return Some(path),
-            Ok(_) => "is not a file".to_owned(),
+            Ok(meta) if want.matches(&meta) => return Some(path),
+            Ok(_) => format!("is not a {noun}"),
             Err(e) if e.kind() == io::ErrorKind::NotFound => "does not exist".to_owned(),
             Err(e) => format!("cannot be accessed ({e})"),
         };
@@ -1080,7 +1073,7 @@ impl Checker<'_> {
             raw.span(),
             key,
             format!(
-                "file `{}` {problem}; fix the path (relative paths are resolved from the config \
+                "{noun} `{}` {problem}; {fix} (relative paths are resolved from the config \
                  file's directory)",
                 path.display()
             ),
@@ -1410,5 +1403,21 @@ mod tests {
         );
         let m = explain_shape_error("unknown field `adr`, expected `addr`");
         assert!(m.ends_with("correct its spelling"), "{m}");
+    }
+}
+
+/// What kind of file system entry a configured path must name.
+#[derive(Clone, Copy)]
+enum Entry {
+    Dir,
+    File,
+}
+
+impl Entry {
+    fn matches(self, meta: &std::fs::Metadata) -> bool {
+        match self {
+            Entry::Dir => meta.is_dir(),
+            Entry::File => meta.is_file(),
+        }
     }
 }
