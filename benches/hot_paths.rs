@@ -73,6 +73,39 @@ fn pipeline_head(c: &mut Criterion) {
         "local".to_string(),
         AnyBackend::Fs(FsBackend::new(dir.path()).expect("fs backend")),
     );
+    // A token for the whole source, verified like any request's (HS256).
+    let secret = "bench-hs256-secret-0123456789abcdef0123";
+    let identity = bucketgate::config::IdentityConfig {
+        audience: "bucketgate".into(),
+        issuer: None,
+        clock_skew: std::time::Duration::from_secs(30),
+        cookie_name: "bucketgate_session".into(),
+        keys: vec![bucketgate::config::KeyConfig {
+            kid: "hs".into(),
+            alg: bucketgate::config::KeyAlg::Hs256,
+            material: bucketgate::config::KeyMaterial::Hs256(bucketgate::config::Secret::new(
+                secret.into(),
+            )),
+            private_key: None,
+            allow_non_expiring: false,
+        }],
+        jwks: None,
+    };
+    let revocations = Arc::new(
+        bucketgate::identity::revocation::Revocations::load(dir.path()).expect("revocations"),
+    );
+    let identity = bucketgate::identity::Identity::new(&identity, revocations).expect("identity");
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("hs".into());
+    let now = bucketgate::identity::unix_now();
+    let token = jsonwebtoken::encode(
+        &header,
+        &serde_json::json!({"sub": "bench", "aud": "bucketgate", "exp": now + 3600,
+            "scope": ["local:"], "role": "owner"}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("token");
+    let bearer = format!("Bearer {token}");
     let pipeline = Pipeline::new(
         Snapshot::new(
             sources,
@@ -80,6 +113,13 @@ fn pipeline_head(c: &mut Criterion) {
             NetworkPolicy::compile(&NetworkConfig::loopback_only()),
         ),
         Arc::new(Metrics::new()),
+    )
+    .with_access(
+        Some(Arc::new(identity)),
+        bucketgate::pipeline::authorize::Policy::new(
+            bucketgate::config::default_roles(),
+            Default::default(),
+        ),
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -90,6 +130,7 @@ fn pipeline_head(c: &mut Criterion) {
     c.bench_function("pipeline/head_64k_fs", |b| {
         b.to_async(&rt).iter(|| async {
             let req = Request::head("/o/local/obj.bin")
+                .header(http::header::AUTHORIZATION, bearer.as_str())
                 .body(http_body_util::Empty::<bytes::Bytes>::new())
                 .expect("request");
             let resp = pipeline.handle(req, conn).await;

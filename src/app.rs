@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -16,11 +17,17 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Admin;
+use crate::audit::{AuditError, AuditLog, WriterDone};
 use crate::backend::fs::FsBackend;
 use crate::backend::s3::S3Backend;
 use crate::backend::{AnyBackend, BackendError};
+use crate::config::defaults::AUDIT_FLUSH_TIMEOUT_SECS;
 use crate::config::{Config, SourceConfig};
+use crate::identity::revocation::{RevocationError, Revocations};
+use crate::identity::{Identity, IdentitySetupError};
 use crate::pipeline::admit::{Admission, AdmitClock};
+use crate::pipeline::authorize::Policy;
+use crate::pipeline::cors::Cors;
 use crate::pipeline::network::NetworkPolicy;
 use crate::pipeline::{Pipeline, Snapshot};
 use crate::reload::{self, Control, FileWatcher, ReloadError, Trigger};
@@ -47,6 +54,12 @@ pub enum StartError {
     },
     #[error("loading the persisted admin state")]
     State(#[from] crate::reload::lists::StateError),
+    #[error("starting the audit log")]
+    Audit(#[from] AuditError),
+    #[error("loading revocations")]
+    Revocations(#[from] RevocationError),
+    #[error("setting up token verification")]
+    Identity(#[from] IdentitySetupError),
     #[error("binding {what} listener on {addr}")]
     Bind {
         what: &'static str,
@@ -66,6 +79,7 @@ pub struct Gateway {
     pipeline: Arc<Pipeline>,
     /// Reloads and admin changes (listener settings from the first config stay until restart).
     control: Arc<Control>,
+    audit_done: WriterDone,
 }
 
 /// How to start a gateway beyond its config.
@@ -139,11 +153,36 @@ impl Gateway {
         // A persisted admin change outranks the file's lists (see reload/lists.rs).
         let config = reload::with_persisted_lists(config)?;
         let admission = Admission::new(&config.rate_limits, options.clock.clone());
-        let pipeline = Arc::new(Pipeline::with_admission(
-            build_snapshot(&config).await?,
-            Arc::clone(&metrics),
-            admission,
-        ));
+        // Identity before any port is bound: a bad key or revocations file fails startup. The
+        // JWKS is fetched once here; a failure is logged and retried on an unknown kid.
+        let revocations = Arc::new(Revocations::load(&config.admin.state_dir)?);
+        let identity = match &config.identity {
+            Some(ic) => {
+                let identity = Identity::new(ic, Arc::clone(&revocations))?;
+                identity.load_jwks().await;
+                Some(Arc::new(identity))
+            }
+            None => {
+                tracing::warn!(
+                    "no [identity] in the config: every object request is refused (401)"
+                );
+                None
+            }
+        };
+        let (audit, audit_done) = AuditLog::start(&config.audit, Arc::clone(&metrics))?;
+        let pipeline = Arc::new(
+            Pipeline::with_admission(
+                build_snapshot(&config).await?,
+                Arc::clone(&metrics),
+                admission,
+            )
+            .with_audit(audit)
+            .with_cors(Cors::new(&config.cors))
+            .with_access(
+                identity,
+                Policy::new(config.roles.clone(), config.projects.clone()),
+            ),
+        );
         let per_ip = Arc::new(PerIpConnections::new(
             config.rate_limits.max_connections_per_ip,
         ));
@@ -154,7 +193,10 @@ impl Gateway {
             options.config_path.clone(),
             config.clone(),
         ));
-        let admin = Arc::new(Admin::new(Arc::clone(&pipeline), Arc::clone(&control)));
+        let admin = Arc::new(
+            Admin::new(Arc::clone(&pipeline), Arc::clone(&control))
+                .with_revocations(revocations, config.admin.token.clone()),
+        );
 
         let bind = |what: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -209,6 +251,7 @@ impl Gateway {
             metrics,
             pipeline,
             control,
+            audit_done,
         })
     }
 
@@ -258,12 +301,30 @@ impl Gateway {
         self.wait().await;
     }
 
-    /// Wait until the gateway has stopped (after its shutdown token was cancelled).
+    /// Wait until the gateway has stopped (after its shutdown token was cancelled) and every
+    /// audit record is written.
     pub async fn wait(self) {
-        for task in self.tasks {
+        let Gateway {
+            tasks,
+            pipeline,
+            control,
+            audit_done,
+            ..
+        } = self;
+        for task in tasks {
             if let Err(e) = task.await {
                 tracing::error!(error = %e, "listener task failed");
             }
+        }
+        // The audit writer finishes once every holder of the log is gone: these are the last.
+        drop(control);
+        drop(pipeline);
+        let flush = Duration::from_secs(AUDIT_FLUSH_TIMEOUT_SECS);
+        if tokio::time::timeout(flush, audit_done.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("audit writer still busy after shutdown; some records may be lost");
         }
     }
 }

@@ -7,7 +7,9 @@ use http::StatusCode;
 
 use crate::admin::api::AdminError;
 use crate::backend::BackendError;
+use crate::identity::IdentityError;
 use crate::pipeline::admit::RateLimited;
+use crate::pipeline::authorize::AuthzError;
 use crate::pipeline::network::{NetworkError, RuleRef};
 use crate::pipeline::plan::PlanError;
 
@@ -24,8 +26,16 @@ pub enum Error {
     NetworkDenied { rule: RuleRef },
     #[error("bad request")]
     Plan(#[from] PlanError),
+    /// Stage 2. Every cause is one 401 with one body, except a token in two places (400).
+    #[error("unauthorized")]
+    Identity(#[source] IdentityError),
+    /// Stage 3. Every cause is one 403 with one body.
+    #[error("forbidden")]
+    Forbidden(#[source] AuthzError),
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("CORS preflight from an origin that is not in cors.allowed_origins")]
+    CorsOriginNotAllowed,
     #[error("request body on a read-only route")]
     BodyNotAllowed,
     #[error("precondition failed")]
@@ -62,7 +72,12 @@ impl Error {
                 | PlanError::UnknownParameter
                 | PlanError::RepeatedParameter => StatusCode::BAD_REQUEST,
             },
+            Error::Identity(IdentityError::AmbiguousToken) => StatusCode::BAD_REQUEST,
+            // Every other identity failure is the same 401, by design (fail closed).
+            Error::Identity(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Error::CorsOriginNotAllowed => StatusCode::FORBIDDEN,
             Error::BodyNotAllowed => StatusCode::PAYLOAD_TOO_LARGE,
             Error::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             Error::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
@@ -102,7 +117,13 @@ impl Error {
                 PlanError::UnknownParameter => "unknown query parameter",
                 PlanError::RepeatedParameter => "repeated query parameter",
             },
+            Error::Identity(IdentityError::AmbiguousToken) => {
+                "token given in more than one place (Authorization, cookie, token=)"
+            }
+            Error::Identity(_) => "unauthorized",
+            Error::Forbidden(_) => "forbidden",
             Error::MethodNotAllowed => "method not allowed",
+            Error::CorsOriginNotAllowed => "forbidden",
             Error::BodyNotAllowed => "request bodies are not accepted",
             Error::PreconditionFailed => "precondition failed",
             Error::RangeNotSatisfiable { .. } => "range not satisfiable",

@@ -7,12 +7,15 @@
 
 pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod backend;
 pub mod config;
 pub mod error;
+pub mod identity;
 pub mod pipeline;
 pub mod reload;
 pub mod server;
 pub mod telemetry;
+pub mod tokens;
 
 pub use app::{Gateway, StartError, StartOptions};

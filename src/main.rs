@@ -3,12 +3,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use bucketgate::Gateway;
-use bucketgate::config::{self, Config, TlsConfig};
+use bucketgate::config::{self, Config, KeyAlg, TlsConfig};
 use bucketgate::reload::{Control, Trigger};
 use bucketgate::telemetry::{self, LogFormat};
+use bucketgate::tokens::{self, Grant, Rep, Signer, Target, Ttl};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -56,6 +58,80 @@ enum Command {
         /// The request path, e.g. /o/photos/cat.jpg.
         path: String,
     },
+    /// Print a signed URL (https://HOST/o/SOURCE/KEY?token=JWT) for one key or a prefix.
+    Sign {
+        #[command(flatten)]
+        mint: MintArgs,
+        /// Scheme and host of the gateway, e.g. https://gw.example.com. Default: the config's
+        /// listener address, or https://127.0.0.1:8443 without --config.
+        #[arg(long)]
+        base_url: Option<String>,
+    },
+    /// Print a session token (a JWT for `Authorization: Bearer` or the session cookie).
+    Token {
+        #[command(flatten)]
+        mint: MintArgs,
+    },
+    /// Generate a signing key: an HS256 secret or an EdDSA / ES256 key pair (PEM), and print the
+    /// [[identity.keys]] table to paste into the config.
+    Keygen {
+        #[arg(long, value_parser = parse_alg)]
+        alg: KeyAlg,
+        /// Directory to write the key files to.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Key id (`kid`). Default: key-XXXXXXXX (random).
+        #[arg(long)]
+        kid: Option<String>,
+    },
+}
+
+/// What `sign` and `token` put into a token.
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["key", "prefix"])))]
+struct MintArgs {
+    /// Source name, as in /o/SOURCE/...
+    #[arg(long)]
+    source: String,
+    /// One object key (decoded, e.g. `cats/1 2.jpg`).
+    #[arg(long)]
+    key: Option<String>,
+    /// Every key under this prefix (ending in `/`; empty = the whole source).
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Lifetime: 30s, 15m, 1h, 7d (at most 7 days), or `none` if the key allows it.
+    #[arg(long, default_value = "15m", value_parser = tokens::parse_ttl)]
+    ttl: Ttl,
+    /// Bind the token to client addresses (a CIDR or one address).
+    #[arg(long, value_parser = tokens::parse_cidr)]
+    cip: Option<ipnet::IpNet>,
+    /// Representations the token may see (repeatable): original, derived. Default: any.
+    #[arg(long)]
+    rep: Vec<Rep>,
+    /// Role (`role`): what the token may do; a seed role or one from [roles].
+    #[arg(long, default_value = tokens::DEFAULT_ROLE)]
+    role: String,
+    #[arg(long)]
+    project: Option<String>,
+    /// Subject (`sub`): who the token is for.
+    #[arg(long, default_value = tokens::DEFAULT_SUBJECT)]
+    sub: String,
+    /// Config whose [[identity.keys]] to sign with. Default: the embedded default's
+    /// development key in ./.bucketgate/ (created if missing).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Key id to sign with. Default: the first key that can sign.
+    #[arg(long)]
+    kid: Option<String>,
+}
+
+fn parse_alg(text: &str) -> Result<KeyAlg, String> {
+    match text {
+        "HS256" => Ok(KeyAlg::Hs256),
+        "EdDSA" => Ok(KeyAlg::EdDsa),
+        "ES256" => Ok(KeyAlg::Es256),
+        _ => Err("write HS256, EdDSA or ES256".to_owned()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -69,6 +145,9 @@ fn main() -> ExitCode {
             forwarded,
             path,
         } => explain(&config, &peer, forwarded_for, forwarded, &path),
+        Command::Sign { mint, base_url } => report(sign(&mint, base_url.as_deref())),
+        Command::Token { mint } => report(token(&mint)),
+        Command::Keygen { alg, out, kid } => report(keygen(alg, &out, kid)),
         Command::Serve { config } => {
             telemetry::init_logging(cli.log_format);
             match serve(config) {
@@ -80,6 +159,88 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Print the command's output, or its error chain and exit 1.
+fn report(result: anyhow::Result<String>) -> ExitCode {
+    match result {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bucketgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The signer and base URL for `sign`/`token`: from `--config`, or the embedded default's
+/// development key (the same one `serve` without a config uses).
+fn signer(args: &MintArgs) -> anyhow::Result<(Signer, String)> {
+    let (config, base) = match &args.config {
+        Some(path) => {
+            let config = config::load(path)
+                .map_err(|errors| anyhow::anyhow!("invalid config:\n{errors}"))?;
+            let base = tokens::base_url_for(&config);
+            (config, base)
+        }
+        None => {
+            let cwd = std::env::current_dir().context("reading the current directory")?;
+            let config = Config::embedded_default(&cwd)
+                .context("reading the development signing key in ./.bucketgate/")?;
+            (config, tokens::DEFAULT_BASE_URL.to_owned())
+        }
+    };
+    Ok((Signer::from_config(&config, args.kid.as_deref())?, base))
+}
+
+fn mint(args: &MintArgs, signer: &Signer) -> anyhow::Result<(String, Target)> {
+    let target = match (&args.key, &args.prefix) {
+        (Some(key), _) => Target::key(key)?,
+        (None, Some(prefix)) => Target::prefix(prefix)?,
+        (None, None) => anyhow::bail!("give --key or --prefix"),
+    };
+    let grant = Grant {
+        source: args.source.clone(),
+        target: target.clone(),
+        ttl: args.ttl,
+        subject: args.sub.clone(),
+        role: args.role.clone(),
+        project: args.project.clone(),
+        cip: args.cip,
+        rep: args.rep.clone(),
+    };
+    Ok((signer.mint(&grant, SystemTime::now())?, target))
+}
+
+fn sign(args: &MintArgs, base_url: Option<&str>) -> anyhow::Result<String> {
+    let (signer, default_base) = signer(args)?;
+    let base = match base_url {
+        Some(url) => tokens::parse_base_url(url)?,
+        None => default_base,
+    };
+    let (token, target) = mint(args, &signer)?;
+    Ok(tokens::signed_url(&base, &args.source, &target, &token))
+}
+
+fn token(args: &MintArgs) -> anyhow::Result<String> {
+    let (signer, _) = signer(args)?;
+    Ok(mint(args, &signer)?.0)
+}
+
+fn keygen(alg: KeyAlg, out: &std::path::Path, kid: Option<String>) -> anyhow::Result<String> {
+    let kid = match kid {
+        Some(kid) => kid,
+        None => tokens::random_kid()?,
+    };
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let generated = tokens::keygen(alg, &kid, out)?;
+    for file in &generated.files {
+        eprintln!("wrote {}", file.display());
+    }
+    eprintln!("add this to the config's [identity] section:");
+    Ok(generated.snippet)
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
@@ -164,7 +325,7 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             let data = cwd.join("data");
             std::fs::create_dir_all(&data)
                 .with_context(|| format!("creating {}", data.display()))?;
-            Config::embedded_default(&cwd)
+            Config::embedded_default(&cwd).context("creating the development signing key")?
         }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -200,11 +361,14 @@ fn print_welcome(config: &Config, gateway: &Gateway) {
     };
     let data = gateway.data_addr();
     println!("bucketgate is serving ./data as the source `local` (embedded default config)");
-    println!("  try:     echo hello > data/hello.txt");
-    println!(
-        "           curl --cacert {} https://{data}/o/local/hello.txt",
-        cert.display()
-    );
+    match welcome_url(config, &format!("https://{data}")) {
+        Ok(url) => {
+            println!("  try (valid for 1 hour):");
+            println!("           curl --cacert {} '{url}'", cert.display());
+        }
+        Err(e) => println!("  (no signed URL to try: {e:#})"),
+    }
+    println!("  more:    bucketgate sign --source local --key KEY   (in this directory)");
     println!("  metrics: curl http://{}/metrics", gateway.admin_addr());
 }
 
@@ -230,6 +394,36 @@ async fn reload_on_sighup(control: Arc<Control>) {
     {
         let _ = control;
     }
+}
+
+/// A signed URL for `hello.txt` (written into ./data first if the directory is empty).
+fn welcome_url(config: &Config, base: &str) -> anyhow::Result<String> {
+    const HELLO: &str = "hello.txt";
+    if let Some(bucketgate::config::SourceConfig::Fs(fs)) = config.sources.get("local") {
+        let empty = std::fs::read_dir(&fs.root)
+            .with_context(|| format!("reading {}", fs.root.display()))?
+            .next()
+            .is_none();
+        if empty {
+            let path = fs.root.join(HELLO);
+            std::fs::write(&path, "hello from bucketgate\n")
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    let signer = Signer::from_config(config, None)?;
+    let target = Target::key(HELLO)?;
+    let grant = Grant {
+        source: "local".to_owned(),
+        target: target.clone(),
+        ttl: Ttl::For(Duration::from_secs(3600)),
+        subject: tokens::DEFAULT_SUBJECT.to_owned(),
+        role: tokens::DEFAULT_ROLE.to_owned(),
+        project: None,
+        cip: None,
+        rep: Vec::new(),
+    };
+    let token = signer.mint(&grant, SystemTime::now())?;
+    Ok(tokens::signed_url(base, "local", &target, &token))
 }
 
 async fn wait_for_signal() {

@@ -92,6 +92,8 @@ pub struct Metrics {
     pub rate_limited: Family<RateLimitedLabel, Counter>,
     pub rejected_connections_per_ip: Counter<u64, AtomicU64>,
     pub config_reloads: Family<ReloadLabel, Counter>,
+    pub audit_dropped_records: Counter<u64, AtomicU64>,
+    pub audit_write_errors: Counter<u64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -190,6 +192,18 @@ impl Metrics {
             "Connections closed for a missing, malformed or late PROXY protocol header",
             proxy_protocol_failures.clone(),
         );
+        let audit_dropped_records = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "audit_dropped_records",
+            "Audit records dropped because the writer fell behind (queue full)",
+            audit_dropped_records.clone(),
+        );
+        let audit_write_errors = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "audit_write_errors",
+            "Failed writes (or rotations) of the audit log",
+            audit_write_errors.clone(),
+        );
         Metrics {
             registry,
             network_decisions,
@@ -206,6 +220,8 @@ impl Metrics {
             rate_limited,
             rejected_connections_per_ip,
             config_reloads,
+            audit_dropped_records,
+            audit_write_errors,
         }
     }
 

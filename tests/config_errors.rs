@@ -886,13 +886,13 @@ fn config_admin_token_env_variable_must_be_set() {
 #[test]
 fn config_admin_token_file_is_read_relative_to_the_config() {
     let dir = Dir::new();
-    std::fs::write(dir.path().join("admin-token"), "t0ken\n").unwrap();
+    std::fs::write(dir.path().join("admin-token"), "t0ken-long-enough-16\n").unwrap();
     let config = dir
         .load(&format!(
             "{ADMIN_BASE}[admin]\ntoken = \"file:admin-token\"\n"
         ))
         .unwrap();
-    assert_eq!(config.admin.token.unwrap().expose(), "t0ken");
+    assert_eq!(config.admin.token.unwrap().expose(), "t0ken-long-enough-16");
 }
 
 #[test]
@@ -949,4 +949,214 @@ fn config_rate_limits_misspelt_key_is_named() {
     let text = format!("{ADMIN_BASE}[rate_limits]\nper_ip_rpm = 5\n");
     let e = one_error(&text);
     assert_at(&e, 10, "rate_limits.per_ip_rpm", "correct its spelling");
+}
+
+// ---- [audit] and [cors] ----
+
+/// Six lines that load on their own; the table under test starts on line 7.
+const BASE: &str = "[listener]\naddr = \"127.0.0.1:0\"\ndev_certificate_dir = \".bucketgate\"\n\
+                    [sources.local]\nkind = \"fs\"\nroot = \"data\"\n";
+
+#[test]
+fn config_audit_file_gets_rotation_defaults() {
+    let dir = Dir::new();
+    let config = dir
+        .load(&format!(
+            "{BASE}[audit]\ndestination = \"file\"\npath = \"audit.log\"\n"
+        ))
+        .unwrap();
+    assert_eq!(
+        config.audit.destination,
+        config::AuditDestination::File {
+            path: dir.path().join("audit.log"),
+            max_bytes: config::defaults::AUDIT_MAX_BYTES,
+            keep: config::defaults::AUDIT_KEEP,
+        }
+    );
+    assert!(config.cors.allowed_origins.is_empty());
+}
+
+#[test]
+fn config_audit_unknown_destination() {
+    let e = one_error(&format!("{BASE}[audit]\ndestination = \"syslog\"\n"));
+    assert_at(&e, 8, "audit.destination", "\"stdout\", \"file\"");
+}
+
+#[test]
+fn config_audit_file_without_path() {
+    let e = one_error(&format!("{BASE}[audit]\ndestination = \"file\"\n"));
+    assert_at(&e, 7, "audit.path", "add e.g.");
+}
+
+#[test]
+fn config_audit_path_in_missing_directory() {
+    let e = one_error(&format!(
+        "{BASE}[audit]\ndestination = \"file\"\npath = \"nope/audit.log\"\n"
+    ));
+    assert_at(&e, 9, "audit.path", "does not exist");
+}
+
+#[test]
+fn config_audit_file_keys_without_file_destination() {
+    let e = one_error(&format!(
+        "{BASE}[audit]\ndestination = \"stdout\"\nkeep = 3\n"
+    ));
+    assert_at(&e, 9, "audit.keep", "destination = \"file\"");
+}
+
+#[test]
+fn config_audit_rotation_bounds() {
+    let errors = errors(&format!(
+        "{BASE}[audit]\ndestination = \"file\"\npath = \"a.log\"\nmax_bytes = 10\nkeep = -1\n"
+    ));
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert_at(&errors[0], 10, "audit.max_bytes", "from 4096");
+    assert_at(&errors[1], 11, "audit.keep", "from 0 to 1000");
+}
+
+#[test]
+fn config_cors_origin_must_be_exact() {
+    let errors = errors(&format!(
+        "{BASE}[cors]\nallowed_origins = [\n  \"https://ok.example.com\",\n  \"*\",\n  \
+         \"https://app.example.com/\",\n  \"https://ok.example.com\",\n]\n"
+    ));
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+    assert_at(&errors[0], 10, "cors.allowed_origins", "wildcard");
+    assert_at(&errors[1], 11, "cors.allowed_origins", "trailing slash");
+    assert_at(&errors[2], 12, "cors.allowed_origins", "listed twice");
+}
+
+#[test]
+fn config_cors_max_age_bounds() {
+    let e = one_error(&format!("{BASE}[cors]\nmax_age_secs = 0\n"));
+    assert_at(&e, 8, "cors.max_age_secs", "from 1 to 86400");
+}
+
+// ---- [identity], [roles], [projects], [admin] token/state_dir ----
+
+// BASE (six lines, from the [audit] tests above) loads on its own; tables start on line 7.
+
+fn with_secret_file(dir: &Dir, name: &str, value: &str) {
+    std::fs::write(dir.path().join(name), value).unwrap();
+}
+
+#[test]
+fn config_identity_without_audience_or_keys_is_refused() {
+    let errors = errors(&format!("{BASE}[identity]\nclock_skew_secs = 30\n"));
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert_at(&errors[0], 7, "identity.audience", "add `audience");
+    assert_at(&errors[1], 7, "identity", "[[identity.keys]]");
+}
+
+#[test]
+fn config_identity_key_with_unknown_alg_is_refused() {
+    let e = one_error(&format!(
+        "{BASE}[identity]\naudience = \"a\"\n[[identity.keys]]\nkid = \"k\"\nalg = \"RS256\"\n"
+    ));
+    assert_at(
+        &e,
+        11,
+        "identity.keys[0].alg",
+        "use \"HS256\", \"EdDSA\" or \"ES256\"",
+    );
+}
+
+#[test]
+fn config_identity_short_hs256_secret_is_refused_without_echoing_it() {
+    let dir = Dir::new();
+    with_secret_file(&dir, "short.txt", "tooshort-secret");
+    let errors = dir
+        .load(&format!(
+            "{BASE}[identity]\naudience = \"a\"\n[[identity.keys]]\nkid = \"k\"\nalg = \"HS256\"\n\
+             secret = \"file:short.txt\"\n"
+        ))
+        .unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_at(
+        &errors[0],
+        12,
+        "identity.keys[0].secret",
+        "shorter than 32 bytes",
+    );
+    assert!(!errors[0].message.contains("tooshort"), "{}", errors[0]);
+}
+
+#[test]
+fn config_identity_bad_public_key_and_duplicate_kid_are_refused() {
+    let dir = Dir::new();
+    with_secret_file(&dir, "pub.txt", "not a pem");
+    with_secret_file(&dir, "s.txt", "0123456789abcdef0123456789abcdef");
+    let errors = dir
+        .load(&format!(
+            "{BASE}[identity]\naudience = \"a\"\n\
+             [[identity.keys]]\nkid = \"k\"\nalg = \"EdDSA\"\npublic_key = \"file:pub.txt\"\n\
+             [[identity.keys]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = \"file:s.txt\"\n"
+        ))
+        .unwrap_err();
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert_at(
+        &errors[0],
+        12,
+        "identity.keys[0].public_key",
+        "BEGIN PUBLIC KEY",
+    );
+    assert_at(&errors[1], 14, "identity.keys[1].kid", "its own kid");
+}
+
+#[test]
+fn config_identity_skew_above_its_bound_and_http_jwks_are_refused() {
+    let errors = errors(&format!(
+        "{BASE}[identity]\naudience = \"a\"\nclock_skew_secs = 301\n\
+         [identity.jwks]\nurl = \"http://idp.example.com/jwks.json\"\n"
+    ));
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert_at(&errors[0], 9, "identity.clock_skew_secs", "from 0 to 300");
+    assert_at(&errors[1], 11, "identity.jwks.url", "https://");
+}
+
+#[test]
+fn config_project_with_bad_scope_or_unknown_source_is_refused() {
+    let errors = errors(&format!(
+        "{BASE}[projects.p]\nsources = [\"local:a\", \"photos:team/\"]\n"
+    ));
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert_at(&errors[0], 8, "projects.p.sources", "ends with `/`");
+    assert_at(
+        &errors[1],
+        8,
+        "projects.p.sources",
+        "source `photos` is not configured",
+    );
+}
+
+#[test]
+fn config_bad_role_name_is_refused_and_roles_merge_over_the_seeds() {
+    let e = one_error(&format!("{BASE}[roles.Admin]\nread_original = false\n"));
+    assert_at(&e, 7, "roles.Admin", "lowercase");
+    let config = Dir::new()
+        .load(&format!("{BASE}[roles.annotator]\nread_original = false\n"))
+        .unwrap();
+    assert!(!config.roles["annotator"].read_original);
+    assert!(
+        !config.roles["labeler"].read_original,
+        "labeler follows annotator"
+    );
+    assert!(config.roles["owner"].read_original);
+    assert!(
+        config.identity.is_none(),
+        "no [identity]: fail closed at runtime"
+    );
+}
+
+#[test]
+fn config_short_admin_token_is_refused() {
+    let dir = Dir::new();
+    with_secret_file(&dir, "admin.txt", "short");
+    let errors = dir
+        .load(&format!(
+            "[admin]\naddr = \"127.0.0.1:0\"\ntoken = \"file:admin.txt\"\n{BASE}"
+        ))
+        .unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_at(&errors[0], 3, "admin.token", "shorter than 16 bytes");
 }

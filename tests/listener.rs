@@ -139,9 +139,7 @@ async fn tls12_and_tls13_both_serve_requests() {
             .await
             .unwrap();
         assert_eq!(tls.get_ref().1.protocol_version(), Some(want));
-        tls.write_all(b"GET /o/local/hello.txt HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
+        tls.write_all(hello_request(&gw).as_bytes()).await.unwrap();
         let (resp, closed) = read_until_closed(&mut tls, Duration::from_secs(10)).await;
         assert!(closed, "{want:?}: connection not closed");
         assert_eq!(status_line(&resp), "HTTP/1.1 200 OK", "{want:?}");
@@ -308,7 +306,7 @@ async fn third_connection_is_closed_while_two_are_held_at_max_connections_2() {
     assert!(gw.gateway().metrics().rejected_connections.get() >= 1);
     // The held connections still work.
     second
-        .write_all(b"GET /o/local/hello.txt HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+        .write_all(hello_request(&gw).as_bytes())
         .await
         .unwrap();
     let (resp, _) = read_until_closed(&mut second, Duration::from_secs(10)).await;
@@ -322,16 +320,20 @@ async fn third_connection_is_closed_while_two_are_held_at_max_connections_2() {
         Duration::from_millis(50),
         || async {
             let mut tls = gw.tls_connect(config.clone()).await.ok()?;
-            tls.write_all(
-                b"GET /o/local/hello.txt HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
-            )
-            .await
-            .ok()?;
+            tls.write_all(hello_request(&gw).as_bytes()).await.ok()?;
             let (resp, _) = read_until_closed(&mut tls, Duration::from_secs(10)).await;
             (status_line(&resp) == "HTTP/1.1 200 OK").then_some(())
         },
     )
     .await;
+}
+
+/// `GET /o/local/hello.txt` over HTTP/1.1 with the test token, closing the connection after.
+fn hello_request(gw: &TestGateway) -> String {
+    format!(
+        "GET /o/local/hello.txt HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n{}\r\n",
+        gw.auth_line()
+    )
 }
 
 /// Cheap deterministic bytes for large objects.

@@ -167,12 +167,19 @@ async fn network_source_lists_narrow_the_global_allow_list() {
         ("127.0.0.4", "/o/local/hello.txt", StatusCode::FORBIDDEN),
         ("127.0.0.4", "/o/photos/hello.txt", StatusCode::FORBIDDEN),
         ("127.0.0.2", "/o/closed/hello.txt", StatusCode::FORBIDDEN),
-        // An encoded source name names no configured source: global lists, then 404.
-        ("127.0.0.3", "/o/ph%6ftos/hello.txt", StatusCode::NOT_FOUND),
     ] {
         let (status, _) = get_from(&gw, from, path).await;
         assert_eq!(status, want, "{from} {path}");
     }
+    // An encoded source name names no configured source: global lists, then 404 (to a token
+    // whose scope names it; any other token is refused before the source is looked up).
+    let wide = format!(
+        "Bearer {}",
+        support::token_for_sources(&["ph%6ftos".to_string()])
+    );
+    let path = "/o/ph%6ftos/hello.txt";
+    let (status, _) = get_with(&gw, "127.0.0.3", path, &[("authorization", &wide)]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "127.0.0.3 {path}");
 }
 
 #[tokio::test]
@@ -332,9 +339,11 @@ async fn network_open_connection_is_judged_by_the_new_rules_on_its_next_request(
         .await
         .unwrap();
     tokio::spawn(conn);
+    let bearer = format!("Bearer {}", gw.token().expect("test token"));
     let get = |host: String| {
         http::Request::get("/o/local/hello.txt")
             .header(http::header::HOST, host)
+            .header(http::header::AUTHORIZATION, &bearer)
             .body(Empty::<Bytes>::new())
             .unwrap()
     };
@@ -343,7 +352,7 @@ async fn network_open_connection_is_judged_by_the_new_rules_on_its_next_request(
     assert_eq!(resp.status(), StatusCode::OK);
     resp.into_body().collect().await.unwrap();
 
-    let mut config = bucketgate::config::Config::embedded_default(dir.path());
+    let mut config = bucketgate::config::Config::embedded_default(dir.path()).unwrap();
     config.sources = BTreeMap::from([("local".to_string(), fs_source(dir.path()))]);
     config.network = network(&["127.0.0.0/8"], &["127.0.0.1/32"]);
     gw.gateway().reload(config).await.unwrap();
@@ -385,6 +394,10 @@ async fn get_over(gw: &TestGateway, tcp: TcpStream) -> std::io::Result<StatusCod
     tokio::spawn(conn);
     let req = http::Request::get("/o/local/hello.txt")
         .header(http::header::HOST, gw.data_addr().to_string())
+        .header(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", gw.token().expect("test token")),
+        )
         .body(Empty::<Bytes>::new())
         .unwrap();
     let resp = sender

@@ -528,9 +528,18 @@ async fn missing_key_is_404_with_json_error(kind: Kind) {
                 }
             }
         }
-        // An unknown source looks the same as an unknown key.
+        // An unknown source looks the same as an unknown key (to a token whose scope names it;
+        // any other token is refused before the source is looked up).
+        let wide = support::token_for_sources(&[SRC.to_string(), "nosuchsource".to_string()]);
+        let auth = format!("Bearer {wide}");
         let r = bed
-            .send(proto, Method::GET, "/o/nosuchsource/absent.txt", &[], None)
+            .send(
+                proto,
+                Method::GET,
+                "/o/nosuchsource/absent.txt",
+                &[("authorization", &auth)],
+                None,
+            )
             .await;
         assert_eq!(
             r.status,

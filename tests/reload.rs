@@ -34,6 +34,7 @@ impl Env {
         std::fs::create_dir(dir.path().join("data")).unwrap();
         std::fs::write(dir.path().join("data/hello.txt"), b"hello\n").unwrap();
         std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+        std::fs::write(dir.path().join("hs256"), support::TEST_SECRET).unwrap();
         Env {
             dir,
             version: 0,
@@ -52,12 +53,17 @@ impl Env {
             "[listener]\naddr = \"127.0.0.1:0\"\ndev_certificate_dir = \"{d}/tls\"\n\n\
              [admin]\naddr = \"127.0.0.1:0\"\ntoken = \"file:{d}/token\"\nstate_dir = \"{d}/state\"\n\
              reload_poll_secs = {poll}\n\n\
-             [rate_limits]\nper_ip_rps = 1000000\nper_ip_burst = 1000000\n\n\
+             [rate_limits]\nper_ip_rps = 1000000\nper_ip_burst = 1000000\n\
+             per_subject_rps = 1000000\nper_subject_burst = 1000000\n\n\
              [sources.local]\nkind = \"fs\"\nroot = \"{d}/data\"\n\n\
+             [identity]\naudience = \"{aud}\"\n\
+             [[identity.keys]]\nkid = \"{kid}\"\nalg = \"HS256\"\nsecret = \"file:{d}/hs256\"\n\n\
              [network]\nallow = [{}]\n# version {}\n",
             allow.join(", "),
             self.version,
             poll = self.poll_secs,
+            aud = support::TEST_AUDIENCE,
+            kid = support::TEST_KID,
         )
     }
 
@@ -316,6 +322,7 @@ async fn keep_alive_status(
     let io = TokioIo::new(stream);
     let url = gw.url("/o/local/hello.txt");
     let host = gw.data_addr().to_string();
+    let bearer = format!("Bearer {}", gw.token().expect("test token"));
     let sent = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&sent);
     enum Sender {
@@ -341,6 +348,7 @@ async fn keep_alive_status(
         let sender = Arc::clone(&sender);
         let url = url.clone();
         let host = host.clone();
+        let bearer = bearer.clone();
         let counter = Arc::clone(&counter);
         Box::pin(async move {
             let mut sender = sender.lock().await;
@@ -348,12 +356,16 @@ async fn keep_alive_status(
                 Sender::H1(s) => {
                     let req = http::Request::get("/o/local/hello.txt")
                         .header("host", host)
+                        .header("authorization", bearer)
                         .body(Empty::new())
                         .unwrap();
                     s.send_request(req).await.expect("same connection answers")
                 }
                 Sender::H2(s) => {
-                    let req = http::Request::get(url).body(Empty::new()).unwrap();
+                    let req = http::Request::get(url)
+                        .header("authorization", bearer)
+                        .body(Empty::new())
+                        .unwrap();
                     s.send_request(req).await.expect("same connection answers")
                 }
             };

@@ -77,6 +77,48 @@ pub const UPSTREAM_FIRST_BYTE_TIMEOUT_SECS_MAX: u64 = 600;
 pub const UPSTREAM_IDLE_TIMEOUT_SECS_MAX: u64 = 3_600;
 pub const UPSTREAM_MAX_RETRIES_MAX: u64 = 10;
 
+/// `[audit]`: rotate the file when it would grow past this many bytes (100 MiB), keeping this many
+/// old files; bounds accepted by validation.
+pub const AUDIT_MAX_BYTES: u64 = 100 * 1024 * 1024;
+pub const AUDIT_MAX_BYTES_MIN: u64 = 4 * 1024;
+pub const AUDIT_MAX_BYTES_MAX: u64 = 1024 * 1024 * 1024 * 1024;
+pub const AUDIT_KEEP: u32 = 5;
+pub const AUDIT_KEEP_MAX: u64 = 1_000;
+/// Audit records waiting for the writer; beyond this they are dropped and counted, so a slow
+/// disk never blocks a request.
+pub const AUDIT_CHANNEL_CAPACITY: usize = 16 * 1024;
+/// On shutdown, time given to the audit writer to write what is queued.
+pub const AUDIT_FLUSH_TIMEOUT_SECS: u64 = 5;
+
+/// `[cors]`: how long a browser may cache a preflight answer (1-86400).
+pub const CORS_MAX_AGE_SECS: u64 = 600;
+pub const CORS_MAX_AGE_SECS_MAX: u64 = 86_400;
+
+/// `[identity]`: tolerated clock difference for `exp`/`nbf`, and its upper bound.
+pub const CLOCK_SKEW_SECS: u64 = 30;
+pub const CLOCK_SKEW_SECS_MAX: u64 = 300;
+/// `[identity]`: the session cookie that may carry a token.
+pub const SESSION_COOKIE_NAME: &str = "bucketgate_session";
+/// `[identity.jwks]`: an unknown `kid` triggers at most one JWKS fetch per interval (1-86400).
+pub const JWKS_REFRESH_MIN_INTERVAL_SECS: u64 = 60;
+pub const JWKS_REFRESH_MIN_INTERVAL_SECS_MAX: u64 = 86_400;
+/// One JWKS fetch (connect, TLS, response) must finish within this.
+pub const JWKS_FETCH_TIMEOUT_SECS: u64 = 5;
+/// Largest JWKS document accepted.
+pub const JWKS_MAX_BYTES: usize = 256 * 1024;
+/// Shortest HS256 secret accepted (RFC 7518 3.2: at least the hash size).
+pub const HS256_MIN_SECRET_BYTES: usize = 32;
+/// Longest token accepted; anything longer is refused before it is parsed.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// The embedded default's development key: id, audience, and file under `.bucketgate/`.
+pub const DEV_KEY_ID: &str = "dev";
+pub const DEV_AUDIENCE: &str = "bucketgate";
+pub const DEV_KEY_FILE: &str = "dev-hs256.key";
+/// Revocations file inside the state directory.
+pub const REVOCATIONS_FILE: &str = "revocations.json";
+/// Largest admin API request body.
+pub const ADMIN_MAX_BODY_BYTES: usize = 16 * 1024;
+
 /// Bytes read from a backend per body frame: bounds per-response memory.
 pub const BODY_CHUNK_BYTES: usize = 64 * 1024;
 /// Per-stream h2 send buffer: with the chunk above, what one slow h2 reader can hold in memory.

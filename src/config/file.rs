@@ -25,6 +25,11 @@ pub(super) struct RawConfig {
     pub sources: Option<Spanned<BTreeMap<Spanned<String>, Spanned<RawSource>>>>,
     pub network: Option<Spanned<RawNetwork>>,
     pub rate_limits: Option<Spanned<RawRateLimits>>,
+    pub audit: Option<Spanned<RawAudit>>,
+    pub cors: Option<Spanned<RawCors>>,
+    pub identity: Option<Spanned<RawIdentity>>,
+    pub roles: Option<Spanned<BTreeMap<Spanned<String>, Spanned<RawRole>>>>,
+    pub projects: Option<Spanned<BTreeMap<Spanned<String>, Spanned<RawProject>>>>,
 }
 
 /// A list of CIDR strings, each with its own span.
@@ -48,6 +53,72 @@ pub(super) struct RawNetwork {
 pub(super) struct RawSourceLists {
     pub allow: Option<RawCidrList>,
     pub deny: Option<RawCidrList>,
+}
+
+/// `[identity]`: token verification.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIdentity {
+    pub audience: Option<Spanned<String>>,
+    pub issuer: Option<Spanned<String>>,
+    pub clock_skew_secs: Option<Spanned<i64>>,
+    pub cookie_name: Option<Spanned<String>>,
+    pub keys: Option<Spanned<Vec<Spanned<RawKey>>>>,
+    pub jwks: Option<Spanned<RawJwks>>,
+}
+
+/// `[[identity.keys]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKey {
+    pub kid: Option<Spanned<String>>,
+    pub alg: Option<Spanned<String>>,
+    pub secret: Option<Spanned<String>>,
+    pub public_key: Option<Spanned<String>>,
+    pub private_key: Option<Spanned<String>>,
+    pub allow_non_expiring: Option<Spanned<bool>>,
+}
+
+/// `[identity.jwks]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawJwks {
+    pub url: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub refresh_min_interval_secs: Option<Spanned<i64>>,
+}
+
+/// `[roles.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRole {
+    pub read_original: Option<Spanned<bool>>,
+    pub read_derived: Option<Spanned<bool>>,
+}
+
+/// `[projects.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProject {
+    pub sources: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// `[audit]`: the audit log.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAudit {
+    pub destination: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub max_bytes: Option<Spanned<i64>>,
+    pub keep: Option<Spanned<i64>>,
+}
+
+/// `[cors]`: cross-origin access for labeling UIs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCors {
+    pub allowed_origins: Option<Spanned<Vec<Spanned<String>>>>,
+    pub max_age_secs: Option<Spanned<i64>>,
 }
 
 /// `[listener]`: the TLS data listener.

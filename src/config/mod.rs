@@ -31,6 +31,16 @@ pub struct Config {
     pub sources: BTreeMap<String, SourceConfig>,
     pub network: NetworkConfig,
     pub rate_limits: RateLimits,
+    /// `[audit]`: where the one-line-per-request audit log goes.
+    pub audit: AuditConfig,
+    /// `[cors]`: labeling-UI origins allowed to read objects cross-origin.
+    pub cors: CorsConfig,
+    /// `[identity]`: token verification. `None`: every object request is refused with 401.
+    pub identity: Option<IdentityConfig>,
+    /// `[roles.NAME]` merged over the seed roles ([`default_roles`]).
+    pub roles: BTreeMap<String, RoleConfig>,
+    /// `[projects.NAME]`: the sources and prefixes a project's tokens may reach.
+    pub projects: BTreeMap<String, ProjectConfig>,
 }
 
 /// `[network]`: who may reach the data listener at all. An empty `allow` denies everything.
@@ -67,6 +77,174 @@ impl NetworkConfig {
                 .collect(),
             proxy_protocol_timeout: Duration::from_millis(defaults::PROXY_PROTOCOL_TIMEOUT_MS),
             ..NetworkConfig::default()
+        }
+    }
+}
+
+/// `[identity]`: how tokens are verified.
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    /// Tokens' `aud` must contain this.
+    pub audience: String,
+    /// If set, tokens' `iss` must equal it.
+    pub issuer: Option<String>,
+    pub clock_skew: Duration,
+    pub cookie_name: String,
+    /// Keys from the config, unique by `kid`.
+    pub keys: Vec<KeyConfig>,
+    pub jwks: Option<JwksConfig>,
+}
+
+/// The algorithms a key may pin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyAlg {
+    Hs256,
+    EdDsa,
+    Es256,
+}
+
+impl KeyAlg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyAlg::Hs256 => "HS256",
+            KeyAlg::EdDsa => "EdDSA",
+            KeyAlg::Es256 => "ES256",
+        }
+    }
+}
+
+/// `[[identity.keys]]`.
+#[derive(Debug, Clone)]
+pub struct KeyConfig {
+    pub kid: String,
+    pub alg: KeyAlg,
+    /// The verification material, resolved and checked at load.
+    pub material: KeyMaterial,
+    /// Signing key for `bucketgate sign`/`token` (never read by `serve`): the reference as written.
+    pub private_key: Option<KeyRef>,
+    pub allow_non_expiring: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum KeyMaterial {
+    /// HS256: the secret's bytes (UTF-8 as written) are the HMAC key.
+    Hs256(Secret),
+    /// EdDSA / ES256: a PEM public key (SubjectPublicKeyInfo).
+    PublicPem(String),
+}
+
+/// An `env:NAME` / `file:PATH` reference kept unresolved (relative paths already resolved).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyRef {
+    Env(String),
+    File(PathBuf),
+}
+
+impl KeyRef {
+    /// Read the referenced value (a trailing newline of a file is dropped).
+    pub fn resolve(&self) -> std::io::Result<Secret> {
+        match self {
+            KeyRef::Env(name) => std::env::var(name).map(Secret::new).map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, format!("{name}: {e}"))
+            }),
+            KeyRef::File(path) => {
+                let text = std::fs::read_to_string(path)?;
+                let text = text.strip_suffix('\n').unwrap_or(&text);
+                Ok(Secret::new(
+                    text.strip_suffix('\r').unwrap_or(text).to_owned(),
+                ))
+            }
+        }
+    }
+}
+
+/// `[identity.jwks]`: keys of the customer's identity provider.
+#[derive(Debug, Clone)]
+pub struct JwksConfig {
+    /// An `https://` URL.
+    pub url: http::Uri,
+    /// Extra PEM root certificate(s); without it, the webpki roots.
+    pub ca_file: Option<PathBuf>,
+    pub refresh_min_interval: Duration,
+}
+
+/// `[roles.NAME]`: what a role may see on the data plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoleConfig {
+    /// May read originals (`/o/`).
+    pub read_original: bool,
+    /// May read derived representations (thumbnails, tiles, video renditions).
+    pub read_derived: bool,
+}
+
+/// The seed platforms' roles: owner, admin, manager, reviewer, annotator and its alias labeler.
+/// Every one may read originals and derived representations; a config narrows them.
+pub fn default_roles() -> BTreeMap<String, RoleConfig> {
+    let all = RoleConfig {
+        read_original: true,
+        read_derived: true,
+    };
+    [
+        "owner",
+        "admin",
+        "manager",
+        "reviewer",
+        "annotator",
+        "labeler",
+    ]
+    .into_iter()
+    .map(|name| (name.to_owned(), all))
+    .collect()
+}
+
+/// `[projects.NAME]`.
+#[derive(Debug, Clone)]
+pub struct ProjectConfig {
+    /// Same syntax as token scopes. Never empty.
+    pub sources: Vec<crate::identity::Scope>,
+}
+
+/// `[audit]`. Default: stdout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    pub destination: AuditDestination,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditDestination {
+    Stdout,
+    /// Append to `path`; when it would grow past `max_bytes`, rename it to `path.1` (and older
+    /// ones up to `path.keep`) and start a new file.
+    File {
+        path: PathBuf,
+        max_bytes: u64,
+        keep: u32,
+    },
+    Off,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            destination: AuditDestination::Stdout,
+        }
+    }
+}
+
+/// `[cors]`. Default: no origin allowed (no CORS headers, preflights refused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorsConfig {
+    /// Exact serialized origins (`https://label.example.com`, `http://127.0.0.1:3000`), lowercase,
+    /// without a default port.
+    pub allowed_origins: Vec<String>,
+    pub max_age: Duration,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        CorsConfig {
+            allowed_origins: Vec::new(),
+            max_age: Duration::from_secs(defaults::CORS_MAX_AGE_SECS),
         }
     }
 }
@@ -224,7 +402,15 @@ impl Config {
     /// The embedded default used when `serve` gets no config: serve `./data` as the source `local`
     /// on https://127.0.0.1:8443 with a development certificate kept under `./.bucketgate/`, admin
     /// on http://127.0.0.1:9090.
-    pub fn embedded_default(workdir: &Path) -> Config {
+    ///
+    /// Tokens are required here too: an HS256 development key (kid `dev`, audience `bucketgate`)
+    /// is generated on first use in `./.bucketgate/dev-hs256.key` (mode 0600) and reused, so
+    /// `bucketgate sign` run in the same directory mints tokens this config accepts. Fails only if
+    /// that key cannot be created or read.
+    pub fn embedded_default(workdir: &Path) -> std::io::Result<Config> {
+        let dev_dir = workdir.join(".bucketgate");
+        let key_path = crate::identity::keys::ensure_dev_key(&dev_dir)?;
+        let secret = KeyRef::File(key_path.clone()).resolve()?;
         let mut sources = BTreeMap::new();
         sources.insert(
             "local".to_string(),
@@ -232,12 +418,10 @@ impl Config {
                 root: workdir.join("data"),
             }),
         );
-        Config {
+        Ok(Config {
             listener: ListenerConfig {
                 addr: defaults::DEFAULT_DATA_ADDR,
-                tls: TlsConfig::Development {
-                    dir: workdir.join(".bucketgate"),
-                },
+                tls: TlsConfig::Development { dir: dev_dir },
             },
             admin: AdminConfig::new(
                 defaults::DEFAULT_ADMIN_ADDR,
@@ -247,6 +431,24 @@ impl Config {
             sources,
             network: NetworkConfig::loopback_only(),
             rate_limits: RateLimits::default(),
-        }
+            audit: AuditConfig::default(),
+            cors: CorsConfig::default(),
+            identity: Some(IdentityConfig {
+                audience: defaults::DEV_AUDIENCE.to_owned(),
+                issuer: None,
+                clock_skew: Duration::from_secs(defaults::CLOCK_SKEW_SECS),
+                cookie_name: defaults::SESSION_COOKIE_NAME.to_owned(),
+                keys: vec![KeyConfig {
+                    kid: defaults::DEV_KEY_ID.to_owned(),
+                    alg: KeyAlg::Hs256,
+                    material: KeyMaterial::Hs256(secret),
+                    private_key: Some(KeyRef::File(key_path)),
+                    allow_non_expiring: false,
+                }],
+                jwks: None,
+            }),
+            roles: default_roles(),
+            projects: BTreeMap::new(),
+        })
     }
 }

@@ -29,6 +29,9 @@ use super::{
     S3Credentials, S3Source, Secret, SourceConfig, SourceLists, TlsConfig,
 };
 
+mod audit_cors;
+mod identity;
+
 /// One mistake in a config file, printed as `file:line:col: key: message`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -271,6 +274,11 @@ impl Checker<'_> {
         let sources = self.sources(raw.sources.as_ref());
         let network = self.network(raw.network.as_ref(), raw.sources.as_ref());
         let rate_limits = self.rate_limits(raw.rate_limits.as_ref().map(|r| r.get_ref()));
+        let audit = self.audit(raw.audit.as_ref());
+        let cors = self.cors(raw.cors.as_ref());
+        let identity = self.identity(raw.identity.as_ref());
+        let roles = self.roles(raw.roles.as_ref());
+        let projects = self.projects(raw.projects.as_ref(), sources.as_ref());
         Some(Config {
             listener: listener?,
             admin: admin?,
@@ -278,6 +286,11 @@ impl Checker<'_> {
             sources: sources?,
             network: network?,
             rate_limits: rate_limits?,
+            audit: audit?,
+            cors: cors?,
+            identity: identity?,
+            roles: roles?,
+            projects: projects?,
         })
     }
 
@@ -457,7 +470,19 @@ impl Checker<'_> {
         // The API keys first, so their errors are reported even when `addr` is wrong too.
         let fields = raw.map(Spanned::get_ref);
         let token = match fields.and_then(|a| a.token.as_ref()) {
-            Some(token) => self.secret(token, "admin.token").map(Some),
+            Some(token) => self.secret(token, "admin.token").and_then(|t| {
+                if t.expose().len() < 16 {
+                    self.push(
+                        token.span(),
+                        "admin.token",
+                        "the admin token is shorter than 16 bytes; use a long random value, e.g. \
+                         the output of `openssl rand -hex 32`",
+                    );
+                    None
+                } else {
+                    Some(Some(t))
+                }
+            }),
             None => Some(None),
         };
         let state_dir = match fields.and_then(|a| a.state_dir.as_ref()) {

@@ -4,17 +4,23 @@
 //! | # | stage | here |
 //! |---|---|---|
 //! | 1 | network: peer (+ forwarded headers from trusted proxies) -> [`network::ClientIp`] -> allow/deny | `network.rs` |
-//! | 2 | identity (tokens) | not yet: every request is anonymous |
-//! | 3 | authorize | not yet |
-//! | 4 | admit: rate limits per client address and subject -> [`admit::Admitted`] | `admit.rs` |
-//! | 5 | plan: route, method, body, query, key -> [`plan::Plan`] | `plan.rs` |
+//! | 1b | CORS preflight, answered without a token | `cors.rs` |
+//! | 5a | parse: route, query, key syntax -> [`plan::Target`] (400s; nothing about what exists) | `plan.rs` |
+//! | 2 | identity: the one token -> [`crate::identity::Principal`] (401; two tokens: 400) | `identity.rs` |
+//! | 3 | authorize: principal x client x source/key x representation -> [`authorize::Grant`] (403) | `authorize.rs` |
+//! | 4 | admit: rate limits per client address and subject -> [`admit::Admitted`] (429) | `admit.rs` |
+//! | 5b | plan: target + grant -> [`plan::Plan`]; an unknown source is 404 only now | `plan.rs` |
 //! | 7 | fetch: metadata, preconditions, range, open the body | `fetch` below, `range.rs` |
-//! | 9 | respond: head + streaming body | `respond.rs` |
+//! | 9 | respond: head + streaming body, CORS headers | `respond.rs`, `cors.rs` |
+//! | 10 | audit: one record per request, written when the body ends or is dropped | `audit.rs` |
 //!
 //! The pipeline knows nothing about sockets or TLS (that is `server/`) and never builds backend
 //! clients (that is `app.rs`).
 
 pub mod admit;
+pub mod authorize;
+pub mod cors;
+pub mod identity;
 pub mod network;
 pub mod plan;
 pub mod range;
@@ -32,6 +38,7 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use tracing::Instrument;
 
+use crate::audit::{AuditLog, AuditedBody, Decision, Facts};
 use crate::backend::{AnyBackend, Backend, BackendError, ObjectMeta, Opened, Want};
 use crate::config::Limits;
 use crate::error::Error;
@@ -103,6 +110,11 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     /// Rate-limit state: outlives snapshots so a reload does not reset every client's budget.
     admission: admit::Admission,
+    audit: AuditLog,
+    cors: cors::Cors,
+    /// `None`: no `[identity]`, every object request is 401 (fail closed).
+    identity: Option<Arc<crate::identity::Identity>>,
+    policy: authorize::Policy,
 }
 
 const ROUTE_OBJECT: &str = "object";
@@ -122,14 +134,46 @@ impl Pipeline {
     ) -> Pipeline {
         Pipeline {
             current: ArcSwap::from_pointee(snapshot),
+            audit: AuditLog::off(Arc::clone(&metrics)),
             metrics,
             admission,
+            cors: cors::Cors::disabled(),
+            identity: None,
+            policy: authorize::Policy::default(),
         }
     }
 
     /// The rate limits (stage 4); reloads update their quotas.
     pub fn admission(&self) -> &admit::Admission {
         &self.admission
+    }
+
+    /// Verify tokens with `identity` and decide with `policy` (default: no identity, so every
+    /// object request is refused with 401).
+    pub fn with_access(
+        mut self,
+        identity: Option<Arc<crate::identity::Identity>>,
+        policy: authorize::Policy,
+    ) -> Pipeline {
+        self.identity = identity;
+        self.policy = policy;
+        self
+    }
+
+    /// Write one audit record per request to `audit` (default: none).
+    pub fn with_audit(mut self, audit: AuditLog) -> Pipeline {
+        self.audit = audit;
+        self
+    }
+
+    /// Answer CORS for the configured origins (default: none).
+    pub fn with_cors(mut self, cors: cors::Cors) -> Pipeline {
+        self.cors = cors;
+        self
+    }
+
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -168,11 +212,16 @@ impl Pipeline {
             decision = tracing::field::Empty,
             rule = tracing::field::Empty,
             source = tracing::field::Empty,
+            subject = tracing::field::Empty,
+            role = tracing::field::Empty,
+            project = tracing::field::Empty,
             status = tracing::field::Empty,
         );
+        let audit = self.audit.begin(request_id.clone(), started);
+        let mut facts = Facts::new(conn.peer.ip().to_canonical(), req.method(), route);
         async move {
             let snapshot = self.snapshot();
-            let mut resp = match self.run(&snapshot, &req, conn, route).await {
+            let mut resp = match self.run(&snapshot, &req, conn, route, &mut facts).await {
                 Ok(resp) => resp,
                 Err(err) => {
                     if err.is_server_fault() {
@@ -199,6 +248,7 @@ impl Pipeline {
                 *resp.body_mut() = respond::empty();
             }
             respond::security_headers(resp.headers_mut(), &request_id);
+            cors::apply(&self.cors, req.headers(), resp.headers_mut());
             let status = resp.status().as_u16();
             tracing::Span::current().record("status", status);
             self.metrics
@@ -209,7 +259,14 @@ impl Pipeline {
                 .request_duration
                 .get_or_create(&RouteLabel { route })
                 .observe(started.elapsed().as_secs_f64());
-            resp
+            // 10. audit: the record is written when the body is done (or dropped), once.
+            match audit {
+                Some(mut pending) => {
+                    pending.set(facts, status);
+                    resp.map(|body| AuditedBody::new(body, pending).boxed_unsync())
+                }
+                None => resp,
+            }
         }
         .instrument(span)
         .await
@@ -221,18 +278,19 @@ impl Pipeline {
         req: &Request<B>,
         conn: ConnInfo,
         route: &'static str,
+        facts: &mut Facts,
     ) -> Result<Response<ResponseBody>, Error> {
         // 1. network: before any identity, key or backend work. The source's own lists apply
         // here already, read from the raw path without decoding the key.
         let client = self.network_stage(snapshot, req, conn)?;
-        // 4. admit. Identity (2) does not exist yet, so there is no subject to count.
-        let _admitted = self
-            .admission
-            .admit_counted(client.addr(), None, &self.metrics)?;
-        // 5. plan. The route decides which methods exist; a body is refused before any work.
-        let plan = plan::plan_object(req.uri().path(), req.uri().query(), |s| {
-            snapshot.sources.contains_key(s)
-        })?;
+        facts.client = client.addr();
+        // 1b. A CORS preflight carries no credentials: answered here, before identity.
+        if cors::is_preflight(req.method(), req.headers()) && route == ROUTE_OBJECT {
+            return cors::preflight(&self.cors, req.headers());
+        }
+        // 5a. parse: route, query and key syntax. 400s here reveal nothing about what exists;
+        // the source name is checked only after authorization.
+        let target = plan::parse_object(req.uri().path(), req.uri().query())?;
         let head_only = match *req.method() {
             Method::GET => false,
             Method::HEAD => true,
@@ -241,7 +299,63 @@ impl Pipeline {
         if !req.body().is_end_stream() {
             return Err(Error::BodyNotAllowed);
         }
-        tracing::Span::current().record("source", plan.source());
+        let span = tracing::Span::current();
+        span.record("source", target.source());
+        facts.source = Some(target.source().to_owned());
+        facts.key = Some(target.key().to_owned());
+        let representation = crate::identity::Representation::Original;
+        facts.representation = Some(representation.as_str());
+        // 2. identity
+        let (principal, token) = identity::authenticate(
+            self.identity.as_deref(),
+            req.headers(),
+            target.token(),
+            crate::identity::unix_now(),
+        )
+        .await
+        .map_err(|e| {
+            span.record("decision", "deny");
+            span.record("rule", "identity");
+            facts.rule = Some("identity".to_owned());
+            Error::Identity(e)
+        })?;
+        facts.token_hash = Some(crate::audit::token_hash(&token));
+        facts.subject = Some(principal.subject().to_owned());
+        facts.role = Some(principal.role().to_owned());
+        facts.project = principal.project().map(str::to_owned);
+        span.record("subject", principal.subject());
+        span.record("role", principal.role());
+        if let Some(p) = principal.project() {
+            span.record("project", p);
+        }
+        // 3. authorize, on the decoded key
+        let grant = authorize::authorize(
+            &principal,
+            client,
+            target.source(),
+            target.key(),
+            representation,
+            &self.policy,
+        )
+        .map_err(|e| {
+            let rule = e.rule();
+            span.record("decision", "deny");
+            span.record("rule", rule.as_str());
+            facts.rule = Some(rule);
+            Error::Forbidden(e)
+        })?;
+        span.record("decision", "allow");
+        span.record("rule", grant.rule());
+        facts.rule = Some(grant.rule().to_owned());
+        facts.decision = Decision::Allow;
+        // 4. admit: rate limits by client address and by subject.
+        let _admitted = self.admission.admit_counted(
+            client.addr(),
+            Some(principal.subject()),
+            &self.metrics,
+        )?;
+        // 5b. plan: only an authorized request learns whether the source exists.
+        let plan = target.plan(&grant, |s| snapshot.sources.contains_key(s))?;
         // 7 + 9. fetch and respond
         self.fetch(snapshot, req.headers(), &plan, head_only, route)
             .await

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use percent_encoding::percent_decode;
 
 use crate::config::defaults::MAX_KEY_BYTES;
+use crate::pipeline::authorize::Grant;
 
 /// Why a request could not be planned (all are the client's fault: 400, or 404 for a route).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,42 +49,111 @@ impl Plan {
     }
 }
 
-/// Plan a `/o/{source}/{key...}` request. `path` is the raw (still percent-encoded) path, `query`
-/// the raw query string. `known_source` says whether a source name is configured.
+/// A parsed `/o/{source}/{key...}` request before authorization: the source name as written, the
+/// decoded and validated key, and the decoded `token` query parameter. Built only by
+/// [`parse_object`]; becomes a [`Plan`] only with a [`Grant`] for the same source and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    source: String,
+    key: String,
+    token: Option<String>,
+}
+
+impl Target {
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+    /// The `token` query parameter, percent-decoded.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// After authorization: a configured source, or 404. The grant must be for this very
+    /// source and key (it always is when the pipeline built it from this target).
+    pub fn plan(
+        self,
+        grant: &Grant,
+        known_source: impl Fn(&str) -> bool,
+    ) -> Result<Plan, PlanError> {
+        if grant.source() != self.source || grant.key() != self.key {
+            return Err(PlanError::NoRoute);
+        }
+        if !known_source(&self.source) {
+            return Err(PlanError::UnknownSource);
+        }
+        Ok(Plan {
+            source: self.source,
+            key: self.key,
+        })
+    }
+}
+
+/// Parse a `/o/{source}/{key...}` request: route, query and key syntax (400s and the route's
+/// 404), and nothing that depends on which sources or keys exist, so that an unauthenticated
+/// client learns nothing about them. `path` is the raw (still percent-encoded) path, `query` the
+/// raw query string.
+pub fn parse_object(path: &str, query: Option<&str>) -> Result<Target, PlanError> {
+    let rest = path.strip_prefix("/o/").ok_or(PlanError::NoRoute)?;
+    let (source, raw_key) = rest.split_once('/').ok_or(PlanError::NoRoute)?;
+    let token = check_query(query)?;
+    let key = decode_key(raw_key)?;
+    Ok(Target {
+        source: source.to_owned(),
+        key,
+        token,
+    })
+}
+
+/// Parse and plan without authorization: for benches and unit tests of the parsing rules only;
+/// the pipeline goes through [`parse_object`], `authorize`, then [`Target::plan`].
 pub fn plan_object(
     path: &str,
     query: Option<&str>,
     known_source: impl Fn(&str) -> bool,
 ) -> Result<Plan, PlanError> {
-    let rest = path.strip_prefix("/o/").ok_or(PlanError::NoRoute)?;
-    let (source, raw_key) = rest.split_once('/').ok_or(PlanError::NoRoute)?;
-    // Source names are plain ASCII in the config; an encoded one names nothing configured.
-    if !known_source(source) {
+    let target = parse_object(path, query)?;
+    if !known_source(&target.source) {
         return Err(PlanError::UnknownSource);
     }
-    check_query(query)?;
-    let key = decode_key(raw_key)?;
     Ok(Plan {
-        source: source.to_owned(),
-        key,
+        source: target.source,
+        key: target.key,
     })
 }
 
-/// Refuse every query parameter: `/o/` takes none yet, and S3's own (`response-*`, `versionId`)
-/// must never pass. Repeated names are reported as such.
-pub fn check_query(query: Option<&str>) -> Result<(), PlanError> {
-    let Some(q) = query else { return Ok(()) };
+/// `/o/` takes one query parameter, `token` (a signed URL), at most once; every other parameter
+/// is refused (S3's own `response-*`, `versionId` must never pass), and repeated names are
+/// reported as such. Returns the decoded token.
+pub fn check_query(query: Option<&str>) -> Result<Option<String>, PlanError> {
+    let Some(q) = query else { return Ok(None) };
     if q.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let mut seen = HashSet::new();
+    let mut unknown = false;
+    let mut token = None;
     for pair in q.split('&') {
-        let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         if !seen.insert(name) {
             return Err(PlanError::RepeatedParameter);
         }
+        if name == "token" {
+            check_percent_syntax(value.as_bytes())?;
+            let decoded = percent_decode(value.as_bytes())
+                .decode_utf8()
+                .map_err(|_| PlanError::InvalidUtf8)?;
+            token = Some(decoded.into_owned());
+        } else {
+            unknown = true;
+        }
     }
-    Err(PlanError::UnknownParameter)
+    if unknown {
+        return Err(PlanError::UnknownParameter);
+    }
+    Ok(token)
 }
 
 /// Decode a raw key once and validate it.
@@ -222,6 +292,24 @@ mod tests {
         assert_eq!(
             plan("/o/local/a", Some("response-content-type=text/html")),
             Err(PlanError::UnknownParameter)
+        );
+    }
+
+    #[test]
+    fn token_is_the_one_accepted_query_parameter_once() {
+        let t = parse_object("/o/local/a", Some("token=a.b%2Ec")).unwrap();
+        assert_eq!(t.token(), Some("a.b.c"));
+        assert_eq!(
+            parse_object("/o/local/a", Some("token=a&token=b")),
+            Err(PlanError::RepeatedParameter)
+        );
+        assert_eq!(
+            parse_object("/o/local/a", Some("token=a&x=1")),
+            Err(PlanError::UnknownParameter)
+        );
+        assert_eq!(
+            parse_object("/o/local/a", Some("token=%zz")),
+            Err(PlanError::BadPercentEncoding)
         );
     }
 }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::header::{
     ACCEPT_RANGES, ALLOW, CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_RANGE,
     CONTENT_SECURITY_POLICY, CONTENT_TYPE, ETAG, LAST_MODIFIED, REFERRER_POLICY, RETRY_AFTER,
-    X_CONTENT_TYPE_OPTIONS,
+    WWW_AUTHENTICATE, X_CONTENT_TYPE_OPTIONS,
 };
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
@@ -79,6 +79,9 @@ pub fn error_response(err: &Error, request_id: &str) -> Response<ResponseBody> {
     match err {
         Error::MethodNotAllowed => {
             h.insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        }
+        Error::Identity(e) if !matches!(e, crate::identity::IdentityError::AmbiguousToken) => {
+            h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         Error::RangeNotSatisfiable { size } => {
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {

@@ -453,7 +453,8 @@ mod tests {
 
     #[test]
     fn removing_an_absent_entry_is_refused_and_adding_twice_is_a_no_op() {
-        let config = crate::config::Config::embedded_default(Path::new("/nonexistent"));
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config::embedded_default(dir.path()).unwrap();
         let lists = NetworkLists::from_config(&config);
         let patch = Patch::from_json(br#"{"remove":{"deny":["10.0.0.0/8"]}}"#).unwrap();
         assert!(matches!(

@@ -17,8 +17,9 @@ use std::time::Duration;
 use bucketgate::Gateway;
 use bucketgate::StartOptions;
 use bucketgate::config::{
-    AdminConfig, Config, FsSource, Limits, ListenerConfig, NetworkConfig, RateLimits, SourceConfig,
-    TlsConfig,
+    AdminConfig, AuditConfig, AuditDestination, Config, CorsConfig, FsSource, IdentityConfig,
+    KeyAlg, KeyConfig, KeyMaterial, Limits, ListenerConfig, NetworkConfig, RateLimits, Secret,
+    SourceConfig, TlsConfig, default_roles,
 };
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode, Version};
@@ -84,6 +85,59 @@ pub fn test_limits() -> Limits {
     }
 }
 
+/// The HS256 key every test gateway trusts (kid `test`), so tests mint tokens for it.
+pub const TEST_KID: &str = "test";
+pub const TEST_SECRET: &str = "bucketgate-test-hs256-secret-0123456789abcdef";
+pub const TEST_AUDIENCE: &str = "bucketgate";
+
+/// `[identity]` with the test HS256 key.
+pub fn test_identity() -> IdentityConfig {
+    IdentityConfig {
+        audience: TEST_AUDIENCE.to_owned(),
+        issuer: None,
+        clock_skew: Duration::from_secs(30),
+        cookie_name: "bucketgate_session".to_owned(),
+        keys: vec![KeyConfig {
+            kid: TEST_KID.to_owned(),
+            alg: KeyAlg::Hs256,
+            material: KeyMaterial::Hs256(Secret::new(TEST_SECRET.to_owned())),
+            private_key: None,
+            allow_non_expiring: false,
+        }],
+        jwks: None,
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    bucketgate::identity::unix_now()
+}
+
+/// Sign `claims` with the test key (HS256, kid `test`) using jsonwebtoken.
+pub fn mint(claims: &serde_json::Value) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some(TEST_KID.to_owned());
+    jsonwebtoken::encode(
+        &header,
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(TEST_SECRET.as_bytes()),
+    )
+    .expect("token signs")
+}
+
+/// A token for the test key: role owner, an hour of validity, whole-source scope for `sources`.
+pub fn token_for_sources<'a>(sources: impl IntoIterator<Item = &'a String>) -> String {
+    let scope: Vec<String> = sources.into_iter().map(|s| format!("{s}:")).collect();
+    mint(&serde_json::json!({
+        "sub": "test-user",
+        "aud": TEST_AUDIENCE,
+        "iat": now(),
+        "exp": now() + 3600,
+        "scope": scope,
+        "role": "owner",
+    }))
+}
+
 /// A running gateway plus everything it needs kept alive (its certificate directory).
 pub struct TestGateway {
     gateway: Option<Gateway>,
@@ -92,6 +146,9 @@ pub struct TestGateway {
     cert_pem: Vec<u8>,
     data_addr: SocketAddr,
     admin_addr: SocketAddr,
+    /// Added to requests by `client()`, `raw()` and friends: a token of the test key for every
+    /// configured source (`None` if `customize` removed the test key).
+    token: Option<String>,
 }
 
 /// Start a gateway serving `sources` with [`test_limits`].
@@ -152,20 +209,42 @@ pub async fn start_gateway_opts(
         sources,
         network: NetworkConfig::loopback_only(),
         rate_limits: test_rate_limits(),
+        audit: AuditConfig {
+            destination: AuditDestination::Off,
+        },
+        cors: CorsConfig::default(),
+        identity: Some(test_identity()),
+        roles: default_roles(),
+        projects: BTreeMap::new(),
     };
     let mut config = config;
     tweak(&mut config);
     start_gateway_from(config, tls_dir, options).await
 }
 
+/// Like [`start_gateway_tweaked`] (the audit, CORS and identity tests' name for it).
+pub async fn start_gateway_custom(
+    sources: BTreeMap<String, SourceConfig>,
+    limits: Limits,
+    customize: impl FnOnce(&mut Config),
+) -> TestGateway {
+    start_gateway_tweaked(sources, limits, customize).await
+}
+
 /// Start a gateway from a whole config (e.g. loaded from a file) whose development certificate
-/// directory is `tls_dir`.
+/// directory is `tls_dir`. Clients get a token of the test key for every configured source when
+/// the config trusts that key.
 pub async fn start_gateway_from(
     config: Config,
     tls_dir: TempDir,
     options: StartOptions,
 ) -> TestGateway {
     init_tracing();
+    let has_test_key = config
+        .identity
+        .as_ref()
+        .is_some_and(|i| i.keys.iter().any(|k| k.kid == TEST_KID));
+    let token = has_test_key.then(|| token_for_sources(config.sources.keys()));
     let gateway = Gateway::start_with(config, options)
         .await
         .expect("gateway starts");
@@ -178,6 +257,7 @@ pub async fn start_gateway_from(
         tls_dir,
         cert,
         cert_pem,
+        token,
     }
 }
 
@@ -224,7 +304,31 @@ impl TestGateway {
         &self.cert_pem
     }
 
+    /// The token the clients add (whole-source scope, role owner).
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// `Authorization: Bearer ...\r\n` for hand-written HTTP/1.1 requests (empty without a token).
+    pub fn auth_line(&self) -> String {
+        self.token
+            .as_ref()
+            .map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"))
+    }
+
     fn client_builder(&self) -> reqwest::ClientBuilder {
+        let mut headers = HeaderMap::new();
+        if let Some(t) = &self.token {
+            headers.insert(
+                http::header::AUTHORIZATION,
+                format!("Bearer {t}").parse().expect("token header value"),
+            );
+        }
+        self.anon_client_builder().default_headers(headers)
+    }
+
+    /// A client builder that adds no token.
+    pub fn anon_client_builder(&self) -> reqwest::ClientBuilder {
         let root =
             reqwest::Certificate::from_pem(&self.cert_pem).expect("dev certificate for reqwest");
         reqwest::Client::builder()
@@ -315,6 +419,24 @@ impl TestGateway {
     }
 
     pub async fn raw_with_body(
+        &self,
+        proto: Proto,
+        method: Method,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> RawResponse {
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        if let Some(auth) = &auth {
+            all.push(("authorization", auth.as_str()));
+        }
+        self.raw_exact(proto, method, path_and_query, &all, body)
+            .await
+    }
+
+    /// Like [`TestGateway::raw_with_body`], but sends exactly the given headers (no token).
+    pub async fn raw_exact(
         &self,
         proto: Proto,
         method: Method,

@@ -1,0 +1,134 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Criterion benches for stages 2 and 3: verify a token (HS256, EdDSA, ES256) with the keys in
+//! memory, then decide on a key. Targets (issue 4): HS256 + decision < 5 µs, EdDSA < 60 µs.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bucketgate::config::{
+    IdentityConfig, KeyAlg, KeyConfig, KeyMaterial, ProjectConfig, Secret, default_roles,
+};
+use bucketgate::identity::revocation::Revocations;
+use bucketgate::identity::{Identity, Representation, Scope, unix_now};
+use bucketgate::pipeline::authorize::{Policy, authorize};
+use bucketgate::pipeline::network::client_ip;
+use criterion::{Criterion, criterion_group, criterion_main};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+const SECRET: &str = "bench-hs256-secret-0123456789abcdef0123";
+
+fn bench(c: &mut Criterion) {
+    let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let es = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let key = |kid: &str, alg, material| KeyConfig {
+        kid: kid.into(),
+        alg,
+        material,
+        private_key: None,
+        allow_non_expiring: false,
+    };
+    let config = IdentityConfig {
+        audience: "bucketgate".into(),
+        issuer: Some("https://app.example.com".into()),
+        clock_skew: Duration::from_secs(30),
+        cookie_name: "bucketgate_session".into(),
+        keys: vec![
+            key(
+                "hs",
+                KeyAlg::Hs256,
+                KeyMaterial::Hs256(Secret::new(SECRET.into())),
+            ),
+            key(
+                "ed",
+                KeyAlg::EdDsa,
+                KeyMaterial::PublicPem(ed.public_key_pem()),
+            ),
+            key(
+                "es",
+                KeyAlg::Es256,
+                KeyMaterial::PublicPem(es.public_key_pem()),
+            ),
+        ],
+        jwks: None,
+    };
+    let state = tempfile::tempdir().unwrap();
+    let identity =
+        Identity::new(&config, Arc::new(Revocations::load(state.path()).unwrap())).unwrap();
+    let mut projects = std::collections::BTreeMap::new();
+    projects.insert(
+        "p1".to_owned(),
+        ProjectConfig {
+            sources: vec![Scope::parse("photos:team-a/").unwrap()],
+        },
+    );
+    let policy = Policy::new(default_roles(), projects);
+    let claims = serde_json::json!({
+        "sub": "labeler-17", "aud": "bucketgate", "iss": "https://app.example.com",
+        "iat": unix_now(), "exp": unix_now() + 3600, "jti": "9f1c2d3e-bench",
+        "scope": ["photos:team-a/batch-7/", "photos:exact/team-a/cover.jpg"],
+        "role": "annotator", "project": "p1",
+    });
+    let sign = |alg, kid: &str, key: &EncodingKey| {
+        let mut h = Header::new(alg);
+        h.kid = Some(kid.into());
+        jsonwebtoken::encode(&h, &claims, key).unwrap()
+    };
+    let tokens = [
+        (
+            "hs256",
+            sign(
+                Algorithm::HS256,
+                "hs",
+                &EncodingKey::from_secret(SECRET.as_bytes()),
+            ),
+        ),
+        (
+            "eddsa",
+            sign(
+                Algorithm::EdDSA,
+                "ed",
+                &EncodingKey::from_ed_pem(ed.serialize_pem().as_bytes()).unwrap(),
+            ),
+        ),
+        (
+            "es256",
+            sign(
+                Algorithm::ES256,
+                "es",
+                &EncodingKey::from_ec_pem(es.serialize_pem().as_bytes()).unwrap(),
+            ),
+        ),
+    ];
+    let net_policy = bucketgate::pipeline::network::NetworkPolicy::compile(
+        &bucketgate::config::NetworkConfig::loopback_only(),
+    );
+    let client = client_ip(
+        "127.0.0.1:40000".parse().unwrap(),
+        &http::HeaderMap::new(),
+        &net_policy,
+    )
+    .unwrap();
+    let now = unix_now();
+    let mut g = c.benchmark_group("identity");
+    for (name, token) in &tokens {
+        g.bench_function(format!("verify_and_authorize/{name}"), |b| {
+            b.iter(|| {
+                let p = identity.verify_cached(black_box(token), now).unwrap();
+                authorize(
+                    &p,
+                    client,
+                    "photos",
+                    black_box("team-a/batch-7/frame_000123.jpg"),
+                    Representation::Original,
+                    &policy,
+                )
+                .unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

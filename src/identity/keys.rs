@@ -1,0 +1,154 @@
+//! Verification keys: config key material -> [`VerifyKey`] (a `DecodingKey` plus the
+//! `Validation` pinned to its algorithm), and the embedded default's development key.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::de::DeserializeOwned;
+
+use crate::config::defaults::DEV_KEY_FILE;
+use crate::config::{IdentityConfig, KeyAlg, KeyConfig, KeyMaterial};
+
+/// One key a token may name by `kid`.
+pub struct VerifyKey {
+    alg: Algorithm,
+    decoding: DecodingKey,
+    validation: Validation,
+    allow_non_expiring: bool,
+}
+
+impl VerifyKey {
+    pub fn from_config(
+        key: &KeyConfig,
+        identity: &IdentityConfig,
+    ) -> Result<VerifyKey, jsonwebtoken::errors::Error> {
+        let decoding = decoding_key(key.alg, &key.material)?;
+        Ok(VerifyKey::new(
+            key.alg,
+            decoding,
+            identity,
+            key.allow_non_expiring,
+        ))
+    }
+
+    /// `decoding` must be a key of `alg`'s family.
+    pub fn new(
+        alg: KeyAlg,
+        decoding: DecodingKey,
+        identity: &IdentityConfig,
+        allow_non_expiring: bool,
+    ) -> VerifyKey {
+        let alg = algorithm(alg);
+        let mut validation = Validation::new(alg);
+        // exp/nbf/iat are checked by `Identity` against its own clock (testable at the boundary).
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.leeway = 0;
+        validation.set_audience(&[identity.audience.as_str()]);
+        let mut required = vec!["sub", "aud"];
+        if let Some(iss) = &identity.issuer {
+            validation.set_issuer(&[iss.as_str()]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
+        VerifyKey {
+            alg,
+            decoding,
+            validation,
+            allow_non_expiring,
+        }
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        self.alg
+    }
+
+    pub fn allows_non_expiring(&self) -> bool {
+        self.allow_non_expiring
+    }
+
+    /// Check the signature (constant-time for HMAC), `aud` and `iss`, then deserialize claims.
+    pub fn decode<T: DeserializeOwned>(&self, token: &str) -> jsonwebtoken::errors::Result<T> {
+        jsonwebtoken::decode::<T>(token, &self.decoding, &self.validation).map(|d| d.claims)
+    }
+}
+
+pub fn algorithm(alg: KeyAlg) -> Algorithm {
+    match alg {
+        KeyAlg::Hs256 => Algorithm::HS256,
+        KeyAlg::EdDsa => Algorithm::EdDSA,
+        KeyAlg::Es256 => Algorithm::ES256,
+    }
+}
+
+/// The `DecodingKey` for validated key material.
+pub fn decoding_key(
+    alg: KeyAlg,
+    material: &KeyMaterial,
+) -> Result<DecodingKey, jsonwebtoken::errors::Error> {
+    match (alg, material) {
+        (KeyAlg::Hs256, KeyMaterial::Hs256(secret)) => {
+            Ok(DecodingKey::from_secret(secret.expose().as_bytes()))
+        }
+        (KeyAlg::EdDsa, KeyMaterial::PublicPem(pem)) => DecodingKey::from_ed_pem(pem.as_bytes()),
+        (KeyAlg::Es256, KeyMaterial::PublicPem(pem)) => DecodingKey::from_ec_pem(pem.as_bytes()),
+        _ => Err(jsonwebtoken::errors::ErrorKind::InvalidKeyFormat.into()),
+    }
+}
+
+/// The development HS256 secret in `dir/dev-hs256.key`: created on first use (32 random bytes,
+/// hex, mode 0600, written whole or not at all), reused afterwards. Returns the file's path; its
+/// text (64 hex characters) is the HMAC key, as any `file:` secret would be.
+pub fn ensure_dev_key(dir: &Path) -> io::Result<PathBuf> {
+    let path = dir.join(DEV_KEY_FILE);
+    if path.is_file() {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(dir)?;
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| io::Error::other("the system random generator failed"))?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = dir.join(format!(".{DEV_KEY_FILE}.{}.tmp", std::process::id()));
+    {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&tmp)?;
+        file.write_all(hex.as_bytes())?;
+        file.write_all(b"\n")?;
+        file.sync_all()?;
+    }
+    // Two processes starting at once: the first rename wins, and both then read the same key.
+    if path.is_file() {
+        let _ = std::fs::remove_file(&tmp);
+        return Ok(path);
+    }
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_key_is_created_once_with_mode_0600_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = ensure_dev_key(&dir.path().join(".bucketgate")).unwrap();
+        let first = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(first.trim_end().len(), 64);
+        assert!(first.trim_end().bytes().all(|b| b.is_ascii_hexdigit()));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let again = ensure_dev_key(&dir.path().join(".bucketgate")).unwrap();
+        assert_eq!(std::fs::read_to_string(again).unwrap(), first);
+    }
+}

@@ -1,0 +1,240 @@
+//! Revocation without rotating keys: deny one token by its `jti`, or every token of a subject
+//! issued (`iat`) before a time. Checked on every request (a hash lookup under a read lock);
+//! changed through the admin API; persisted atomically to `<state_dir>/revocations.json`
+//! (write a temp file, fsync, rename, fsync the directory) before the change takes effect, and
+//! loaded at start.
+//!
+//! A token of a revoked subject that carries no `iat` is treated as revoked: its issue time
+//! cannot prove it is newer.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::defaults::REVOCATIONS_FILE;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RevocationError {
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a revocations file")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("writing {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the persistence task failed")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// One revocation, as the admin API takes it: `{"jti": "..."}` or
+/// `{"sub": "...", "issued_before": <unix secs>}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    Token { jti: String },
+    Subject { sub: String, issued_before: u64 },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRevocation {
+    jti: Option<String>,
+    sub: Option<String>,
+    issued_before: Option<u64>,
+}
+
+impl Revocation {
+    /// Parse an admin API body; the error is a fixed message for the admin client.
+    pub fn from_json(bytes: &[u8]) -> Result<Revocation, &'static str> {
+        const FORM: &str =
+            "expected {\"jti\": \"...\"} or {\"sub\": \"...\", \"issued_before\": <unix seconds>}";
+        let raw: RawRevocation = serde_json::from_slice(bytes).map_err(|_| FORM)?;
+        match raw {
+            RawRevocation {
+                jti: Some(jti),
+                sub: None,
+                issued_before: None,
+            } if !jti.is_empty() => Ok(Revocation::Token { jti }),
+            RawRevocation {
+                jti: None,
+                sub: Some(sub),
+                issued_before: Some(issued_before),
+            } if !sub.is_empty() => Ok(Revocation::Subject { sub, issued_before }),
+            _ => Err(FORM),
+        }
+    }
+}
+
+/// The persisted state (also the admin API's `GET` answer).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationList {
+    /// Revoked token ids.
+    pub jti: BTreeSet<String>,
+    /// Subject -> tokens issued before this unix time are revoked.
+    pub sub: BTreeMap<String, u64>,
+}
+
+pub struct Revocations {
+    path: PathBuf,
+    state: RwLock<RevocationList>,
+    /// Serializes writers so the file and memory change in the same order.
+    write: tokio::sync::Mutex<()>,
+}
+
+impl Revocations {
+    /// Load `<state_dir>/revocations.json`; a missing file is an empty list.
+    pub fn load(state_dir: &Path) -> Result<Revocations, RevocationError> {
+        let path = state_dir.join(REVOCATIONS_FILE);
+        let list = match std::fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|source| RevocationError::Parse {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => RevocationList::default(),
+            Err(source) => return Err(RevocationError::Read { path, source }),
+        };
+        Ok(Revocations {
+            path,
+            state: RwLock::new(list),
+            write: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Whether a token with these claims is revoked.
+    pub fn is_revoked(&self, jti: Option<&str>, sub: &str, iat: Option<u64>) -> bool {
+        // A poisoned lock still holds the last list written whole; keep using it.
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        if state.jti.is_empty() && state.sub.is_empty() {
+            return false;
+        }
+        if jti.is_some_and(|j| state.jti.contains(j)) {
+            return true;
+        }
+        match state.sub.get(sub) {
+            Some(before) => iat.is_none_or(|iat| iat < *before),
+            None => false,
+        }
+    }
+
+    pub fn list(&self) -> RevocationList {
+        self.state.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Add a revocation: persisted first, then effective for the next request.
+    pub async fn revoke(&self, revocation: Revocation) -> Result<(), RevocationError> {
+        let _writer = self.write.lock().await;
+        let mut next = self.list();
+        match revocation {
+            Revocation::Token { jti } => {
+                next.jti.insert(jti);
+            }
+            Revocation::Subject { sub, issued_before } => {
+                let entry = next.sub.entry(sub).or_insert(issued_before);
+                *entry = (*entry).max(issued_before);
+            }
+        }
+        let path = self.path.clone();
+        let bytes = serde_json::to_vec_pretty(&next).map_err(|source| RevocationError::Parse {
+            path: path.clone(),
+            source,
+        })?;
+        tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
+            .await?
+            .map_err(|source| RevocationError::Write {
+                path: self.path.clone(),
+                source,
+            })?;
+        *self.state.write().unwrap_or_else(|e| e.into_inner()) = next;
+        Ok(())
+    }
+}
+
+/// Temp file in the same directory, fsync, rename over the target, fsync the directory: a reader
+/// (or a crash) sees the old file or the new one, never a mix.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        REVOCATIONS_FILE,
+        uuid::Uuid::new_v4().simple()
+    ));
+    let result = (|| {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn revocations_persist_and_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Revocations::load(dir.path()).unwrap();
+        assert!(!r.is_revoked(Some("j1"), "alice", Some(100)));
+        r.revoke(Revocation::Token { jti: "j1".into() })
+            .await
+            .unwrap();
+        r.revoke(Revocation::Subject {
+            sub: "bob".into(),
+            issued_before: 1_000,
+        })
+        .await
+        .unwrap();
+        let again = Revocations::load(dir.path()).unwrap();
+        for r in [&r, &again] {
+            assert!(r.is_revoked(Some("j1"), "alice", Some(100)));
+            assert!(!r.is_revoked(Some("j2"), "alice", Some(100)));
+            assert!(r.is_revoked(None, "bob", Some(999)));
+            assert!(!r.is_revoked(None, "bob", Some(1_000)));
+            assert!(r.is_revoked(None, "bob", None));
+        }
+    }
+
+    #[test]
+    fn admin_bodies_parse_to_one_revocation_kind() {
+        let t = Revocation::from_json(br#"{"jti":"x"}"#).unwrap();
+        assert_eq!(t, Revocation::Token { jti: "x".into() });
+        let s = Revocation::from_json(br#"{"sub":"a","issued_before":5}"#).unwrap();
+        assert_eq!(
+            s,
+            Revocation::Subject {
+                sub: "a".into(),
+                issued_before: 5
+            }
+        );
+        assert!(Revocation::from_json(br#"{"sub":"a"}"#).is_err());
+        assert!(Revocation::from_json(br#"{"jti":"x","sub":"a"}"#).is_err());
+        assert!(Revocation::from_json(br#"{"jti":"x","extra":1}"#).is_err());
+    }
+}

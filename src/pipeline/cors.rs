@@ -1,0 +1,189 @@
+//! CORS for the configured labeling-UI origins (`[cors]`).
+//!
+//! A preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) is answered after the
+//! network stage and before identity: browsers send it without credentials, so it cannot carry a
+//! token. A listed origin gets 204 with the allowed methods and headers; any other origin is
+//! refused (403) without `Access-Control-Allow-Origin`. Actual responses, errors included, to a
+//! listed origin carry the origin itself (never `*`, since credentials are allowed) and the
+//! headers a media viewer needs to read.
+//!
+//! This stage decides only which headers a browser sees; it never grants access to an object.
+
+use std::time::Duration;
+
+use http::header::{
+    ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE,
+    ACCESS_CONTROL_REQUEST_METHOD, ORIGIN, VARY,
+};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
+
+use crate::config::CorsConfig;
+use crate::error::Error;
+
+use super::respond::{self, ResponseBody};
+
+const ALLOW_METHODS: &str = "GET, HEAD";
+const ALLOW_HEADERS: &str = "Range, Authorization, If-None-Match, If-Modified-Since, If-Range";
+const EXPOSE_HEADERS: &str =
+    "Content-Range, Accept-Ranges, ETag, Content-Length, Content-Type, X-Request-Id";
+
+/// The CORS policy of one config snapshot.
+#[derive(Debug, Clone)]
+pub struct Cors {
+    origins: Vec<HeaderValue>,
+    max_age: HeaderValue,
+}
+
+impl Cors {
+    pub fn new(config: &CorsConfig) -> Cors {
+        Cors {
+            // Validated as plain ASCII origins at config load.
+            origins: config
+                .allowed_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect(),
+            max_age: HeaderValue::from(config.max_age.as_secs()),
+        }
+    }
+
+    /// No origin is allowed: no CORS headers at all.
+    pub fn disabled() -> Cors {
+        Cors::new(&CorsConfig {
+            allowed_origins: Vec::new(),
+            max_age: Duration::from_secs(0),
+        })
+    }
+
+    fn enabled(&self) -> bool {
+        !self.origins.is_empty()
+    }
+
+    /// The request's `Origin`, if it is one of the listed origins (exact, byte for byte).
+    fn allowed_origin<'h>(&self, headers: &'h HeaderMap) -> Option<&'h HeaderValue> {
+        let mut origins = headers.get_all(ORIGIN).iter();
+        let origin = origins.next()?;
+        if origins.next().is_some() {
+            return None;
+        }
+        self.origins.iter().any(|o| o == origin).then_some(origin)
+    }
+}
+
+/// Whether this request is a CORS preflight: `OPTIONS` with `Origin` and
+/// `Access-Control-Request-Method`. Any other `OPTIONS` is an ordinary (refused) method.
+pub fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
+    method == Method::OPTIONS
+        && headers.contains_key(ORIGIN)
+        && headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD)
+}
+
+/// Answer a preflight: 204 with the policy for a listed origin, else a refusal without
+/// `Access-Control-Allow-Origin`.
+pub fn preflight(cors: &Cors, headers: &HeaderMap) -> Result<Response<ResponseBody>, Error> {
+    let Some(origin) = cors.allowed_origin(headers) else {
+        return Err(Error::CorsOriginNotAllowed);
+    };
+    let mut resp = Response::new(respond::empty());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    let h = resp.headers_mut();
+    h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    h.insert(
+        ACCESS_CONTROL_ALLOW_CREDENTIALS,
+        HeaderValue::from_static("true"),
+    );
+    h.insert(
+        ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static(ALLOW_METHODS),
+    );
+    h.insert(
+        ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static(ALLOW_HEADERS),
+    );
+    h.insert(ACCESS_CONTROL_MAX_AGE, cors.max_age.clone());
+    Ok(resp)
+}
+
+/// Headers on an actual (non-preflight) response, errors included. `Vary: Origin` whenever CORS
+/// is configured, since the answer depends on the request's origin.
+pub fn apply(cors: &Cors, request: &HeaderMap, response: &mut HeaderMap) {
+    if !cors.enabled() {
+        return;
+    }
+    response.append(VARY, HeaderValue::from_static("Origin"));
+    if response.contains_key(ACCESS_CONTROL_ALLOW_ORIGIN) {
+        // A preflight answer already has its headers.
+        return;
+    }
+    let Some(origin) = cors.allowed_origin(request) else {
+        return;
+    };
+    response.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    response.insert(
+        ACCESS_CONTROL_ALLOW_CREDENTIALS,
+        HeaderValue::from_static("true"),
+    );
+    response.insert(
+        ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(EXPOSE_HEADERS),
+    );
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap; src/ may not
+mod tests {
+    use super::*;
+
+    fn cors() -> Cors {
+        Cors::new(&CorsConfig {
+            allowed_origins: vec!["https://label.example.com".into()],
+            max_age: Duration::from_secs(600),
+        })
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn cors_origin_must_match_exactly_once() {
+        let c = cors();
+        assert!(
+            c.allowed_origin(&headers(&[("origin", "https://label.example.com")]))
+                .is_some()
+        );
+        for other in [
+            "https://label.example.com.evil.com",
+            "http://label.example.com",
+            "https://LABEL.example.com",
+            "https://label.example.com/",
+            "null",
+        ] {
+            assert!(
+                c.allowed_origin(&headers(&[("origin", other)])).is_none(),
+                "{other}"
+            );
+        }
+        let twice = headers(&[
+            ("origin", "https://label.example.com"),
+            ("origin", "https://label.example.com"),
+        ]);
+        assert!(c.allowed_origin(&twice).is_none());
+    }
+
+    #[test]
+    fn cors_disabled_adds_no_headers() {
+        let mut resp = HeaderMap::new();
+        apply(
+            &Cors::disabled(),
+            &headers(&[("origin", "https://label.example.com")]),
+            &mut resp,
+        );
+        assert!(resp.is_empty());
+    }
+}
