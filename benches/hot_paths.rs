@@ -111,15 +111,15 @@ fn pipeline_head(c: &mut Criterion) {
             sources,
             Limits::default(),
             NetworkPolicy::compile(&NetworkConfig::loopback_only()),
+        )
+        .with_access(
+            Some(Arc::new(identity)),
+            bucketgate::pipeline::authorize::Policy::new(
+                bucketgate::config::default_roles(),
+                Default::default(),
+            ),
         ),
         Arc::new(Metrics::new()),
-    )
-    .with_access(
-        Some(Arc::new(identity)),
-        bucketgate::pipeline::authorize::Policy::new(
-            bucketgate::config::default_roles(),
-            Default::default(),
-        ),
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

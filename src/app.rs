@@ -96,7 +96,10 @@ pub struct StartOptions {
 
 /// Build every live part a request needs from a config. Used at start and by every reload, so a
 /// reload validates exactly what a start would.
-pub async fn build_snapshot(config: &Config) -> Result<Snapshot, StartError> {
+pub async fn build_snapshot(
+    config: &Config,
+    revocations: &Arc<Revocations>,
+) -> Result<Snapshot, StartError> {
     let mut sources = HashMap::new();
     for (name, source) in &config.sources {
         let backend = match source {
@@ -120,11 +123,28 @@ pub async fn build_snapshot(config: &Config) -> Result<Snapshot, StartError> {
         };
         sources.insert(name.clone(), backend);
     }
+    // The JWKS is fetched once here; a failure is logged and retried on an unknown kid.
+    let identity = match &config.identity {
+        Some(ic) => {
+            let identity = Identity::new(ic, Arc::clone(revocations))?;
+            identity.load_jwks().await;
+            Some(Arc::new(identity))
+        }
+        None => {
+            tracing::warn!("no [identity] in the config: every object request is refused (401)");
+            None
+        }
+    };
     Ok(Snapshot::new(
         sources,
         config.limits.clone(),
         NetworkPolicy::compile(&config.network),
-    ))
+    )
+    .with_access(
+        identity,
+        Policy::new(config.roles.clone(), config.projects.clone()),
+    )
+    .with_cors(Cors::new(&config.cors)))
 }
 
 impl Gateway {
@@ -153,35 +173,17 @@ impl Gateway {
         // A persisted admin change outranks the file's lists (see reload/lists.rs).
         let config = reload::with_persisted_lists(config)?;
         let admission = Admission::new(&config.rate_limits, options.clock.clone());
-        // Identity before any port is bound: a bad key or revocations file fails startup. The
-        // JWKS is fetched once here; a failure is logged and retried on an unknown kid.
+        // Revocations outlive snapshots; identity is built with every snapshot (below), before
+        // any port is bound, so a bad key or revocations file fails startup.
         let revocations = Arc::new(Revocations::load(&config.admin.state_dir)?);
-        let identity = match &config.identity {
-            Some(ic) => {
-                let identity = Identity::new(ic, Arc::clone(&revocations))?;
-                identity.load_jwks().await;
-                Some(Arc::new(identity))
-            }
-            None => {
-                tracing::warn!(
-                    "no [identity] in the config: every object request is refused (401)"
-                );
-                None
-            }
-        };
         let (audit, audit_done) = AuditLog::start(&config.audit, Arc::clone(&metrics))?;
         let pipeline = Arc::new(
             Pipeline::with_admission(
-                build_snapshot(&config).await?,
+                build_snapshot(&config, &revocations).await?,
                 Arc::clone(&metrics),
                 admission,
             )
-            .with_audit(audit)
-            .with_cors(Cors::new(&config.cors))
-            .with_access(
-                identity,
-                Policy::new(config.roles.clone(), config.projects.clone()),
-            ),
+            .with_audit(audit),
         );
         let per_ip = Arc::new(PerIpConnections::new(
             config.rate_limits.max_connections_per_ip,
@@ -190,6 +192,7 @@ impl Gateway {
             Arc::clone(&pipeline),
             Arc::clone(&metrics),
             Arc::clone(&per_ip),
+            Arc::clone(&revocations),
             options.config_path.clone(),
             config.clone(),
         ));

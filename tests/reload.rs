@@ -449,3 +449,26 @@ async fn persisted_admin_lists_outrank_the_file_on_reload() {
     assert!(Path::new(&env.dir.path().join("state/network.json")).is_file());
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_key_removed_from_the_config_stops_its_tokens_at_the_next_reload() {
+    let mut env = Env::new(2);
+    let gw = env.start(BOTH, false).await;
+    let client = gw.client_from("127.0.0.1".parse().unwrap());
+    assert_eq!(status_from(&gw, &client).await.unwrap(), 200);
+
+    // The same config, but the test key has a new kid: the old kid is gone.
+    let rotated = env
+        .text(BOTH)
+        .replace(&format!("kid = \"{}\"", support::TEST_KID), "kid = \"rotated\"");
+    env.swap(&rotated);
+    gw.gateway()
+        .reload_from_file(Trigger::Signal)
+        .await
+        .unwrap_or_else(|e| panic!("reload: {e:?}"));
+    assert_eq!(
+        status_from(&gw, &client).await.unwrap(),
+        401,
+        "a token of the removed kid is refused on the very next request"
+    );
+}

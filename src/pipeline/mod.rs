@@ -74,6 +74,10 @@ pub struct Snapshot {
     sources: HashMap<String, AnyBackend>,
     limits: Limits,
     network: network::NetworkPolicy,
+    cors: cors::Cors,
+    /// `None`: no `[identity]`, every object request is 401 (fail closed).
+    identity: Option<Arc<crate::identity::Identity>>,
+    policy: authorize::Policy,
 }
 
 impl Snapshot {
@@ -86,7 +90,29 @@ impl Snapshot {
             sources,
             limits,
             network,
+            cors: cors::Cors::disabled(),
+            identity: None,
+            policy: authorize::Policy::default(),
         }
+    }
+
+    /// Verify tokens with `identity` and decide with `policy` (default: no identity, so every
+    /// object request is refused with 401). Part of the snapshot, so a reload that drops a key
+    /// revokes its tokens at once.
+    pub fn with_access(
+        mut self,
+        identity: Option<Arc<crate::identity::Identity>>,
+        policy: authorize::Policy,
+    ) -> Snapshot {
+        self.identity = identity;
+        self.policy = policy;
+        self
+    }
+
+    /// Answer CORS for the configured origins (default: none).
+    pub fn with_cors(mut self, cors: cors::Cors) -> Snapshot {
+        self.cors = cors;
+        self
     }
 
     /// The compiled network policy (stage 1, and the PROXY protocol peers for the listener).
@@ -111,10 +137,6 @@ pub struct Pipeline {
     /// Rate-limit state: outlives snapshots so a reload does not reset every client's budget.
     admission: admit::Admission,
     audit: AuditLog,
-    cors: cors::Cors,
-    /// `None`: no `[identity]`, every object request is 401 (fail closed).
-    identity: Option<Arc<crate::identity::Identity>>,
-    policy: authorize::Policy,
 }
 
 const ROUTE_OBJECT: &str = "object";
@@ -137,9 +159,6 @@ impl Pipeline {
             audit: AuditLog::off(Arc::clone(&metrics)),
             metrics,
             admission,
-            cors: cors::Cors::disabled(),
-            identity: None,
-            policy: authorize::Policy::default(),
         }
     }
 
@@ -148,27 +167,9 @@ impl Pipeline {
         &self.admission
     }
 
-    /// Verify tokens with `identity` and decide with `policy` (default: no identity, so every
-    /// object request is refused with 401).
-    pub fn with_access(
-        mut self,
-        identity: Option<Arc<crate::identity::Identity>>,
-        policy: authorize::Policy,
-    ) -> Pipeline {
-        self.identity = identity;
-        self.policy = policy;
-        self
-    }
-
     /// Write one audit record per request to `audit` (default: none).
     pub fn with_audit(mut self, audit: AuditLog) -> Pipeline {
         self.audit = audit;
-        self
-    }
-
-    /// Answer CORS for the configured origins (default: none).
-    pub fn with_cors(mut self, cors: cors::Cors) -> Pipeline {
-        self.cors = cors;
         self
     }
 
@@ -248,7 +249,7 @@ impl Pipeline {
                 *resp.body_mut() = respond::empty();
             }
             respond::security_headers(resp.headers_mut(), &request_id);
-            cors::apply(&self.cors, req.headers(), resp.headers_mut());
+            cors::apply(&snapshot.cors, req.headers(), resp.headers_mut());
             let status = resp.status().as_u16();
             tracing::Span::current().record("status", status);
             self.metrics
@@ -286,7 +287,7 @@ impl Pipeline {
         facts.client = client.addr();
         // 1b. A CORS preflight carries no credentials: answered here, before identity.
         if cors::is_preflight(req.method(), req.headers()) && route == ROUTE_OBJECT {
-            return cors::preflight(&self.cors, req.headers());
+            return cors::preflight(&snapshot.cors, req.headers());
         }
         // 5a. parse: route, query and key syntax. 400s here reveal nothing about what exists;
         // the source name is checked only after authorization.
@@ -307,7 +308,7 @@ impl Pipeline {
         facts.representation = Some(representation.as_str());
         // 2. identity
         let (principal, token) = identity::authenticate(
-            self.identity.as_deref(),
+            snapshot.identity.as_deref(),
             req.headers(),
             target.token(),
             crate::identity::unix_now(),
@@ -335,7 +336,7 @@ impl Pipeline {
             target.source(),
             target.key(),
             representation,
-            &self.policy,
+            &snapshot.policy,
         )
         .map_err(|e| {
             let rule = e.rule();

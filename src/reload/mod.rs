@@ -22,6 +22,7 @@ use tokio::sync::Mutex;
 
 use crate::app::{StartError, build_snapshot};
 use crate::config::{self, Config, ConfigErrors};
+use crate::identity::revocation::Revocations;
 use crate::pipeline::{ErrorChain, Pipeline};
 use crate::server::per_ip::PerIpConnections;
 use crate::telemetry::{Metrics, ReloadLabel};
@@ -98,6 +99,8 @@ pub struct Control {
     pipeline: Arc<Pipeline>,
     metrics: Arc<Metrics>,
     per_ip: Arc<PerIpConnections>,
+    /// Outlive snapshots: every rebuilt identity checks the same revocation list.
+    revocations: Arc<Revocations>,
     config_path: Option<PathBuf>,
     /// What the snapshot in force was built from (file config + persisted lists). The lock
     /// serializes every change.
@@ -130,6 +133,7 @@ impl Control {
         pipeline: Arc<Pipeline>,
         metrics: Arc<Metrics>,
         per_ip: Arc<PerIpConnections>,
+        revocations: Arc<Revocations>,
         config_path: Option<PathBuf>,
         effective: Config,
     ) -> Control {
@@ -144,6 +148,7 @@ impl Control {
             pipeline,
             metrics,
             per_ip,
+            revocations,
             config_path,
             current: Mutex::new(effective),
             admin_token,
@@ -194,7 +199,7 @@ impl Control {
     pub async fn install(&self, config: Config) -> Result<(), ReloadError> {
         let mut current = self.current.lock().await;
         let effective = with_persisted_lists(config)?;
-        let snapshot = build_snapshot(&effective).await?;
+        let snapshot = build_snapshot(&effective, &self.revocations).await?;
         let old = &*current;
         if old.listener.addr != effective.listener.addr || old.admin.addr != effective.admin.addr {
             tracing::warn!("listener addresses changed in the config; they apply after a restart");
@@ -264,7 +269,7 @@ impl Control {
         }
         let mut effective = current.clone();
         after.apply_to(&mut effective);
-        let snapshot = build_snapshot(&effective).await?;
+        let snapshot = build_snapshot(&effective, &self.revocations).await?;
         let state_dir = effective.admin.state_dir.clone();
         let to_store = after.clone();
         tokio::task::spawn_blocking(move || lists::store_state(&state_dir, &to_store))
