@@ -344,6 +344,7 @@ EOF
 
 GW_PID=""
 write_gateway_config() {
+    [[ -f "$TMP/gw/hs256.key" ]] || openssl rand -hex 32 >"$TMP/gw/hs256.key"
     local s3_source=""
     if [[ -n "$S3_KIND" ]]; then
         s3_source="
@@ -372,13 +373,29 @@ allow = ["127.0.0.0/8"]
 [rate_limits]
 per_ip_rps = 1000000
 per_ip_burst = 1000000
+per_subject_rps = 1000000
+per_subject_burst = 1000000
 max_connections_per_ip = 100000
+
+# Every request carries a signed URL (?token=), verified and authorized as in production.
+[identity]
+audience = "bucketgate"
+
+[[identity.keys]]
+kid = "bench"
+alg = "HS256"
+secret = "file:$TMP/gw/hs256.key"
 
 [sources.bench]
 kind = "fs"
 root = "$TMP/files"
 $s3_source
 EOF
+    # Signed-URL query strings for each source, minted by the gateway's own CLI.
+    Q_BENCH="?token=$(BENCH_S3_SECRET_KEY=$S3_SECRET_KEY "$BIN" token --config "$TMP/gw/config.toml" --source bench --prefix "" --ttl 1h --role reviewer)"
+    Q_S3=""
+    [[ -z "$S3_KIND" ]] ||
+        Q_S3="?token=$(BENCH_S3_SECRET_KEY=$S3_SECRET_KEY "$BIN" token --config "$TMP/gw/config.toml" --source s3 --prefix "" --ttl 1h --role reviewer)"
 }
 
 start_gateway() { # log-name
@@ -390,7 +407,7 @@ start_gateway() { # log-name
     ) >"$logf" 2>&1 &
     GW_PID=$!
     PIDS+=("$GW_PID")
-    if ! wait_http "https://127.0.0.1:$GW_PORT/o/bench/64k.bin" 30 "$GW_PID" --cacert "$TMP/cert.pem"; then
+    if ! wait_http "https://127.0.0.1:$GW_PORT/o/bench/64k.bin$Q_BENCH" 30 "$GW_PID" --cacert "$TMP/cert.pem"; then
         printf '\n--- bucketgate did not serve /o/bench/64k.bin within 30 s; its config:\n' >&2
         cat "$TMP/gw/config.toml" >&2
         printf -- '--- its log (%s):\n' "$logf" >&2
@@ -420,12 +437,12 @@ GW="https://127.0.0.1:$GW_PORT"
 if has_section fs; then
     for f in 64k.bin 1m.bin; do
         check_url "$NG/o/bench/$f" "${SIZE[$f]}" || true
-        [[ "$SKIP_GATEWAY" == "1" ]] || check_url "$GW/o/bench/$f" "${SIZE[$f]}" || true
+        [[ "$SKIP_GATEWAY" == "1" ]] || check_url "$GW/o/bench/$f$Q_BENCH" "${SIZE[$f]}" || true
         for proto in h1 h2; do
             runner=run_wrk
             [[ $proto == h2 ]] && runner=run_h2load
             $runner fs nginx "$f" "$NG/o/bench/$f"
-            [[ "$SKIP_GATEWAY" == "1" ]] || $runner fs bucketgate "$f" "$GW/o/bench/$f"
+            [[ "$SKIP_GATEWAY" == "1" ]] || $runner fs bucketgate "$f" "$GW/o/bench/$f$Q_BENCH"
         done
     done
 fi
@@ -434,10 +451,10 @@ if has_section s3 && [[ -n "$S3_KIND" ]]; then
     for f in 64k.bin 1m.bin; do
         check_url "http://127.0.0.1:$S3_ANON_PORT/bench/$f" "${SIZE[$f]}" || true
         check_url "$NG/s3/$f" "${SIZE[$f]}" || true
-        [[ "$SKIP_GATEWAY" == "1" ]] || check_url "$GW/o/s3/$f" "${SIZE[$f]}" || true
+        [[ "$SKIP_GATEWAY" == "1" ]] || check_url "$GW/o/s3/$f$Q_S3" "${SIZE[$f]}" || true
         run_wrk s3 "$S3_KIND-direct(http)" "$f" "http://127.0.0.1:$S3_ANON_PORT/bench/$f"
         run_wrk s3 "nginx->$S3_KIND" "$f" "$NG/s3/$f"
-        [[ "$SKIP_GATEWAY" == "1" ]] || run_wrk s3 "bucketgate->$S3_KIND" "$f" "$GW/o/s3/$f"
+        [[ "$SKIP_GATEWAY" == "1" ]] || run_wrk s3 "bucketgate->$S3_KIND" "$f" "$GW/o/s3/$f$Q_S3"
     done
 fi
 
@@ -457,7 +474,7 @@ if has_section mem && [[ "$SKIP_GATEWAY" != "1" ]]; then
     mkdir -p "$TMP/mem"
     for i in $(seq "$MEM_CLIENTS"); do
         curl -s -o /dev/null --cacert "$TMP/cert.pem" --limit-rate "$MEM_RATE" --max-time "$MEM_SECONDS" \
-            -w '%{http_code} %{size_download}\n' "$GW/o/bench/1g.bin" >"$TMP/mem/$i.out" 2>/dev/null &
+            -w '%{http_code} %{size_download}\n' "$GW/o/bench/1g.bin$Q_BENCH" >"$TMP/mem/$i.out" 2>/dev/null &
         CLIENTS+=("$!")
         PIDS+=("$!")
     done
