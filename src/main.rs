@@ -54,7 +54,10 @@ enum Command {
         /// A Forwarded header value (RFC 7239), as the peer would send it.
         #[arg(long)]
         forwarded: Option<String>,
-        // Identity (`--token`) joins here with the identity stage.
+        /// A token (JWT) as the client would send it in `Authorization: Bearer`; without it the
+        /// dry run stops after the network stage.
+        #[arg(long)]
+        token: Option<String>,
         /// The request path, e.g. /o/photos/cat.jpg.
         path: String,
     },
@@ -143,8 +146,16 @@ fn main() -> ExitCode {
             peer,
             forwarded_for,
             forwarded,
+            token,
             path,
-        } => explain(&config, &peer, forwarded_for, forwarded, &path),
+        } => explain(
+            &config,
+            &peer,
+            forwarded_for,
+            forwarded,
+            token.as_deref(),
+            &path,
+        ),
         Command::Sign { mint, base_url } => report(sign(&mint, base_url.as_deref())),
         Command::Token { mint } => report(token(&mint)),
         Command::Keygen { alg, out, kid } => report(keygen(alg, &out, kid)),
@@ -264,6 +275,7 @@ fn explain(
     peer: &str,
     forwarded_for: Option<String>,
     forwarded: Option<String>,
+    token: Option<&str>,
     request_path: &str,
 ) -> ExitCode {
     use bucketgate::pipeline::network::{self, NetworkPolicy};
@@ -307,10 +319,97 @@ fn explain(
     let policy = NetworkPolicy::compile(&config.network);
     let explanation = network::explain(peer, &headers, request_path, &policy);
     print!("{explanation}");
-    if explanation.allowed() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    if !explanation.allowed() {
+        return ExitCode::FAILURE;
+    }
+    let (Some(token), Ok(client)) = (token, explanation.client) else {
+        return ExitCode::SUCCESS;
+    };
+    match explain_access(&config, client, token, request_path) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("bucketgate: {e:#}");
+            ExitCode::from(EXPLAIN_BAD_INPUT)
+        }
+    }
+}
+
+/// Stages 2 and 3 of `explain`: the token's identity, then the clause that allows or refuses
+/// the request. Prints one line per stage; `Ok(allowed)`.
+fn explain_access(
+    config: &Config,
+    client: bucketgate::pipeline::network::ClientIp,
+    token: &str,
+    request_path: &str,
+) -> anyhow::Result<bool> {
+    use bucketgate::identity::revocation::Revocations;
+    use bucketgate::identity::{Identity, Representation, unix_now};
+    use bucketgate::pipeline::{authorize, identity, plan};
+    let (path, query) = match request_path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (request_path, None),
+    };
+    let target = match plan::parse_object(path, query) {
+        Ok(target) => target,
+        Err(e) => {
+            println!("request:   refuse (400): {e}");
+            return Ok(false);
+        }
+    };
+    let Some(ic) = &config.identity else {
+        println!("identity:  refuse (401): the config has no [identity]");
+        return Ok(false);
+    };
+    let revocations = std::sync::Arc::new(
+        Revocations::load(&config.admin.state_dir).context("reading the revocation list")?,
+    );
+    let verifier = Identity::new(ic, revocations).context("building the token verifier")?;
+    let mut headers = http::HeaderMap::new();
+    let bearer = http::HeaderValue::from_str(&format!("Bearer {token}"))
+        .context("--token is not a valid header value")?;
+    headers.insert(http::header::AUTHORIZATION, bearer);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let principal = runtime.block_on(async {
+        verifier.load_jwks().await;
+        identity::authenticate(Some(&verifier), &headers, None, unix_now()).await
+    });
+    let principal = match principal {
+        Ok((principal, _)) => principal,
+        Err(e) => {
+            println!("identity:  refuse (401): {e}");
+            return Ok(false);
+        }
+    };
+    println!(
+        "identity:  subject {} role {}{}",
+        principal.subject(),
+        principal.role(),
+        principal
+            .project()
+            .map(|p| format!(" project {p}"))
+            .unwrap_or_default()
+    );
+    let policy = authorize::Policy::new(config.roles.clone(), config.projects.clone());
+    match authorize::authorize(
+        &principal,
+        client,
+        target.source(),
+        target.key(),
+        Representation::Original,
+        &policy,
+    ) {
+        Ok(grant) => {
+            println!("authorize: allow: {}", grant.rule());
+            Ok(true)
+        }
+        Err(e) => {
+            println!("authorize: refuse (403): {}", e.rule());
+            Ok(false)
+        }
     }
 }
 

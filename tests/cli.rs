@@ -208,3 +208,77 @@ fn cli_keygen_never_overwrites_a_key() {
         before
     );
 }
+
+#[test]
+fn cli_explain_with_a_token_names_the_clause_that_allows_or_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir(root.join("data")).unwrap();
+    std::fs::write(
+        root.join("hs256.key"),
+        "explain-test-secret-0123456789abcdef",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("config.toml"),
+        "[listener]\naddr = \"127.0.0.1:0\"\ndev_certificate_dir = \"tls\"\n\
+         [network]\nallow = [\"203.0.113.0/24\"]\n\
+         [sources.local]\nkind = \"fs\"\nroot = \"data\"\n\
+         [identity]\naudience = \"bucketgate\"\n\
+         [[identity.keys]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = \"file:hs256.key\"\n",
+    )
+    .unwrap();
+    let token = ok(
+        root,
+        &[
+            "token",
+            "--config",
+            "config.toml",
+            "--source",
+            "local",
+            "--prefix",
+            "cats/",
+            "--sub",
+            "ana",
+        ],
+    );
+    let explain = |path: &str, token: &str| {
+        let out = bucketgate(
+            root,
+            &[
+                "explain",
+                "--config",
+                "config.toml",
+                "--peer",
+                "203.0.113.7",
+                "--token",
+                token,
+                path,
+            ],
+        );
+        (
+            out.status.code().unwrap(),
+            String::from_utf8(out.stdout).unwrap(),
+        )
+    };
+    let (code, out) = explain("/o/local/cats/1.jpg", &token);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("identity:  subject ana role annotator"),
+        "{out}"
+    );
+    assert!(out.contains("authorize: allow: scope local:cats/"), "{out}");
+
+    // A sibling prefix is outside the scope: refused, and the clause is named.
+    let (code, out) = explain("/o/local/catsup/1.jpg", &token);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("authorize: refuse (403): scope"), "{out}");
+
+    // A tampered token never gets past identity.
+    let mut bad = token.clone();
+    bad.push('x');
+    let (code, out) = explain("/o/local/cats/1.jpg", &bad);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("identity:  refuse (401)"), "{out}");
+    assert!(!out.contains(&token), "the token is never printed: {out}");
+}
