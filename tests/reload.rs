@@ -458,9 +458,10 @@ async fn a_key_removed_from_the_config_stops_its_tokens_at_the_next_reload() {
     assert_eq!(status_from(&gw, &client).await.unwrap(), 200);
 
     // The same config, but the test key has a new kid: the old kid is gone.
-    let rotated = env
-        .text(BOTH)
-        .replace(&format!("kid = \"{}\"", support::TEST_KID), "kid = \"rotated\"");
+    let rotated = env.text(BOTH).replace(
+        &format!("kid = \"{}\"", support::TEST_KID),
+        "kid = \"rotated\"",
+    );
     env.swap(&rotated);
     gw.gateway()
         .reload_from_file(Trigger::Signal)
