@@ -1003,3 +1003,60 @@ async fn jwks_rotation_is_picked_up_on_an_unknown_kid_and_refresh_is_rate_limite
     );
     assert_eq!(status(token("k2", &k2)).await, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn cip_is_checked_against_the_client_a_trusted_proxy_forwarded() {
+    let data = tempfile::tempdir().unwrap();
+    for k in OBJECTS {
+        support::write_file(data.path(), k, k.as_bytes());
+    }
+    let state = tempfile::tempdir().unwrap();
+    let keys = Keys::new();
+    let sources = BTreeMap::from([("local".to_string(), support::fs_source(data.path()))]);
+    let ident = identity(&keys);
+    let state_dir = state.path().to_path_buf();
+    let gw = support::start_gateway_custom(sources, support::test_limits(), move |c| {
+        c.identity = Some(ident);
+        c.admin.state_dir = state_dir;
+        c.network.allow = vec![
+            "127.0.0.0/8".parse().unwrap(),
+            "203.0.113.0/24".parse().unwrap(),
+        ];
+        c.network.trusted_proxies = vec!["127.0.0.5/32".parse().unwrap()];
+        policy(c);
+    })
+    .await;
+    let bound = hs(&claims(json!({"cip": "203.0.113.7/32"})));
+    let auth = format!("Bearer {bound}");
+    let url = gw.url("/o/local/a/x.txt");
+    let from = |ip: &str| {
+        gw.anon_client_builder()
+            .local_address(ip.parse::<IpAddr>().unwrap())
+            .build()
+            .unwrap()
+    };
+    let proxy = from("127.0.0.5");
+    let ok = send(
+        &proxy,
+        &url,
+        &[("authorization", &auth), ("x-forwarded-for", "203.0.113.7")],
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    let other = send(
+        &proxy,
+        &url,
+        &[("authorization", &auth), ("x-forwarded-for", "203.0.113.8")],
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::FORBIDDEN, "{}", other.body);
+    // The same header from a peer that is not a trusted proxy is ignored: the client is the peer.
+    let spoofer = from("127.0.0.6");
+    let spoofed = send(
+        &spoofer,
+        &url,
+        &[("authorization", &auth), ("x-forwarded-for", "203.0.113.7")],
+    )
+    .await;
+    assert_eq!(spoofed.status, StatusCode::FORBIDDEN, "{}", spoofed.body);
+}
