@@ -14,14 +14,29 @@
 #    SigV4-signed) vs nginx proxying to s3s-fs vs reading s3s-fs directly (plain http);
 # 5. memory: a fresh bucketgate, MEM_CLIENTS slow clients (curl --limit-rate MEM_RATE) each
 #    reading the 1 GiB object for MEM_SECONDS; prints peak RSS above idle;
-# 6. prints one table with req/s, MiB/s, latency and the bucketgate/peer ratios.
+# 6. net section (issue 3): two gateways side by side, identical but for [network]: 10,000 allow
+#    and deny rules (mixed IPv4/IPv6, 127.0.0.0/8 among the allow rules) vs the one allow rule
+#    127.0.0.0/8; wrk on the 64 KiB file, the two alternated for AB_ROUNDS rounds; prints the
+#    mean req/s of each, each gateway's CPU time per request (from /proc: steadier than req/s
+#    when the machine is busy), and the ratios (goal: the 10k-rule stage costs under 3%);
+# 7. auth section (issue 4; not in the default SECTIONS: it builds an old commit once): the
+#    gateway at BASELINE_COMMIT, the last one before the identity stage existed, serves the
+#    64 KiB file unauthenticated, next to today's gateway serving it to signed URLs (audit off,
+#    as the baseline has none; and audit on stdout, as in the fs section); alternated likewise,
+#    same figures, ratio signed/unauthenticated (goal >= 0.9). The baseline lacks everything
+#    merged since (identity, authorization, CORS, audit), so the ratio bounds the cost of the
+#    signed URL from above;
+# 8. prints one table with req/s, MiB/s, latency and the bucketgate/peer ratios.
 #
 # Environment (defaults in brackets):
 #   DURATION [10] seconds per measurement   CONNECTIONS [50]   THREADS [2] client threads
 #   WORKERS [2] nginx worker_processes and bucketgate runtime threads
 #   H2_STREAMS [10] concurrent streams per h2load connection
 #   MEM_CLIENTS [200]  MEM_SECONDS [20]  MEM_RATE [1M]
-#   SECTIONS ["fs s3 mem"]  any subset, space separated
+#   SECTIONS ["fs s3 mem net"]  any subset of "fs s3 mem net auth", space separated
+#   AB_ROUNDS [2] rounds of the net and auth comparisons (each variant runs DURATION s per round)
+#   BASELINE_COMMIT [61e0984] the unauthenticated baseline of the auth section; its binary is
+#                    built from `git archive` in a temp dir, cached in target/bench-baseline/
 #   SKIP_GATEWAY=1   measure the peers only (when bucketgate does not build or start)
 #   SKIP_BUILD=1     use the existing target/release/bucketgate
 #   BENCH_RUST_LOG [warn]  RUST_LOG for bucketgate (per-request logs would measure the logger)
@@ -43,7 +58,9 @@ H2_STREAMS=${H2_STREAMS:-10}
 MEM_CLIENTS=${MEM_CLIENTS:-200}
 MEM_SECONDS=${MEM_SECONDS:-20}
 MEM_RATE=${MEM_RATE:-1M}
-SECTIONS=${SECTIONS:-"fs s3 mem"}
+SECTIONS=${SECTIONS:-"fs s3 mem net"}
+AB_ROUNDS=${AB_ROUNDS:-2}
+BASELINE_COMMIT=${BASELINE_COMMIT:-61e0984}
 SKIP_GATEWAY=${SKIP_GATEWAY:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
 BENCH_RUST_LOG=${BENCH_RUST_LOG:-warn}
@@ -195,6 +212,7 @@ run_wrk() { # section target file url
     local section=$1 target=$2 file=$3 url=$4 out rps tps p99 note=""
     log "wrk  $target $file ($DURATION s, c=$CONNECTIONS, t=$THREADS)"
     out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url" 2>&1) || note="wrk-failed"
+    WRK_REQUESTS=$(awk '/ requests in / {print $1}' <<<"$out")
     rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
     tps=$(awk '/^Transfer\/sec:/ {print $2}' <<<"$out")
     p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
@@ -343,9 +361,15 @@ EOF
 }
 
 GW_PID=""
-write_gateway_config() {
-    [[ -f "$TMP/gw/hs256.key" ]] || openssl rand -hex 32 >"$TMP/gw/hs256.key"
-    local s3_source=""
+NET_ONE_RULE='# The network stage runs on every request, as in production; the load comes from one address,
+# so the per-address rate limit is lifted to measure throughput rather than the limiter.
+[network]
+allow = ["127.0.0.0/8"]'
+
+# A gateway config on stdout. flavour `current`: today's keys, every request a signed URL;
+# `baseline`: only the keys BASELINE_COMMIT knows (no [identity], no per-subject limits, no audit).
+gateway_config() { # port admin-port network-toml flavour [extra-toml]
+    local port=$1 admin_port=$2 network=$3 flavour=$4 extra=${5:-} s3_source="" subject="" identity=""
     if [[ -n "$S3_KIND" ]]; then
         s3_source="
 [sources.s3]
@@ -356,64 +380,175 @@ endpoint = \"http://127.0.0.1:$S3_PORT\"
 path_style = true
 credentials = { access_key_id = \"$S3_ACCESS_KEY\", secret_access_key = \"env:BENCH_S3_SECRET_KEY\" }"
     fi
-    cat >"$TMP/gw/config.toml" <<EOF
+    if [[ $flavour == current ]]; then
+        subject="per_subject_rps = 1000000
+per_subject_burst = 1000000"
+        identity="# Every request carries a signed URL (?token=), verified and authorized as in production.
+[identity]
+audience = \"bucketgate\"
+
+[[identity.keys]]
+kid = \"bench\"
+alg = \"HS256\"
+secret = \"file:$TMP/gw/hs256.key\""
+    fi
+    cat <<EOF
 [listener]
-addr = "127.0.0.1:$GW_PORT"
+addr = "127.0.0.1:$port"
 tls_cert = "$TMP/cert.pem"
 tls_key = "$TMP/key.pem"
 
 [admin]
-addr = "127.0.0.1:$GW_ADMIN_PORT"
+addr = "127.0.0.1:$admin_port"
 
-# The network stage runs on every request, as in production; the load comes from one address,
-# so the per-address rate limit is lifted to measure throughput rather than the limiter.
-[network]
-allow = ["127.0.0.0/8"]
+$network
 
 [rate_limits]
 per_ip_rps = 1000000
 per_ip_burst = 1000000
-per_subject_rps = 1000000
-per_subject_burst = 1000000
+$subject
 max_connections_per_ip = 100000
 
-# Every request carries a signed URL (?token=), verified and authorized as in production.
-[identity]
-audience = "bucketgate"
-
-[[identity.keys]]
-kid = "bench"
-alg = "HS256"
-secret = "file:$TMP/gw/hs256.key"
+$identity
+$extra
 
 [sources.bench]
 kind = "fs"
 root = "$TMP/files"
 $s3_source
 EOF
-    # Signed-URL query strings for each source, minted by the gateway's own CLI.
+}
+
+write_gateway_config() {
+    [[ -f "$TMP/gw/hs256.key" ]] || openssl rand -hex 32 >"$TMP/gw/hs256.key"
+    gateway_config "$GW_PORT" "$GW_ADMIN_PORT" "$NET_ONE_RULE" current >"$TMP/gw/config.toml"
+    # Signed-URL query strings for each source, minted by the gateway's own CLI. Every current
+    # config here shares the key and audience, so these work for all of them.
     Q_BENCH="?token=$(BENCH_S3_SECRET_KEY=$S3_SECRET_KEY "$BIN" token --config "$TMP/gw/config.toml" --source bench --prefix "" --ttl 1h --role reviewer)"
     Q_S3=""
     [[ -z "$S3_KIND" ]] ||
         Q_S3="?token=$(BENCH_S3_SECRET_KEY=$S3_SECRET_KEY "$BIN" token --config "$TMP/gw/config.toml" --source s3 --prefix "" --ttl 1h --role reviewer)"
 }
 
-start_gateway() { # log-name
-    local logf="$TMP/gw/$1.log"
+start_gateway() { # log-name [config port binary probe-query]; sets GW_PID
+    local logf="$TMP/gw/$1.log" config=${2:-$TMP/gw/config.toml} port=${3:-$GW_PORT} bin=${4:-$BIN}
+    local query=${5-$Q_BENCH}
     (
         cd "$TMP/gw"
         export BENCH_S3_SECRET_KEY=$S3_SECRET_KEY RUST_LOG=$BENCH_RUST_LOG TOKIO_WORKER_THREADS=$WORKERS
-        exec "$BIN" serve --config "$TMP/gw/config.toml"
+        exec "$bin" serve --config "$config"
     ) >"$logf" 2>&1 &
     GW_PID=$!
     PIDS+=("$GW_PID")
-    if ! wait_http "https://127.0.0.1:$GW_PORT/o/bench/64k.bin$Q_BENCH" 30 "$GW_PID" --cacert "$TMP/cert.pem"; then
-        printf '\n--- bucketgate did not serve /o/bench/64k.bin within 30 s; its config:\n' >&2
-        cat "$TMP/gw/config.toml" >&2
+    if ! wait_http "https://127.0.0.1:$port/o/bench/64k.bin$query" 30 "$GW_PID" --cacert "$TMP/cert.pem"; then
+        printf '\n--- bucketgate (%s) did not serve /o/bench/64k.bin within 30 s; its config:\n' "$bin" >&2
+        cat "$config" >&2
         printf -- '--- its log (%s):\n' "$logf" >&2
         cat "$logf" >&2
         exit 1
     fi
+}
+
+# [network] with 10,000 rules in the mix of benches/network.rs: 9,000 allow and 1,000 deny, half
+# IPv4 (/16../32) and half IPv6 (/32../128 in 2001:db8::/32), none touching 127.0.0.0/8, plus
+# 127.0.0.0/8 itself as the last allow rule (the bench client is allowed by the 9,000th).
+network_10k_rules() {
+    python3 - <<'PY'
+import ipaddress, random
+rng = random.Random(0x9E3779B97F4A7C15)
+loopback = ipaddress.ip_network("127.0.0.0/8")
+def rules(n):
+    out = []
+    while len(out) < n:
+        if len(out) % 2 == 0:
+            net = ipaddress.ip_network((rng.getrandbits(32), rng.randint(16, 32)), strict=False)
+            if net.overlaps(loopback):
+                continue
+        else:
+            addr = (0x20010DB8 << 96) | rng.getrandbits(96)
+            net = ipaddress.ip_network((addr, rng.randint(32, 128)), strict=False)
+        out.append(str(net))
+    return out
+allow = rules(8999) + [str(loopback)]
+deny = rules(1000)
+q = lambda xs: ",\n".join('    "%s"' % x for x in xs)
+print("# 10,000 rules (load.sh network_10k_rules)\n[network]")
+print("allow = [\n%s,\n]" % q(allow))
+print("deny = [\n%s,\n]" % q(deny))
+PY
+}
+
+# The unauthenticated baseline for the auth section: bucketgate at BASELINE_COMMIT, built from
+# `git archive` (the working tree is not touched) and cached by commit. Sets BASELINE_BIN, _REV.
+BASELINE_BIN=""
+BASELINE_REV=""
+build_baseline() {
+    local src="$TMP/baseline-src" target="$TARGET_DIR/bench-baseline"
+    BASELINE_REV=$(git -C "$REPO" rev-parse --short=12 "$BASELINE_COMMIT^{commit}" 2>/dev/null) ||
+        { log "BASELINE_COMMIT $BASELINE_COMMIT is not in this clone (shallow?)"; return 1; }
+    BASELINE_BIN="$target/bucketgate-$BASELINE_REV"
+    [[ -x "$BASELINE_BIN" ]] && return 0
+    mkdir -p "$src" "$target"
+    git -C "$REPO" archive "$BASELINE_REV" | tar -x -C "$src"
+    log "building the baseline $BASELINE_REV (cargo build --release, a few minutes, once)"
+    if ! (cd "$src" && CARGO_TARGET_DIR="$target/target" cargo build --release --locked) \
+        >"$TMP/baseline-build.log" 2>&1; then
+        tail -20 "$TMP/baseline-build.log" >&2
+        log "building the baseline $BASELINE_REV failed"
+        return 1
+    fi
+    cp "$target/target/release/bucketgate" "$BASELINE_BIN"
+    rm -rf "$src"
+}
+
+# --- same-run comparisons (net, auth) ---------------------------------------------------------------
+
+declare -a AB_LINES=() AB_MEAN=() AB_CPU=()
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; } # user + system
+
+# wrk (HTTP/1.1) on the 64 KiB file against each variant in turn for AB_ROUNDS rounds, each round
+# starting one variant later (ABBA for two), so drift on a busy machine falls on all alike. Every
+# run goes into the table. In argument order, AB_MEAN gets each variant's mean req/s and AB_CPU
+# its gateway's CPU time per request in microseconds (user + system, from /proc): throughput
+# moves with whatever else the machine runs, CPU per request much less.
+ab_runs() { # section label url pid [label url pid]...
+    local section=$1 n r i k before
+    shift
+    local -a labels=() urls=() pids=() sums=() ticks=() requests=()
+    while (($# >= 3)); do
+        labels+=("$1")
+        urls+=("$2")
+        pids+=("$3")
+        sums+=(0)
+        ticks+=(0)
+        requests+=(0)
+        shift 3
+    done
+    n=${#labels[@]}
+    for r in $(seq "$AB_ROUNDS"); do
+        for i in $(seq 0 $((n - 1))); do
+            k=$(((i + r - 1) % n))
+            before=$(cpu_ticks "${pids[$k]}")
+            WRK_REQUESTS=0
+            run_wrk "$section" "${labels[$k]}" 64k.bin "${urls[$k]}"
+            ticks[k]=$((ticks[k] + $(cpu_ticks "${pids[$k]}") - before))
+            requests[k]=$((requests[k] + ${WRK_REQUESTS:-0}))
+            sums[k]=$(awk -v a="${sums[$k]}" -v b="${REQS[$section|${labels[$k]}|h1|64k.bin]}" \
+                'BEGIN { print a + b }')
+        done
+    done
+    AB_MEAN=()
+    AB_CPU=()
+    for k in $(seq 0 $((n - 1))); do
+        AB_MEAN+=("$(awk -v s="${sums[$k]}" -v r="$AB_ROUNDS" 'BEGIN { printf "%.0f", s / r }')")
+        AB_CPU+=("$(awk -v t="${ticks[$k]}" -v q="${requests[$k]}" -v hz="$CLK_TCK" \
+            'BEGIN { if (q == 0) print "-"; else printf "%.1f", t / hz * 1e6 / q }')")
+    done
+}
+
+percent_below() { # a b -> how many percent a is below b, one decimal (negative: above)
+    awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (b + 0 == 0) print "-"; else printf "%.1f", (1 - a / b) * 100 }'
 }
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
@@ -456,6 +591,70 @@ if has_section s3 && [[ -n "$S3_KIND" ]]; then
         run_wrk s3 "nginx->$S3_KIND" "$f" "$NG/s3/$f"
         [[ "$SKIP_GATEWAY" == "1" ]] || run_wrk s3 "bucketgate->$S3_KIND" "$f" "$GW/o/s3/$f$Q_S3"
     done
+fi
+
+if has_section net && [[ "$SKIP_GATEWAY" != "1" ]]; then
+    main_pid=$GW_PID
+    net_port1=$(free_port) net_admin1=$(free_port) net_port2=$(free_port) net_admin2=$(free_port)
+    gateway_config "$net_port1" "$net_admin1" "$NET_ONE_RULE" current >"$TMP/gw/net-1-rule.toml"
+    gateway_config "$net_port2" "$net_admin2" "$(network_10k_rules)" current >"$TMP/gw/net-10k-rules.toml"
+    # The big list is in force: the bench client is allowed, an address of a deny rule is not.
+    deny_addr=$(awk '/^deny = \[/ { getline; gsub(/[" ,]/, ""); sub(/\/.*/, ""); print; exit }' \
+        "$TMP/gw/net-10k-rules.toml")
+    explain_10k() { BENCH_S3_SECRET_KEY=$S3_SECRET_KEY "$BIN" explain --config "$TMP/gw/net-10k-rules.toml" "$@"; }
+    explain_10k --peer 127.0.0.1 /o/bench/64k.bin >/dev/null ||
+        die "the 10,000-rule config does not allow 127.0.0.1"
+    if explain_10k --peer "$deny_addr" /o/bench/64k.bin >/dev/null; then
+        die "the 10,000-rule config allows $deny_addr, inside its first deny rule"
+    fi
+    start_gateway net-1-rule "$TMP/gw/net-1-rule.toml" "$net_port1"
+    net_pid1=$GW_PID
+    start_gateway net-10k-rules "$TMP/gw/net-10k-rules.toml" "$net_port2"
+    net_pid2=$GW_PID
+    check_url "https://127.0.0.1:$net_port1/o/bench/64k.bin$Q_BENCH" "${SIZE[64k.bin]}" || true
+    check_url "https://127.0.0.1:$net_port2/o/bench/64k.bin$Q_BENCH" "${SIZE[64k.bin]}" || true
+    ab_runs net bucketgate-1-rule "https://127.0.0.1:$net_port1/o/bench/64k.bin$Q_BENCH" "$net_pid1" \
+        bucketgate-10k-rules "https://127.0.0.1:$net_port2/o/bench/64k.bin$Q_BENCH" "$net_pid2"
+    AB_LINES+=("net:  10,000 rules vs 1 rule: req/s ${AB_MEAN[1]} vs ${AB_MEAN[0]}, ratio $(ratio "${AB_MEAN[1]}" "${AB_MEAN[0]}") (stage cost $(percent_below "${AB_MEAN[1]}" "${AB_MEAN[0]}")%); CPU/request ${AB_CPU[1]} vs ${AB_CPU[0]} us, ratio $(ratio "${AB_CPU[0]}" "${AB_CPU[1]}") (stage cost $(percent_below "${AB_CPU[0]}" "${AB_CPU[1]}")%); goal: cost < 3%")
+    stop "$net_pid1"
+    stop "$net_pid2"
+    GW_PID=$main_pid
+fi
+
+if has_section auth && [[ "$SKIP_GATEWAY" != "1" ]]; then
+    if build_baseline; then
+        main_pid=$GW_PID
+        auth_port1=$(free_port) auth_admin1=$(free_port) auth_port2=$(free_port)
+        auth_admin2=$(free_port) auth_port3=$(free_port) auth_admin3=$(free_port)
+        gateway_config "$auth_port1" "$auth_admin1" "$NET_ONE_RULE" baseline >"$TMP/gw/auth-baseline.toml"
+        gateway_config "$auth_port2" "$auth_admin2" "$NET_ONE_RULE" current \
+            "$(printf '[audit]\ndestination = "off"')" >"$TMP/gw/auth-signed.toml"
+        gateway_config "$auth_port3" "$auth_admin3" "$NET_ONE_RULE" current >"$TMP/gw/auth-signed-audit.toml"
+        start_gateway auth-baseline "$TMP/gw/auth-baseline.toml" "$auth_port1" "$BASELINE_BIN" ""
+        auth_pid1=$GW_PID
+        start_gateway auth-signed "$TMP/gw/auth-signed.toml" "$auth_port2"
+        auth_pid2=$GW_PID
+        start_gateway auth-signed-audit "$TMP/gw/auth-signed-audit.toml" "$auth_port3"
+        auth_pid3=$GW_PID
+        unauth_url="https://127.0.0.1:$auth_port1/o/bench/64k.bin"
+        check_url "$unauth_url" "${SIZE[64k.bin]}" || true
+        # The current gateway refuses the same request without its signed URL.
+        code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$TMP/cert.pem" \
+            "https://127.0.0.1:$auth_port2/o/bench/64k.bin" || true)
+        [[ $code == 401 ]] || log "WARNING: the current gateway answered $code to an unsigned request (want 401)"
+        check_url "https://127.0.0.1:$auth_port2/o/bench/64k.bin$Q_BENCH" "${SIZE[64k.bin]}" || true
+        ab_runs auth "bucketgate@${BASELINE_REV:0:7}-unauth" "$unauth_url" "$auth_pid1" \
+            bucketgate-signed "https://127.0.0.1:$auth_port2/o/bench/64k.bin$Q_BENCH" "$auth_pid2" \
+            bucketgate-signed+audit "https://127.0.0.1:$auth_port3/o/bench/64k.bin$Q_BENCH" "$auth_pid3"
+        AB_LINES+=("auth: signed URL vs unauthenticated (${BASELINE_REV:0:7}): req/s ${AB_MEAN[1]} vs ${AB_MEAN[0]}, ratio $(ratio "${AB_MEAN[1]}" "${AB_MEAN[0]}"); CPU/request ${AB_CPU[1]} vs ${AB_CPU[0]} us, ratio $(ratio "${AB_CPU[0]}" "${AB_CPU[1]}"); goal: ratio >= 0.9")
+        AB_LINES+=("auth: signed URL + audit on stdout vs unauthenticated: req/s ${AB_MEAN[2]} vs ${AB_MEAN[0]}, ratio $(ratio "${AB_MEAN[2]}" "${AB_MEAN[0]}"); CPU/request ${AB_CPU[2]} vs ${AB_CPU[0]} us, ratio $(ratio "${AB_CPU[0]}" "${AB_CPU[2]}")")
+        stop "$auth_pid1"
+        stop "$auth_pid2"
+        stop "$auth_pid3"
+        GW_PID=$main_pid
+    else
+        log "NOTICE: no baseline binary for $BASELINE_COMMIT; auth section skipped"
+    fi
 fi
 
 MEM_LINE=""
@@ -530,6 +729,13 @@ for row in "${ROWS[@]}"; do
             "$(ratio "${MIBS[$s|$t|$p|$f]}" "${MIBS[$ps|$pt|$pp|$pf]}")"
     done
 done
+if ((${#AB_LINES[@]})); then
+    printf '\nsame-run comparisons (wrk h1 on 64k.bin, mean of %s alternated rounds of %s s):\n' \
+        "$AB_ROUNDS" "$DURATION"
+    for line in "${AB_LINES[@]}"; do
+        printf '  %s\n' "$line"
+    done
+fi
 [[ -z "$MEM_LINE" ]] || printf '\nmemory (%s clients x %s/s on the 1 GiB object, %s s): %s\n' \
     "$MEM_CLIENTS" "$MEM_RATE" "$MEM_SECONDS" "$MEM_LINE"
 [[ "$SKIP_GATEWAY" != "1" ]] || printf '\nNOTE: SKIP_GATEWAY=1: peers only, no bucketgate rows\n'

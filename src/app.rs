@@ -22,7 +22,8 @@ use crate::backend::fs::FsBackend;
 use crate::backend::s3::S3Backend;
 use crate::backend::{AnyBackend, BackendError};
 use crate::config::defaults::AUDIT_FLUSH_TIMEOUT_SECS;
-use crate::config::{Config, SourceConfig};
+use crate::config::{Config, S3Credentials, SourceConfig};
+use crate::credentials::Delegations;
 use crate::identity::revocation::{RevocationError, Revocations};
 use crate::identity::{Identity, IdentitySetupError};
 use crate::pipeline::admit::{Admission, AdmitClock};
@@ -60,6 +61,8 @@ pub enum StartError {
     Revocations(#[from] RevocationError),
     #[error("setting up token verification")]
     Identity(#[from] IdentitySetupError),
+    #[error("setting up SAML sessions")]
+    Saml(#[from] crate::saml::sp::SamlSetupError),
     #[error("binding {what} listener on {addr}")]
     Bind {
         what: &'static str,
@@ -92,6 +95,9 @@ pub struct StartOptions {
     pub watch_config_file: bool,
     /// The rate limiters' clock (tests inject a fake one).
     pub clock: AdmitClock,
+    /// The clock of delegated-role credential expiry, SAML assertion checks and SAML session
+    /// expiry; `None`: the system clock.
+    pub credentials_clock: Option<Arc<dyn crate::credentials::Clock>>,
 }
 
 /// Build every live part a request needs from a config. Used at start and by every reload, so a
@@ -99,6 +105,7 @@ pub struct StartOptions {
 pub async fn build_snapshot(
     config: &Config,
     revocations: &Arc<Revocations>,
+    delegations: &Arc<Delegations>,
 ) -> Result<Snapshot, StartError> {
     let mut sources = HashMap::new();
     for (name, source) in &config.sources {
@@ -113,12 +120,19 @@ pub async fn build_snapshot(
                 )
             }
             SourceConfig::S3(s3) => {
-                AnyBackend::S3(S3Backend::new(s3, &config.limits).await.map_err(|source| {
-                    StartError::S3Source {
-                        name: name.clone(),
-                        source,
-                    }
-                })?)
+                // A delegated role's cache outlives the snapshot (see `Delegations`).
+                let delegated = match &s3.credentials {
+                    S3Credentials::AssumeRole(role) => Some(delegations.get(&config.sts, role)),
+                    _ => None,
+                };
+                AnyBackend::S3(
+                    S3Backend::with_delegated(s3, &config.limits, delegated)
+                        .await
+                        .map_err(|source| StartError::S3Source {
+                            name: name.clone(),
+                            source,
+                        })?,
+                )
             }
         };
         sources.insert(name.clone(), backend);
@@ -144,7 +158,14 @@ pub async fn build_snapshot(
         identity,
         Policy::new(config.roles.clone(), config.projects.clone()),
     )
-    .with_cors(Cors::new(&config.cors)))
+    .with_cors(Cors::new(&config.cors))
+    .with_saml(config.saml.as_ref().map(|saml| {
+        Arc::new(crate::saml::sp::ServiceProvider::new(
+            saml,
+            &config.projects,
+            crate::credentials::sts::StsClient::new(&config.sts),
+        ))
+    })))
 }
 
 impl Gateway {
@@ -176,14 +197,21 @@ impl Gateway {
         // Revocations outlive snapshots; identity is built with every snapshot (below), before
         // any port is bound, so a bad key or revocations file fails startup.
         let revocations = Arc::new(Revocations::load(&config.admin.state_dir)?);
+        // Delegated-role caches outlive snapshots too: a reload makes no new STS call.
+        let clock = options
+            .credentials_clock
+            .clone()
+            .unwrap_or_else(crate::credentials::system_clock);
+        let delegations = Arc::new(Delegations::new(Arc::clone(&clock)));
         let (audit, audit_done) = AuditLog::start(&config.audit, Arc::clone(&metrics))?;
         let pipeline = Arc::new(
             Pipeline::with_admission(
-                build_snapshot(&config, &revocations).await?,
+                build_snapshot(&config, &revocations, &delegations).await?,
                 Arc::clone(&metrics),
                 admission,
             )
-            .with_audit(audit),
+            .with_audit(audit)
+            .with_saml(Arc::new(crate::saml::sp::SamlState::new(clock)?)),
         );
         let per_ip = Arc::new(PerIpConnections::new(
             config.rate_limits.max_connections_per_ip,
@@ -193,6 +221,7 @@ impl Gateway {
             Arc::clone(&metrics),
             Arc::clone(&per_ip),
             Arc::clone(&revocations),
+            Arc::clone(&delegations),
             options.config_path.clone(),
             config.clone(),
         ));
@@ -238,6 +267,10 @@ impl Gateway {
         ));
         let mut tasks = vec![data, admin];
         tasks.push(tokio::spawn(evict_idle_rate_limit_keys(
+            Arc::clone(&pipeline),
+            shutdown.clone(),
+        )));
+        tasks.push(tokio::spawn(sweep_saml_sessions(
             Arc::clone(&pipeline),
             shutdown.clone(),
         )));
@@ -340,6 +373,22 @@ async fn evict_idle_rate_limit_keys(pipeline: Arc<Pipeline>, shutdown: Cancellat
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => pipeline.admission().evict_idle(),
+        }
+    }
+}
+
+/// Drop expired SAML sessions (and with them the users' credentials) even if nobody presents
+/// their cookie again.
+async fn sweep_saml_sessions(pipeline: Arc<Pipeline>, shutdown: CancellationToken) {
+    let every = Duration::from_secs(crate::config::defaults::SAML_SESSION_SWEEP_SECS);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {
+                if let Some(state) = pipeline.saml() {
+                    state.sessions().sweep(state.now());
+                }
+            }
         }
     }
 }

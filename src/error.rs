@@ -12,6 +12,8 @@ use crate::pipeline::admit::RateLimited;
 use crate::pipeline::authorize::AuthzError;
 use crate::pipeline::network::{NetworkError, RuleRef};
 use crate::pipeline::plan::PlanError;
+use crate::saml::session::SessionError;
+use crate::saml::sp::{SIGN_IN_AGAIN, SpError};
 
 /// The one body text of every 403, whatever refused the request.
 pub const FORBIDDEN: &str = "forbidden";
@@ -44,6 +46,9 @@ pub enum Error {
     RangeNotSatisfiable { size: u64 },
     #[error("too many requests")]
     RateLimited(#[from] RateLimited),
+    /// The `/auth/` routes (SAML login, ACS, session, logout).
+    #[error("saml")]
+    Saml(#[source] SpError),
     #[error("source {source_name}")]
     Backend {
         source_name: String,
@@ -73,6 +78,7 @@ impl Error {
                 | PlanError::RepeatedParameter => StatusCode::BAD_REQUEST,
             },
             Error::Identity(IdentityError::AmbiguousToken) => StatusCode::BAD_REQUEST,
+            Error::Saml(e) => saml_status(e),
             // Every other identity failure is the same 401, by design (fail closed).
             Error::Identity(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -85,6 +91,7 @@ impl Error {
             Error::Backend { error, .. } => match error {
                 BackendError::NotFound | BackendError::NotAnObject => StatusCode::NOT_FOUND,
                 BackendError::AccessDenied => StatusCode::FORBIDDEN,
+                BackendError::CredentialsUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 // Still changing after every retry: the client may try again.
                 BackendError::Changed => StatusCode::SERVICE_UNAVAILABLE,
                 BackendError::Unreachable(_)
@@ -120,6 +127,8 @@ impl Error {
             Error::Identity(IdentityError::AmbiguousToken) => {
                 "token given in more than one place (Authorization, cookie, token=)"
             }
+            Error::Identity(IdentityError::SessionExpired) => SIGN_IN_AGAIN,
+            Error::Saml(e) => saml_message(e),
             Error::Identity(_) => "unauthorized",
             Error::Forbidden(_) => "forbidden",
             Error::MethodNotAllowed => "method not allowed",
@@ -131,6 +140,9 @@ impl Error {
             Error::Backend { error, .. } => match error {
                 BackendError::NotFound | BackendError::NotAnObject => "not found",
                 BackendError::AccessDenied => FORBIDDEN,
+                BackendError::CredentialsUnavailable { .. } => {
+                    "storage credentials unavailable, try again later"
+                }
                 BackendError::Changed => "object is changing, try again",
                 BackendError::Unreachable(_)
                 | BackendError::BodyBroken(_)
@@ -145,6 +157,68 @@ impl Error {
     /// an ordinary client mistake.
     pub fn is_server_fault(&self) -> bool {
         self.status().is_server_error()
+    }
+}
+
+/// Statuses of the `/auth/` routes: SAML format errors 400, every validation failure 401, STS
+/// refusing 403, STS down 503, slow 504.
+fn saml_status(e: &SpError) -> StatusCode {
+    match e {
+        SpError::NotConfigured | SpError::NoRoute => StatusCode::NOT_FOUND,
+        SpError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+        SpError::UnknownParameter
+        | SpError::Repeated
+        | SpError::BadEncoding
+        | SpError::NotAForm
+        | SpError::NoResponse
+        | SpError::BodyRead => StatusCode::BAD_REQUEST,
+        SpError::Response(e) if e.is_client_format_error() => StatusCode::BAD_REQUEST,
+        SpError::BodyNotAllowed | SpError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        SpError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+        SpError::Response(_) | SpError::Replayed | SpError::SessionOver => StatusCode::UNAUTHORIZED,
+        SpError::NoUsableRole | SpError::SeveralRoles | SpError::StsRefused => {
+            StatusCode::FORBIDDEN
+        }
+        SpError::StsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        SpError::StsTimeout => StatusCode::GATEWAY_TIMEOUT,
+        SpError::StsProtocol => StatusCode::BAD_GATEWAY,
+        SpError::Session(e) => match e {
+            SessionError::Unknown | SessionError::Expired => StatusCode::UNAUTHORIZED,
+            SessionError::Full => StatusCode::SERVICE_UNAVAILABLE,
+            SessionError::Random => StatusCode::INTERNAL_SERVER_ERROR,
+        },
+        SpError::Request(_) | SpError::ValidationAborted => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// One text per status class, so a client learns nothing about which check refused it.
+fn saml_message(e: &SpError) -> &'static str {
+    match e {
+        SpError::NotConfigured | SpError::NoRoute => "not found",
+        SpError::MethodNotAllowed { .. } => "method not allowed",
+        SpError::UnknownParameter => "unknown query parameter",
+        SpError::Repeated => "repeated query parameter or form field",
+        SpError::BadEncoding => "malformed percent-encoding",
+        SpError::NotAForm | SpError::NoResponse | SpError::BodyRead => {
+            "expected a form with a SAMLResponse field"
+        }
+        SpError::Response(e) if e.is_client_format_error() => "malformed SAML response",
+        SpError::BodyNotAllowed => "request bodies are not accepted",
+        SpError::BodyTooLarge => "SAML response too large",
+        SpError::BodyTimeout => "request body not sent in time",
+        SpError::Response(_) | SpError::Replayed | SpError::SessionOver => {
+            "SAML login refused; sign in again at /auth/saml/login"
+        }
+        SpError::NoUsableRole | SpError::SeveralRoles | SpError::StsRefused => FORBIDDEN,
+        SpError::StsUnavailable => "sign-in service unavailable, try again",
+        SpError::StsTimeout => "sign-in service timed out, try again",
+        SpError::StsProtocol => "sign-in service failed",
+        SpError::Session(e) => match e {
+            SessionError::Unknown | SessionError::Expired => SIGN_IN_AGAIN,
+            SessionError::Full => "too many sessions, try again later",
+            SessionError::Random => "internal error",
+        },
+        SpError::Request(_) | SpError::ValidationAborted => "internal error",
     }
 }
 

@@ -75,6 +75,12 @@ enum Command {
         #[command(flatten)]
         mint: MintArgs,
     },
+    /// Print the SAML service provider metadata (XML) of the config's [saml] table, for the IdP
+    /// admin: entity id and the assertion consumer service URL (HTTP-POST).
+    SamlMetadata {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Generate a signing key: an HS256 secret or an EdDSA / ES256 key pair (PEM), and print the
     /// [[identity.keys]] table to paste into the config.
     Keygen {
@@ -159,6 +165,7 @@ fn main() -> ExitCode {
         Command::Sign { mint, base_url } => report(sign(&mint, base_url.as_deref())),
         Command::Token { mint } => report(token(&mint)),
         Command::Keygen { alg, out, kid } => report(keygen(alg, &out, kid)),
+        Command::SamlMetadata { config } => report(saml_metadata(&config)),
         Command::Serve { config } => {
             telemetry::init_logging(cli.log_format);
             match serve(config) {
@@ -252,6 +259,18 @@ fn keygen(alg: KeyAlg, out: &std::path::Path, kid: Option<String>) -> anyhow::Re
     }
     eprintln!("add this to the config's [identity] section:");
     Ok(generated.snippet)
+}
+
+fn saml_metadata(path: &std::path::Path) -> anyhow::Result<String> {
+    let config =
+        config::load(path).map_err(|errors| anyhow::anyhow!("invalid config:\n{errors}"))?;
+    let saml = config.saml.as_ref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} has no [saml] table; add one (see config.toml.example)",
+            path.display()
+        )
+    })?;
+    Ok(bucketgate::saml::sp::metadata(saml))
 }
 
 fn check(path: &std::path::Path) -> ExitCode {

@@ -1160,3 +1160,432 @@ fn config_short_admin_token_is_refused() {
     assert_eq!(errors.len(), 1, "{errors:#?}");
     assert_at(&errors[0], 3, "admin.token", "shorter than 16 bytes");
 }
+
+// ---- [saml] ----
+
+/// A valid `[saml]` config: line numbers below refer to this text.
+const SAML_BASE: &str = r#"[listener]
+addr = "127.0.0.1:0"
+dev_certificate_dir = ".bucketgate"
+
+[sources.local]
+kind = "fs"
+root = "data"
+
+[projects.cats]
+sources = ["local:cats/"]
+
+[saml]
+sp_entity_id = "https://gw.example.com/saml"
+acs_url = "https://gw.example.com/auth/saml/acs"
+
+[saml.idp]
+entity_id = "https://idp.example.com/metadata"
+sso_url = "https://idp.example.com/sso"
+certificates = ["file:idp.pem"]
+
+[[saml.idp.roles]]
+role_arn = "arn:aws:iam::123456789012:role/Annotators"
+provider_arn = "arn:aws:iam::123456789012:saml-provider/Corp"
+gateway_role = "annotator"
+project = "cats"
+"#;
+
+/// A temp directory with `idp.pem` (a real certificate) next to the config.
+fn saml_dir() -> Dir {
+    let dir = Dir::new();
+    let pem = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/saml-idp-example.crt");
+    std::fs::copy(pem, dir.path().join("idp.pem")).unwrap();
+    dir
+}
+
+/// `SAML_BASE` with `from` replaced by `to` (which must occur exactly once).
+fn saml_text(from: &str, to: &str) -> String {
+    assert_eq!(SAML_BASE.matches(from).count(), 1, "{from:?}");
+    SAML_BASE.replace(from, to)
+}
+
+fn one_saml_error(text: &str) -> ConfigError {
+    let errors = saml_dir().load(text).unwrap_err();
+    assert_eq!(
+        errors.len(),
+        1,
+        "expected exactly one error, got {errors:#?}"
+    );
+    errors.into_iter().next().unwrap()
+}
+
+#[test]
+fn config_saml_table_loads_with_its_defaults() {
+    let config = saml_dir().load(SAML_BASE).unwrap();
+    let saml = config.saml.unwrap();
+    assert_eq!(saml.acs_url, "https://gw.example.com/auth/saml/acs");
+    assert_eq!(
+        saml.max_session.as_secs(),
+        config::defaults::SAML_MAX_SESSION_SECS
+    );
+    assert_eq!(
+        saml.idp.clock_skew.as_secs(),
+        config::defaults::SAML_CLOCK_SKEW_SECS
+    );
+    assert_eq!(saml.idp.role_choice, config::RoleChoice::First);
+    assert!(!saml.idp.allow_idp_initiated);
+    assert_eq!(saml.idp.certificates.len(), 1);
+    assert_eq!(saml.idp.certificates[0][0], 0x30, "DER SEQUENCE");
+    assert_eq!(saml.idp.roles[0].gateway_role, "annotator");
+    assert!(
+        Dir::new()
+            .load(&SAML_BASE[..SAML_BASE.find("[saml]").unwrap()])
+            .unwrap()
+            .saml
+            .is_none()
+    );
+}
+
+#[test]
+fn config_saml_missing_required_key_points_at_its_table() {
+    let e = one_saml_error(&saml_text(
+        "sp_entity_id = \"https://gw.example.com/saml\"\n",
+        "",
+    ));
+    assert_at(&e, 12, "saml.sp_entity_id", "required key is missing");
+    let e = one_saml_error(&saml_text(
+        "sso_url = \"https://idp.example.com/sso\"\n",
+        "",
+    ));
+    assert_at(&e, 16, "saml.idp.sso_url", "required key is missing");
+    let e = one_saml_error(&saml_text("project = \"cats\"\n", ""));
+    assert_at(&e, 21, "saml.idp.roles[0].project", "add `project = ");
+}
+
+#[test]
+fn config_saml_without_idp_table_or_role_rules_is_refused() {
+    let text = &SAML_BASE[..SAML_BASE.find("[saml.idp]").unwrap()];
+    let e = one_saml_error(text);
+    assert_at(&e, 12, "saml.idp", "add [saml.idp]");
+    let text = &SAML_BASE[..SAML_BASE.find("[[saml.idp.roles]]").unwrap()];
+    let e = one_saml_error(text);
+    assert_at(&e, 16, "saml.idp.roles", "add a [[saml.idp.roles]] table");
+}
+
+#[test]
+fn config_saml_acs_url_must_be_https_on_the_acs_path() {
+    for bad in [
+        "http://gw.example.com/auth/saml/acs",
+        "https://gw.example.com/acs",
+        "https://user@gw.example.com/auth/saml/acs",
+        "https://gw.example.com/auth/saml/acs?x=1",
+        "/auth/saml/acs",
+    ] {
+        let e = one_saml_error(&saml_text("https://gw.example.com/auth/saml/acs", bad));
+        assert_at(&e, 14, "saml.acs_url", "ending in `/auth/saml/acs`");
+    }
+}
+
+#[test]
+fn config_saml_sso_url_is_https_or_plain_http_on_loopback() {
+    let e = one_saml_error(&saml_text(
+        "https://idp.example.com/sso",
+        "http://idp.example.com/sso",
+    ));
+    assert_at(&e, 18, "saml.idp.sso_url", "loopback");
+    let config = saml_dir()
+        .load(&saml_text(
+            "https://idp.example.com/sso",
+            "http://127.0.0.1:7000/sso",
+        ))
+        .unwrap();
+    assert_eq!(
+        config.saml.unwrap().idp.sso_url,
+        "http://127.0.0.1:7000/sso"
+    );
+}
+
+#[test]
+fn config_saml_certificate_must_be_a_readable_pem_certificate() {
+    let dir = saml_dir();
+    std::fs::write(dir.path().join("junk.pem"), "not a certificate\n").unwrap();
+    std::fs::write(
+        dir.path().join("key.pem"),
+        "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let text = saml_text(
+        "certificates = [\"file:idp.pem\"]",
+        "certificates = [\"file:junk.pem\", \"file:key.pem\", \"file:missing.pem\", \"MIIB\"]",
+    );
+    let errors = dir.load(&text).unwrap_err();
+    assert_eq!(errors.len(), 4, "{errors:#?}");
+    assert_at(
+        &errors[0],
+        19,
+        "saml.idp.certificates",
+        "no readable PEM certificate",
+    );
+    assert_at(&errors[1], 19, "saml.idp.certificates", "private key");
+    assert_at(&errors[2], 19, "saml.idp.certificates", "missing.pem");
+    assert_at(&errors[3], 19, "saml.idp.certificates", "\"file:");
+    let e = one_saml_error(&saml_text("[\"file:idp.pem\"]", "[]"));
+    assert_at(&e, 19, "saml.idp.certificates", "is empty");
+}
+
+#[test]
+fn config_saml_certificates_accept_two_during_rotation() {
+    let dir = saml_dir();
+    std::fs::copy(dir.path().join("idp.pem"), dir.path().join("next.pem")).unwrap();
+    let config = dir
+        .load(&saml_text(
+            "[\"file:idp.pem\"]",
+            "[\"file:idp.pem\", \"file:next.pem\"]",
+        ))
+        .unwrap();
+    assert_eq!(config.saml.unwrap().idp.certificates.len(), 2);
+}
+
+#[test]
+fn config_saml_unknown_role_choice_lists_the_choices() {
+    let e = one_saml_error(&saml_text(
+        "certificates = [\"file:idp.pem\"]\n",
+        "certificates = [\"file:idp.pem\"]\nrole_choice = \"best\"\n",
+    ));
+    assert_at(&e, 20, "saml.idp.role_choice", "\"first\"");
+}
+
+#[test]
+fn config_saml_role_and_provider_arns_are_checked() {
+    let e = one_saml_error(&saml_text(
+        "role_arn = \"arn:aws:iam::123456789012:role/Annotators\"",
+        "role_arn = \"arn:aws:iam::123456789012:saml-provider/Corp\"",
+    ));
+    assert_at(&e, 22, "saml.idp.roles[0].role_arn", "not an IAM role ARN");
+    let e = one_saml_error(&saml_text(
+        "provider_arn = \"arn:aws:iam::123456789012:saml-provider/Corp\"",
+        "provider_arn = \"Corp\"",
+    ));
+    assert_at(
+        &e,
+        23,
+        "saml.idp.roles[0].provider_arn",
+        "SAML provider ARN",
+    );
+}
+
+#[test]
+fn config_saml_role_rule_must_name_a_configured_role_and_project() {
+    let dir = saml_dir();
+    let text = saml_text("gateway_role = \"annotator\"", "gateway_role = \"wizard\"")
+        .replace("project = \"cats\"", "project = \"dogs\"");
+    let errors = dir.load(&text).unwrap_err();
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert_at(
+        &errors[0],
+        24,
+        "saml.idp.roles[0].gateway_role",
+        "add [roles.wizard]",
+    );
+    assert_at(
+        &errors[1],
+        25,
+        "saml.idp.roles[0].project",
+        "add [projects.dogs]",
+    );
+}
+
+#[test]
+fn config_saml_same_role_pair_twice_is_refused() {
+    let rule = &SAML_BASE[SAML_BASE.find("[[saml.idp.roles]]").unwrap()..];
+    let text = format!("{SAML_BASE}\n{}", rule.replace("annotator", "reviewer"));
+    let e = one_saml_error(&text);
+    assert_at(&e, 27, "saml.idp.roles[1]", "listed twice");
+}
+
+#[test]
+fn config_saml_session_and_skew_limits_are_bounded() {
+    let e = one_saml_error(&saml_text(
+        "acs_url = \"https://gw.example.com/auth/saml/acs\"\n",
+        "acs_url = \"https://gw.example.com/auth/saml/acs\"\nmax_session_secs = 600\n",
+    ));
+    assert_at(&e, 15, "saml.max_session_secs", "from 900 to 43200");
+    let e = one_saml_error(&saml_text(
+        "certificates = [\"file:idp.pem\"]\n",
+        "certificates = [\"file:idp.pem\"]\nclock_skew_secs = 301\n",
+    ));
+    assert_at(&e, 20, "saml.idp.clock_skew_secs", "from 0 to 300");
+}
+
+#[test]
+fn config_saml_misspelt_key_is_named() {
+    let e = one_saml_error(&saml_text(
+        "certificates = [\"file:idp.pem\"]\n",
+        "certificates = [\"file:idp.pem\"]\nallow_idp_initated = true\n",
+    ));
+    assert_at(&e, 20, "saml.idp.allow_idp_initated", "unknown field");
+}
+
+// ---- [sts] and STS-backed source credentials ----
+
+/// A valid s3 source `photos` (line 5) whose `credentials` is line 8, then `extra` from line 9.
+fn sts_text(credentials: &str, extra: &str) -> String {
+    format!(
+        r#"[listener]
+addr = "127.0.0.1:8443"
+dev_certificate_dir = ".bucketgate"
+
+[sources.photos]
+kind = "s3"
+bucket = "photos"
+credentials = {credentials}
+{extra}"#
+    )
+}
+
+const ROLE: &str = "arn:aws:iam::123456789012:role/Reader";
+
+#[test]
+fn config_sts_and_assume_role_are_read_with_their_defaults() {
+    let config = Dir::new()
+        .load(&sts_text(
+            &format!(r#"{{ assume_role = "{ROLE}", external_id = "ext-123" }}"#),
+            "[sts]\nendpoint = \"http://127.0.0.1:5000\"\n",
+        ))
+        .unwrap();
+    assert_eq!(config.sts.region, "us-east-1");
+    assert_eq!(
+        config.sts.endpoint.as_deref(),
+        Some("http://127.0.0.1:5000")
+    );
+    assert_eq!(config.sts.timeout, std::time::Duration::from_secs(5));
+    assert!(config.sts.credentials.is_none());
+    let SourceConfig::S3(s3) = &config.sources["photos"] else {
+        panic!("photos is s3");
+    };
+    let S3Credentials::AssumeRole(role) = &s3.credentials else {
+        panic!("assume_role credentials: {:?}", s3.credentials);
+    };
+    assert_eq!(role.role_arn, ROLE);
+    assert_eq!(role.external_id.as_deref(), Some("ext-123"));
+    assert_eq!(role.session_name, "bucketgate");
+    assert_eq!(role.duration, std::time::Duration::from_secs(3600));
+}
+
+#[test]
+fn config_sts_region_endpoint_and_timeout_are_checked() {
+    let errors = errors(&sts_text(
+        "\"default\"",
+        "[sts]\nregion = \"US East\"\nendpoint = \"https://sts.example.com/path\"\ntimeout_secs = 0\n",
+    ));
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+    assert_at(&errors[0], 10, "sts.region", "\"us-east-1\"");
+    assert_at(&errors[1], 11, "sts.endpoint", "must not have a path");
+    assert_at(&errors[2], 12, "sts.timeout_secs", "from 1 to 60");
+}
+
+#[test]
+fn config_sts_misspelt_key_is_named() {
+    let e = one_error(&sts_text("\"default\"", "[sts]\ntimeout = \"5s\"\n"));
+    assert_at(&e, 10, "sts.timeout", "unknown field");
+}
+
+#[test]
+fn config_sts_credentials_cannot_be_saml_or_a_role() {
+    let e = one_error(&sts_text("\"default\"", "[sts]\ncredentials = \"saml\"\n"));
+    assert_at(&e, 10, "sts.credentials", "belong on a source");
+}
+
+#[test]
+fn config_sts_static_credentials_need_a_secret_reference() {
+    let e = one_error(&sts_text(
+        "\"default\"",
+        "[sts]\ncredentials = { access_key_id = \"AKIAEXAMPLE\", secret_access_key = \"wJalrXUtnFEMIEXAMPLEKEY\" }\n",
+    ));
+    assert_at(&e, 10, "sts.credentials.secret_access_key", "\"env:NAME\"");
+    assert!(!e.to_string().contains("wJalrXUtnFEMI"), "{e}");
+}
+
+#[test]
+fn config_assume_role_must_be_an_iam_role_arn() {
+    let e = one_error(&sts_text(
+        r#"{ assume_role = "arn:aws:iam::123456789012:user/Reader" }"#,
+        "",
+    ));
+    assert_at(
+        &e,
+        8,
+        "sources.photos.credentials.assume_role",
+        "arn:aws:iam::ACCOUNT_ID:role/NAME",
+    );
+}
+
+#[test]
+fn config_role_keys_without_assume_role_are_refused() {
+    let e = one_error(&sts_text(r#"{ external_id = "ext-123" }"#, ""));
+    assert_at(
+        &e,
+        8,
+        "sources.photos.credentials.assume_role",
+        "add `assume_role = ",
+    );
+}
+
+#[test]
+fn config_static_keys_and_assume_role_together_are_refused() {
+    let e = one_error(&sts_text(
+        &format!(r#"{{ assume_role = "{ROLE}", access_key_id = "AKIAEXAMPLE" }}"#),
+        "",
+    ));
+    assert_at(
+        &e,
+        8,
+        "sources.photos.credentials.access_key_id",
+        "keep either",
+    );
+}
+
+#[test]
+fn config_assume_role_duration_is_bounded_by_sts_limits() {
+    let e = one_error(&sts_text(
+        &format!(r#"{{ assume_role = "{ROLE}", duration_secs = 600 }}"#),
+        "",
+    ));
+    assert_at(
+        &e,
+        8,
+        "sources.photos.credentials.duration_secs",
+        "from 900 to 43200",
+    );
+}
+
+#[test]
+fn config_assume_role_session_name_follows_the_sts_alphabet() {
+    let e = one_error(&sts_text(
+        &format!(r#"{{ assume_role = "{ROLE}", session_name = "has spaces" }}"#),
+        "",
+    ));
+    assert_at(
+        &e,
+        8,
+        "sources.photos.credentials.session_name",
+        "2 to 64 characters",
+    );
+}
+
+#[test]
+fn config_bad_external_id_is_refused_without_echoing_it() {
+    let e = one_error(&sts_text(
+        &format!(r#"{{ assume_role = "{ROLE}", external_id = "secret external id" }}"#),
+        "",
+    ));
+    assert_at(
+        &e,
+        8,
+        "sources.photos.credentials.external_id",
+        "copy it exactly",
+    );
+    assert!(!e.to_string().contains("secret external id"), "{e}");
+}
+
+#[test]
+fn config_saml_credentials_need_a_saml_section() {
+    let e = one_error(&sts_text("\"saml\"", ""));
+    assert_at(&e, 8, "sources.photos.credentials", "add [saml]");
+}

@@ -2,7 +2,8 @@
 //! (`support/origin.rs`): refused connections and stalls before headers become 502 / 504 after a
 //! bounded number of attempts; a body that breaks, ends short or stalls after the head was sent is
 //! aborted (never finished as if complete), over http/1.1 and h2. After every fault the same
-//! gateway keeps serving its other source.
+//! gateway keeps serving its other source. A client that goes away mid-body (connection closed,
+//! or one h2 stream reset) cancels the upstream GET at once.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -12,9 +13,14 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bucketgate::config::{Limits, SourceConfig};
+use bytes::Bytes;
 use http::StatusCode;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::origin::{self, Mode, Origin};
 use support::{Proto, TestGateway};
+use tokio::task::JoinHandle;
 
 const HELLO: &[u8] = b"still serving\n";
 /// Retries the tests allow the gateway: each request reaches the origin at most 1 + this many
@@ -41,6 +47,10 @@ struct Bed {
 }
 
 async fn bed(mode: Mode) -> Bed {
+    bed_with(mode, limits()).await
+}
+
+async fn bed_with(mode: Mode, limits: Limits) -> Bed {
     let origin = Origin::start(mode).await;
     let dir = tempfile::tempdir().unwrap();
     support::write_file(dir.path(), "hello.txt", HELLO);
@@ -57,7 +67,7 @@ async fn bed(mode: Mode) -> Bed {
         ),
         ("local".to_string(), support::fs_source(dir.path())),
     ]);
-    let gw = support::start_gateway_with(sources, limits()).await;
+    let gw = support::start_gateway_with(sources, limits).await;
     Bed {
         gw,
         origin,
@@ -324,4 +334,229 @@ async fn healthy_origin_serves_the_object_and_ranges() {
             "{proto:?}: range body"
         );
     }
+}
+
+// --- client disconnects ---------------------------------------------------------------------
+
+/// How much of the endless body the client reads before it goes away.
+const READ_BEFORE_DISCONNECT: usize = 256 * 1024;
+/// Body bytes the origin may have sent for one cut GET: what the client read plus everything the
+/// buffers between can hold (a socket's receive and send buffers at their autotuned maximum on
+/// each of the two hops, and 8 MiB for hyper's, h2's and rustls' queues). An upstream read that
+/// kept going after the client left would pass it and never see the cut.
+fn max_upstream_bytes_per_cut_get() -> u64 {
+    let max_of = |path: &str| -> u64 {
+        let text = std::fs::read_to_string(path).unwrap();
+        text.split_whitespace().last().unwrap().parse().unwrap()
+    };
+    let per_hop = max_of("/proc/sys/net/ipv4/tcp_rmem") + max_of("/proc/sys/net/ipv4/tcp_wmem");
+    READ_BEFORE_DISCONNECT as u64 + 2 * per_hop + 8 * 1024 * 1024
+}
+
+/// The upstream idle timeout is far beyond the polls below: only a real cancellation, never an
+/// idle timeout, can end the origin's GET in time.
+fn patient_limits() -> Limits {
+    Limits {
+        upstream_idle_timeout: Duration::from_secs(300),
+        ..limits()
+    }
+}
+
+/// Poll until `done`, at most 5 s (200 x 25 ms).
+async fn poll_until(what: &str, done: impl Fn() -> bool) {
+    support::eventually(what, 200, Duration::from_millis(25), || {
+        let ok = done();
+        async move { ok.then_some(()) }
+    })
+    .await;
+}
+
+fn open_connections(gw: &TestGateway) -> i64 {
+    let text = gw.gateway().metrics().encode().unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("bucketgate_open_connections "))
+        .expect("open_connections gauge in the metrics")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The sending half of one client connection the test controls.
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+}
+
+impl Sender {
+    async fn send(&mut self, req: http::Request<Empty<Bytes>>) -> http::Response<Incoming> {
+        match self {
+            Sender::H1(s) => s.send_request(req).await.unwrap(),
+            Sender::H2(s) => s.send_request(req).await.unwrap(),
+        }
+    }
+}
+
+/// One client connection over `proto`, and the task that drives it: aborting the task drops the
+/// socket, as a client that goes away does.
+async fn connect(gw: &TestGateway, proto: Proto) -> (Sender, JoinHandle<()>) {
+    let alpn: &[u8] = match proto {
+        Proto::H1 => b"http/1.1",
+        Proto::H2 => b"h2",
+    };
+    let tls = gw
+        .tls_connect(gw.tls_config(&[alpn], rustls::ALL_VERSIONS))
+        .await
+        .unwrap();
+    let io = TokioIo::new(tls);
+    match proto {
+        Proto::H1 => {
+            let (sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            let task = tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            (Sender::H1(sender), task)
+        }
+        Proto::H2 => {
+            let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .unwrap();
+            let task = tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            (Sender::H2(sender), task)
+        }
+    }
+}
+
+fn get(gw: &TestGateway, proto: Proto, path: &str) -> http::Request<Empty<Bytes>> {
+    let uri = match proto {
+        Proto::H1 => path.to_string(),
+        Proto::H2 => gw.url(path),
+    };
+    let mut req = http::Request::get(uri);
+    if proto == Proto::H1 {
+        req = req.header(http::header::HOST, gw.data_addr().to_string());
+    }
+    req.header(
+        http::header::AUTHORIZATION,
+        format!("Bearer {}", gw.token().expect("test token")),
+    )
+    .body(Empty::new())
+    .unwrap()
+}
+
+/// GET the endless object, check its head, and read at least `READ_BEFORE_DISCONNECT` bytes of
+/// it, checking each against the pattern. Returns the body, still open.
+async fn start_endless_get(bed: &Bed, send: &mut Sender, proto: Proto, what: &str) -> Incoming {
+    let resp = send
+        .send(get(&bed.gw, proto, "/o/origin/endless.bin"))
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK, "{what}");
+    assert_eq!(resp.version(), proto.version(), "{what}");
+    assert_eq!(
+        resp.headers()["content-length"],
+        origin::ENDLESS_LEN.to_string().as_str(),
+        "{what}"
+    );
+    let mut body = resp.into_body();
+    let mut got = 0usize;
+    while got < READ_BEFORE_DISCONNECT {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: no body for 10 s"))
+            .unwrap_or_else(|| panic!("{what}: body ended after {got} bytes"))
+            .unwrap_or_else(|e| panic!("{what}: body failed after {got} bytes: {e}"));
+        if let Ok(data) = frame.into_data() {
+            for (i, b) in data.iter().enumerate() {
+                assert_eq!(usize::from(*b), (got + i) % 251, "{what}: byte {}", got + i);
+            }
+            got += data.len();
+        }
+    }
+    body
+}
+
+#[tokio::test]
+async fn client_closing_the_connection_mid_body_cancels_the_upstream_get() {
+    let bed = bed_with(Mode::Endless, patient_limits()).await;
+    for proto in Proto::BOTH {
+        let what = format!("{proto:?} client disconnect");
+        let idle = open_connections(&bed.gw);
+        let cut_before = bed.origin.cut_gets();
+        let sent_before = bed.origin.body_bytes();
+
+        let (mut send, conn) = connect(&bed.gw, proto).await;
+        let body = start_endless_get(&bed, &mut send, proto, &what).await;
+        assert_eq!(
+            open_connections(&bed.gw),
+            idle + 1,
+            "{what}: connection counted"
+        );
+        assert_eq!(
+            bed.origin.cut_gets(),
+            cut_before,
+            "{what}: upstream cut too early"
+        );
+
+        // The client goes away: the socket closes with the response still streaming.
+        conn.abort();
+        let _ = conn.await;
+        drop((body, send));
+
+        poll_until(&format!("{what}: the origin sees its GET cut off"), || {
+            bed.origin.cut_gets() > cut_before
+        })
+        .await;
+        assert_eq!(
+            bed.origin.cut_gets(),
+            cut_before + 1,
+            "{what}: exactly the one GET was cut"
+        );
+        let sent = bed.origin.body_bytes() - sent_before;
+        let most = max_upstream_bytes_per_cut_get();
+        assert!(
+            sent <= most,
+            "{what}: the origin sent {sent} bytes (at most {most} fit in the buffers) \
+             for a client that read {READ_BEFORE_DISCONNECT}"
+        );
+        poll_until(&format!("{what}: open connections back to {idle}"), || {
+            open_connections(&bed.gw) == idle
+        })
+        .await;
+    }
+    let client = bed.gw.client();
+    bed.assert_still_serves(&client, "after the disconnects")
+        .await;
+}
+
+#[tokio::test]
+async fn h2_stream_reset_mid_body_cancels_the_upstream_get_and_keeps_the_connection() {
+    let bed = bed_with(Mode::Endless, patient_limits()).await;
+    let what = "h2 stream reset";
+    let idle = open_connections(&bed.gw);
+    let (mut send, conn) = connect(&bed.gw, Proto::H2).await;
+    let body = start_endless_get(&bed, &mut send, Proto::H2, what).await;
+    assert_eq!(bed.origin.cut_gets(), 0, "{what}: upstream cut too early");
+
+    // Dropping the body resets the stream (RST_STREAM CANCEL); the connection stays.
+    drop(body);
+    poll_until("h2 stream reset: the origin sees its GET cut off", || {
+        bed.origin.cut_gets() == 1
+    })
+    .await;
+    assert_eq!(
+        open_connections(&bed.gw),
+        idle + 1,
+        "{what}: connection kept"
+    );
+    assert!(!conn.is_finished(), "{what}: the client connection ended");
+
+    // The same connection serves the next request.
+    let resp = send
+        .send(get(&bed.gw, Proto::H2, "/o/local/hello.txt"))
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK, "{what}");
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&bytes[..], HELLO, "{what}");
+    conn.abort();
 }

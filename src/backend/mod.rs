@@ -10,7 +10,7 @@ pub mod s3;
 
 use std::fmt;
 use std::pin::Pin;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -61,6 +61,29 @@ impl fmt::Debug for ObjectBody {
     }
 }
 
+/// On whose behalf a read is made. Sources with `credentials = "saml"` sign with the user's
+/// session credentials and refuse [`Caller::Gateway`]; every other source ignores the caller.
+#[derive(Clone, Copy)]
+pub enum Caller<'a> {
+    /// No user credentials (a token-authenticated request, a readiness check).
+    Gateway,
+    /// A SAML session's STS credentials.
+    User(&'a aws_credential_types::Credentials),
+}
+
+impl fmt::Debug for Caller<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Caller::Gateway => f.write_str("Gateway"),
+            // Never the secret or the token; the key id's first characters say enough.
+            Caller::User(c) => {
+                let prefix: String = c.access_key_id().chars().take(4).collect();
+                write!(f, "User({prefix}…)")
+            }
+        }
+    }
+}
+
 /// What to read once the metadata is known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Want {
@@ -89,9 +112,14 @@ pub enum BackendError {
     /// The key names something that is not a regular object (a directory in an fs source).
     #[error("not a regular object")]
     NotAnObject,
-    /// The store refused our credentials for this key.
+    /// The store refused our credentials for this key, or a `saml` source was asked to read
+    /// without a user's credentials.
     #[error("access denied by the store")]
     AccessDenied,
+    /// A delegated-role source has no valid credentials (STS failed and the cached ones
+    /// expired). Never answered by falling back to other credentials.
+    #[error("no valid credentials for the source; retry after {retry_after:?}")]
+    CredentialsUnavailable { retry_after: Duration },
     /// The object changed between `head` and `get` (ETag no longer matches).
     #[error("object changed while being read")]
     Changed,
@@ -130,6 +158,7 @@ impl BackendError {
             BackendError::NotFound => "not_found",
             BackendError::NotAnObject => "not_an_object",
             BackendError::AccessDenied => "access_denied",
+            BackendError::CredentialsUnavailable { .. } => "credentials_unavailable",
             BackendError::Changed => "changed",
             BackendError::Unreachable(_) => "unreachable",
             BackendError::Timeout(_) => "timeout",
@@ -187,6 +216,24 @@ pub trait Backend: Send + Sync {
 pub enum AnyBackend {
     Fs(fs::FsBackend),
     S3(s3::S3Backend),
+}
+
+impl AnyBackend {
+    /// [`Backend::open`] on behalf of `caller` (see [`Caller`]).
+    pub async fn open_as<F>(
+        &self,
+        key: &str,
+        want: F,
+        caller: Caller<'_>,
+    ) -> Result<Opened, BackendError>
+    where
+        F: FnOnce(&ObjectMeta) -> Want + Send + 'static,
+    {
+        match self {
+            AnyBackend::Fs(b) => b.open(key, want).await,
+            AnyBackend::S3(b) => b.open_as(key, want, caller).await,
+        }
+    }
 }
 
 impl Backend for AnyBackend {

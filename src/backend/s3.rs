@@ -12,26 +12,75 @@
 //! - body: our own per-frame idle timeout (`upstream_idle_timeout`) in [`body_stream`]. The SDK's
 //!   stalled-stream protection is turned off so that a stall is reported once, as
 //!   [`BackendError::Stalled`], and never retried behind the client's back.
+//!
+//! Whose credentials sign a request:
+//! - `default` / static keys: the client's own provider, for every request;
+//! - `assume_role`: the delegated role's cached credentials ([`DelegatedCredentials`]), looked up
+//!   per request and set on that request;
+//! - `saml`: the requesting user's session credentials ([`Caller::User`]), set on that request; a
+//!   request without them is refused with [`BackendError::AccessDenied`], never signed with
+//!   anything else.
+//!
+//! Per-request credentials go through the SDK's per-operation config override, with the
+//! identity cache off (the credentials are already in memory; a cache keyed per provider would
+//! grow with every request).
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_config::default_provider::credentials::DefaultCredentialsChain;
 use aws_config::provider_config::ProviderConfig;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, StalledStreamProtectionConfig};
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, IdentityCache, Region, StalledStreamProtectionConfig,
+};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 
-use super::{Backend, BackendError, BodyStream, ByteRange, ObjectBody, ObjectMeta};
+use super::{
+    Backend, BackendError, BodyStream, ByteRange, Caller, ObjectBody, ObjectMeta, Opened, Want,
+};
 use crate::config::defaults::{RETRY_INITIAL_BACKOFF_MS, RETRY_MAX_BACKOFF_MS};
 use crate::config::{Limits, S3Credentials, S3Source};
+use crate::credentials::DelegatedCredentials;
+
+/// Who signs this source's requests (see the module doc).
+enum Signer {
+    /// The client's own credentials provider (default chain or static keys).
+    Client,
+    /// The delegated role's cached credentials.
+    Delegated(Arc<DelegatedCredentials>),
+    /// The requesting user's SAML session credentials.
+    User,
+}
+
+/// Send a fluent request, with `creds` set on this one request when given.
+macro_rules! send_as {
+    ($request:expr, $creds:expr) => {
+        match $creds {
+            None => $request.send().await,
+            Some(creds) => {
+                $request
+                    .customize()
+                    .config_override(
+                        aws_sdk_s3::config::Builder::default()
+                            .identity_cache(IdentityCache::no_cache())
+                            .credentials_provider(creds),
+                    )
+                    .send()
+                    .await
+            }
+        }
+    };
+}
 
 /// One configured S3 source: a client bound to one bucket and key prefix.
 pub struct S3Backend {
     client: aws_sdk_s3::Client,
+    signer: Signer,
     bucket: String,
     prefix: String,
     connect_timeout: Duration,
@@ -51,7 +100,17 @@ impl fmt::Debug for S3Backend {
 impl S3Backend {
     /// Build the client. Makes no network call: credentials of the default chain are loaded on
     /// first use, so a source whose store is down still starts (and `ready()` says so).
+    /// A source with `assume_role` credentials needs [`S3Backend::with_delegated`].
     pub async fn new(cfg: &S3Source, limits: &Limits) -> Result<S3Backend, BackendError> {
+        S3Backend::with_delegated(cfg, limits, None).await
+    }
+
+    /// [`S3Backend::new`], with the delegated role's credentials for an `assume_role` source.
+    pub async fn with_delegated(
+        cfg: &S3Source,
+        limits: &Limits,
+        delegated: Option<Arc<DelegatedCredentials>>,
+    ) -> Result<S3Backend, BackendError> {
         // One HTTP stack for the whole process: hyper 1 + rustls with ring.
         let http_client = aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
@@ -80,6 +139,7 @@ impl S3Backend {
         if let Some(endpoint) = &cfg.endpoint {
             builder = builder.endpoint_url(endpoint);
         }
+        let mut signer = Signer::Client;
         builder = match &cfg.credentials {
             S3Credentials::Static {
                 access_key_id,
@@ -91,6 +151,21 @@ impl S3Backend {
                 None,
                 "bucketgate-static",
             )),
+            // No provider on the client: a request without per-request credentials cannot be
+            // signed at all, so nothing broader can leak through.
+            S3Credentials::Saml => {
+                signer = Signer::User;
+                builder.identity_cache(IdentityCache::no_cache())
+            }
+            S3Credentials::AssumeRole(_) => {
+                let Some(delegated) = delegated else {
+                    return Err(BackendError::Protocol(
+                        "an assume_role source needs the delegated credentials".into(),
+                    ));
+                };
+                signer = Signer::Delegated(delegated);
+                builder.identity_cache(IdentityCache::no_cache())
+            }
             S3Credentials::DefaultChain => {
                 // The chain's own calls (STS, IMDS, ECS) go through the same HTTP client.
                 let provider_config = ProviderConfig::default()
@@ -109,6 +184,7 @@ impl S3Backend {
 
         Ok(S3Backend {
             client: aws_sdk_s3::Client::from_conf(builder.build()),
+            signer,
             bucket: cfg.bucket.clone(),
             prefix: cfg.prefix.clone(),
             connect_timeout: limits.upstream_connect_timeout,
@@ -132,18 +208,53 @@ impl S3Backend {
     {
         classify_sdk_error(err, self.connect_timeout, self.first_byte_timeout)
     }
-}
 
-impl Backend for S3Backend {
-    async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
-        let out = self
+    /// The credentials to set on a request for `caller`; `None`: the client's own.
+    async fn credentials_for(
+        &self,
+        caller: Caller<'_>,
+    ) -> Result<Option<Credentials>, BackendError> {
+        match (&self.signer, caller) {
+            (Signer::Client, _) => Ok(None),
+            (Signer::Delegated(d), _) => d.credentials().await.map(Some),
+            (Signer::User, Caller::User(c)) => Ok(Some(c.clone())),
+            // Never a fallback: a saml source reads only with a user's credentials.
+            (Signer::User, Caller::Gateway) => Err(BackendError::AccessDenied),
+        }
+    }
+
+    /// [`Backend::open`] on behalf of `caller`: the credentials are chosen once for both calls.
+    pub async fn open_as<F>(
+        &self,
+        key: &str,
+        want: F,
+        caller: Caller<'_>,
+    ) -> Result<Opened, BackendError>
+    where
+        F: FnOnce(&ObjectMeta) -> Want + Send + 'static,
+    {
+        let creds = self.credentials_for(caller).await?;
+        let meta = self.head_with(key, creds.clone()).await?;
+        match want(&meta) {
+            Want::Meta => Ok(Opened::Meta(meta)),
+            Want::Body(part) => {
+                let object = self.get_with(key, part, &meta, creds).await?;
+                Ok(Opened::Object { object, part })
+            }
+        }
+    }
+
+    async fn head_with(
+        &self,
+        key: &str,
+        creds: Option<Credentials>,
+    ) -> Result<ObjectMeta, BackendError> {
+        let request = self
             .client
             .head_object()
             .bucket(&self.bucket)
-            .key(self.object_key(key))
-            .send()
-            .await
-            .map_err(|e| self.classify(e))?;
+            .key(self.object_key(key));
+        let out = send_as!(request, creds).map_err(|e| self.classify(e))?;
         Ok(ObjectMeta {
             size: content_length(out.content_length())?,
             etag: out.e_tag().map(str::to_owned),
@@ -152,11 +263,12 @@ impl Backend for S3Backend {
         })
     }
 
-    async fn get(
+    async fn get_with(
         &self,
         key: &str,
         range: Option<ByteRange>,
         expect: &ObjectMeta,
+        creds: Option<Credentials>,
     ) -> Result<ObjectBody, BackendError> {
         let mut request = self
             .client
@@ -173,7 +285,7 @@ impl Backend for S3Backend {
         } else if let Some(modified) = expect.last_modified {
             request = request.if_unmodified_since(DateTime::from(modified));
         }
-        let out = request.send().await.map_err(|e| self.classify(e))?;
+        let out = send_as!(request, creds).map_err(|e| self.classify(e))?;
 
         // Not every S3-compatible store honours If-Match on GET; compare ourselves too.
         let etag = out.e_tag().map(str::to_owned);
@@ -216,19 +328,49 @@ impl Backend for S3Backend {
             body: body_stream(out.body, length, self.idle_timeout),
         })
     }
+}
+
+impl Backend for S3Backend {
+    async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
+        let creds = self.credentials_for(Caller::Gateway).await?;
+        self.head_with(key, creds).await
+    }
+
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+        expect: &ObjectMeta,
+    ) -> Result<ObjectBody, BackendError> {
+        let creds = self.credentials_for(Caller::Gateway).await?;
+        self.get_with(key, range, expect, creds).await
+    }
 
     async fn ready(&self) -> Result<(), BackendError> {
+        // A saml source has no credentials of its own to check the store with; its readiness
+        // shows in each user's reads.
+        if matches!(self.signer, Signer::User) {
+            return Ok(());
+        }
+        let creds = self.credentials_for(Caller::Gateway).await?;
         // A listing under the prefix needs the same permission as a prefix-scoped read policy
         // grants, where HeadBucket would need rights on the whole bucket.
-        self.client
+        let request = self
+            .client
             .list_objects_v2()
             .bucket(&self.bucket)
             .prefix(&self.prefix)
-            .max_keys(1)
-            .send()
-            .await
+            .max_keys(1);
+        send_as!(request, creds)
             .map(|_| ())
             .map_err(|e| self.classify(e))
+    }
+
+    async fn open<F>(&self, key: &str, want: F) -> Result<Opened, BackendError>
+    where
+        F: FnOnce(&ObjectMeta) -> Want + Send + 'static,
+    {
+        self.open_as(key, want, Caller::Gateway).await
     }
 }
 

@@ -110,6 +110,46 @@ pub const JWKS_MAX_BYTES: usize = 256 * 1024;
 pub const HS256_MIN_SECRET_BYTES: usize = 32;
 /// Longest token accepted; anything longer is refused before it is parsed.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// `[saml]`: longest session; STS AssumeRoleWithSAML accepts 900 s to 12 h.
+pub const SAML_MAX_SESSION_SECS: u64 = 8 * 3600;
+pub const SAML_MAX_SESSION_SECS_MIN: u64 = 900;
+pub const SAML_MAX_SESSION_SECS_MAX: u64 = 12 * 3600;
+/// Shortest credential lifetime STS grants; a shorter SAML session ends before its credentials.
+pub const STS_MIN_DURATION_SECS: u64 = 900;
+/// `[saml.idp]`: tolerated clock difference for NotBefore / NotOnOrAfter, and its upper bound.
+pub const SAML_CLOCK_SKEW_SECS: u64 = 60;
+pub const SAML_CLOCK_SKEW_SECS_MAX: u64 = 300;
+/// Sessions held at once; when full, expired ones are dropped and then new logins wait (503).
+pub const SAML_MAX_SESSIONS: usize = 100_000;
+/// How often expired sessions are dropped even if nobody presents their cookie.
+pub const SAML_SESSION_SWEEP_SECS: u64 = 60;
+/// Assertion ids remembered by the replay cache.
+pub const SAML_REPLAY_CAPACITY: usize = 100_000;
+/// How long a login may take at the IdP: the lifetime of the signed login cookie.
+pub const SAML_LOGIN_COOKIE_SECS: u64 = 600;
+/// Largest `POST /auth/saml/acs` body: the base64 response (at most 256 KiB) url-encoded
+/// (`+`, `/`, `=` become three bytes each) plus RelayState.
+pub const SAML_ACS_MAX_BODY_BYTES: usize = 800 * 1024;
+/// Time a client has to send the ACS form body.
+pub const SAML_ACS_BODY_TIMEOUT_SECS: u64 = 10;
+/// Longest `return_to` / RelayState kept; longer ones land on `/`.
+pub const SAML_RETURN_TO_MAX_BYTES: usize = 2048;
+
+/// `[sts]`: region and per-call timeout (connect to answer), and the timeout's upper bound.
+pub const DEFAULT_STS_REGION: &str = "us-east-1";
+pub const STS_TIMEOUT_SECS: u64 = 5;
+pub const STS_TIMEOUT_SECS_MAX: u64 = 60;
+/// Longest credential lifetime STS grants (AssumeRole caps role chaining lower; STS says so).
+pub const STS_MAX_DURATION_SECS: u64 = 12 * 3600;
+/// `credentials = { assume_role = ... }`: session name and lifetime when not given.
+pub const DELEGATED_SESSION_NAME: &str = "bucketgate";
+pub const DELEGATED_DURATION_SECS: u64 = 3600;
+/// Delegated credentials are refreshed this long before they expire (at most half their life).
+pub const DELEGATED_REFRESH_BEFORE_SECS: u64 = 300;
+/// After a failed STS refresh: no new attempt for this long, and the `Retry-After` of the 503
+/// a request without valid credentials gets.
+pub const DELEGATED_RETRY_AFTER_SECS: u64 = 5;
 /// The embedded default's development key: id, audience, and file under `.bucketgate/`.
 pub const DEV_KEY_ID: &str = "dev";
 pub const DEV_AUDIENCE: &str = "bucketgate";

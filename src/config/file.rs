@@ -30,6 +30,52 @@ pub(super) struct RawConfig {
     pub identity: Option<Spanned<RawIdentity>>,
     pub roles: Option<Spanned<BTreeMap<Spanned<String>, Spanned<RawRole>>>>,
     pub projects: Option<Spanned<BTreeMap<Spanned<String>, Spanned<RawProject>>>>,
+    pub saml: Option<Spanned<RawSaml>>,
+    pub sts: Option<Spanned<RawSts>>,
+}
+
+/// `[sts]`: the STS endpoint for SAML sessions and delegated roles.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSts {
+    pub region: Option<Spanned<String>>,
+    pub endpoint: Option<Spanned<String>>,
+    pub timeout_secs: Option<Spanned<i64>>,
+    /// The gateway's own keys for AssumeRole: `"default"` or a static-keys table.
+    pub credentials: Option<Spanned<RawCredentials>>,
+}
+
+/// `[saml]`: SAML single sign-on.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSaml {
+    pub sp_entity_id: Option<Spanned<String>>,
+    pub acs_url: Option<Spanned<String>>,
+    pub max_session_secs: Option<Spanned<i64>>,
+    pub idp: Option<Spanned<RawSamlIdp>>,
+}
+
+/// `[saml.idp]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSamlIdp {
+    pub entity_id: Option<Spanned<String>>,
+    pub sso_url: Option<Spanned<String>>,
+    pub certificates: Option<Spanned<Vec<Spanned<String>>>>,
+    pub allow_idp_initiated: Option<Spanned<bool>>,
+    pub clock_skew_secs: Option<Spanned<i64>>,
+    pub role_choice: Option<Spanned<String>>,
+    pub roles: Option<Spanned<Vec<Spanned<RawSamlRole>>>>,
+}
+
+/// `[[saml.idp.roles]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSamlRole {
+    pub role_arn: Option<Spanned<String>>,
+    pub provider_arn: Option<Spanned<String>>,
+    pub gateway_role: Option<Spanned<String>>,
+    pub project: Option<Spanned<String>>,
 }
 
 /// A list of CIDR strings, each with its own span.
@@ -191,16 +237,18 @@ pub(super) struct RawSource {
     pub credentials: Option<Spanned<RawCredentials>>,
 }
 
-/// `credentials = "default"` or `credentials = { access_key_id = ..., secret_access_key = ... }`.
+/// `credentials = "default"`, `"saml"`, `{ access_key_id = ..., secret_access_key = ... }` or
+/// `{ assume_role = ..., external_id = ..., session_name = ..., duration_secs = ... }`.
 ///
 /// Hand-written rather than `#[serde(untagged)]`: an untagged enum buffers its input and would
 /// lose the spans of the fields inside the table.
 #[derive(Debug)]
 pub(super) enum RawCredentials {
-    /// A bare string; only `"default"` is valid. Kept whole so validation can reject the rest
+    /// A bare string; `"default"` and `"saml"` are valid. Kept whole so validation can reject the rest
     /// (without printing it: it could be a pasted secret).
     Named(String),
-    Static(RawStaticCredentials),
+    /// Boxed: the table is much larger than the name.
+    Static(Box<RawStaticCredentials>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -208,6 +256,11 @@ pub(super) enum RawCredentials {
 pub(super) struct RawStaticCredentials {
     pub access_key_id: Option<Spanned<String>>,
     pub secret_access_key: Option<Spanned<String>>,
+    // The delegated-role table (validation refuses a mix with the static keys).
+    pub assume_role: Option<Spanned<String>>,
+    pub external_id: Option<Spanned<String>>,
+    pub session_name: Option<Spanned<String>>,
+    pub duration_secs: Option<Spanned<i64>>,
 }
 
 impl<'de> Deserialize<'de> for RawCredentials {
@@ -219,7 +272,8 @@ impl<'de> Deserialize<'de> for RawCredentials {
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(
-                    "\"default\" or a table { access_key_id = \"...\", secret_access_key = \"env:NAME\" }",
+                    "\"default\", \"saml\", a table { access_key_id = \"...\", secret_access_key = \
+                     \"env:NAME\" } or a table { assume_role = \"arn:...\", external_id = \"...\" }",
                 )
             }
 
@@ -229,7 +283,7 @@ impl<'de> Deserialize<'de> for RawCredentials {
 
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawCredentials, A::Error> {
                 RawStaticCredentials::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(RawCredentials::Static)
+                    .map(|table| RawCredentials::Static(Box::new(table)))
             }
         }
 

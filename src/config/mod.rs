@@ -41,6 +41,11 @@ pub struct Config {
     pub roles: BTreeMap<String, RoleConfig>,
     /// `[projects.NAME]`: the sources and prefixes a project's tokens may reach.
     pub projects: BTreeMap<String, ProjectConfig>,
+    /// `[saml]`: SAML single sign-on, the gateway as a service provider. `None`: the `/auth/`
+    /// routes answer 404 and SAML session cookies are not read.
+    pub saml: Option<SamlConfig>,
+    /// `[sts]`: the STS endpoint for SAML sessions and delegated roles.
+    pub sts: StsConfig,
 }
 
 /// `[network]`: who may reach the data listener at all. An empty `allow` denies everything.
@@ -204,6 +209,58 @@ pub struct ProjectConfig {
     pub sources: Vec<crate::identity::Scope>,
 }
 
+/// `[saml]`: the gateway as a SAML 2.0 service provider of one identity provider.
+#[derive(Debug, Clone)]
+pub struct SamlConfig {
+    /// This service provider's entity id: the `<Audience>` responses must name.
+    pub sp_entity_id: String,
+    /// The absolute `https://.../auth/saml/acs` URL: Recipient and Destination of responses.
+    pub acs_url: String,
+    /// Longest session (and STS credential lifetime), 900 s to 12 h.
+    pub max_session: Duration,
+    pub idp: SamlIdpConfig,
+}
+
+/// `[saml.idp]`.
+#[derive(Debug, Clone)]
+pub struct SamlIdpConfig {
+    /// The IdP's entity id: the `<Issuer>` of responses and assertions.
+    pub entity_id: String,
+    /// Where the login redirects to (HTTP-Redirect binding).
+    pub sso_url: String,
+    /// DER X.509 signing certificates; any one may verify (more than one during rotation).
+    pub certificates: Vec<Vec<u8>>,
+    /// Accept responses that answer no login of ours.
+    pub allow_idp_initiated: bool,
+    pub clock_skew: Duration,
+    pub role_choice: RoleChoice,
+    /// Which AWS role pairs may be used, each mapped to a gateway role and project. Never empty.
+    pub roles: Vec<SamlRoleRule>,
+}
+
+/// How one role is chosen when a response offers several usable ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleChoice {
+    /// The first usable pair, in the order the response lists them.
+    First,
+    /// Exactly one usable pair; several are refused.
+    Only,
+    /// The pair mapped to the most powerful gateway role (owner > admin > manager > reviewer >
+    /// annotator/labeler > any other role); ties go to the first listed.
+    Highest,
+}
+
+/// `[[saml.idp.roles]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SamlRoleRule {
+    pub role_arn: String,
+    pub provider_arn: String,
+    /// A configured role (seed or `[roles.NAME]`).
+    pub gateway_role: String,
+    /// A configured project: the sources and prefixes the session may reach.
+    pub project: String,
+}
+
 /// `[audit]`. Default: stdout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditConfig {
@@ -353,6 +410,11 @@ pub enum S3Credentials {
         access_key_id: String,
         secret_access_key: Secret,
     },
+    /// `"saml"`: each request is signed with the requesting user's SAML session credentials; a
+    /// request without a session is refused (never signed with anything broader).
+    Saml,
+    /// One gateway-wide role assumed through STS (delegated access).
+    AssumeRole(AssumeRoleConfig),
 }
 
 impl fmt::Debug for S3Credentials {
@@ -364,8 +426,52 @@ impl fmt::Debug for S3Credentials {
                 .field("access_key_id", access_key_id)
                 .field("secret_access_key", &"<redacted>")
                 .finish(),
+            S3Credentials::Saml => f.write_str("Saml"),
+            S3Credentials::AssumeRole(role) => f.debug_tuple("AssumeRole").field(role).finish(),
         }
     }
+}
+
+/// `credentials = { assume_role = "arn:...", external_id = "...", ... }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssumeRoleConfig {
+    pub role_arn: String,
+    /// Sent as `ExternalId`; the role's trust policy decides whether it must match.
+    pub external_id: Option<String>,
+    pub session_name: String,
+    /// Requested credential lifetime, 900 s to 12 h.
+    pub duration: Duration,
+}
+
+/// `[sts]`: where STS calls go and how long each may take.
+#[derive(Debug, Clone)]
+pub struct StsConfig {
+    pub region: String,
+    /// Custom endpoint (`http://127.0.0.1:5000`); `None` = AWS's regional STS endpoint.
+    pub endpoint: Option<String>,
+    /// Per call, connect to answer.
+    pub timeout: Duration,
+    /// The gateway's own keys for signing AssumeRole; `None` = the AWS default chain.
+    /// (AssumeRoleWithSAML is unsigned and needs none.)
+    pub credentials: Option<StaticKeys>,
+}
+
+impl Default for StsConfig {
+    fn default() -> Self {
+        StsConfig {
+            region: defaults::DEFAULT_STS_REGION.to_owned(),
+            endpoint: None,
+            timeout: Duration::from_secs(defaults::STS_TIMEOUT_SECS),
+            credentials: None,
+        }
+    }
+}
+
+/// An access key pair; the secret was resolved from `env:NAME` or `file:PATH` at load.
+#[derive(Debug, Clone)]
+pub struct StaticKeys {
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
 }
 
 /// A secret value that never prints.
@@ -449,6 +555,8 @@ impl Config {
             }),
             roles: default_roles(),
             projects: BTreeMap::new(),
+            saml: None,
+            sts: StsConfig::default(),
         })
     }
 }

@@ -31,6 +31,8 @@ use super::{
 
 mod audit_cors;
 mod identity;
+mod saml;
+mod sts;
 
 /// One mistake in a config file, printed as `file:line:col: key: message`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,6 +281,11 @@ impl Checker<'_> {
         let identity = self.identity(raw.identity.as_ref());
         let roles = self.roles(raw.roles.as_ref());
         let projects = self.projects(raw.projects.as_ref(), sources.as_ref());
+        let saml = self.saml(raw.saml.as_ref(), roles.as_ref(), projects.as_ref());
+        let sts = self.sts(raw.sts.as_ref());
+        if let Some(saml) = &saml {
+            self.saml_sources_need_saml(raw.sources.as_ref(), saml.is_some());
+        }
         Some(Config {
             listener: listener?,
             admin: admin?,
@@ -291,6 +298,8 @@ impl Checker<'_> {
             identity: identity?,
             roles: roles?,
             projects: projects?,
+            saml: saml?,
+            sts: sts?,
         })
     }
 
@@ -952,16 +961,26 @@ impl Checker<'_> {
         };
         match raw.get_ref() {
             RawCredentials::Named(name) if name == "default" => Some(S3Credentials::DefaultChain),
+            RawCredentials::Named(name) if name == "saml" => Some(S3Credentials::Saml),
             RawCredentials::Named(_) => {
                 // The value is not echoed: a string here may well be a pasted secret.
                 self.push(
                     raw.span(),
                     key,
                     "unknown credentials value; write `credentials = \"default\"` for the AWS \
-                     default chain, or a table `{ access_key_id = \"...\", secret_access_key = \
-                     \"env:NAME\" }` for static keys",
+                     default chain, `\"saml\"` for each user's SAML session, a table \
+                     `{ access_key_id = \"...\", secret_access_key = \"env:NAME\" }` for static \
+                     keys, or `{ assume_role = \"arn:...\", external_id = \"...\" }` for a role",
                 );
                 None
+            }
+            RawCredentials::Static(st)
+                if st.assume_role.is_some()
+                    || st.external_id.is_some()
+                    || st.session_name.is_some()
+                    || st.duration_secs.is_some() =>
+            {
+                self.assume_role_credentials(&key, raw.span(), st)
             }
             RawCredentials::Static(st) => {
                 let access_key_id = match &st.access_key_id {

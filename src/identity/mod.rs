@@ -68,6 +68,10 @@ pub enum IdentityError {
     BadClaims(&'static str),
     #[error("token has been revoked")]
     Revoked,
+    /// A SAML session cookie that names no live session (expired, logged out, or never ours).
+    /// Still a 401, but its body tells the UI to sign in again.
+    #[error("SAML session expired or unknown")]
+    SessionExpired,
 }
 
 /// A representation of an object a token may be allowed to see.
@@ -185,7 +189,35 @@ pub struct Principal {
     expires_at: Option<u64>,
 }
 
+/// The `kid` a SAML session's principal reports (it was not made from a token).
+pub const SAML_SESSION_KID: &str = "saml-session";
+
 impl Principal {
+    /// The principal of a SAML session (built by `saml/sp.rs` after STS answered): `subject` is
+    /// the identity STS returned (the assumed-role ARN), `role` the gateway role the assumed AWS
+    /// role maps to, and `scopes` the sources and prefixes of `project`. Not bound to a client
+    /// address; may see every representation its role allows; ends at `expires_at` (unix s).
+    pub fn saml_session(
+        subject: String,
+        role: String,
+        project: String,
+        scopes: Vec<Scope>,
+        expires_at: u64,
+    ) -> Principal {
+        Principal {
+            subject,
+            role,
+            project: Some(project),
+            scopes,
+            cip: None,
+            original: true,
+            derived: true,
+            jti: None,
+            kid: SAML_SESSION_KID.to_owned(),
+            expires_at: Some(expires_at),
+        }
+    }
+
     pub fn subject(&self) -> &str {
         &self.subject
     }

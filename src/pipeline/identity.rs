@@ -1,25 +1,41 @@
 //! Stage 2, identity: the request's one token -> [`Principal`].
 //!
-//! A token arrives in exactly one place: `Authorization: Bearer`, the session cookie, or the
-//! `token` query parameter (already decoded by the plan stage's query check). Two places, two
-//! Authorization headers or two cookies of that name: 400. What the token means is
-//! `crate::identity`; this file only finds it.
+//! A token arrives in exactly one place: `Authorization: Bearer`, the token cookie, the SAML
+//! session cookie (`__Host-bucketgate-session`, when `[saml]` is configured), or the `token`
+//! query parameter (already decoded by the plan stage's query check). Two places, two
+//! Authorization headers or two cookies of one name: 400. What a token means is
+//! `crate::identity`; what a session is, `crate::saml::session`; this file only finds them.
 
 use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use http::HeaderMap;
 use http::header::{AUTHORIZATION, COOKIE};
 
 use crate::identity::{Identity, IdentityError, Principal};
+use crate::saml::session::{Session, SessionStore};
 
-/// Find the request's token. `query_token` is the decoded `token=` value, if any.
-pub fn find_token<'a>(
+/// Where a request's credential was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found<'a> {
+    /// A JWT (Bearer, token cookie or `?token=`).
+    Token(Cow<'a, str>),
+    /// A SAML session id (the session cookie's value).
+    Session(&'a str),
+}
+
+/// Find the request's one credential. `query_token` is the decoded `token=` value, if any;
+/// `token_cookie` the `[identity]` cookie name (if identity is configured), `session_cookie` the
+/// SAML session cookie name (if `[saml]` is).
+pub fn find_credential<'a>(
     headers: &'a HeaderMap,
     query_token: Option<&'a str>,
-    cookie_name: &str,
-) -> Result<Cow<'a, str>, IdentityError> {
-    let mut found: Option<Cow<'a, str>> = None;
-    let mut put = |t: Cow<'a, str>| {
+    token_cookie: Option<&str>,
+    session_cookie: Option<&str>,
+) -> Result<Found<'a>, IdentityError> {
+    let mut found: Option<Found<'a>> = None;
+    let mut put = |t: Found<'a>| {
         if found.is_some() {
             return Err(IdentityError::AmbiguousToken);
         }
@@ -36,30 +52,46 @@ pub fn find_token<'a>(
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(IdentityError::NotBearer);
         }
-        put(Cow::Borrowed(token.trim()))?;
+        put(Found::Token(Cow::Borrowed(token.trim())))?;
     }
     // h2 may split cookies over several headers; every pair is looked at.
     for value in headers.get_all(COOKIE) {
         let Ok(value) = value.to_str() else { continue };
         for pair in value.split(';') {
             let (name, v) = pair.split_once('=').unwrap_or((pair, ""));
-            if name.trim() == cookie_name {
-                put(Cow::Borrowed(v.trim().trim_matches('"')))?;
+            let name = name.trim();
+            let v = v.trim().trim_matches('"');
+            if Some(name) == token_cookie {
+                put(Found::Token(Cow::Borrowed(v)))?;
+            } else if Some(name) == session_cookie {
+                put(Found::Session(v))?;
             }
         }
     }
     if let Some(t) = query_token {
-        put(Cow::Borrowed(t))?;
+        put(Found::Token(Cow::Borrowed(t)))?;
     }
     match found {
-        Some(t) if t.is_empty() => Err(IdentityError::Missing),
-        Some(t) => Ok(t),
-        None => Err(IdentityError::Missing),
+        Some(Found::Token(t)) if t.is_empty() => Err(IdentityError::Missing),
+        Some(Found::Session("")) | None => Err(IdentityError::Missing),
+        Some(f) => Ok(f),
     }
 }
 
-/// Run stage 2. Without `[identity]` every request is refused (fail closed). Returns the token
-/// too, so the caller can log its hash.
+/// Find the request's token (tokens only: no session cookie is looked for).
+pub fn find_token<'a>(
+    headers: &'a HeaderMap,
+    query_token: Option<&'a str>,
+    cookie_name: &str,
+) -> Result<Cow<'a, str>, IdentityError> {
+    match find_credential(headers, query_token, Some(cookie_name), None)? {
+        Found::Token(t) => Ok(t),
+        Found::Session(_) => Err(IdentityError::Missing),
+    }
+}
+
+/// Run stage 2 for tokens only. Without `[identity]` every request is refused (fail closed).
+/// Returns the token too, so the caller can log its hash.
 pub async fn authenticate<'a>(
     identity: Option<&Identity>,
     headers: &'a HeaderMap,
@@ -70,6 +102,96 @@ pub async fn authenticate<'a>(
     let token = find_token(headers, query_token, identity.cookie_name())?;
     let principal = identity.verify(&token, now).await?;
     Ok((principal, token))
+}
+
+/// SAML sessions, when `[saml]` is configured in the snapshot.
+#[derive(Clone, Copy)]
+pub struct Sessions<'s> {
+    pub store: &'s SessionStore,
+    pub cookie_name: &'s str,
+    pub now: SystemTime,
+}
+
+/// Who a request is, and with what. Holds no borrowed token: only its hash, for the audit.
+pub enum Authenticated {
+    Token {
+        principal: Principal,
+        token_hash: String,
+    },
+    /// A SAML session: its principal and the user's own STS credentials.
+    Session {
+        session: Arc<Session>,
+        token_hash: String,
+    },
+}
+
+impl Authenticated {
+    pub fn principal(&self) -> &Principal {
+        match self {
+            Authenticated::Token { principal, .. } => principal,
+            Authenticated::Session { session, .. } => session.principal(),
+        }
+    }
+
+    /// [`crate::audit::token_hash`] of the token or the session id: never the secret itself.
+    pub fn token_hash(&self) -> &str {
+        match self {
+            Authenticated::Token { token_hash, .. } | Authenticated::Session { token_hash, .. } => {
+                token_hash
+            }
+        }
+    }
+
+    /// The user's own credentials, for sources with `credentials = "saml"`.
+    pub fn user_credentials(&self) -> Option<&aws_credential_types::Credentials> {
+        match self {
+            Authenticated::Token { .. } => None,
+            Authenticated::Session { session, .. } => Some(session.credentials()),
+        }
+    }
+}
+
+/// Run stage 2 over every place: a token is verified by `identity`, a session id looked up in
+/// `sessions`. An unknown or expired session is [`IdentityError::SessionExpired`] (401, "sign in
+/// again"). With neither configured, every request is refused.
+pub async fn authenticate_request(
+    identity: Option<&Identity>,
+    sessions: Option<Sessions<'_>>,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+    now: u64,
+) -> Result<Authenticated, IdentityError> {
+    if identity.is_none() && sessions.is_none() {
+        return Err(IdentityError::NotConfigured);
+    }
+    let found = find_credential(
+        headers,
+        query_token,
+        identity.map(Identity::cookie_name),
+        sessions.map(|s| s.cookie_name),
+    )?;
+    match (found, sessions) {
+        (Found::Session(id), Some(s)) => {
+            let session = s
+                .store
+                .get(id, s.now)
+                .map_err(|_| IdentityError::SessionExpired)?;
+            Ok(Authenticated::Session {
+                session,
+                token_hash: crate::audit::token_hash(id),
+            })
+        }
+        (Found::Token(token), _) => {
+            let identity = identity.ok_or(IdentityError::NotConfigured)?;
+            let principal = identity.verify(&token, now).await?;
+            Ok(Authenticated::Token {
+                principal,
+                token_hash: crate::audit::token_hash(&token),
+            })
+        }
+        // A session cookie is only looked for when sessions exist.
+        (Found::Session(_), None) => Err(IdentityError::Missing),
+    }
 }
 
 #[cfg(test)]
@@ -115,6 +237,43 @@ mod tests {
         for (h, q) in cases {
             assert!(matches!(
                 find_token(&h, q, "s"),
+                Err(IdentityError::AmbiguousToken)
+            ));
+        }
+    }
+
+    #[test]
+    fn session_cookie_is_one_more_place() {
+        let h = headers(&[("cookie", "x=1; __Host-bucketgate-session=abc")]);
+        assert_eq!(
+            find_credential(&h, None, Some("s"), Some("__Host-bucketgate-session")).unwrap(),
+            Found::Session("abc")
+        );
+        // Without [saml] the cookie is just another cookie.
+        assert!(matches!(
+            find_credential(&h, None, Some("s"), None),
+            Err(IdentityError::Missing)
+        ));
+        let both: [(HeaderMap, Option<&str>); 3] = [
+            (
+                headers(&[
+                    ("authorization", "Bearer a"),
+                    ("cookie", "__Host-bucketgate-session=b"),
+                ]),
+                None,
+            ),
+            (
+                headers(&[("cookie", "__Host-bucketgate-session=b; s=a")]),
+                None,
+            ),
+            (
+                headers(&[("cookie", "__Host-bucketgate-session=b")]),
+                Some("t"),
+            ),
+        ];
+        for (h, q) in both {
+            assert!(matches!(
+                find_credential(&h, q, Some("s"), Some("__Host-bucketgate-session")),
                 Err(IdentityError::AmbiguousToken)
             ));
         }

@@ -4,9 +4,10 @@
 //! | # | stage | here |
 //! |---|---|---|
 //! | 1 | network: peer (+ forwarded headers from trusted proxies) -> [`network::ClientIp`] -> allow/deny | `network.rs` |
+//! | 1a | `/auth/` routes (SAML login, ACS, session, logout), after the per-address rate limit | `crate::saml::sp` |
 //! | 1b | CORS preflight, answered without a token | `cors.rs` |
 //! | 5a | parse: route, query, key syntax -> [`plan::Target`] (400s; nothing about what exists) | `plan.rs` |
-//! | 2 | identity: the one token -> [`crate::identity::Principal`] (401; two tokens: 400) | `identity.rs` |
+//! | 2 | identity: the one token or SAML session -> [`crate::identity::Principal`] (401; two tokens: 400) | `identity.rs` |
 //! | 3 | authorize: principal x client x source/key x representation -> [`authorize::Grant`] (403) | `authorize.rs` |
 //! | 4 | admit: rate limits per client address and subject -> [`admit::Admitted`] (429) | `admit.rs` |
 //! | 5b | plan: target + grant -> [`plan::Plan`]; an unknown source is 404 only now | `plan.rs` |
@@ -39,7 +40,7 @@ use http_body_util::BodyExt;
 use tracing::Instrument;
 
 use crate::audit::{AuditLog, AuditedBody, Decision, Facts};
-use crate::backend::{AnyBackend, Backend, BackendError, ObjectMeta, Opened, Want};
+use crate::backend::{AnyBackend, BackendError, Caller, ObjectMeta, Opened, Want};
 use crate::config::Limits;
 use crate::error::Error;
 use crate::telemetry::{Metrics, NetworkDecisionLabel, RouteLabel, RouteStatus, UpstreamError};
@@ -78,6 +79,8 @@ pub struct Snapshot {
     /// `None`: no `[identity]`, every object request is 401 (fail closed).
     identity: Option<Arc<crate::identity::Identity>>,
     policy: authorize::Policy,
+    /// `None`: no `[saml]`; the `/auth/` routes are 404 and session cookies are not read.
+    saml: Option<Arc<crate::saml::sp::ServiceProvider>>,
 }
 
 impl Snapshot {
@@ -93,7 +96,15 @@ impl Snapshot {
             cors: cors::Cors::disabled(),
             identity: None,
             policy: authorize::Policy::default(),
+            saml: None,
         }
+    }
+
+    /// Serve the SAML service provider of `[saml]` (default: none). Sessions outlive snapshots
+    /// (they are the pipeline's); what a new session may become is this snapshot's.
+    pub fn with_saml(mut self, saml: Option<Arc<crate::saml::sp::ServiceProvider>>) -> Snapshot {
+        self.saml = saml;
+        self
     }
 
     /// Verify tokens with `identity` and decide with `policy` (default: no identity, so every
@@ -137,9 +148,13 @@ pub struct Pipeline {
     /// Rate-limit state: outlives snapshots so a reload does not reset every client's budget.
     admission: admit::Admission,
     audit: AuditLog,
+    /// SAML sessions, replay cache and login-cookie key: outlive snapshots, so a reload keeps
+    /// everyone signed in. `None`: no SAML at all (benches).
+    saml: Option<Arc<crate::saml::sp::SamlState>>,
 }
 
 const ROUTE_OBJECT: &str = "object";
+const ROUTE_AUTH: &str = "auth";
 const ROUTE_OTHER: &str = "other";
 
 impl Pipeline {
@@ -159,7 +174,19 @@ impl Pipeline {
             audit: AuditLog::off(Arc::clone(&metrics)),
             metrics,
             admission,
+            saml: None,
         }
+    }
+
+    /// Keep SAML sessions in `state` (the gateway always has one, whether or not `[saml]` is
+    /// configured now, so a reload can add it).
+    pub fn with_saml(mut self, state: Arc<crate::saml::sp::SamlState>) -> Pipeline {
+        self.saml = Some(state);
+        self
+    }
+
+    pub fn saml(&self) -> Option<&Arc<crate::saml::sp::SamlState>> {
+        self.saml.as_ref()
     }
 
     /// The rate limits (stage 4); reloads update their quotas.
@@ -200,6 +227,8 @@ impl Pipeline {
         let request_id = uuid::Uuid::new_v4().simple().to_string();
         let route = if req.uri().path().starts_with("/o/") {
             ROUTE_OBJECT
+        } else if req.uri().path().starts_with(crate::saml::sp::AUTH_PREFIX) {
+            ROUTE_AUTH
         } else {
             ROUTE_OTHER
         };
@@ -222,7 +251,11 @@ impl Pipeline {
         let mut facts = Facts::new(conn.peer.ip().to_canonical(), req.method(), route);
         async move {
             let snapshot = self.snapshot();
-            let mut resp = match self.run(&snapshot, &req, conn, route, &mut facts).await {
+            let (req, body) = req.into_parts();
+            let mut resp = match self
+                .run(&snapshot, &req, body, conn, route, &mut facts)
+                .await
+            {
                 Ok(resp) => resp,
                 Err(err) => {
                     if err.is_server_fault() {
@@ -245,11 +278,11 @@ impl Pipeline {
             // A HEAD response never has a body. hyper drops it for http/1.1 but sends it as DATA
             // frames on h2, which clients reject as a protocol error (regression: h2 HEAD of a
             // missing key was reset instead of answered 404).
-            if req.method() == Method::HEAD {
+            if req.method == Method::HEAD {
                 *resp.body_mut() = respond::empty();
             }
             respond::security_headers(resp.headers_mut(), &request_id);
-            cors::apply(&snapshot.cors, req.headers(), resp.headers_mut());
+            cors::apply(&snapshot.cors, &req.headers, resp.headers_mut());
             let status = resp.status().as_u16();
             tracing::Span::current().record("status", status);
             self.metrics
@@ -276,7 +309,8 @@ impl Pipeline {
     async fn run<B: Body>(
         &self,
         snapshot: &Snapshot,
-        req: &Request<B>,
+        req: &http::request::Parts,
+        body: B,
         conn: ConnInfo,
         route: &'static str,
         facts: &mut Facts,
@@ -285,19 +319,24 @@ impl Pipeline {
         // here already, read from the raw path without decoding the key.
         let client = self.network_stage(snapshot, req, conn)?;
         facts.client = client.addr();
+        // 1a. SAML routes: their own rate limit (per address; there is no subject yet) and
+        // their own statuses.
+        if route == ROUTE_AUTH {
+            return self.auth(snapshot, req, body, client, facts).await;
+        }
         // 1b. A CORS preflight carries no credentials: answered here, before identity.
-        if cors::is_preflight(req.method(), req.headers()) && route == ROUTE_OBJECT {
-            return cors::preflight(&snapshot.cors, req.headers());
+        if cors::is_preflight(&req.method, &req.headers) && route == ROUTE_OBJECT {
+            return cors::preflight(&snapshot.cors, &req.headers);
         }
         // 5a. parse: route, query and key syntax. 400s here reveal nothing about what exists;
         // the source name is checked only after authorization.
-        let target = plan::parse_object(req.uri().path(), req.uri().query())?;
-        let head_only = match *req.method() {
+        let target = plan::parse_object(req.uri.path(), req.uri.query())?;
+        let head_only = match req.method {
             Method::GET => false,
             Method::HEAD => true,
             _ => return Err(Error::MethodNotAllowed),
         };
-        if !req.body().is_end_stream() {
+        if !body.is_end_stream() {
             return Err(Error::BodyNotAllowed);
         }
         let span = tracing::Span::current();
@@ -306,10 +345,19 @@ impl Pipeline {
         facts.key = Some(target.key().to_owned());
         let representation = crate::identity::Representation::Original;
         facts.representation = Some(representation.as_str());
-        // 2. identity
-        let (principal, token) = identity::authenticate(
+        // 2. identity: a token, or a SAML session (its principal and the user's credentials).
+        let sessions = match (&self.saml, &snapshot.saml) {
+            (Some(state), Some(_)) => Some(identity::Sessions {
+                store: state.sessions(),
+                cookie_name: crate::saml::sp::SESSION_COOKIE,
+                now: state.now(),
+            }),
+            _ => None,
+        };
+        let authenticated = identity::authenticate_request(
             snapshot.identity.as_deref(),
-            req.headers(),
+            sessions,
+            &req.headers,
             target.token(),
             crate::identity::unix_now(),
         )
@@ -320,7 +368,8 @@ impl Pipeline {
             facts.rule = Some("identity".to_owned());
             Error::Identity(e)
         })?;
-        facts.token_hash = Some(crate::audit::token_hash(&token));
+        let principal = authenticated.principal();
+        facts.token_hash = Some(authenticated.token_hash().to_owned());
         facts.subject = Some(principal.subject().to_owned());
         facts.role = Some(principal.role().to_owned());
         facts.project = principal.project().map(str::to_owned);
@@ -331,7 +380,7 @@ impl Pipeline {
         }
         // 3. authorize, on the decoded key
         let grant = authorize::authorize(
-            &principal,
+            principal,
             client,
             target.source(),
             target.key(),
@@ -358,20 +407,81 @@ impl Pipeline {
         // 5b. plan: only an authorized request learns whether the source exists.
         let plan = target.plan(&grant, |s| snapshot.sources.contains_key(s))?;
         // 7 + 9. fetch and respond
-        self.fetch(snapshot, req.headers(), &plan, head_only, route)
-            .await
+        self.fetch(
+            snapshot,
+            &req.headers,
+            &plan,
+            head_only,
+            route,
+            authenticated.user_credentials(),
+        )
+        .await
+    }
+
+    /// Stage 1a: the SAML service provider's routes. Fills the audit facts it can.
+    async fn auth<B: Body>(
+        &self,
+        snapshot: &Snapshot,
+        req: &http::request::Parts,
+        body: B,
+        client: network::ClientIp,
+        facts: &mut Facts,
+    ) -> Result<Response<ResponseBody>, Error> {
+        use crate::saml::sp::{self, AuthAudit, SpError};
+        let _admitted = self
+            .admission
+            .admit_counted(client.addr(), None, &self.metrics)?;
+        let state = self
+            .saml
+            .as_deref()
+            .ok_or(Error::Saml(SpError::NotConfigured))?;
+        let mut audit = AuthAudit::default();
+        let result = sp::handle(snapshot.saml.as_deref(), state, req, body, &mut audit).await;
+        let span = tracing::Span::current();
+        if let Some(subject) = &audit.subject {
+            span.record("subject", subject.as_str());
+        }
+        if let Some(role) = &audit.role {
+            span.record("role", role.as_str());
+        }
+        if let Some(project) = &audit.project {
+            span.record("project", project.as_str());
+        }
+        facts.subject = audit.subject;
+        facts.role = audit.role;
+        facts.project = audit.project;
+        match result {
+            Ok(resp) => {
+                let rule = audit.rule.unwrap_or("saml");
+                span.record("decision", "allow");
+                span.record("rule", rule);
+                facts.decision = Decision::Allow;
+                facts.rule = Some(rule.to_owned());
+                Ok(resp.map(|b| {
+                    http_body_util::Full::new(b)
+                        .map_err(|never| match never {})
+                        .boxed_unsync()
+                }))
+            }
+            Err(e) => {
+                span.record("decision", "deny");
+                span.record("rule", e.label());
+                facts.rule = Some(e.label().to_owned());
+                Err(Error::Saml(e))
+            }
+        }
     }
 
     /// Stage 1: the client address, then the global and per-source lists. Records the decision
     /// in the request span and the metrics.
-    fn network_stage<B>(
+    fn network_stage(
         &self,
         snapshot: &Snapshot,
-        req: &Request<B>,
+        req: &http::request::Parts,
         conn: ConnInfo,
     ) -> Result<network::ClientIp, Error> {
         let span = tracing::Span::current();
-        let client = match network::client_ip(conn.peer, req.headers(), &snapshot.network) {
+        let client = match network::client_ip(conn.peer, &req.headers, &snapshot.network) {
             Ok(client) => client,
             Err(e) => {
                 span.record("decision", "malformed");
@@ -387,7 +497,7 @@ impl Pipeline {
         };
         let decision = snapshot
             .network
-            .decide(client.addr(), network::route_source(req.uri().path()));
+            .decide(client.addr(), network::route_source(req.uri.path()));
         span.record("client", tracing::field::display(client));
         span.record("decision", if decision.allowed { "allow" } else { "deny" });
         span.record("rule", tracing::field::display(&decision.rule));
@@ -416,6 +526,7 @@ impl Pipeline {
         plan: &Plan,
         head_only: bool,
         route: &'static str,
+        user: Option<&aws_credential_types::Credentials>,
     ) -> Result<Response<ResponseBody>, Error> {
         let backend_err = |error| Error::Backend {
             source_name: plan.source().to_owned(),
@@ -434,7 +545,10 @@ impl Pipeline {
                 Answer::Send(part) if !head_only => Want::Body(part),
                 _ => Want::Meta,
             };
-            let (meta, object) = match backend.open(plan.key(), want).await {
+            // A SAML session's reads are signed with the user's own credentials; `saml`
+            // sources refuse a request without them (never a fallback to broader ones).
+            let caller = user.map_or(Caller::Gateway, Caller::User);
+            let (meta, object) = match backend.open_as(plan.key(), want, caller).await {
                 Ok(Opened::Meta(meta)) => (meta, None),
                 Ok(Opened::Object { object, part }) => (object.meta.clone(), Some((object, part))),
                 Err(BackendError::Changed) if attempts <= snapshot.limits.upstream_max_retries => {

@@ -80,6 +80,9 @@ pub fn error_response(err: &Error, request_id: &str) -> Response<ResponseBody> {
         Error::MethodNotAllowed => {
             h.insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         }
+        Error::Saml(crate::saml::sp::SpError::MethodNotAllowed { allow }) => {
+            h.insert(ALLOW, HeaderValue::from_static(allow));
+        }
         Error::Identity(e) if !matches!(e, crate::identity::IdentityError::AmbiguousToken) => {
             h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
@@ -90,6 +93,14 @@ pub fn error_response(err: &Error, request_id: &str) -> Response<ResponseBody> {
         }
         Error::RateLimited(limited) => {
             h.insert(RETRY_AFTER, HeaderValue::from(limited.retry_after_secs()));
+        }
+        Error::Backend {
+            error: BackendError::CredentialsUnavailable { retry_after },
+            ..
+        } => {
+            // Whole seconds, rounded up, at least 1 (as for rate limits).
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            h.insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         _ => {}
     }

@@ -22,6 +22,7 @@ use tokio::sync::Mutex;
 
 use crate::app::{StartError, build_snapshot};
 use crate::config::{self, Config, ConfigErrors};
+use crate::credentials::Delegations;
 use crate::identity::revocation::Revocations;
 use crate::pipeline::{ErrorChain, Pipeline};
 use crate::server::per_ip::PerIpConnections;
@@ -101,6 +102,8 @@ pub struct Control {
     per_ip: Arc<PerIpConnections>,
     /// Outlive snapshots: every rebuilt identity checks the same revocation list.
     revocations: Arc<Revocations>,
+    /// Outlive snapshots: a reload keeps the delegated roles' cached credentials.
+    delegations: Arc<Delegations>,
     config_path: Option<PathBuf>,
     /// What the snapshot in force was built from (file config + persisted lists). The lock
     /// serializes every change.
@@ -134,6 +137,7 @@ impl Control {
         metrics: Arc<Metrics>,
         per_ip: Arc<PerIpConnections>,
         revocations: Arc<Revocations>,
+        delegations: Arc<Delegations>,
         config_path: Option<PathBuf>,
         effective: Config,
     ) -> Control {
@@ -149,6 +153,7 @@ impl Control {
             metrics,
             per_ip,
             revocations,
+            delegations,
             config_path,
             current: Mutex::new(effective),
             admin_token,
@@ -199,7 +204,7 @@ impl Control {
     pub async fn install(&self, config: Config) -> Result<(), ReloadError> {
         let mut current = self.current.lock().await;
         let effective = with_persisted_lists(config)?;
-        let snapshot = build_snapshot(&effective, &self.revocations).await?;
+        let snapshot = build_snapshot(&effective, &self.revocations, &self.delegations).await?;
         let old = &*current;
         if old.listener.addr != effective.listener.addr || old.admin.addr != effective.admin.addr {
             tracing::warn!("listener addresses changed in the config; they apply after a restart");
@@ -269,7 +274,7 @@ impl Control {
         }
         let mut effective = current.clone();
         after.apply_to(&mut effective);
-        let snapshot = build_snapshot(&effective, &self.revocations).await?;
+        let snapshot = build_snapshot(&effective, &self.revocations, &self.delegations).await?;
         let state_dir = effective.admin.state_dir.clone();
         let to_store = after.clone();
         tokio::task::spawn_blocking(move || lists::store_state(&state_dir, &to_store))

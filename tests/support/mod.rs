@@ -4,8 +4,11 @@
 //! polling helpers. Every test file does `mod support;` and uses what it needs.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod origin;
 pub mod s3;
+pub mod saml;
+pub mod sts;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -216,6 +219,8 @@ pub async fn start_gateway_opts(
         identity: Some(test_identity()),
         roles: default_roles(),
         projects: BTreeMap::new(),
+        saml: None,
+        sts: bucketgate::config::StsConfig::default(),
     };
     let mut config = config;
     tweak(&mut config);

@@ -5,11 +5,12 @@
 //! Every mode except `Refuse` and `StallBeforeHeaders` answers HEAD (HeadObject) correctly, so a
 //! client gets past `head` and meets the failure in `get`. Any path is the one object
 //! ([`OBJECT_LEN`] bytes of [`object_bytes`]); `?list-type=2` (ListObjectsV2) gets an empty
-//! listing in `Healthy` mode.
+//! listing in `Healthy` mode. `Endless` streams a [`ENDLESS_LEN`]-byte object for as long as the
+//! peer reads and counts the GETs the peer cut off, for the client-disconnect tests.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -26,6 +27,8 @@ pub const ETAG: &str = "\"0123456789abcdef0123456789abcdef\"";
 pub const LAST_MODIFIED_SECS: u64 = 1_735_689_600;
 const LAST_MODIFIED_HTTP: &str = "Wed, 01 Jan 2025 00:00:00 GMT";
 pub const CONTENT_TYPE: &str = "image/png";
+/// Size `Endless` announces (HEAD and GET): far more than any test reads.
+pub const ENDLESS_LEN: u64 = 1 << 40;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -41,6 +44,9 @@ pub enum Mode {
     StallMidBody,
     /// A correct answer to everything (Range included).
     Healthy,
+    /// GET: 200 with Content-Length [`ENDLESS_LEN`], then the [`object_bytes`] pattern repeated
+    /// for as long as the peer takes it. A write that fails (the peer closed) counts as a cut GET.
+    Endless,
 }
 
 /// The object's bytes: a fixed pattern, so any slice of it can be checked.
@@ -53,7 +59,17 @@ pub struct Origin {
     pub endpoint: String,
     pub mode: Mode,
     requests: Arc<AtomicUsize>,
+    stats: Arc<Stats>,
     server: Option<JoinHandle<()>>,
+}
+
+/// What `Endless` GETs did, shared with the connection tasks.
+#[derive(Default)]
+struct Stats {
+    /// Body bytes written to peers (all GETs together).
+    body_bytes: AtomicU64,
+    /// GETs whose body was being written when the peer closed the connection.
+    cut_gets: AtomicUsize,
 }
 
 impl Origin {
@@ -61,18 +77,20 @@ impl Origin {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
         let addr = listener.local_addr().expect("origin addr");
         let requests = Arc::new(AtomicUsize::new(0));
+        let stats = Arc::new(Stats::default());
         let server = if mode == Mode::Refuse {
             drop(listener);
             None
         } else {
             let counter = requests.clone();
+            let shared = stats.clone();
             Some(tokio::spawn(async move {
                 let mut connections = tokio::task::JoinSet::new();
                 loop {
                     let Ok((stream, _)) = listener.accept().await else {
                         continue;
                     };
-                    connections.spawn(serve(stream, mode, counter.clone()));
+                    connections.spawn(serve(stream, mode, counter.clone(), shared.clone()));
                 }
             }))
         };
@@ -80,8 +98,19 @@ impl Origin {
             endpoint: format!("http://{addr}"),
             mode,
             requests,
+            stats,
             server,
         }
+    }
+
+    /// Body bytes written so far (`Endless`).
+    pub fn body_bytes(&self) -> u64 {
+        self.stats.body_bytes.load(Ordering::SeqCst)
+    }
+
+    /// GETs cut off by the peer closing the connection mid-body (`Endless`).
+    pub fn cut_gets(&self) -> usize {
+        self.stats.cut_gets.load(Ordering::SeqCst)
     }
 
     /// Requests received so far (complete request heads, HEAD and GET alike).
@@ -154,7 +183,7 @@ fn parse_range(value: &str) -> Option<(usize, usize)> {
     (start <= end).then_some((start, end))
 }
 
-async fn serve(stream: TcpStream, mode: Mode, requests: Arc<AtomicUsize>) {
+async fn serve(stream: TcpStream, mode: Mode, requests: Arc<AtomicUsize>, stats: Arc<Stats>) {
     let mut reader = BufReader::new(stream);
     let body = object_bytes();
     while let Some(req) = read_request(&mut reader).await {
@@ -164,8 +193,13 @@ async fn serve(stream: TcpStream, mode: Mode, requests: Arc<AtomicUsize>) {
         }
         let stream = reader.get_mut();
         if req.method == "HEAD" {
+            let len = if mode == Mode::Endless {
+                ENDLESS_LEN as usize
+            } else {
+                OBJECT_LEN
+            };
             if stream
-                .write_all(object_head("200 OK", OBJECT_LEN, "").as_bytes())
+                .write_all(object_head("200 OK", len, "").as_bytes())
                 .await
                 .is_err()
             {
@@ -216,6 +250,23 @@ async fn serve(stream: TcpStream, mode: Mode, requests: Arc<AtomicUsize>) {
                 let head = object_head("200 OK", OBJECT_LEN, "");
                 let _ = write_all(stream, &[head.as_bytes(), &body[..PARTIAL_LEN]]).await;
                 std::future::pending::<()>().await;
+            }
+            Mode::Endless => {
+                let head = object_head("200 OK", ENDLESS_LEN as usize, "");
+                if stream.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                // 256 whole periods of the pattern, so consecutive chunks continue it.
+                let chunk: Vec<u8> = (0..251 * 256).map(|i| (i % 251) as u8).collect();
+                loop {
+                    if stream.write_all(&chunk).await.is_err() {
+                        stats.cut_gets.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                    stats
+                        .body_bytes
+                        .fetch_add(chunk.len() as u64, Ordering::SeqCst);
+                }
             }
             Mode::Refuse | Mode::StallBeforeHeaders => return,
         }

@@ -1,0 +1,295 @@
+//! Delegated access: one gateway-wide role (`AssumeRole` with an ExternalId), its credentials
+//! cached and refreshed ahead of expiry.
+//!
+//! The rules, in the order [`DelegatedCredentials::credentials`] applies them:
+//! - fresh credentials (before `refresh_at`) are returned at once: a lock-free load;
+//! - in the refresh window (`refresh_at..valid_until`) ONE caller refreshes (a `try_lock` on the
+//!   refresh mutex); every other caller keeps using the still-valid credentials without waiting;
+//!   if the refresh fails, the valid credentials keep serving and the failure is logged;
+//! - without valid credentials, callers queue on the refresh mutex: the first one calls STS, the
+//!   others take its result (new credentials, or the failure: they do not call STS again);
+//! - after a failed attempt STS is not called again for `retry_after`, and a caller with nothing
+//!   valid gets [`BackendError::CredentialsUnavailable`] (503 with `Retry-After`).
+//!
+//! Never a fallback to other (broader) credentials: no credentials means no request.
+//!
+//! Time comes from the injected [`Clock`]. STS states an absolute expiry on the wall clock; it
+//! is turned into a lifetime when the answer arrives (`Expiration - SystemTime::now()`, capped at
+//! the requested duration) and that lifetime is counted on the injected clock from then on. In
+//! production both clocks are the system clock; tests move the injected one.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use aws_credential_types::Credentials;
+
+use super::Clock;
+use super::sts::{StsClient, StsError};
+use crate::backend::BackendError;
+use crate::config::AssumeRoleConfig;
+use crate::config::defaults::{DELEGATED_REFRESH_BEFORE_SECS, DELEGATED_RETRY_AFTER_SECS};
+
+/// Credentials in the cache, with their deadlines on the injected clock.
+#[derive(Debug)]
+struct Cached {
+    credentials: Credentials,
+    refresh_at: SystemTime,
+    valid_until: SystemTime,
+}
+
+/// What the one refresher leaves for the callers that waited on it.
+#[derive(Debug, Default)]
+struct RefreshState {
+    /// When the last attempt failed, on the injected clock.
+    failed_at: Option<SystemTime>,
+}
+
+/// The delegated role's credentials: cached, refreshed by one caller at a time.
+#[derive(Debug)]
+pub struct DelegatedCredentials {
+    sts: StsClient,
+    role: AssumeRoleConfig,
+    clock: Arc<dyn Clock>,
+    refresh_before: Duration,
+    retry_after: Duration,
+    current: ArcSwapOption<Cached>,
+    refresh: tokio::sync::Mutex<RefreshState>,
+    /// Finished refresh attempts (successful or not), so a caller that waited can tell that one
+    /// ran while it waited.
+    attempts: AtomicU64,
+}
+
+impl DelegatedCredentials {
+    /// Makes no STS call: the first request does.
+    pub fn new(sts: StsClient, role: &AssumeRoleConfig, clock: Arc<dyn Clock>) -> Self {
+        DelegatedCredentials {
+            sts,
+            // Half the duration at most, so a short session is not refreshed on every request.
+            refresh_before: Duration::from_secs(DELEGATED_REFRESH_BEFORE_SECS)
+                .min(role.duration / 2),
+            retry_after: Duration::from_secs(DELEGATED_RETRY_AFTER_SECS),
+            role: role.clone(),
+            clock,
+            current: ArcSwapOption::empty(),
+            refresh: tokio::sync::Mutex::new(RefreshState::default()),
+            attempts: AtomicU64::new(0),
+        }
+    }
+
+    /// The role's credentials for one request.
+    pub async fn credentials(&self) -> Result<Credentials, BackendError> {
+        let now = self.clock.now();
+        let current = self.current.load_full();
+        if let Some(c) = &current {
+            if now < c.refresh_at {
+                return Ok(c.credentials.clone());
+            }
+            if now < c.valid_until {
+                // The refresh window: one caller refreshes, nobody waits for it.
+                let Ok(mut state) = self.refresh.try_lock() else {
+                    return Ok(c.credentials.clone());
+                };
+                if self.backing_off(&state, now).is_some() {
+                    return Ok(c.credentials.clone());
+                }
+                // Another caller may have refreshed between our load and our lock.
+                if let Some(newer) = self.valid(now)
+                    && now < newer.refresh_at
+                {
+                    return Ok(newer.credentials.clone());
+                }
+                return match self.refresh_locked(&mut state, now).await {
+                    Ok(fresh) => Ok(fresh),
+                    Err(_) => Ok(c.credentials.clone()),
+                };
+            }
+        }
+
+        // Nothing valid: wait for the refresh in progress, or run it.
+        let seen = self.attempts.load(Ordering::Acquire);
+        let mut state = self.refresh.lock().await;
+        let now = self.clock.now();
+        if let Some(c) = self.valid(now) {
+            return Ok(c.credentials.clone());
+        }
+        if self.attempts.load(Ordering::Acquire) != seen {
+            // The attempt we waited for failed: share its result instead of calling STS again.
+            return Err(self.unavailable(&state, now));
+        }
+        if self.backing_off(&state, now).is_some() {
+            return Err(self.unavailable(&state, now));
+        }
+        self.refresh_locked(&mut state, now)
+            .await
+            .map_err(|_| self.unavailable(&state, now))
+    }
+
+    /// The cached credentials if still valid at `now`.
+    fn valid(&self, now: SystemTime) -> Option<Arc<Cached>> {
+        self.current.load_full().filter(|c| now < c.valid_until)
+    }
+
+    /// Time left in the back-off after a failed attempt, if any.
+    fn backing_off(&self, state: &RefreshState, now: SystemTime) -> Option<Duration> {
+        let failed_at = state.failed_at?;
+        let until = failed_at + self.retry_after;
+        until.duration_since(now).ok().filter(|d| !d.is_zero())
+    }
+
+    fn unavailable(&self, state: &RefreshState, now: SystemTime) -> BackendError {
+        let wait = self.backing_off(state, now).unwrap_or(self.retry_after);
+        BackendError::CredentialsUnavailable {
+            retry_after: wait.max(Duration::from_secs(1)),
+        }
+    }
+
+    /// Call STS (the caller holds the refresh lock) and store the answer.
+    async fn refresh_locked(
+        &self,
+        state: &mut RefreshState,
+        now: SystemTime,
+    ) -> Result<Credentials, StsError> {
+        let result = self
+            .sts
+            .assume_role(
+                &self.role.role_arn,
+                self.role.external_id.as_deref(),
+                &self.role.session_name,
+                self.role.duration,
+            )
+            .await;
+        // The clock may have moved during the call; deadlines count from the answer.
+        let answered = self.clock.now().max(now);
+        let outcome = match result {
+            Ok(session) => {
+                let lifetime = session
+                    .expires
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO)
+                    .min(self.role.duration);
+                let ahead = self.refresh_before.min(lifetime / 2);
+                let valid_until = answered + lifetime;
+                let cached = Cached {
+                    credentials: session.credentials.clone(),
+                    refresh_at: valid_until - ahead,
+                    valid_until,
+                };
+                tracing::debug!(role = %self.role.role_arn, lifetime_secs = lifetime.as_secs(), "delegated credentials refreshed");
+                self.current.store(Some(Arc::new(cached)));
+                state.failed_at = None;
+                Ok(session.credentials)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    role = %self.role.role_arn,
+                    error = %chain(&e),
+                    "delegated credentials: STS refresh failed"
+                );
+                state.failed_at = Some(answered);
+                Err(e)
+            }
+        };
+        self.attempts.fetch_add(1, Ordering::Release);
+        outcome
+    }
+}
+
+/// `error: cause: cause` for the log (STS errors carry no secrets, see `sts.rs`).
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cur = e.source();
+    }
+    text
+}
+
+/// The delegated caches of a gateway, shared by its snapshots: a reload that keeps a source's
+/// role and `[sts]` settings keeps its cached credentials (no new STS call), and every source
+/// with the same role shares one cache. Entries die with the last snapshot that uses them.
+pub struct Delegations {
+    clock: Arc<dyn Clock>,
+    caches: std::sync::Mutex<Vec<(DelegationKey, std::sync::Weak<DelegatedCredentials>)>>,
+}
+
+impl std::fmt::Debug for Delegations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delegations").finish_non_exhaustive()
+    }
+}
+
+/// What makes two delegated caches interchangeable. No `Debug`: it holds a secret.
+struct DelegationKey {
+    role: AssumeRoleConfig,
+    region: String,
+    endpoint: Option<String>,
+    timeout: Duration,
+    /// The gateway's own access key id and secret (compared, never printed).
+    keys: Option<(String, crate::config::Secret)>,
+}
+
+impl PartialEq for DelegationKey {
+    fn eq(&self, other: &Self) -> bool {
+        let same_keys = match (&self.keys, &other.keys) {
+            (None, None) => true,
+            (Some((a, sa)), Some((b, sb))) => a == b && sa.expose() == sb.expose(),
+            _ => false,
+        };
+        same_keys
+            && self.role == other.role
+            && self.region == other.region
+            && self.endpoint == other.endpoint
+            && self.timeout == other.timeout
+    }
+}
+
+impl Delegations {
+    pub fn new(clock: Arc<dyn Clock>) -> Delegations {
+        Delegations {
+            clock,
+            caches: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The cache for `role` through STS as configured by `sts`: an existing one if still in use,
+    /// else a new one (which makes no STS call until its first request).
+    pub fn get(
+        &self,
+        sts: &crate::config::StsConfig,
+        role: &AssumeRoleConfig,
+    ) -> Arc<DelegatedCredentials> {
+        let key = DelegationKey {
+            role: role.clone(),
+            region: sts.region.clone(),
+            endpoint: sts.endpoint.clone(),
+            timeout: sts.timeout,
+            keys: sts
+                .credentials
+                .as_ref()
+                .map(|k| (k.access_key_id.clone(), k.secret_access_key.clone())),
+        };
+        let mut caches = self
+            .caches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        caches.retain(|(_, weak)| weak.strong_count() > 0);
+        if let Some(existing) = caches
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, weak)| weak.upgrade())
+        {
+            return existing;
+        }
+        let fresh = Arc::new(DelegatedCredentials::new(
+            StsClient::new(sts),
+            role,
+            Arc::clone(&self.clock),
+        ));
+        caches.push((key, Arc::downgrade(&fresh)));
+        fresh
+    }
+}

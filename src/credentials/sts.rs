@@ -1,0 +1,391 @@
+//! The STS client: `AssumeRoleWithSAML` for signed-in users and `AssumeRole` for the delegated
+//! role, over the process's one HTTP stack (hyper 1 + rustls with ring, as `backend/s3.rs`).
+//!
+//! Every call is bounded by `[sts] timeout_secs` (connect to answer) and tried once: the callers
+//! decide when to try again (a login is retried by the user, a delegated refresh by the next
+//! request after a back-off). Errors are sorted into what the caller must tell apart: STS said no
+//! ([`StsError::Refused`]), STS could not be reached or failed ([`StsError::Unavailable`]), STS
+//! was too slow ([`StsError::Timeout`]), STS answered something unusable ([`StsError::Protocol`]).
+//! No error text carries an STS message, an assertion or a credential.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_config::default_provider::credentials::DefaultCredentialsChain;
+use aws_config::provider_config::ProviderConfig;
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::{self, ProvideCredentials};
+use aws_sdk_sts::config::retry::RetryConfig;
+use aws_sdk_sts::config::timeout::TimeoutConfig;
+use aws_sdk_sts::config::{BehaviorVersion, Region, SharedHttpClient};
+use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+
+use crate::config::StsConfig;
+
+/// Provider name on the credentials STS hands out (shows in SDK debug output, never a secret).
+const PROVIDER_NAME: &str = "bucketgate-sts";
+
+/// Temporary credentials and who STS says they belong to.
+#[derive(Clone)]
+pub struct SessionCredentials {
+    /// Access key, secret, session token and expiry, ready for the S3 client.
+    pub credentials: Credentials,
+    pub expires: SystemTime,
+    /// `AssumedRoleUser.Arn` as STS returned it (`arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION`).
+    pub assumed_role_arn: String,
+    /// `Subject` (AssumeRoleWithSAML) as STS returned it.
+    pub subject: Option<String>,
+}
+
+impl fmt::Debug for SessionCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The access key id is not a secret, but its first four characters (ASIA, AKIA) say all
+        // a log reader needs; the secret and the session token never print.
+        let id = self.credentials.access_key_id();
+        let prefix: String = id.chars().take(4).collect();
+        f.debug_struct("SessionCredentials")
+            .field("access_key_id", &format_args!("{prefix}…"))
+            .field("expires", &httpdate::fmt_http_date(self.expires))
+            .field("assumed_role_arn", &self.assumed_role_arn)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why STS gave no credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum StsError {
+    /// STS refused the request (4xx: access denied, a rejected assertion, an untrusted role).
+    #[error("STS refused the request")]
+    Refused,
+    /// STS could not be reached, failed (5xx), throttled us, or the gateway's own credentials
+    /// for signing could not be loaded.
+    #[error("STS unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// No answer within `[sts] timeout_secs`.
+    #[error("STS did not answer in time")]
+    Timeout,
+    /// An answer without credentials, an expiry or a role ARN, or one that could not be parsed.
+    #[error("unusable answer from STS: {0}")]
+    Protocol(&'static str),
+}
+
+impl StsError {
+    /// Whether trying again later may succeed (the delegated cache backs off and retries).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StsError::Unavailable(_) | StsError::Timeout)
+    }
+}
+
+/// An STS answer's status and error code (never its message), for the log.
+#[derive(Debug, thiserror::Error)]
+#[error("STS answered {status}{}", code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
+struct StsStatus {
+    status: u16,
+    code: Option<String>,
+}
+
+/// STS on our HTTP stack. Cheap to clone (the SDK client is an `Arc` inside).
+#[derive(Clone)]
+pub struct StsClient {
+    client: aws_sdk_sts::Client,
+    timeout: Duration,
+}
+
+impl fmt::Debug for StsClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StsClient")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StsClient {
+    /// Build the client. Makes no network call; the gateway's own credentials (for AssumeRole)
+    /// come from `[sts] credentials`, or the AWS default chain, loaded on first use.
+    pub fn new(settings: &StsConfig) -> StsClient {
+        let http_client = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+            .build_https();
+        let region = Region::new(settings.region.clone());
+        // One bound for the whole call: connect, send, answer.
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(settings.timeout)
+            .operation_timeout(settings.timeout)
+            .build();
+        let retries = RetryConfig::disabled();
+        let mut builder = aws_sdk_sts::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(region.clone())
+            .http_client(http_client.clone())
+            .timeout_config(timeouts.clone())
+            .retry_config(retries.clone());
+        if let Some(endpoint) = &settings.endpoint {
+            builder = builder.endpoint_url(endpoint);
+        }
+        builder = match &settings.credentials {
+            Some(keys) => builder.credentials_provider(Credentials::new(
+                &keys.access_key_id,
+                keys.secret_access_key.expose(),
+                None,
+                None,
+                "bucketgate-sts-static",
+            )),
+            None => builder.credentials_provider(LazyDefaultChain {
+                chain: Arc::new(tokio::sync::OnceCell::new()),
+                region,
+                http_client,
+                timeouts,
+            }),
+        };
+        StsClient {
+            client: aws_sdk_sts::Client::from_conf(builder.build()),
+            timeout: settings.timeout,
+        }
+    }
+
+    /// `AssumeRoleWithSAML` (unsigned, as AWS expects): the user's credentials for `role_arn`.
+    pub async fn assume_role_with_saml(
+        &self,
+        role_arn: &str,
+        principal_arn: &str,
+        saml_response_b64: &str,
+        duration: Duration,
+    ) -> Result<SessionCredentials, StsError> {
+        let out = self
+            .client
+            .assume_role_with_saml()
+            .role_arn(role_arn)
+            .principal_arn(principal_arn)
+            .saml_assertion(saml_response_b64)
+            .duration_seconds(duration_secs(duration))
+            .send()
+            .await
+            .map_err(classify)?;
+        session(
+            out.credentials(),
+            out.assumed_role_user().map(|u| u.arn()),
+            out.subject().map(str::to_owned),
+        )
+    }
+
+    /// `AssumeRole`, signed with the gateway's own credentials.
+    pub async fn assume_role(
+        &self,
+        role_arn: &str,
+        external_id: Option<&str>,
+        session_name: &str,
+        duration: Duration,
+    ) -> Result<SessionCredentials, StsError> {
+        let out = self
+            .client
+            .assume_role()
+            .role_arn(role_arn)
+            .set_external_id(external_id.map(str::to_owned))
+            .role_session_name(session_name)
+            .duration_seconds(duration_secs(duration))
+            .send()
+            .await
+            .map_err(classify)?;
+        session(
+            out.credentials(),
+            out.assumed_role_user().map(|u| u.arn()),
+            None,
+        )
+    }
+}
+
+/// STS takes whole seconds as an i32 (900 to 43200); config validation keeps us in range.
+fn duration_secs(d: Duration) -> i32 {
+    i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
+}
+
+fn session(
+    creds: Option<&aws_sdk_sts::types::Credentials>,
+    role_arn: Option<&str>,
+    subject: Option<String>,
+) -> Result<SessionCredentials, StsError> {
+    let c = creds.ok_or(StsError::Protocol("answer without credentials"))?;
+    let expires = SystemTime::try_from(*c.expiration())
+        .map_err(|_| StsError::Protocol("credentials expiry out of range"))?;
+    let assumed_role_arn = role_arn
+        .filter(|a| !a.is_empty())
+        .ok_or(StsError::Protocol("answer without an assumed-role ARN"))?
+        .to_owned();
+    if c.access_key_id().is_empty() || c.secret_access_key().is_empty() {
+        return Err(StsError::Protocol("answer with empty credentials"));
+    }
+    Ok(SessionCredentials {
+        credentials: Credentials::new(
+            c.access_key_id(),
+            c.secret_access_key(),
+            Some(c.session_token().to_owned()).filter(|t| !t.is_empty()),
+            Some(expires),
+            PROVIDER_NAME,
+        ),
+        expires,
+        assumed_role_arn,
+        subject,
+    })
+}
+
+/// Sort an SDK error. The error code is read where the SDK could parse one; some STS-compatible
+/// servers send bodies it cannot, so the status decides otherwise.
+fn classify<E>(err: SdkError<E>) -> StsError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match err {
+        SdkError::TimeoutError(_) => StsError::Timeout,
+        SdkError::DispatchFailure(ref failure) => {
+            if failure.is_timeout() {
+                StsError::Timeout
+            } else if failure.is_user() {
+                StsError::Protocol("request could not be sent")
+            } else {
+                match err.into_source() {
+                    Ok(source) => StsError::Unavailable(source),
+                    Err(_) => StsError::Unavailable("dispatch failure".into()),
+                }
+            }
+        }
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            classify_status(status, service.err().code())
+        }
+        SdkError::ResponseError(response) => {
+            let status = response.raw().status().as_u16();
+            if status >= 500 {
+                StsError::Unavailable(Box::new(StsStatus { status, code: None }))
+            } else {
+                StsError::Protocol("unparseable answer")
+            }
+        }
+        // Building the request, which includes loading the gateway's own credentials.
+        SdkError::ConstructionFailure(_) => StsError::Unavailable(
+            "request could not be built (the gateway's own credentials did not load)".into(),
+        ),
+        _ => StsError::Protocol("unknown SDK error"),
+    }
+}
+
+fn classify_status(status: u16, code: Option<&str>) -> StsError {
+    let throttled = matches!(
+        code,
+        Some("Throttling" | "ThrottlingException" | "RequestLimitExceeded")
+    );
+    match status {
+        _ if throttled || status == 429 => StsError::Unavailable(Box::new(StsStatus {
+            status,
+            code: code.and_then(short_code),
+        })),
+        400..=499 => StsError::Refused,
+        500..=599 => StsError::Unavailable(Box::new(StsStatus {
+            status,
+            code: code.and_then(short_code),
+        })),
+        _ => StsError::Protocol("unexpected status"),
+    }
+}
+
+/// An STS error code is a short identifier (`Throttling`, `InternalFailure`); anything else a
+/// misbehaving server sends there is dropped, not trimmed into something readable.
+fn short_code(code: &str) -> Option<String> {
+    let plausible = !code.is_empty()
+        && code.len() <= 64
+        && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.');
+    plausible.then(|| code.to_owned())
+}
+
+/// The AWS default chain, built on first use so that [`StsClient::new`] stays synchronous and
+/// makes no network call.
+#[derive(Debug)]
+struct LazyDefaultChain {
+    chain: Arc<tokio::sync::OnceCell<DefaultCredentialsChain>>,
+    region: Region,
+    http_client: SharedHttpClient,
+    timeouts: TimeoutConfig,
+}
+
+impl ProvideCredentials for LazyDefaultChain {
+    fn provide_credentials<'a>(&'a self) -> provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        provider::future::ProvideCredentials::new(async move {
+            let chain = self
+                .chain
+                .get_or_init(|| async {
+                    // The chain's own calls (IMDS, ECS, web identity) use our HTTP client.
+                    let provider_config = ProviderConfig::default()
+                        .with_http_client(self.http_client.clone())
+                        .with_region(Some(self.region.clone()))
+                        .with_timeout_config(self.timeouts.clone());
+                    DefaultCredentialsChain::builder()
+                        .region(self.region.clone())
+                        .configure(provider_config)
+                        .build()
+                        .await
+                })
+                .await;
+            chain.provide_credentials().await
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_sort_into_refused_unavailable_and_protocol() {
+        assert!(matches!(
+            classify_status(403, Some("AccessDenied")),
+            StsError::Refused
+        ));
+        assert!(matches!(classify_status(403, None), StsError::Refused));
+        assert!(matches!(
+            classify_status(400, Some("IDPRejectedClaim")),
+            StsError::Refused
+        ));
+        assert!(matches!(
+            classify_status(400, Some("Throttling")),
+            StsError::Unavailable(_)
+        ));
+        assert!(matches!(
+            classify_status(503, None),
+            StsError::Unavailable(_)
+        ));
+        assert!(matches!(classify_status(302, None), StsError::Protocol(_)));
+    }
+
+    #[test]
+    fn debug_of_session_credentials_shows_no_secret() {
+        let s = SessionCredentials {
+            credentials: Credentials::new(
+                "ASIAEXAMPLEKEYID0000",
+                "very-secret-key",
+                Some("very-secret-token".to_owned()),
+                None,
+                "t",
+            ),
+            expires: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            assumed_role_arn: "arn:aws:sts::1:assumed-role/r/s".to_owned(),
+            subject: Some("alice".to_owned()),
+        };
+        let text = format!("{s:?}");
+        assert!(!text.contains("very-secret"), "{text}");
+        assert!(!text.contains("EXAMPLEKEYID"), "{text}");
+        assert!(text.contains("ASIA"), "{text}");
+    }
+
+    #[test]
+    fn errors_say_nothing_from_sts() {
+        let e = classify_status(500, Some("<Message>secret</Message>"));
+        let chain = format!("{e}: {}", std::error::Error::source(&e).unwrap());
+        assert!(!chain.contains('<'), "{chain}");
+        assert!(!chain.contains("secret"), "{chain}");
+    }
+}

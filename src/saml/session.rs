@@ -1,0 +1,334 @@
+//! Server-side SAML sessions: an opaque random id (the `__Host-bucketgate-session` cookie) ->
+//! the session's [`Principal`] and the user's STS credentials.
+//!
+//! This module owns the store and its bounds. It knows nothing of HTTP: the cookie is parsed and
+//! written by `sp.rs` and `pipeline/identity.rs`.
+//!
+//! - Ids are 32 bytes from `ring::rand::SystemRandom`, sent as 64 lowercase hex digits. The map
+//!   is keyed by the SHA-256 of the id, so the store (or a dump of it) holds no usable cookie.
+//! - A session ends when its credentials end (or earlier, at the IdP's SessionNotOnOrAfter);
+//!   an expired session is removed when it is next looked up, and by [`SessionStore::sweep`].
+//! - The store is bounded: when full, expired sessions are swept first, and if it is still full
+//!   the new login is refused (503) rather than evicting someone else's session.
+//! - The store outlives config snapshots (it lives beside the pipeline), so a reload keeps
+//!   everyone signed in.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::SystemTime;
+
+use ring::digest::{SHA256, digest};
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::credentials::sts::SessionCredentials;
+use crate::identity::Principal;
+
+/// Bytes of randomness in a session id.
+const ID_BYTES: usize = 32;
+/// Hex digits of a session id as sent in the cookie.
+pub const ID_HEX_LEN: usize = ID_BYTES * 2;
+
+/// Why a session could not be created or used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// Not a session id we could have issued, or one that was logged out or swept.
+    #[error("unknown session")]
+    Unknown,
+    #[error("session has expired")]
+    Expired,
+    #[error("the session store is full")]
+    Full,
+    #[error("the system random number generator failed")]
+    Random,
+}
+
+/// One signed-in user.
+pub struct Session {
+    principal: Principal,
+    credentials: SessionCredentials,
+    expires: SystemTime,
+}
+
+impl Session {
+    /// A session ending at `expires` (never later than the credentials).
+    pub fn new(principal: Principal, credentials: SessionCredentials, expires: SystemTime) -> Self {
+        let expires = expires.min(credentials.expires);
+        Session {
+            principal,
+            credentials,
+            expires,
+        }
+    }
+
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    /// The user's own STS credentials, for sources with `credentials = "saml"`.
+    pub fn credentials(&self) -> &aws_credential_types::Credentials {
+        &self.credentials.credentials
+    }
+
+    pub fn expires(&self) -> SystemTime {
+        self.expires
+    }
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("subject", &self.principal.subject())
+            .field("role", &self.principal.role())
+            .field("expires", &self.expires)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A session id as sent in the cookie. Never printed.
+pub struct SessionId(String);
+
+impl SessionId {
+    /// The cookie value: 64 lowercase hex digits.
+    pub fn cookie_value(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionId(<redacted>)")
+    }
+}
+
+type Key = [u8; 32];
+
+/// Every live session, bounded.
+pub struct SessionStore {
+    sessions: RwLock<HashMap<Key, Arc<Session>>>,
+    capacity: usize,
+    rng: SystemRandom,
+}
+
+impl SessionStore {
+    pub fn new(capacity: usize) -> SessionStore {
+        SessionStore {
+            sessions: RwLock::new(HashMap::new()),
+            capacity: capacity.max(1),
+            rng: SystemRandom::new(),
+        }
+    }
+
+    /// Store `session` under a fresh random id.
+    pub fn create(&self, session: Session, now: SystemTime) -> Result<SessionId, SessionError> {
+        let mut raw = [0u8; ID_BYTES];
+        self.rng.fill(&mut raw).map_err(|_| SessionError::Random)?;
+        let id = hex(&raw);
+        let key = key_of(&raw);
+        let mut sessions = self
+            .sessions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if sessions.len() >= self.capacity {
+            sessions.retain(|_, s| s.expires > now);
+            if sessions.len() >= self.capacity {
+                return Err(SessionError::Full);
+            }
+        }
+        sessions.insert(key, Arc::new(session));
+        Ok(SessionId(id))
+    }
+
+    /// The live session for a cookie value. An expired one is removed.
+    pub fn get(&self, cookie: &str, now: SystemTime) -> Result<Arc<Session>, SessionError> {
+        let key = parse(cookie).ok_or(SessionError::Unknown)?;
+        let session = self
+            .sessions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .cloned()
+            .ok_or(SessionError::Unknown)?;
+        if session.expires > now {
+            return Ok(session);
+        }
+        self.sessions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&key);
+        Err(SessionError::Expired)
+    }
+
+    /// End the session of a cookie value (logout, or rotation at login). True if there was one.
+    pub fn remove(&self, cookie: &str) -> bool {
+        let Some(key) = parse(cookie) else {
+            return false;
+        };
+        self.sessions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&key)
+            .is_some()
+    }
+
+    /// Drop every expired session; returns how many were dropped.
+    pub fn sweep(&self, now: SystemTime) -> usize {
+        let mut sessions = self
+            .sessions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let before = sessions.len();
+        sessions.retain(|_, s| s.expires > now);
+        before - sessions.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The map key of a raw id: its SHA-256.
+fn key_of(raw: &[u8; ID_BYTES]) -> Key {
+    let d = digest(&SHA256, raw);
+    let mut key = [0u8; 32];
+    key.copy_from_slice(d.as_ref());
+    key
+}
+
+/// A cookie value -> map key, if it has the shape of an id we issue (64 lowercase hex digits).
+fn parse(cookie: &str) -> Option<Key> {
+    let bytes = cookie.as_bytes();
+    if bytes.len() != ID_HEX_LEN {
+        return None;
+    }
+    let mut raw = [0u8; ID_BYTES];
+    for (out, pair) in raw.iter_mut().zip(bytes.chunks_exact(2)) {
+        *out = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Some(key_of(&raw))
+}
+
+fn nibble(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_64_lowercase_hex_and_parse_back_to_their_key() {
+        let raw = [0xabu8; ID_BYTES];
+        let id = hex(&raw);
+        assert_eq!(id.len(), ID_HEX_LEN);
+        assert_eq!(parse(&id), Some(key_of(&raw)));
+        assert_eq!(parse(&id.to_uppercase()), None);
+        assert_eq!(parse(&id[1..]), None);
+        assert_eq!(parse(&format!("{}g", &id[1..])), None);
+    }
+
+    fn session(expires: SystemTime) -> Session {
+        let credentials = SessionCredentials {
+            credentials: aws_credential_types::Credentials::new("ASIA1", "s", None, None, "t"),
+            expires,
+            assumed_role_arn: "arn:aws:sts::123456789012:assumed-role/R/u".into(),
+            subject: None,
+        };
+        let principal = Principal::saml_session(
+            credentials.assumed_role_arn.clone(),
+            "annotator".into(),
+            "p".into(),
+            Vec::new(),
+            0,
+        );
+        Session::new(principal, credentials, expires)
+    }
+
+    #[test]
+    fn a_session_is_found_by_its_cookie_until_it_expires() {
+        let now = SystemTime::now();
+        let hour = std::time::Duration::from_secs(3600);
+        let store = SessionStore::new(10);
+        let id = store.create(session(now + hour), now).unwrap();
+        assert_eq!(id.cookie_value().len(), ID_HEX_LEN);
+        let found = store.get(id.cookie_value(), now).unwrap();
+        assert_eq!(found.principal().role(), "annotator");
+        assert_eq!(found.credentials().access_key_id(), "ASIA1");
+        assert_eq!(
+            store.get(&"0".repeat(ID_HEX_LEN), now).err(),
+            Some(SessionError::Unknown)
+        );
+        assert_eq!(
+            store.get(id.cookie_value(), now + hour).err(),
+            Some(SessionError::Expired)
+        );
+        assert_eq!(
+            store.get(id.cookie_value(), now).err(),
+            Some(SessionError::Unknown)
+        );
+        assert!(
+            store.is_empty(),
+            "an expired session is dropped when looked up"
+        );
+    }
+
+    #[test]
+    fn a_session_never_outlives_its_credentials_and_ends_at_logout() {
+        let now = SystemTime::now();
+        let s = session(now + std::time::Duration::from_secs(60));
+        let later = Session::new(
+            s.principal.clone(),
+            s.credentials.clone(),
+            now + std::time::Duration::from_secs(3600),
+        );
+        assert_eq!(later.expires(), s.expires());
+        let store = SessionStore::new(10);
+        let id = store.create(later, now).unwrap();
+        assert!(store.remove(id.cookie_value()));
+        assert!(!store.remove(id.cookie_value()));
+        assert!(store.get(id.cookie_value(), now).is_err());
+    }
+
+    #[test]
+    fn a_full_store_drops_expired_sessions_then_refuses() {
+        let now = SystemTime::now();
+        let minute = std::time::Duration::from_secs(60);
+        let store = SessionStore::new(2);
+        store.create(session(now + minute), now).unwrap();
+        let live = store.create(session(now + minute * 10), now).unwrap();
+        // The first has expired by now + 2 min: it makes room.
+        let later = now + minute * 2;
+        store.create(session(later + minute), later).unwrap();
+        assert_eq!(
+            store.create(session(later + minute), later).err(),
+            Some(SessionError::Full)
+        );
+        assert!(
+            store.get(live.cookie_value(), later).is_ok(),
+            "nobody was evicted"
+        );
+        assert_eq!(store.sweep(now + minute * 20), 2);
+    }
+}
