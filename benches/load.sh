@@ -26,15 +26,24 @@
 #    same figures, ratio signed/unauthenticated (goal >= 0.9). The baseline lacks everything
 #    merged since (identity, authorization, CORS, audit), so the ratio bounds the cost of the
 #    signed URL from above;
-# 8. prints one table with req/s, MiB/s, latency and the bucketgate/peer ratios.
+# 8. saml section (issue 5; not in the default SECTIONS): moto_server from ./.venv as STS and S3
+#    (IAM enforcement off) with the 64 KiB file in one bucket, the test IdP
+#    tests/support/saml_idp.py, and one gateway with [sts] on moto, [saml] trusting the IdP and
+#    two s3 sources on that bucket: `static` (fixed keys) and `saml` (credentials = "saml"). curl
+#    signs in once (login -> IdP /sso -> its form posted to the ACS -> session cookie); then wrk
+#    reads /o/static/64k.bin (signed URL) and /o/saml/64k.bin (session cookie), alternated
+#    likewise. moto (Python) bounds req/s, so the figure is the gateway's CPU time per request
+#    (its CPU delta over each variant's runs): ratio static/saml CPU (goal >= 0.9), and the STS
+#    calls moto saw (want 1: the sign-in);
+# 9. prints one table with req/s, MiB/s, latency and the bucketgate/peer ratios.
 #
 # Environment (defaults in brackets):
 #   DURATION [10] seconds per measurement   CONNECTIONS [50]   THREADS [2] client threads
 #   WORKERS [2] nginx worker_processes and bucketgate runtime threads
 #   H2_STREAMS [10] concurrent streams per h2load connection
 #   MEM_CLIENTS [200]  MEM_SECONDS [20]  MEM_RATE [1M]
-#   SECTIONS ["fs s3 mem net"]  any subset of "fs s3 mem net auth", space separated
-#   AB_ROUNDS [2] rounds of the net and auth comparisons (each variant runs DURATION s per round)
+#   SECTIONS ["fs s3 mem net"]  any subset of "fs s3 mem net auth saml", space separated
+#   AB_ROUNDS [2] rounds of the net, auth and saml comparisons (each variant: DURATION s a round)
 #   BASELINE_COMMIT [61e0984] the unauthenticated baseline of the auth section; its binary is
 #                    built from `git archive` in a temp dir, cached in target/bench-baseline/
 #   SKIP_GATEWAY=1   measure the peers only (when bucketgate does not build or start)
@@ -44,7 +53,8 @@
 #   KEEP_TMP=1       keep the temp dir (logs, configs) for inspection
 # Needs: nginx, wrk, nghttp2-client (h2load), curl, openssl, python3 (installed with apt-get
 # when missing and running as root); s3s-fs 0.14 (cargo install, pinned: newer needs rustc 1.96),
-# falling back to moto_server from ./.venv (see ./tests/run) for the s3 section.
+# falling back to moto_server from ./.venv (see ./tests/run) for the s3 section; the saml section
+# needs ./.venv (moto_server, and signxml for the IdP).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -208,10 +218,13 @@ to_mib() { # "123.45MB" -> MiB as a number (wrk and h2load count in powers of 10
 }
 
 # wrk: HTTP/1.1 with keep-alive. Records req/s, MiB/s, p99.
-run_wrk() { # section target file url
+run_wrk() { # section target file url [header]
     local section=$1 target=$2 file=$3 url=$4 out rps tps p99 note=""
+    local -a header=()
+    [[ -z "${5:-}" ]] || header=(-H "$5")
     log "wrk  $target $file ($DURATION s, c=$CONNECTIONS, t=$THREADS)"
-    out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url" 2>&1) || note="wrk-failed"
+    out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "${header[@]}" "$url" 2>&1) ||
+        note="wrk-failed"
     WRK_REQUESTS=$(awk '/ requests in / {print $1}' <<<"$out")
     rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
     tps=$(awk '/^Transfer\/sec:/ {print $2}' <<<"$out")
@@ -501,9 +514,136 @@ build_baseline() {
     rm -rf "$src"
 }
 
-# --- same-run comparisons (net, auth) ---------------------------------------------------------------
+# --- saml section: moto as STS and S3, the test IdP, one sign-in -------------------------------------
+
+VENV_PY="$REPO/.venv/bin/python"
+SAML_ROLE_ARN="arn:aws:iam::123456789012:role/BenchReader"
+SAML_PROVIDER_ARN="arn:aws:iam::123456789012:saml-provider/BenchIdp"
+SAML_SP_ENTITY_ID="https://bucketgate.bench/saml"
+SAML_MOTO="" IDP_BASE="" IDP_ENTITY_ID="" SAML_COOKIE=""
+
+# moto_server from ./.venv as both STS and S3, IAM enforcement off (its default: any keys, and
+# the unsigned AssumeRoleWithSAML is answered without checks), bucket `bench` with the 64 KiB
+# file. Sets SAML_MOTO.
+start_saml_moto() {
+    local port
+    port=$(free_port)
+    "$REPO/.venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$TMP/saml/moto.log" 2>&1 &
+    PIDS+=("$!")
+    wait_http "http://127.0.0.1:$port/moto-api/" 30 "$!" ||
+        { cat "$TMP/saml/moto.log" >&2; die "moto (saml) did not start"; }
+    SAML_MOTO="http://127.0.0.1:$port"
+    curl -sf -X PUT "$SAML_MOTO/bench" >/dev/null || die "moto: creating the bucket failed"
+    curl -sf -T "$TMP/files/64k.bin" "$SAML_MOTO/bench/64k.bin" >/dev/null || die "moto: upload failed"
+}
+
+# tests/support/saml_idp.py with the venv's python (signxml): once listening it prints one JSON
+# line (base, entity_id); it exits when its stdin reaches EOF, so it reads a FIFO this script
+# keeps open on fd 8 until it exits. Its /sso signs for one user holding SAML_ROLE_ARN; moto
+# wants a second attribute (RoleSessionName) besides the Role. Sets IDP_BASE, IDP_ENTITY_ID and
+# writes its signing certificate to $TMP/saml/idp.pem.
+start_saml_idp() {
+    local i line="" pid
+    mkfifo "$TMP/saml/idp.stdin"
+    exec 8<>"$TMP/saml/idp.stdin"
+    "$VENV_PY" "$REPO/tests/support/saml_idp.py" --name-id bench@corp.example \
+        --role "$SAML_ROLE_ARN,$SAML_PROVIDER_ARN" <"$TMP/saml/idp.stdin" \
+        >"$TMP/saml/idp.out" 2>"$TMP/saml/idp.log" &
+    pid=$!
+    PIDS+=("$pid")
+    for i in $(seq 150); do
+        line=$(head -1 "$TMP/saml/idp.out")
+        [[ $line == *'}' ]] && break
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    IDP_BASE=$(sed -n 's/.*"base": "\([^"]*\)".*/\1/p' <<<"$line")
+    IDP_ENTITY_ID=$(sed -n 's/.*"entity_id": "\([^"]*\)".*/\1/p' <<<"$line")
+    [[ -n "$IDP_BASE" && -n "$IDP_ENTITY_ID" ]] ||
+        { cat "$TMP/saml/idp.log" >&2; die "the test IdP did not start (is signxml in .venv? run ./tests/run)"; }
+    curl -sf -X POST -d '{"role_session_name": "bench"}' "$IDP_BASE/defaults" >/dev/null ||
+        die "the test IdP refused POST /defaults"
+    curl -sf -o "$TMP/saml/idp.pem" "$IDP_BASE/cert" || die "the test IdP refused GET /cert"
+}
+
+# [sts], [saml] and the two S3 sources on moto's bucket for the gateway on `port`: `static`
+# (fixed keys, which moto takes as they come) and `saml` (each read signed with the session's
+# STS credentials), and the project that lets the SAML role read `saml`.
+saml_gateway_toml() { # port
+    cat <<EOF
+[sts]
+region = "us-east-1"
+endpoint = "$SAML_MOTO"
+timeout_secs = 10
+
+[saml]
+sp_entity_id = "$SAML_SP_ENTITY_ID"
+acs_url = "https://127.0.0.1:$1/auth/saml/acs"
+
+[saml.idp]
+entity_id = "$IDP_ENTITY_ID"
+sso_url = "$IDP_BASE/sso"
+certificates = ["file:$TMP/saml/idp.pem"]
+
+[[saml.idp.roles]]
+role_arn = "$SAML_ROLE_ARN"
+provider_arn = "$SAML_PROVIDER_ARN"
+gateway_role = "reviewer"
+project = "benchsaml"
+
+[projects.benchsaml]
+sources = ["saml:"]
+
+[sources.static]
+kind = "s3"
+bucket = "bench"
+region = "us-east-1"
+endpoint = "$SAML_MOTO"
+path_style = true
+credentials = { access_key_id = "$S3_ACCESS_KEY", secret_access_key = "env:BENCH_S3_SECRET_KEY" }
+
+[sources.saml]
+kind = "s3"
+bucket = "bench"
+region = "us-east-1"
+endpoint = "$SAML_MOTO"
+path_style = true
+credentials = "saml"
+EOF
+}
+
+# What a browser does, with curl: GET /auth/saml/login (keeps the login cookie), follow its
+# redirect to the IdP's /sso, read the auto-POST form there, POST it to the ACS with the login
+# cookie. Sets SAML_COOKIE to the value of the __Host-bucketgate-session cookie.
+saml_sign_in() { # gateway-base-url
+    local gw=$1 jar="$TMP/saml/cookies.txt" location code
+    local -a form=() relay=()
+    location=$(curl -s -o /dev/null -w '%{redirect_url}' --cacert "$TMP/cert.pem" -c "$jar" \
+        "$gw/auth/saml/login" || true)
+    [[ $location == "$IDP_BASE/sso?"* ]] || die "GET /auth/saml/login redirected to '$location', not the IdP"
+    mapfile -t form < <(curl -sf "$location" | python3 -c '
+import html, re, sys
+page = sys.stdin.read()
+def attr(marker, name):
+    m = re.search(re.escape(marker) + r"[^>]*?\b" + name + r"=\"([^\"]*)\"", page)
+    return html.unescape(m.group(1)) if m else ""
+print(attr("<form", "action"))
+print(attr("name=\"SAMLResponse\"", "value"))
+print(attr("name=\"RelayState\"", "value"))')
+    [[ ${#form[@]} -eq 3 && -n "${form[1]}" ]] || die "the IdP's /sso page had no SAMLResponse form"
+    [[ ${form[0]} == "$gw/auth/saml/acs" ]] || die "the IdP posts to '${form[0]}', not $gw/auth/saml/acs"
+    [[ -z "${form[2]}" ]] || relay=(--data-urlencode "RelayState=${form[2]}")
+    code=$(curl -s -o "$TMP/saml/acs.body" -w '%{http_code}' --cacert "$TMP/cert.pem" -b "$jar" -c "$jar" \
+        --data-urlencode "SAMLResponse=${form[1]}" "${relay[@]}" "${form[0]}" || true)
+    [[ $code == 303 ]] || { cat "$TMP/saml/acs.body" >&2; die "POST /auth/saml/acs answered '$code' (want 303)"; }
+    SAML_COOKIE=$(awk '$6 == "__Host-bucketgate-session" { print $7 }' "$jar")
+    [[ -n "$SAML_COOKIE" ]] || die "the ACS set no __Host-bucketgate-session cookie"
+}
+
+# --- same-run comparisons (net, auth, saml) ---------------------------------------------------------
 
 declare -a AB_LINES=() AB_MEAN=() AB_CPU=()
+declare -A AB_HEADER=() # label -> one request header wrk sends for that variant (saml: the cookie)
 CLK_TCK=$(getconf CLK_TCK)
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; } # user + system
 
@@ -511,7 +651,8 @@ cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 # starting one variant later (ABBA for two), so drift on a busy machine falls on all alike. Every
 # run goes into the table. In argument order, AB_MEAN gets each variant's mean req/s and AB_CPU
 # its gateway's CPU time per request in microseconds (user + system, from /proc): throughput
-# moves with whatever else the machine runs, CPU per request much less.
+# moves with whatever else the machine runs, CPU per request much less. Variants may share one
+# gateway (saml): only that process's CPU delta over each variant's own runs counts.
 ab_runs() { # section label url pid [label url pid]...
     local section=$1 n r i k before
     shift
@@ -531,7 +672,7 @@ ab_runs() { # section label url pid [label url pid]...
             k=$(((i + r - 1) % n))
             before=$(cpu_ticks "${pids[$k]}")
             WRK_REQUESTS=0
-            run_wrk "$section" "${labels[$k]}" 64k.bin "${urls[$k]}"
+            run_wrk "$section" "${labels[$k]}" 64k.bin "${urls[$k]}" "${AB_HEADER[${labels[$k]}]:-}"
             ticks[k]=$((ticks[k] + $(cpu_ticks "${pids[$k]}") - before))
             requests[k]=$((requests[k] + ${WRK_REQUESTS:-0}))
             sums[k]=$(awk -v a="${sums[$k]}" -v b="${REQS[$section|${labels[$k]}|h1|64k.bin]}" \
@@ -654,6 +795,43 @@ if has_section auth && [[ "$SKIP_GATEWAY" != "1" ]]; then
         GW_PID=$main_pid
     else
         log "NOTICE: no baseline binary for $BASELINE_COMMIT; auth section skipped"
+    fi
+fi
+
+if has_section saml && [[ "$SKIP_GATEWAY" != "1" ]]; then
+    if [[ -x "$VENV_PY" && -x "$REPO/.venv/bin/moto_server" ]]; then
+        main_pid=$GW_PID
+        mkdir -p "$TMP/saml"
+        start_saml_moto
+        start_saml_idp
+        saml_port=$(free_port) saml_admin=$(free_port)
+        saml_gw="https://127.0.0.1:$saml_port"
+        gateway_config "$saml_port" "$saml_admin" "$NET_ONE_RULE" current "$(saml_gateway_toml "$saml_port")" \
+            >"$TMP/gw/saml.toml"
+        q_static="?token=$(BENCH_S3_SECRET_KEY=$S3_SECRET_KEY "$BIN" token --config "$TMP/gw/saml.toml" \
+            --source static --prefix "" --ttl 1h --role reviewer)"
+        start_gateway saml "$TMP/gw/saml.toml" "$saml_port"
+        saml_pid=$GW_PID
+        saml_sign_in "$saml_gw"
+        saml_header="Cookie: __Host-bucketgate-session=$SAML_COOKIE"
+        check_url "$saml_gw/o/static/64k.bin$q_static" "${SIZE[64k.bin]}" || true
+        out=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' --cacert "$TMP/cert.pem" \
+            -H "$saml_header" "$saml_gw/o/saml/64k.bin" || true)
+        [[ $out == "200 ${SIZE[64k.bin]}" ]] ||
+            log "WARNING: $saml_gw/o/saml/64k.bin with the session cookie answered '$out' (want 200 and ${SIZE[64k.bin]} bytes)"
+        code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$TMP/cert.pem" "$saml_gw/o/saml/64k.bin" || true)
+        [[ $code == 401 ]] || log "WARNING: the saml source answered $code without a session (want 401)"
+        AB_HEADER[bucketgate-saml]=$saml_header
+        ab_runs saml bucketgate-static "$saml_gw/o/static/64k.bin$q_static" "$saml_pid" \
+            bucketgate-saml "$saml_gw/o/saml/64k.bin" "$saml_pid"
+        # moto logs each request; STS calls are its only POSTs to / (S3 reads are GETs of the key).
+        sts_calls=$(grep -c '"POST / HTTP' "$TMP/saml/moto.log" || true)
+        AB_LINES+=("saml: session-cookie reads (credentials = \"saml\") vs token reads (static keys), one gateway, one moto bucket: CPU/request ${AB_CPU[1]} vs ${AB_CPU[0]} us, ratio $(ratio "${AB_CPU[0]}" "${AB_CPU[1]}") (static/saml CPU: saml's relative throughput per core); goal: ratio >= 0.9")
+        AB_LINES+=("saml: req/s ${AB_MEAN[1]} vs ${AB_MEAN[0]}, ratio $(ratio "${AB_MEAN[1]}" "${AB_MEAN[0]}"): bounded by moto (Python), not by the gateway, so CPU/request is the figure; STS calls seen by moto: ${sts_calls:-?} (want 1, the sign-in)")
+        stop "$saml_pid"
+        GW_PID=$main_pid
+    else
+        log "NOTICE: no .venv with moto_server and python (run ./tests/run once); saml section skipped"
     fi
 fi
 
