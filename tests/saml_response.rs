@@ -432,3 +432,37 @@ fn replay_cache_accepts_an_assertion_id_once() {
     let other = check(&response(json!({}))).unwrap();
     assert!(cache.first_use(&other.id, other.not_on_or_after, now));
 }
+
+#[test]
+fn replay_cache_remembers_an_assertion_while_a_later_confirmation_still_accepts_it() {
+    // The first bearer confirmation ends in 100 s, a second one (same recipient and request)
+    // in an hour, like Conditions.
+    let b64 = response(json!({
+        "not_on_or_after_offset": 3600,
+        "scd_not_on_or_after_offset": 100,
+        "extra_confirmation_offset": 3600,
+    }));
+    let skew = trust().clock_skew;
+    let cache = ReplayCache::new(1000);
+    let at = |now: SystemTime| {
+        validate(
+            &b64,
+            &trust(),
+            &Expect {
+                in_response_to: Some(REQUEST_ID),
+                now,
+            },
+        )
+    };
+    let now = SystemTime::now();
+    let first = at(now).unwrap();
+    assert!(cache.first_use(&first.id, first.not_on_or_after + skew, now));
+    // Once the first confirmation is over, the second one still fits: the response is valid
+    // again, so its id must still be remembered (as the ACS computes `until`).
+    let later = now + Duration::from_secs(100) + skew + Duration::from_secs(5);
+    let again = at(later).expect("the second confirmation still fits");
+    assert!(
+        !cache.first_use(&again.id, again.not_on_or_after + skew, later),
+        "the same assertion was accepted twice"
+    );
+}

@@ -107,7 +107,9 @@ pub struct Assertion {
     pub issuer: String,
     pub name_id: String,
     pub in_response_to: Option<String>,
-    /// Earliest of Conditions/@NotOnOrAfter and SubjectConfirmationData/@NotOnOrAfter.
+    /// Until when (before the skew) this assertion could be accepted, the replay cache's
+    /// horizon: Conditions/@NotOnOrAfter, or earlier the latest bearer
+    /// SubjectConfirmationData/@NotOnOrAfter.
     pub not_on_or_after: SystemTime,
     /// Earliest AuthnStatement/@SessionNotOnOrAfter.
     pub session_not_on_or_after: Option<SystemTime>,
@@ -609,6 +611,8 @@ struct Confirmation {
 }
 
 /// The first bearer SubjectConfirmation whose data fits; otherwise the first one's reason.
+/// Its `not_on_or_after` is the latest end of every bearer confirmation: one that ends later
+/// may fit once the first is over, and the replay cache must remember the assertion until then.
 fn bearer_confirmation(
     doc: &Document<'_>,
     subject: NodeId,
@@ -616,13 +620,26 @@ fn bearer_confirmation(
     expect: &Expect<'_>,
     response_irt: Option<&str>,
 ) -> Result<Confirmation, SamlError> {
+    let bearers = || {
+        children(doc, subject, NS_ASSERTION, "SubjectConfirmation")
+            .into_iter()
+            .filter(|&c| attr(doc, c, "Method") == Some(CM_BEARER))
+    };
     let mut first_error = None;
-    for confirmation in children(doc, subject, NS_ASSERTION, "SubjectConfirmation") {
-        if attr(doc, confirmation, "Method") != Some(CM_BEARER) {
-            continue;
-        }
+    for confirmation in bearers() {
         match check_confirmation(doc, confirmation, trust, expect, response_irt) {
-            Ok(found) => return Ok(found),
+            Ok(mut found) => {
+                for other in bearers() {
+                    let end = opt_child(doc, other, NS_ASSERTION, "SubjectConfirmationData")
+                        .ok()
+                        .flatten()
+                        .and_then(|data| attr_time(doc, data, "NotOnOrAfter").ok().flatten());
+                    if let Some(end) = end {
+                        found.not_on_or_after = found.not_on_or_after.max(end);
+                    }
+                }
+                return Ok(found);
+            }
             Err(e) => {
                 first_error.get_or_insert(e);
             }

@@ -168,6 +168,11 @@ class Idp:
         if spec.get("in_response_to"):
             data_attrs["InResponseTo"] = spec["in_response_to"]
         etree.SubElement(confirmation, a("SubjectConfirmationData"), **data_attrs)
+        if spec.get("extra_confirmation_offset") is not None:
+            # A second bearer confirmation, ending at its own time.
+            extra = etree.SubElement(subject, a("SubjectConfirmation"), Method="urn:oasis:names:tc:SAML:2.0:cm:bearer")
+            etree.SubElement(extra, a("SubjectConfirmationData"),
+                             **dict(data_attrs, NotOnOrAfter=instant(spec["extra_confirmation_offset"])))
         conditions = etree.SubElement(el, a("Conditions"), NotBefore=instant(nb), NotOnOrAfter=instant(noa))
         restriction = etree.SubElement(conditions, a("AudienceRestriction"))
         text_el(restriction, a("Audience"), spec["audience"])
@@ -220,7 +225,8 @@ class Idp:
         (300); scd_not_on_or_after_offset (not_on_or_after_offset);
         session_not_on_or_after_offset (3600; null omits); assertion_id; sign: assertion
         (default) | response | both | none; key: primary (default) | secondary | ec;
-        method (SubjectConfirmation method); evil_name_id (XSW payload, default admin@corp.example).
+        method (SubjectConfirmation method); extra_confirmation_offset (a second bearer
+        SubjectConfirmation ending then); evil_name_id (XSW payload, default admin@corp.example).
         """
         case = spec.get("case", "valid")
         keypair = self.keys[spec.get("key", "primary")]
