@@ -187,7 +187,10 @@ fn saml_status(e: &SpError) -> StatusCode {
             SessionError::Full => StatusCode::SERVICE_UNAVAILABLE,
             SessionError::Random => StatusCode::INTERNAL_SERVER_ERROR,
         },
-        SpError::Request(_) | SpError::ValidationAborted => StatusCode::INTERNAL_SERVER_ERROR,
+        // A panic inside the XML library can only come from the client's document: refused as
+        // malformed input, never a 500.
+        SpError::ValidationAborted => StatusCode::BAD_REQUEST,
+        SpError::Request(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -203,6 +206,7 @@ fn saml_message(e: &SpError) -> &'static str {
             "expected a form with a SAMLResponse field"
         }
         SpError::Response(e) if e.is_client_format_error() => "malformed SAML response",
+        SpError::ValidationAborted => "malformed SAML response",
         SpError::BodyNotAllowed => "request bodies are not accepted",
         SpError::BodyTooLarge => "SAML response too large",
         SpError::BodyTimeout => "request body not sent in time",
@@ -218,7 +222,7 @@ fn saml_message(e: &SpError) -> &'static str {
             SessionError::Full => "too many sessions, try again later",
             SessionError::Random => "internal error",
         },
-        SpError::Request(_) | SpError::ValidationAborted => "internal error",
+        SpError::Request(_) => "internal error",
     }
 }
 

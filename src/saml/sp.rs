@@ -495,7 +495,14 @@ async fn acs<B: Body>(
         (result, saml_response)
     })
     .await
-    .map_err(|_| SpError::ValidationAborted)?;
+    .map_err(|e| {
+        // A bug in the XML library, triggered by this document: worth a look, never a 500.
+        tracing::warn!(
+            panicked = e.is_panic(),
+            "SAML response validation did not finish"
+        );
+        SpError::ValidationAborted
+    })?;
     let assertion = assertion.map_err(SpError::Response)?;
 
     // Each assertion once, until it could no longer be valid anyway; each login request once.
