@@ -289,6 +289,18 @@ fn wrong_destination_is_refused() {
 }
 
 #[test]
+fn signed_response_without_destination_is_refused_but_an_unsigned_envelope_may_omit_it() {
+    let err = refused(&response(
+        json!({ "destination": null, "sign": "response" }),
+    ));
+    assert!(matches!(err, SamlError::WrongDestination), "{err:?}");
+    check(&response(
+        json!({ "destination": null, "sign": "assertion" }),
+    ))
+    .expect("only the assertion is signed; Recipient is still checked");
+}
+
+#[test]
 fn wrong_issuer_is_refused_on_the_assertion_and_on_the_response() {
     let err = refused(&response(json!({ "issuer": "https://evil.example/idp" })));
     assert!(matches!(err, SamlError::WrongIssuer), "{err:?}");

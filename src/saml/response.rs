@@ -265,7 +265,12 @@ pub fn validate(
     let assertion = the_one_assertion(&doc, response)?;
 
     check_signature_shapes(&doc)?;
-    verify_signatures(&doc, response, assertion, trust)?;
+    let response_signed = verify_signatures(&doc, response, assertion, trust)?;
+    // SAML 2.0 core 3.2.2: a signed Response must name its Destination (checked below when
+    // present, whether signed or not).
+    if response_signed && attr(&doc, response, "Destination").is_none() {
+        return Err(SamlError::WrongDestination);
+    }
 
     // From here on, `assertion` is signed (directly or through the Response).
     read_response(&doc, response, assertion, trust, expect)
@@ -426,7 +431,7 @@ fn verify_signatures(
     response: NodeId,
     assertion: NodeId,
     trust: &IdpTrust,
-) -> Result<(), SamlError> {
+) -> Result<bool, SamlError> {
     let mut keys = KeysManager::new();
     for der in &trust.certificates {
         if let Ok(key) = bergshamra_keys::loader::load_x509_cert_der(der) {
@@ -442,6 +447,7 @@ fn verify_signatures(
     let results = bergshamra_dsig::verify::verify_all_document(&ctx, doc)
         .map_err(|_| SamlError::BadSignature)?;
     let mut covered = false;
+    let mut response_signed = false;
     for result in results {
         match result {
             VerifyResult::Valid { references, .. } => {
@@ -449,12 +455,15 @@ fn verify_signatures(
                     r.digest_verified
                         && (r.resolved_node == Some(assertion) || r.resolved_node == Some(response))
                 });
+                response_signed |= references
+                    .iter()
+                    .any(|r| r.digest_verified && r.resolved_node == Some(response));
             }
             VerifyResult::Invalid { .. } => return Err(SamlError::BadSignature),
         }
     }
     if covered {
-        Ok(())
+        Ok(response_signed)
     } else {
         Err(SamlError::NotSigned)
     }

@@ -200,8 +200,11 @@ class Idp:
         return el
 
     def response_element(self, spec, children, status=None):
-        attrs = {"ID": spec.get("response_id") or new_id(), "Version": "2.0", "IssueInstant": instant(0),
-                 "Destination": spec.get("destination", spec["recipient"])}
+        attrs = {"ID": spec.get("response_id") or new_id(), "Version": "2.0", "IssueInstant": instant(0)}
+        # "destination": null leaves the attribute out.
+        destination = spec.get("destination", spec["recipient"])
+        if destination is not None:
+            attrs["Destination"] = destination
         if spec.get("in_response_to"):
             attrs["InResponseTo"] = spec["in_response_to"]
         el = etree.Element(p("Response"), nsmap=NSMAP, **attrs)
