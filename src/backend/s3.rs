@@ -77,6 +77,14 @@ macro_rules! send_as {
     };
 }
 
+/// The HTTP client of every AWS SDK client the gateway builds (S3 here, STS in
+/// `crate::credentials::sts`): one stack for the whole process, hyper 1 + rustls with ring.
+pub(crate) fn sdk_http_client() -> aws_sdk_s3::config::SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+        .build_https()
+}
+
 /// One configured S3 source: a client bound to one bucket and key prefix.
 pub struct S3Backend {
     client: aws_sdk_s3::Client,
@@ -111,10 +119,7 @@ impl S3Backend {
         limits: &Limits,
         delegated: Option<Arc<DelegatedCredentials>>,
     ) -> Result<S3Backend, BackendError> {
-        // One HTTP stack for the whole process: hyper 1 + rustls with ring.
-        let http_client = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-            .build_https();
+        let http_client = sdk_http_client();
         let region = Region::new(cfg.region.clone());
 
         // No connector read timeout: the attempt timeout already bounds the wait for headers,

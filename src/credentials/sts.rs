@@ -20,7 +20,6 @@ use aws_sdk_sts::config::retry::RetryConfig;
 use aws_sdk_sts::config::timeout::TimeoutConfig;
 use aws_sdk_sts::config::{BehaviorVersion, Region, SharedHttpClient};
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
-use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 
 use crate::config::StsConfig;
 
@@ -105,9 +104,7 @@ impl StsClient {
     /// Build the client. Makes no network call; the gateway's own credentials (for AssumeRole)
     /// come from `[sts] credentials`, or the AWS default chain, loaded on first use.
     pub fn new(settings: &StsConfig) -> StsClient {
-        let http_client = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-            .build_https();
+        let http_client = crate::backend::s3::sdk_http_client();
         let region = Region::new(settings.region.clone());
         // One bound for the whole call: connect, send, answer.
         let timeouts = TimeoutConfig::builder()
