@@ -364,7 +364,7 @@ fn explain_access(
 ) -> anyhow::Result<bool> {
     use bucketgate::identity::revocation::Revocations;
     use bucketgate::identity::{Identity, Representation, unix_now};
-    use bucketgate::pipeline::{authorize, identity, plan};
+    use bucketgate::pipeline::{authorize, plan};
     let (path, query) = match request_path.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (request_path, None),
@@ -384,20 +384,16 @@ fn explain_access(
         Revocations::load(&config.admin.state_dir).context("reading the revocation list")?,
     );
     let verifier = Identity::new(ic, revocations).context("building the token verifier")?;
-    let mut headers = http::HeaderMap::new();
-    let bearer = http::HeaderValue::from_str(&format!("Bearer {token}"))
-        .context("--token is not a valid header value")?;
-    headers.insert(http::header::AUTHORIZATION, bearer);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     let principal = runtime.block_on(async {
         verifier.load_jwks().await;
-        identity::authenticate(Some(&verifier), &headers, None, unix_now()).await
+        verifier.verify(token.trim(), unix_now()).await
     });
     let principal = match principal {
-        Ok((principal, _)) => principal,
+        Ok(principal) => principal,
         Err(e) => {
             println!("identity:  refuse (401): {e}");
             return Ok(false);

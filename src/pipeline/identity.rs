@@ -78,32 +78,6 @@ pub fn find_credential<'a>(
     }
 }
 
-/// Find the request's token (tokens only: no session cookie is looked for).
-pub fn find_token<'a>(
-    headers: &'a HeaderMap,
-    query_token: Option<&'a str>,
-    cookie_name: &str,
-) -> Result<Cow<'a, str>, IdentityError> {
-    match find_credential(headers, query_token, Some(cookie_name), None)? {
-        Found::Token(t) => Ok(t),
-        Found::Session(_) => Err(IdentityError::Missing),
-    }
-}
-
-/// Run stage 2 for tokens only. Without `[identity]` every request is refused (fail closed).
-/// Returns the token too, so the caller can log its hash.
-pub async fn authenticate<'a>(
-    identity: Option<&Identity>,
-    headers: &'a HeaderMap,
-    query_token: Option<&'a str>,
-    now: u64,
-) -> Result<(Principal, Cow<'a, str>), IdentityError> {
-    let identity = identity.ok_or(IdentityError::NotConfigured)?;
-    let token = find_token(headers, query_token, identity.cookie_name())?;
-    let principal = identity.verify(&token, now).await?;
-    Ok((principal, token))
-}
-
 /// SAML sessions, when `[saml]` is configured in the snapshot.
 #[derive(Clone, Copy)]
 pub struct Sessions<'s> {
@@ -199,6 +173,18 @@ pub async fn authenticate_request(
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    /// The token alone (no session cookie is looked for).
+    fn find_token<'a>(
+        headers: &'a HeaderMap,
+        query_token: Option<&'a str>,
+        cookie_name: &str,
+    ) -> Result<Cow<'a, str>, IdentityError> {
+        match find_credential(headers, query_token, Some(cookie_name), None)? {
+            Found::Token(t) => Ok(t),
+            Found::Session(_) => Err(IdentityError::Missing),
+        }
+    }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
