@@ -1,14 +1,27 @@
 //! A local directory as a source. Keys map to files below `root`; a key can never name anything
-//! outside it (dot segments are refused before we get here, and symlinks that resolve outside the
-//! root are refused here).
+//! outside it: dot segments are refused before we get here, and the kernel resolves every key
+//! beneath the root's directory handle (`openat2` with `RESOLVE_BENEATH`). A symlink that leaves
+//! that handle (any absolute symlink does) is checked by path instead: canonicalize, compare with
+//! the root, open; one that leads outside the root is "no such object".
+//!
+//! Reads that the page cache can answer are done on the calling thread, without a thread hop:
+//! the open asks the kernel to use only its lookup cache (`RESOLVE_CACHED`) and each read is a
+//! `preadv2(RWF_NOWAIT)`. Anything that would wait for a disk goes to tokio's blocking pool, so
+//! a slow disk never stalls the runtime. Kernels without `openat2` (before 5.6, or behind a
+//! seccomp filter that refuses it) get the same checks by path: canonicalize, compare, open, all
+//! on the blocking pool.
 
 use std::fs::{File, Metadata};
-use std::io::{Read, Seek, SeekFrom};
-
-use bytes::Bytes;
+use std::io::{self, IoSliceMut};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::io::{Errno, ReadWriteFlags};
 
 use super::{Backend, BackendError, BodyStream, ByteRange, ObjectBody, ObjectMeta, Opened, Want};
 use crate::config::defaults::BODY_CHUNK_BYTES;
@@ -16,6 +29,9 @@ use crate::config::defaults::BODY_CHUNK_BYTES;
 pub struct FsBackend {
     /// Canonical root directory.
     root: Arc<PathBuf>,
+    /// The root opened as a directory handle, when the kernel resolves paths beneath it
+    /// (`openat2`); `None` means the path-based fallback.
+    root_fd: Option<Arc<OwnedFd>>,
 }
 
 impl FsBackend {
@@ -25,120 +41,277 @@ impl FsBackend {
         if !root.is_dir() {
             return Err(BackendError::NotAnObject);
         }
+        let dir = rustix::fs::open(
+            &root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io::Error::from)?;
+        // Probe once: the root itself, resolved beneath itself.
+        let root_fd = open_beneath(&dir, ".", ResolveFlags::empty())
+            .ok()
+            .map(|_| Arc::new(dir));
+        if root_fd.is_none() {
+            tracing::info!(root = %root.display(), "openat2 unavailable; fs source resolves keys by path on the blocking pool");
+        }
         Ok(FsBackend {
             root: Arc::new(root),
+            root_fd,
         })
     }
 
-    async fn blocking<T: Send + 'static>(
-        &self,
-        key: &str,
-        f: impl FnOnce(&Path, &Path) -> Result<T, BackendError> + Send + 'static,
-    ) -> Result<T, BackendError> {
-        let root = Arc::clone(&self.root);
-        let key = key.to_owned();
-        tokio::task::spawn_blocking(move || f(&root, Path::new(&key)))
-            .await
-            .map_err(|e| BackendError::Io(std::io::Error::other(e)))?
+    /// Open `key`, decide with `decide` once its metadata is known, and read a body that fits in
+    /// one frame: on this thread when the kernel's caches can answer, else on the blocking pool.
+    async fn open_with<F>(&self, key: &str, decide: F) -> Result<Decided, BackendError>
+    where
+        F: FnOnce(&ObjectMeta) -> Result<Want, BackendError> + Send + 'static,
+    {
+        if !is_file_key(key) {
+            return Err(BackendError::NotFound);
+        }
+        let Some(root_fd) = &self.root_fd else {
+            return open_blocking(None, Arc::clone(&self.root), key.to_owned(), decide).await;
+        };
+        match open_beneath(root_fd, key, ResolveFlags::CACHED) {
+            Ok(fd) => {
+                let file = File::from(fd);
+                let md = file.metadata().map_err(map_io)?;
+                let (meta, body) = finish_open(file, &md, key, decide, ReadMode::NoWait)?;
+                match body {
+                    // The page cache did not hold the whole frame: read it where waiting is fine.
+                    Some((Part::Unread { file, start, len }, range))
+                        if len <= BODY_CHUNK_BYTES as u64 =>
+                    {
+                        let bytes = blocking(move || read_frame(&file, start, len)).await?;
+                        Ok((meta, Some((Part::Read(bytes), range))))
+                    }
+                    body => Ok((meta, body)),
+                }
+            }
+            // Some path component is not in the lookup cache (resolving it may wait for a disk),
+            // or a symlink leaves the root's handle: on the blocking pool.
+            Err(Errno::AGAIN | Errno::XDEV) => {
+                let root_fd = Some(Arc::clone(root_fd));
+                open_blocking(root_fd, Arc::clone(&self.root), key.to_owned(), decide).await
+            }
+            Err(e) => Err(map_errno(e)),
+        }
     }
 }
 
-/// Resolve `key` below `root` and open it as a regular file.
-fn open_below(root: &Path, key: &Path) -> Result<(File, Metadata), BackendError> {
-    let key_str = key.to_str().unwrap_or_default();
-    // A file system cannot hold `a//b`, `/a` or `a/` as distinct keys: they are not objects here.
-    if key_str.is_empty()
-        || key_str.starts_with('/')
-        || key_str.ends_with('/')
-        || key_str.contains("//")
-    {
-        return Err(BackendError::NotFound);
-    }
-    let joined = root.join(key);
-    let real = joined.canonicalize().map_err(map_io)?;
+/// [`FsBackend::open_with`] on the blocking pool, where waiting for a disk is fine.
+async fn open_blocking<F>(
+    root_fd: Option<Arc<OwnedFd>>,
+    root: Arc<PathBuf>,
+    key: String,
+    decide: F,
+) -> Result<Decided, BackendError>
+where
+    F: FnOnce(&ObjectMeta) -> Result<Want, BackendError> + Send + 'static,
+{
+    blocking(move || {
+        let (file, md) = match root_fd {
+            Some(root_fd) => match open_beneath(&root_fd, &key, ResolveFlags::empty()) {
+                Ok(fd) => {
+                    let file = File::from(fd);
+                    let md = file.metadata().map_err(map_io)?;
+                    (file, md)
+                }
+                // An absolute symlink leaves the handle even when it names a file inside the
+                // root: see where it leads by path, as without openat2.
+                Err(Errno::XDEV) => open_by_path(&root, Path::new(&key))?,
+                Err(e) => return Err(map_errno(e)),
+            },
+            None => open_by_path(&root, Path::new(&key))?,
+        };
+        finish_open(file, &md, &key, decide, ReadMode::Blocking)
+    })
+    .await
+}
+
+/// Run `f` on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, BackendError> + Send + 'static,
+) -> Result<T, BackendError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| BackendError::Io(io::Error::other(e)))?
+}
+
+/// A file system cannot hold `a//b`, `/a` or `a/` as distinct keys: they are not objects here.
+fn is_file_key(key: &str) -> bool {
+    !(key.is_empty() || key.starts_with('/') || key.ends_with('/') || key.contains("//"))
+}
+
+/// `openat2(root, key)` for reading, resolved beneath `root`: a symlink that leaves the root and
+/// an absolute symlink fail with `EXDEV`, `/proc` magic links with `ELOOP`. `O_NONBLOCK` keeps a FIFO planted
+/// in the root from blocking the open (it is then refused as not a regular file).
+fn open_beneath(root: &OwnedFd, key: &str, extra: ResolveFlags) -> Result<OwnedFd, Errno> {
+    rustix::fs::openat2(
+        root,
+        key,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS | extra,
+    )
+}
+
+/// The fallback without `openat2`: resolve `key` below `root` by path and open it.
+fn open_by_path(root: &Path, key: &Path) -> Result<(File, Metadata), BackendError> {
+    let real = root.join(key).canonicalize().map_err(map_io)?;
     if !real.starts_with(root) {
         // A symlink pointing outside the root: as if it did not exist.
         return Err(BackendError::NotFound);
     }
     let file = File::open(&real).map_err(map_io)?;
     let md = file.metadata().map_err(map_io)?;
-    if !md.is_file() {
-        return Err(BackendError::NotAnObject);
-    }
     Ok((file, md))
 }
 
-/// A body about to be sent: small ones already read, larger ones as a positioned file.
-enum FileBody {
-    Read(Bytes),
-    File(File, u64),
+/// The metadata of an opened object, and the body asked for (with its range), if any.
+type Decided = (ObjectMeta, Option<(Part, Option<ByteRange>)>);
+
+/// How reads in [`finish_open`] may behave.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReadMode {
+    /// Only from the page cache; anything else is left unread.
+    NoWait,
+    /// Wait for the disk if need be (we are on the blocking pool).
+    Blocking,
 }
 
-impl FileBody {
+/// A body about to be sent: read already, or a file and the span of it still to read.
+enum Part {
+    Read(Bytes),
+    Unread {
+        file: Arc<File>,
+        start: u64,
+        len: u64,
+    },
+}
+
+impl Part {
     fn into_stream(self) -> BodyStream {
         match self {
-            FileBody::Read(bytes) => Box::pin(futures_util::stream::once(async move { Ok(bytes) })),
-            FileBody::File(file, len) => file_stream(file, len),
+            Part::Read(bytes) => Box::pin(futures_util::stream::once(async move { Ok(bytes) })),
+            Part::Unread { file, start, len } => file_stream(file, start, len),
         }
     }
 }
 
-/// Read `len` bytes from `file`, one frame per blocking call. Each frame is a fresh buffer handed
-/// straight to hyper (no second copy, no buffer kept per response), so a slow reader holds at most
-/// the frame in flight. A file that shrinks under us ends the stream early, which the response
-/// body turns into an aborted response.
-fn file_stream(file: File, len: u64) -> BodyStream {
+/// Check the opened file, decide, and read a body that fits in one frame (if `mode` allows).
+fn finish_open<F>(
+    file: File,
+    md: &Metadata,
+    key: &str,
+    decide: F,
+    mode: ReadMode,
+) -> Result<Decided, BackendError>
+where
+    F: FnOnce(&ObjectMeta) -> Result<Want, BackendError>,
+{
+    if !md.is_file() {
+        return Err(BackendError::NotAnObject);
+    }
+    let meta = meta_of(Path::new(key), md);
+    let range = match decide(&meta)? {
+        Want::Meta => return Ok((meta, None)),
+        Want::Body(range) => range,
+    };
+    let (start, len) = range.map_or((0, meta.size), |r| (r.start, r.len()));
+    let file = Arc::new(file);
+    if len <= BODY_CHUNK_BYTES as u64 {
+        let read = match mode {
+            ReadMode::NoWait => read_frame_cached(&file, start, len),
+            ReadMode::Blocking => read_frame(&file, start, len).map(Some),
+        }?;
+        if let Some(bytes) = read {
+            return Ok((meta, Some((Part::Read(bytes), range))));
+        }
+    }
+    Ok((meta, Some((Part::Unread { file, start, len }, range))))
+}
+
+/// Read up to `len` bytes at `offset`, waiting for the disk if need be. Short only at the end of
+/// the file (a file that shrank under us).
+fn read_frame(file: &File, offset: u64, len: u64) -> Result<Bytes, BackendError> {
+    let mut buf = vec![0u8; usize::try_from(len).unwrap_or(BODY_CHUNK_BYTES)];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(BackendError::Io(e)),
+        }
+    }
+    buf.truncate(filled);
+    Ok(Bytes::from(buf))
+}
+
+/// Read exactly `len` bytes at `offset` if the page cache holds them all; `None` if reading them
+/// would wait for a disk (or the file system cannot say without waiting).
+fn read_frame_cached(file: &File, offset: u64, len: u64) -> Result<Option<Bytes>, BackendError> {
+    let mut buf = vec![0u8; usize::try_from(len).unwrap_or(BODY_CHUNK_BYTES)];
+    match rustix::io::preadv2(
+        file,
+        &mut [IoSliceMut::new(&mut buf)],
+        offset,
+        ReadWriteFlags::NOWAIT,
+    ) {
+        Ok(n) if n == buf.len() => Ok(Some(Bytes::from(buf))),
+        // Partly cached, at the end of a file that shrank, or not cached: let the blocking read
+        // sort it out.
+        Ok(_)
+        | Err(Errno::AGAIN | Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL | Errno::INTR) => {
+            Ok(None)
+        }
+        Err(e) => Err(BackendError::Io(e.into())),
+    }
+}
+
+/// Read `len` bytes of `file` from `start`, one frame at a time: from the page cache on this
+/// thread when it can, else on the blocking pool. Each frame is a fresh buffer handed straight to
+/// hyper (no second copy, no buffer kept per response), so a slow reader holds at most the frame
+/// in flight. A file that shrinks under us ends the stream early, which the response body turns
+/// into an aborted response.
+fn file_stream(file: Arc<File>, start: u64, len: u64) -> BodyStream {
     Box::pin(futures_util::stream::unfold(
-        Some((file, len)),
+        Some((file, start, len)),
         |state| async move {
-            let (mut file, remaining) = state?;
+            let (file, offset, remaining) = state?;
             if remaining == 0 {
                 return None;
             }
             let want = remaining.min(BODY_CHUNK_BYTES as u64);
-            let read = tokio::task::spawn_blocking(move || {
-                let mut buf = Vec::with_capacity(want as usize);
-                (&mut file)
-                    .take(want)
-                    .read_to_end(&mut buf)
-                    .map(|_| (file, buf))
-            })
-            .await;
-            match read {
-                Ok(Ok((_, buf))) if buf.is_empty() => None,
-                Ok(Ok((file, buf))) => {
-                    let left = remaining - buf.len() as u64;
-                    Some((Ok(Bytes::from(buf)), Some((file, left))))
+            let read = match read_frame_cached(&file, offset, want) {
+                Ok(Some(bytes)) => Ok(bytes),
+                Ok(None) => {
+                    let file = Arc::clone(&file);
+                    blocking(move || read_frame(&file, offset, want)).await
                 }
-                Ok(Err(e)) => Some((Err(BackendError::Io(e)), None)),
-                Err(e) => Some((Err(BackendError::Io(std::io::Error::other(e))), None)),
+                Err(e) => Err(e),
+            };
+            match read {
+                Ok(bytes) if bytes.is_empty() => None,
+                Ok(bytes) => {
+                    let n = bytes.len() as u64;
+                    Some((Ok(bytes), Some((file, offset + n, remaining - n))))
+                }
+                Err(e) => Some((Err(e), None)),
             }
         },
     ))
 }
 
-/// Position `file` at the part to send; a body that fits in one frame is read right away.
-fn read_part(
-    mut file: File,
-    meta: &ObjectMeta,
-    part: Option<ByteRange>,
-) -> Result<FileBody, BackendError> {
-    if let Some(r) = part {
-        file.seek(SeekFrom::Start(r.start))?;
-    }
-    let len = part.map_or(meta.size, |r| r.len());
-    if len <= BODY_CHUNK_BYTES as u64 {
-        let mut buf = Vec::with_capacity(len as usize);
-        (&mut file).take(len).read_to_end(&mut buf)?;
-        return Ok(FileBody::Read(Bytes::from(buf)));
-    }
-    Ok(FileBody::File(file, len))
+fn map_errno(e: Errno) -> BackendError {
+    map_io(e.into())
 }
 
-fn map_io(e: std::io::Error) -> BackendError {
+fn map_io(e: io::Error) -> BackendError {
     match e.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory => BackendError::NotFound,
-        std::io::ErrorKind::PermissionDenied => BackendError::AccessDenied,
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => BackendError::NotFound,
+        io::ErrorKind::PermissionDenied => BackendError::AccessDenied,
         _ => match e.raw_os_error() {
             // ENAMETOOLONG, ELOOP: no such object for the client.
             Some(36) | Some(40) => BackendError::NotFound,
@@ -165,11 +338,8 @@ fn meta_of(key: &Path, md: &Metadata) -> ObjectMeta {
 
 impl Backend for FsBackend {
     async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
-        self.blocking(key, |root, key| {
-            let (_file, md) = open_below(root, key)?;
-            Ok(meta_of(key, &md))
-        })
-        .await
+        let (meta, _) = self.open_with(key, |_| Ok(Want::Meta)).await?;
+        Ok(meta)
     }
 
     async fn get(
@@ -179,58 +349,48 @@ impl Backend for FsBackend {
         expect: &ObjectMeta,
     ) -> Result<ObjectBody, BackendError> {
         let expect_etag = expect.etag.clone();
-        let (body, meta) = self
-            .blocking(key, move |root, key| {
-                let (file, md) = open_below(root, key)?;
-                let meta = meta_of(key, &md);
+        let (meta, body) = self
+            .open_with(key, move |meta| {
                 if meta.etag != expect_etag {
                     return Err(BackendError::Changed);
                 }
-                Ok((read_part(file, &meta, range)?, meta))
+                Ok(Want::Body(range))
             })
             .await?;
-        Ok(ObjectBody {
-            meta,
-            body: body.into_stream(),
-        })
+        let body = match body {
+            Some((part, _)) => part.into_stream(),
+            None => Part::Read(Bytes::new()).into_stream(),
+        };
+        Ok(ObjectBody { meta, body })
     }
 
-    /// Open, stat, decide and (for small bodies) read in one blocking call: one thread hop for
-    /// most requests, and the body comes from the very file the metadata describes.
+    /// Open, stat, decide and (for small bodies) read in one go: usually on this thread from the
+    /// kernel's caches, else in one blocking call; the body comes from the very file the metadata
+    /// describes.
     async fn open<F>(&self, key: &str, want: F) -> Result<Opened, BackendError>
     where
         F: FnOnce(&ObjectMeta) -> Want + Send + 'static,
     {
-        let (meta, body) = self
-            .blocking(key, move |root, key| {
-                let (file, md) = open_below(root, key)?;
-                let meta = meta_of(key, &md);
-                match want(&meta) {
-                    Want::Meta => Ok((meta, None)),
-                    Want::Body(part) => {
-                        let body = read_part(file, &meta, part)?;
-                        Ok((meta, Some((body, part))))
-                    }
-                }
-            })
-            .await?;
+        let (meta, body) = self.open_with(key, move |meta| Ok(want(meta))).await?;
         Ok(match body {
             None => Opened::Meta(meta),
-            Some((body, part)) => Opened::Object {
+            Some((part, range)) => Opened::Object {
                 object: ObjectBody {
                     meta,
-                    body: body.into_stream(),
+                    body: part.into_stream(),
                 },
-                part,
+                part: range,
             },
         })
     }
 
     async fn ready(&self) -> Result<(), BackendError> {
         let root = Arc::clone(&self.root);
-        tokio::task::spawn_blocking(move || std::fs::read_dir(root.as_path()).map(|_| ()))
-            .await
-            .map_err(|e| BackendError::Io(std::io::Error::other(e)))?
-            .map_err(BackendError::Io)
+        blocking(move || {
+            std::fs::read_dir(root.as_path())
+                .map(|_| ())
+                .map_err(BackendError::Io)
+        })
+        .await
     }
 }
