@@ -47,10 +47,12 @@ impl FsBackend {
             Mode::empty(),
         )
         .map_err(io::Error::from)?;
-        // Probe once: the root itself, resolved beneath itself.
-        let root_fd = open_beneath(&dir, ".", ResolveFlags::empty())
-            .ok()
-            .map(|_| Arc::new(dir));
+        // Probe once: the root itself, resolved beneath itself from the lookup cache (which
+        // needs Linux 5.12; EAGAIN says the flag is known but the entry is not cached).
+        let root_fd = match open_beneath(&dir, ".", ResolveFlags::CACHED) {
+            Ok(_) | Err(Errno::AGAIN) => Some(Arc::new(dir)),
+            Err(_) => None,
+        };
         if root_fd.is_none() {
             tracing::info!(root = %root.display(), "openat2 unavailable; fs source resolves keys by path on the blocking pool");
         }
@@ -223,8 +225,8 @@ where
     if len <= BODY_CHUNK_BYTES as u64 {
         let read = match mode {
             ReadMode::NoWait => read_frame_cached(&file, start, len),
-            ReadMode::Blocking => read_frame(&file, start, len).map(Some),
-        }?;
+            ReadMode::Blocking => Some(read_frame(&file, start, len)?),
+        };
         if let Some(bytes) = read {
             return Ok((meta, Some((Part::Read(bytes), range))));
         }
@@ -250,8 +252,9 @@ fn read_frame(file: &File, offset: u64, len: u64) -> Result<Bytes, BackendError>
 }
 
 /// Read exactly `len` bytes at `offset` if the page cache holds them all; `None` if reading them
-/// would wait for a disk (or the file system cannot say without waiting).
-fn read_frame_cached(file: &File, offset: u64, len: u64) -> Result<Option<Bytes>, BackendError> {
+/// would wait for a disk, or anything else went wrong: the blocking read then waits, or reports
+/// the error.
+fn read_frame_cached(file: &File, offset: u64, len: u64) -> Option<Bytes> {
     let mut buf = vec![0u8; usize::try_from(len).unwrap_or(BODY_CHUNK_BYTES)];
     match rustix::io::preadv2(
         file,
@@ -259,14 +262,10 @@ fn read_frame_cached(file: &File, offset: u64, len: u64) -> Result<Option<Bytes>
         offset,
         ReadWriteFlags::NOWAIT,
     ) {
-        Ok(n) if n == buf.len() => Ok(Some(Bytes::from(buf))),
-        // Partly cached, at the end of a file that shrank, or not cached: let the blocking read
-        // sort it out.
-        Ok(_)
-        | Err(Errno::AGAIN | Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL | Errno::INTR) => {
-            Ok(None)
-        }
-        Err(e) => Err(BackendError::Io(e.into())),
+        Ok(n) if n == buf.len() => Some(Bytes::from(buf)),
+        // Partly cached, at the end of a file that shrank, not cached (EAGAIN), or a file system
+        // or seccomp filter without RWF_NOWAIT.
+        Ok(_) | Err(_) => None,
     }
 }
 
@@ -285,12 +284,11 @@ fn file_stream(file: Arc<File>, start: u64, len: u64) -> BodyStream {
             }
             let want = remaining.min(BODY_CHUNK_BYTES as u64);
             let read = match read_frame_cached(&file, offset, want) {
-                Ok(Some(bytes)) => Ok(bytes),
-                Ok(None) => {
+                Some(bytes) => Ok(bytes),
+                None => {
                     let file = Arc::clone(&file);
                     blocking(move || read_frame(&file, offset, want)).await
                 }
-                Err(e) => Err(e),
             };
             match read {
                 Ok(bytes) if bytes.is_empty() => None,
