@@ -162,7 +162,7 @@ pub const ADMIN_MAX_BODY_BYTES: usize = 16 * 1024;
 /// Bytes read from a backend per body frame: bounds per-response memory.
 pub const BODY_CHUNK_BYTES: usize = 64 * 1024;
 /// Per-stream h2 send buffer: with the chunk above, what one slow h2 reader can hold in memory.
-pub const H2_SEND_BUFFER_BYTES: usize = 64 * 1024;
+pub const H2_SEND_BUFFER_BYTES: usize = 32 * 1024;
 /// Unsent TLS records rustls may queue per connection (its default is 64 KiB).
 pub const TLS_SEND_BUFFER_BYTES: usize = 32 * 1024;
 /// Longest decoded object key, in bytes (DESIGN.md "Paths and keys").
