@@ -102,6 +102,21 @@ async fn symlinks_are_followed_inside_the_root_and_are_404_when_they_lead_out() 
     }
 }
 
+/// On drop (the test's end, or its panic), open the FIFO's write end without blocking: a reader
+/// stuck opening it (the regression this test is about) is then released, so a failing test
+/// ends instead of hanging while its runtime waits for that thread.
+struct UnblockFifo(std::path::PathBuf);
+
+impl Drop for UnblockFifo {
+    fn drop(&mut self) {
+        let _ = rustix::fs::open(
+            &self.0,
+            rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        );
+    }
+}
+
 // Two workers: should an open ever block a worker thread, the client's timeout still fires on
 // the other one and the test fails instead of hanging.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,8 +132,12 @@ async fn a_fifo_or_a_directory_is_not_an_object_and_does_not_block_the_gateway()
         0,
     )
     .unwrap();
+    let _unblock = UnblockFifo(root.path().join("pipe"));
+    // An absolute symlink is opened by path (the kernel's beneath-the-root resolution refuses it):
+    // the same rule there.
+    symlink(root.path().join("pipe"), root.path().join("abs-pipe")).unwrap();
     for proto in Proto::BOTH {
-        for key in ["pipe", "dir"] {
+        for key in ["pipe", "abs-pipe", "dir"] {
             for method in [http::Method::GET, http::Method::HEAD] {
                 let (status, _) = fetch(&gw, proto, method.clone(), key, None).await;
                 assert_eq!(status, StatusCode::NOT_FOUND, "{proto:?} {method} {key}");

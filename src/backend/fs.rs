@@ -145,14 +145,20 @@ fn is_file_key(key: &str) -> bool {
     !(key.is_empty() || key.starts_with('/') || key.ends_with('/') || key.contains("//"))
 }
 
+/// How every object is opened. `O_NONBLOCK` keeps a FIFO planted in the root from blocking the
+/// open (it is then refused as not a regular file); it changes nothing for regular files.
+const READ_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::CLOEXEC)
+    .union(OFlags::NOCTTY)
+    .union(OFlags::NONBLOCK);
+
 /// `openat2(root, key)` for reading, resolved beneath `root`: a symlink that leaves the root and
-/// an absolute symlink fail with `EXDEV`, `/proc` magic links with `ELOOP`. `O_NONBLOCK` keeps a FIFO planted
-/// in the root from blocking the open (it is then refused as not a regular file).
+/// an absolute symlink fail with `EXDEV`, `/proc` magic links with `ELOOP`.
 fn open_beneath(root: &OwnedFd, key: &str, extra: ResolveFlags) -> Result<OwnedFd, Errno> {
     rustix::fs::openat2(
         root,
         key,
-        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
+        READ_FLAGS,
         Mode::empty(),
         ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS | extra,
     )
@@ -165,7 +171,7 @@ fn open_by_path(root: &Path, key: &Path) -> Result<(File, Metadata), BackendErro
         // A symlink pointing outside the root: as if it did not exist.
         return Err(BackendError::NotFound);
     }
-    let file = File::open(&real).map_err(map_io)?;
+    let file = File::from(rustix::fs::open(&real, READ_FLAGS, Mode::empty()).map_err(map_errno)?);
     let md = file.metadata().map_err(map_io)?;
     Ok((file, md))
 }
