@@ -477,6 +477,62 @@ struct StoreStatus {
     code: Option<String>,
 }
 
+/// How an AWS SDK call failed, sorted once for every client the gateway has (S3 and STS); each
+/// caller maps the sorts to its own errors.
+pub(crate) enum SdkFailure {
+    /// No answer within the timeout of the whole attempt.
+    AnswerTimeout,
+    /// No connection within the connect timeout.
+    ConnectTimeout,
+    /// The request could not be sent (the SDK says the fault is the request's).
+    NotSent,
+    /// io (refused, reset, DNS) and unclassified transport failures.
+    Unreachable(Box<dyn std::error::Error + Send + Sync>),
+    /// An error answer the SDK parsed: its status and error code.
+    Answer {
+        status: u16,
+        code: Option<String>,
+    },
+    /// An answer that could not be parsed; the status still tells a server error apart.
+    Unparseable {
+        status: u16,
+    },
+    /// Request building, which includes loading credentials.
+    NotBuilt,
+    Unknown,
+}
+
+/// Sort an SDK error into an [`SdkFailure`].
+pub(crate) fn sort_sdk_error<E>(err: SdkError<E>) -> SdkFailure
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match err {
+        SdkError::TimeoutError(_) => SdkFailure::AnswerTimeout,
+        SdkError::DispatchFailure(ref failure) => {
+            if failure.is_timeout() {
+                SdkFailure::ConnectTimeout
+            } else if failure.is_user() {
+                SdkFailure::NotSent
+            } else {
+                match err.into_source() {
+                    Ok(source) => SdkFailure::Unreachable(source),
+                    Err(_) => SdkFailure::Unreachable("dispatch failure".into()),
+                }
+            }
+        }
+        SdkError::ServiceError(service) => SdkFailure::Answer {
+            status: service.raw().status().as_u16(),
+            code: service.err().code().map(str::to_owned),
+        },
+        SdkError::ResponseError(response) => SdkFailure::Unparseable {
+            status: response.raw().status().as_u16(),
+        },
+        SdkError::ConstructionFailure(_) => SdkFailure::NotBuilt,
+        _ => SdkFailure::Unknown,
+    }
+}
+
 fn classify_sdk_error<E>(
     err: SdkError<E>,
     connect_timeout: Duration,
@@ -485,39 +541,22 @@ fn classify_sdk_error<E>(
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    match err {
-        SdkError::TimeoutError(_) => BackendError::Timeout(first_byte_timeout),
-        SdkError::DispatchFailure(ref failure) => {
-            if failure.is_timeout() {
-                BackendError::Timeout(connect_timeout)
-            } else if failure.is_user() {
-                BackendError::Protocol("request could not be sent".into())
-            } else {
-                // io (refused, reset, DNS) and unclassified transport failures.
-                match err.into_source() {
-                    Ok(source) => BackendError::Unreachable(source),
-                    Err(_) => BackendError::Unreachable("dispatch failure".into()),
-                }
-            }
+    match sort_sdk_error(err) {
+        SdkFailure::AnswerTimeout => BackendError::Timeout(first_byte_timeout),
+        SdkFailure::ConnectTimeout => BackendError::Timeout(connect_timeout),
+        SdkFailure::NotSent => BackendError::Protocol("request could not be sent".into()),
+        SdkFailure::Unreachable(source) => BackendError::Unreachable(source),
+        SdkFailure::Answer { status, code } => classify_status(status, code.as_deref()),
+        SdkFailure::Unparseable { status } if status >= 500 => {
+            BackendError::Unreachable(Box::new(StoreStatus { status, code: None }))
         }
-        SdkError::ServiceError(service) => {
-            let status = service.raw().status().as_u16();
-            classify_status(status, service.err().code())
+        SdkFailure::Unparseable { status } => {
+            BackendError::Protocol(format!("unparseable answer with status {status}"))
         }
-        SdkError::ResponseError(response) => {
-            // An answer that could not be parsed; the status still tells a server error apart.
-            let status = response.raw().status().as_u16();
-            if status >= 500 {
-                BackendError::Unreachable(Box::new(StoreStatus { status, code: None }))
-            } else {
-                BackendError::Protocol(format!("unparseable answer with status {status}"))
-            }
-        }
-        // Request building, including loading credentials from the default chain.
-        SdkError::ConstructionFailure(_) => {
+        SdkFailure::NotBuilt => {
             BackendError::Protocol("request could not be built (credentials or parameters)".into())
         }
-        _ => BackendError::Protocol("unknown SDK error".into()),
+        SdkFailure::Unknown => BackendError::Protocol("unknown SDK error".into()),
     }
 }
 

@@ -21,6 +21,7 @@ use aws_sdk_sts::config::timeout::TimeoutConfig;
 use aws_sdk_sts::config::{BehaviorVersion, Region, SharedHttpClient};
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 
+use crate::backend::s3::{SdkFailure, sort_sdk_error};
 use crate::config::StsConfig;
 
 /// Provider name on the credentials STS hands out (shows in SDK debug output, never a secret).
@@ -233,37 +234,20 @@ fn classify<E>(err: SdkError<E>) -> StsError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    match err {
-        SdkError::TimeoutError(_) => StsError::Timeout,
-        SdkError::DispatchFailure(ref failure) => {
-            if failure.is_timeout() {
-                StsError::Timeout
-            } else if failure.is_user() {
-                StsError::Protocol("request could not be sent")
-            } else {
-                match err.into_source() {
-                    Ok(source) => StsError::Unavailable(source),
-                    Err(_) => StsError::Unavailable("dispatch failure".into()),
-                }
-            }
+    match sort_sdk_error(err) {
+        SdkFailure::AnswerTimeout | SdkFailure::ConnectTimeout => StsError::Timeout,
+        SdkFailure::NotSent => StsError::Protocol("request could not be sent"),
+        SdkFailure::Unreachable(source) => StsError::Unavailable(source),
+        SdkFailure::Answer { status, code } => classify_status(status, code.as_deref()),
+        SdkFailure::Unparseable { status } if status >= 500 => {
+            StsError::Unavailable(Box::new(StsStatus { status, code: None }))
         }
-        SdkError::ServiceError(service) => {
-            let status = service.raw().status().as_u16();
-            classify_status(status, service.err().code())
-        }
-        SdkError::ResponseError(response) => {
-            let status = response.raw().status().as_u16();
-            if status >= 500 {
-                StsError::Unavailable(Box::new(StsStatus { status, code: None }))
-            } else {
-                StsError::Protocol("unparseable answer")
-            }
-        }
+        SdkFailure::Unparseable { .. } => StsError::Protocol("unparseable answer"),
         // Building the request, which includes loading the gateway's own credentials.
-        SdkError::ConstructionFailure(_) => StsError::Unavailable(
+        SdkFailure::NotBuilt => StsError::Unavailable(
             "request could not be built (the gateway's own credentials did not load)".into(),
         ),
-        _ => StsError::Protocol("unknown SDK error"),
+        SdkFailure::Unknown => StsError::Protocol("unknown SDK error"),
     }
 }
 
