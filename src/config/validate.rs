@@ -1135,6 +1135,24 @@ fn addrs_conflict(a: SocketAddr, b: SocketAddr) -> bool {
 }
 
 /// `[a-z0-9][a-z0-9_-]{0,62}`: the name appears in URL paths and metric labels.
+/// `arn:PARTITION:iam::ACCOUNT:RESOURCE` with a 12-digit account: its partition and resource.
+/// Each caller checks the resource it expects (a role, a SAML provider) and the partitions.
+fn iam_arn_parts(arn: &str) -> Option<(&str, &str)> {
+    let mut parts = arn.splitn(6, ':');
+    let (Some("arn"), Some(partition), Some("iam"), Some(""), Some(account), Some(resource)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    (account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()))
+        .then_some((partition, resource))
+}
+
 fn is_valid_source_name(name: &str) -> bool {
     let bytes = name.as_bytes();
     let Some(first) = bytes.first() else {

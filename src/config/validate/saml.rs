@@ -451,15 +451,7 @@ enum ArnKind {
 
 /// `arn:PARTITION:iam::ACCOUNT:role/[PATH/]NAME` or `...:saml-provider/NAME`.
 fn is_iam_arn(arn: &str, kind: ArnKind) -> bool {
-    let mut parts = arn.splitn(6, ':');
-    let (Some("arn"), Some(partition), Some("iam"), Some(""), Some(account), Some(resource)) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
+    let Some((partition, resource)) = super::iam_arn_parts(arn) else {
         return false;
     };
     let name_ok = |name: &str, extra: &[u8]| {
@@ -477,10 +469,7 @@ fn is_iam_arn(arn: &str, kind: ArnKind) -> bool {
             .strip_prefix("saml-provider/")
             .is_some_and(|n| name_ok(n, b"")),
     };
-    matches!(partition, "aws" | "aws-cn" | "aws-us-gov")
-        && account.len() == 12
-        && account.bytes().all(|b| b.is_ascii_digit())
-        && resource_ok
+    matches!(partition, "aws" | "aws-cn" | "aws-us-gov") && resource_ok
 }
 
 /// The parts of an absolute URL the checks above look at.

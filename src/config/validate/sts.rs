@@ -224,21 +224,11 @@ impl Checker<'_> {
 
 /// `arn:PARTITION:iam::123456789012:role/PATH/NAME`.
 fn is_role_arn(arn: &str) -> bool {
-    let mut parts = arn.splitn(6, ':');
-    let (Some("arn"), Some(partition), Some("iam"), Some(""), Some(account), Some(resource)) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
+    let Some((partition, resource)) = super::iam_arn_parts(arn) else {
         return false;
     };
     let name = resource.strip_prefix("role/").unwrap_or("");
     partition.starts_with("aws")
-        && account.len() == 12
-        && account.bytes().all(|b| b.is_ascii_digit())
         && !name.is_empty()
         && !name.ends_with('/')
         && name
