@@ -40,6 +40,9 @@ pub enum Error {
     CorsOriginNotAllowed,
     #[error("request body on a read-only route")]
     BodyNotAllowed,
+    /// An h2 stream or chunked body left open on a read-only route, neither ended nor fed.
+    #[error("request body on a read-only route did not end within the header read timeout")]
+    BodyTimeout,
     #[error("precondition failed")]
     PreconditionFailed,
     #[error("range not satisfiable for an object of {size} bytes")]
@@ -85,6 +88,7 @@ impl Error {
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::CorsOriginNotAllowed => StatusCode::FORBIDDEN,
             Error::BodyNotAllowed => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Error::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             Error::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Error::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -134,6 +138,7 @@ impl Error {
             Error::MethodNotAllowed => "method not allowed",
             Error::CorsOriginNotAllowed => "forbidden",
             Error::BodyNotAllowed => "request bodies are not accepted",
+            Error::BodyTimeout => "request body did not end",
             Error::PreconditionFailed => "precondition failed",
             Error::RangeNotSatisfiable { .. } => "range not satisfiable",
             Error::RateLimited(_) => "too many requests",

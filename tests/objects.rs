@@ -504,6 +504,45 @@ async fn get_with_a_body_is_refused(kind: Kind) {
     }
 }
 
+/// A body whose length is not declared (h2: HEADERS without END_STREAM; http/1.1: chunked) is
+/// judged by what arrives: empty frames then the end are no body, one byte is a body.
+async fn undeclared_body_is_judged_by_its_bytes(kind: Kind) {
+    let bed = bed(kind).await;
+    bed.store.put("a.txt", b"a").await;
+    let url = bed.gw.url(&bed.path("a.txt"));
+    for proto in Proto::BOTH {
+        let chunks = |items: &'static [&'static [u8]]| {
+            let items: Vec<Result<Bytes, std::io::Error>> =
+                items.iter().map(|b| Ok(Bytes::from_static(b))).collect();
+            reqwest::Body::wrap_stream(futures_util::stream::iter(items))
+        };
+        // hyper's http/1.1 client frames a GET stream as Content-Length: 0 unless told to chunk.
+        let get = || match proto {
+            Proto::H1 => bed
+                .client(proto)
+                .get(&url)
+                .header("transfer-encoding", "chunked"),
+            Proto::H2 => bed.client(proto).get(&url),
+        };
+        let empty = get().body(chunks(&[b"", b""])).send().await.unwrap();
+        assert_eq!(empty.version(), proto.version());
+        assert_eq!(
+            empty.status(),
+            StatusCode::OK,
+            "{kind:?} {proto:?}: empty stream"
+        );
+        assert_eq!(&empty.bytes().await.unwrap()[..], b"a");
+
+        let one_byte = get().body(chunks(&[b"", b"x"])).send().await.unwrap();
+        assert_eq!(
+            one_byte.status(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "{kind:?} {proto:?}: one streamed byte"
+        );
+        assert!(one_byte.headers().get("etag").is_none());
+    }
+}
+
 async fn missing_key_is_404_with_json_error(kind: Kind) {
     let bed = bed(kind).await;
     bed.store.put("dir/present.txt", b"x").await;
@@ -856,6 +895,10 @@ macro_rules! table {
             #[tokio::test]
             async fn get_with_a_body_is_refused() {
                 super::get_with_a_body_is_refused($kind).await;
+            }
+            #[tokio::test]
+            async fn undeclared_body_is_judged_by_its_bytes() {
+                super::undeclared_body_is_judged_by_its_bytes($kind).await;
             }
             #[tokio::test]
             async fn missing_key_is_404_with_json_error() {

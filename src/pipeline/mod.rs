@@ -20,6 +20,7 @@
 
 pub mod admit;
 pub mod authorize;
+pub mod body;
 pub mod cors;
 pub mod identity;
 pub mod network;
@@ -336,9 +337,12 @@ impl Pipeline {
             Method::HEAD => true,
             _ => return Err(Error::MethodNotAllowed),
         };
-        if !body.is_end_stream() {
-            return Err(Error::BodyNotAllowed);
-        }
+        body::expect_empty(body, snapshot.limits.header_read_timeout)
+            .await
+            .map_err(|e| match e {
+                body::NotEmpty::Timeout => Error::BodyTimeout,
+                body::NotEmpty::Data | body::NotEmpty::Broken => Error::BodyNotAllowed,
+            })?;
         let span = tracing::Span::current();
         span.record("source", target.source());
         facts.source = Some(target.source().to_owned());

@@ -39,6 +39,7 @@ use crate::config::{ProjectConfig, RoleChoice, SamlConfig, SamlRoleRule};
 use crate::credentials::Clock;
 use crate::credentials::sts::{StsClient, StsError};
 use crate::identity::{Principal, Scope};
+use crate::pipeline::body::NotEmpty;
 
 /// The session cookie: `__Host-` so it is Secure, host-only and `Path=/`.
 pub const SESSION_COOKIE: &str = "__Host-bucketgate-session";
@@ -83,7 +84,7 @@ pub enum SpError {
     BodyTooLarge,
     #[error("ACS body could not be read")]
     BodyRead,
-    #[error("ACS body was not sent within {} s", d::SAML_ACS_BODY_TIMEOUT_SECS)]
+    #[error("request body was not sent within {} s", d::SAML_ACS_BODY_TIMEOUT_SECS)]
     BodyTimeout,
     #[error("SAML response refused")]
     Response(#[source] SamlError),
@@ -303,7 +304,7 @@ pub async fn handle<B: Body>(
     match req.uri.path() {
         LOGIN_PATH => {
             allow(method, &[Method::GET], "GET")?;
-            no_body(&body)?;
+            no_body(body).await?;
             let return_to = login_query(query)?;
             audit.rule = Some("saml login redirect");
             login(sp, state, return_to.as_deref(), now)
@@ -316,7 +317,7 @@ pub async fn handle<B: Body>(
         SESSION_PATH => {
             allow(method, &[Method::GET, Method::HEAD], "GET, HEAD")?;
             no_query(query)?;
-            no_body(&body)?;
+            no_body(body).await?;
             session_info(state, headers, now, audit)
         }
         LOGOUT_PATH => {
@@ -336,12 +337,14 @@ fn allow(method: &Method, allowed: &[Method], text: &'static str) -> Result<(), 
     }
 }
 
-fn no_body<B: Body>(body: &B) -> Result<(), SpError> {
-    if body.is_end_stream() {
-        Ok(())
-    } else {
-        Err(SpError::BodyNotAllowed)
-    }
+async fn no_body<B: Body>(body: B) -> Result<(), SpError> {
+    let within = Duration::from_secs(d::SAML_ACS_BODY_TIMEOUT_SECS);
+    crate::pipeline::body::expect_empty(body, within)
+        .await
+        .map_err(|e| match e {
+            NotEmpty::Timeout => SpError::BodyTimeout,
+            NotEmpty::Data | NotEmpty::Broken => SpError::BodyNotAllowed,
+        })
 }
 
 fn no_query(query: Option<&str>) -> Result<(), SpError> {

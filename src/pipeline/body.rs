@@ -1,0 +1,113 @@
+//! Routes that take no request body (GET and HEAD on `/o/`, the SAML GET routes) refuse one by
+//! what actually arrives, not by how the request was framed.
+//!
+//! Most requests say up front that they carry nothing: the h2 HEADERS frame ends the stream, or
+//! there is no body framing at all on http/1.1, or `Content-Length: 0`. Some clients and proxies
+//! leave an h2 stream open and end it with an empty DATA frame, or send a GET with
+//! `Transfer-Encoding: chunked` and a lone last chunk. Those bodies are empty too, but only
+//! reading them shows it, so they are read to the end, within a deadline; one data byte refuses
+//! the request.
+
+use std::time::Duration;
+
+use bytes::Buf;
+use http_body::Body;
+use http_body_util::BodyExt;
+
+/// Why a body that should be empty is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotEmpty {
+    /// A declared length above zero, or a data frame with bytes in it.
+    Data,
+    /// The body neither ended nor sent data within the deadline.
+    Timeout,
+    /// The body failed while it was read (the client reset the stream, bad chunk framing).
+    Broken,
+}
+
+/// `Ok` when `body` carries no data bytes. Answers at once for a body whose framing says empty
+/// or non-empty; reads the rest (discarding empty frames and trailers) within `within`.
+pub async fn expect_empty<B: Body>(body: B, within: Duration) -> Result<(), NotEmpty> {
+    if body.is_end_stream() {
+        return Ok(());
+    }
+    if body.size_hint().lower() > 0 {
+        return Err(NotEmpty::Data);
+    }
+    let read = async {
+        let mut body = std::pin::pin!(body);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| NotEmpty::Broken)?;
+            if frame.data_ref().is_some_and(|data| data.has_remaining()) {
+                return Err(NotEmpty::Data);
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(within, read)
+        .await
+        .map_err(|_| NotEmpty::Timeout)?
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body::Frame;
+    use http_body_util::{Empty, Full, StreamBody};
+
+    const WITHIN: Duration = Duration::from_secs(5);
+
+    type Frames =
+        futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::io::Error>>>;
+
+    fn frames(items: Vec<Frame<Bytes>>) -> StreamBody<Frames> {
+        let items: Vec<_> = items.into_iter().map(Ok).collect();
+        StreamBody::new(futures_util::stream::iter(items))
+    }
+
+    #[tokio::test]
+    async fn framed_empty_and_declared_data_answer_without_reading() {
+        assert_eq!(expect_empty(Empty::<Bytes>::new(), WITHIN).await, Ok(()));
+        assert_eq!(
+            expect_empty(Full::new(Bytes::from_static(b"x")), WITHIN).await,
+            Err(NotEmpty::Data)
+        );
+    }
+
+    #[tokio::test]
+    async fn empty_frames_and_trailers_are_no_body() {
+        let body = frames(vec![
+            Frame::data(Bytes::new()),
+            Frame::data(Bytes::new()),
+            Frame::trailers(http::HeaderMap::new()),
+        ]);
+        assert_eq!(expect_empty(body, WITHIN).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn one_data_byte_after_empty_frames_is_a_body() {
+        let body = frames(vec![
+            Frame::data(Bytes::new()),
+            Frame::data(Bytes::from_static(b"a")),
+        ]);
+        assert_eq!(expect_empty(body, WITHIN).await, Err(NotEmpty::Data));
+    }
+
+    #[tokio::test]
+    async fn a_failing_body_is_broken() {
+        let body = StreamBody::new(futures_util::stream::iter(vec![Err::<Frame<Bytes>, _>(
+            std::io::Error::other("reset"),
+        )]));
+        assert_eq!(expect_empty(body, WITHIN).await, Err(NotEmpty::Broken));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_never_ends_times_out() {
+        let body = StreamBody::new(futures_util::stream::pending::<
+            Result<Frame<Bytes>, std::io::Error>,
+        >());
+        assert_eq!(expect_empty(body, WITHIN).await, Err(NotEmpty::Timeout));
+    }
+}
