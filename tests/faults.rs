@@ -1,7 +1,8 @@
 //! Upstream failures as a client sees them, against a real origin that misbehaves on purpose
-//! (`support/origin.rs`): refused connections and stalls before headers become 502 / 504 after a
-//! bounded number of attempts; a body that breaks, ends short or stalls after the head was sent is
-//! aborted (never finished as if complete), over http/1.1 and h2. After every fault the same
+//! (`support/origin.rs`): refused or never-accepted connections become 502 and stalls before
+//! headers 504, after a bounded number of attempts; a body that breaks, ends short or stalls after
+//! the head was sent is aborted (never finished as if complete), over http/1.1 and h2. After every
+//! fault the same
 //! gateway keeps serving its other source. A client that goes away mid-body (connection closed,
 //! or one h2 stream reset) cancels the upstream GET at once.
 
@@ -157,6 +158,78 @@ async fn refused_origin_is_502_and_the_gateway_keeps_serving() {
         0,
         "nothing listens, so nothing was received"
     );
+}
+
+/// A store that never takes the connection (its accept queue is full, so the kernel drops the
+/// SYN) is unreachable: 502 after the connect timeout, not 504, which means "took the request
+/// and did not answer".
+#[tokio::test]
+async fn origin_that_never_takes_the_connection_is_502_after_the_connect_timeout() {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Fill the accept queue (nothing accepts) until a connect hangs: SYNs are dropped from then on.
+    let mut queued = Vec::new();
+    let mut hung = false;
+    for _ in 0..16 {
+        match tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => queued.push(stream),
+            Ok(Err(e)) => panic!("connect to the full listener failed instead of hanging: {e}"),
+            Err(_) => {
+                hung = true;
+                break;
+            }
+        }
+    }
+    assert!(hung, "the listener's accept queue never filled");
+
+    let sources = BTreeMap::from([(
+        "origin".to_string(),
+        SourceConfig::S3(support::s3::source(
+            &format!("http://{addr}"),
+            "bucket",
+            "",
+            "AKIDTEST",
+            "secret",
+        )),
+    )]);
+    // The attempt timeout (first byte) counts from before the connect: it must be the longer
+    // one, or it fires first and the cause reads as a timeout.
+    let limits = Limits {
+        upstream_connect_timeout: Duration::from_millis(500),
+        upstream_first_byte_timeout: Duration::from_secs(5),
+        ..limits()
+    };
+    let gw = support::start_gateway_with(sources, limits).await;
+    for proto in Proto::BOTH {
+        let what = format!("{proto:?} never accepted");
+        let started = Instant::now();
+        let resp = gw
+            .client_for(proto)
+            .get(gw.url("/o/origin/photo.png"))
+            .send()
+            .await
+            .unwrap();
+        let waited = started.elapsed();
+        assert_error(
+            resp,
+            StatusCode::BAD_GATEWAY,
+            "storage backend failed",
+            &what,
+        )
+        .await;
+        assert!(
+            waited >= Duration::from_millis(450) && waited < Duration::from_secs(5),
+            "{what}: answered after {waited:?}, not by the 0.5 s connect timeout"
+        );
+    }
+    drop((listener, queued));
 }
 
 #[tokio::test]

@@ -477,6 +477,11 @@ struct StoreStatus {
     code: Option<String>,
 }
 
+/// The store did not take the connection within the connect timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("no connection within {0:?}")]
+struct ConnectTimedOut(Duration);
+
 /// How an AWS SDK call failed, sorted once for every client the gateway has (S3 and STS); each
 /// caller maps the sorts to its own errors.
 pub(crate) enum SdkFailure {
@@ -543,7 +548,11 @@ where
 {
     match sort_sdk_error(err) {
         SdkFailure::AnswerTimeout => BackendError::Timeout(first_byte_timeout),
-        SdkFailure::ConnectTimeout => BackendError::Timeout(connect_timeout),
+        // No connection at all is an unreachable store (502); 504 is kept for a store that
+        // took the request and did not answer.
+        SdkFailure::ConnectTimeout => {
+            BackendError::Unreachable(Box::new(ConnectTimedOut(connect_timeout)))
+        }
         SdkFailure::NotSent => BackendError::Protocol("request could not be sent".into()),
         SdkFailure::Unreachable(source) => BackendError::Unreachable(source),
         SdkFailure::Answer { status, code } => classify_status(status, code.as_deref()),
