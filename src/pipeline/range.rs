@@ -1,7 +1,7 @@
 //! Range and conditional requests (RFC 9110 sections 13 and 14), decided from the object's
 //! metadata alone, identically for every backend.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
 use http::header::{
@@ -179,9 +179,17 @@ pub fn if_range_holds(headers: &HeaderMap, meta: &ObjectMeta) -> bool {
         return !v.starts_with("W/") && meta.etag.as_deref() == Some(v);
     }
     match (httpdate::parse_http_date(v), meta.last_modified) {
-        (Ok(date), Some(lm)) => date == lm,
+        (Ok(date), Some(lm)) => date == lm && date_is_strong(lm, SystemTime::now()),
         _ => false,
     }
+}
+
+/// A Last-Modified date is a weak validator while the object could still change within the
+/// second it names (RFC 9110, 8.8.2.2): two writes in one second share one date. It counts as
+/// strong only once a full second has passed after that second ended.
+fn date_is_strong(last_modified: SystemTime, now: SystemTime) -> bool {
+    now.duration_since(last_modified)
+        .is_ok_and(|age| age >= Duration::from_secs(2))
 }
 
 fn header_str(headers: &HeaderMap, name: http::HeaderName) -> Option<&str> {
@@ -215,7 +223,7 @@ fn list_matches(list: &str, etag: Option<&str>, strong: bool) -> bool {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests may unwrap; src/ may not
 mod tests {
-    use std::time::{Duration, UNIX_EPOCH};
+    use std::time::UNIX_EPOCH;
 
     use http::HeaderValue;
 
@@ -353,6 +361,32 @@ mod tests {
         assert!(!if_range_holds(
             &headers(&[(IF_RANGE, "Mon, 01 Jan 2001 00:00:00 GMT")]),
             &m
+        ));
+    }
+
+    #[test]
+    fn if_range_date_of_an_object_modified_this_second_is_weak() {
+        let now = SystemTime::now();
+        let whole_second =
+            UNIX_EPOCH + Duration::from_secs(now.duration_since(UNIX_EPOCH).unwrap().as_secs());
+        let m = ObjectMeta {
+            last_modified: Some(whole_second),
+            ..meta()
+        };
+        let lm = httpdate::fmt_http_date(whole_second);
+        assert!(!if_range_holds(&headers(&[(IF_RANGE, &lm)]), &m));
+        assert!(!date_is_strong(
+            whole_second,
+            whole_second + Duration::from_millis(1999)
+        ));
+        assert!(date_is_strong(
+            whole_second,
+            whole_second + Duration::from_secs(2)
+        ));
+        // A date in the future (clock skew) is never strong.
+        assert!(!date_is_strong(
+            whole_second + Duration::from_secs(5),
+            whole_second
         ));
     }
 }
