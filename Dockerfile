@@ -28,8 +28,10 @@ RUN apt-get update \
     && chown 10001:10001 /srv/bucketgate
 COPY --from=build /usr/local/bin/bucketgate /usr/local/bin/bucketgate
 COPY config.toml.example /usr/share/doc/bucketgate/config.toml.example
-# The working directory is writable: a config without tls_cert/tls_key keeps its generated
-# development certificate under ./.bucketgate/ here.
+# The config's relative paths resolve from its own directory, /etc/bucketgate, which is
+# root-owned and mounted read-only above: point tls_cert/tls_key at /etc/bucketgate/certs/, or,
+# for a development certificate, give an absolute writable directory such as
+# dev_certificate_dir = "/srv/bucketgate/.bucketgate" (this home is the runtime user's).
 WORKDIR /srv/bucketgate
 USER 10001:10001
 EXPOSE 8443 9090
