@@ -83,6 +83,38 @@ fn config_example_loads() {
     }
 }
 
+/// Every key the config file accepts (each `pub` field of the file structs in
+/// `src/config/file.rs`) is named in config.toml.example, as a key, a table or in its comments.
+#[test]
+fn config_example_names_every_key_the_file_accepts() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let src = std::fs::read_to_string(root.join("src/config/file.rs")).unwrap();
+    let example = std::fs::read_to_string(root.join("config.toml.example")).unwrap();
+    let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let words: std::collections::BTreeSet<&str> = example.split(|c: char| !is_word(c)).collect();
+    let mut keys = Vec::new();
+    for line in src.lines() {
+        let Some(rest) = line.trim_start().strip_prefix("pub ") else {
+            continue;
+        };
+        let Some((name, _)) = rest.split_once(':') else {
+            continue;
+        };
+        if !name.is_empty() && name.chars().all(is_word) {
+            keys.push(name.to_string());
+        }
+    }
+    assert!(keys.len() > 50, "found only {} keys in file.rs", keys.len());
+    let missing: Vec<&String> = keys
+        .iter()
+        .filter(|k| !words.contains(k.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "config.toml.example does not mention {missing:?}"
+    );
+}
+
 #[test]
 fn minimal_config_gets_defaults() {
     let dir = Dir::new();
