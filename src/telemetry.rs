@@ -49,7 +49,11 @@ pub struct RouteLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamError {
+    /// The configured source name (never an endpoint or a bucket).
     pub source: String,
+    /// `BackendError::kind()` (`unreachable`, `timeout`, `stalled`, `body_broken`, ...), or
+    /// `body_truncated` / `body_overlong` for a body whose length disagreed with its head.
+    /// Which errors count is decided in `pipeline::respond::upstream_error_kind`.
     pub kind: &'static str,
 }
 
@@ -114,7 +118,8 @@ impl Metrics {
         let response_bytes = Family::<RouteLabel, Counter>::default();
         registry.register(
             "http_response_body_bytes",
-            "Response body bytes sent to clients",
+            "Object body bytes handed to client connections, by route (small error bodies \
+             are not counted; a cut-off body counts what was sent before the cut)",
             response_bytes.clone(),
         );
         let request_duration = Family::<RouteLabel, Histogram>::new_with_constructor(|| {
@@ -123,7 +128,7 @@ impl Metrics {
         });
         registry.register(
             "http_request_duration_seconds",
-            "Time from request head to response head",
+            "Time from request head to response head, by route",
             request_duration.clone(),
         );
         let aborted_responses = Family::<RouteLabel, Counter>::default();
@@ -159,7 +164,10 @@ impl Metrics {
         let upstream_errors = Family::<UpstreamError, Counter>::default();
         registry.register(
             "upstream_errors",
-            "Backend failures, by source and kind",
+            "Store failures, once per failed request, by source and kind: before the response \
+             head (unreachable, timeout, access_denied, ...) or mid-body (body_broken, stalled, \
+             io, body_truncated, body_overlong). A missing object (404) and a client that goes \
+             away are not upstream errors",
             upstream_errors.clone(),
         );
         let rate_limited = Family::<RateLimitedLabel, Counter>::default();

@@ -264,12 +264,15 @@ impl Pipeline {
                     } else {
                         tracing::debug!(error = %ErrorChain(&err), "request refused");
                     }
-                    if let Error::Backend { source_name, error } = &err {
+                    // Once per request; a missing object is an answer, not an upstream error.
+                    if let Error::Backend { source_name, error } = &err
+                        && let Some(kind) = respond::upstream_error_kind(error)
+                    {
                         self.metrics
                             .upstream_errors
                             .get_or_create(&UpstreamError {
                                 source: source_name.clone(),
-                                kind: error.kind(),
+                                kind,
                             })
                             .inc();
                     }
@@ -582,7 +585,13 @@ impl Pipeline {
                 StatusCode::OK
             };
             let len = part.map_or(meta.size, |r| r.len());
-            let body = StreamingBody::new(object.body, len, route, Arc::clone(&self.metrics));
+            let body = StreamingBody::new(
+                object.body,
+                len,
+                route,
+                plan.source().to_owned(),
+                Arc::clone(&self.metrics),
+            );
             return respond::object_head(status, &meta, part)
                 .body(body.boxed_unsync())
                 .map_err(|e| backend_err(BackendError::Protocol(e.to_string())));

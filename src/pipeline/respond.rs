@@ -19,7 +19,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 
 use crate::backend::{BackendError, BodyStream, ByteRange, ObjectMeta};
 use crate::error::Error;
-use crate::telemetry::{Metrics, RouteLabel};
+use crate::telemetry::{Metrics, RouteLabel, UpstreamError};
 
 /// Every response body the data listener sends.
 pub type ResponseBody = UnsyncBoxBody<Bytes, BodyError>;
@@ -34,6 +34,37 @@ pub enum BodyError {
     Truncated { missing: u64 },
     #[error("upstream body is longer than announced")]
     Overlong,
+}
+
+impl BodyError {
+    /// The `kind` label this failure counts under in `upstream_errors`, if any.
+    pub fn upstream_kind(&self) -> Option<&'static str> {
+        match self {
+            BodyError::Upstream(e) => upstream_error_kind(e),
+            BodyError::Truncated { .. } => Some("body_truncated"),
+            BodyError::Overlong => Some("body_overlong"),
+        }
+    }
+}
+
+/// The `kind` label of `upstream_errors` for a backend error, or `None` when the store gave an
+/// answer rather than failed: a missing key (or a directory in an fs source) is an ordinary 404,
+/// seen in `http_requests`, not an upstream fault. A refusal of the gateway's or the user's
+/// credentials is counted (`access_denied`): for static and assumed-role sources it means
+/// rotated keys or a changed bucket policy, which an operator must hear about.
+pub fn upstream_error_kind(e: &BackendError) -> Option<&'static str> {
+    match e {
+        BackendError::NotFound | BackendError::NotAnObject => None,
+        BackendError::AccessDenied
+        | BackendError::CredentialsUnavailable { .. }
+        | BackendError::Changed
+        | BackendError::Unreachable(_)
+        | BackendError::Timeout(_)
+        | BackendError::Stalled(_)
+        | BackendError::BodyBroken(_)
+        | BackendError::Io(_)
+        | BackendError::Protocol(_) => Some(e.kind()),
+    }
 }
 
 pub const REQUEST_ID: &str = "x-request-id";
@@ -201,13 +232,21 @@ pub fn safe_content_type(stored: Option<&str>) -> (HeaderValue, bool) {
 
 /// The body of an object response: passes frames through with backpressure (hyper polls for the
 /// next frame only when it can write), checks the byte count against what the head announced, and
-/// turns any shortfall or upstream failure into a body error. Counts bytes on drop.
+/// turns any shortfall or upstream failure into a body error.
+///
+/// Metrics: an upstream failure counts once in `upstream_errors` (with the source) when it
+/// happens; the bytes handed to the connection and, for a body that did not finish, one aborted
+/// response count on drop. A client that goes away drops the body without an error, so it is an
+/// aborted response but never an upstream error.
 pub struct StreamingBody {
     stream: BodyStream,
     remaining: u64,
     sent: u64,
     finished: bool,
+    /// A body error was returned (and counted); any later poll only repeats that it failed.
+    failed: bool,
     route: &'static str,
+    source: String,
     metrics: Arc<Metrics>,
 }
 
@@ -216,6 +255,7 @@ impl StreamingBody {
         stream: BodyStream,
         len: u64,
         route: &'static str,
+        source: String,
         metrics: Arc<Metrics>,
     ) -> StreamingBody {
         StreamingBody {
@@ -223,9 +263,33 @@ impl StreamingBody {
             remaining: len,
             sent: 0,
             finished: len == 0,
+            failed: false,
             route,
+            source,
             metrics,
         }
+    }
+
+    /// End the body with `err`, counting it as an upstream error once.
+    fn fail(&mut self, err: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.failed = true;
+        if let Some(kind) = err.upstream_kind() {
+            self.metrics
+                .upstream_errors
+                .get_or_create(&UpstreamError {
+                    source: self.source.clone(),
+                    kind,
+                })
+                .inc();
+        }
+        tracing::warn!(
+            source = %self.source,
+            sent = self.sent,
+            missing = self.remaining,
+            error = %super::ErrorChain(&err),
+            "upstream body failed; aborting the response"
+        );
+        Poll::Ready(Some(Err(err)))
     }
 }
 
@@ -240,12 +304,18 @@ impl Body for StreamingBody {
         if self.finished {
             return Poll::Ready(None);
         }
+        if self.failed {
+            // Never `None` after a failure: that would read as a complete body.
+            return Poll::Ready(Some(Err(BodyError::Truncated {
+                missing: self.remaining,
+            })));
+        }
         match self.stream.as_mut().poll_next(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(chunk))) => {
                 let n = chunk.len() as u64;
                 if n > self.remaining {
-                    return Poll::Ready(Some(Err(BodyError::Overlong)));
+                    return self.fail(BodyError::Overlong);
                 }
                 self.remaining -= n;
                 self.sent += n;
@@ -254,10 +324,11 @@ impl Body for StreamingBody {
                 }
                 Poll::Ready(Some(Ok(Frame::data(chunk))))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Upstream(e)))),
-            Poll::Ready(None) => Poll::Ready(Some(Err(BodyError::Truncated {
-                missing: self.remaining,
-            }))),
+            Poll::Ready(Some(Err(e))) => self.fail(BodyError::Upstream(e)),
+            Poll::Ready(None) => {
+                let missing = self.remaining;
+                self.fail(BodyError::Truncated { missing })
+            }
         }
     }
 
@@ -325,5 +396,26 @@ mod tests {
             );
         }
         assert_eq!(t(None), ("application/octet-stream".into(), true));
+    }
+
+    #[test]
+    fn missing_objects_are_answers_and_store_failures_are_upstream_errors() {
+        assert_eq!(upstream_error_kind(&BackendError::NotFound), None);
+        assert_eq!(upstream_error_kind(&BackendError::NotAnObject), None);
+        assert_eq!(
+            upstream_error_kind(&BackendError::Unreachable("refused".into())),
+            Some("unreachable")
+        );
+        assert_eq!(
+            upstream_error_kind(&BackendError::AccessDenied),
+            Some("access_denied")
+        );
+        let broken = BodyError::Upstream(BackendError::BodyBroken("reset".into()));
+        assert_eq!(broken.upstream_kind(), Some("body_broken"));
+        assert_eq!(
+            BodyError::Truncated { missing: 1 }.upstream_kind(),
+            Some("body_truncated")
+        );
+        assert_eq!(BodyError::Overlong.upstream_kind(), Some("body_overlong"));
     }
 }

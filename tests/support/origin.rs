@@ -7,6 +7,8 @@
 //! ([`OBJECT_LEN`] bytes of [`object_bytes`]); `?list-type=2` (ListObjectsV2) gets an empty
 //! listing in `Healthy` mode. `Endless` streams a [`ENDLESS_LEN`]-byte object for as long as the
 //! peer reads and counts the GETs the peer cut off, for the client-disconnect tests.
+//! `LeakyHeaders` and `ErrorXml` carry what a gateway must never pass on (upstream cookies,
+//! `x-amz-*` headers, S3's XML error bodies), for the response-hygiene tests.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
@@ -47,6 +49,33 @@ pub enum Mode {
     /// GET: 200 with Content-Length [`ENDLESS_LEN`], then the [`object_bytes`] pattern repeated
     /// for as long as the peer takes it. A write that fails (the peer closed) counts as a cut GET.
     Endless,
+    /// As `Healthy`, with [`LEAKY_HEADERS`] on every answer (HEAD and GET).
+    LeakyHeaders,
+    /// GET: this status (403 or 500) with an S3 XML error body whose message names
+    /// [`ERROR_SECRET`], plus [`LEAKY_HEADERS`]. HEAD answers correctly.
+    ErrorXml(u16),
+}
+
+/// Headers of a real S3 answer that a gateway must not pass on (besides the `x-amz-request-id`
+/// every answer here carries).
+pub const LEAKY_HEADERS: &str = "Set-Cookie: x=y\r\nx-amz-meta-secret: s\r\n\
+                                 x-amz-id-2: origin-host-id\r\nServer: AmazonS3\r\n";
+/// What the `ErrorXml` body says that no client may read.
+pub const ERROR_SECRET: &str = "secret-bucket-name";
+
+/// S3's error document for `status`: `AccessDenied` for 403, `InternalError` otherwise.
+fn error_xml(status: u16) -> String {
+    let code = if status == 403 {
+        "AccessDenied"
+    } else {
+        "InternalError"
+    };
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>\
+         {ERROR_SECRET} refused arn:aws:iam::123456789012:role/origin-test</Message>\
+         <Resource>/{ERROR_SECRET}/photo.png</Resource><RequestId>origin-test</RequestId>\
+         <HostId>origin-host-id</HostId></Error>"
+    )
 }
 
 /// The object's bytes: a fixed pattern, so any slice of it can be checked.
@@ -198,8 +227,13 @@ async fn serve(stream: TcpStream, mode: Mode, requests: Arc<AtomicUsize>, stats:
             } else {
                 OBJECT_LEN
             };
+            let extra = if mode == Mode::LeakyHeaders {
+                LEAKY_HEADERS
+            } else {
+                ""
+            };
             if stream
-                .write_all(object_head("200 OK", len, "").as_bytes())
+                .write_all(object_head("200 OK", len, extra).as_bytes())
                 .await
                 .is_err()
             {
@@ -207,8 +241,13 @@ async fn serve(stream: TcpStream, mode: Mode, requests: Arc<AtomicUsize>, stats:
             }
             continue;
         }
+        let leaky = if mode == Mode::LeakyHeaders {
+            LEAKY_HEADERS
+        } else {
+            ""
+        };
         match mode {
-            Mode::Healthy => {
+            Mode::Healthy | Mode::LeakyHeaders => {
                 let ok = if req.target.contains("list-type=2") {
                     let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListBucketResult \
                                xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>b</Name>\
@@ -220,14 +259,31 @@ async fn serve(stream: TcpStream, mode: Mode, requests: Arc<AtomicUsize>, stats:
                     );
                     write_all(stream, &[head.as_bytes(), xml.as_bytes()]).await
                 } else if let Some((start, end)) = req.range.as_deref().and_then(parse_range) {
-                    let extra = format!("Content-Range: bytes {start}-{end}/{OBJECT_LEN}\r\n");
+                    let extra =
+                        format!("Content-Range: bytes {start}-{end}/{OBJECT_LEN}\r\n{leaky}");
                     let head = object_head("206 Partial Content", end - start + 1, &extra);
                     write_all(stream, &[head.as_bytes(), &body[start..=end]]).await
                 } else {
-                    let head = object_head("200 OK", OBJECT_LEN, "");
+                    let head = object_head("200 OK", OBJECT_LEN, leaky);
                     write_all(stream, &[head.as_bytes(), &body]).await
                 };
                 if !ok {
+                    return;
+                }
+            }
+            Mode::ErrorXml(status) => {
+                let xml = error_xml(status);
+                let reason = if status == 403 {
+                    "Forbidden"
+                } else {
+                    "Internal Server Error"
+                };
+                let head = format!(
+                    "HTTP/1.1 {status} {reason}\r\nContent-Type: application/xml\r\n\
+                     Content-Length: {}\r\nx-amz-request-id: origin-test\r\n{LEAKY_HEADERS}\r\n",
+                    xml.len()
+                );
+                if !write_all(stream, &[head.as_bytes(), xml.as_bytes()]).await {
                     return;
                 }
             }
