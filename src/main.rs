@@ -12,6 +12,7 @@ use bucketgate::reload::{Control, Trigger};
 use bucketgate::telemetry::{self, LogFormat};
 use bucketgate::tokens::{self, Grant, Rep, Signer, Target, Ttl};
 use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -447,18 +448,31 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
+        // Listen for signals before the gateway starts and says so: a signal sent right after
+        // the "bucketgate serving" line must be handled, not end the process with the default
+        // action (regression: a SIGINT at that moment killed it instead of a clean exit 0).
+        let stop = shutdown_signal().context("listening for SIGINT and SIGTERM")?;
+        let hangup = if config_path.is_some() {
+            hangup_signal()
+        } else {
+            None
+        };
         let gateway = Gateway::start_with_path(config.clone(), config_path.clone())
             .await
             .context("starting the gateway")?;
         if embedded {
             print_welcome(&config, &gateway);
         }
-        if config_path.is_some() {
-            tokio::spawn(reload_on_sighup(Arc::clone(gateway.control())));
+        if let Some(hangup) = hangup {
+            tokio::spawn(reload_on_sighup(
+                hangup,
+                Arc::clone(gateway.control()),
+                gateway.shutdown_token(),
+            ));
         }
         let token = gateway.shutdown_token();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            stop.await;
             tracing::info!("shutting down: no new connections; draining in-flight requests");
             token.cancel();
         });
@@ -487,27 +501,49 @@ fn print_welcome(config: &Config, gateway: &Gateway) {
 }
 
 /// SIGHUP: read the config file again (the same reload the file watcher and the admin API do).
-async fn reload_on_sighup(control: Arc<Control>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(hup) => hup,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with the admin API");
-                return;
-            }
-        };
-        while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading the config file");
-            // Errors are logged and counted inside; the old config keeps serving.
-            let _ = control.reload_from_file(Trigger::Signal).await;
+/// Ends at shutdown: its `Control` holds the audit log open, and `Gateway::wait` waits for every
+/// holder to let go before the audit writer finishes (regression: with --config, every SIGTERM
+/// waited out the 5 s audit flush timeout and warned that records may be lost).
+#[cfg(unix)]
+async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    control: Arc<Control>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            got = hup.recv() => if got.is_none() { return },
         }
+        tracing::info!("SIGHUP: reloading the config file");
+        // Errors are logged and counted inside; the old config keeps serving.
+        let _ = control.reload_from_file(Trigger::Signal).await;
     }
-    #[cfg(not(unix))]
-    {
-        let _ = control;
-    }
+}
+
+#[cfg(not(unix))]
+async fn reload_on_sighup(
+    hup: std::convert::Infallible,
+    _control: Arc<Control>,
+    _shutdown: CancellationToken,
+) {
+    match hup {}
+}
+
+/// SIGHUP, listened for from now on; `None` if that fails (then reload with the admin API).
+#[cfg(unix)]
+fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    signal(SignalKind::hangup())
+        .inspect_err(|e| {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with the admin API");
+        })
+        .ok()
+}
+
+#[cfg(not(unix))]
+fn hangup_signal() -> Option<std::convert::Infallible> {
+    None
 }
 
 /// A signed URL for `hello.txt` (written into ./data first if the directory is empty).
@@ -540,24 +576,24 @@ fn welcome_url(config: &Config, base: &str) -> anyhow::Result<String> {
     Ok(tokens::signed_url(base, "local", &target, &token))
 }
 
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+/// SIGINT or SIGTERM: the handlers are installed when this returns, the future resolves on the
+/// first of them.
+#[cfg(unix)]
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    Ok(async {
         let _ = tokio::signal::ctrl_c().await;
-    }
+    })
 }
