@@ -9,6 +9,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{StatusCode, Version};
 use support::{Proto, TestGateway, fs_source, start_gateway_with, test_limits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -203,12 +204,16 @@ async fn silent_client_is_closed_after_the_handshake_timeout() {
 #[tokio::test]
 async fn too_many_headers_get_431() {
     let _guard = RSS.read().await;
-    let (gw, _dir) = gateway(test_limits()).await;
+    let limits = test_limits();
+    // One header over our default and under hyper's own limit of 100, so only ours refuses it.
+    assert!(limits.max_headers < 100);
+    let (gw, _dir) = gateway(limits.clone()).await;
     let mut req =
         String::from("GET /o/local/hello.txt HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n");
-    for i in 0..100 {
+    for i in 0..limits.max_headers - 1 {
         req.push_str(&format!("x-header-{i}: v\r\n"));
     }
+    assert_eq!(req.matches("\r\n").count() - 1, limits.max_headers + 1);
     req.push_str("\r\n");
     let resp = h1_exchange(&gw, req.as_bytes()).await;
     assert_eq!(
@@ -232,6 +237,8 @@ async fn oversize_header_gets_431() {
         "HTTP/1.1 431 Request Header Fields Too Large"
     );
     // Over h2 the header list limit refuses the request (431 or a refused stream), never serves it.
+    // Our default list size equals hyper's, so this alone cannot tell them apart:
+    // `h2_header_list_size_limit_below_hypers_default_is_enforced` does.
     let h2 = gw
         .h2_client()
         .get(gw.url("/o/local/hello.txt"))
@@ -506,4 +513,821 @@ async fn slow_reader_of_a_large_object_keeps_gateway_memory_bounded() {
         read >> 10
     );
     drop(resp);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keep-alive idle timeout
+// ---------------------------------------------------------------------------------------------
+
+/// The idle timeout of the idle-timeout tests.
+const IDLE: Duration = Duration::from_secs(1);
+
+fn idle_limits() -> bucketgate::config::Limits {
+    bucketgate::config::Limits {
+        idle_timeout: IDLE,
+        ..test_limits()
+    }
+}
+
+/// An idle connection closes at the idle timeout after its last byte, not before, not much after.
+fn assert_closed_at_the_idle_timeout(waited: Duration, what: &str) {
+    assert!(
+        waited >= IDLE - Duration::from_millis(100),
+        "{what}: closed {waited:?} after the last response, before the {IDLE:?} idle timeout"
+    );
+    assert!(
+        waited < IDLE + Duration::from_secs(4),
+        "{what}: closed only {waited:?} after the last response"
+    );
+}
+
+/// Read one HTTP/1.1 response with a `Content-Length` from `r`, leaving the connection open.
+async fn read_h1_response<R: AsyncReadExt + Unpin>(r: &mut R) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map(|v| v.trim().parse().unwrap())
+                    .expect("a Content-Length");
+                if out.len() >= end + 4 + len {
+                    return;
+                }
+            }
+            let n = r.read(&mut buf).await.unwrap();
+            assert_ne!(n, 0, "connection closed mid-response");
+            out.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("a whole response within 10 s");
+    out
+}
+
+/// An h2 connection made with the `h2` crate: the request handle and the connection task, which
+/// ends when the connection does. The crate answers the server's PINGs, as any live client does.
+async fn h2_connect(
+    gw: &TestGateway,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tls = gw
+        .tls_connect(gw.tls_config(&[b"h2"], rustls::ALL_VERSIONS))
+        .await
+        .expect("TLS connect");
+    let (send, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
+    (send, tokio::spawn(conn))
+}
+
+/// `GET path` for the `h2` crate, with the test token and `extra` headers.
+fn h2_get(gw: &TestGateway, path: &str, extra: &[(&str, &str)]) -> http::Request<()> {
+    let mut req = http::Request::get(gw.url(path)).header(
+        http::header::AUTHORIZATION,
+        format!("Bearer {}", gw.token().expect("test token")),
+    );
+    for (name, value) in extra {
+        req = req.header(*name, *value);
+    }
+    req.body(()).unwrap()
+}
+
+/// Send `req` on `send` and read the whole response.
+async fn h2_fetch(
+    send: &h2::client::SendRequest<Bytes>,
+    req: http::Request<()>,
+) -> Result<(StatusCode, Vec<u8>), h2::Error> {
+    let mut send = send.clone().ready().await?;
+    let (resp, _) = send.send_request(req, true)?;
+    let resp = resp.await?;
+    let status = resp.status();
+    let mut body = resp.into_body();
+    let mut out = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        body.flow_control().release_capacity(chunk.len())?;
+        out.extend_from_slice(&chunk);
+    }
+    Ok((status, out))
+}
+
+#[tokio::test]
+async fn idle_h1_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let _guard = RSS.read().await;
+    let (gw, _dir) = gateway(idle_limits()).await;
+    let mut tls = gw
+        .tls_connect(gw.tls_config(&[b"http/1.1"], rustls::ALL_VERSIONS))
+        .await
+        .unwrap();
+    let req = format!(
+        "GET /o/local/hello.txt HTTP/1.1\r\nHost: gw\r\n{}\r\n",
+        gw.auth_line()
+    );
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let resp = read_h1_response(&mut tls).await;
+    assert_eq!(status_line(&resp), "HTTP/1.1 200 OK");
+    assert!(
+        resp.ends_with(HELLO),
+        "{:?}",
+        String::from_utf8_lossy(&resp)
+    );
+    let idle_since = Instant::now();
+    let (bytes, closed) = read_until_closed(&mut tls, IDLE + Duration::from_secs(9)).await;
+    let waited = idle_since.elapsed();
+    assert!(closed, "idle h1 connection still open after {waited:?}");
+    assert!(
+        bytes.is_empty(),
+        "server sent {bytes:?} on an idle connection"
+    );
+    assert_closed_at_the_idle_timeout(waited, "h1");
+}
+
+#[tokio::test]
+async fn idle_h2_connection_of_a_live_client_is_closed_after_the_idle_timeout() {
+    let _guard = RSS.read().await;
+    let (gw, _dir) = gateway(idle_limits()).await;
+    let (send, conn) = h2_connect(&gw).await;
+    let (status, body) = h2_fetch(&send, h2_get(&gw, "/o/local/hello.txt", &[]))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, HELLO);
+    let idle_since = Instant::now();
+    // `send` stays alive meanwhile: once every handle is dropped the h2 client closes the
+    // connection itself. The connection task answers any PING, so a gateway that kept the
+    // connection alive with pings would hold it open (and a max_connections slot) forever.
+    let ended = tokio::time::timeout(IDLE + Duration::from_secs(9), conn).await;
+    let waited = idle_since.elapsed();
+    assert!(
+        ended.is_ok(),
+        "idle h2 connection still open after {waited:?}"
+    );
+    assert_closed_at_the_idle_timeout(waited, "h2");
+    drop(send);
+}
+
+/// How fast the slow downloads read, and for how long: several idle timeouts, at a pace that
+/// keeps the gateway blocked on the client nearly all the time.
+const SLOW_RATE: u64 = 512 << 10;
+const SLOW_FOR: Duration = Duration::from_secs(3);
+
+/// Sleep until `total` bytes are due at [`SLOW_RATE`] since `started`.
+async fn pace(started: Instant, total: u64) {
+    let due = Duration::from_micros(total * 1_000_000 / SLOW_RATE);
+    tokio::time::sleep_until((started + due).into()).await;
+}
+
+/// A TLS connection whose socket has a small receive buffer: with the kernel's autotuned one
+/// (up to 32 MiB), a client could keep reading long after the gateway closed the connection.
+async fn small_buffer_tls_connect(
+    gw: &TestGateway,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let tcp = socket.connect(gw.data_addr()).await.unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(gw.data_addr().ip().into());
+    tokio_rustls::TlsConnector::from(gw.tls_config(&[alpn], rustls::ALL_VERSIONS))
+        .connect(name, tcp)
+        .await
+        .expect("TLS connect")
+}
+
+/// Read `/o/local/huge.bin` over HTTP/1.1 at [`SLOW_RATE`] for [`SLOW_FOR`]; the bytes read,
+/// and the connection, still open.
+async fn slow_h1_download(gw: &TestGateway) -> (u64, tokio_rustls::client::TlsStream<TcpStream>) {
+    let mut tls = small_buffer_tls_connect(gw, b"http/1.1").await;
+    let req = format!(
+        "GET /o/local/huge.bin HTTP/1.1\r\nHost: gw\r\n{}\r\n",
+        gw.auth_line()
+    );
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut total = 0u64;
+    let mut first = true;
+    while started.elapsed() < SLOW_FOR {
+        let n = match tls.read(&mut buf).await {
+            Ok(0) => panic!(
+                "h1 download cut {:?} in, after {total} bytes",
+                started.elapsed()
+            ),
+            Err(e) => panic!(
+                "h1 download cut {:?} in, after {total} bytes: {e}",
+                started.elapsed()
+            ),
+            Ok(n) => n,
+        };
+        if first {
+            assert_eq!(status_line(&buf[..n]), "HTTP/1.1 200 OK");
+            first = false;
+        }
+        total += n as u64;
+        pace(started, total).await;
+    }
+    (total, tls)
+}
+
+/// Read `/o/local/huge.bin` over h2 at [`SLOW_RATE`] for [`SLOW_FOR`]; the bytes read, and the
+/// response body, still open.
+async fn slow_h2_download(
+    gw: &TestGateway,
+) -> (u64, (h2::client::SendRequest<Bytes>, h2::RecvStream)) {
+    let tls = small_buffer_tls_connect(gw, b"h2").await;
+    let (send, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let (resp, _) = send
+        .send_request(h2_get(gw, "/o/local/huge.bin", &[]), true)
+        .unwrap();
+    let started = Instant::now();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut total = 0u64;
+    while started.elapsed() < SLOW_FOR {
+        let chunk = match body.data().await {
+            Some(Ok(chunk)) => chunk,
+            Some(Err(e)) => panic!(
+                "h2 download cut {:?} in, after {total} bytes: {e}",
+                started.elapsed()
+            ),
+            None => panic!(
+                "h2 download ended {:?} in, after {total} bytes",
+                started.elapsed()
+            ),
+        };
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+        total += chunk.len() as u64;
+        pace(started, total).await;
+    }
+    (total, (send, body))
+}
+
+#[tokio::test]
+async fn steady_slow_download_outlasting_the_idle_timeout_is_not_cut() {
+    let _guard = RSS.read().await;
+    const SIZE: u64 = 256 << 20;
+    let (gw, dir) = gateway(idle_limits()).await;
+    // Sparse: far more than the downloads read, at no disk cost.
+    std::fs::File::create(dir.path().join("huge.bin"))
+        .unwrap()
+        .set_len(SIZE)
+        .unwrap();
+    let ((h1, _h1_conn), (h2, _h2_conn)) =
+        tokio::join!(slow_h1_download(&gw), slow_h2_download(&gw));
+    // Whether the gateway still holds both connections: bytes already in socket buffers could
+    // hide a cut from the client for a while.
+    assert_eq!(
+        gw.gateway().metrics().open_connections.get(),
+        2,
+        "a download outlasting the idle timeout was cut"
+    );
+    for (proto, read) in [("h1", h1), ("h2", h2)] {
+        // Still mid-object when the reader stopped: slow all along, and steady.
+        let expected = SLOW_RATE * SLOW_FOR.as_secs();
+        assert!(
+            read >= expected / 2 && read <= expected * 2 && read < SIZE,
+            "{proto}: read {read} bytes in {SLOW_FOR:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn client_that_stops_reading_mid_download_is_closed_after_the_idle_timeout() {
+    let _guard = RSS.read().await;
+    let (gw, dir) = gateway(idle_limits()).await;
+    std::fs::File::create(dir.path().join("huge.bin"))
+        .unwrap()
+        .set_len(256 << 20)
+        .unwrap();
+    // h1: the response starts, then the client reads no more.
+    let mut h1 = small_buffer_tls_connect(&gw, b"http/1.1").await;
+    let req = format!(
+        "GET /o/local/huge.bin HTTP/1.1\r\nHost: gw\r\n{}\r\n",
+        gw.auth_line()
+    );
+    h1.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 1024];
+    let n = h1.read(&mut buf).await.unwrap();
+    assert_eq!(status_line(&buf[..n]), "HTTP/1.1 200 OK");
+    // h2: the same; the connection task keeps running and would answer any PING.
+    let tls = small_buffer_tls_connect(&gw, b"h2").await;
+    let (send, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let (resp, _) = send
+        .send_request(h2_get(&gw, "/o/local/huge.bin", &[]), true)
+        .unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    assert!(!body.data().await.unwrap().unwrap().is_empty());
+    let stalled_since = Instant::now();
+    let metrics = gw.gateway().metrics();
+    assert_eq!(metrics.open_connections.get(), 2);
+    support::eventually(
+        "both stalled connections closed",
+        100,
+        Duration::from_millis(50),
+        || async { (metrics.open_connections.get() == 0).then_some(()) },
+    )
+    .await;
+    assert_closed_at_the_idle_timeout(stalled_since.elapsed(), "stalled readers");
+    drop((h1, send, body));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Header and h2 limits set below hyper's defaults, so only our settings can refuse
+// ---------------------------------------------------------------------------------------------
+
+/// An HTTP/1.1 GET of hello.txt with the test token, `Connection: close`, and `extra` header
+/// lines (each ending in CRLF).
+fn h1_hello_with(gw: &TestGateway, extra: &str) -> String {
+    format!(
+        "GET /o/local/hello.txt HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n{}{extra}\r\n",
+        gw.auth_line()
+    )
+}
+
+#[tokio::test]
+async fn h1_header_count_and_size_limits_below_hypers_defaults_are_enforced() {
+    let _guard = RSS.read().await;
+    // hyper's own limits are 100 headers and a ~400 KiB buffer. 8 KiB is the smallest head
+    // limit hyper takes (`max_buf_size` refuses less; a smaller `max_header_bytes` acts as 8 KiB).
+    const MAX_HEADERS: usize = 20;
+    const MAX_HEAD: usize = 8192;
+    let (gw, _dir) = gateway(bucketgate::config::Limits {
+        max_headers: MAX_HEADERS,
+        max_header_bytes: MAX_HEAD,
+        ..test_limits()
+    })
+    .await;
+    // Host, Connection and Authorization, plus padding headers up to the count.
+    let padding = |n: usize| -> String { (0..n).map(|i| format!("x-pad-{i}: v\r\n")).collect() };
+    let at_limit = h1_hello_with(&gw, &padding(MAX_HEADERS - 3));
+    assert_eq!(at_limit.matches("\r\n").count() - 2, MAX_HEADERS);
+    let resp = h1_exchange(&gw, at_limit.as_bytes()).await;
+    assert_eq!(
+        status_line(&resp),
+        "HTTP/1.1 200 OK",
+        "{MAX_HEADERS} headers"
+    );
+    assert!(resp.ends_with(HELLO));
+    let resp = h1_exchange(
+        &gw,
+        h1_hello_with(&gw, &padding(MAX_HEADERS - 2)).as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        status_line(&resp),
+        "HTTP/1.1 431 Request Header Fields Too Large",
+        "{} headers",
+        MAX_HEADERS + 1
+    );
+
+    // The head (request line, headers, blank line) of exactly `len` bytes.
+    let head_of = |len: usize| -> String {
+        let base = h1_hello_with(&gw, "x-big: \r\n").len();
+        h1_hello_with(&gw, &format!("x-big: {}\r\n", "v".repeat(len - base)))
+    };
+    let resp = h1_exchange(&gw, head_of(MAX_HEAD).as_bytes()).await;
+    assert_eq!(
+        status_line(&resp),
+        "HTTP/1.1 200 OK",
+        "{MAX_HEAD}-byte head"
+    );
+    let resp = h1_exchange(&gw, head_of(MAX_HEAD + 1).as_bytes()).await;
+    assert_eq!(
+        status_line(&resp),
+        "HTTP/1.1 431 Request Header Fields Too Large",
+        "{}-byte head",
+        MAX_HEAD + 1
+    );
+    assert_serves(&gw, "after refused heads").await;
+}
+
+#[tokio::test]
+async fn h2_header_list_size_limit_below_hypers_default_is_enforced() {
+    let _guard = RSS.read().await;
+    // hyper's default is 16 KiB.
+    const MAX: u32 = 4096;
+    let (gw, _dir) = gateway(bucketgate::config::Limits {
+        h2_max_header_list_bytes: MAX,
+        ..test_limits()
+    })
+    .await;
+    // h2 sizes a header list as name + value + 32 bytes per field, pseudo-headers included, and
+    // refuses a list that reaches the limit. `x-pad` fills the list up to `size` bytes.
+    let path = "/o/local/hello.txt";
+    let field = |name: &str, value: &str| name.len() + value.len() + 32;
+    let authorization = format!("Bearer {}", gw.token().unwrap());
+    let base = field(":method", "GET")
+        + field(":scheme", "https")
+        + field(":authority", &gw.data_addr().to_string())
+        + field(":path", path)
+        + field("authorization", &authorization)
+        + field("x-pad", "");
+    let pad_to = |size: u32| "p".repeat(size as usize - base);
+    let (send, _conn) = h2_connect(&gw).await;
+
+    let under = pad_to(MAX - 1);
+    let (status, body) = h2_fetch(&send, h2_get(&gw, path, &[("x-pad", &under)]))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{} bytes of header list", MAX - 1);
+    assert_eq!(body, HELLO);
+    // At the limit, h2 itself answers 431 (the handler never sees the request).
+    let at = pad_to(MAX);
+    let (status, body) = h2_fetch(&send, h2_get(&gw, path, &[("x-pad", &at)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        status,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "{MAX} bytes of header list"
+    );
+    assert!(body.is_empty());
+    // Only that stream was refused: the connection still serves.
+    let (status, _) = h2_fetch(&send, h2_get(&gw, path, &[])).await.unwrap();
+    assert_eq!(status, StatusCode::OK, "after the 431");
+}
+
+/// A hand-written h2 client, for what a well-behaved client (such as the `h2` crate, which obeys
+/// the server's SETTINGS) never sends. Header blocks use only the static table and literals that
+/// are not indexed, so there is no HPACK state to keep.
+mod raw_h2 {
+    pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    pub const HEADERS: u8 = 0x1;
+    pub const RST_STREAM: u8 = 0x3;
+    pub const SETTINGS: u8 = 0x4;
+    pub const GOAWAY: u8 = 0x7;
+    pub const ACK: u8 = 0x1;
+    pub const END_STREAM_END_HEADERS: u8 = 0x1 | 0x4;
+    pub const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
+    pub const PROTOCOL_ERROR: u32 = 0x1;
+    pub const REFUSED_STREAM: u32 = 0x7;
+    pub const CANCEL: u32 = 0x8;
+    pub const ENHANCE_YOUR_CALM: u32 = 0xb;
+    /// The HPACK byte for `:status: 200` (static table entry 8), first in a 200 response.
+    pub const STATUS_200: u8 = 0x88;
+
+    #[derive(Debug)]
+    pub struct Frame {
+        pub kind: u8,
+        pub flags: u8,
+        pub stream: u32,
+        pub payload: Vec<u8>,
+    }
+
+    impl Frame {
+        /// The error code of a RST_STREAM or GOAWAY frame.
+        pub fn error_code(&self) -> u32 {
+            let at = if self.kind == GOAWAY { 4 } else { 0 };
+            u32::from_be_bytes(self.payload[at..at + 4].try_into().unwrap())
+        }
+
+        /// The debug data of a GOAWAY frame.
+        pub fn debug_data(&self) -> String {
+            String::from_utf8_lossy(&self.payload[8..]).into_owned()
+        }
+    }
+
+    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len()).unwrap();
+        let mut out = len.to_be_bytes()[1..].to_vec();
+        out.extend_from_slice(&[kind, flags]);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    pub fn settings(params: &[(u16, u32)]) -> Vec<u8> {
+        let payload: Vec<u8> = params
+            .iter()
+            .flat_map(|(id, value)| [id.to_be_bytes().to_vec(), value.to_be_bytes().to_vec()])
+            .flatten()
+            .collect();
+        frame(SETTINGS, 0, 0, &payload)
+    }
+
+    pub fn rst_stream(stream: u32, code: u32) -> Vec<u8> {
+        frame(RST_STREAM, 0, stream, &code.to_be_bytes())
+    }
+
+    /// An HPACK integer with a `prefix_bits` prefix after the bits of `first` (RFC 7541 5.1).
+    fn integer(out: &mut Vec<u8>, first: u8, prefix_bits: u32, value: usize) {
+        let max = (1usize << prefix_bits) - 1;
+        if value < max {
+            out.push(first | value as u8);
+            return;
+        }
+        out.push(first | max as u8);
+        let mut rest = value - max;
+        while rest >= 128 {
+            out.push((rest % 128) as u8 | 0x80);
+            rest /= 128;
+        }
+        out.push(rest as u8);
+    }
+
+    /// An HPACK string literal without Huffman coding.
+    fn string(out: &mut Vec<u8>, s: &str) {
+        integer(out, 0, 7, s.len());
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    /// HEADERS (END_STREAM, END_HEADERS) for `GET https://{authority}{path}` with `headers`.
+    pub fn get(stream: u32, authority: &str, path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+        // :method GET and :scheme https are static entries 2 and 7.
+        let mut block = vec![0x82, 0x87];
+        // :authority and :path: literals without indexing, names from static entries 1 and 4.
+        integer(&mut block, 0, 4, 1);
+        string(&mut block, authority);
+        integer(&mut block, 0, 4, 4);
+        string(&mut block, path);
+        for (name, value) in headers {
+            block.push(0);
+            string(&mut block, name);
+            string(&mut block, value);
+        }
+        frame(HEADERS, END_STREAM_END_HEADERS, stream, &block)
+    }
+}
+
+/// A raw h2 connection past the SETTINGS exchange: our preface and `settings` sent, the
+/// server's SETTINGS read and acknowledged.
+async fn raw_h2_connect(
+    gw: &TestGateway,
+    settings: &[(u16, u32)],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut tls = gw
+        .tls_connect(gw.tls_config(&[b"h2"], rustls::ALL_VERSIONS))
+        .await
+        .expect("TLS connect");
+    let mut hello = raw_h2::PREFACE.to_vec();
+    hello.extend(raw_h2::settings(settings));
+    tls.write_all(&hello).await.unwrap();
+    let (_, closed) = read_frames_until(&mut tls, |f| {
+        f.kind == raw_h2::SETTINGS && f.flags & raw_h2::ACK == 0
+    })
+    .await;
+    assert!(!closed, "closed before the server's SETTINGS");
+    tls.write_all(&raw_h2::frame(raw_h2::SETTINGS, raw_h2::ACK, 0, &[]))
+        .await
+        .unwrap();
+    tls
+}
+
+/// Read frames until `done` holds for one (the last returned) or the server closes the
+/// connection (then `true`). Panics after 10 s.
+async fn read_frames_until<R: AsyncReadExt + Unpin>(
+    r: &mut R,
+    mut done: impl FnMut(&raw_h2::Frame) -> bool,
+) -> (Vec<raw_h2::Frame>, bool) {
+    let mut frames = Vec::new();
+    let read = async {
+        loop {
+            let mut head = [0u8; 9];
+            if r.read_exact(&mut head).await.is_err() {
+                return true;
+            }
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            if r.read_exact(&mut payload).await.is_err() {
+                return true;
+            }
+            let frame = raw_h2::Frame {
+                kind: head[3],
+                flags: head[4],
+                stream: u32::from_be_bytes(head[5..9].try_into().unwrap()) & 0x7fff_ffff,
+                payload,
+            };
+            let stop = done(&frame);
+            frames.push(frame);
+            if stop {
+                return false;
+            }
+        }
+    };
+    let closed = tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .unwrap_or_else(|_| panic!("no end of frames within 10 s; read {frames:?}"));
+    (frames, closed)
+}
+
+#[tokio::test]
+async fn h2_advertises_max_concurrent_streams_and_refuses_one_more() {
+    let _guard = RSS.read().await;
+    // hyper's default is 200.
+    const MAX: u32 = 3;
+    let (gw, dir) = gateway(bucketgate::config::Limits {
+        h2_max_concurrent_streams: MAX,
+        ..test_limits()
+    })
+    .await;
+    std::fs::File::create(dir.path().join("big.bin"))
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+
+    // A well-behaved client learns the limit from the server's SETTINGS, which precede the first
+    // response.
+    let (send, _conn) = h2_connect(&gw).await;
+    let (status, _) = h2_fetch(&send, h2_get(&gw, "/o/local/hello.txt", &[]))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(send.current_max_send_streams(), MAX as usize);
+
+    // A client that ignores it opens one stream more. With an initial window of 0 the server can
+    // send response headers but no body, so the first streams stay open whatever the timing.
+    let mut tls = raw_h2_connect(&gw, &[(raw_h2::SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
+    let authority = gw.data_addr().to_string();
+    let authorization = format!("Bearer {}", gw.token().unwrap());
+    let streams: Vec<u32> = (0..=MAX).map(|i| 1 + 2 * i).collect();
+    let batch: Vec<u8> = streams
+        .iter()
+        .flat_map(|&id| {
+            raw_h2::get(
+                id,
+                &authority,
+                "/o/local/big.bin",
+                &[("authorization", &authorization)],
+            )
+        })
+        .collect();
+    tls.write_all(&batch).await.unwrap();
+    let (held, extra) = streams.split_at(MAX as usize);
+    let extra = extra[0];
+    let mut answered = 0;
+    let mut refused = false;
+    let (frames, closed) = read_frames_until(&mut tls, |f| {
+        answered += usize::from(f.kind == raw_h2::HEADERS && held.contains(&f.stream));
+        refused |= f.kind == raw_h2::RST_STREAM && f.stream == extra;
+        answered == held.len() && refused
+    })
+    .await;
+    assert!(!closed, "connection closed: {frames:?}");
+    for f in &frames {
+        match f.kind {
+            raw_h2::HEADERS => {
+                assert!(held.contains(&f.stream), "{f:?}");
+                assert_eq!(f.payload.first(), Some(&raw_h2::STATUS_200), "{f:?}");
+            }
+            raw_h2::RST_STREAM => {
+                assert_eq!(f.stream, extra, "reset of a stream within the limit: {f:?}");
+                assert_eq!(f.error_code(), raw_h2::REFUSED_STREAM, "{f:?}");
+            }
+            raw_h2::GOAWAY => panic!("GOAWAY: {f:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// HEADERS then RST_STREAM(CANCEL) for `n` streams from `first` on: a rapid-reset burst.
+fn rapid_resets(first: u32, n: u32, authority: &str) -> Vec<u8> {
+    (0..n)
+        .flat_map(|i| {
+            let id = first + 2 * i;
+            let mut pair = raw_h2::get(id, authority, "/o/local/hello.txt", &[]);
+            pair.extend(raw_h2::rst_stream(id, raw_h2::CANCEL));
+            pair
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn h2_rapid_reset_past_the_pending_reset_limit_gets_goaway_while_another_client_is_served() {
+    let _guard = RSS.read().await;
+    // hyper's (h2's) default is 20.
+    const LIMIT: u32 = 5;
+    let (gw, _dir) = gateway(bucketgate::config::Limits {
+        h2_max_pending_reset_streams: LIMIT as usize,
+        ..test_limits()
+    })
+    .await;
+    let authority = gw.data_addr().to_string();
+    let authorization = format!("Bearer {}", gw.token().unwrap());
+    let hello = || h2_get(&gw, "/o/local/hello.txt", &[]);
+    // A well-behaved client on a connection of its own, served before and after the attack.
+    let (good, good_conn) = h2_connect(&gw).await;
+    assert_eq!(h2_fetch(&good, hello()).await.unwrap().0, StatusCode::OK);
+
+    // Why the counts below are exact: h2 counts a stream the client resets while it still waits
+    // in the accept queue (its HEADERS and RST_STREAM both read before hyper accepted it;
+    // `Recv::recv_reset`), and uncounts it when hyper accepts it. h2 reads every frame available
+    // before hyper takes the next stream from the queue (`server::Connection::poll_accept` polls
+    // the connection first), and each burst below is one write of under 16 KiB, so one TLS
+    // record that the server decrypts and reads whole. So the whole burst is counted before any
+    // accept: LIMIT resets are tolerated, LIMIT + 1 are not.
+    let mut tls = raw_h2_connect(&gw, &[]).await;
+    let mut burst = rapid_resets(1, LIMIT, &authority);
+    let next = 1 + 2 * LIMIT;
+    burst.extend(raw_h2::get(
+        next,
+        &authority,
+        "/o/local/hello.txt",
+        &[("authorization", &authorization)],
+    ));
+    assert!(burst.len() < 16 * 1024);
+    tls.write_all(&burst).await.unwrap();
+    let (frames, closed) =
+        read_frames_until(&mut tls, |f| f.kind == raw_h2::HEADERS && f.stream == next).await;
+    assert!(!closed, "{LIMIT} resets closed the connection: {frames:?}");
+    assert!(
+        frames.iter().all(|f| f.kind != raw_h2::GOAWAY),
+        "{LIMIT} resets: {frames:?}"
+    );
+    assert_eq!(
+        frames.last().unwrap().payload.first(),
+        Some(&raw_h2::STATUS_200),
+        "the request after {LIMIT} resets"
+    );
+
+    let mut tls = raw_h2_connect(&gw, &[]).await;
+    tls.write_all(&rapid_resets(1, LIMIT + 1, &authority))
+        .await
+        .unwrap();
+    let (frames, closed) = read_frames_until(&mut tls, |f| f.kind == raw_h2::GOAWAY).await;
+    assert!(!closed, "closed without a GOAWAY: {frames:?}");
+    let goaway = frames.last().unwrap();
+    assert_eq!(goaway.error_code(), raw_h2::ENHANCE_YOUR_CALM, "{goaway:?}");
+    assert_eq!(goaway.debug_data(), "too_many_resets");
+    let (frames, closed) = read_frames_until(&mut tls, |_| false).await;
+    assert!(closed, "still open after the GOAWAY: {frames:?}");
+
+    // The well-behaved client's connection was never touched.
+    assert_eq!(h2_fetch(&good, hello()).await.unwrap().0, StatusCode::OK);
+    assert!(!good_conn.is_finished());
+}
+
+#[tokio::test]
+async fn h2_malformed_streams_past_the_local_error_reset_limit_get_goaway() {
+    let _guard = RSS.read().await;
+    // hyper's default is 1024.
+    const LIMIT: u32 = 3;
+    let (gw, _dir) = gateway(bucketgate::config::Limits {
+        h2_max_local_error_reset_streams: LIMIT as usize,
+        ..test_limits()
+    })
+    .await;
+    let authority = gw.data_addr().to_string();
+    let authorization = format!("Bearer {}", gw.token().unwrap());
+    // A connection-specific header makes a request malformed in h2 (RFC 9113 8.2.2); h2 resets
+    // such a stream with PROTOCOL_ERROR itself, and each such reset counts toward the limit.
+    let malformed = |id: u32| {
+        raw_h2::get(
+            id,
+            &authority,
+            "/o/local/hello.txt",
+            &[("connection", "close")],
+        )
+    };
+    let mut tls = raw_h2_connect(&gw, &[]).await;
+    let bad: Vec<u32> = (0..LIMIT).map(|i| 1 + 2 * i).collect();
+    let mut burst: Vec<u8> = bad.iter().flat_map(|&id| malformed(id)).collect();
+    let next = 1 + 2 * LIMIT;
+    burst.extend(raw_h2::get(
+        next,
+        &authority,
+        "/o/local/hello.txt",
+        &[("authorization", &authorization)],
+    ));
+    tls.write_all(&burst).await.unwrap();
+    let (frames, closed) =
+        read_frames_until(&mut tls, |f| f.kind == raw_h2::HEADERS && f.stream == next).await;
+    assert!(
+        !closed,
+        "{LIMIT} malformed streams closed the connection: {frames:?}"
+    );
+    let reset: Vec<u32> = frames
+        .iter()
+        .filter(|f| f.kind == raw_h2::RST_STREAM && f.error_code() == raw_h2::PROTOCOL_ERROR)
+        .map(|f| f.stream)
+        .collect();
+    assert_eq!(reset, bad, "{frames:?}");
+    assert!(
+        frames.iter().all(|f| f.kind != raw_h2::GOAWAY),
+        "{frames:?}"
+    );
+    assert_eq!(
+        frames.last().unwrap().payload.first(),
+        Some(&raw_h2::STATUS_200),
+        "the request after {LIMIT} malformed ones"
+    );
+
+    tls.write_all(&malformed(next + 2)).await.unwrap();
+    let (frames, closed) = read_frames_until(&mut tls, |f| f.kind == raw_h2::GOAWAY).await;
+    assert!(!closed, "closed without a GOAWAY: {frames:?}");
+    let goaway = frames.last().unwrap();
+    assert_eq!(goaway.error_code(), raw_h2::ENHANCE_YOUR_CALM, "{goaway:?}");
+    assert_eq!(goaway.debug_data(), "too_many_internal_resets");
+    let (frames, closed) = read_frames_until(&mut tls, |_| false).await;
+    assert!(closed, "still open after the GOAWAY: {frames:?}");
+    assert_serves(&gw, "after a connection went away for malformed streams").await;
 }

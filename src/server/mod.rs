@@ -38,6 +38,14 @@ use crate::pipeline::respond::ResponseBody;
 use crate::pipeline::{ConnInfo, Pipeline};
 use crate::telemetry::Metrics;
 
+/// The most a connection's kernel send buffer holds that is not yet sent (`TCP_NOTSENT_LOWAT`).
+/// Without it Linux grows the buffer to megabytes and reports a socket writable again only once a
+/// third of that has drained, so a client reading slowly but steadily showed no write progress
+/// for longer than the idle timeout and was cut. With it our writes follow what the peer takes,
+/// in steps of at most this much; the data in flight, and so throughput, is not limited.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const UNSENT_LOWAT_BYTES: u32 = 128 * 1024;
+
 /// Something that answers requests: the data pipeline, or the admin router.
 pub trait Handler: Send + Sync + 'static {
     fn call(
@@ -126,6 +134,8 @@ pub async fn serve<H: Handler>(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
+                #[cfg(any(target_os = "linux", target_os = "android"))]
+                let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(UNSENT_LOWAT_BYTES);
                 let conn = ConnInfo::direct(peer);
                 let watcher = graceful.watcher();
                 let handler = Arc::clone(&handler);
@@ -241,9 +251,11 @@ async fn serve_connection<IO, H>(
         .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
         // h2 buffers this much per stream before it stops pulling the body: keep a slow reader
         // from parking hundreds of KiB in the gateway (hyper's default is 400 KiB).
-        .max_send_buf_size(H2_SEND_BUFFER_BYTES)
-        .keep_alive_interval(Some(limits.idle_timeout / 2))
-        .keep_alive_timeout(limits.idle_timeout / 2);
+        .max_send_buf_size(H2_SEND_BUFFER_BYTES);
+    // No h2 keep-alive PINGs: hyper's server pings even with no stream open, and the PING and
+    // its ACK are bytes that `IdleIo` counts, so an idle h2 connection from a live client would
+    // never time out. `IdleIo` catches a dead peer without them: a peer that neither sends nor
+    // reads makes no read progress and stalls our writes, and a stalled write counts as nothing.
     let connection = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
     tokio::pin!(connection);
     let idle = limits.idle_timeout;
