@@ -32,7 +32,11 @@ pub fn init_logging(format: LogFormat) {
             .flatten_event(true)
             .with_current_span(true)
             .try_init(),
-        LogFormat::Pretty => builder.compact().try_init(),
+        // Colour only on a terminal: escape codes in a file or a journal are noise.
+        LogFormat::Pretty => builder
+            .compact()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
     };
 }
 

@@ -372,7 +372,69 @@ kind = "fs"
 root = "data"
 "#,
     );
-    assert_at(&e, 6, "limits.max_header_bytes", "from 1 to 1048576");
+    assert_at(&e, 6, "limits.max_header_bytes", "from 8192 to 1048576");
+}
+
+#[test]
+fn config_max_header_bytes_below_hypers_floor_is_refused() {
+    let e = one_error(
+        r#"[listener]
+addr = "127.0.0.1:8443"
+dev_certificate_dir = ".bucketgate"
+
+[limits]
+max_header_bytes = 4096
+
+[sources.local]
+kind = "fs"
+root = "data"
+"#,
+    );
+    assert_at(&e, 6, "limits.max_header_bytes", "from 8192 to 1048576");
+}
+
+#[test]
+fn config_idle_timeout_shorter_than_the_backend_first_byte_timeout_is_refused() {
+    let e = one_error(
+        r#"[listener]
+addr = "127.0.0.1:8443"
+dev_certificate_dir = ".bucketgate"
+
+[limits]
+upstream_first_byte_timeout_secs = 30
+idle_timeout_secs = 20
+
+[sources.local]
+kind = "fs"
+root = "data"
+"#,
+    );
+    assert_at(
+        &e,
+        7,
+        "limits.idle_timeout_secs",
+        "upstream_first_byte_timeout_secs (30 s)",
+    );
+    // Only the first-byte timeout set, above the default idle timeout (60 s): reported there.
+    let e = one_error(
+        r#"[listener]
+addr = "127.0.0.1:8443"
+dev_certificate_dir = ".bucketgate"
+
+[limits]
+upstream_first_byte_timeout_secs = 120
+
+[sources.local]
+kind = "fs"
+root = "data"
+"#,
+    );
+    assert_at(
+        &e,
+        6,
+        "limits.upstream_first_byte_timeout_secs",
+        "idle_timeout_secs (60 s) is shorter",
+    );
 }
 
 #[test]

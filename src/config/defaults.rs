@@ -66,6 +66,8 @@ pub const HEADER_READ_TIMEOUT_SECS_MAX: u64 = 300;
 pub const IDLE_TIMEOUT_SECS_MAX: u64 = 3_600;
 pub const MAX_CONNECTIONS_MAX: u64 = 1_000_000;
 pub const MAX_HEADERS_MAX: u64 = 1_024;
+/// hyper refuses a smaller http/1.1 read buffer.
+pub const MAX_HEADER_BYTES_MIN: u64 = 8 * 1024;
 pub const MAX_HEADER_BYTES_MAX: u64 = 1024 * 1024;
 pub const H2_MAX_CONCURRENT_STREAMS_MAX: u64 = 10_000;
 pub const H2_MAX_HEADER_LIST_BYTES_MAX: u64 = 1024 * 1024;

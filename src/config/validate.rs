@@ -624,10 +624,13 @@ impl Checker<'_> {
             )),
             max_connections: limit!(max_connections, d::MAX_CONNECTIONS, d::MAX_CONNECTIONS_MAX),
             max_headers: limit!(max_headers, d::MAX_HEADERS, d::MAX_HEADERS_MAX),
-            max_header_bytes: limit!(
-                max_header_bytes,
+            // hyper's http/1.1 read buffer cannot be smaller than 8 KiB.
+            max_header_bytes: self.limit(
+                &r.max_header_bytes,
+                "max_header_bytes",
                 d::MAX_HEADER_BYTES,
-                d::MAX_HEADER_BYTES_MAX
+                d::MAX_HEADER_BYTES_MIN,
+                d::MAX_HEADER_BYTES_MAX,
             ),
             h2_max_concurrent_streams: limit!(
                 h2_max_concurrent_streams,
@@ -678,6 +681,29 @@ impl Checker<'_> {
                 d::UPSTREAM_MAX_RETRIES_MAX,
             ),
         };
+        // A request waiting for its backend moves no bytes on the client connection: an idle
+        // timeout shorter than the backend's first-byte timeout would cut it first.
+        // Reported at whichever of the two keys the file sets (the idle timeout if both).
+        let set = match (&r.idle_timeout_secs, &r.upstream_first_byte_timeout_secs) {
+            (Some(raw), _) => Some((raw.span(), "limits.idle_timeout_secs")),
+            (None, Some(raw)) => Some((raw.span(), "limits.upstream_first_byte_timeout_secs")),
+            (None, None) => None,
+        };
+        if let Some((span, key)) = set
+            && limits.idle_timeout < limits.upstream_first_byte_timeout
+        {
+            self.push(
+                span,
+                key,
+                format!(
+                    "idle_timeout_secs ({} s) is shorter than upstream_first_byte_timeout_secs \
+                     ({} s): a request waiting for a slow backend would be cut as idle; raise \
+                     the first or lower the second",
+                    limits.idle_timeout.as_secs(),
+                    limits.upstream_first_byte_timeout.as_secs()
+                ),
+            );
+        }
         (self.errors.len() == before).then_some(limits)
     }
 
