@@ -676,10 +676,24 @@ async fn log_format_json_writes_only_json_lines_and_request_events_carry_the_x_r
         .unwrap()
         .to_owned();
     assert_ne!(ok_id, denied_id);
+    assert_eq!(denied.version(), reqwest::Version::HTTP_2);
+    let denied_h1 = self::client(&root.join("tls/cert.pem"), true)
+        .get(&url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied_h1.status(), 401);
+    assert_eq!(denied_h1.version(), reqwest::Version::HTTP_11);
+    let denied_h1_id = denied_h1.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
 
-    gw.wait_line(Pipe::Stderr, "the refused request's log event", |l| {
-        l.contains("request refused") && l.contains(&denied_id)
-    });
+    for id in [&denied_id, &denied_h1_id] {
+        gw.wait_line(Pipe::Stderr, "the refused request's log event", |l| {
+            l.contains("request refused") && l.contains(id.as_str())
+        });
+    }
     for id in [&ok_id, &denied_id] {
         gw.wait_line(Pipe::Stdout, "the audit record", |l| {
             l.contains(id.as_str())
@@ -706,6 +720,24 @@ async fn log_format_json_writes_only_json_lines_and_request_events_carry_the_x_r
         denied_id.as_str(),
         "{refused}"
     );
+    // Over h2 and http/1.1 alike, the request span sits inside its connection's span.
+    for id in [&denied_id, &denied_h1_id] {
+        let event = events
+            .iter()
+            .find(|e| e["message"] == "request refused" && e["span"]["request_id"] == id.as_str())
+            .unwrap_or_else(|| panic!("no event for {id}\n{}", gw.transcript()));
+        let spans = event["spans"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{event}"));
+        let names: Vec<&str> = spans.iter().filter_map(|s| s["name"].as_str()).collect();
+        assert_eq!(names, ["conn", "request"], "{event}");
+        assert!(
+            spans[0]["peer"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("127.0.0.1:")),
+            "{event}"
+        );
+    }
 
     // The audit log (stdout) is JSON whatever the log format, one record per request.
     let record = audit_record(&gw.stdout, &ok_id);

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -45,6 +45,21 @@ use crate::telemetry::Metrics;
 /// in steps of at most this much; the data in flight, and so throughput, is not limited.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 const UNSENT_LOWAT_BYTES: u32 = 128 * 1024;
+
+/// Spawns hyper's per-stream h2 tasks inside the span current at the spawn, the connection's:
+/// hyper-util's `TokioExecutor` spawns them detached, so h2 request events had no connection.
+#[derive(Clone, Copy)]
+struct InSpanExecutor;
+
+impl<F> hyper::rt::Executor<F> for InSpanExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(fut.in_current_span());
+    }
+}
 
 /// Something that answers requests: the data pipeline, or the admin router.
 pub trait Handler: Send + Sync + 'static {
@@ -142,7 +157,8 @@ pub async fn serve<H: Handler>(
                 let metrics = Arc::clone(&metrics);
                 let limits = limits.clone();
                 let tls = tls.clone();
-                let span = tracing::debug_span!("conn", %peer);
+                // Info level, so that every request event (h1 and h2 alike) names its connection.
+                let span = tracing::info_span!("conn", %peer);
                 conns.spawn(async move {
                     let _permit = permit;
                     let _ip_slot = ip_slot;
@@ -233,7 +249,7 @@ async fn serve_connection<IO, H>(
         let handler = Arc::clone(&handler);
         async move { Ok::<_, Infallible>(handler.call(req, conn).await) }
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(InSpanExecutor);
     builder
         .http1()
         .timer(TokioTimer::new())
