@@ -482,37 +482,41 @@ async fn slow_reader_of_a_large_object_keeps_gateway_memory_bounded() {
         .unwrap()
         .set_len(SIZE)
         .unwrap();
-    let client = gw.h1_client();
-    let baseline = support::vm_rss_bytes();
-    let mut resp = client
-        .get(gw.url("/o/local/huge.bin"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    assert_eq!(resp.content_length(), Some(SIZE));
-    let mut read = 0u64;
-    let mut peak = baseline;
-    // About 2 s of a slow reader: long enough for a gateway that ignored backpressure to pull
-    // far more than LIMIT from the sparse file.
-    for _ in 0..80 {
-        let chunk = resp.chunk().await.unwrap().expect("more body");
-        read += chunk.len() as u64;
-        peak = peak.max(support::vm_rss_bytes());
-        tokio::time::sleep(Duration::from_millis(25)).await;
+    // Over http/1.1 and h2: each has its own flow control between the body and the socket.
+    for proto in Proto::BOTH {
+        let client = gw.client_for(proto);
+        let baseline = support::vm_rss_bytes();
+        let mut resp = client
+            .get(gw.url("/o/local/huge.bin"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.version(), proto.version());
+        assert_eq!(resp.content_length(), Some(SIZE));
+        let mut read = 0u64;
+        let mut peak = baseline;
+        // About 2 s of a slow reader: long enough for a gateway that ignored backpressure to pull
+        // far more than LIMIT from the sparse file.
+        for _ in 0..80 {
+            let chunk = resp.chunk().await.unwrap().expect("more body");
+            read += chunk.len() as u64;
+            peak = peak.max(support::vm_rss_bytes());
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(
+            read < SIZE / 4,
+            "{proto:?}: the reader was not slow: read {read} bytes"
+        );
+        let grown = peak.saturating_sub(baseline);
+        assert!(
+            grown < LIMIT,
+            "{proto:?}: RSS grew by {} MiB while a slow client read {} KiB",
+            grown >> 20,
+            read >> 10
+        );
+        drop(resp);
     }
-    assert!(
-        read < SIZE / 4,
-        "the reader was not slow: read {read} bytes"
-    );
-    let grown = peak.saturating_sub(baseline);
-    assert!(
-        grown < LIMIT,
-        "RSS grew by {} MiB while a slow client read {} KiB",
-        grown >> 20,
-        read >> 10
-    );
-    drop(resp);
 }
 
 // ---------------------------------------------------------------------------------------------
