@@ -124,7 +124,7 @@ pub enum BackendError {
     #[error("object changed while being read")]
     Changed,
     /// Could not connect to the store, or the store answered with a server error.
-    #[error("store unreachable: {0}")]
+    #[error("store unreachable")]
     Unreachable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The store sent no response headers within the first-byte timeout.
     #[error("store did not answer within {0:?}")]
@@ -133,10 +133,10 @@ pub enum BackendError {
     #[error("store body stalled for {0:?}")]
     Stalled(std::time::Duration),
     /// The body ended early, or the connection broke mid-body.
-    #[error("store body broke off: {0}")]
+    #[error("store body broke off")]
     BodyBroken(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Local I/O failure (fs sources).
-    #[error("i/o error: {0}")]
+    #[error("i/o error")]
     Io(#[from] std::io::Error),
     /// The store answered something we cannot use (bad header, unexpected status).
     #[error("unusable answer from the store: {0}")]

@@ -182,9 +182,10 @@ impl DelegatedCredentials {
                 Ok(session.credentials)
             }
             Err(e) => {
+                // STS errors carry no secrets (see `sts.rs`): the whole chain is logged.
                 tracing::warn!(
                     role = %self.role.role_arn,
-                    error = %chain(&e),
+                    error = %crate::pipeline::ErrorChain(&e),
                     "delegated credentials: STS refresh failed"
                 );
                 state.failed_at = Some(answered);
@@ -194,18 +195,6 @@ impl DelegatedCredentials {
         self.attempts.fetch_add(1, Ordering::Release);
         outcome
     }
-}
-
-/// `error: cause: cause` for the log (STS errors carry no secrets, see `sts.rs`).
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        cur = e.source();
-    }
-    text
 }
 
 /// The delegated caches of a gateway, shared by its snapshots: a reload that keeps a source's

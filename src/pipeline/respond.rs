@@ -28,7 +28,7 @@ pub type ResponseBody = UnsyncBoxBody<Bytes, BodyError>;
 /// connection (http/1.1), so the client can tell the body is incomplete.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
-    #[error("upstream body failed: {0}")]
+    #[error("upstream body failed")]
     Upstream(#[source] BackendError),
     #[error("upstream body ended {missing} bytes early")]
     Truncated { missing: u64 },
