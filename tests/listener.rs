@@ -671,6 +671,16 @@ async fn idle_h2_connection_of_a_live_client_is_closed_after_the_idle_timeout() 
         "idle h2 connection still open after {waited:?}"
     );
     assert_closed_at_the_idle_timeout(waited, "h2");
+    // Closed with a GOAWAY (NO_ERROR), not dropped: the client knows no request was lost.
+    let err = send
+        .clone()
+        .ready()
+        .await
+        .expect_err("the connection is closed");
+    assert!(
+        err.is_go_away() && err.reason() == Some(h2::Reason::NO_ERROR),
+        "closed without a GOAWAY: {err:?}"
+    );
     drop(send);
 }
 

@@ -21,7 +21,6 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -60,6 +59,10 @@ where
         tokio::spawn(fut.in_current_span());
     }
 }
+
+/// After the idle timeout sends GOAWAY (or ends an http/1.1 keep-alive), the time the connection
+/// has to finish closing before it is dropped: a live client answers within a round trip.
+const IDLE_CLOSE_GRACE_MS: u64 = 1_000;
 
 /// Something that answers requests: the data pipeline, or the admin router.
 pub trait Handler: Send + Sync + 'static {
@@ -114,7 +117,6 @@ pub async fn serve<H: Handler>(
     per_ip: Option<Arc<per_ip::PerIpConnections>>,
     shutdown: CancellationToken,
 ) {
-    let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut conns = JoinSet::new();
     loop {
@@ -152,7 +154,7 @@ pub async fn serve<H: Handler>(
                 #[cfg(any(target_os = "linux", target_os = "android"))]
                 let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(UNSENT_LOWAT_BYTES);
                 let conn = ConnInfo::direct(peer);
-                let watcher = graceful.watcher();
+                let shutdown = shutdown.clone();
                 let handler = Arc::clone(&handler);
                 let metrics = Arc::clone(&metrics);
                 let limits = limits.clone();
@@ -173,7 +175,7 @@ pub async fn serve<H: Handler>(
                             let accept = acceptor.accept_with(stream, |tls| tls.set_buffer_limit(Some(TLS_SEND_BUFFER_BYTES)));
                             let handshake = tokio::time::timeout(limits.tls_handshake_timeout, accept).await;
                             match handshake {
-                                Ok(Ok(stream)) => serve_connection(stream, conn, handler, &limits, watcher).await,
+                                Ok(Ok(stream)) => serve_connection(stream, conn, handler, &limits, shutdown).await,
                                 Ok(Err(e)) => {
                                     metrics.tls_handshake_failures.inc();
                                     tracing::debug!(error = %e, "TLS handshake failed");
@@ -184,14 +186,16 @@ pub async fn serve<H: Handler>(
                                 }
                             }
                         }
-                        None => serve_connection(stream, conn, handler, &limits, watcher).await,
+                        None => serve_connection(stream, conn, handler, &limits, shutdown).await,
                     }
                 }.instrument(span));
             }
         }
     }
     drop(listener);
-    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+    // Every connection task saw `shutdown` and is closing gracefully; wait for them all.
+    let drained = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(limits.shutdown_grace, drained)
         .await
         .is_err()
     {
@@ -238,7 +242,7 @@ async fn serve_connection<IO, H>(
     conn: ConnInfo,
     handler: Arc<H>,
     limits: &Limits,
-    watcher: hyper_util::server::graceful::Watcher,
+    shutdown: CancellationToken,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Handler,
@@ -272,11 +276,17 @@ async fn serve_connection<IO, H>(
     // its ACK are bytes that `IdleIo` counts, so an idle h2 connection from a live client would
     // never time out. `IdleIo` catches a dead peer without them: a peer that neither sends nor
     // reads makes no read progress and stalls our writes, and a stalled write counts as nothing.
-    let connection = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
+    let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
     let idle = limits.idle_timeout;
+    // Shutdown and the idle timeout both close gracefully first: h2 sends GOAWAY, so a client
+    // knows which of its requests were not taken and can retry them elsewhere; http/1.1 closes
+    // after the response in flight. A connection that does not finish closing in time (its
+    // client stopped reading) is dropped.
+    let mut closing = false;
+    let mut give_up: Option<Instant> = None;
     loop {
-        let deadline = activity.last() + idle;
+        let wake = give_up.unwrap_or_else(|| activity.last() + idle);
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(e) = result {
@@ -284,10 +294,22 @@ async fn serve_connection<IO, H>(
                 }
                 return;
             }
-            () = tokio::time::sleep_until(deadline.into()) => {
+            () = shutdown.cancelled(), if !closing => {
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            () = tokio::time::sleep_until(wake.into()) => {
+                if give_up.is_some() {
+                    tracing::debug!("idle connection did not close after GOAWAY; dropping it");
+                    return;
+                }
                 if activity.last().elapsed() >= idle {
                     tracing::debug!(?idle, "closing idle connection");
-                    return;
+                    if !closing {
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    give_up = Some(Instant::now() + Duration::from_millis(IDLE_CLOSE_GRACE_MS));
                 }
             }
         }
