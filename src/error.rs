@@ -40,8 +40,8 @@ pub enum Error {
     CorsOriginNotAllowed,
     #[error("request body on a read-only route")]
     BodyNotAllowed,
-    /// An h2 stream or chunked body left open on a read-only route, neither ended nor fed.
-    #[error("request body on a read-only route did not end within the header read timeout")]
+    /// An h2 stream or chunked body left open on a read-only route, not ended in time.
+    #[error("request body on a read-only route did not end in time")]
     BodyTimeout,
     #[error("precondition failed")]
     PreconditionFailed,

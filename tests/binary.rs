@@ -653,8 +653,8 @@ async fn serve_without_config_serves_the_embedded_default_and_its_printed_curl_l
 // ---- log formats ----
 
 /// At the default `info` level a request writes nothing to stderr (its record goes to the audit
-/// log on stdout); `RUST_LOG=debug` adds the "request refused" event a 401 logs.
-const DEBUG: (&str, &str) = ("RUST_LOG", "debug");
+/// log on stdout); `RUST_LOG=bucketgate=debug` adds the "request refused" event a 401 logs.
+const DEBUG: (&str, &str) = ("RUST_LOG", "bucketgate=debug");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_format_json_writes_only_json_lines_and_request_events_carry_the_x_request_id() {

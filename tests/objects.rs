@@ -541,6 +541,15 @@ async fn undeclared_body_is_judged_by_its_bytes(kind: Kind) {
         );
         assert!(one_byte.headers().get("etag").is_none());
     }
+    // An open body is waited for only after authorization: a request without a token whose
+    // stream never ends is a 401 at once, not a 408 after the wait.
+    let anon = bed.gw.anon_client_builder().build().unwrap();
+    let never_ends = reqwest::Body::wrap_stream(futures_util::stream::pending::<
+        Result<Bytes, std::io::Error>,
+    >());
+    let resp = anon.get(&url).body(never_ends).send().await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{kind:?}");
 }
 
 async fn missing_key_is_404_with_json_error(kind: Kind) {

@@ -135,6 +135,9 @@ pub const SAML_LOGIN_COOKIE_SECS: u64 = 600;
 pub const SAML_ACS_MAX_BODY_BYTES: usize = 800 * 1024;
 /// Time a client has to send the ACS form body.
 pub const SAML_ACS_BODY_TIMEOUT_SECS: u64 = 10;
+/// A GET or HEAD whose framing leaves the body open (an h2 stream without END_STREAM, a chunked
+/// http/1.1 GET) has this long to end it, empty, before the request is refused with 408.
+pub const EMPTY_BODY_WAIT_SECS: u64 = 2;
 /// Longest `return_to` / RelayState kept; longer ones land on `/`.
 pub const SAML_RETURN_TO_MAX_BYTES: usize = 2048;
 

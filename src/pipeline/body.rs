@@ -5,8 +5,10 @@
 //! there is no body framing at all on http/1.1, or `Content-Length: 0`. Some clients and proxies
 //! leave an h2 stream open and end it with an empty DATA frame, or send a GET with
 //! `Transfer-Encoding: chunked` and a lone last chunk. Those bodies are empty too, but only
-//! reading them shows it, so they are read to the end, within a deadline; one data byte refuses
-//! the request.
+//! reading them shows it, so they are read to the end, within a short deadline and a few frames;
+//! one data byte refuses the request. The object route reads them only after authorization and
+//! the rate limits ([`framing`] first, [`read_to_end_empty`] later), so that an anonymous client
+//! cannot park streams here.
 
 use std::time::Duration;
 
@@ -25,20 +27,32 @@ pub enum NotEmpty {
     Broken,
 }
 
-/// `Ok` when `body` carries no data bytes. Answers at once for a body whose framing says empty
-/// or non-empty; reads the rest (discarding empty frames and trailers) within `within`.
-pub async fn expect_empty<B: Body>(body: B, within: Duration) -> Result<(), NotEmpty> {
+/// Empty frames (and trailers) tolerated before a body that should be empty counts as data: a
+/// flood of empty DATA frames would otherwise wake the request task once per frame.
+const MAX_EMPTY_FRAMES: usize = 4;
+
+/// What the framing alone says: `Ok(None)` no body, `Err(Data)` a declared length above zero,
+/// `Ok(Some(body))` unknown until read (hand it to [`read_to_end_empty`]).
+pub fn framing<B: Body>(body: B) -> Result<Option<B>, NotEmpty> {
     if body.is_end_stream() {
-        return Ok(());
+        Ok(None)
+    } else if body.size_hint().lower() > 0 {
+        Err(NotEmpty::Data)
+    } else {
+        Ok(Some(body))
     }
-    if body.size_hint().lower() > 0 {
-        return Err(NotEmpty::Data);
-    }
+}
+
+/// Read `body` to its end within `within`: `Ok` if no frame carried a data byte and there were
+/// at most [`MAX_EMPTY_FRAMES`] frames.
+pub async fn read_to_end_empty<B: Body>(body: B, within: Duration) -> Result<(), NotEmpty> {
     let read = async {
         let mut body = std::pin::pin!(body);
+        let mut frames = 0usize;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|_| NotEmpty::Broken)?;
-            if frame.data_ref().is_some_and(|data| data.has_remaining()) {
+            frames += 1;
+            if frames > MAX_EMPTY_FRAMES || frame.data_ref().is_some_and(|d| d.has_remaining()) {
                 return Err(NotEmpty::Data);
             }
         }
@@ -47,6 +61,14 @@ pub async fn expect_empty<B: Body>(body: B, within: Duration) -> Result<(), NotE
     tokio::time::timeout(within, read)
         .await
         .map_err(|_| NotEmpty::Timeout)?
+}
+
+/// [`framing`], then [`read_to_end_empty`] if the framing leaves it open.
+pub async fn expect_empty<B: Body>(body: B, within: Duration) -> Result<(), NotEmpty> {
+    match framing(body)? {
+        None => Ok(()),
+        Some(body) => read_to_end_empty(body, within).await,
+    }
 }
 
 #[cfg(test)]
@@ -92,6 +114,19 @@ mod tests {
             Frame::data(Bytes::new()),
             Frame::data(Bytes::from_static(b"a")),
         ]);
+        assert_eq!(expect_empty(body, WITHIN).await, Err(NotEmpty::Data));
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_empty_frames_is_a_body() {
+        let empties = |n: usize| {
+            (0..n)
+                .map(|_| Frame::data(Bytes::new()))
+                .collect::<Vec<_>>()
+        };
+        let body = frames(empties(MAX_EMPTY_FRAMES));
+        assert_eq!(expect_empty(body, WITHIN).await, Ok(()));
+        let body = frames(empties(MAX_EMPTY_FRAMES + 1));
         assert_eq!(expect_empty(body, WITHIN).await, Err(NotEmpty::Data));
     }
 

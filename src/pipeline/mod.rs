@@ -31,7 +31,7 @@ pub mod respond;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
@@ -340,12 +340,9 @@ impl Pipeline {
             Method::HEAD => true,
             _ => return Err(Error::MethodNotAllowed),
         };
-        body::expect_empty(body, snapshot.limits.header_read_timeout)
-            .await
-            .map_err(|e| match e {
-                body::NotEmpty::Timeout => Error::BodyTimeout,
-                body::NotEmpty::Data | body::NotEmpty::Broken => Error::BodyNotAllowed,
-            })?;
+        // A body the framing declares is refused now; one it leaves open is read after the
+        // rate limits (stage 4), so that only an admitted request waits for it.
+        let open_body = body::framing(body).map_err(|_| Error::BodyNotAllowed)?;
         let span = tracing::Span::current();
         span.record("source", target.source());
         facts.source = Some(target.source().to_owned());
@@ -411,6 +408,15 @@ impl Pipeline {
             Some(principal.subject()),
             &self.metrics,
         )?;
+        if let Some(open_body) = open_body {
+            let within = Duration::from_secs(crate::config::defaults::EMPTY_BODY_WAIT_SECS);
+            body::read_to_end_empty(open_body, within)
+                .await
+                .map_err(|e| match e {
+                    body::NotEmpty::Timeout => Error::BodyTimeout,
+                    body::NotEmpty::Data | body::NotEmpty::Broken => Error::BodyNotAllowed,
+                })?;
+        }
         // 5b. plan: only an authorized request learns whether the source exists.
         let plan = target.plan(&grant, |s| snapshot.sources.contains_key(s))?;
         // 7 + 9. fetch and respond

@@ -338,7 +338,7 @@ fn allow(method: &Method, allowed: &[Method], text: &'static str) -> Result<(), 
 }
 
 async fn no_body<B: Body>(body: B) -> Result<(), SpError> {
-    let within = Duration::from_secs(d::SAML_ACS_BODY_TIMEOUT_SECS);
+    let within = Duration::from_secs(d::EMPTY_BODY_WAIT_SECS);
     crate::pipeline::body::expect_empty(body, within)
         .await
         .map_err(|e| match e {

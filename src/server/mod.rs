@@ -159,8 +159,10 @@ pub async fn serve<H: Handler>(
                 let metrics = Arc::clone(&metrics);
                 let limits = limits.clone();
                 let tls = tls.clone();
-                // Info level, so that every request event (h1 and h2 alike) names its connection.
-                let span = tracing::info_span!("conn", %peer);
+                // Debug level: entering an enabled span on every poll costs on the hot path, and
+                // the request span already names the peer. With debug on, request spans (h1 and
+                // h2 alike, see `InSpanExecutor`) sit inside it.
+                let span = tracing::debug_span!("conn", %peer);
                 conns.spawn(async move {
                     let _permit = permit;
                     let _ip_slot = ip_slot;
