@@ -394,50 +394,6 @@ root = "data"
 }
 
 #[test]
-fn config_idle_timeout_shorter_than_the_backend_first_byte_timeout_is_refused() {
-    let e = one_error(
-        r#"[listener]
-addr = "127.0.0.1:8443"
-dev_certificate_dir = ".bucketgate"
-
-[limits]
-upstream_first_byte_timeout_secs = 30
-idle_timeout_secs = 20
-
-[sources.local]
-kind = "fs"
-root = "data"
-"#,
-    );
-    assert_at(
-        &e,
-        7,
-        "limits.idle_timeout_secs",
-        "upstream_first_byte_timeout_secs (30 s)",
-    );
-    // Only the first-byte timeout set, above the default idle timeout (60 s): reported there.
-    let e = one_error(
-        r#"[listener]
-addr = "127.0.0.1:8443"
-dev_certificate_dir = ".bucketgate"
-
-[limits]
-upstream_first_byte_timeout_secs = 120
-
-[sources.local]
-kind = "fs"
-root = "data"
-"#,
-    );
-    assert_at(
-        &e,
-        6,
-        "limits.upstream_first_byte_timeout_secs",
-        "idle_timeout_secs (60 s) is shorter",
-    );
-}
-
-#[test]
 fn config_bad_source_name() {
     let e = one_error(
         r#"[listener]

@@ -232,6 +232,39 @@ async fn origin_that_never_takes_the_connection_is_502_after_the_connect_timeout
     drop((listener, queued));
 }
 
+/// A request waiting for its backend moves no bytes on the client connection, but it is not idle:
+/// with an idle timeout shorter than the first-byte timeout the client still gets the 504.
+#[tokio::test]
+async fn request_waiting_on_a_slow_store_outlasts_the_client_idle_timeout() {
+    let bed = bed_with(
+        Mode::StallBeforeHeaders,
+        Limits {
+            idle_timeout: Duration::from_secs(1),
+            upstream_first_byte_timeout: Duration::from_millis(2500),
+            upstream_max_retries: 0,
+            ..limits()
+        },
+    )
+    .await;
+    for proto in Proto::BOTH {
+        let what = format!("{proto:?} slow store, short idle timeout");
+        let client = bed.gw.client_for(proto);
+        let resp = client
+            .get(bed.gw.url("/o/origin/photo.png"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: the connection was cut: {e}"));
+        assert_error(
+            resp,
+            StatusCode::GATEWAY_TIMEOUT,
+            "storage backend timed out",
+            &what,
+        )
+        .await;
+        bed.assert_still_serves(&client, &what).await;
+    }
+}
+
 #[tokio::test]
 async fn origin_stalling_before_headers_is_504_after_bounded_retries() {
     let bed = bed(Mode::StallBeforeHeaders).await;

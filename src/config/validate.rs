@@ -681,29 +681,6 @@ impl Checker<'_> {
                 d::UPSTREAM_MAX_RETRIES_MAX,
             ),
         };
-        // A request waiting for its backend moves no bytes on the client connection: an idle
-        // timeout shorter than the backend's first-byte timeout would cut it first.
-        // Reported at whichever of the two keys the file sets (the idle timeout if both).
-        let set = match (&r.idle_timeout_secs, &r.upstream_first_byte_timeout_secs) {
-            (Some(raw), _) => Some((raw.span(), "limits.idle_timeout_secs")),
-            (None, Some(raw)) => Some((raw.span(), "limits.upstream_first_byte_timeout_secs")),
-            (None, None) => None,
-        };
-        if let Some((span, key)) = set
-            && limits.idle_timeout < limits.upstream_first_byte_timeout
-        {
-            self.push(
-                span,
-                key,
-                format!(
-                    "idle_timeout_secs ({} s) is shorter than upstream_first_byte_timeout_secs \
-                     ({} s): a request waiting for a slow backend would be cut as idle; raise \
-                     the first or lower the second",
-                    limits.idle_timeout.as_secs(),
-                    limits.upstream_first_byte_timeout.as_secs()
-                ),
-            );
-        }
         (self.errors.len() == before).then_some(limits)
     }
 

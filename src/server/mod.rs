@@ -13,7 +13,7 @@ use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -251,9 +251,15 @@ async fn serve_connection<IO, H>(
 {
     let io = IdleIo::new(io);
     let activity = Arc::clone(&io.activity);
+    let waiting = Arc::clone(&activity);
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let handler = Arc::clone(&handler);
-        async move { Ok::<_, Infallible>(handler.call(req, conn).await) }
+        let waiting = Waiting::new(&waiting);
+        async move {
+            let resp = handler.call(req, conn).await;
+            drop(waiting);
+            Ok::<_, Infallible>(resp)
+        }
     });
     let mut builder = auto::Builder::new(InSpanExecutor);
     builder
@@ -284,11 +290,13 @@ async fn serve_connection<IO, H>(
     // Shutdown and the idle timeout both close gracefully first: h2 sends GOAWAY, so a client
     // knows which of its requests were not taken and can retry them elsewhere; http/1.1 closes
     // after the response in flight. A connection that does not finish closing in time (its
-    // client stopped reading) is dropped.
+    // client stopped reading) is dropped, unless bytes moved again meanwhile. A request waiting
+    // for its backend keeps the connection from being idle: the backend timeouts bound it.
     let mut closing = false;
-    let mut give_up: Option<Instant> = None;
+    // When the idle close started, and when to give up on it.
+    let mut give_up: Option<(Instant, Instant)> = None;
     loop {
-        let wake = give_up.unwrap_or_else(|| activity.last() + idle);
+        let wake = give_up.map_or_else(|| activity.last() + idle, |(_, at)| at);
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(e) = result {
@@ -301,17 +309,24 @@ async fn serve_connection<IO, H>(
                 connection.as_mut().graceful_shutdown();
             }
             () = tokio::time::sleep_until(wake.into()) => {
-                if give_up.is_some() {
+                if let Some((started, _)) = give_up.take() {
+                    if activity.waiting() || activity.last() > started {
+                        // Alive after all: closing stays in effect, the idle clock runs again.
+                        continue;
+                    }
                     tracing::debug!("idle connection did not close after GOAWAY; dropping it");
                     return;
                 }
-                if activity.last().elapsed() >= idle {
+                if activity.waiting() {
+                    activity.touch();
+                } else if activity.last().elapsed() >= idle {
                     tracing::debug!(?idle, "closing idle connection");
                     if !closing {
                         closing = true;
                         connection.as_mut().graceful_shutdown();
                     }
-                    give_up = Some(Instant::now() + Duration::from_millis(IDLE_CLOSE_GRACE_MS));
+                    let now = Instant::now();
+                    give_up = Some((now, now + Duration::from_millis(IDLE_CLOSE_GRACE_MS)));
                 }
             }
         }
@@ -338,6 +353,9 @@ impl Drop for OpenConnection {
 struct Activity {
     opened: Instant,
     last_ms: AtomicU64,
+    /// Requests on this connection whose response head is not ready yet (waiting for a
+    /// backend). They move no bytes, but the connection is not idle.
+    waiting: AtomicUsize,
 }
 
 impl Activity {
@@ -347,6 +365,27 @@ impl Activity {
     }
     fn last(&self) -> Instant {
         self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+    fn waiting(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0
+    }
+}
+
+/// Counts one request as waiting for its response head while it lives; when it ends, the idle
+/// clock restarts from then.
+struct Waiting(Arc<Activity>);
+
+impl Waiting {
+    fn new(activity: &Arc<Activity>) -> Waiting {
+        activity.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(Arc::clone(activity))
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -363,6 +402,7 @@ impl<T> IdleIo<T> {
             activity: Arc::new(Activity {
                 opened: Instant::now(),
                 last_ms: AtomicU64::new(0),
+                waiting: AtomicUsize::new(0),
             }),
         }
     }
