@@ -473,8 +473,16 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         let token = gateway.shutdown_token();
         tokio::spawn(async move {
             stop.await;
+            // A second SIGINT/SIGTERM during the drain (up to shutdown_grace_secs) means now;
+            // listened for before the drain is announced, so that none is missed.
+            let again = shutdown_signal().ok();
             tracing::info!("shutting down: no new connections; draining in-flight requests");
             token.cancel();
+            if let Some(again) = again {
+                again.await;
+                tracing::warn!("second signal: exiting without waiting for in-flight requests");
+                std::process::exit(130);
+            }
         });
         gateway.wait().await;
         tracing::info!("stopped");

@@ -444,6 +444,42 @@ async fn serve_sigterm_refuses_new_connections_finishes_in_flight_downloads_and_
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_second_sigterm_during_the_drain_exits_130_at_once() {
+    const SIZE: usize = 24 << 20;
+    let dir = gateway_dir();
+    let root = dir.path();
+    std::fs::write(root.join("data/big.bin"), big_pattern(SIZE)).unwrap();
+    let token = token(root);
+    let (mut gw, data_addr, _) = serve_json(root, &[]);
+    let mut resp = client(&root.join("tls/cert.pem"), true)
+        .get(format!("https://{data_addr}/o/local/big.bin"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut got = resp.chunk().await.unwrap().expect("a first chunk").len();
+
+    gw.signal(Signal::TERM);
+    gw.wait_line(Pipe::Stderr, "the shutdown log line", |l| {
+        l.contains("shutting down")
+    });
+    assert!(gw.exited().is_none(), "exited with a download in flight");
+    gw.signal(Signal::TERM);
+    let status = gw.wait_exit(PROMPTLY);
+    assert_eq!(status.code(), Some(130), "{status}\n{}", gw.transcript());
+    // The download was cut, and the client can tell.
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => got += chunk.len(),
+            Ok(None) => panic!("the download ended as if complete after {got} bytes"),
+            Err(_) => break,
+        }
+    }
+    assert!(got < SIZE);
+}
+
 #[test]
 fn serve_sigint_on_an_idle_gateway_exits_0_without_warnings() {
     let dir = gateway_dir();
