@@ -238,6 +238,16 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
+    /// One store failure of the source `source` (the configured name).
+    pub fn upstream_error(&self, source: &str, kind: &'static str) {
+        self.upstream_errors
+            .get_or_create(&UpstreamError {
+                source: source.to_owned(),
+                kind,
+            })
+            .inc();
+    }
+
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;

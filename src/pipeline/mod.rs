@@ -44,7 +44,7 @@ use crate::audit::{AuditLog, AuditedBody, Decision, Facts};
 use crate::backend::{AnyBackend, BackendError, Caller, ObjectMeta, Opened, Want};
 use crate::config::Limits;
 use crate::error::Error;
-use crate::telemetry::{Metrics, NetworkDecisionLabel, RouteLabel, RouteStatus, UpstreamError};
+use crate::telemetry::{Metrics, NetworkDecisionLabel, RouteLabel, RouteStatus};
 use plan::Plan;
 use range::Answer;
 use respond::{ResponseBody, StreamingBody};
@@ -268,13 +268,7 @@ impl Pipeline {
                     if let Error::Backend { source_name, error } = &err
                         && let Some(kind) = respond::upstream_error_kind(error)
                     {
-                        self.metrics
-                            .upstream_errors
-                            .get_or_create(&UpstreamError {
-                                source: source_name.clone(),
-                                kind,
-                            })
-                            .inc();
+                        self.metrics.upstream_error(source_name, kind);
                     }
                     respond::error_response(&err, &request_id)
                 }

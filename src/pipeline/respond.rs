@@ -19,7 +19,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 
 use crate::backend::{BackendError, BodyStream, ByteRange, ObjectMeta};
 use crate::error::Error;
-use crate::telemetry::{Metrics, RouteLabel, UpstreamError};
+use crate::telemetry::{Metrics, RouteLabel};
 
 /// Every response body the data listener sends.
 pub type ResponseBody = UnsyncBoxBody<Bytes, BodyError>;
@@ -274,13 +274,7 @@ impl StreamingBody {
     fn fail(&mut self, err: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         self.failed = true;
         if let Some(kind) = err.upstream_kind() {
-            self.metrics
-                .upstream_errors
-                .get_or_create(&UpstreamError {
-                    source: self.source.clone(),
-                    kind,
-                })
-                .inc();
+            self.metrics.upstream_error(&self.source, kind);
         }
         tracing::warn!(
             source = %self.source,
