@@ -293,10 +293,11 @@ async fn serve_connection<IO, H>(
     // client stopped reading) is dropped, unless bytes moved again meanwhile. A request waiting
     // for its backend keeps the connection from being idle: the backend timeouts bound it.
     let mut closing = false;
-    // When the idle close started, and when to give up on it.
-    let mut give_up: Option<(Instant, Instant)> = None;
+    // When the idle close started; it is given up on IDLE_CLOSE_GRACE_MS later.
+    let grace = Duration::from_millis(IDLE_CLOSE_GRACE_MS);
+    let mut give_up: Option<Instant> = None;
     loop {
-        let wake = give_up.map_or_else(|| activity.last() + idle, |(_, at)| at);
+        let wake = give_up.map_or_else(|| activity.last() + idle, |started| started + grace);
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(e) = result {
@@ -309,7 +310,7 @@ async fn serve_connection<IO, H>(
                 connection.as_mut().graceful_shutdown();
             }
             () = tokio::time::sleep_until(wake.into()) => {
-                if let Some((started, _)) = give_up.take() {
+                if let Some(started) = give_up.take() {
                     if activity.waiting() || activity.last() > started {
                         // Alive after all: closing stays in effect, the idle clock runs again.
                         continue;
@@ -325,8 +326,7 @@ async fn serve_connection<IO, H>(
                         closing = true;
                         connection.as_mut().graceful_shutdown();
                     }
-                    let now = Instant::now();
-                    give_up = Some((now, now + Duration::from_millis(IDLE_CLOSE_GRACE_MS)));
+                    give_up = Some(Instant::now());
                 }
             }
         }
