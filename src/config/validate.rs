@@ -1137,7 +1137,6 @@ fn addrs_conflict(a: SocketAddr, b: SocketAddr) -> bool {
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
-/// `[a-z0-9][a-z0-9_-]{0,62}`: the name appears in URL paths and metric labels.
 /// `arn:PARTITION:iam::ACCOUNT:RESOURCE` with a 12-digit account: its partition and resource.
 /// Each caller checks the resource it expects (a role, a SAML provider) and the partitions.
 fn iam_arn_parts(arn: &str) -> Option<(&str, &str)> {
@@ -1156,6 +1155,7 @@ fn iam_arn_parts(arn: &str) -> Option<(&str, &str)> {
         .then_some((partition, resource))
 }
 
+/// `[a-z0-9][a-z0-9_-]{0,62}`: the name appears in URL paths and metric labels.
 fn is_valid_source_name(name: &str) -> bool {
     let bytes = name.as_bytes();
     let Some(first) = bytes.first() else {

@@ -84,7 +84,9 @@ pub enum SpError {
     BodyTooLarge,
     #[error("ACS body could not be read")]
     BodyRead,
-    #[error("request body was not sent within {} s", d::SAML_ACS_BODY_TIMEOUT_SECS)]
+    /// The ACS form within `SAML_ACS_BODY_TIMEOUT_SECS`, or an open GET body within
+    /// `EMPTY_BODY_WAIT_SECS`.
+    #[error("request body was not sent in time")]
     BodyTimeout,
     #[error("SAML response refused")]
     Response(#[source] SamlError),
