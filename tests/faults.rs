@@ -103,6 +103,20 @@ impl Bed {
     }
 }
 
+/// GET the origin source's object; the response head and how long it took to come.
+async fn timed_origin_get(
+    client: &reqwest::Client,
+    gw: &TestGateway,
+) -> (reqwest::Response, Duration) {
+    let started = Instant::now();
+    let resp = client
+        .get(gw.url("/o/origin/photo.png"))
+        .send()
+        .await
+        .unwrap();
+    (resp, started.elapsed())
+}
+
 /// Headers that must not come through from the origin.
 fn assert_no_upstream_headers(headers: &http::HeaderMap, what: &str) {
     for name in headers.keys() {
@@ -209,14 +223,7 @@ async fn origin_that_never_takes_the_connection_is_502_after_the_connect_timeout
     let gw = support::start_gateway_with(sources, limits).await;
     for proto in Proto::BOTH {
         let what = format!("{proto:?} never accepted");
-        let started = Instant::now();
-        let resp = gw
-            .client_for(proto)
-            .get(gw.url("/o/origin/photo.png"))
-            .send()
-            .await
-            .unwrap();
-        let waited = started.elapsed();
+        let (resp, waited) = timed_origin_get(&gw.client_for(proto), &gw).await;
         assert_error(
             resp,
             StatusCode::BAD_GATEWAY,
@@ -272,13 +279,7 @@ async fn origin_stalling_before_headers_is_504_after_bounded_retries() {
         let client = bed.gw.client_for(proto);
         let what = format!("{proto:?} stall before headers");
         let before = bed.origin.requests();
-        let started = Instant::now();
-        let resp = client
-            .get(bed.gw.url("/o/origin/photo.png"))
-            .send()
-            .await
-            .unwrap();
-        let waited = started.elapsed();
+        let (resp, waited) = timed_origin_get(&client, &bed.gw).await;
         assert_error(
             resp,
             StatusCode::GATEWAY_TIMEOUT,
