@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Admin;
@@ -33,7 +32,8 @@ use crate::pipeline::network::NetworkPolicy;
 use crate::pipeline::{Pipeline, Snapshot};
 use crate::reload::{self, Control, FileWatcher, ReloadError, Trigger};
 use crate::server::per_ip::PerIpConnections;
-use crate::server::{self, Role, tls::TlsError};
+use crate::server::tls::{LiveTls, LoadedTls, TlsError};
+use crate::server::{self, Role};
 use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +80,8 @@ pub struct Gateway {
     tasks: Vec<JoinHandle<()>>,
     metrics: Arc<Metrics>,
     pipeline: Arc<Pipeline>,
-    /// Reloads and admin changes (listener settings from the first config stay until restart).
+    /// Reloads and admin changes (listener addresses and limits from the first config stay until
+    /// restart; the TLS certificate follows reloads).
     control: Arc<Control>,
     audit_done: WriterDone,
 }
@@ -190,7 +191,8 @@ impl Gateway {
 
     pub async fn start_with(config: Config, options: StartOptions) -> Result<Gateway, StartError> {
         let metrics = Arc::new(Metrics::new());
-        let tls = TlsAcceptor::from(server::tls::server_config(&config.listener.tls)?);
+        // Replaced by every reload that succeeds (see `Control::install`).
+        let tls = Arc::new(LiveTls::new(LoadedTls::load(&config.listener.tls)?));
         // A persisted admin change outranks the file's lists (see reload/lists.rs).
         let config = reload::with_persisted_lists(config)?;
         let admission = Admission::new(&config.rate_limits, options.clock.clone());
@@ -222,6 +224,7 @@ impl Gateway {
             Arc::clone(&per_ip),
             Arc::clone(&revocations),
             Arc::clone(&delegations),
+            Arc::clone(&tls),
             options.config_path.clone(),
             config.clone(),
         ));
@@ -248,7 +251,7 @@ impl Gateway {
         let data = tokio::spawn(server::serve(
             Role::Data,
             data_listener,
-            Some(tls),
+            Some(Arc::clone(&tls)),
             Arc::clone(&pipeline),
             config.limits.clone(),
             Arc::clone(&metrics),
@@ -310,8 +313,9 @@ impl Gateway {
     }
 
     /// Build a whole new snapshot from `config` and put it in force; on any error the old one
-    /// keeps serving. Listener address, TLS and connection limits apply only at start: a change
-    /// to them is logged and ignored until restart. Persisted admin lists still override.
+    /// keeps serving. The TLS certificate and key are read again and serve new connections.
+    /// Listener addresses and connection limits apply only at start: a change to them is logged
+    /// and ignored until restart. Persisted admin lists still override.
     pub async fn reload(&self, config: Config) -> Result<(), ReloadError> {
         self.control.install(config).await
     }

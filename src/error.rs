@@ -241,7 +241,9 @@ impl AdminError {
             AdminError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AdminError::BodyRead | AdminError::Invalid(_) => StatusCode::BAD_REQUEST,
             AdminError::NoConfigFile => StatusCode::CONFLICT,
-            AdminError::ConfigInvalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            AdminError::ConfigInvalid(_) | AdminError::TlsInvalid(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             AdminError::Failed => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

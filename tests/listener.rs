@@ -549,7 +549,11 @@ fn assert_closed_at_the_idle_timeout(waited: Duration, what: &str) {
 
 /// Read one HTTP/1.1 response with a `Content-Length` from `r`, leaving the connection open.
 async fn read_h1_response<R: AsyncReadExt + Unpin>(r: &mut R) -> Vec<u8> {
-    let mut out = Vec::new();
+    read_h1_response_after(r, Vec::new()).await
+}
+
+/// [`read_h1_response`] when `out` already holds its first bytes.
+async fn read_h1_response_after<R: AsyncReadExt + Unpin>(r: &mut R, mut out: Vec<u8>) -> Vec<u8> {
     let mut buf = [0u8; 4096];
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
@@ -979,10 +983,14 @@ async fn h2_header_list_size_limit_below_hypers_default_is_enforced() {
 mod raw_h2 {
     pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     pub const HEADERS: u8 = 0x1;
+    pub const PRIORITY: u8 = 0x2;
     pub const RST_STREAM: u8 = 0x3;
     pub const SETTINGS: u8 = 0x4;
+    pub const PING: u8 = 0x6;
     pub const GOAWAY: u8 = 0x7;
+    pub const WINDOW_UPDATE: u8 = 0x8;
     pub const ACK: u8 = 0x1;
+    pub const NO_ERROR: u32 = 0x0;
     pub const END_STREAM_END_HEADERS: u8 = 0x1 | 0x4;
     pub const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
     pub const PROTOCOL_ERROR: u32 = 0x1;
@@ -1346,4 +1354,287 @@ async fn h2_malformed_streams_past_the_local_error_reset_limit_get_goaway() {
     let (frames, closed) = read_frames_until(&mut tls, |_| false).await;
     assert!(closed, "still open after the GOAWAY: {frames:?}");
     assert_serves(&gw, "after a connection went away for malformed streams").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// ALPN alone decides the protocol
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn http11_by_alpn_is_not_turned_into_h2_by_the_h2_preface() {
+    let _guard = RSS.read().await;
+    let (gw, _dir) = gateway(test_limits()).await;
+    // ALPN http/1.1, and no ALPN at all (h2 over TLS needs ALPN): both are http/1.1 only.
+    let offers: [&[&[u8]]; 2] = [&[b"http/1.1"], &[]];
+    for offer in offers {
+        let mut tls = gw
+            .tls_connect(gw.tls_config(offer, rustls::ALL_VERSIONS))
+            .await
+            .expect("TLS connect");
+        let mut hello = raw_h2::PREFACE.to_vec();
+        hello.extend(raw_h2::settings(&[]));
+        tls.write_all(&hello).await.unwrap();
+        let (bytes, closed) = read_until_closed(&mut tls, Duration::from_secs(5)).await;
+        let line = status_line(&bytes);
+        assert!(
+            line == "HTTP/1.1 400 Bad Request" || line.starts_with("HTTP/1.1 505 "),
+            "offer {offer:?}: answered {:?}",
+            String::from_utf8_lossy(&bytes)
+        );
+        assert!(closed, "offer {offer:?}: still open after the refusal");
+    }
+    // An ordinary http/1.1 request on such a connection is still served, whole.
+    let resp = h1_exchange(&gw, h1_hello_with(&gw, "").as_bytes()).await;
+    assert_eq!(status_line(&resp), "HTTP/1.1 200 OK");
+    assert!(resp.ends_with(HELLO));
+    assert_serves(&gw, "after refused prefaces").await;
+}
+
+#[tokio::test]
+async fn h2_by_alpn_never_answers_an_http11_request() {
+    let _guard = RSS.read().await;
+    let (gw, _dir) = gateway(test_limits()).await;
+    let mut tls = gw
+        .tls_connect(gw.tls_config(&[b"h2"], rustls::ALL_VERSIONS))
+        .await
+        .expect("TLS connect");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    tls.write_all(h1_hello_with(&gw, "").as_bytes())
+        .await
+        .unwrap();
+    let (bytes, closed) = read_until_closed(&mut tls, Duration::from_secs(5)).await;
+    assert!(
+        !bytes.starts_with(b"HTTP/"),
+        "an h2 connection answered in HTTP/1.x: {:?}",
+        String::from_utf8_lossy(&bytes)
+    );
+    assert!(closed, "an h2 connection without the preface is still open");
+    assert_serves(&gw, "after the refused request").await;
+}
+
+#[tokio::test]
+async fn admin_listener_speaks_http11() {
+    let _guard = RSS.read().await;
+    let (gw, _dir) = gateway(test_limits()).await;
+    let mut tcp = TcpStream::connect(gw.admin_addr()).await.unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (bytes, closed) = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
+    assert!(closed);
+    assert_eq!(status_line(&bytes), "HTTP/1.1 200 OK");
+    // The h2 preface is not taken as h2 (cleartext h2 "prior knowledge") there either.
+    let mut tcp = TcpStream::connect(gw.admin_addr()).await.unwrap();
+    tcp.write_all(raw_h2::PREFACE).await.unwrap();
+    let (bytes, closed) = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
+    assert!(closed);
+    assert_eq!(status_line(&bytes), "HTTP/1.1 400 Bad Request");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idle means no request, not no bytes; and a maximum connection age
+// ---------------------------------------------------------------------------------------------
+
+/// Frames read from `r` by a task of their own (reads are not cancel-safe); the channel closes
+/// when the server closes the connection.
+fn spawn_frame_reader<R: AsyncReadExt + Unpin + Send + 'static>(
+    mut r: R,
+) -> tokio::sync::mpsc::UnboundedReceiver<raw_h2::Frame> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let mut head = [0u8; 9];
+            if r.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            if r.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            let frame = raw_h2::Frame {
+                kind: head[3],
+                flags: head[4],
+                stream: u32::from_be_bytes(head[5..9].try_into().unwrap()) & 0x7fff_ffff,
+                payload,
+            };
+            if tx.send(frame).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+#[tokio::test]
+async fn h2_control_frames_alone_do_not_keep_a_connection_open_past_the_idle_timeout() {
+    let _guard = RSS.read().await;
+    let (gw, _dir) = gateway(idle_limits()).await;
+    let tls = raw_h2_connect(&gw, &[]).await;
+    let opened = Instant::now();
+    let (r, mut w) = tokio::io::split(tls);
+    let mut frames = spawn_frame_reader(r);
+    // Every 100 ms one of PING, SETTINGS, WINDOW_UPDATE and PRIORITY, and an ACK for every
+    // PING of the server's: a live client with nothing to ask.
+    let chatter = [
+        raw_h2::frame(raw_h2::PING, 0, 0, b"12345678"),
+        raw_h2::settings(&[]),
+        raw_h2::frame(raw_h2::WINDOW_UPDATE, 0, 0, &1u32.to_be_bytes()),
+        // Stream 3 depends on stream 0 with weight 16.
+        raw_h2::frame(raw_h2::PRIORITY, 0, 3, &[0, 0, 0, 0, 15]),
+    ];
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut goaway = None;
+    let mut sent = 0usize;
+    let closed = tokio::time::timeout(IDLE + Duration::from_secs(9), async {
+        loop {
+            tokio::select! {
+                frame = frames.recv() => match frame {
+                    None => return,
+                    Some(f) if f.kind == raw_h2::GOAWAY => goaway = Some((f, opened.elapsed())),
+                    Some(f) if f.kind == raw_h2::PING && f.flags & raw_h2::ACK == 0 => {
+                        let ack = raw_h2::frame(raw_h2::PING, raw_h2::ACK, 0, &f.payload);
+                        let _ = w.write_all(&ack).await;
+                    }
+                    Some(_) => {}
+                },
+                _ = tick.tick() => {
+                    // Writes after the server closed may fail; the reader sees the close.
+                    let _ = w.write_all(&chatter[sent % chatter.len()]).await;
+                    sent += 1;
+                }
+            }
+        }
+    })
+    .await
+    .is_ok();
+    let waited = opened.elapsed();
+    let (goaway, at) = goaway.unwrap_or_else(|| {
+        panic!("no GOAWAY in {waited:?} of control frames ({sent} sent); closed: {closed}")
+    });
+    assert_eq!(goaway.error_code(), raw_h2::NO_ERROR, "{goaway:?}");
+    assert!(closed, "still open {waited:?} in, after a GOAWAY at {at:?}");
+    assert_closed_at_the_idle_timeout(at, "h2 with control frames only");
+    assert!(sent >= 5, "only {sent} control frames sent");
+}
+
+#[tokio::test]
+async fn h2_connection_gets_goaway_at_its_maximum_age_while_it_keeps_making_requests() {
+    let _guard = RSS.read().await;
+    const AGE: Duration = Duration::from_secs(2);
+    let (gw, _dir) = gateway(bucketgate::config::Limits {
+        max_connection_age: AGE,
+        ..test_limits()
+    })
+    .await;
+    let (send, conn) = h2_connect(&gw).await;
+    let opened = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut served = 0u32;
+    let err = tokio::time::timeout(AGE + Duration::from_secs(8), async {
+        loop {
+            tick.tick().await;
+            match h2_fetch(&send, h2_get(&gw, "/o/local/hello.txt", &[])).await {
+                Ok((status, body)) => {
+                    assert_eq!(status, StatusCode::OK);
+                    assert_eq!(body, HELLO);
+                    served += 1;
+                }
+                Err(e) => return e,
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "still serving {:?} in ({served} requests)",
+            opened.elapsed()
+        )
+    });
+    let at = opened.elapsed();
+    assert!(
+        err.is_go_away() && err.reason() == Some(h2::Reason::NO_ERROR),
+        "ended without a graceful GOAWAY: {err:?}"
+    );
+    assert!(at >= AGE / 2, "closed after only {at:?}");
+    assert!(
+        at < AGE + Duration::from_secs(4),
+        "closed only after {at:?}"
+    );
+    assert!(
+        served >= 5,
+        "only {served} requests served before the GOAWAY"
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(
+        ended.is_ok(),
+        "the connection did not close after its GOAWAY"
+    );
+}
+
+#[tokio::test]
+async fn h1_connection_closes_after_the_response_in_flight_at_its_maximum_age() {
+    let _guard = RSS.read().await;
+    const AGE: Duration = Duration::from_secs(2);
+    let (gw, _dir) = gateway(bucketgate::config::Limits {
+        max_connection_age: AGE,
+        ..test_limits()
+    })
+    .await;
+    let mut tls = gw
+        .tls_connect(gw.tls_config(&[b"http/1.1"], rustls::ALL_VERSIONS))
+        .await
+        .unwrap();
+    let opened = Instant::now();
+    let req = format!(
+        "GET /o/local/hello.txt HTTP/1.1\r\nHost: gw\r\n{}\r\n",
+        gw.auth_line()
+    );
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut served = 0u32;
+    // Ends with the last response, which says `Connection: close`; or, when the age came
+    // between two requests, with the close instead of a response.
+    loop {
+        tick.tick().await;
+        assert!(
+            opened.elapsed() < AGE + Duration::from_secs(8),
+            "still serving after {served} requests"
+        );
+        if tls.write_all(req.as_bytes()).await.is_err() {
+            break;
+        }
+        let Some(resp) = read_h1_response_or_close(&mut tls).await else {
+            break;
+        };
+        assert_eq!(status_line(&resp), "HTTP/1.1 200 OK");
+        assert!(resp.ends_with(HELLO));
+        served += 1;
+        let head = String::from_utf8_lossy(&resp).to_ascii_lowercase();
+        if head.contains("\r\nconnection: close\r\n") {
+            let (bytes, closed) = read_until_closed(&mut tls, Duration::from_secs(5)).await;
+            assert!(
+                closed && bytes.is_empty(),
+                "after `Connection: close`: {bytes:?}"
+            );
+            break;
+        }
+    }
+    let at = opened.elapsed();
+    assert!(at >= AGE / 2, "closed after only {at:?}");
+    assert!(
+        at < AGE + Duration::from_secs(4),
+        "closed only after {at:?}"
+    );
+    assert!(served >= 5, "only {served} requests served");
+}
+
+/// Like [`read_h1_response`], but `None` if the server closes before a byte of the response.
+async fn read_h1_response_or_close<R: AsyncReadExt + Unpin>(r: &mut R) -> Option<Vec<u8>> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(Duration::from_secs(10), r.read(&mut first)).await {
+        Ok(Ok(0) | Err(_)) => return None,
+        Ok(Ok(_)) => {}
+        Err(_) => panic!("neither a response nor a close within 10 s"),
+    }
+    Some(read_h1_response_after(r, first.to_vec()).await)
 }

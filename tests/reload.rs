@@ -92,16 +92,15 @@ impl Env {
     async fn start(&mut self, allow: &[&str], watch: bool) -> TestGateway {
         self.swap_allow(allow);
         let config = bucketgate::config::load(&self.path()).unwrap_or_else(|e| panic!("{e}"));
-        // The certificate directory must outlive the gateway: keep it in a TempDir the
-        // TestGateway owns.
-        let tls = tempfile::tempdir().unwrap();
-        let mut config = config;
-        config.listener.tls = bucketgate::config::TlsConfig::Development {
-            dir: tls.path().to_path_buf(),
-        };
+        // The gateway serves the file's development certificate (`{dir}/tls`), at start and
+        // after every reload (which reads it again); clients trust a copy of it.
+        let (cert, _) =
+            bucketgate::server::tls::ensure_dev_cert(&self.dir.path().join("tls")).unwrap();
+        let trust = tempfile::tempdir().unwrap();
+        std::fs::copy(cert, trust.path().join("cert.pem")).unwrap();
         support::start_gateway_from(
             config,
-            tls,
+            trust,
             StartOptions {
                 config_path: Some(self.path()),
                 watch_config_file: watch,
@@ -472,4 +471,250 @@ async fn a_key_removed_from_the_config_stops_its_tokens_at_the_next_reload() {
         401,
         "a token of the removed kid is refused on the very next request"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS certificate reload
+// ---------------------------------------------------------------------------------------------
+
+/// A self-signed certificate for 127.0.0.1: (certificate PEM, key PEM, certificate DER).
+fn cert_pair() -> (String, String, Vec<u8>) {
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    (
+        generated.cert.pem(),
+        generated.key_pair.serialize_pem(),
+        generated.cert.der().to_vec(),
+    )
+}
+
+impl Env {
+    fn cert_path(&self) -> PathBuf {
+        self.dir.path().join("tls/cert.pem")
+    }
+
+    fn key_path(&self) -> PathBuf {
+        self.dir.path().join("tls/key.pem")
+    }
+
+    /// Rewrite the certificate and key files in place, as a renewal does.
+    fn write_cert(&self, cert_pem: &str, key_pem: &str) {
+        std::fs::create_dir_all(self.dir.path().join("tls")).unwrap();
+        std::fs::write(self.cert_path(), cert_pem).unwrap();
+        std::fs::write(self.key_path(), key_pem).unwrap();
+    }
+
+    /// Start with `tls_cert`/`tls_key` naming the files [`Env::write_cert`] writes, holding
+    /// `cert`.
+    async fn start_with_cert(&mut self, cert: &(String, String, Vec<u8>)) -> TestGateway {
+        self.write_cert(&cert.0, &cert.1);
+        let d = self.dir.path().display();
+        let text = self.text(BOTH).replace(
+            &format!("dev_certificate_dir = \"{d}/tls\""),
+            &format!("tls_cert = \"{d}/tls/cert.pem\"\ntls_key = \"{d}/tls/key.pem\""),
+        );
+        assert!(text.contains("tls_cert"), "{text}");
+        self.swap(&text);
+        let config = bucketgate::config::load(&self.path()).unwrap_or_else(|e| panic!("{e}"));
+        // The test support trusts `cert.pem` of this directory.
+        let trust = tempfile::tempdir().unwrap();
+        std::fs::write(trust.path().join("cert.pem"), &cert.0).unwrap();
+        support::start_gateway_from(
+            config,
+            trust,
+            StartOptions {
+                config_path: Some(self.path()),
+                watch_config_file: false,
+                ..StartOptions::default()
+            },
+        )
+        .await
+    }
+}
+
+/// A new http/1.1 connection to the data listener trusting every certificate in `roots`: the
+/// request sender, and the leaf certificate the server presented.
+async fn connect_trusting(
+    gw: &TestGateway,
+    roots: &[&[u8]],
+) -> (
+    hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>>,
+    Vec<u8>,
+) {
+    let mut store = rustls::RootCertStore::empty();
+    for der in roots {
+        store
+            .add(rustls::pki_types::CertificateDer::from(der.to_vec()))
+            .unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(gw.data_addr())
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(gw.data_addr().ip().into());
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with a trusted certificate");
+    let leaf = stream.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    (sender, leaf)
+}
+
+/// GET hello.txt on an open connection.
+async fn get_on(
+    gw: &TestGateway,
+    sender: &mut hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>>,
+) -> u16 {
+    let req = http::Request::get("/o/local/hello.txt")
+        .header("host", gw.data_addr().to_string())
+        .header("authorization", format!("Bearer {}", gw.token().unwrap()))
+        .body(Empty::new())
+        .unwrap();
+    let resp = sender
+        .send_request(req)
+        .await
+        .expect("the connection answers");
+    let status = resp.status().as_u16();
+    resp.into_body().collect().await.unwrap();
+    status
+}
+
+#[tokio::test]
+async fn a_reload_serves_the_rewritten_certificate_to_new_connections_only() {
+    let mut env = Env::new(2);
+    let (a, b, c) = (cert_pair(), cert_pair(), cert_pair());
+    let roots: [&[u8]; 3] = [&a.2, &b.2, &c.2];
+    let gw = env.start_with_cert(&a).await;
+    let (mut old, leaf) = connect_trusting(&gw, &roots).await;
+    assert!(leaf == a.2, "served a certificate other than A at start");
+    assert_eq!(get_on(&gw, &mut old).await, 200);
+
+    // A renewal rewrites both files in place; the config does not change.
+    env.write_cert(&b.0, &b.1);
+    gw.gateway()
+        .reload_from_file(Trigger::Signal)
+        .await
+        .unwrap_or_else(|e| panic!("reload: {e:?}"));
+    let (mut new, leaf) = connect_trusting(&gw, &roots).await;
+    assert!(
+        leaf == b.2,
+        "a new connection after the reload was not served B"
+    );
+    assert_eq!(get_on(&gw, &mut new).await, 200);
+    assert_eq!(
+        get_on(&gw, &mut old).await,
+        200,
+        "the connection opened with A still serves"
+    );
+
+    // Unusable files are refused, and B stays in force.
+    let key_of_b_for_c = (c.0.clone(), b.1.clone());
+    let broken: [(&str, (String, String)); 3] = [
+        (
+            "garbage certificate",
+            ("not a certificate\n".into(), b.1.clone()),
+        ),
+        (
+            "garbage key",
+            (
+                b.0.clone(),
+                "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".into(),
+            ),
+        ),
+        ("key of another certificate", key_of_b_for_c),
+    ];
+    for (n, (what, (cert, key))) in broken.iter().enumerate() {
+        env.write_cert(cert, key);
+        match gw.gateway().reload_from_file(Trigger::Signal).await {
+            Err(ReloadError::Tls(e)) => {
+                let why = bucketgate::pipeline::ErrorChain(&e).to_string();
+                assert!(!why.contains("BEGIN PRIVATE KEY"), "{what}: {why}");
+            }
+            other => panic!("{what}: expected a TLS error, got {other:?}"),
+        }
+        assert_eq!(reloads(&gw, "error", "signal"), n as u64 + 1, "{what}");
+        let (mut probe, leaf) = connect_trusting(&gw, &roots).await;
+        assert!(leaf == b.2, "{what}: B is no longer served");
+        assert_eq!(get_on(&gw, &mut probe).await, 200, "{what}");
+    }
+
+    // A missing key file: refused too (the config names a file that is not there).
+    env.write_cert(&b.0, &b.1);
+    std::fs::remove_file(env.key_path()).unwrap();
+    assert!(
+        gw.gateway()
+            .reload_from_file(Trigger::Signal)
+            .await
+            .is_err()
+    );
+    let (_, leaf) = connect_trusting(&gw, &roots).await;
+    assert!(leaf == b.2, "missing key: B is no longer served");
+
+    // Through the admin API: 422, and why.
+    env.write_cert("not a certificate\n", &b.1);
+    let resp = reqwest::Client::new()
+        .post(gw.admin_url("/admin/reload"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("cert.pem"), "{body}");
+    assert_eq!(reloads(&gw, "error", "api"), 1);
+    let (_, leaf) = connect_trusting(&gw, &roots).await;
+    assert!(leaf == b.2, "admin reload: B is no longer served");
+
+    // And a good one again through the API.
+    env.write_cert(&c.0, &c.1);
+    let resp = reqwest::Client::new()
+        .post(gw.admin_url("/admin/reload"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (_, leaf) = connect_trusting(&gw, &roots).await;
+    assert!(leaf == c.2, "admin reload: C is not served");
+    assert_eq!(
+        get_on(&gw, &mut old).await,
+        200,
+        "the A connection still serves"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_file_watcher_reloads_a_certificate_rewritten_in_place() {
+    let mut env = Env::new(1);
+    let (a, b) = (cert_pair(), cert_pair());
+    let roots: [&[u8]; 2] = [&a.2, &b.2];
+    let gw = env.start_with_cert(&a).await;
+    let mut watcher = FileWatcher::new(Arc::clone(gw.gateway().control()), env.path());
+    assert!(!watcher.poll_once().await, "nothing changed yet");
+    env.write_cert(&b.0, &b.1);
+    assert!(
+        watcher.poll_once().await,
+        "the watcher sees the rewritten certificate"
+    );
+    assert_eq!(reloads(&gw, "ok", "file"), 1);
+    let (mut sender, leaf) = connect_trusting(&gw, &roots).await;
+    assert!(
+        leaf == b.2,
+        "a new connection after the watcher's reload was not served B"
+    );
+    assert_eq!(get_on(&gw, &mut sender).await, 200);
+    assert!(!watcher.poll_once().await, "no change since");
+    gw.shutdown().await;
 }

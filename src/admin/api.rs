@@ -44,6 +44,9 @@ pub enum AdminError {
     NoConfigFile,
     #[error("the config file is invalid; the previous configuration stays in force")]
     ConfigInvalid(crate::config::ConfigErrors),
+    /// Why the certificate or key files cannot be used (paths and parse errors; no key bytes).
+    #[error("the TLS certificate or key cannot be used; the previous one stays in force")]
+    TlsInvalid(String),
     #[error("the change could not be applied; the previous configuration stays in force")]
     Failed,
 }
@@ -55,6 +58,10 @@ impl AdminError {
             AdminError::ConfigInvalid(errors) => serde_json::json!({
                 "error": self.to_string(),
                 "details": errors.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            }),
+            AdminError::TlsInvalid(why) => serde_json::json!({
+                "error": self.to_string(),
+                "details": [why],
             }),
             other => serde_json::json!({ "error": other.to_string() }),
         };
@@ -111,6 +118,9 @@ async fn route(
             }
             Err(ReloadError::NoConfigFile) => Err(AdminError::NoConfigFile),
             Err(ReloadError::Config(errors)) => Err(AdminError::ConfigInvalid(errors)),
+            Err(ReloadError::Tls(e)) => Err(AdminError::TlsInvalid(
+                crate::pipeline::ErrorChain(&e).to_string(),
+            )),
             Err(_) => Err(AdminError::Failed),
         },
         ("/admin/network" | "/admin/reload", _) => Err(AdminError::MethodNotAllowed),

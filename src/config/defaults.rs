@@ -11,6 +11,12 @@ pub const DEFAULT_ADMIN_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::
 pub const TLS_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
 pub const HEADER_READ_TIMEOUT_SECS: u64 = 10;
 pub const IDLE_TIMEOUT_SECS: u64 = 60;
+/// An hour: far longer than any ordinary page load or download session, so a client rarely
+/// meets it, yet a bound on what one connection can hold: a reloaded TLS certificate, moved
+/// network rules tied to a connection, and load balancing across replicas all reach every
+/// client within the hour, and no one connection can be kept open indefinitely by a client that
+/// keeps sending requests.
+pub const MAX_CONNECTION_AGE_SECS: u64 = 3_600;
 pub const MAX_CONNECTIONS: usize = 10_000;
 pub const MAX_HEADERS: usize = 64;
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -64,6 +70,7 @@ pub const DEFAULT_S3_REGION: &str = "us-east-1";
 pub const TLS_HANDSHAKE_TIMEOUT_SECS_MAX: u64 = 300;
 pub const HEADER_READ_TIMEOUT_SECS_MAX: u64 = 300;
 pub const IDLE_TIMEOUT_SECS_MAX: u64 = 3_600;
+pub const MAX_CONNECTION_AGE_SECS_MAX: u64 = 86_400;
 pub const MAX_CONNECTIONS_MAX: u64 = 1_000_000;
 pub const MAX_HEADERS_MAX: u64 = 1_024;
 /// hyper refuses a smaller http/1.1 read buffer.
@@ -181,6 +188,7 @@ impl Default for Limits {
             tls_handshake_timeout: Duration::from_secs(TLS_HANDSHAKE_TIMEOUT_SECS),
             header_read_timeout: Duration::from_secs(HEADER_READ_TIMEOUT_SECS),
             idle_timeout: Duration::from_secs(IDLE_TIMEOUT_SECS),
+            max_connection_age: Duration::from_secs(MAX_CONNECTION_AGE_SECS),
             max_connections: MAX_CONNECTIONS,
             max_headers: MAX_HEADERS,
             max_header_bytes: MAX_HEADER_BYTES,

@@ -206,6 +206,7 @@ pub(super) struct RawLimits {
     pub tls_handshake_timeout_secs: Option<Spanned<i64>>,
     pub header_read_timeout_secs: Option<Spanned<i64>>,
     pub idle_timeout_secs: Option<Spanned<i64>>,
+    pub max_connection_age_secs: Option<Spanned<i64>>,
     pub max_connections: Option<Spanned<i64>>,
     pub max_headers: Option<Spanned<i64>>,
     pub max_header_bytes: Option<Spanned<i64>>,

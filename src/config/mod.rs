@@ -363,6 +363,9 @@ pub struct Limits {
     pub tls_handshake_timeout: Duration,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    /// A connection this old is closed gracefully (h2 GOAWAY; http/1.1 after the response in
+    /// flight), and dropped `shutdown_grace` later if still open.
+    pub max_connection_age: Duration,
     pub max_connections: usize,
     pub max_headers: usize,
     pub max_header_bytes: usize,

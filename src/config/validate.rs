@@ -622,6 +622,11 @@ impl Checker<'_> {
                 d::IDLE_TIMEOUT_SECS,
                 d::IDLE_TIMEOUT_SECS_MAX
             )),
+            max_connection_age: secs(limit!(
+                max_connection_age_secs,
+                d::MAX_CONNECTION_AGE_SECS,
+                d::MAX_CONNECTION_AGE_SECS_MAX
+            )),
             max_connections: limit!(max_connections, d::MAX_CONNECTIONS, d::MAX_CONNECTIONS_MAX),
             max_headers: limit!(max_headers, d::MAX_HEADERS, d::MAX_HEADERS_MAX),
             // hyper's http/1.1 read buffer cannot be smaller than 8 KiB.

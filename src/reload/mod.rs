@@ -6,7 +6,10 @@
 //!
 //! Changes are serialized by one async mutex, so a file reload and an API change never
 //! interleave. Rate-limit quotas and the per-IP connection cap are updated in place (their state
-//! outlives snapshots); listener addresses, TLS and `[limits]` apply only at start.
+//! outlives snapshots). The TLS certificate and key files are read again by every reload (a
+//! renewal that rewrites them in place is picked up without any config change) and serve new
+//! connections; open connections keep theirs. Listener addresses and `[limits]` apply only at
+//! start.
 //!
 //! This module must not parse HTTP: `admin/api.rs` turns requests into calls here.
 
@@ -26,6 +29,7 @@ use crate::credentials::Delegations;
 use crate::identity::revocation::Revocations;
 use crate::pipeline::{ErrorChain, Pipeline};
 use crate::server::per_ip::PerIpConnections;
+use crate::server::tls::{LiveTls, LoadedTls, TlsError};
 use crate::telemetry::{Metrics, ReloadLabel};
 use lists::{ListsError, NetworkLists, StateError};
 
@@ -57,6 +61,8 @@ pub enum ReloadError {
     State(#[from] StateError),
     #[error("building the new snapshot")]
     Build(#[from] StartError),
+    #[error("the TLS certificate or key cannot be used; the previous one stays in force")]
+    Tls(#[source] TlsError),
 }
 
 /// Why an admin change of the lists was not applied.
@@ -104,6 +110,8 @@ pub struct Control {
     revocations: Arc<Revocations>,
     /// Outlive snapshots: a reload keeps the delegated roles' cached credentials.
     delegations: Arc<Delegations>,
+    /// The data listener's TLS config, replaced by every reload.
+    tls: Arc<LiveTls>,
     config_path: Option<PathBuf>,
     /// What the snapshot in force was built from (file config + persisted lists). The lock
     /// serializes every change.
@@ -132,12 +140,14 @@ pub fn with_persisted_lists(mut config: Config) -> Result<Config, StateError> {
 impl Control {
     /// `effective` is what the running snapshot was built from ([`with_persisted_lists`]
     /// applied).
+    #[allow(clippy::too_many_arguments)] // the live parts a reload replaces, passed once at start
     pub fn new(
         pipeline: Arc<Pipeline>,
         metrics: Arc<Metrics>,
         per_ip: Arc<PerIpConnections>,
         revocations: Arc<Revocations>,
         delegations: Arc<Delegations>,
+        tls: Arc<LiveTls>,
         config_path: Option<PathBuf>,
         effective: Config,
     ) -> Control {
@@ -154,6 +164,7 @@ impl Control {
             per_ip,
             revocations,
             delegations,
+            tls,
             config_path,
             current: Mutex::new(effective),
             admin_token,
@@ -162,6 +173,12 @@ impl Control {
 
     pub fn config_path(&self) -> Option<&Path> {
         self.config_path.as_deref()
+    }
+
+    /// The certificate chain and key files in force: the file watcher watches them with the
+    /// config file.
+    pub fn tls_files(&self) -> [PathBuf; 2] {
+        self.tls.files()
     }
 
     /// The admin token's digest, or `None` when the admin API is off.
@@ -204,12 +221,19 @@ impl Control {
     pub async fn install(&self, config: Config) -> Result<(), ReloadError> {
         let mut current = self.current.lock().await;
         let effective = with_persisted_lists(config)?;
+        // Read every time, whether or not the config changed: renewals rewrite the files. Two
+        // small PEM files, read inline like the key files `build_snapshot` reads.
+        let tls = LoadedTls::load(&effective.listener.tls).map_err(ReloadError::Tls)?;
         let snapshot = build_snapshot(&effective, &self.revocations, &self.delegations).await?;
         let old = &*current;
         if old.listener.addr != effective.listener.addr || old.admin.addr != effective.admin.addr {
             tracing::warn!("listener addresses changed in the config; they apply after a restart");
         }
         self.pipeline.replace(snapshot);
+        if tls.leaf() != &self.tls.leaf() {
+            tracing::info!("TLS certificate changed; new connections are served the new one");
+        }
+        self.tls.replace(tls);
         self.apply_live_settings(&effective);
         *current = effective;
         Ok(())
@@ -341,38 +365,66 @@ impl Fingerprint {
     }
 }
 
-/// Polls the config file and reloads when its fingerprint changes.
+/// Polls the config file, and the TLS certificate and key files in force, and reloads when a
+/// fingerprint changes: a certificate renewal (cert-manager, certbot) rewrites those files
+/// without touching the config.
 pub struct FileWatcher {
     control: Arc<Control>,
     path: PathBuf,
-    last: Option<Fingerprint>,
+    /// The watched files and their fingerprints at the last poll.
+    last: Option<(Vec<PathBuf>, Vec<Fingerprint>)>,
+}
+
+/// The fingerprints of all of `paths`, or `None` if one cannot be read right now.
+fn fingerprints(paths: &[PathBuf]) -> Option<Vec<Fingerprint>> {
+    paths.iter().map(|p| Fingerprint::of(p)).collect()
 }
 
 impl FileWatcher {
-    /// Takes the fingerprint of the file as it is now (the version in force).
+    /// Takes the fingerprints of the files as they are now (the versions in force).
     pub fn new(control: Arc<Control>, path: PathBuf) -> FileWatcher {
-        let last = Fingerprint::of(&path);
-        FileWatcher {
+        let mut watcher = FileWatcher {
             control,
             path,
-            last,
-        }
+            last: None,
+        };
+        let paths = watcher.watched();
+        watcher.last = fingerprints(&paths).map(|prints| (paths, prints));
+        watcher
     }
 
-    /// One poll: reload if the file changed since the last poll. Returns whether it reloaded
-    /// (successfully or not). A failed reload is not retried until the file changes again.
+    /// The config file, then the certificate and key files.
+    fn watched(&self) -> Vec<PathBuf> {
+        let mut paths = vec![self.path.clone()];
+        paths.extend(self.control.tls_files());
+        paths
+    }
+
+    /// One poll: reload if a file changed since the last poll. Returns whether it reloaded
+    /// (successfully or not). A failed reload is not retried until a file changes again.
     pub async fn poll_once(&mut self) -> bool {
-        let path = self.path.clone();
-        let now = tokio::task::spawn_blocking(move || Fingerprint::of(&path))
+        let paths = self.watched();
+        let look = paths.clone();
+        let now = tokio::task::spawn_blocking(move || fingerprints(&look))
             .await
             .ok()
             .flatten();
         let Some(now) = now else { return false };
-        if self.last.as_ref() == Some(&now) {
+        if self.last.as_ref() == Some(&(paths.clone(), now.clone())) {
             return false;
         }
-        self.last = Some(now);
+        self.last = Some((paths.clone(), now));
         let _ = self.control.reload_from_file(Trigger::File).await;
+        // A reload that named other certificate files: watch those from now on, as they are.
+        let after = self.watched();
+        if after != paths {
+            let look = after.clone();
+            let prints = tokio::task::spawn_blocking(move || fingerprints(&look))
+                .await
+                .ok()
+                .flatten();
+            self.last = prints.map(|prints| (after, prints));
+        }
         true
     }
 

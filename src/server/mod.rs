@@ -2,8 +2,11 @@
 //! it hands each request to a [`Handler`] with the connection's [`ConnInfo`].
 //!
 //! Limits enforced here: max connections (excess connections are closed at accept), TLS handshake
-//! timeout, header read timeout, keep-alive idle timeout, header count and size, h2 streams, header
-//! list size and reset-stream limits, and the shutdown grace period.
+//! timeout, header read timeout, idle timeout, maximum connection age, header count and size, h2
+//! streams, header list size and reset-stream limits, and the shutdown grace period.
+//!
+//! A TLS connection speaks what ALPN chose (`h2`, else http/1.1), never what its first bytes
+//! look like; the plain-TCP admin listener speaks http/1.1 only.
 
 pub mod per_ip;
 pub mod proxy_protocol;
@@ -17,6 +20,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -25,7 +29,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -33,7 +36,7 @@ use crate::config::Limits;
 use crate::config::defaults::{
     ACCEPT_ERROR_BACKOFF_MS, H2_SEND_BUFFER_BYTES, TLS_SEND_BUFFER_BYTES,
 };
-use crate::pipeline::respond::ResponseBody;
+use crate::pipeline::respond::{BodyError, ResponseBody};
 use crate::pipeline::{ConnInfo, Pipeline};
 use crate::telemetry::Metrics;
 
@@ -104,13 +107,34 @@ pub enum Role {
     Admin,
 }
 
+/// The protocol one connection speaks, fixed before any HTTP byte is read: never sniffed from
+/// the bytes, so an http/1.1 connection cannot be turned into h2 by sending the h2 preface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    H2,
+}
+
+impl Protocol {
+    /// What the TLS handshake agreed by ALPN: `h2` is h2; `http/1.1`, or no ALPN at all, is
+    /// http/1.1 (h2 over TLS requires ALPN, RFC 9113 3.2).
+    fn from_alpn(alpn: Option<&[u8]>) -> Protocol {
+        match alpn {
+            Some(b"h2") => Protocol::H2,
+            _ => Protocol::Http1,
+        }
+    }
+}
+
 /// Run a listener until `shutdown` fires, then stop accepting, let in-flight requests finish for
-/// up to `limits.shutdown_grace`, and drop whatever is left.
+/// up to `limits.shutdown_grace`, and drop whatever is left. With `tls`, each connection is
+/// served the TLS config in force when it was accepted (a reload replaces it for new ones) and
+/// speaks the protocol its ALPN chose; without (the admin listener), http/1.1 only.
 #[allow(clippy::too_many_arguments)] // one listener's whole setup, passed once at start
 pub async fn serve<H: Handler>(
     role: Role,
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<tls::LiveTls>>,
     handler: Arc<H>,
     limits: Limits,
     metrics: Arc<Metrics>,
@@ -158,7 +182,8 @@ pub async fn serve<H: Handler>(
                 let handler = Arc::clone(&handler);
                 let metrics = Arc::clone(&metrics);
                 let limits = limits.clone();
-                let tls = tls.clone();
+                // The config in force now: a reload after this accept does not change it.
+                let tls = tls.as_ref().map(|tls| tls.acceptor());
                 // Debug level: entering an enabled span on every poll costs on the hot path, and
                 // the request span already names the peer. With debug on, request spans (h1 and
                 // h2 alike, see `InSpanExecutor`) sit inside it.
@@ -177,7 +202,10 @@ pub async fn serve<H: Handler>(
                             let accept = acceptor.accept_with(stream, |tls| tls.set_buffer_limit(Some(TLS_SEND_BUFFER_BYTES)));
                             let handshake = tokio::time::timeout(limits.tls_handshake_timeout, accept).await;
                             match handshake {
-                                Ok(Ok(stream)) => serve_connection(stream, conn, handler, &limits, shutdown).await,
+                                Ok(Ok(stream)) => {
+                                    let protocol = Protocol::from_alpn(stream.get_ref().1.alpn_protocol());
+                                    serve_connection(stream, protocol, conn, handler, &limits, shutdown).await;
+                                }
                                 Ok(Err(e)) => {
                                     metrics.tls_handshake_failures.inc();
                                     tracing::debug!(error = %e, "TLS handshake failed");
@@ -188,7 +216,7 @@ pub async fn serve<H: Handler>(
                                 }
                             }
                         }
-                        None => serve_connection(stream, conn, handler, &limits, shutdown).await,
+                        None => serve_connection(stream, Protocol::Http1, conn, handler, &limits, shutdown).await,
                     }
                 }.instrument(span));
             }
@@ -238,9 +266,11 @@ async fn read_proxy_header<H: Handler>(
     }
 }
 
-/// Serve HTTP/1.1 or h2 on one established connection, closing it once idle for too long.
+/// Serve `protocol` on one established connection, closing it once idle for too long or once
+/// it reaches `limits.max_connection_age`.
 async fn serve_connection<IO, H>(
     io: IO,
+    protocol: Protocol,
     conn: ConnInfo,
     handler: Arc<H>,
     limits: &Limits,
@@ -249,16 +279,21 @@ async fn serve_connection<IO, H>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Handler,
 {
-    let io = IdleIo::new(io);
+    let io = IdleIo::new(FirstLineSplit::new(io, protocol == Protocol::Http1));
     let activity = Arc::clone(&io.activity);
-    let waiting = Arc::clone(&activity);
+    let requests = Arc::clone(&activity);
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let handler = Arc::clone(&handler);
-        let waiting = Waiting::new(&waiting);
+        // In flight from here until its response body ends or is dropped.
+        let in_flight = InFlight::new(&requests);
+        let waiting = Waiting::new(&requests);
         async move {
             let resp = handler.call(req, conn).await;
             drop(waiting);
-            Ok::<_, Infallible>(resp)
+            Ok::<_, Infallible>(resp.map(|body| TrackedBody {
+                inner: body,
+                in_flight: Some(in_flight),
+            }))
         }
     });
     let mut builder = auto::Builder::new(InSpanExecutor);
@@ -280,24 +315,37 @@ async fn serve_connection<IO, H>(
         // h2 buffers this much per stream before it stops pulling the body: keep a slow reader
         // from parking hundreds of KiB in the gateway (hyper's default is 400 KiB).
         .max_send_buf_size(H2_SEND_BUFFER_BYTES);
-    // No h2 keep-alive PINGs: hyper's server pings even with no stream open, and the PING and
-    // its ACK are bytes that `IdleIo` counts, so an idle h2 connection from a live client would
-    // never time out. `IdleIo` catches a dead peer without them: a peer that neither sends nor
-    // reads makes no read progress and stalls our writes, and a stalled write counts as nothing.
+    // One protocol per connection, as ALPN decided: the auto builder's own sniffing of the h2
+    // preface is off.
+    let builder = match protocol {
+        Protocol::Http1 => builder.http1_only(),
+        Protocol::H2 => builder.http2_only(),
+    };
+    // No h2 keep-alive PINGs: hyper's server pings even with no stream open. Not needed: a
+    // connection with no request in flight is closed by the idle clock whatever it sends, and a
+    // peer that stops reading mid-response stalls our writes, which counts as no progress.
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
     let idle = limits.idle_timeout;
-    // Shutdown and the idle timeout both close gracefully first: h2 sends GOAWAY, so a client
-    // knows which of its requests were not taken and can retry them elsewhere; http/1.1 closes
-    // after the response in flight. A connection that does not finish closing in time (its
-    // client stopped reading) is dropped, unless bytes moved again meanwhile. A request waiting
-    // for its backend keeps the connection from being idle: the backend timeouts bound it.
+    // Shutdown, the idle timeout and the connection's age all close gracefully first: h2 sends
+    // GOAWAY, so a client knows which of its requests were not taken and can retry them
+    // elsewhere; http/1.1 closes after the response in flight. An idle connection that does not
+    // finish closing in time (its client stopped reading) is dropped, unless a request in flight
+    // still makes progress. One that reached its age is dropped at the latest `shutdown_grace`
+    // later, as a shutdown would.
     let mut closing = false;
     // When the idle close started; it is given up on IDLE_CLOSE_GRACE_MS later.
     let grace = Duration::from_millis(IDLE_CLOSE_GRACE_MS);
     let mut give_up: Option<Instant> = None;
+    let aged = tokio::time::sleep(limits.max_connection_age);
+    tokio::pin!(aged);
+    let mut past_age = false;
     loop {
-        let wake = give_up.map_or_else(|| activity.last() + idle, |started| started + grace);
+        let wake = match give_up {
+            Some(started) => started + grace,
+            // A request waiting for its backend: not idle; look again later.
+            None => activity.idle_since().unwrap_or_else(Instant::now) + idle,
+        };
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(e) = result {
@@ -309,18 +357,29 @@ async fn serve_connection<IO, H>(
                 closing = true;
                 connection.as_mut().graceful_shutdown();
             }
+            () = aged.as_mut() => {
+                if past_age {
+                    tracing::debug!("connection past its maximum age did not close in time; dropping it");
+                    return;
+                }
+                past_age = true;
+                tracing::debug!(age = ?limits.max_connection_age, "connection reached its maximum age; closing");
+                if !closing {
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                aged.as_mut().reset((Instant::now() + limits.shutdown_grace).into());
+            }
             () = tokio::time::sleep_until(wake.into()) => {
                 if let Some(started) = give_up.take() {
-                    if activity.waiting() || activity.last() > started {
+                    if activity.progressing_since(started) {
                         // Alive after all: closing stays in effect, the idle clock runs again.
                         continue;
                     }
                     tracing::debug!("idle connection did not close after GOAWAY; dropping it");
                     return;
                 }
-                if activity.waiting() {
-                    activity.touch();
-                } else if activity.last().elapsed() >= idle {
+                if activity.idle_since().is_some_and(|since| since.elapsed() >= idle) {
                     tracing::debug!(?idle, "closing idle connection");
                     if !closing {
                         closing = true;
@@ -349,29 +408,117 @@ impl Drop for OpenConnection {
     }
 }
 
-/// When a connection last moved bytes, in milliseconds since it opened.
+/// What the idle clock of one connection reads. Times are milliseconds since it opened.
+///
+/// With no request in flight, only the time since the last request ended (or since the
+/// connection opened) counts: bytes do not, so h2 control frames (PING, SETTINGS,
+/// WINDOW_UPDATE, PRIORITY) cannot keep a connection open. With a request in flight, the time
+/// since bytes last moved counts, so a slow but steady reader is spared and a peer that stopped
+/// reading is caught; a request still waiting for its backend is never idle.
 struct Activity {
     opened: Instant,
-    last_ms: AtomicU64,
-    /// Requests on this connection whose response head is not ready yet (waiting for a
-    /// backend). They move no bytes, but the connection is not idle.
+    /// When bytes last moved.
+    last_byte_ms: AtomicU64,
+    /// When the last request ended, or the connection opened.
+    quiet_since_ms: AtomicU64,
+    /// Requests received whose response has not ended yet (body finished, or dropped).
+    in_flight: AtomicUsize,
+    /// Of those, the ones whose response head is not ready yet (waiting for a backend). They
+    /// move no bytes, but the connection is not idle.
     waiting: AtomicUsize,
 }
 
 impl Activity {
+    fn new() -> Activity {
+        Activity {
+            opened: Instant::now(),
+            last_byte_ms: AtomicU64::new(0),
+            quiet_since_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+        }
+    }
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+    fn at(&self, ms: &AtomicU64) -> Instant {
+        self.opened + Duration::from_millis(ms.load(Ordering::Relaxed))
+    }
+    /// Bytes moved.
     fn touch(&self) {
-        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
+        self.last_byte_ms.store(self.now_ms(), Ordering::Relaxed);
     }
-    fn last(&self) -> Instant {
-        self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    /// Since when the connection counts as idle; `None` while a request waits for its backend.
+    fn idle_since(&self) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Relaxed) == 0 {
+            Some(self.at(&self.quiet_since_ms))
+        } else if self.waiting.load(Ordering::Relaxed) > 0 {
+            None
+        } else {
+            Some(self.at(&self.last_byte_ms))
+        }
     }
-    fn waiting(&self) -> bool {
-        self.waiting.load(Ordering::Relaxed) > 0
+    /// Whether a request in flight has moved since `started` (or is waiting for its backend).
+    fn progressing_since(&self, started: Instant) -> bool {
+        self.in_flight.load(Ordering::Relaxed) > 0
+            && (self.waiting.load(Ordering::Relaxed) > 0 || self.at(&self.last_byte_ms) > started)
     }
 }
 
-/// Counts one request as waiting for its response head while it lives; when it ends, the idle
+/// Counts one request as in flight while it lives: from its arrival until its response body
+/// ends or is dropped (an h2 stream reset, a handler cancelled). When the last one ends, the
+/// idle clock restarts from then.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn new(activity: &Arc<Activity>) -> InFlight {
+        // Progress is measured from the request's arrival, not from bytes before it.
+        activity.touch();
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(activity))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let now = self.0.now_ms();
+        self.0.quiet_since_ms.store(now, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that ends its request's time in flight when it ends, fails, or is dropped.
+struct TrackedBody {
+    inner: ResponseBody,
+    in_flight: Option<InFlight>,
+}
+
+impl hyper::body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            this.in_flight = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Counts one request as waiting for its response head while it lives; when it ends, the byte
 /// clock restarts from then.
 struct Waiting(Arc<Activity>);
 
@@ -389,6 +536,71 @@ impl Drop for Waiting {
     }
 }
 
+/// The request line an h2 client sends first (the start of the connection preface).
+const H2_PREFACE_LINE: &[u8] = b"PRI * HTTP/2.0";
+
+/// On an http/1.1 connection, hands hyper at most the h2 preface's request line on the first
+/// read. Seeing the whole 24-byte preface, hyper's http/1.1 server closes the connection without
+/// a word (it expects its caller to switch to h2); seeing only the request line, it refuses
+/// the `HTTP/2.0` version as any other unsupported one, with an HTTP/1.1 400, and closes.
+/// Costs one extra read per connection; later reads pass through.
+struct FirstLineSplit<T> {
+    inner: T,
+    split: bool,
+}
+
+impl<T> FirstLineSplit<T> {
+    fn new(inner: T, split: bool) -> FirstLineSplit<T> {
+        FirstLineSplit { inner, split }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for FirstLineSplit<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.split || buf.remaining() <= H2_PREFACE_LINE.len() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let mut first = [0u8; H2_PREFACE_LINE.len()];
+        let mut small = ReadBuf::new(&mut first);
+        let res = Pin::new(&mut self.inner).poll_read(cx, &mut small);
+        if matches!(res, Poll::Ready(Ok(()))) {
+            self.split = false;
+            buf.put_slice(small.filled());
+        }
+        res
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for FirstLineSplit<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// An I/O wrapper that records activity, for the idle timeout.
 struct IdleIo<T> {
     inner: T,
@@ -399,11 +611,7 @@ impl<T> IdleIo<T> {
     fn new(inner: T) -> IdleIo<T> {
         IdleIo {
             inner,
-            activity: Arc::new(Activity {
-                opened: Instant::now(),
-                last_ms: AtomicU64::new(0),
-                waiting: AtomicUsize::new(0),
-            }),
+            activity: Arc::new(Activity::new()),
         }
     }
 }

@@ -1,9 +1,14 @@
 //! TLS server configuration: rustls with ring, TLS 1.2 and 1.3, ALPN h2 and http/1.1. Certificates
 //! come from PEM files, or a development certificate generated once and kept on disk.
+//!
+//! The config in force is a [`LiveTls`]: a reload reads the certificate and key files again and
+//! replaces it, so new connections get the new certificate while open ones keep theirs. A new
+//! config also starts a new session cache, so no client resumes a session of the old certificate.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -42,21 +47,94 @@ pub enum TlsError {
 pub const DEV_CERT_FILE: &str = "cert.pem";
 pub const DEV_KEY_FILE: &str = "key.pem";
 
+/// The data listener's TLS config in force, and the files it was read from.
+pub struct LiveTls {
+    current: ArcSwap<LoadedTls>,
+}
+
+impl LiveTls {
+    pub fn new(loaded: LoadedTls) -> LiveTls {
+        LiveTls {
+            current: ArcSwap::from_pointee(loaded),
+        }
+    }
+
+    /// An acceptor with the config in force now; the connections it accepts keep it.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(Arc::clone(&self.current.load().config))
+    }
+
+    /// The certificate chain and key files in force (the file watcher watches them).
+    pub fn files(&self) -> [PathBuf; 2] {
+        let current = self.current.load();
+        [current.cert_path.clone(), current.key_path.clone()]
+    }
+
+    /// The leaf certificate served to new connections.
+    pub fn leaf(&self) -> CertificateDer<'static> {
+        self.current.load().leaf.clone()
+    }
+
+    /// Serve `loaded` to every connection accepted from now on.
+    pub fn replace(&self, loaded: LoadedTls) {
+        self.current.store(Arc::new(loaded));
+    }
+}
+
+/// A server TLS config read from its files.
+pub struct LoadedTls {
+    config: Arc<ServerConfig>,
+    leaf: CertificateDer<'static>,
+    cert_path: PathBuf,
+    key_path: PathBuf,
+}
+
+impl LoadedTls {
+    /// Read the certificate chain and key `tls` names (generating the development certificate
+    /// if it is missing) and build the server config. Fails if a file is missing or unreadable,
+    /// holds no certificate or key, or the key is not the certificate's.
+    pub fn load(tls: &TlsConfig) -> Result<LoadedTls, TlsError> {
+        let (cert_path, key_path) = match tls {
+            TlsConfig::Files { cert, key } => (cert.clone(), key.clone()),
+            TlsConfig::Development { dir } => ensure_dev_cert(dir)?,
+        };
+        let (config, leaf) = build(&cert_path, &key_path)?;
+        Ok(LoadedTls {
+            config,
+            leaf,
+            cert_path,
+            key_path,
+        })
+    }
+
+    pub fn config(&self) -> &Arc<ServerConfig> {
+        &self.config
+    }
+
+    pub fn leaf(&self) -> &CertificateDer<'static> {
+        &self.leaf
+    }
+}
+
 /// Build the server TLS config for the data listener.
 pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
-    let (cert_path, key_path) = match tls {
-        TlsConfig::Files { cert, key } => (cert.clone(), key.clone()),
-        TlsConfig::Development { dir } => ensure_dev_cert(dir)?,
-    };
+    LoadedTls::load(tls).map(|loaded| loaded.config)
+}
+
+fn build(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(Arc<ServerConfig>, CertificateDer<'static>), TlsError> {
+    let (cert_path, key_path) = (cert_path.to_path_buf(), key_path.to_path_buf());
     let certs = CertificateDer::pem_file_iter(&cert_path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|source| TlsError::Cert {
             path: cert_path.clone(),
             source,
         })?;
-    if certs.is_empty() {
+    let Some(leaf) = certs.first().cloned() else {
         return Err(TlsError::NoCert { path: cert_path });
-    }
+    };
     let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|source| TlsError::Key {
         path: key_path,
         source,
@@ -67,7 +145,7 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), leaf))
 }
 
 /// Create `dir/cert.pem` and `dir/key.pem` (self-signed for localhost, 127.0.0.1 and ::1) unless
