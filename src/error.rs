@@ -98,7 +98,10 @@ impl Error {
                 BackendError::CredentialsUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 // Still changing after every retry: the client may try again.
                 BackendError::Changed => StatusCode::SERVICE_UNAVAILABLE,
-                BackendError::Unreachable(_)
+                // The gateway's own credentials or settings are wrong: a fault upstream of the
+                // client, never a refusal of the requesting user.
+                BackendError::ConfigFault { .. }
+                | BackendError::Unreachable(_)
                 | BackendError::BodyBroken(_)
                 | BackendError::Protocol(_) => StatusCode::BAD_GATEWAY,
                 BackendError::Timeout(_) | BackendError::Stalled(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -149,7 +152,8 @@ impl Error {
                     "storage credentials unavailable, try again later"
                 }
                 BackendError::Changed => "object is changing, try again",
-                BackendError::Unreachable(_)
+                BackendError::ConfigFault { .. }
+                | BackendError::Unreachable(_)
                 | BackendError::BodyBroken(_)
                 | BackendError::Protocol(_) => "storage backend failed",
                 BackendError::Timeout(_) | BackendError::Stalled(_) => "storage backend timed out",

@@ -55,7 +55,9 @@ pub struct RouteLabel {
 pub struct UpstreamError {
     /// The configured source name (never an endpoint or a bucket).
     pub source: String,
-    /// `BackendError::kind()` (`unreachable`, `timeout`, `stalled`, `body_broken`, ...), or
+    /// `BackendError::kind()` (`unreachable`, `timeout`, `stalled`, `body_broken`,
+    /// `access_denied`, `config_fault` for the gateway's own credentials or settings refused,
+    /// ...), or
     /// `body_truncated` / `body_overlong` for a body whose length disagreed with its head.
     /// Which errors count is decided in `pipeline::respond::upstream_error_kind`.
     pub kind: &'static str,
@@ -169,7 +171,7 @@ impl Metrics {
         registry.register(
             "upstream_errors",
             "Store failures, once per failed request, by source and kind: before the response \
-             head (unreachable, timeout, access_denied, ...) or mid-body (body_broken, stalled, \
+             head (unreachable, timeout, access_denied, config_fault, ...) or mid-body (body_broken, stalled, \
              io, body_truncated, body_overlong). A missing object (404) and a client that goes \
              away are not upstream errors",
             upstream_errors.clone(),

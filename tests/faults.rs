@@ -4,13 +4,17 @@
 //! the head was sent is aborted (never finished as if complete), over http/1.1 and h2. After every
 //! fault the same
 //! gateway keeps serving its other source. A client that goes away mid-body (connection closed,
-//! or one h2 stream reset) cancels the upstream GET at once.
+//! or one h2 stream reset) cancels the upstream GET at once. The first-byte timeout is one budget
+//! for the whole wait, retries included, and never cuts a slow download. A store that refuses the
+//! gateway's own credentials or settings is a 502 configuration fault, never the client's 403; an
+//! answer with an oversized header block is a 502.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bucketgate::config::{Limits, SourceConfig};
@@ -666,4 +670,380 @@ async fn h2_stream_reset_mid_body_cancels_the_upstream_get_and_keeps_the_connect
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&bytes[..], HELLO, "{what}");
     conn.abort();
+}
+
+// --- one first-byte budget ------------------------------------------------------------------
+
+/// Regression (issue 11): each attempt had its own first-byte timeout, so a store that never
+/// answered was waited on (1 + retries) x timeout, plus back-off. Retries share one budget.
+#[tokio::test]
+async fn first_byte_timeout_bounds_the_whole_wait_retries_included() {
+    let timeout = Duration::from_secs(1);
+    let bed = bed_with(
+        Mode::StallBeforeHeaders,
+        Limits {
+            upstream_first_byte_timeout: timeout,
+            upstream_max_retries: 3,
+            ..limits()
+        },
+    )
+    .await;
+    for proto in Proto::BOTH {
+        let client = bed.gw.client_for(proto);
+        let what = format!("{proto:?} stall before headers, 3 retries");
+        let (resp, waited) = timed_origin_get(&client, &bed.gw).await;
+        assert_error(
+            resp,
+            StatusCode::GATEWAY_TIMEOUT,
+            "storage backend timed out",
+            &what,
+        )
+        .await;
+        assert!(
+            waited >= timeout - Duration::from_millis(100),
+            "{what}: answered after {waited:?}, before the timeout"
+        );
+        // One timeout per attempt would be 4 s and more.
+        assert!(
+            waited < 2 * timeout,
+            "{what}: answered only after {waited:?}, not within about the {timeout:?} budget"
+        );
+        bed.assert_still_serves(&client, &what).await;
+    }
+}
+
+/// The HEAD and the GET of one request share the budget too: a HEAD that takes most of it
+/// leaves the GET only the rest.
+#[tokio::test]
+async fn slow_head_and_stalled_get_share_one_first_byte_timeout() {
+    let timeout = Duration::from_secs(2);
+    let bed = bed_with(
+        Mode::SlowHeadThenStall,
+        Limits {
+            upstream_first_byte_timeout: timeout,
+            ..limits()
+        },
+    )
+    .await;
+    for proto in Proto::BOTH {
+        let client = bed.gw.client_for(proto);
+        let what = format!("{proto:?} slow HEAD, stalled GET");
+        let (resp, waited) = timed_origin_get(&client, &bed.gw).await;
+        assert_error(
+            resp,
+            StatusCode::GATEWAY_TIMEOUT,
+            "storage backend timed out",
+            &what,
+        )
+        .await;
+        assert!(
+            waited >= timeout - Duration::from_millis(100),
+            "{what}: answered after {waited:?}, before the timeout"
+        );
+        // A budget per call would be the slow HEAD plus a whole timeout for the GET: 3.5 s.
+        assert!(
+            waited < origin::SLOW_HEAD + timeout - Duration::from_millis(500),
+            "{what}: answered only after {waited:?}, not within about the {timeout:?} budget"
+        );
+    }
+}
+
+/// The budget ends with the response head: a download that takes longer than it, and never
+/// stalls for the idle timeout, arrives whole.
+#[tokio::test]
+async fn download_longer_than_the_first_byte_timeout_is_not_cut() {
+    let bed = bed(Mode::Trickle).await;
+    let budget = limits().upstream_first_byte_timeout;
+    let client = bed.gw.client();
+    let started = Instant::now();
+    let resp = client
+        .get(bed.gw.url("/o/origin/photo.png"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.bytes().await.expect("the whole body");
+    let took = started.elapsed();
+    assert!(body == origin::object_bytes(), "body differs");
+    assert!(
+        took > budget + Duration::from_millis(500),
+        "the download took {took:?}: too quick to show anything about the {budget:?} budget"
+    );
+}
+
+// --- oversized header blocks ----------------------------------------------------------------
+
+/// Regression (issue 11): an answer with 100 KiB of headers (within hyper's 400 KiB buffer) was
+/// taken as a good answer. Over 64 KiB it is a broken one, and none of it reaches the client.
+#[tokio::test]
+async fn origin_header_block_over_64_kib_is_502_and_none_of_it_passes() {
+    for shape in [origin::HeaderShape::Many, origin::HeaderShape::One] {
+        let bed = bed(Mode::HugeHeaders(shape)).await;
+        for proto in Proto::BOTH {
+            let client = bed.gw.client_for(proto);
+            let what = format!("{proto:?} {shape:?} headers");
+            let resp = client
+                .get(bed.gw.url("/o/origin/photo.png"))
+                .send()
+                .await
+                .unwrap();
+            assert!(
+                !resp.headers().keys().any(|k| k.as_str().contains("huge")),
+                "{what}: origin header passed on"
+            );
+            assert_error(
+                resp,
+                StatusCode::BAD_GATEWAY,
+                "storage backend failed",
+                &what,
+            )
+            .await;
+            let resp = client
+                .head(bed.gw.url("/o/origin/photo.png"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::BAD_GATEWAY, "{what}: HEAD");
+            assert_no_upstream_headers(resp.headers(), &what);
+            bed.assert_still_serves(&client, &what).await;
+        }
+    }
+}
+
+// --- the gateway's own credentials or settings refused ----------------------------------------
+
+/// Log events written on this thread while the guard lives, as JSON lines. A `#[tokio::test]`
+/// runs the gateway on its current-thread runtime, so the request logs land here.
+#[derive(Clone, Default)]
+struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLogs {
+    type Writer = CapturedLogs;
+
+    fn make_writer(&'a self) -> CapturedLogs {
+        self.clone()
+    }
+}
+
+impl CapturedLogs {
+    fn start() -> (CapturedLogs, tracing::subscriber::DefaultGuard) {
+        let logs = CapturedLogs::default();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(logs.clone())
+            .finish();
+        let guard = tracing::subscriber::set_default(subscriber);
+        (logs, guard)
+    }
+
+    /// The WARN events, parsed.
+    fn warnings(&self) -> Vec<serde_json::Value> {
+        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["level"] == "WARN")
+            .collect()
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+/// `bucketgate_upstream_errors_total{source, kind}`, 0 when absent.
+fn upstream_errors(gw: &TestGateway, source: &str, kind: &str) -> f64 {
+    let text = gw.gateway().metrics().encode().unwrap();
+    let labels = format!("{{source=\"{source}\",kind=\"{kind}\"}} ");
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("bucketgate_upstream_errors_total")?
+                .strip_prefix(&labels)
+        })
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// The one configuration-fault warning for `source` with `code`, asserted once per request.
+fn assert_config_fault_logged(logs: &CapturedLogs, source: &str, code: &str, times: usize) {
+    let found = logs
+        .warnings()
+        .into_iter()
+        .filter(|w| {
+            w["source"] == source
+                && w["s3_error_code"] == code
+                && w["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("configuration fault"))
+        })
+        .count();
+    assert_eq!(
+        found,
+        times,
+        "{source} {code}: configuration-fault warnings in\n{}",
+        logs.text()
+    );
+}
+
+/// Regression (issue 11): a store refusing the gateway's own credentials (a wrong secret, an
+/// unknown key id) answered the client 403, as if the client were refused. s3s-fs checks SigV4
+/// for real: 502, counted and logged as a configuration fault, the secret nowhere.
+#[tokio::test]
+async fn wrong_gateway_credentials_are_a_502_configuration_fault() {
+    const KEY_ID: &str = "AKIDFAULTSTEST";
+    const SECRET: &str = "faults-test-secret-0123456789";
+    const WRONG_SECRET: &str = "not-the-faults-secret-987654";
+    let (logs, _guard) = CapturedLogs::start();
+    let s3 = support::s3::S3sFs::start(KEY_ID, SECRET).await;
+    s3.create_bucket("media").await;
+    s3.put("media", "photo.png", b"png", Some("image/png"))
+        .await;
+    let source = |key_id: &str, secret: &str| {
+        SourceConfig::S3(support::s3::source(
+            &s3.endpoint,
+            "media",
+            "",
+            key_id,
+            secret,
+        ))
+    };
+    let sources = BTreeMap::from([
+        ("good".to_string(), source(KEY_ID, SECRET)),
+        ("wrong-secret".to_string(), source(KEY_ID, WRONG_SECRET)),
+        ("unknown-key".to_string(), source("AKIDNOBODYKNOWS", SECRET)),
+    ]);
+    let gw = support::start_gateway_with(sources, limits()).await;
+    let cases = [
+        ("wrong-secret", "SignatureDoesNotMatch"),
+        ("unknown-key", "InvalidAccessKeyId"),
+    ];
+    for proto in Proto::BOTH {
+        let client = gw.client_for(proto);
+        let ok = client
+            .get(gw.url("/o/good/photo.png"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), StatusCode::OK, "{proto:?}: the control source");
+        for (name, code) in cases {
+            let what = format!("{proto:?} {name} ({code})");
+            for method in [http::Method::GET, http::Method::HEAD] {
+                let resp = client
+                    .request(method.clone(), gw.url(&format!("/o/{name}/photo.png")))
+                    .send()
+                    .await
+                    .unwrap();
+                if method == http::Method::HEAD {
+                    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY, "{what}: HEAD");
+                    assert_no_upstream_headers(resp.headers(), &what);
+                } else {
+                    assert_error(
+                        resp,
+                        StatusCode::BAD_GATEWAY,
+                        "storage backend failed",
+                        &what,
+                    )
+                    .await;
+                }
+            }
+        }
+    }
+    for (name, code) in cases {
+        // GET and HEAD, over both protocols.
+        assert_eq!(upstream_errors(&gw, name, "config_fault"), 4.0, "{name}");
+        assert_eq!(upstream_errors(&gw, name, "access_denied"), 0.0, "{name}");
+        assert_config_fault_logged(&logs, name, code, 4);
+    }
+    let text = logs.text();
+    for secret in [SECRET, WRONG_SECRET] {
+        assert!(!text.contains(secret), "a secret in the log:\n{text}");
+    }
+}
+
+/// Every S3 error code that says the gateway's own settings are wrong is a 502 configuration
+/// fault, whether the GET says it or a refused HEAD (no body, no code) has to be explained;
+/// `AccessDenied` stays a 403 refusal.
+#[tokio::test]
+async fn store_error_codes_for_the_gateways_own_settings_are_502_configuration_faults() {
+    let (logs, _guard) = CapturedLogs::start();
+    let cases: [(u16, &str, StatusCode, &str); 9] = [
+        (
+            403,
+            "SignatureDoesNotMatch",
+            StatusCode::BAD_GATEWAY,
+            "config_fault",
+        ),
+        (
+            403,
+            "InvalidAccessKeyId",
+            StatusCode::BAD_GATEWAY,
+            "config_fault",
+        ),
+        (
+            400,
+            "AuthorizationHeaderMalformed",
+            StatusCode::BAD_GATEWAY,
+            "config_fault",
+        ),
+        (400, "ExpiredToken", StatusCode::BAD_GATEWAY, "config_fault"),
+        (
+            400,
+            "TokenRefreshRequired",
+            StatusCode::BAD_GATEWAY,
+            "config_fault",
+        ),
+        (400, "InvalidToken", StatusCode::BAD_GATEWAY, "config_fault"),
+        (
+            403,
+            "RequestTimeTooSkewed",
+            StatusCode::BAD_GATEWAY,
+            "config_fault",
+        ),
+        (
+            301,
+            "PermanentRedirect",
+            StatusCode::BAD_GATEWAY,
+            "config_fault",
+        ),
+        (403, "AccessDenied", StatusCode::FORBIDDEN, "access_denied"),
+    ];
+    for (status, code, want, kind) in cases {
+        let bed = bed_with(
+            Mode::ErrorCode(status, code),
+            Limits {
+                upstream_max_retries: 0,
+                ..limits()
+            },
+        )
+        .await;
+        let client = bed.gw.client();
+        let what = format!("origin {status} {code}");
+        let resp = client
+            .get(bed.gw.url("/o/origin/photo.png"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), want, "{what}");
+        assert_no_upstream_headers(resp.headers(), &what);
+        let body = resp.text().await.unwrap();
+        assert!(
+            !body.contains(code),
+            "{what}: the code reached the client: {body}"
+        );
+        assert_eq!(upstream_errors(&bed.gw, "origin", kind), 1.0, "{what}");
+        let logged = if kind == "config_fault" { 1 } else { 0 };
+        assert_config_fault_logged(&logs, "origin", code, logged);
+        bed.assert_still_serves(&client, &what).await;
+    }
 }

@@ -866,6 +866,11 @@ struct JwksServer {
 }
 
 async fn jwks_server(doc: String) -> JwksServer {
+    jwks_server_with_headers(doc, String::new()).await
+}
+
+/// [`jwks_server`], with `extra` (whole header lines) in every answer's head.
+async fn jwks_server_with_headers(doc: String, extra: String) -> JwksServer {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
@@ -894,6 +899,7 @@ async fn jwks_server(doc: String) -> JwksServer {
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let (acceptor, d, h) = (acceptor.clone(), Arc::clone(&d), Arc::clone(&h));
+            let extra = extra.clone();
             tokio::spawn(async move {
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
@@ -909,7 +915,7 @@ async fn jwks_server(doc: String) -> JwksServer {
                 h.fetch_add(1, Ordering::SeqCst);
                 let body = d.lock().unwrap().clone();
                 let resp = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n{extra}\r\n{body}",
                     body.len()
                 );
                 let _ = tls.write_all(resp.as_bytes()).await;
@@ -928,6 +934,46 @@ async fn jwks_server(doc: String) -> JwksServer {
 
 fn jwk(kid: &str, key: &rcgen::KeyPair) -> Value {
     json!({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid, "x": b64(key.public_key_raw())})
+}
+
+/// Regression (issue 11): a JWKS answer with a 100 KiB header block (within hyper's default
+/// 400 KiB) was read; over 64 KiB it is a broken fetch and none of its keys is trusted.
+#[tokio::test]
+async fn jwks_answer_with_an_oversized_header_block_is_refused() {
+    let k1 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let doc = json!({"keys": [jwk("k1", &k1)]}).to_string();
+    let base = json!({"sub": "u", "aud": TEST_AUDIENCE, "exp": now() + 600, "scope": ["local:"], "role": "reviewer"});
+    let k = EncodingKey::from_ed_pem(k1.serialize_pem().as_bytes()).unwrap();
+    let auth = format!("Bearer {}", sign(Algorithm::EdDSA, "k1", &k, &base));
+    let data = tempfile::tempdir().unwrap();
+    support::write_file(data.path(), "a/x.txt", b"a/x.txt");
+    for (padding, want) in [(0, StatusCode::OK), (100 * 1024, StatusCode::UNAUTHORIZED)] {
+        let extra = if padding == 0 {
+            String::new()
+        } else {
+            format!("x-padding: {}\r\n", "p".repeat(padding))
+        };
+        let server = jwks_server_with_headers(doc.clone(), extra).await;
+        let state = tempfile::tempdir().unwrap();
+        let mut id = support::test_identity();
+        id.jwks = Some(JwksConfig {
+            url: format!("https://{}/jwks.json", server.addr)
+                .parse()
+                .unwrap(),
+            ca_file: Some(server.ca_file.clone()),
+            refresh_min_interval: Duration::from_secs(3600),
+        });
+        let gw = start(data.path(), state.path(), Some(id)).await;
+        assert!(server.hits.load(Ordering::SeqCst) >= 1, "fetched at start");
+        let client = gw.anon_client_builder().build().unwrap();
+        let got = send(
+            &client,
+            &gw.url("/o/local/a/x.txt"),
+            &[("authorization", &auth)],
+        )
+        .await;
+        assert_eq!(got.status, want, "{padding} bytes of padding");
+    }
 }
 
 #[tokio::test]

@@ -116,6 +116,13 @@ pub enum BackendError {
     /// without a user's credentials.
     #[error("access denied by the store")]
     AccessDenied,
+    /// The store refused the gateway's own credentials or configuration: a wrong secret or key
+    /// id, a wrong region, a malformed or expired token the gateway sent, a skewed clock, an
+    /// account or bucket the source cannot use. The requesting user can do nothing about it;
+    /// the operator must fix the source. `code` is the store's error code, one of a fixed list
+    /// (never text the store chose).
+    #[error("the store refused the gateway's own credentials or configuration ({code})")]
+    ConfigFault { code: &'static str },
     /// A delegated-role source has no valid credentials (STS failed and the cached ones
     /// expired). Never answered by falling back to other credentials.
     #[error("no valid credentials for the source; retry after {retry_after:?}")]
@@ -158,6 +165,7 @@ impl BackendError {
             BackendError::NotFound => "not_found",
             BackendError::NotAnObject => "not_an_object",
             BackendError::AccessDenied => "access_denied",
+            BackendError::ConfigFault { .. } => "config_fault",
             BackendError::CredentialsUnavailable { .. } => "credentials_unavailable",
             BackendError::Changed => "changed",
             BackendError::Unreachable(_) => "unreachable",
@@ -232,6 +240,26 @@ impl AnyBackend {
         match self {
             AnyBackend::Fs(b) => b.open(key, want).await,
             AnyBackend::S3(b) => b.open_as(key, want, caller).await,
+        }
+    }
+}
+
+impl AnyBackend {
+    /// [`AnyBackend::open_as`], with the store's answers due by `deadline` (else
+    /// [`BackendError::Timeout`]). An fs source reads local files and has no such wait.
+    pub async fn open_until<F>(
+        &self,
+        key: &str,
+        want: F,
+        caller: Caller<'_>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Opened, BackendError>
+    where
+        F: FnOnce(&ObjectMeta) -> Want + Send + 'static,
+    {
+        match self {
+            AnyBackend::Fs(b) => b.open(key, want).await,
+            AnyBackend::S3(b) => b.open_until(key, want, caller, deadline).await,
         }
     }
 }

@@ -7,11 +7,27 @@
 //!
 //! Time limits, and who enforces them:
 //! - connect: the SDK connector (`upstream_connect_timeout`);
-//! - response headers: the SDK's per-attempt timeout (`upstream_first_byte_timeout`), retried up
-//!   to `upstream_max_retries` times, which is safe because nothing has reached the client yet;
+//! - response headers: `upstream_first_byte_timeout` is ONE budget for the whole wait, retries
+//!   included (up to `upstream_max_retries`, safe because nothing has reached the client yet),
+//!   not one timeout per attempt: the SDK's operation timeout bounds each call with its retries
+//!   and back-off, and [`S3Backend::open_until`] bounds the HEAD, the GET and any refusal probe
+//!   of one request together, by a deadline the pipeline sets once per request (so starting over
+//!   after the object changed shares it too). The operation timeout ends when the SDK hands back
+//!   the response head: it never covers reading a GetObject body. Loading a delegated role's
+//!   credentials (STS, with its own timeout) happens before the deadline applies;
 //! - body: our own per-frame idle timeout (`upstream_idle_timeout`) in [`body_stream`]. The SDK's
 //!   stalled-stream protection is turned off so that a stall is reported once, as
 //!   [`BackendError::Stalled`], and never retried behind the client's back.
+//!
+//! An answer whose header block is larger than `UPSTREAM_MAX_HEADER_BYTES` is refused by an
+//! interceptor ([`HeaderBlockLimit`]) before the SDK reads it, on every S3 and STS call.
+//!
+//! Refusals: a store error that says the gateway's own credentials or settings are wrong
+//! (`SignatureDoesNotMatch`, `InvalidAccessKeyId`, a wrong region, a skewed clock, ...) is a
+//! [`BackendError::ConfigFault`], whoever's credentials signed; `AccessDenied` is a refusal
+//! ([`BackendError::AccessDenied`]). An expired token is the gateway's fault for its own
+//! credentials and a refusal of the user for a SAML user's. A HEAD answer has no body and so no
+//! error code: a refused HEAD is explained by a one-byte ranged GET with the same credentials.
 //!
 //! Whose credentials sign a request:
 //! - `default` / static keys: the client's own provider, for every request;
@@ -31,10 +47,12 @@ use std::time::{Duration, SystemTime};
 
 use aws_config::default_provider::credentials::DefaultCredentialsChain;
 use aws_config::provider_config::ProviderConfig;
+use aws_sdk_s3::config::interceptors::BeforeDeserializationInterceptorContextRef;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
-    BehaviorVersion, Credentials, IdentityCache, Region, StalledStreamProtectionConfig,
+    BehaviorVersion, ConfigBag, Credentials, IdentityCache, Intercept, Region, RuntimeComponents,
+    StalledStreamProtectionConfig,
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
@@ -43,7 +61,9 @@ use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use super::{
     Backend, BackendError, BodyStream, ByteRange, Caller, ObjectBody, ObjectMeta, Opened, Want,
 };
-use crate::config::defaults::{RETRY_INITIAL_BACKOFF_MS, RETRY_MAX_BACKOFF_MS};
+use crate::config::defaults::{
+    RETRY_INITIAL_BACKOFF_MS, RETRY_MAX_BACKOFF_MS, UPSTREAM_MAX_HEADER_BYTES,
+};
 use crate::config::{Limits, S3Credentials, S3Source};
 use crate::credentials::DelegatedCredentials;
 
@@ -85,6 +105,44 @@ pub(crate) fn sdk_http_client() -> aws_sdk_s3::config::SharedHttpClient {
         .build_https()
 }
 
+/// Refuses an answer whose header block is larger than [`UPSTREAM_MAX_HEADER_BYTES`] (names and
+/// values of every header, summed), before the SDK deserializes it. Installed on every SDK client
+/// the gateway builds (S3 here, STS in `crate::credentials::sts`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeaderBlockLimit;
+
+impl Intercept for HeaderBlockLimit {
+    fn name(&self) -> &'static str {
+        "bucketgate::HeaderBlockLimit"
+    }
+
+    fn read_before_deserialization(
+        &self,
+        context: &BeforeDeserializationInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), aws_sdk_s3::error::BoxError> {
+        let bytes = context
+            .response()
+            .headers()
+            .iter()
+            .fold(0usize, |sum, (name, value)| {
+                sum.saturating_add(name.len()).saturating_add(value.len())
+            });
+        if bytes > UPSTREAM_MAX_HEADER_BYTES {
+            return Err(Box::new(HeaderBlockTooLarge { bytes }));
+        }
+        Ok(())
+    }
+}
+
+/// An answer's header block was over [`UPSTREAM_MAX_HEADER_BYTES`].
+#[derive(Debug, thiserror::Error)]
+#[error("answer with a {bytes}-byte header block (at most {UPSTREAM_MAX_HEADER_BYTES})")]
+pub(crate) struct HeaderBlockTooLarge {
+    bytes: usize,
+}
+
 /// One configured S3 source: a client bound to one bucket and key prefix.
 pub struct S3Backend {
     client: aws_sdk_s3::Client,
@@ -122,11 +180,12 @@ impl S3Backend {
         let http_client = sdk_http_client();
         let region = Region::new(cfg.region.clone());
 
-        // No connector read timeout: the attempt timeout already bounds the wait for headers,
-        // and a second, equal timer would only make the reported cause depend on a race.
+        // The first-byte timeout bounds the whole call, retries and back-off included: a store
+        // that never answers costs one timeout, not one per attempt. No attempt timeout and no
+        // connector read timeout: a second timer would only make the reported cause a race.
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(limits.upstream_connect_timeout)
-            .operation_attempt_timeout(limits.upstream_first_byte_timeout)
+            .operation_timeout(limits.upstream_first_byte_timeout)
             .build();
         let retries = RetryConfig::standard()
             .with_max_attempts(limits.upstream_max_retries.saturating_add(1))
@@ -140,6 +199,7 @@ impl S3Backend {
             .timeout_config(timeouts.clone())
             .retry_config(retries.clone())
             .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
+            .interceptor(HeaderBlockLimit)
             .force_path_style(cfg.path_style);
         if let Some(endpoint) = &cfg.endpoint {
             builder = builder.endpoint_url(endpoint);
@@ -211,7 +271,20 @@ impl S3Backend {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        classify_sdk_error(err, self.connect_timeout, self.first_byte_timeout)
+        self.classify_failure(sort_sdk_error(err))
+    }
+
+    fn classify_failure(&self, failure: SdkFailure) -> BackendError {
+        let signed_by = match self.signer {
+            Signer::Client | Signer::Delegated(_) => SignedBy::Gateway,
+            Signer::User => SignedBy::User,
+        };
+        classify_sdk_failure(
+            failure,
+            self.connect_timeout,
+            self.first_byte_timeout,
+            signed_by,
+        )
     }
 
     /// The credentials to set on a request for `caller`; `None`: the client's own.
@@ -228,7 +301,8 @@ impl S3Backend {
         }
     }
 
-    /// [`Backend::open`] on behalf of `caller`: the credentials are chosen once for both calls.
+    /// [`Backend::open`] on behalf of `caller`: the credentials are chosen once for both calls,
+    /// and both answer within one first-byte timeout.
     pub async fn open_as<F>(
         &self,
         key: &str,
@@ -238,15 +312,37 @@ impl S3Backend {
     where
         F: FnOnce(&ObjectMeta) -> Want + Send + 'static,
     {
+        let deadline = tokio::time::Instant::now() + self.first_byte_timeout;
+        self.open_until(key, want, caller, deadline).await
+    }
+
+    /// [`S3Backend::open_as`], with every store call of it (HEAD, GET, a refusal probe) answered
+    /// by `deadline`, else [`BackendError::Timeout`]. The credentials are loaded first, outside
+    /// the deadline: a delegated refresh (STS, with its own timeout) is never cut half-way.
+    pub async fn open_until<F>(
+        &self,
+        key: &str,
+        want: F,
+        caller: Caller<'_>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Opened, BackendError>
+    where
+        F: FnOnce(&ObjectMeta) -> Want + Send + 'static,
+    {
         let creds = self.credentials_for(caller).await?;
-        let meta = self.head_with(key, creds.clone()).await?;
-        match want(&meta) {
-            Want::Meta => Ok(Opened::Meta(meta)),
-            Want::Body(part) => {
-                let object = self.get_with(key, part, &meta, creds).await?;
-                Ok(Opened::Object { object, part })
+        let calls = async {
+            let meta = self.head_with(key, creds.clone()).await?;
+            match want(&meta) {
+                Want::Meta => Ok(Opened::Meta(meta)),
+                Want::Body(part) => {
+                    let object = self.get_with(key, part, &meta, creds).await?;
+                    Ok(Opened::Object { object, part })
+                }
             }
-        }
+        };
+        tokio::time::timeout_at(deadline, calls)
+            .await
+            .unwrap_or(Err(BackendError::Timeout(self.first_byte_timeout)))
     }
 
     async fn head_with(
@@ -259,13 +355,51 @@ impl S3Backend {
             .head_object()
             .bucket(&self.bucket)
             .key(self.object_key(key));
-        let out = send_as!(request, creds).map_err(|e| self.classify(e))?;
+        let out = match send_as!(request, creds.clone()) {
+            Ok(out) => out,
+            Err(e) => {
+                let failure = sort_sdk_error(e);
+                // A refused HEAD carries no error code (no body): whether the store refused the
+                // user or the gateway's own settings shows only in a GET's answer.
+                if let SdkFailure::Answer {
+                    status: 301 | 400 | 401 | 403,
+                    code: None,
+                } = failure
+                    && let Some(explained) = self.explain_refusal(key, creds).await
+                {
+                    return Err(explained);
+                }
+                return Err(self.classify_failure(failure));
+            }
+        };
         Ok(ObjectMeta {
             size: content_length(out.content_length())?,
             etag: out.e_tag().map(str::to_owned),
             last_modified: out.last_modified().map(whole_seconds),
             content_type: out.content_type().map(str::to_owned),
         })
+    }
+
+    /// Ask for the first byte of `key` with the same credentials as a refused HEAD, to learn the
+    /// store's error code. `None` when the answer has none (or the GET was allowed after all):
+    /// the HEAD's own status decides then.
+    async fn explain_refusal(&self, key: &str, creds: Option<Credentials>) -> Option<BackendError> {
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(key))
+            .range(range_header(ByteRange { start: 0, end: 0 }));
+        match send_as!(request, creds) {
+            // Dropping the one-byte body closes that connection; a refusal is rare.
+            Ok(_) => None,
+            Err(e) => match sort_sdk_error(e) {
+                failure @ SdkFailure::Answer { code: Some(_), .. } => {
+                    Some(self.classify_failure(failure))
+                }
+                _ => None,
+            },
+        }
     }
 
     async fn get_with(
@@ -484,6 +618,7 @@ struct ConnectTimedOut(Duration);
 
 /// How an AWS SDK call failed, sorted once for every client the gateway has (S3 and STS); each
 /// caller maps the sorts to its own errors.
+#[derive(Debug)]
 pub(crate) enum SdkFailure {
     /// No answer within the timeout of the whole attempt.
     AnswerTimeout,
@@ -502,6 +637,8 @@ pub(crate) enum SdkFailure {
     Unparseable {
         status: u16,
     },
+    /// An answer refused by [`HeaderBlockLimit`] before it was read.
+    HeaderBlockTooLarge,
     /// Request building, which includes loading credentials.
     NotBuilt,
     Unknown,
@@ -512,6 +649,9 @@ pub(crate) fn sort_sdk_error<E>(err: SdkError<E>) -> SdkFailure
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
+    if caused_by::<HeaderBlockTooLarge>(&err) {
+        return SdkFailure::HeaderBlockTooLarge;
+    }
     match err {
         SdkError::TimeoutError(_) => SdkFailure::AnswerTimeout,
         SdkError::DispatchFailure(ref failure) => {
@@ -538,15 +678,33 @@ where
     }
 }
 
-fn classify_sdk_error<E>(
-    err: SdkError<E>,
+/// Whether `err` or any error in its source chain is a `T`.
+fn caused_by<T: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if e.is::<T>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// Whose credentials signed a refused request: an expired token is the gateway's fault for its
+/// own credentials and the user's for a SAML session's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SignedBy {
+    Gateway,
+    User,
+}
+
+fn classify_sdk_failure(
+    failure: SdkFailure,
     connect_timeout: Duration,
     first_byte_timeout: Duration,
-) -> BackendError
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
-    match sort_sdk_error(err) {
+    signed_by: SignedBy,
+) -> BackendError {
+    match failure {
         SdkFailure::AnswerTimeout => BackendError::Timeout(first_byte_timeout),
         // No connection at all is an unreachable store (502); 504 is kept for a store that
         // took the request and did not answer.
@@ -555,13 +713,16 @@ where
         }
         SdkFailure::NotSent => BackendError::Protocol("request could not be sent".into()),
         SdkFailure::Unreachable(source) => BackendError::Unreachable(source),
-        SdkFailure::Answer { status, code } => classify_status(status, code.as_deref()),
+        SdkFailure::Answer { status, code } => classify_answer(status, code.as_deref(), signed_by),
         SdkFailure::Unparseable { status } if status >= 500 => {
             BackendError::Unreachable(Box::new(StoreStatus { status, code: None }))
         }
         SdkFailure::Unparseable { status } => {
             BackendError::Protocol(format!("unparseable answer with status {status}"))
         }
+        SdkFailure::HeaderBlockTooLarge => BackendError::Protocol(format!(
+            "answer with a header block over {UPSTREAM_MAX_HEADER_BYTES} bytes"
+        )),
         SdkFailure::NotBuilt => {
             BackendError::Protocol("request could not be built (credentials or parameters)".into())
         }
@@ -569,21 +730,46 @@ where
     }
 }
 
+/// S3 error codes that say the gateway's own credentials or settings are wrong, whoever's
+/// credentials signed: the signing secret or key id, the region, the session token the gateway
+/// sent, the host's clock, the account or the bucket name in the config.
+const CONFIG_FAULT_CODES: &[&str] = &[
+    "SignatureDoesNotMatch",
+    "InvalidAccessKeyId",
+    "IncompleteSignature",
+    "AuthorizationHeaderMalformed",
+    "InvalidToken",
+    "InvalidSecurity",
+    "MissingSecurityHeader",
+    "RequestTimeTooSkewed",
+    "NotSignedUp",
+    "AccountProblem",
+    "AllAccessDisabled",
+    "InvalidBucketName",
+    "PermanentRedirect",
+];
+
+/// An expired or stale session token: the gateway's fault for its own credentials (it refreshes
+/// them ahead of expiry), a refusal of the user for a SAML session's.
+const EXPIRED_TOKEN_CODES: &[&str] = &["ExpiredToken", "TokenRefreshRequired"];
+
 /// Map an error answer by status and S3 error code. The code wins where S3 is specific; the
 /// status covers HEAD answers, which have no body and so no code.
-fn classify_status(status: u16, code: Option<&str>) -> BackendError {
+fn classify_answer(status: u16, code: Option<&str>, signed_by: SignedBy) -> BackendError {
+    if let Some(code) = code {
+        if let Some(known) = CONFIG_FAULT_CODES.iter().find(|c| **c == code) {
+            return BackendError::ConfigFault { code: known };
+        }
+        if let Some(known) = EXPIRED_TOKEN_CODES.iter().find(|c| **c == code) {
+            return match signed_by {
+                SignedBy::Gateway => BackendError::ConfigFault { code: known },
+                SignedBy::User => BackendError::AccessDenied,
+            };
+        }
+    }
     match code {
         Some("NoSuchKey" | "NoSuchBucket" | "NotFound") => return BackendError::NotFound,
-        Some(
-            "AccessDenied"
-            | "InvalidAccessKeyId"
-            | "SignatureDoesNotMatch"
-            | "AllAccessDisabled"
-            | "AccountProblem"
-            | "ExpiredToken"
-            | "InvalidToken"
-            | "InvalidObjectState",
-        ) => return BackendError::AccessDenied,
+        Some("AccessDenied" | "InvalidObjectState") => return BackendError::AccessDenied,
         Some("PreconditionFailed") => return BackendError::Changed,
         _ => {}
     }
@@ -648,6 +834,11 @@ mod tests {
         }
     }
 
+    /// [`classify_answer`] for a request the gateway's own credentials signed.
+    fn classify_status(status: u16, code: Option<&str>) -> BackendError {
+        classify_answer(status, code, SignedBy::Gateway)
+    }
+
     #[test]
     fn status_and_code_map_to_backend_errors() {
         assert!(matches!(
@@ -679,6 +870,56 @@ mod tests {
         assert!(matches!(
             classify_status(400, Some("InvalidArgument")),
             BackendError::Protocol(_)
+        ));
+    }
+
+    #[test]
+    fn refusals_of_the_gateways_own_credentials_or_settings_are_config_faults() {
+        for signed_by in [SignedBy::Gateway, SignedBy::User] {
+            for (status, code) in [
+                (403, "SignatureDoesNotMatch"),
+                (403, "InvalidAccessKeyId"),
+                (400, "AuthorizationHeaderMalformed"),
+                (400, "InvalidToken"),
+                (403, "RequestTimeTooSkewed"),
+                (403, "NotSignedUp"),
+                (400, "InvalidBucketName"),
+                (301, "PermanentRedirect"),
+            ] {
+                let err = classify_answer(status, Some(code), signed_by);
+                assert!(
+                    matches!(err, BackendError::ConfigFault { code: c } if c == code),
+                    "{signed_by:?} {status} {code}: {err:?}"
+                );
+            }
+        }
+        // An expired token: the gateway's own credentials are its fault; a SAML user's session
+        // credentials are the user's to renew.
+        for code in ["ExpiredToken", "TokenRefreshRequired"] {
+            assert!(matches!(
+                classify_answer(400, Some(code), SignedBy::Gateway),
+                BackendError::ConfigFault { .. }
+            ));
+            assert!(matches!(
+                classify_answer(400, Some(code), SignedBy::User),
+                BackendError::AccessDenied
+            ));
+        }
+        // A refusal is a refusal, whoever signed.
+        for signed_by in [SignedBy::Gateway, SignedBy::User] {
+            assert!(matches!(
+                classify_answer(403, Some("AccessDenied"), signed_by),
+                BackendError::AccessDenied
+            ));
+            assert!(matches!(
+                classify_answer(403, None, signed_by),
+                BackendError::AccessDenied
+            ));
+        }
+        // A code the store made up never becomes a config fault label.
+        assert!(matches!(
+            classify_answer(403, Some("SignatureDoesNotMatchX"), SignedBy::Gateway),
+            BackendError::AccessDenied
         ));
     }
 

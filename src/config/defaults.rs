@@ -34,6 +34,10 @@ pub const UPSTREAM_MAX_RETRIES: u32 = 2;
 pub const RETRY_INITIAL_BACKOFF_MS: u64 = 100;
 /// Longest pause between two attempts of one upstream call.
 pub const RETRY_MAX_BACKOFF_MS: u64 = 1_000;
+/// Largest header block accepted from a store or STS (names and values of every header line,
+/// summed). S3 sends a few KiB at most (user metadata is capped at 2 KiB); anything larger is
+/// refused as a broken answer (502) and none of it reaches the client.
+pub const UPSTREAM_MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// Time a PROXY-protocol peer has to send its header, in milliseconds.
 pub const PROXY_PROTOCOL_TIMEOUT_MS: u64 = 3_000;

@@ -375,9 +375,11 @@ pub struct Limits {
     pub h2_max_local_error_reset_streams: usize,
     pub shutdown_grace: Duration,
     pub upstream_connect_timeout: Duration,
+    /// The whole wait for a store's response headers in one request, retries included.
     pub upstream_first_byte_timeout: Duration,
     pub upstream_idle_timeout: Duration,
-    /// Retries of an upstream call that has sent nothing to the client yet.
+    /// Retries of an upstream call that has sent nothing to the client yet, within
+    /// `upstream_first_byte_timeout`.
     pub upstream_max_retries: u32,
 }
 

@@ -118,7 +118,8 @@ impl StsClient {
             .region(region.clone())
             .http_client(http_client.clone())
             .timeout_config(timeouts.clone())
-            .retry_config(retries.clone());
+            .retry_config(retries.clone())
+            .interceptor(crate::backend::s3::HeaderBlockLimit);
         if let Some(endpoint) = &settings.endpoint {
             builder = builder.endpoint_url(endpoint);
         }
@@ -243,6 +244,9 @@ where
             StsError::Unavailable(Box::new(StsStatus { status, code: None }))
         }
         SdkFailure::Unparseable { .. } => StsError::Protocol("unparseable answer"),
+        SdkFailure::HeaderBlockTooLarge => {
+            StsError::Protocol("answer with an oversized header block")
+        }
         // Building the request, which includes loading the gateway's own credentials.
         SdkFailure::NotBuilt => StsError::Unavailable(
             "request could not be built (the gateway's own credentials did not load)".into(),

@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::keys::VerifyKey;
-use crate::config::defaults::{JWKS_FETCH_TIMEOUT_SECS, JWKS_MAX_BYTES};
+use crate::config::defaults::{JWKS_FETCH_TIMEOUT_SECS, JWKS_MAX_BYTES, UPSTREAM_MAX_HEADER_BYTES};
 use crate::config::{IdentityConfig, JwksConfig, KeyAlg};
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +50,8 @@ pub enum JwksError {
     Status(http::StatusCode),
     #[error("reading the JWKS body (at most {JWKS_MAX_BYTES} bytes)")]
     Body,
+    #[error("the JWKS answer's header block is over {UPSTREAM_MAX_HEADER_BYTES} bytes")]
+    HeadersTooLarge,
     #[error("the JWKS document is not JSON with a `keys` array")]
     Parse(#[source] serde_json::Error),
     #[error("the JWKS fetch timed out")]
@@ -186,7 +188,11 @@ impl Jwks {
             .connect(name, tcp)
             .await
             .map_err(JwksError::Connect)?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        // hyper's read buffer bounds the memory a response head takes (its default is about
+        // 400 KiB); the header block's own size is checked below.
+        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+            .max_buf_size(UPSTREAM_MAX_HEADER_BYTES)
+            .handshake(TokioIo::new(tls))
             .await
             .map_err(JwksError::Http)?;
         let conn = tokio::spawn(conn);
@@ -201,6 +207,14 @@ impl Jwks {
         if resp.status() != http::StatusCode::OK {
             conn.abort();
             return Err(JwksError::Status(resp.status()));
+        }
+        let header_bytes = resp.headers().iter().fold(0usize, |sum, (name, value)| {
+            sum.saturating_add(name.as_str().len())
+                .saturating_add(value.len())
+        });
+        if header_bytes > UPSTREAM_MAX_HEADER_BYTES {
+            conn.abort();
+            return Err(JwksError::HeadersTooLarge);
         }
         let body = Limited::new(resp.into_body(), JWKS_MAX_BYTES)
             .collect()

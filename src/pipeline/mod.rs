@@ -259,7 +259,19 @@ impl Pipeline {
             {
                 Ok(resp) => resp,
                 Err(err) => {
-                    if err.is_server_fault() {
+                    if let Error::Backend {
+                        source_name,
+                        error: BackendError::ConfigFault { code },
+                    } = &err
+                    {
+                        // Said once, as what it is: the operator must fix the source's settings.
+                        tracing::warn!(
+                            source = %source_name,
+                            s3_error_code = code,
+                            "configuration fault: the store refused the gateway's own \
+                             credentials or settings for this source"
+                        );
+                    } else if err.is_server_fault() {
                         tracing::warn!(error = %ErrorChain(&err), "request failed");
                     } else {
                         tracing::debug!(error = %ErrorChain(&err), "request refused");
@@ -544,6 +556,9 @@ impl Pipeline {
             .get(plan.source())
             .ok_or(Error::Plan(plan::PlanError::UnknownSource))?;
         let conditions = Arc::new(range::conditional_headers(headers));
+        // One first-byte budget for the whole wait on the store, however many calls it takes
+        // (HEAD, GET, their retries, starting over after a change).
+        let deadline = tokio::time::Instant::now() + snapshot.limits.upstream_first_byte_timeout;
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -555,7 +570,8 @@ impl Pipeline {
             // A SAML session's reads are signed with the user's own credentials; `saml`
             // sources refuse a request without them (never a fallback to broader ones).
             let caller = user.map_or(Caller::Gateway, Caller::User);
-            let (meta, object) = match backend.open_as(plan.key(), want, caller).await {
+            let opened = backend.open_until(plan.key(), want, caller, deadline).await;
+            let (meta, object) = match opened {
                 Ok(Opened::Meta(meta)) => (meta, None),
                 Ok(Opened::Object { object, part }) => (object.meta.clone(), Some((object, part))),
                 Err(BackendError::Changed) if attempts <= snapshot.limits.upstream_max_retries => {

@@ -51,11 +51,14 @@ impl BodyError {
 /// answer rather than failed: a missing key (or a directory in an fs source) is an ordinary 404,
 /// seen in `http_requests`, not an upstream fault. A refusal of the gateway's or the user's
 /// credentials is counted (`access_denied`): for static and assumed-role sources it means
-/// rotated keys or a changed bucket policy, which an operator must hear about.
+/// rotated keys or a changed bucket policy, which an operator must hear about. A store that
+/// refuses the gateway's own credentials or settings (a wrong secret, region or token) counts as
+/// `config_fault`, apart from refusals of a user.
 pub fn upstream_error_kind(e: &BackendError) -> Option<&'static str> {
     match e {
         BackendError::NotFound | BackendError::NotAnObject => None,
         BackendError::AccessDenied
+        | BackendError::ConfigFault { .. }
         | BackendError::CredentialsUnavailable { .. }
         | BackendError::Changed
         | BackendError::Unreachable(_)

@@ -8,7 +8,9 @@
 //! listing in `Healthy` mode. `Endless` streams a [`ENDLESS_LEN`]-byte object for as long as the
 //! peer reads and counts the GETs the peer cut off, for the client-disconnect tests.
 //! `LeakyHeaders` and `ErrorXml` carry what a gateway must never pass on (upstream cookies,
-//! `x-amz-*` headers, S3's XML error bodies), for the response-hygiene tests.
+//! `x-amz-*` headers, S3's XML error bodies), for the response-hygiene tests. `HugeHeaders` sends
+//! a header block no store sends; `ErrorCode` answers as S3 refuses a request (HEAD without a
+//! body, GET with the error code); `SlowHeadThenStall` and `Trickle` are slow, not broken.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
@@ -54,6 +56,60 @@ pub enum Mode {
     /// GET: this status (403 or 500) with an S3 XML error body whose message names
     /// [`ERROR_SECRET`], plus [`LEAKY_HEADERS`]. HEAD answers correctly.
     ErrorXml(u16),
+    /// HEAD: the correct answer, [`SLOW_HEAD`] late. GET: never answered.
+    SlowHeadThenStall,
+    /// GET: 200 with the full Content-Length, then the body in [`TRICKLE_PIECES`] pieces,
+    /// [`TRICKLE_PAUSE`] apart: a slow download that never stalls for long.
+    Trickle,
+    /// As `Healthy`, with [`HUGE_HEADER_BYTES`] of `x-amz-meta-*` headers on every answer.
+    HugeHeaders(HeaderShape),
+    /// S3 refusing every request with this status and error code: HEAD gets the status without
+    /// a body (so without the code, as from S3), GET the status and S3's XML error with `code`.
+    ErrorCode(u16, &'static str),
+}
+
+/// How `HugeHeaders` spreads its header block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderShape {
+    /// 25 headers of 4 KiB each (fewer than any client's header count limit).
+    Many,
+    /// One header line of [`HUGE_HEADER_BYTES`].
+    One,
+}
+
+/// Size of the `HugeHeaders` header block: over the gateway's 64 KiB, under hyper's 400 KiB.
+pub const HUGE_HEADER_BYTES: usize = 100 * 1024;
+/// How late `SlowHeadThenStall` answers a HEAD.
+pub const SLOW_HEAD: Duration = Duration::from_millis(1500);
+/// `Trickle`: the object in this many pieces, this far apart.
+pub const TRICKLE_PIECES: usize = 8;
+pub const TRICKLE_PAUSE: Duration = Duration::from_millis(300);
+
+fn huge_headers(shape: HeaderShape) -> String {
+    match shape {
+        HeaderShape::Many => (0..25)
+            .map(|i| format!("x-amz-meta-huge-{i:02}: {}\r\n", "m".repeat(4 * 1024)))
+            .collect(),
+        HeaderShape::One => format!("x-amz-meta-huge: {}\r\n", "o".repeat(HUGE_HEADER_BYTES)),
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        301 => "Moved Permanently",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        _ => "Error",
+    }
+}
+
+/// S3's error document with `code`.
+fn code_xml(code: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>\
+         {ERROR_SECRET} refused</Message><RequestId>origin-test</RequestId>\
+         <HostId>origin-host-id</HostId></Error>"
+    )
 }
 
 /// Headers of a real S3 answer that a gateway must not pass on (besides the `x-amz-request-id`
@@ -221,16 +277,41 @@ async fn serve(stream: TcpStream, mode: Mode, requests: Arc<AtomicUsize>, stats:
             std::future::pending::<()>().await;
         }
         let stream = reader.get_mut();
+        if let Mode::ErrorCode(status, code) = mode {
+            // A refused HEAD has no body, so no code; a refused GET says which refusal it is.
+            let xml = if req.method == "HEAD" {
+                String::new()
+            } else {
+                code_xml(code)
+            };
+            let head = format!(
+                "HTTP/1.1 {status} {}\r\nContent-Type: application/xml\r\n\
+                 Content-Length: {}\r\nx-amz-request-id: origin-test\r\n\r\n",
+                reason(status),
+                xml.len()
+            );
+            if !write_all(stream, &[head.as_bytes(), xml.as_bytes()]).await {
+                return;
+            }
+            continue;
+        }
         if req.method == "HEAD" {
             let len = if mode == Mode::Endless {
                 ENDLESS_LEN as usize
             } else {
                 OBJECT_LEN
             };
-            let extra = if mode == Mode::LeakyHeaders {
-                LEAKY_HEADERS
-            } else {
-                ""
+            if mode == Mode::SlowHeadThenStall {
+                tokio::time::sleep(SLOW_HEAD).await;
+            }
+            let huge;
+            let extra = match mode {
+                Mode::LeakyHeaders => LEAKY_HEADERS,
+                Mode::HugeHeaders(shape) => {
+                    huge = huge_headers(shape);
+                    &huge
+                }
+                _ => "",
             };
             if stream
                 .write_all(object_head("200 OK", len, extra).as_bytes())
@@ -241,13 +322,17 @@ async fn serve(stream: TcpStream, mode: Mode, requests: Arc<AtomicUsize>, stats:
             }
             continue;
         }
-        let leaky = if mode == Mode::LeakyHeaders {
-            LEAKY_HEADERS
-        } else {
-            ""
+        let huge;
+        let leaky = match mode {
+            Mode::LeakyHeaders => LEAKY_HEADERS,
+            Mode::HugeHeaders(shape) => {
+                huge = huge_headers(shape);
+                &huge
+            }
+            _ => "",
         };
         match mode {
-            Mode::Healthy | Mode::LeakyHeaders => {
+            Mode::Healthy | Mode::LeakyHeaders | Mode::HugeHeaders(_) => {
                 let ok = if req.target.contains("list-type=2") {
                     let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListBucketResult \
                                xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>b</Name>\
@@ -324,7 +409,20 @@ async fn serve(stream: TcpStream, mode: Mode, requests: Arc<AtomicUsize>, stats:
                         .fetch_add(chunk.len() as u64, Ordering::SeqCst);
                 }
             }
-            Mode::Refuse | Mode::StallBeforeHeaders => return,
+            Mode::Trickle => {
+                let head = object_head("200 OK", OBJECT_LEN, "");
+                if !write_all(stream, &[head.as_bytes()]).await {
+                    return;
+                }
+                for piece in body.chunks(OBJECT_LEN.div_ceil(TRICKLE_PIECES)) {
+                    tokio::time::sleep(TRICKLE_PAUSE).await;
+                    if !write_all(stream, &[piece]).await {
+                        return;
+                    }
+                }
+            }
+            Mode::SlowHeadThenStall => std::future::pending::<()>().await,
+            Mode::Refuse | Mode::StallBeforeHeaders | Mode::ErrorCode(..) => return,
         }
     }
 }

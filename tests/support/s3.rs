@@ -136,6 +136,36 @@ pub async fn list_keys(client: &aws_sdk_s3::Client, bucket: &str) -> Vec<String>
     keys
 }
 
+/// SigV4 checked against one key pair; an unknown key id is refused with `InvalidAccessKeyId`,
+/// as AWS does (s3s's `SimpleAuth` says `NotSignedUp`).
+struct OneKey {
+    access_key: String,
+    secret_key: String,
+}
+
+impl s3s::auth::S3Auth for OneKey {
+    // What `#[async_trait]` expands to, written out (async-trait is not a dev-dependency).
+    fn get_secret_key<'s, 'k, 'f>(
+        &'s self,
+        access_key: &'k str,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = s3s::S3Result<s3s::auth::SecretKey>> + Send + 'f>,
+    >
+    where
+        's: 'f,
+        'k: 'f,
+        Self: 'f,
+    {
+        Box::pin(async move {
+            if access_key == self.access_key {
+                Ok(s3s::auth::SecretKey::from(self.secret_key.as_str()))
+            } else {
+                Err(s3s::s3_error!(InvalidAccessKeyId))
+            }
+        })
+    }
+}
+
 /// s3s-fs served in-process over hyper on `127.0.0.1:0`, SigV4 checked against one key pair.
 pub struct S3sFs {
     /// `http://127.0.0.1:PORT`
@@ -155,7 +185,10 @@ impl S3sFs {
         let fs = s3s_fs::FileSystem::new(root.path()).expect("s3s-fs root");
         let service = {
             let mut b = s3s::service::S3ServiceBuilder::new(fs);
-            b.set_auth(s3s::auth::SimpleAuth::from_single(access_key, secret_key));
+            b.set_auth(OneKey {
+                access_key: access_key.to_owned(),
+                secret_key: secret_key.to_owned(),
+            });
             b.build()
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
