@@ -850,9 +850,12 @@ mod tests {
             classify_status(403, None),
             BackendError::AccessDenied
         ));
+        // The gateway's own signature is wrong: its configuration, not the user (issue 11).
         assert!(matches!(
             classify_status(403, Some("SignatureDoesNotMatch")),
-            BackendError::AccessDenied
+            BackendError::ConfigFault {
+                code: "SignatureDoesNotMatch"
+            }
         ));
         assert!(matches!(classify_status(412, None), BackendError::Changed));
         assert!(matches!(
