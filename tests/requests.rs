@@ -1,0 +1,494 @@
+//! The request as an HTTP message, as a strict client or an attacker sends it: the `Host` /
+//! `:authority` rules (RFC 9112 section 3.2, RFC 9113 section 8.3.1), body framing and the
+//! connection close after a refused one (RFC 9112 section 6). Raw TLS sockets, so nothing
+//! normalizes the bytes on the way.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use support::{TestGateway, fs_source, start_gateway_tweaked, test_limits};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const HELLO: &[u8] = b"hello from the request tests\n";
+const HELLO_PATH: &str = "/o/local/hello.txt";
+
+async fn gateway_with(
+    tweak: impl FnOnce(&mut bucketgate::config::Config),
+) -> (TestGateway, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    support::write_file(dir.path(), "hello.txt", HELLO);
+    let gw = start_gateway_tweaked(
+        BTreeMap::from([("local".to_string(), fs_source(dir.path()))]),
+        test_limits(),
+        tweak,
+    )
+    .await;
+    (gw, dir)
+}
+
+async fn gateway() -> (TestGateway, tempfile::TempDir) {
+    gateway_with(|_| {}).await
+}
+
+/// Write `bytes` in one go on a fresh http/1.1 TLS connection and read until the server closes
+/// (panics if it does not within 10 s).
+async fn h1_send(gw: &TestGateway, bytes: &[u8]) -> Vec<u8> {
+    let mut tls = gw
+        .tls_connect(gw.tls_config(&[b"http/1.1"], rustls::ALL_VERSIONS))
+        .await
+        .expect("TLS connect");
+    tls.write_all(bytes).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    assert!(
+        closed,
+        "server did not close the connection; read so far:\n{}",
+        String::from_utf8_lossy(&out)
+    );
+    out
+}
+
+/// One parsed http/1.1 response.
+#[derive(Debug)]
+struct H1Response {
+    status: u16,
+    /// Lowercased names, values as sent.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl H1Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn error(&self) -> String {
+        let v: serde_json::Value = serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("JSON body: {:?}", String::from_utf8_lossy(&self.body)));
+        v["error"].as_str().expect("an error text").to_owned()
+    }
+}
+
+/// Every response in `bytes` (each framed by Content-Length, as all of ours are).
+fn responses(bytes: &[u8]) -> Vec<H1Response> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let end = rest
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("incomplete head: {:?}", String::from_utf8_lossy(rest)));
+        let head = String::from_utf8_lossy(&rest[..end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap();
+        assert!(status_line.starts_with("HTTP/1."), "{status_line}");
+        let status = status_line[9..12].parse().unwrap();
+        let headers: Vec<(String, String)> = lines
+            .map(|l| {
+                let (n, v) = l.split_once(':').unwrap();
+                (n.trim().to_ascii_lowercase(), v.trim().to_owned())
+            })
+            .collect();
+        let len: usize = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .map_or(0, |(_, v)| v.parse().unwrap());
+        let body = rest[end + 4..end + 4 + len].to_vec();
+        rest = &rest[end + 4 + len..];
+        out.push(H1Response {
+            status,
+            headers,
+            body,
+        });
+    }
+    out
+}
+
+/// The one response on a connection the server then closed.
+async fn h1_one(gw: &TestGateway, bytes: &[u8]) -> H1Response {
+    let mut all = responses(&h1_send(gw, bytes).await);
+    assert_eq!(all.len(), 1, "{all:?}");
+    all.remove(0)
+}
+
+/// `GET hello.txt` with the test token, `Connection: close`, and `head_lines` (each ending in
+/// `\r\n`) in place of a Host header.
+fn get_with(gw: &TestGateway, target: &str, head_lines: &str) -> Vec<u8> {
+    format!(
+        "GET {target} HTTP/1.1\r\n{head_lines}{}Connection: close\r\n\r\n",
+        gw.auth_line()
+    )
+    .into_bytes()
+}
+
+fn host_line(gw: &TestGateway) -> String {
+    format!("Host: {}\r\n", gw.data_addr())
+}
+
+// ---- Host and :authority ----
+
+#[tokio::test]
+async fn h1_host_missing_repeated_or_invalid_is_400_with_json() {
+    let (gw, _dir) = gateway().await;
+    let ok = h1_one(&gw, &get_with(&gw, HELLO_PATH, &host_line(&gw))).await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.body, HELLO);
+
+    let addr = gw.data_addr().to_string();
+    let cases: Vec<(String, &str)> = vec![
+        (String::new(), "missing Host header"),
+        (
+            format!("Host: {addr}\r\nHost: {addr}\r\n"),
+            "more than one Host header",
+        ),
+        (
+            "Host: a.example\r\nHost: b.example\r\n".to_owned(),
+            "more than one Host header",
+        ),
+        ("Host:\r\n".to_owned(), "invalid Host header"),
+        (
+            format!("Host: user@{addr}\r\n"),
+            "userinfo is not allowed in the request authority",
+        ),
+        (
+            format!("Host: user:secret@{addr}\r\n"),
+            "userinfo is not allowed in the request authority",
+        ),
+        ("Host: a b.example\r\n".to_owned(), "invalid Host header"),
+        (
+            "Host: a.example:https\r\n".to_owned(),
+            "invalid Host header",
+        ),
+        (
+            "Host: a.example:70000\r\n".to_owned(),
+            "invalid Host header",
+        ),
+        ("Host: a.example/o/x\r\n".to_owned(), "invalid Host header"),
+        ("Host: [::1\r\n".to_owned(), "invalid Host header"),
+        ("Host: <script>\r\n".to_owned(), "invalid Host header"),
+    ];
+    for (lines, want) in cases {
+        let resp = h1_one(&gw, &get_with(&gw, HELLO_PATH, &lines)).await;
+        assert_eq!(resp.status, 400, "{lines:?}");
+        assert_eq!(resp.error(), want, "{lines:?}");
+        assert_eq!(
+            resp.header("content-type"),
+            Some("application/json"),
+            "{lines:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn h1_absolute_form_target_with_userinfo_is_400() {
+    let (gw, _dir) = gateway().await;
+    let addr = gw.data_addr();
+    let host = host_line(&gw);
+    let target = format!("https://{addr}{HELLO_PATH}");
+    let ok = h1_one(&gw, &get_with(&gw, &target, &host)).await;
+    assert_eq!(ok.status, 200, "absolute form without userinfo");
+    let target = format!("https://user@{addr}{HELLO_PATH}");
+    let resp = h1_one(&gw, &get_with(&gw, &target, &host)).await;
+    assert_eq!(resp.status, 400);
+    assert_eq!(
+        resp.error(),
+        "userinfo is not allowed in the request authority"
+    );
+    // An absolute form does not make Host optional.
+    let target = format!("https://{addr}{HELLO_PATH}");
+    let resp = h1_one(&gw, &get_with(&gw, &target, "")).await;
+    assert_eq!(resp.status, 400);
+    assert_eq!(resp.error(), "missing Host header");
+}
+
+#[tokio::test]
+async fn h1_0_without_host_is_served_but_two_hosts_are_not() {
+    let (gw, _dir) = gateway().await;
+    let req = format!("GET {HELLO_PATH} HTTP/1.0\r\n{}\r\n", gw.auth_line());
+    let resp = h1_one(&gw, req.as_bytes()).await;
+    assert_eq!(resp.status, 200);
+    let req = format!(
+        "GET {HELLO_PATH} HTTP/1.0\r\nHost: a.example\r\nHost: b.example\r\n{}\r\n",
+        gw.auth_line()
+    );
+    let resp = h1_one(&gw, req.as_bytes()).await;
+    assert_eq!(resp.status, 400);
+}
+
+/// An h2 connection made with the `h2` crate, which sends `:authority` exactly as the URI has it.
+async fn h2_connect(gw: &TestGateway) -> h2::client::SendRequest<Bytes> {
+    let tls = gw
+        .tls_connect(gw.tls_config(&[b"h2"], rustls::ALL_VERSIONS))
+        .await
+        .expect("TLS connect");
+    let (send, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    send
+}
+
+/// Send `req` and read the whole response: status, headers and body.
+async fn h2_fetch(
+    send: &h2::client::SendRequest<Bytes>,
+    req: http::Request<()>,
+) -> (StatusCode, http::HeaderMap, Vec<u8>) {
+    let mut send = send.clone().ready().await.unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    let resp = resp.await.unwrap();
+    let (parts, mut body) = resp.into_parts();
+    let mut out = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+        out.extend_from_slice(&chunk);
+    }
+    (parts.status, parts.headers, out)
+}
+
+fn h2_get(gw: &TestGateway, uri: &str, extra: &[(&str, &str)]) -> http::Request<()> {
+    let mut req = http::Request::get(uri).header(
+        http::header::AUTHORIZATION,
+        format!("Bearer {}", gw.token().unwrap()),
+    );
+    for (name, value) in extra {
+        req = req.header(*name, *value);
+    }
+    req.body(()).unwrap()
+}
+
+fn json_error(body: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+    v["error"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn h2_authority_with_userinfo_or_a_disagreeing_host_is_400() {
+    let (gw, _dir) = gateway().await;
+    let addr = gw.data_addr();
+    let send = h2_connect(&gw).await;
+    let url = gw.url(HELLO_PATH);
+    let (status, _, body) = h2_fetch(&send, h2_get(&gw, &url, &[])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, HELLO);
+
+    let with_user = format!("https://user:pw@{addr}{HELLO_PATH}");
+    let (status, _, body) = h2_fetch(&send, h2_get(&gw, &with_user, &[])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        json_error(&body),
+        "userinfo is not allowed in the request authority"
+    );
+
+    let same = addr.to_string();
+    let (status, _, _) = h2_fetch(&send, h2_get(&gw, &url, &[("host", &same)])).await;
+    assert_eq!(status, StatusCode::OK, "Host equal to :authority");
+    let (status, _, body) = h2_fetch(&send, h2_get(&gw, &url, &[("host", "other.example")])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(json_error(&body), "Host header does not match :authority");
+    let other_port = format!("{}:1", addr.ip());
+    let (status, _, _) = h2_fetch(&send, h2_get(&gw, &url, &[("host", &other_port)])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "same host, other port");
+    let with_user = format!("user@{addr}");
+    let (status, _, body) = h2_fetch(&send, h2_get(&gw, &url, &[("host", &with_user)])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        json_error(&body),
+        "userinfo is not allowed in the request authority"
+    );
+    // The connection still serves.
+    let (status, _, _) = h2_fetch(&send, h2_get(&gw, &url, &[])).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn admin_listener_applies_the_same_host_check() {
+    let (gw, _dir) = gateway().await;
+    let admin = gw.admin_addr();
+    let exchange = |req: String| async move {
+        let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut out))
+            .await
+            .expect("admin closes after Connection: close")
+            .unwrap();
+        let mut all = responses(&out);
+        assert_eq!(all.len(), 1);
+        all.remove(0)
+    };
+    let ok = exchange(format!(
+        "GET /healthz HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    ))
+    .await;
+    assert_eq!(ok.status, 200);
+    for lines in [
+        String::new(),
+        format!("Host: {admin}\r\nHost: {admin}\r\n"),
+        format!("Host: user@{admin}\r\n"),
+    ] {
+        let resp = exchange(format!(
+            "GET /healthz HTTP/1.1\r\n{lines}Connection: close\r\n\r\n"
+        ))
+        .await;
+        assert_eq!(resp.status, 400, "{lines:?}");
+        assert!(!resp.error().is_empty());
+    }
+    // The same framing rule, and the same close after it.
+    let resp = exchange(format!(
+        "POST /admin/reload HTTP/1.1\r\nHost: {admin}\r\n\
+         Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"
+    ))
+    .await;
+    assert_eq!(resp.status, 501);
+    assert_eq!(resp.header("connection"), Some("close"));
+}
+
+// ---- Transfer-Encoding and the connection after a refused body ----
+
+/// `first`, then a valid `GET hello.txt` (with `Connection: close`) in the same write. A server
+/// that reads the second as a request answers it too; one that closes after `first` does not.
+fn pipelined(gw: &TestGateway, first: &str) -> Vec<u8> {
+    let mut bytes = first.as_bytes().to_vec();
+    bytes.extend(get_with(gw, HELLO_PATH, &host_line(gw)));
+    bytes
+}
+
+/// `GET hello.txt` with the token and `framing` header lines, then `body` as sent.
+fn get_framed(gw: &TestGateway, framing: &str, body: &str) -> String {
+    format!(
+        "GET {HELLO_PATH} HTTP/1.1\r\n{}{}{framing}\r\n{body}",
+        host_line(gw),
+        gw.auth_line()
+    )
+}
+
+#[tokio::test]
+async fn h1_transfer_coding_other_than_chunked_is_501_and_closes_the_connection() {
+    let (gw, _dir) = gateway().await;
+    // Control: a chunked GET with an empty body is served and the pipelined request too.
+    let both = responses(
+        &h1_send(
+            &gw,
+            &pipelined(
+                &gw,
+                &get_framed(&gw, "Transfer-Encoding: chunked\r\n", "0\r\n\r\n"),
+            ),
+        )
+        .await,
+    );
+    assert_eq!(
+        both.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [200, 200]
+    );
+    for (framing, status, error) in [
+        (
+            "Transfer-Encoding: gzip, chunked\r\n",
+            501,
+            "transfer coding not implemented",
+        ),
+        (
+            "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+            501,
+            "transfer coding not implemented",
+        ),
+        (
+            "Transfer-Encoding: identity, chunked\r\n",
+            501,
+            "transfer coding not implemented",
+        ),
+        (
+            "Transfer-Encoding: chunked, chunked\r\n",
+            400,
+            "chunked transfer coding applied more than once",
+        ),
+    ] {
+        let sent = pipelined(&gw, &get_framed(&gw, framing, "0\r\n\r\n"));
+        let resp = h1_one(&gw, &sent).await;
+        assert_eq!(resp.status, status, "{framing:?}");
+        assert_eq!(resp.error(), error, "{framing:?}");
+        assert_eq!(resp.header("connection"), Some("close"), "{framing:?}");
+    }
+}
+
+/// hyper refuses these before the gateway sees them (400, RFC 9112 section 6.3) and closes: the
+/// request pipelined behind them is never read.
+#[tokio::test]
+async fn h1_transfer_encoding_hyper_refuses_closes_the_connection() {
+    let (gw, _dir) = gateway().await;
+    for framing in [
+        "Transfer-Encoding: gzip\r\n",
+        "Transfer-Encoding: chunked, gzip\r\n",
+        "Transfer-Encoding: chunked;x=1\r\n",
+    ] {
+        let resp = h1_one(&gw, &pipelined(&gw, &get_framed(&gw, framing, "0\r\n\r\n"))).await;
+        assert_eq!(resp.status, 400, "{framing:?}");
+    }
+    // Transfer-Encoding on HTTP/1.0.
+    let req = format!(
+        "GET {HELLO_PATH} HTTP/1.0\r\nTransfer-Encoding: chunked\r\n{}\r\n0\r\n\r\n",
+        gw.auth_line()
+    );
+    let resp = h1_one(&gw, &pipelined(&gw, &req)).await;
+    assert_eq!(resp.status, 400);
+}
+
+/// Content-Length and Transfer-Encoding together: answered by Transfer-Encoding alone, then the
+/// connection closes (RFC 9112 section 6.3), whichever comes first. `0\r\n\r\n` is also exactly
+/// the five bytes Content-Length announces, so a server reading by either framing would find the
+/// pipelined request next: only the close keeps it unread.
+#[tokio::test]
+async fn h1_content_length_with_transfer_encoding_closes_after_one_response() {
+    let (gw, _dir) = gateway().await;
+    for framing in [
+        "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+        "Content-Length: 40\r\nTransfer-Encoding: chunked\r\n",
+    ] {
+        let sent = pipelined(&gw, &get_framed(&gw, framing, "0\r\n\r\n"));
+        let resp = h1_one(&gw, &sent).await;
+        assert_eq!(resp.status, 200, "{framing:?}");
+    }
+}
+
+#[tokio::test]
+async fn h1_refused_get_body_is_answered_once_then_the_connection_closes() {
+    let (gw, _dir) = gateway().await;
+    for (framing, body) in [
+        ("Content-Length: 5\r\n", "hello"),
+        ("Transfer-Encoding: chunked\r\n", "5\r\nhello\r\n0\r\n\r\n"),
+    ] {
+        let resp = h1_one(&gw, &pipelined(&gw, &get_framed(&gw, framing, body))).await;
+        assert_eq!(resp.status, 413, "{framing:?}");
+        assert_eq!(resp.error(), "request bodies are not accepted");
+        assert_eq!(resp.header("connection"), Some("close"), "{framing:?}");
+    }
+}
+
+/// A chunked GET whose body never ends: 408 after the short wait, and the connection closes.
+#[tokio::test]
+async fn h1_open_get_body_times_out_with_408_and_closes() {
+    let (gw, _dir) = gateway().await;
+    let req = get_framed(&gw, "Transfer-Encoding: chunked\r\n", "");
+    let resp = h1_one(&gw, req.as_bytes()).await;
+    assert_eq!(resp.status, 408);
+    assert_eq!(resp.header("connection"), Some("close"));
+}
