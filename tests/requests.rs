@@ -1,7 +1,8 @@
 //! The request as an HTTP message, as a strict client or an attacker sends it: the `Host` /
 //! `:authority` rules (RFC 9112 section 3.2, RFC 9113 section 8.3.1), body framing and the
-//! connection close after a refused one (RFC 9112 section 6). Raw TLS sockets, so nothing
-//! normalizes the bytes on the way.
+//! connection close after a refused one (RFC 9112 section 6), and the headers every response
+//! carries (`Strict-Transport-Security`, no framing). Raw TLS sockets, so nothing normalizes the
+//! bytes on the way.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
-use support::{TestGateway, fs_source, start_gateway_tweaked, test_limits};
+use support::{Proto, TestGateway, fs_source, start_gateway_tweaked, test_limits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const HELLO: &[u8] = b"hello from the request tests\n";
@@ -340,6 +341,8 @@ async fn admin_listener_applies_the_same_host_check() {
     ))
     .await;
     assert_eq!(ok.status, 200);
+    assert_eq!(ok.header("strict-transport-security"), None, "plain HTTP");
+    assert_eq!(ok.header("x-frame-options"), Some("DENY"));
     for lines in [
         String::new(),
         format!("Host: {admin}\r\nHost: {admin}\r\n"),
@@ -351,6 +354,8 @@ async fn admin_listener_applies_the_same_host_check() {
         .await;
         assert_eq!(resp.status, 400, "{lines:?}");
         assert!(!resp.error().is_empty());
+        assert_eq!(resp.header("strict-transport-security"), None);
+        assert_eq!(resp.header("x-frame-options"), Some("DENY"));
     }
     // The same framing rule, and the same close after it.
     let resp = exchange(format!(
@@ -426,6 +431,10 @@ async fn h1_transfer_coding_other_than_chunked_is_501_and_closes_the_connection(
         assert_eq!(resp.status, status, "{framing:?}");
         assert_eq!(resp.error(), error, "{framing:?}");
         assert_eq!(resp.header("connection"), Some("close"), "{framing:?}");
+        assert!(
+            resp.header("strict-transport-security").is_some(),
+            "{framing:?}"
+        );
     }
 }
 
@@ -491,4 +500,171 @@ async fn h1_open_get_body_times_out_with_408_and_closes() {
     let resp = h1_one(&gw, req.as_bytes()).await;
     assert_eq!(resp.status, 408);
     assert_eq!(resp.header("connection"), Some("close"));
+}
+
+// ---- headers on every response ----
+
+const DEFAULT_HSTS: &str = "max-age=31536000";
+
+/// Requests that end in each kind of answer: object, 404, 401, 400, 405, preflight, HEAD, the
+/// `/auth/` routes.
+async fn assorted_responses(gw: &TestGateway, proto: Proto) -> Vec<(String, support::RawResponse)> {
+    use http::Method;
+    let mut out = Vec::new();
+    let mut add = |what: &str, r| out.push((format!("{proto:?} {what}"), r));
+    add("object", gw.raw(proto, Method::GET, HELLO_PATH, &[]).await);
+    add("head", gw.raw(proto, Method::HEAD, HELLO_PATH, &[]).await);
+    add(
+        "missing key",
+        gw.raw(proto, Method::GET, "/o/local/nope", &[]).await,
+    );
+    add("no route", gw.raw(proto, Method::GET, "/nope", &[]).await);
+    add(
+        "no token",
+        gw.raw_exact(proto, Method::GET, HELLO_PATH, &[], Bytes::new())
+            .await,
+    );
+    add(
+        "bad key",
+        gw.raw(proto, Method::GET, "/o/local/a/../b", &[]).await,
+    );
+    add("post", gw.raw(proto, Method::POST, HELLO_PATH, &[]).await);
+    add(
+        "preflight",
+        gw.raw_exact(
+            proto,
+            Method::OPTIONS,
+            HELLO_PATH,
+            &[
+                ("origin", "https://app.example"),
+                ("access-control-request-method", "GET"),
+            ],
+            Bytes::new(),
+        )
+        .await,
+    );
+    add(
+        "saml login",
+        gw.raw(proto, Method::GET, "/auth/saml/login", &[]).await,
+    );
+    out
+}
+
+#[tokio::test]
+async fn every_data_listener_response_has_hsts_and_cannot_be_framed() {
+    let (gw, _dir) = gateway().await;
+    for proto in Proto::BOTH {
+        for (what, r) in assorted_responses(&gw, proto).await {
+            assert_eq!(
+                r.header("strict-transport-security"),
+                Some(DEFAULT_HSTS),
+                "{what}: {r:?}"
+            );
+            assert_eq!(r.header("x-frame-options"), Some("DENY"), "{what}");
+            let csp = r.header("content-security-policy").unwrap_or_default();
+            assert!(csp.contains("frame-ancestors 'none'"), "{what}: {csp}");
+            assert_eq!(
+                r.header("x-content-type-options"),
+                Some("nosniff"),
+                "{what}"
+            );
+        }
+    }
+    // A request refused at stage 0 too.
+    let resp = h1_one(&gw, &get_with(&gw, HELLO_PATH, "")).await;
+    assert_eq!(resp.status, 400);
+    assert_eq!(resp.header("strict-transport-security"), Some(DEFAULT_HSTS));
+    assert_eq!(resp.header("x-frame-options"), Some("DENY"));
+}
+
+#[tokio::test]
+async fn hsts_follows_the_listener_config() {
+    use bucketgate::config::HstsConfig;
+    for (hsts, want) in [
+        (
+            HstsConfig {
+                max_age: Duration::ZERO,
+                include_subdomains: false,
+                preload: false,
+            },
+            "max-age=0",
+        ),
+        (
+            HstsConfig {
+                max_age: Duration::from_secs(63_072_000),
+                include_subdomains: true,
+                preload: true,
+            },
+            "max-age=63072000; includeSubDomains; preload",
+        ),
+    ] {
+        let (gw, _dir) = gateway_with(|c| c.listener.hsts = hsts).await;
+        let ok = gw.raw(Proto::H2, http::Method::GET, HELLO_PATH, &[]).await;
+        assert_eq!(ok.status, StatusCode::OK);
+        assert_eq!(ok.header("strict-transport-security"), Some(want));
+        let missing = gw
+            .raw(Proto::H1, http::Method::GET, "/o/local/nope", &[])
+            .await;
+        assert_eq!(missing.status, StatusCode::NOT_FOUND);
+        assert_eq!(missing.header("strict-transport-security"), Some(want));
+    }
+}
+
+/// The `hsts_*` keys: defaults, range, and the preload list's rules.
+#[test]
+fn hsts_config_keys_are_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    let path = dir.path().join("config.toml");
+    let load = |listener_keys: &str| {
+        let text = format!(
+            "[listener]\naddr = \"127.0.0.1:0\"\ndev_certificate_dir = \".bucketgate\"\n\
+             {listener_keys}[sources.local]\nkind = \"fs\"\nroot = \"data\"\n"
+        );
+        std::fs::write(&path, text).unwrap();
+        bucketgate::config::load(&path)
+    };
+    let hsts = load("").unwrap().listener.hsts;
+    assert_eq!(hsts, bucketgate::config::HstsConfig::default());
+    assert_eq!(hsts.max_age, Duration::from_secs(31_536_000));
+    assert!(!hsts.include_subdomains && !hsts.preload);
+
+    let hsts = load("hsts_max_age_secs = 0\n").unwrap().listener.hsts;
+    assert_eq!(
+        hsts.max_age,
+        Duration::ZERO,
+        "0 is how to make browsers forget"
+    );
+    let hsts =
+        load("hsts_max_age_secs = 63072000\nhsts_include_subdomains = true\nhsts_preload = true\n")
+            .unwrap()
+            .listener
+            .hsts;
+    assert!(hsts.include_subdomains && hsts.preload);
+
+    let err = |keys: &str| {
+        load(keys)
+            .expect_err(keys)
+            .0
+            .into_iter()
+            .map(|e| (e.line, e.key, e.message))
+            .collect::<Vec<_>>()
+    };
+    let e = err("hsts_max_age_secs = 630720000\n");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!((e[0].0, e[0].1.as_str()), (4, "listener.hsts_max_age_secs"));
+    assert!(e[0].2.contains("from 0 to 63072000"), "{e:?}");
+    let e = err("hsts_max_age_secs = -1\n");
+    assert_eq!(e[0].1, "listener.hsts_max_age_secs", "{e:?}");
+
+    let e = err("hsts_preload = true\n");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!((e[0].0, e[0].1.as_str()), (4, "listener.hsts_preload"));
+    assert!(e[0].2.contains("hsts_include_subdomains = true"), "{e:?}");
+    let e = err("hsts_max_age_secs = 86400\nhsts_include_subdomains = true\nhsts_preload = true\n");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!((e[0].0, e[0].1.as_str()), (6, "listener.hsts_preload"));
+    assert!(e[0].2.contains("at least one year"), "{e:?}");
+    // preload = false needs nothing.
+    assert!(load("hsts_max_age_secs = 60\nhsts_preload = false\n").is_ok());
 }

@@ -194,7 +194,10 @@ impl Admin {
 
 impl Handler for Admin {
     async fn call(&self, req: Request<Incoming>, _conn: ConnInfo) -> Response<ResponseBody> {
-        self.answer(req).await
+        let mut resp = self.answer(req).await;
+        // Nothing here is a page, but a browser pointed at the admin port must not frame it.
+        crate::pipeline::respond::no_framing_headers(resp.headers_mut());
+        resp
     }
 }
 

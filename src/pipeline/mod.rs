@@ -84,6 +84,8 @@ pub struct Snapshot {
     policy: authorize::Policy,
     /// `None`: no `[saml]`; the `/auth/` routes are 404 and session cookies are not read.
     saml: Option<Arc<crate::saml::sp::ServiceProvider>>,
+    /// `Strict-Transport-Security` on every response (`[listener] hsts_*`).
+    hsts: http::HeaderValue,
 }
 
 impl Snapshot {
@@ -100,7 +102,15 @@ impl Snapshot {
             identity: None,
             policy: authorize::Policy::default(),
             saml: None,
+            hsts: respond::hsts_value(&crate::config::HstsConfig::default()),
         }
+    }
+
+    /// Send `Strict-Transport-Security` as `config` says (default: one year, no
+    /// `includeSubDomains`, no `preload`).
+    pub fn with_hsts(mut self, config: &crate::config::HstsConfig) -> Snapshot {
+        self.hsts = respond::hsts_value(config);
+        self
     }
 
     /// Serve the SAML service provider of `[saml]` (default: none). Sessions outlive snapshots
@@ -284,6 +294,7 @@ impl Pipeline {
                 *resp.body_mut() = respond::empty();
             }
             respond::security_headers(resp.headers_mut(), &request_id);
+            respond::strict_transport_security(resp.headers_mut(), &snapshot.hsts);
             // hyper closes an http/1.1 connection after a response that says so; h2 has no such
             // header (a refused stream is reset on its own, the connection is not at risk).
             if close && req.version < http::Version::HTTP_2 {
