@@ -668,3 +668,132 @@ fn hsts_config_keys_are_validated() {
     // preload = false needs nothing.
     assert!(load("hsts_max_age_secs = 60\nhsts_preload = false\n").is_ok());
 }
+
+// ---- h2 requests the `h2` crate will not send ----
+
+/// Frames of a hand-written h2 client: HEADERS blocks use only static-table names and literals
+/// without indexing, so there is no HPACK state to keep.
+mod raw_h2 {
+    pub const HEADERS: u8 = 0x1;
+    pub const RST_STREAM: u8 = 0x3;
+    pub const SETTINGS: u8 = 0x4;
+    pub const GOAWAY: u8 = 0x7;
+    pub const PROTOCOL_ERROR: u32 = 0x1;
+    /// `:status: 400`, static table entry 12.
+    pub const STATUS_400: u8 = 0x8c;
+
+    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len()).unwrap();
+        let mut out = len.to_be_bytes()[1..].to_vec();
+        out.extend_from_slice(&[kind, flags]);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// An HPACK string literal without Huffman coding: its length as a 7-bit-prefix integer
+    /// (RFC 7541 section 5.1), then the bytes.
+    fn string(out: &mut Vec<u8>, s: &str) {
+        let mut len = s.len();
+        if len < 127 {
+            out.push(len as u8);
+        } else {
+            out.push(127);
+            len -= 127;
+            while len >= 128 {
+                out.push((len % 128) as u8 | 0x80);
+                len /= 128;
+            }
+            out.push(len as u8);
+        }
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    /// HEADERS (END_STREAM, END_HEADERS) for `GET https://{authority}{path}` (no `:authority`
+    /// when `None`) with `headers` (lowercase names).
+    pub fn get(
+        stream: u32,
+        authority: Option<&str>,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Vec<u8> {
+        // :method GET and :scheme https are static entries 2 and 7.
+        let mut block = vec![0x82, 0x87];
+        if let Some(authority) = authority {
+            block.push(0x01); // literal without indexing, name :authority (entry 1)
+            string(&mut block, authority);
+        }
+        block.push(0x04); // literal without indexing, name :path (entry 4)
+        string(&mut block, path);
+        for (name, value) in headers {
+            block.push(0);
+            string(&mut block, name);
+            string(&mut block, value);
+        }
+        frame(HEADERS, 0x1 | 0x4, stream, &block)
+    }
+}
+
+/// Send one raw h2 request on a fresh connection; the server's first HEADERS or RST_STREAM frame
+/// on stream 1 (kind, payload).
+async fn raw_h2_exchange(gw: &TestGateway, request: Vec<u8>) -> (u8, Vec<u8>) {
+    let mut tls = gw
+        .tls_connect(gw.tls_config(&[b"h2"], rustls::ALL_VERSIONS))
+        .await
+        .expect("TLS connect");
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(raw_h2::frame(raw_h2::SETTINGS, 0, 0, &[]));
+    hello.extend(raw_h2::frame(raw_h2::SETTINGS, 0x1, 0, &[]));
+    hello.extend(request);
+    tls.write_all(&hello).await.unwrap();
+    let read = async {
+        loop {
+            let mut head = [0u8; 9];
+            tls.read_exact(&mut head).await.expect("a frame");
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            tls.read_exact(&mut payload).await.expect("a frame payload");
+            let stream = u32::from_be_bytes(head[5..9].try_into().unwrap()) & 0x7fff_ffff;
+            let kind = head[3];
+            assert_ne!(kind, raw_h2::GOAWAY, "connection refused: {payload:?}");
+            if stream == 1 && (kind == raw_h2::HEADERS || kind == raw_h2::RST_STREAM) {
+                return (kind, payload);
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("an answer on stream 1 within 10 s")
+}
+
+#[tokio::test]
+async fn h2_without_an_authority_or_with_transfer_encoding_is_refused() {
+    let (gw, _dir) = gateway().await;
+    let auth = format!("Bearer {}", gw.token().unwrap());
+    let addr = gw.data_addr().to_string();
+    let auth_header = [("authorization", auth.as_str())];
+    // Control: the hand-written request is served (`:status: 200` is static entry 8).
+    let (kind, block) =
+        raw_h2_exchange(&gw, raw_h2::get(1, Some(&addr), HELLO_PATH, &auth_header)).await;
+    assert_eq!((kind, block[0]), (raw_h2::HEADERS, 0x88));
+    // Neither :authority nor Host: the request names no origin server.
+    let (kind, block) = raw_h2_exchange(&gw, raw_h2::get(1, None, HELLO_PATH, &auth_header)).await;
+    assert_eq!((kind, block[0]), (raw_h2::HEADERS, raw_h2::STATUS_400));
+    // Host alone (a request translated from HTTP/1.1) is enough.
+    let with_host = [("authorization", auth.as_str()), ("host", addr.as_str())];
+    let (kind, block) = raw_h2_exchange(&gw, raw_h2::get(1, None, HELLO_PATH, &with_host)).await;
+    assert_eq!((kind, block[0]), (raw_h2::HEADERS, 0x88));
+    // Transfer-Encoding is connection-specific, so malformed in h2 (RFC 9113 section 8.2.2):
+    // the stream is reset before the gateway sees it.
+    let with_te = [
+        ("authorization", auth.as_str()),
+        ("transfer-encoding", "chunked"),
+    ];
+    let (kind, payload) =
+        raw_h2_exchange(&gw, raw_h2::get(1, Some(&addr), HELLO_PATH, &with_te)).await;
+    assert_eq!(kind, raw_h2::RST_STREAM);
+    assert_eq!(
+        u32::from_be_bytes(payload[..4].try_into().unwrap()),
+        raw_h2::PROTOCOL_ERROR
+    );
+}
