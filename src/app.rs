@@ -160,6 +160,7 @@ pub async fn build_snapshot(
         Policy::new(config.roles.clone(), config.projects.clone()),
     )
     .with_cors(Cors::new(&config.cors))
+    .with_hsts(&config.listener.hsts)
     .with_saml(config.saml.as_ref().map(|saml| {
         Arc::new(crate::saml::sp::ServiceProvider::new(
             saml,

@@ -12,6 +12,7 @@ use crate::pipeline::admit::RateLimited;
 use crate::pipeline::authorize::AuthzError;
 use crate::pipeline::network::{NetworkError, RuleRef};
 use crate::pipeline::plan::PlanError;
+use crate::pipeline::request::RequestError;
 use crate::saml::session::SessionError;
 use crate::saml::sp::{SIGN_IN_AGAIN, SpError};
 
@@ -20,6 +21,9 @@ pub const FORBIDDEN: &str = "forbidden";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Stage 0: not a valid HTTP request (its authority or body framing).
+    #[error("invalid request")]
+    Request(#[from] RequestError),
     /// Stage 1 could not tell who the client is (a malformed forwarded header).
     #[error("bad request")]
     Network(#[from] NetworkError),
@@ -63,6 +67,7 @@ pub enum Error {
 impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
+            Error::Request(e) => e.status(),
             Error::Network(e) => match e {
                 NetworkError::MalformedForwarded(_) | NetworkError::AmbiguousForwarded => {
                     StatusCode::BAD_REQUEST
@@ -113,6 +118,7 @@ impl Error {
     /// The short text the client sees. Fixed strings only.
     pub fn client_message(&self) -> &'static str {
         match self {
+            Error::Request(e) => e.client_message(),
             Error::Network(e) => match e {
                 NetworkError::MalformedForwarded(_) | NetworkError::AmbiguousForwarded => {
                     "malformed forwarded header"
@@ -159,6 +165,34 @@ impl Error {
                 BackendError::Timeout(_) | BackendError::Stalled(_) => "storage backend timed out",
                 BackendError::Io(_) => "internal error",
             },
+        }
+    }
+
+    /// Whether the connection must close after this answer (HTTP/1.1 `Connection: close`): the
+    /// request's body was refused unread or half read, so the bytes after its head cannot be
+    /// trusted to start the next request (RFC 9112 section 6.1, 9.6).
+    pub fn closes_connection(&self) -> bool {
+        match self {
+            Error::Request(e) => e.closes_connection(),
+            Error::BodyNotAllowed | Error::BodyTimeout => true,
+            Error::Saml(e) => matches!(
+                e,
+                SpError::BodyNotAllowed
+                    | SpError::BodyTooLarge
+                    | SpError::BodyTimeout
+                    | SpError::BodyRead
+            ),
+            Error::Network(_)
+            | Error::NetworkDenied { .. }
+            | Error::Plan(_)
+            | Error::Identity(_)
+            | Error::Forbidden(_)
+            | Error::MethodNotAllowed
+            | Error::CorsOriginNotAllowed
+            | Error::PreconditionFailed
+            | Error::RangeNotSatisfiable { .. }
+            | Error::RateLimited(_)
+            | Error::Backend { .. } => false,
         }
     }
 
@@ -232,6 +266,47 @@ fn saml_message(e: &SpError) -> &'static str {
             SessionError::Random => "internal error",
         },
         SpError::Request(_) => "internal error",
+    }
+}
+
+impl RequestError {
+    /// Statuses of stage 0, on the data and admin listeners alike.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            RequestError::MissingHost
+            | RequestError::RepeatedHost
+            | RequestError::InvalidHost
+            | RequestError::InvalidAuthority
+            | RequestError::UserInfo
+            | RequestError::MissingAuthority
+            | RequestError::AuthorityMismatch
+            | RequestError::RepeatedChunked => StatusCode::BAD_REQUEST,
+            // RFC 9112 section 6.1: a transfer coding the server does not understand.
+            RequestError::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
+        }
+    }
+
+    pub fn client_message(&self) -> &'static str {
+        match self {
+            RequestError::MissingHost => "missing Host header",
+            RequestError::RepeatedHost => "more than one Host header",
+            RequestError::InvalidHost => "invalid Host header",
+            RequestError::InvalidAuthority => "invalid request authority",
+            RequestError::UserInfo => "userinfo is not allowed in the request authority",
+            RequestError::MissingAuthority => "missing :authority",
+            RequestError::AuthorityMismatch => "Host header does not match :authority",
+            RequestError::RepeatedChunked => "chunked transfer coding applied more than once",
+            RequestError::UnsupportedTransferCoding => "transfer coding not implemented",
+        }
+    }
+
+    /// A refused body framing leaves the connection's next bytes unknowable; a bad authority
+    /// does not.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            RequestError::UnsupportedTransferCoding | RequestError::RepeatedChunked
+        )
     }
 }
 

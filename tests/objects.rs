@@ -119,6 +119,16 @@ impl Reply {
         );
         let csp = self.header("content-security-policy").unwrap_or_default();
         assert!(csp.contains("default-src 'none'"), "{what}: CSP {csp:?}");
+        assert!(
+            csp.contains("frame-ancestors 'none'"),
+            "{what}: CSP {csp:?}"
+        );
+        assert_eq!(self.header("x-frame-options"), Some("DENY"), "{what}");
+        assert_eq!(
+            self.header("strict-transport-security"),
+            Some("max-age=31536000"),
+            "{what}"
+        );
         assert_eq!(
             self.header("referrer-policy"),
             Some("no-referrer"),

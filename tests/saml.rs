@@ -935,3 +935,79 @@ async fn saml_sign_in_works_in_a_real_browser_and_the_page_reads_with_the_sessio
     );
     assert_eq!(w.sts_calls(), 1, "reads after login make no STS call");
 }
+
+/// Every `/auth/` answer a browser may render (the login redirect, the ACS's redirect and its
+/// refusals, the session answer) can be neither framed nor sniffed, and comes with HSTS; an ACS
+/// body refused as too large also closes the http/1.1 connection, since the rest of it was never
+/// read.
+#[tokio::test]
+async fn saml_answers_cannot_be_framed_and_carry_hsts() {
+    let w = World::start(Options::default()).await;
+    let check = |what: &str, resp: &reqwest::Response| {
+        let h = resp.headers();
+        assert_eq!(h["x-frame-options"], "DENY", "{what}");
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("frame-ancestors 'none'"), "{what}: {csp}");
+        assert_eq!(h["x-content-type-options"], "nosniff", "{what}");
+        assert_eq!(h["strict-transport-security"], "max-age=31536000", "{what}");
+    };
+    let login = w
+        .client()
+        .get(w.gw.url("/auth/saml/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), StatusCode::FOUND);
+    check("login redirect", &login);
+
+    let signed_in = w.direct_login(ALICE, Some("/ui/")).await;
+    assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
+    check("ACS redirect", &signed_in);
+    let session = session_cookie(&signed_in);
+
+    let info = w.get_with_session("/auth/session", &session).await;
+    assert_eq!(info.status(), StatusCode::OK);
+    check("session", &info);
+
+    let refused = w
+        .client()
+        .post(w.acs_url())
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body("RelayState=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    check("ACS refusal", &refused);
+
+    // Only the head: the declared length alone refuses it, and nothing unread is left behind.
+    let mut tls =
+        w.gw.tls_connect(w.gw.tls_config(&[b"http/1.1"], rustls::ALL_VERSIONS))
+            .await
+            .unwrap();
+    let head = format!(
+        "POST /auth/saml/acs HTTP/1.1\r\nHost: {}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 900000\r\n\r\n",
+        w.gw.data_addr()
+    );
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    tls.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    // Read until the server closes (a reset after the response counts as closed too).
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the connection closes after the 413");
+    let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 413 "), "{text}");
+    assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+    assert!(text.contains("\r\nx-frame-options: deny\r\n"), "{text}");
+}

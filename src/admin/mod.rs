@@ -194,6 +194,28 @@ impl Admin {
 
 impl Handler for Admin {
     async fn call(&self, req: Request<Incoming>, _conn: ConnInfo) -> Response<ResponseBody> {
+        let mut resp = self.answer(req).await;
+        // Nothing here is a page, but a browser pointed at the admin port must not frame it.
+        crate::pipeline::respond::no_framing_headers(resp.headers_mut());
+        resp
+    }
+}
+
+impl Admin {
+    async fn answer(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+        // The data listener's stage 0, so the admin port is no laxer an HTTP server.
+        let (parts, body) = req.into_parts();
+        if let Err(e) = crate::pipeline::request::check(&parts) {
+            tracing::debug!(error = %e, "admin request refused");
+            let body = serde_json::json!({ "error": e.client_message() });
+            let mut resp = json(e.status(), format!("{body}\n"));
+            if e.closes_connection() && parts.version < http::Version::HTTP_2 {
+                resp.headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            return resp;
+        }
+        let req = Request::from_parts(parts, body);
         if req.uri().path().starts_with("/admin/") {
             if req.uri().path() == "/admin/revocations" {
                 return self.admin_api(req).await;

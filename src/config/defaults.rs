@@ -107,6 +107,11 @@ pub const AUDIT_FLUSH_TIMEOUT_SECS: u64 = 5;
 pub const CORS_MAX_AGE_SECS: u64 = 600;
 pub const CORS_MAX_AGE_SECS_MAX: u64 = 86_400;
 
+/// `[listener] hsts_max_age_secs`: one year, the least the HSTS preload list accepts; at most two
+/// years (what the preload list recommends; a longer value is likely a typo).
+pub const HSTS_MAX_AGE_SECS: u64 = 31_536_000;
+pub const HSTS_MAX_AGE_SECS_MAX: u64 = 2 * 31_536_000;
+
 /// `[identity]`: tolerated clock difference for `exp`/`nbf`, and its upper bound.
 pub const CLOCK_SKEW_SECS: u64 = 30;
 pub const CLOCK_SKEW_SECS_MAX: u64 = 300;

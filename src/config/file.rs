@@ -175,6 +175,9 @@ pub(super) struct RawListener {
     pub tls_cert: Option<Spanned<String>>,
     pub tls_key: Option<Spanned<String>>,
     pub dev_certificate_dir: Option<Spanned<String>>,
+    pub hsts_max_age_secs: Option<Spanned<i64>>,
+    pub hsts_include_subdomains: Option<Spanned<bool>>,
+    pub hsts_preload: Option<Spanned<bool>>,
 }
 
 /// `[admin]`: the plain-HTTP admin listener.

@@ -311,6 +311,29 @@ pub struct ListenerConfig {
     /// Address of the TLS data listener (`127.0.0.1:0` in tests).
     pub addr: SocketAddr,
     pub tls: TlsConfig,
+    /// `Strict-Transport-Security` on every response of this listener.
+    pub hsts: HstsConfig,
+}
+
+/// `[listener] hsts_*`: the `Strict-Transport-Security` header (RFC 6797). Applied on reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HstsConfig {
+    /// `max-age`; zero tells browsers to forget the host's HSTS policy.
+    pub max_age: Duration,
+    pub include_subdomains: bool,
+    /// Only with `include_subdomains` and a `max_age` of at least a year (the preload list's
+    /// rules; validation refuses anything else).
+    pub preload: bool,
+}
+
+impl Default for HstsConfig {
+    fn default() -> Self {
+        HstsConfig {
+            max_age: Duration::from_secs(defaults::HSTS_MAX_AGE_SECS),
+            include_subdomains: false,
+            preload: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -533,6 +556,7 @@ impl Config {
             listener: ListenerConfig {
                 addr: defaults::DEFAULT_DATA_ADDR,
                 tls: TlsConfig::Development { dir: dev_dir },
+                hsts: HstsConfig::default(),
             },
             admin: AdminConfig::new(
                 defaults::DEFAULT_ADMIN_ADDR,

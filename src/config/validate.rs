@@ -25,7 +25,7 @@ use super::defaults as d;
 use super::file::{RawAdmin, RawConfig, RawCredentials, RawLimits, RawListener, RawSource};
 use super::file::{RawCidrList, RawNetwork, RawRateLimits};
 use super::{
-    AdminConfig, Config, FsSource, Limits, ListenerConfig, NetworkConfig, RateLimits,
+    AdminConfig, Config, FsSource, HstsConfig, Limits, ListenerConfig, NetworkConfig, RateLimits,
     S3Credentials, S3Source, Secret, SourceConfig, SourceLists, TlsConfig,
 };
 
@@ -411,9 +411,54 @@ impl Checker<'_> {
             }
         };
         let tls = self.tls(raw, span);
+        let hsts = self.hsts(raw);
         Some(ListenerConfig {
             addr: addr?,
             tls: tls?,
+            hsts: hsts?,
+        })
+    }
+
+    /// `hsts_*`: max-age 0 (forget) to two years; `preload` only as the preload list accepts it.
+    fn hsts(&mut self, raw: &RawListener) -> Option<HstsConfig> {
+        let before = self.errors.len();
+        let max_age_secs = self.bounded(
+            &raw.hsts_max_age_secs,
+            "listener.hsts_max_age_secs",
+            d::HSTS_MAX_AGE_SECS,
+            0,
+            d::HSTS_MAX_AGE_SECS_MAX,
+        );
+        let include_subdomains = raw
+            .hsts_include_subdomains
+            .as_ref()
+            .is_some_and(|v| *v.get_ref());
+        let preload = raw.hsts_preload.as_ref().filter(|v| *v.get_ref());
+        if let Some(preload) = preload {
+            if !include_subdomains {
+                self.push(
+                    preload.span(),
+                    "listener.hsts_preload",
+                    "the HSTS preload list requires includeSubDomains; set \
+                     `hsts_include_subdomains = true`, or remove hsts_preload",
+                );
+            }
+            if max_age_secs < d::HSTS_MAX_AGE_SECS {
+                self.push(
+                    preload.span(),
+                    "listener.hsts_preload",
+                    format!(
+                        "the HSTS preload list requires a max-age of at least one year; set \
+                         `hsts_max_age_secs` to {} or more, or remove hsts_preload",
+                        d::HSTS_MAX_AGE_SECS
+                    ),
+                );
+            }
+        }
+        (self.errors.len() == before).then_some(HstsConfig {
+            max_age: Duration::from_secs(max_age_secs),
+            include_subdomains,
+            preload: preload.is_some(),
         })
     }
 

@@ -3,6 +3,7 @@
 //!
 //! | # | stage | here |
 //! |---|---|---|
+//! | 0 | request: one valid `Host` / `:authority` without userinfo (400), a body framing we implement (501) | `request.rs` |
 //! | 1 | network: peer (+ forwarded headers from trusted proxies) -> [`network::ClientIp`] -> allow/deny | `network.rs` |
 //! | 1a | `/auth/` routes (SAML login, ACS, session, logout), after the per-address rate limit | `crate::saml::sp` |
 //! | 1b | CORS preflight, answered without a token | `cors.rs` |
@@ -26,6 +27,7 @@ pub mod identity;
 pub mod network;
 pub mod plan;
 pub mod range;
+pub mod request;
 pub mod respond;
 
 use std::collections::HashMap;
@@ -82,6 +84,8 @@ pub struct Snapshot {
     policy: authorize::Policy,
     /// `None`: no `[saml]`; the `/auth/` routes are 404 and session cookies are not read.
     saml: Option<Arc<crate::saml::sp::ServiceProvider>>,
+    /// `Strict-Transport-Security` on every response (`[listener] hsts_*`).
+    hsts: http::HeaderValue,
 }
 
 impl Snapshot {
@@ -98,7 +102,15 @@ impl Snapshot {
             identity: None,
             policy: authorize::Policy::default(),
             saml: None,
+            hsts: respond::hsts_value(&crate::config::HstsConfig::default()),
         }
+    }
+
+    /// Send `Strict-Transport-Security` as `config` says (default: one year, no
+    /// `includeSubDomains`, no `preload`).
+    pub fn with_hsts(mut self, config: &crate::config::HstsConfig) -> Snapshot {
+        self.hsts = respond::hsts_value(config);
+        self
     }
 
     /// Serve the SAML service provider of `[saml]` (default: none). Sessions outlive snapshots
@@ -253,6 +265,7 @@ impl Pipeline {
         async move {
             let snapshot = self.snapshot();
             let (req, body) = req.into_parts();
+            let mut close = false;
             let mut resp = match self
                 .run(&snapshot, &req, body, conn, route, &mut facts)
                 .await
@@ -282,6 +295,7 @@ impl Pipeline {
                     {
                         self.metrics.upstream_error(source_name, kind);
                     }
+                    close = err.closes_connection();
                     respond::error_response(&err, &request_id)
                 }
             };
@@ -292,6 +306,15 @@ impl Pipeline {
                 *resp.body_mut() = respond::empty();
             }
             respond::security_headers(resp.headers_mut(), &request_id);
+            respond::strict_transport_security(resp.headers_mut(), &snapshot.hsts);
+            // hyper closes an http/1.1 connection after a response that says so; h2 has no such
+            // header (a refused stream is reset on its own, the connection is not at risk).
+            if close && req.version < http::Version::HTTP_2 {
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
             cors::apply(&snapshot.cors, &req.headers, resp.headers_mut());
             let status = resp.status().as_u16();
             tracing::Span::current().record("status", status);
@@ -325,6 +348,13 @@ impl Pipeline {
         route: &'static str,
         facts: &mut Facts,
     ) -> Result<Response<ResponseBody>, Error> {
+        // 0. request: a message the protocol calls invalid reaches no other stage.
+        request::check(req).inspect_err(|_| {
+            let span = tracing::Span::current();
+            span.record("decision", "malformed");
+            span.record("rule", "request");
+            facts.rule = Some("request".to_owned());
+        })?;
         // 1. network: before any identity, key or backend work. The source's own lists apply
         // here already, read from the raw path without decoding the key.
         let client = self.network_stage(snapshot, req, conn)?;

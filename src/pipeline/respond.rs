@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::header::{
     ACCEPT_RANGES, ALLOW, CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_RANGE,
     CONTENT_SECURITY_POLICY, CONTENT_TYPE, ETAG, LAST_MODIFIED, REFERRER_POLICY, RETRY_AFTER,
-    WWW_AUTHENTICATE, X_CONTENT_TYPE_OPTIONS,
+    STRICT_TRANSPORT_SECURITY, WWW_AUTHENTICATE, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
 };
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
@@ -18,6 +18,7 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 
 use crate::backend::{BackendError, BodyStream, ByteRange, ObjectMeta};
+use crate::config::HstsConfig;
 use crate::error::Error;
 use crate::telemetry::{Metrics, RouteLabel};
 
@@ -71,7 +72,9 @@ pub fn upstream_error_kind(e: &BackendError) -> Option<&'static str> {
 }
 
 pub const REQUEST_ID: &str = "x-request-id";
-const CSP: &str = "default-src 'none'; sandbox";
+/// Nothing a response of ours carries may run, load or be framed: `frame-ancestors` is not covered
+/// by `default-src`, so it is named (with `X-Frame-Options` for browsers that predate it).
+pub const CSP: &str = "default-src 'none'; frame-ancestors 'none'; sandbox";
 
 pub fn empty() -> ResponseBody {
     http_body_util::Empty::new()
@@ -87,12 +90,37 @@ fn full(bytes: Bytes) -> ResponseBody {
 
 /// Headers on every data-listener response.
 pub fn security_headers(headers: &mut HeaderMap, request_id: &str) {
-    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    headers.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    no_framing_headers(headers);
     headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     if let Ok(v) = HeaderValue::from_str(request_id) {
         headers.insert(REQUEST_ID, v);
     }
+}
+
+/// The headers that keep a browser from sniffing, running or framing a response; on every
+/// response of both listeners. Replaces any CSP a route set, so no page can loosen it.
+pub fn no_framing_headers(headers: &mut HeaderMap) {
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    headers.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+}
+
+/// The `Strict-Transport-Security` value for `config` (RFC 6797 section 6.1).
+pub fn hsts_value(config: &HstsConfig) -> HeaderValue {
+    let mut value = format!("max-age={}", config.max_age.as_secs());
+    if config.include_subdomains {
+        value.push_str("; includeSubDomains");
+    }
+    if config.preload {
+        value.push_str("; preload");
+    }
+    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("max-age=31536000"))
+}
+
+/// HSTS on a response of the TLS data listener (never the plain-HTTP admin listener: RFC 6797
+/// section 7.2 forbids it over plain HTTP).
+pub fn strict_transport_security(headers: &mut HeaderMap, value: &HeaderValue) {
+    headers.insert(STRICT_TRANSPORT_SECURITY, value.clone());
 }
 
 /// A small JSON error: `{"error": "...", "request_id": "..."}`, the same text for every cause that
@@ -393,6 +421,24 @@ mod tests {
             );
         }
         assert_eq!(t(None), ("application/octet-stream".into(), true));
+    }
+
+    #[test]
+    fn hsts_value_names_only_what_is_configured() {
+        let v = |secs: u64, include_subdomains: bool, preload: bool| {
+            hsts_value(&HstsConfig {
+                max_age: std::time::Duration::from_secs(secs),
+                include_subdomains,
+                preload,
+            })
+        };
+        assert_eq!(hsts_value(&HstsConfig::default()), "max-age=31536000");
+        assert_eq!(v(0, false, false), "max-age=0");
+        assert_eq!(v(600, true, false), "max-age=600; includeSubDomains");
+        assert_eq!(
+            v(63_072_000, true, true),
+            "max-age=63072000; includeSubDomains; preload"
+        );
     }
 
     #[test]

@@ -206,6 +206,7 @@ pub async fn start_gateway_opts(
             tls: TlsConfig::Development {
                 dir: tls_dir.path().to_path_buf(),
             },
+            hsts: bucketgate::config::HstsConfig::default(),
         },
         admin: AdminConfig::new(loopback, tls_dir.path().join("state")),
         limits,
