@@ -101,6 +101,7 @@ impl Error {
                 // The gateway's own credentials or settings are wrong: a fault upstream of the
                 // client, never a refusal of the requesting user.
                 BackendError::ConfigFault { .. }
+                | BackendError::RoleConfigFault { .. }
                 | BackendError::Unreachable(_)
                 | BackendError::BodyBroken(_)
                 | BackendError::Protocol(_) => StatusCode::BAD_GATEWAY,
@@ -153,6 +154,7 @@ impl Error {
                 }
                 BackendError::Changed => "object is changing, try again",
                 BackendError::ConfigFault { .. }
+                | BackendError::RoleConfigFault { .. }
                 | BackendError::Unreachable(_)
                 | BackendError::BodyBroken(_)
                 | BackendError::Protocol(_) => "storage backend failed",

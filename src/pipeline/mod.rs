@@ -271,6 +271,19 @@ impl Pipeline {
                             "configuration fault: the store refused the gateway's own \
                              credentials or settings for this source"
                         );
+                    } else if let Error::Backend {
+                        source_name,
+                        error: BackendError::RoleConfigFault { role_arn, code },
+                    } = &err
+                    {
+                        // Never the ExternalId or a credential: the role ARN and STS's code.
+                        tracing::warn!(
+                            source = %source_name,
+                            sts_error_code = code.as_deref().unwrap_or("none"),
+                            role_arn = %role_arn,
+                            "configuration fault: STS refused the gateway's AssumeRole of this \
+                             source's role (the gateway's own credentials or the role's settings)"
+                        );
                     } else if err.is_server_fault() {
                         tracing::warn!(error = %ErrorChain(&err), "request failed");
                     } else {

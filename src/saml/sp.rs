@@ -144,7 +144,7 @@ impl SpError {
 
     fn from_sts(e: &StsError) -> SpError {
         match e {
-            StsError::Refused => SpError::StsRefused,
+            StsError::Refused { .. } | StsError::ConfigFault { .. } => SpError::StsRefused,
             StsError::Unavailable(_) => SpError::StsUnavailable,
             StsError::Timeout => SpError::StsTimeout,
             StsError::Protocol(_) => SpError::StsProtocol,
