@@ -7,7 +7,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_s3::error::ProvideErrorMetadata;
@@ -18,6 +18,7 @@ use bucketgate::config::{
 use bucketgate::credentials::{DelegatedCredentials, ManualClock, StsClient, StsError};
 use http::StatusCode;
 use support::TestGateway;
+use support::logs::CapturedLogs;
 use support::sts::{MotoIam, ProxyMode, Trust};
 
 const BUCKET: &str = "delegated";
@@ -165,65 +166,6 @@ async fn delegated_role_refused_for_a_wrong_external_id_answers_502_never_anothe
     let again = get(&gw, &client, "public/a.txt").await;
     assert_eq!(again.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(iam.sts_calls(), 1, "no STS call during the back-off");
-}
-
-/// Log lines at WARN and above, as JSON, for one test (the gateway runs on the test's thread).
-#[derive(Clone, Default)]
-struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for CapturedLogs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLogs {
-    type Writer = CapturedLogs;
-
-    fn make_writer(&'a self) -> CapturedLogs {
-        self.clone()
-    }
-}
-
-impl CapturedLogs {
-    fn start() -> (CapturedLogs, tracing::subscriber::DefaultGuard) {
-        let logs = CapturedLogs::default();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_max_level(tracing::Level::WARN)
-            .with_writer(logs.clone())
-            .finish();
-        (logs.clone(), tracing::subscriber::set_default(subscriber))
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
-
-    /// The WARN events that report a configuration fault, parsed.
-    fn config_faults(&self) -> Vec<serde_json::Value> {
-        self.text()
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|v| {
-                v["level"] == "WARN"
-                    && v["message"]
-                        .as_str()
-                        .is_some_and(|m| m.starts_with("configuration fault"))
-            })
-            .collect()
-    }
-
-    /// Clears what was captured so far.
-    fn clear(&self) {
-        self.0.lock().unwrap().clear();
-    }
 }
 
 /// `bucketgate_upstream_errors_total{source, kind}`, 0 when absent.

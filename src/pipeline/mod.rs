@@ -284,6 +284,17 @@ impl Pipeline {
                             "configuration fault: STS refused the gateway's AssumeRole of this \
                              source's role (the gateway's own credentials or the role's settings)"
                         );
+                    } else if let Error::Saml(crate::saml::sp::SpError::StsConfigFault {
+                        code,
+                        role_arn,
+                    }) = &err
+                    {
+                        tracing::warn!(
+                            sts_error_code = code,
+                            role_arn = %role_arn,
+                            "configuration fault: STS refused the gateway's own \
+                             AssumeRoleWithSAML request (the [sts] settings), not the user"
+                        );
                     } else if err.is_server_fault() {
                         tracing::warn!(error = %ErrorChain(&err), "request failed");
                     } else {
