@@ -256,7 +256,11 @@ async fn wrong_gateway_base_credentials_for_assume_role_are_a_502_configuration_
         // Both requests failed on the one attempt: the second came within the back-off.
         assert_eq!(iam.sts_calls(), calls_before + 1, "{code}");
         assert_eq!(upstream_errors(&gw, "config_fault"), 2.0, "{code}");
-        assert_eq!(upstream_errors(&gw, "credentials_unavailable"), 0.0, "{code}");
+        assert_eq!(
+            upstream_errors(&gw, "credentials_unavailable"),
+            0.0,
+            "{code}"
+        );
         let faults = logs.config_faults();
         assert_eq!(faults.len(), 2, "one warning per request:\n{}", logs.text());
         for w in &faults {
@@ -266,7 +270,10 @@ async fn wrong_gateway_base_credentials_for_assume_role_are_a_502_configuration_
         }
         let text = logs.text();
         assert!(!text.contains(secret), "a secret in the log:\n{text}");
-        assert!(!text.contains(EXTERNAL_ID), "the ExternalId in the log:\n{text}");
+        assert!(
+            !text.contains(EXTERNAL_ID),
+            "the ExternalId in the log:\n{text}"
+        );
 
         // After the back-off STS is asked again (the fault may have been fixed meanwhile).
         clock.advance(Duration::from_secs(RETRY_AFTER_SECS));
@@ -590,7 +597,10 @@ async fn sts_client_sorts_refused_unavailable_and_timeout() {
     let refused = sts
         .assume_role(&role, Some("wrong-external-id"), "bucketgate", DURATION)
         .await;
-    assert!(matches!(refused, Err(StsError::Refused { .. })), "{refused:?}");
+    assert!(
+        matches!(refused, Err(StsError::Refused { .. })),
+        "{refused:?}"
+    );
 
     iam.proxy.set_mode(ProxyMode::Fail(503));
     assert!(matches!(call().await, Err(StsError::Unavailable(_))));

@@ -746,15 +746,20 @@ async fn saml_sts_refusing_the_gateways_own_request_is_a_502_configuration_fault
         proxy.set_mode(ProxyMode::FailWith(status, code));
         let resp = w.direct_login(ALICE, None).await;
         assert_eq!(resp.status(), StatusCode::BAD_GATEWAY, "{code}");
-        assert!(resp.headers().get(SET_COOKIE).is_none_or(|c| {
-            !c.to_str().unwrap().starts_with(SESSION_COOKIE)
-        }));
+        assert!(
+            resp.headers()
+                .get(SET_COOKIE)
+                .is_none_or(|c| { !c.to_str().unwrap().starts_with(SESSION_COOKIE) })
+        );
         assert_eq!(error_text(resp).await, "sign-in service failed", "{code}");
         let faults = logs.config_faults();
         assert_eq!(faults.len(), 1, "{code}:\n{}", logs.text());
         assert_eq!(faults[0]["sts_error_code"], code, "{}", faults[0]);
         assert_eq!(faults[0]["role_arn"], role.as_str(), "{}", faults[0]);
-        assert!(!logs.text().contains("injected"), "no STS message in the log");
+        assert!(
+            !logs.text().contains("injected"),
+            "no STS message in the log"
+        );
     }
     // The assertion, an IdP claim, the role's trust in the provider: refusals, 403 as before.
     for (status, code) in [

@@ -499,12 +499,10 @@ mod tests {
 
     #[test]
     fn error_code_is_read_from_bodies_the_sdk_cannot_parse() {
-        let moto = b"<?xml version=\"1.0\"?>\n<ErrorResponse><Errors><Error><Code>SignatureDoesNotMatch\
+        let moto =
+            b"<?xml version=\"1.0\"?>\n<ErrorResponse><Errors><Error><Code>SignatureDoesNotMatch\
                      </Code><Message>secret</Message></Error></Errors></ErrorResponse>";
-        assert_eq!(
-            code_in_body(moto).as_deref(),
-            Some("SignatureDoesNotMatch")
-        );
+        assert_eq!(code_in_body(moto).as_deref(), Some("SignatureDoesNotMatch"));
         assert_eq!(code_in_body(b"<Code><b>x</b></Code>"), None);
         assert_eq!(code_in_body(b"<Code>unterminated"), None);
         assert_eq!(code_in_body(b"no code"), None);
