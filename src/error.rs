@@ -106,6 +106,7 @@ impl Error {
                 // The gateway's own credentials or settings are wrong: a fault upstream of the
                 // client, never a refusal of the requesting user.
                 BackendError::ConfigFault { .. }
+                | BackendError::RoleConfigFault { .. }
                 | BackendError::Unreachable(_)
                 | BackendError::BodyBroken(_)
                 | BackendError::Protocol(_) => StatusCode::BAD_GATEWAY,
@@ -159,6 +160,7 @@ impl Error {
                 }
                 BackendError::Changed => "object is changing, try again",
                 BackendError::ConfigFault { .. }
+                | BackendError::RoleConfigFault { .. }
                 | BackendError::Unreachable(_)
                 | BackendError::BodyBroken(_)
                 | BackendError::Protocol(_) => "storage backend failed",
@@ -204,7 +206,7 @@ impl Error {
 }
 
 /// Statuses of the `/auth/` routes: SAML format errors 400, every validation failure 401, STS
-/// refusing 403, STS down 503, slow 504.
+/// refusing the user 403, STS down 503, slow 504, STS refusing the gateway's own request 502.
 fn saml_status(e: &SpError) -> StatusCode {
     match e {
         SpError::NotConfigured | SpError::NoRoute => StatusCode::NOT_FOUND,
@@ -224,7 +226,8 @@ fn saml_status(e: &SpError) -> StatusCode {
         }
         SpError::StsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         SpError::StsTimeout => StatusCode::GATEWAY_TIMEOUT,
-        SpError::StsProtocol => StatusCode::BAD_GATEWAY,
+        // The gateway's own STS settings are wrong: not a refusal of the user (issue 11).
+        SpError::StsProtocol | SpError::StsConfigFault { .. } => StatusCode::BAD_GATEWAY,
         SpError::Session(e) => match e {
             SessionError::Unknown | SessionError::Expired => StatusCode::UNAUTHORIZED,
             SessionError::Full => StatusCode::SERVICE_UNAVAILABLE,
@@ -259,7 +262,7 @@ fn saml_message(e: &SpError) -> &'static str {
         SpError::NoUsableRole | SpError::SeveralRoles | SpError::StsRefused => FORBIDDEN,
         SpError::StsUnavailable => "sign-in service unavailable, try again",
         SpError::StsTimeout => "sign-in service timed out, try again",
-        SpError::StsProtocol => "sign-in service failed",
+        SpError::StsProtocol | SpError::StsConfigFault { .. } => "sign-in service failed",
         SpError::Session(e) => match e {
             SessionError::Unknown | SessionError::Expired => SIGN_IN_AGAIN,
             SessionError::Full => "too many sessions, try again later",

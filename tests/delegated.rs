@@ -18,6 +18,7 @@ use bucketgate::config::{
 use bucketgate::credentials::{DelegatedCredentials, ManualClock, StsClient, StsError};
 use http::StatusCode;
 use support::TestGateway;
+use support::logs::CapturedLogs;
 use support::sts::{MotoIam, ProxyMode, Trust};
 
 const BUCKET: &str = "delegated";
@@ -139,8 +140,10 @@ async fn delegated_source_reads_with_the_role_and_sends_the_external_id() {
     assert_eq!(param("DurationSeconds"), Some("3600"));
 }
 
+/// A wrong ExternalId is the configuration of one side or the other, never a refusal of the
+/// requesting user: 502 without a `Retry-After` (issue 11; it was a 503 with one).
 #[tokio::test]
-async fn delegated_role_refused_for_a_wrong_external_id_answers_503_never_another_identity() {
+async fn delegated_role_refused_for_a_wrong_external_id_answers_502_never_another_identity() {
     let (iam, role) = moto_with_reader().await;
     let clock = ManualClock::new();
     let gw = gateway(
@@ -151,13 +154,8 @@ async fn delegated_role_refused_for_a_wrong_external_id_answers_503_never_anothe
     .await;
     let client = gw.client();
     let resp = get(&gw, &client, "public/a.txt").await;
-    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(
-        resp.headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok()),
-        Some("5")
-    );
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    assert!(resp.headers().get("retry-after").is_none());
     let body = resp.text().await.unwrap();
     assert!(
         !body.contains("AccessDenied") && !body.contains(EXTERNAL_ID),
@@ -166,8 +164,196 @@ async fn delegated_role_refused_for_a_wrong_external_id_answers_503_never_anothe
     assert_eq!(iam.sts_calls(), 1);
     // Within the back-off, no new STS call: the next request fails fast.
     let again = get(&gw, &client, "public/a.txt").await;
-    assert_eq!(again.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(again.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(iam.sts_calls(), 1, "no STS call during the back-off");
+}
+
+/// `bucketgate_upstream_errors_total{source, kind}`, 0 when absent.
+fn upstream_errors(gw: &TestGateway, kind: &str) -> f64 {
+    let text = gw.gateway().metrics().encode().unwrap();
+    let labels = format!("{{source=\"{SOURCE}\",kind=\"{kind}\"}} ");
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("bucketgate_upstream_errors_total")?
+                .strip_prefix(&labels)
+        })
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// A 502 "storage backend failed" in the usual JSON shape, without a `Retry-After` (a retry
+/// will not help until the operator fixes something).
+async fn assert_config_fault_answer(resp: reqwest::Response, what: &str) {
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY, "{what}");
+    assert!(
+        resp.headers().get("retry-after").is_none(),
+        "{what}: no Retry-After for a configuration fault"
+    );
+    let id = resp
+        .headers()
+        .get("x-request-id")
+        .expect("x-request-id")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body = resp.text().await.unwrap();
+    assert_eq!(
+        body.trim_end(),
+        format!("{{\"error\":\"storage backend failed\",\"request_id\":\"{id}\"}}"),
+        "{what}"
+    );
+}
+
+/// Regression (issue 11): STS refusing the gateway's own base credentials on AssumeRole (moto
+/// checks the SigV4 signature against its IAM users) answered 503 with a `Retry-After`, as if
+/// trying again would help, and the log did not name STS's code. Now: 502, counted as
+/// `config_fault`, one warning per failing request naming the source, the code and the role
+/// ARN, never the secret or the ExternalId; STS is asked again only after the back-off.
+#[tokio::test]
+async fn wrong_gateway_base_credentials_for_assume_role_are_a_502_configuration_fault() {
+    const WRONG_SECRET: &str = "not-the-gateway-secret-0123456789";
+    let (iam, role) = moto_with_reader().await;
+    let cases = [
+        (
+            iam.gateway.access_key_id.clone(),
+            WRONG_SECRET,
+            "SignatureDoesNotMatch",
+        ),
+        (
+            "AKIANOBODYKNOWS00000".to_owned(),
+            iam.gateway.secret_access_key.as_str(),
+            "InvalidClientTokenId",
+        ),
+    ];
+    for (key_id, secret, code) in cases {
+        let (logs, _guard) = CapturedLogs::start();
+        let clock = ManualClock::new();
+        let source = iam.source(
+            BUCKET,
+            "",
+            S3Credentials::AssumeRole(reader(&role, EXTERNAL_ID)),
+        );
+        let mut sts = sts_config(&iam);
+        sts.credentials = Some(StaticKeys {
+            access_key_id: key_id.clone(),
+            secret_access_key: Secret::new(secret.to_owned()),
+        });
+        let gw = support::start_gateway_opts(
+            BTreeMap::from([(SOURCE.to_owned(), SourceConfig::S3(source))]),
+            support::test_limits(),
+            move |c| c.sts = sts,
+            StartOptions {
+                credentials_clock: Some(Arc::new(clock.clone())),
+                ..StartOptions::default()
+            },
+        )
+        .await;
+        let calls_before = iam.sts_calls();
+        for proto in support::Proto::BOTH {
+            let what = format!("{code} {proto:?}");
+            let resp = get(&gw, &gw.client_for(proto), "public/a.txt").await;
+            assert_config_fault_answer(resp, &what).await;
+        }
+        // Both requests failed on the one attempt: the second came within the back-off.
+        assert_eq!(iam.sts_calls(), calls_before + 1, "{code}");
+        assert_eq!(upstream_errors(&gw, "config_fault"), 2.0, "{code}");
+        assert_eq!(
+            upstream_errors(&gw, "credentials_unavailable"),
+            0.0,
+            "{code}"
+        );
+        let faults = logs.config_faults();
+        assert_eq!(faults.len(), 2, "one warning per request:\n{}", logs.text());
+        for w in &faults {
+            assert_eq!(w["source"], SOURCE, "{w}");
+            assert_eq!(w["sts_error_code"], code, "{w}");
+            assert_eq!(w["role_arn"], role.as_str(), "{w}");
+        }
+        let text = logs.text();
+        assert!(!text.contains(secret), "a secret in the log:\n{text}");
+        assert!(
+            !text.contains(EXTERNAL_ID),
+            "the ExternalId in the log:\n{text}"
+        );
+
+        // After the back-off STS is asked again (the fault may have been fixed meanwhile).
+        clock.advance(Duration::from_secs(RETRY_AFTER_SECS));
+        let resp = get(&gw, &gw.client(), "public/a.txt").await;
+        assert_config_fault_answer(resp, code).await;
+        assert_eq!(iam.sts_calls(), calls_before + 2, "{code}");
+    }
+}
+
+/// Sibling: the role's side refuses the gateway (its trust policy no longer names the gateway's
+/// principal). While the cached credentials are valid they keep serving and the refused refresh
+/// is logged at warn with the role and STS's code; once they expire, 502 configuration fault;
+/// when trust is restored, the next attempt after the back-off recovers without a reload.
+#[tokio::test]
+async fn role_trust_revoked_serves_cached_credentials_then_502_then_recovers() {
+    let (iam, role) = moto_with_reader().await;
+    let (logs, _guard) = CapturedLogs::start();
+    let clock = ManualClock::new();
+    let gw = gateway(
+        &iam,
+        S3Credentials::AssumeRole(reader(&role, EXTERNAL_ID)),
+        &clock,
+    )
+    .await;
+    let client = gw.client();
+    get_ok(&gw, &client, "public/a.txt").await;
+    assert_eq!(iam.sts_calls(), 1);
+
+    let trust = |principal: String| {
+        serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Effect": "Allow",
+                "Principal": {"AWS": principal},
+                "Action": "sts:AssumeRole",
+                "Condition": {"StringEquals": {"sts:ExternalId": EXTERNAL_ID}}
+            }]
+        })
+        .to_string()
+    };
+    iam.iam(&[
+        ("Action", "UpdateAssumeRolePolicy"),
+        ("RoleName", "reader"),
+        ("PolicyDocument", &trust(iam.admin_arn())),
+    ])
+    .await;
+
+    // In the refresh window: the refresh is refused, the cached credentials keep serving.
+    clock.advance(DURATION - REFRESH_BEFORE + Duration::from_secs(1));
+    assert_eq!(get_ok(&gw, &client, "public/a.txt").await, b"public");
+    assert_eq!(iam.sts_calls(), 2);
+    let faults = logs.config_faults();
+    assert_eq!(faults.len(), 1, "{}", logs.text());
+    assert_eq!(faults[0]["sts_error_code"], "AccessDenied", "{}", faults[0]);
+    assert_eq!(faults[0]["role_arn"], role.as_str(), "{}", faults[0]);
+    logs.clear();
+
+    // Expired, still refused: 502, no Retry-After, counted and logged as a configuration fault.
+    clock.advance(REFRESH_BEFORE);
+    let resp = get(&gw, &client, "public/a.txt").await;
+    assert_config_fault_answer(resp, "expired, trust revoked").await;
+    assert_eq!(iam.sts_calls(), 3);
+    assert_eq!(upstream_errors(&gw, "config_fault"), 1.0);
+    let faults = logs.config_faults();
+    assert_eq!(faults.len(), 1, "{}", logs.text());
+    assert_eq!(faults[0]["source"], SOURCE, "{}", faults[0]);
+    assert_eq!(faults[0]["sts_error_code"], "AccessDenied", "{}", faults[0]);
+    assert_eq!(faults[0]["role_arn"], role.as_str(), "{}", faults[0]);
+    assert!(!logs.text().contains(EXTERNAL_ID), "{}", logs.text());
+
+    // Trust restored on the role's side: after the back-off, new credentials, no reload.
+    iam.iam(&[
+        ("Action", "UpdateAssumeRolePolicy"),
+        ("RoleName", "reader"),
+        ("PolicyDocument", &trust(iam.gateway_arn())),
+    ])
+    .await;
+    clock.advance(Duration::from_secs(RETRY_AFTER_SECS));
+    assert_eq!(get_ok(&gw, &client, "public/a.txt").await, b"public");
+    assert_eq!(iam.sts_calls(), 4);
 }
 
 #[tokio::test]
@@ -411,7 +597,10 @@ async fn sts_client_sorts_refused_unavailable_and_timeout() {
     let refused = sts
         .assume_role(&role, Some("wrong-external-id"), "bucketgate", DURATION)
         .await;
-    assert!(matches!(refused, Err(StsError::Refused)), "{refused:?}");
+    assert!(
+        matches!(refused, Err(StsError::Refused { .. })),
+        "{refused:?}"
+    );
 
     iam.proxy.set_mode(ProxyMode::Fail(503));
     assert!(matches!(call().await, Err(StsError::Unavailable(_))));

@@ -25,6 +25,7 @@ use http::StatusCode;
 use http::header::{CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use serde_json::{Value, json};
 use support::TestGateway;
+use support::logs::CapturedLogs;
 use support::saml::TestIdp;
 use support::sts::{MotoIam, ProxyMode, Trust};
 
@@ -721,6 +722,60 @@ async fn saml_sts_refusing_failing_or_slow_maps_to_403_503_504() {
     proxy.set_mode(ProxyMode::Forward);
     // And once STS answers again (with the usual timeout back), the same user signs in.
     w.gw.gateway().reload(w.config.clone()).await.unwrap();
+    let resp = w.direct_login(ALICE, None).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+}
+
+/// Regression (issue 11): STS refusing the gateway's own AssumeRoleWithSAML request (STS off in
+/// the configured region, an `[sts] endpoint` that wants a signature, a request STS cannot read)
+/// answered 403 "forbidden", as if the user were refused. Now: 502 "sign-in service failed",
+/// no session, one warning naming STS's code and the role. What is about the user's assertion
+/// or the role's trust in the IdP stays a 403.
+#[tokio::test]
+async fn saml_sts_refusing_the_gateways_own_request_is_a_502_configuration_fault() {
+    let w = World::start(Options::default()).await;
+    let proxy = &w.moto.proxy;
+    let role = w.roles["Labeler"].clone();
+    for (status, code) in [
+        (403, "RegionDisabledException"),
+        (403, "MissingAuthenticationToken"),
+        (403, "SignatureDoesNotMatch"),
+        (400, "InvalidAction"),
+    ] {
+        let (logs, _guard) = CapturedLogs::start();
+        proxy.set_mode(ProxyMode::FailWith(status, code));
+        let resp = w.direct_login(ALICE, None).await;
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY, "{code}");
+        assert!(
+            resp.headers()
+                .get(SET_COOKIE)
+                .is_none_or(|c| { !c.to_str().unwrap().starts_with(SESSION_COOKIE) })
+        );
+        assert_eq!(error_text(resp).await, "sign-in service failed", "{code}");
+        let faults = logs.config_faults();
+        assert_eq!(faults.len(), 1, "{code}:\n{}", logs.text());
+        assert_eq!(faults[0]["sts_error_code"], code, "{}", faults[0]);
+        assert_eq!(faults[0]["role_arn"], role.as_str(), "{}", faults[0]);
+        assert!(
+            !logs.text().contains("injected"),
+            "no STS message in the log"
+        );
+    }
+    // The assertion, an IdP claim, the role's trust in the provider: refusals, 403 as before.
+    for (status, code) in [
+        (400, "InvalidIdentityToken"),
+        (403, "IDPRejectedClaim"),
+        (403, "AccessDenied"),
+        (400, "ExpiredTokenException"),
+    ] {
+        let (logs, _guard) = CapturedLogs::start();
+        proxy.set_mode(ProxyMode::FailWith(status, code));
+        let resp = w.direct_login(ALICE, None).await;
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{code}");
+        assert_eq!(error_text(resp).await, "forbidden", "{code}");
+        assert!(logs.config_faults().is_empty(), "{code}:\n{}", logs.text());
+    }
+    proxy.set_mode(ProxyMode::Forward);
     let resp = w.direct_login(ALICE, None).await;
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
 }

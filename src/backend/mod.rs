@@ -123,6 +123,17 @@ pub enum BackendError {
     /// (never text the store chose).
     #[error("the store refused the gateway's own credentials or configuration ({code})")]
     ConfigFault { code: &'static str },
+    /// STS refused the gateway's `AssumeRole` of a delegated-role source's role: the gateway's
+    /// own base credentials (`[sts] credentials` or the default chain), or the role's settings on
+    /// either side (its ARN, the ExternalId, the role's trust policy, the session length), are
+    /// wrong. No user takes part in that call, so it is never a refusal of the requesting user;
+    /// the operator must fix it, and a retry soon will not help. `code` is STS's error code
+    /// reduced to a short identifier (`None` if it sent none); `role_arn` is the configured role.
+    #[error("STS refused the gateway's AssumeRole of {role_arn} ({})", code.as_deref().unwrap_or("no error code"))]
+    RoleConfigFault {
+        role_arn: String,
+        code: Option<String>,
+    },
     /// A delegated-role source has no valid credentials (STS failed and the cached ones
     /// expired). Never answered by falling back to other credentials.
     #[error("no valid credentials for the source; retry after {retry_after:?}")]
@@ -165,7 +176,9 @@ impl BackendError {
             BackendError::NotFound => "not_found",
             BackendError::NotAnObject => "not_an_object",
             BackendError::AccessDenied => "access_denied",
-            BackendError::ConfigFault { .. } => "config_fault",
+            BackendError::ConfigFault { .. } | BackendError::RoleConfigFault { .. } => {
+                "config_fault"
+            }
             BackendError::CredentialsUnavailable { .. } => "credentials_unavailable",
             BackendError::Changed => "changed",
             BackendError::Unreachable(_) => "unreachable",

@@ -9,7 +9,17 @@
 //! - without valid credentials, callers queue on the refresh mutex: the first one calls STS, the
 //!   others take its result (new credentials, or the failure: they do not call STS again);
 //! - after a failed attempt STS is not called again for `retry_after`, and a caller with nothing
-//!   valid gets [`BackendError::CredentialsUnavailable`] (503 with `Retry-After`).
+//!   valid gets the failure: [`BackendError::CredentialsUnavailable`] (503 with `Retry-After`)
+//!   when STS was unreachable, failing, throttling or slow, [`BackendError::RoleConfigFault`]
+//!   (502, no `Retry-After`) when STS refused the call.
+//!
+//! A refused `AssumeRole` is always a configuration fault, never a refusal of a user: no user
+//! takes part in the call. Either the gateway's own base credentials are wrong (a wrong secret
+//! or key id, an expired token) or the role's settings are, on either side (the role ARN, the
+//! ExternalId, the role's trust policy, the session length). It is logged once per failing
+//! request by the pipeline (source, STS code, role ARN), or here at warn when the still-valid
+//! credentials keep serving. A configuration fault is retried after the same back-off, so a
+//! fix on the role's side (no reload) is picked up.
 //!
 //! Never a fallback to other (broader) credentials: no credentials means no request.
 //!
@@ -44,6 +54,8 @@ struct Cached {
 struct RefreshState {
     /// When the last attempt failed, on the injected clock.
     failed_at: Option<SystemTime>,
+    /// STS refused the last attempt (a configuration fault): its error code, if it sent one.
+    refused: Option<Option<String>>,
 }
 
 /// The delegated role's credentials: cached, refreshed by one caller at a time.
@@ -102,7 +114,20 @@ impl DelegatedCredentials {
                 }
                 return match self.refresh_locked(&mut state, now).await {
                     Ok(fresh) => Ok(fresh),
-                    Err(_) => Ok(c.credentials.clone()),
+                    Err(e) => {
+                        if let Some(code) = &state.refused {
+                            // No request fails yet, so the pipeline says nothing: say it here.
+                            tracing::warn!(
+                                sts_error_code = code.as_deref().unwrap_or("none"),
+                                role_arn = %self.role.role_arn,
+                                error = %crate::pipeline::ErrorChain(&e),
+                                "configuration fault: STS refused the gateway's AssumeRole of a \
+                                 delegated role (the gateway's own credentials or the role's \
+                                 settings); the cached credentials serve until they expire"
+                            );
+                        }
+                        Ok(c.credentials.clone())
+                    }
                 };
             }
         }
@@ -138,7 +163,14 @@ impl DelegatedCredentials {
         until.duration_since(now).ok().filter(|d| !d.is_zero())
     }
 
+    /// What a caller with nothing valid gets after a failed attempt.
     fn unavailable(&self, state: &RefreshState, now: SystemTime) -> BackendError {
+        if let Some(code) = &state.refused {
+            return BackendError::RoleConfigFault {
+                role_arn: self.role.role_arn.clone(),
+                code: code.clone(),
+            };
+        }
         let wait = self.backing_off(state, now).unwrap_or(self.retry_after);
         BackendError::CredentialsUnavailable {
             retry_after: wait.max(Duration::from_secs(1)),
@@ -179,15 +211,30 @@ impl DelegatedCredentials {
                 tracing::debug!(role = %self.role.role_arn, lifetime_secs = lifetime.as_secs(), "delegated credentials refreshed");
                 self.current.store(Some(Arc::new(cached)));
                 state.failed_at = None;
+                state.refused = None;
                 Ok(session.credentials)
             }
             Err(e) => {
-                // STS errors carry no secrets (see `sts.rs`): the whole chain is logged.
-                tracing::warn!(
-                    role = %self.role.role_arn,
-                    error = %crate::pipeline::ErrorChain(&e),
-                    "delegated credentials: STS refresh failed"
-                );
+                state.refused = match &e {
+                    StsError::Refused { code } => Some(code.clone()),
+                    StsError::ConfigFault { code } => Some(Some((*code).to_owned())),
+                    StsError::Unavailable(_) | StsError::Timeout | StsError::Protocol(_) => None,
+                };
+                // STS errors carry no secrets (see `sts.rs`): the whole chain is logged. A
+                // refusal is logged once by whoever reports it (see the module doc).
+                if state.refused.is_none() {
+                    tracing::warn!(
+                        role = %self.role.role_arn,
+                        error = %crate::pipeline::ErrorChain(&e),
+                        "delegated credentials: STS refresh failed"
+                    );
+                } else {
+                    tracing::debug!(
+                        role = %self.role.role_arn,
+                        error = %crate::pipeline::ErrorChain(&e),
+                        "delegated credentials: STS refused the refresh"
+                    );
+                }
                 state.failed_at = Some(answered);
                 Err(e)
             }

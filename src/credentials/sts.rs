@@ -4,9 +4,11 @@
 //! Every call is bounded by `[sts] timeout_secs` (connect to answer) and tried once: the callers
 //! decide when to try again (a login is retried by the user, a delegated refresh by the next
 //! request after a back-off). Errors are sorted into what the caller must tell apart: STS said no
-//! ([`StsError::Refused`]), STS could not be reached or failed ([`StsError::Unavailable`]), STS
-//! was too slow ([`StsError::Timeout`]), STS answered something unusable ([`StsError::Protocol`]).
-//! No error text carries an STS message, an assertion or a credential.
+//! ([`StsError::Refused`]), STS refused the gateway's own signing credentials or request
+//! ([`StsError::ConfigFault`]), STS could not be reached or failed ([`StsError::Unavailable`]),
+//! STS was too slow ([`StsError::Timeout`]), STS answered something unusable
+//! ([`StsError::Protocol`]). No error text carries an STS message, an assertion or a credential;
+//! an STS error code (a short identifier) may be logged.
 
 use std::fmt;
 use std::sync::Arc;
@@ -57,8 +59,15 @@ impl fmt::Debug for SessionCredentials {
 #[derive(Debug, thiserror::Error)]
 pub enum StsError {
     /// STS refused the request (4xx: access denied, a rejected assertion, an untrusted role).
-    #[error("STS refused the request")]
-    Refused,
+    /// `code` is STS's error code when it sent a plausible one (see [`short_code`]).
+    #[error("STS refused the request{}", code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
+    Refused { code: Option<String> },
+    /// STS refused the gateway's own signing credentials or the request the gateway built (a
+    /// wrong secret or key id, an expired token of the gateway's own credentials, STS disabled
+    /// in the configured region, ...): the operator must fix the gateway's settings; the user
+    /// can do nothing about it. `code` is one of [`CONFIG_FAULT_CODES`].
+    #[error("STS refused the gateway's own credentials or request ({code})")]
+    ConfigFault { code: &'static str },
     /// STS could not be reached, failed (5xx), throttled us, or the gateway's own credentials
     /// for signing could not be loaded.
     #[error("STS unavailable")]
@@ -161,7 +170,7 @@ impl StsClient {
             .duration_seconds(duration_secs(duration))
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| classify(e, Signed::No))?;
         session(
             out.credentials(),
             out.assumed_role_user().map(|u| u.arn()),
@@ -186,7 +195,7 @@ impl StsClient {
             .duration_seconds(duration_secs(duration))
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| classify(e, Signed::ByGateway))?;
         session(
             out.credentials(),
             out.assumed_role_user().map(|u| u.arn()),
@@ -230,16 +239,25 @@ fn session(
 }
 
 /// Sort an SDK error. The error code is read where the SDK could parse one; some STS-compatible
-/// servers send bodies it cannot, so the status decides otherwise.
-fn classify<E>(err: SdkError<E>) -> StsError
+/// servers send bodies it cannot (moto wraps its signature errors in `<Errors>`, as EC2 does), so
+/// the code is then looked up in the body ([`code_in_body`]), and failing that the status decides.
+fn classify<E>(err: SdkError<E>, signed: Signed) -> StsError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
+    let body_code = match &err {
+        SdkError::ServiceError(service) if service.err().code().is_none() => {
+            service.raw().body().bytes().and_then(code_in_body)
+        }
+        _ => None,
+    };
     match sort_sdk_error(err) {
         SdkFailure::AnswerTimeout | SdkFailure::ConnectTimeout => StsError::Timeout,
         SdkFailure::NotSent => StsError::Protocol("request could not be sent"),
         SdkFailure::Unreachable(source) => StsError::Unavailable(source),
-        SdkFailure::Answer { status, code } => classify_status(status, code.as_deref()),
+        SdkFailure::Answer { status, code } => {
+            classify_status(status, code.as_deref().or(body_code.as_deref()), signed)
+        }
         SdkFailure::Unparseable { status } if status >= 500 => {
             StsError::Unavailable(Box::new(StsStatus { status, code: None }))
         }
@@ -255,17 +273,82 @@ where
     }
 }
 
-fn classify_status(status: u16, code: Option<&str>) -> StsError {
+/// How far into an error body [`code_in_body`] looks.
+const CODE_SCAN_BYTES: usize = 4096;
+
+/// The text of the first `<Code>` element in the start of an error body, if it is a plausible
+/// error code ([`short_code`]); nothing else of the body is read.
+fn code_in_body(body: &[u8]) -> Option<String> {
+    let head = &body[..body.len().min(CODE_SCAN_BYTES)];
+    let text = std::str::from_utf8(head).ok()?;
+    let start = text.find("<Code>")? + "<Code>".len();
+    let len = text[start..].find("</Code>")?;
+    short_code(text[start..start + len].trim())
+}
+
+/// Whether the gateway signed the call with its own credentials (`AssumeRole`) or sent it
+/// unsigned (`AssumeRoleWithSAML`, where the assertion is the credential).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signed {
+    ByGateway,
+    No,
+}
+
+/// STS error codes that say the gateway's own signing credentials, its host's clock or the request
+/// it built are wrong, whatever the call: nobody but the operator can fix them, and trying again
+/// does not help. (`ValidationError` is not here: on `AssumeRoleWithSAML` it can come from the
+/// role pair or session length the IdP's assertion asked for.)
+const CONFIG_FAULT_CODES: &[&str] = &[
+    // The signing key id or secret.
+    "SignatureDoesNotMatch",
+    "InvalidClientTokenId",
+    "UnrecognizedClientException",
+    "IncompleteSignature",
+    "MissingAuthenticationToken",
+    "InvalidAccessKeyId",
+    "AuthorizationHeaderMalformed",
+    // The host's clock when signing.
+    "RequestExpired",
+    "RequestTimeTooSkewed",
+    // STS is not enabled for the account in the configured region, or the account cannot use it.
+    "RegionDisabledException",
+    "OptInRequired",
+    // A request the gateway built that STS cannot read.
+    "InvalidAction",
+    "MissingAction",
+    "InvalidQueryParameter",
+    "MalformedQueryString",
+    "MissingParameter",
+    "InvalidParameterCombination",
+];
+
+/// An expired session token: of the gateway's own (temporary) credentials when the gateway
+/// signed, of the SAML assertion (the user's to renew) when it did not.
+const EXPIRED_TOKEN_CODES: &[&str] = &["ExpiredToken", "ExpiredTokenException"];
+
+fn classify_status(status: u16, code: Option<&str>, signed: Signed) -> StsError {
     let throttled = matches!(
         code,
         Some("Throttling" | "ThrottlingException" | "RequestLimitExceeded")
     );
+    if !throttled && (400..=499).contains(&status) && status != 429 {
+        if let Some(known) = code.and_then(|c| CONFIG_FAULT_CODES.iter().find(|k| **k == c)) {
+            return StsError::ConfigFault { code: known };
+        }
+        if signed == Signed::ByGateway
+            && let Some(known) = code.and_then(|c| EXPIRED_TOKEN_CODES.iter().find(|k| **k == c))
+        {
+            return StsError::ConfigFault { code: known };
+        }
+    }
     match status {
         _ if throttled || status == 429 => StsError::Unavailable(Box::new(StsStatus {
             status,
             code: code.and_then(short_code),
         })),
-        400..=499 => StsError::Refused,
+        400..=499 => StsError::Refused {
+            code: code.and_then(short_code),
+        },
         500..=599 => StsError::Unavailable(Box::new(StsStatus {
             status,
             code: code.and_then(short_code),
@@ -324,16 +407,25 @@ impl ProvideCredentials for LazyDefaultChain {
 mod tests {
     use super::*;
 
+    /// [`classify_status`] for a call the gateway signed.
+    fn classify_signed(status: u16, code: Option<&str>) -> StsError {
+        classify_status(status, code, Signed::ByGateway)
+    }
+
     #[test]
     fn statuses_sort_into_refused_unavailable_and_protocol() {
+        let classify_status = classify_signed;
         assert!(matches!(
             classify_status(403, Some("AccessDenied")),
-            StsError::Refused
+            StsError::Refused { .. }
         ));
-        assert!(matches!(classify_status(403, None), StsError::Refused));
+        assert!(matches!(
+            classify_status(403, None),
+            StsError::Refused { .. }
+        ));
         assert!(matches!(
             classify_status(400, Some("IDPRejectedClaim")),
-            StsError::Refused
+            StsError::Refused { .. }
         ));
         assert!(matches!(
             classify_status(400, Some("Throttling")),
@@ -344,6 +436,79 @@ mod tests {
             StsError::Unavailable(_)
         ));
         assert!(matches!(classify_status(302, None), StsError::Protocol(_)));
+    }
+
+    #[test]
+    fn refusals_of_the_gateways_own_credentials_or_request_are_config_faults() {
+        for signed in [Signed::ByGateway, Signed::No] {
+            for (status, code) in [
+                (403, "SignatureDoesNotMatch"),
+                (403, "InvalidClientTokenId"),
+                (400, "IncompleteSignature"),
+                (403, "MissingAuthenticationToken"),
+                (400, "RequestExpired"),
+                (403, "RegionDisabledException"),
+                (400, "InvalidAction"),
+            ] {
+                let err = classify_status(status, Some(code), signed);
+                assert!(
+                    matches!(err, StsError::ConfigFault { code: c } if c == code),
+                    "{signed:?} {status} {code}: {err:?}"
+                );
+            }
+        }
+        // An expired token is the gateway's own when it signed; on AssumeRoleWithSAML it is the
+        // assertion's, the user's to renew.
+        assert!(matches!(
+            classify_status(400, Some("ExpiredToken"), Signed::ByGateway),
+            StsError::ConfigFault {
+                code: "ExpiredToken"
+            }
+        ));
+        assert!(matches!(
+            classify_status(400, Some("ExpiredTokenException"), Signed::No),
+            StsError::Refused { .. }
+        ));
+        // A refusal stays a refusal, with its code for the log; throttling and 5xx stay
+        // transient whatever code they carry.
+        assert!(matches!(
+            classify_status(403, Some("AccessDenied"), Signed::ByGateway),
+            StsError::Refused { code: Some(c) } if c == "AccessDenied"
+        ));
+        assert!(matches!(
+            classify_status(400, Some("InvalidIdentityToken"), Signed::No),
+            StsError::Refused { .. }
+        ));
+        assert!(matches!(
+            classify_status(400, Some("ValidationError"), Signed::No),
+            StsError::Refused { .. }
+        ));
+        assert!(matches!(
+            classify_status(429, Some("SignatureDoesNotMatch"), Signed::ByGateway),
+            StsError::Unavailable(_)
+        ));
+        assert!(matches!(
+            classify_status(500, Some("InvalidClientTokenId"), Signed::ByGateway),
+            StsError::Unavailable(_)
+        ));
+        assert!(matches!(
+            classify_status(400, Some("<b>x</b>"), Signed::ByGateway),
+            StsError::Refused { code: None }
+        ));
+    }
+
+    #[test]
+    fn error_code_is_read_from_bodies_the_sdk_cannot_parse() {
+        let moto =
+            b"<?xml version=\"1.0\"?>\n<ErrorResponse><Errors><Error><Code>SignatureDoesNotMatch\
+                     </Code><Message>secret</Message></Error></Errors></ErrorResponse>";
+        assert_eq!(code_in_body(moto).as_deref(), Some("SignatureDoesNotMatch"));
+        assert_eq!(code_in_body(b"<Code><b>x</b></Code>"), None);
+        assert_eq!(code_in_body(b"<Code>unterminated"), None);
+        assert_eq!(code_in_body(b"no code"), None);
+        let mut late = vec![b' '; CODE_SCAN_BYTES];
+        late.extend_from_slice(b"<Code>AccessDenied</Code>");
+        assert_eq!(code_in_body(&late), None);
     }
 
     #[test]
@@ -368,7 +533,7 @@ mod tests {
 
     #[test]
     fn errors_say_nothing_from_sts() {
-        let e = classify_status(500, Some("<Message>secret</Message>"));
+        let e = classify_signed(500, Some("<Message>secret</Message>"));
         let chain = format!("{e}: {}", std::error::Error::source(&e).unwrap());
         assert!(!chain.contains('<'), "{chain}");
         assert!(!chain.contains("secret"), "{chain}");

@@ -284,6 +284,30 @@ impl Pipeline {
                             "configuration fault: the store refused the gateway's own \
                              credentials or settings for this source"
                         );
+                    } else if let Error::Backend {
+                        source_name,
+                        error: BackendError::RoleConfigFault { role_arn, code },
+                    } = &err
+                    {
+                        // Never the ExternalId or a credential: the role ARN and STS's code.
+                        tracing::warn!(
+                            source = %source_name,
+                            sts_error_code = code.as_deref().unwrap_or("none"),
+                            role_arn = %role_arn,
+                            "configuration fault: STS refused the gateway's AssumeRole of this \
+                             source's role (the gateway's own credentials or the role's settings)"
+                        );
+                    } else if let Error::Saml(crate::saml::sp::SpError::StsConfigFault {
+                        code,
+                        role_arn,
+                    }) = &err
+                    {
+                        tracing::warn!(
+                            sts_error_code = code,
+                            role_arn = %role_arn,
+                            "configuration fault: STS refused the gateway's own \
+                             AssumeRoleWithSAML request (the [sts] settings), not the user"
+                        );
                     } else if err.is_server_fault() {
                         tracing::warn!(error = %ErrorChain(&err), "request failed");
                     } else {

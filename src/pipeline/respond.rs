@@ -54,12 +54,14 @@ impl BodyError {
 /// credentials is counted (`access_denied`): for static and assumed-role sources it means
 /// rotated keys or a changed bucket policy, which an operator must hear about. A store that
 /// refuses the gateway's own credentials or settings (a wrong secret, region or token) counts as
-/// `config_fault`, apart from refusals of a user.
+/// `config_fault`, apart from refusals of a user; so does STS refusing the gateway's `AssumeRole`
+/// of a delegated-role source's role.
 pub fn upstream_error_kind(e: &BackendError) -> Option<&'static str> {
     match e {
         BackendError::NotFound | BackendError::NotAnObject => None,
         BackendError::AccessDenied
         | BackendError::ConfigFault { .. }
+        | BackendError::RoleConfigFault { .. }
         | BackendError::CredentialsUnavailable { .. }
         | BackendError::Changed
         | BackendError::Unreachable(_)

@@ -100,6 +100,14 @@ pub enum SpError {
     SeveralRoles,
     #[error("STS refused the role")]
     StsRefused,
+    /// STS refused the gateway's own request, not the user's assertion: the `[sts]` settings
+    /// (endpoint, region) or the request the gateway built are wrong. `code` is one of the STS
+    /// codes sorted as [`StsError::ConfigFault`]; `role_arn` is the configured role asked for.
+    #[error("STS refused the gateway's own request for {role_arn} ({code})")]
+    StsConfigFault {
+        code: &'static str,
+        role_arn: String,
+    },
     #[error("STS is unreachable or failing")]
     StsUnavailable,
     #[error("STS did not answer in time")]
@@ -135,6 +143,7 @@ impl SpError {
             SpError::Replayed => "saml replay",
             SpError::NoUsableRole | SpError::SeveralRoles => "saml role",
             SpError::StsRefused
+            | SpError::StsConfigFault { .. }
             | SpError::StsUnavailable
             | SpError::StsTimeout
             | SpError::StsProtocol => "saml sts",
@@ -142,9 +151,15 @@ impl SpError {
         }
     }
 
-    fn from_sts(e: &StsError) -> SpError {
+    /// `role_arn`: the role the gateway asked STS for.
+    fn from_sts(e: &StsError, role_arn: &str) -> SpError {
         match e {
-            StsError::Refused => SpError::StsRefused,
+            // The assertion, the role's trust in the provider, an IdP claim: the user's side.
+            StsError::Refused { .. } => SpError::StsRefused,
+            StsError::ConfigFault { code } => SpError::StsConfigFault {
+                code,
+                role_arn: role_arn.to_owned(),
+            },
             StsError::Unavailable(_) => SpError::StsUnavailable,
             StsError::Timeout => SpError::StsTimeout,
             StsError::Protocol(_) => SpError::StsProtocol,
@@ -542,7 +557,7 @@ async fn acs<B: Body>(
             sts_duration,
         )
         .await
-        .map_err(|e| SpError::from_sts(&e))?;
+        .map_err(|e| SpError::from_sts(&e, &rule.role_arn))?;
 
     // The session's identity is what STS returned, not what we parsed.
     let expires = session_end.min(credentials.expires);

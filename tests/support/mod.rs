@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod logs;
 pub mod origin;
 pub mod s3;
 pub mod saml;

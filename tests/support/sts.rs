@@ -505,6 +505,9 @@ pub enum ProxyMode {
     Stall,
     /// Answer this status with an STS-style error body, without forwarding.
     Fail(u16),
+    /// Answer this status with AWS STS's error body for this code (`<ErrorResponse><Error>`,
+    /// as the SDK parses it), without forwarding.
+    FailWith(u16, &'static str),
 }
 
 struct ProxyState {
@@ -640,11 +643,18 @@ async fn handle(req: Request<Incoming>, state: &ProxyState) -> Response<Full<Byt
             return plain(StatusCode::SERVICE_UNAVAILABLE, "proxy shut down");
         }
     };
-    if let ProxyMode::Fail(status) = mode {
+    let failure = match mode {
+        ProxyMode::Fail(status) => Some((status, "Receiver", "ServiceUnavailable")),
+        ProxyMode::FailWith(status, code) => Some((status, "Sender", code)),
+        ProxyMode::Forward | ProxyMode::Stall => None,
+    };
+    if let Some((status, kind, code)) = failure {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        let xml = "<ErrorResponse><Error><Type>Receiver</Type><Code>ServiceUnavailable</Code>\
-                   <Message>injected by the test proxy</Message></Error></ErrorResponse>";
-        let mut resp = Response::new(Full::new(Bytes::from_static(xml.as_bytes())));
+        let xml = format!(
+            "<ErrorResponse><Error><Type>{kind}</Type><Code>{code}</Code>\
+             <Message>injected by the test proxy</Message></Error></ErrorResponse>"
+        );
+        let mut resp = Response::new(Full::new(Bytes::from(xml)));
         *resp.status_mut() = status;
         resp.headers_mut().insert(
             http::header::CONTENT_TYPE,
