@@ -14,7 +14,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bucketgate::config::{Limits, SourceConfig};
@@ -23,6 +22,7 @@ use http::StatusCode;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::logs::CapturedLogs;
 use support::origin::{self, Mode, Origin};
 use support::{Proto, TestGateway};
 use tokio::task::JoinHandle;
@@ -812,57 +812,6 @@ async fn origin_header_block_over_64_kib_is_502_and_none_of_it_passes() {
 
 // --- the gateway's own credentials or settings refused ----------------------------------------
 
-/// Log events written on this thread while the guard lives, as JSON lines. A `#[tokio::test]`
-/// runs the gateway on its current-thread runtime, so the request logs land here.
-#[derive(Clone, Default)]
-struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for CapturedLogs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLogs {
-    type Writer = CapturedLogs;
-
-    fn make_writer(&'a self) -> CapturedLogs {
-        self.clone()
-    }
-}
-
-impl CapturedLogs {
-    fn start() -> (CapturedLogs, tracing::subscriber::DefaultGuard) {
-        let logs = CapturedLogs::default();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_max_level(tracing::Level::WARN)
-            .with_writer(logs.clone())
-            .finish();
-        let guard = tracing::subscriber::set_default(subscriber);
-        (logs, guard)
-    }
-
-    /// The WARN events, parsed.
-    fn warnings(&self) -> Vec<serde_json::Value> {
-        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
-        text.lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|v| v["level"] == "WARN")
-            .collect()
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
-}
-
 /// `bucketgate_upstream_errors_total{source, kind}`, 0 when absent.
 fn upstream_errors(gw: &TestGateway, source: &str, kind: &str) -> f64 {
     let text = gw.gateway().metrics().encode().unwrap();
@@ -878,15 +827,9 @@ fn upstream_errors(gw: &TestGateway, source: &str, kind: &str) -> f64 {
 /// The one configuration-fault warning for `source` with `code`, asserted once per request.
 fn assert_config_fault_logged(logs: &CapturedLogs, source: &str, code: &str, times: usize) {
     let found = logs
-        .warnings()
+        .config_faults()
         .into_iter()
-        .filter(|w| {
-            w["source"] == source
-                && w["s3_error_code"] == code
-                && w["message"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with("configuration fault"))
-        })
+        .filter(|w| w["source"] == source && w["s3_error_code"] == code)
         .count();
     assert_eq!(
         found,
