@@ -410,7 +410,7 @@ impl Checks {
 }
 
 /// Why identity could not be set up (a key that validation accepted but the JWT library did
-/// not, or a JWKS client that cannot be built).
+/// not, a JWKS client that cannot be built, or no randomness for the unknown-kid stand-ins).
 #[derive(Debug, thiserror::Error)]
 pub enum IdentitySetupError {
     #[error("key {kid}")]
