@@ -1,6 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Criterion benches for stages 2 and 3: verify a token (HS256, EdDSA, ES256) with the keys in
 //! memory, then decide on a key. Targets (issue 4): HS256 + decision < 5 µs, EdDSA < 60 µs.
+//! `identity_refusal/*` compares refused tokens (issue 11): an expired token with a good
+//! signature, with a bad one, and under an unknown kid should cost the same per algorithm.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -126,6 +128,62 @@ fn bench(c: &mut Criterion) {
                 .unwrap()
             })
         });
+    }
+    g.finish();
+
+    // Refusals: the same work whatever refuses the token. An expired token with a good
+    // signature, the same claims under a bad signature (made by another key of the same
+    // algorithm), and the same under a kid nobody configured: the three should cost about the
+    // same per algorithm (a bad signature used to skip the claims).
+    let expired = serde_json::json!({
+        "sub": "labeler-17", "aud": "bucketgate", "iss": "https://app.example.com",
+        "iat": unix_now() - 7200, "exp": unix_now() - 3600, "jti": "9f1c2d3e-bench",
+        "scope": ["photos:team-a/batch-7/", "photos:exact/team-a/cover.jpg"],
+        "role": "annotator", "project": "p1",
+    });
+    let sign_expired = |alg, kid: &str, key: &EncodingKey| {
+        let mut h = Header::new(alg);
+        h.kid = Some(kid.into());
+        jsonwebtoken::encode(&h, &expired, key).unwrap()
+    };
+    let other_ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let other_es = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let keys = [
+        (
+            "hs256",
+            Algorithm::HS256,
+            "hs",
+            EncodingKey::from_secret(SECRET.as_bytes()),
+            EncodingKey::from_secret(b"another-hs256-secret-0123456789abcdef"),
+        ),
+        (
+            "eddsa",
+            Algorithm::EdDSA,
+            "ed",
+            EncodingKey::from_ed_pem(ed.serialize_pem().as_bytes()).unwrap(),
+            EncodingKey::from_ed_pem(other_ed.serialize_pem().as_bytes()).unwrap(),
+        ),
+        (
+            "es256",
+            Algorithm::ES256,
+            "es",
+            EncodingKey::from_ec_pem(es.serialize_pem().as_bytes()).unwrap(),
+            EncodingKey::from_ec_pem(other_es.serialize_pem().as_bytes()).unwrap(),
+        ),
+    ];
+    let mut g = c.benchmark_group("identity_refusal");
+    for (name, alg, kid, good, other) in &keys {
+        let cases = [
+            ("expired_good_signature", sign_expired(*alg, kid, good)),
+            ("expired_bad_signature", sign_expired(*alg, kid, other)),
+            ("expired_unknown_kid", sign_expired(*alg, "nobody", other)),
+        ];
+        for (case, token) in &cases {
+            assert!(identity.verify_cached(token, now).is_err(), "{name}/{case}");
+            g.bench_function(format!("{name}/{case}"), |b| {
+                b.iter(|| identity.verify_cached(black_box(token), now).is_err())
+            });
+        }
     }
     g.finish();
 }

@@ -1464,6 +1464,29 @@ fn config_saml_session_and_skew_limits_are_bounded() {
 }
 
 #[test]
+fn config_saml_max_response_age_has_a_default_and_bounds() {
+    let saml = saml_dir().load(SAML_BASE).unwrap().saml.unwrap();
+    assert_eq!(
+        saml.max_response_age.as_secs(),
+        config::defaults::SAML_MAX_RESPONSE_AGE_SECS
+    );
+    let set = |value: &str| {
+        saml_text(
+            "acs_url = \"https://gw.example.com/auth/saml/acs\"\n",
+            &format!(
+                "acs_url = \"https://gw.example.com/auth/saml/acs\"\nmax_response_age_secs = {value}\n"
+            ),
+        )
+    };
+    let saml = saml_dir().load(&set("120")).unwrap().saml.unwrap();
+    assert_eq!(saml.max_response_age.as_secs(), 120);
+    for bad in ["0", "5", "3601", "-1"] {
+        let e = one_saml_error(&set(bad));
+        assert_at(&e, 15, "saml.max_response_age_secs", "from 10 to 3600");
+    }
+}
+
+#[test]
 fn config_saml_misspelt_key_is_named() {
     let e = one_saml_error(&saml_text(
         "certificates = [\"file:idp.pem\"]\n",

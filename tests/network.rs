@@ -500,6 +500,71 @@ async fn proxy_protocol_malformed_and_stalled_headers_are_closed() {
     );
 }
 
+/// The admin listener's metrics text.
+async fn metrics(gw: &TestGateway) -> String {
+    reqwest::get(gw.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn proxy_protocol_v2_lengths_overrunning_their_container_close_without_serving() {
+    let (gw, _dir) = start_proxied().await;
+    // The client address is allowed, so only the header's lengths can refuse these.
+    let with_tlvs = |tlvs: &[u8]| {
+        let mut h = v2(1, [192, 0, 2, 1]);
+        h[15] = 12 + u8::try_from(tlvs.len()).unwrap();
+        h.extend_from_slice(tlvs);
+        h
+    };
+    for (what, header) in [
+        ("TLV longer than the header", with_tlvs(&[0x04, 0, 10])),
+        ("TLV cut inside its length", with_tlvs(&[0x04, 0])),
+        (
+            "SSL TLV whose sub-TLV overruns it",
+            with_tlvs(&[0x20, 0, 8, 1, 0, 0, 0, 0, 0x21, 0, 40]),
+        ),
+        ("IPv6 family with an IPv4-sized block", {
+            let mut h = v2(1, [192, 0, 2, 1]);
+            h[13] = 0x21;
+            h
+        }),
+    ] {
+        let mut tcp = tcp_from(&gw, "127.0.0.7").await;
+        tcp.write_all(&header).await.unwrap();
+        assert!(
+            get_over(&gw, tcp).await.is_err(),
+            "{what}: a request was served"
+        );
+    }
+    // The declared length overruns what the peer sends: 40 bytes of TLVs announced, none sent,
+    // then the peer closes its side.
+    let mut short = v2(1, [192, 0, 2, 1]);
+    short[15] = 12 + 40;
+    let mut tcp = tcp_from(&gw, "127.0.0.7").await;
+    tcp.write_all(&short).await.unwrap();
+    tcp.shutdown().await.unwrap();
+    let took = closed_within(tcp, Duration::from_secs(5)).await;
+    assert!(took < Duration::from_millis(300), "{took:?}");
+
+    let text = metrics(&gw).await;
+    assert!(
+        text.contains("bucketgate_proxy_protocol_failures_total 5"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("bucketgate_network_decisions_total{"),
+        "a refused header reached the request pipeline: {text}"
+    );
+    // The listener still serves a well-formed header.
+    let mut tcp = tcp_from(&gw, "127.0.0.7").await;
+    tcp.write_all(&v2(1, [192, 0, 2, 1])).await.unwrap();
+    assert_eq!(get_over(&gw, tcp).await.unwrap(), StatusCode::OK);
+}
+
 // ---- explain ----
 
 fn explain(dir: &TempDir, args: &[&str]) -> (i32, String) {

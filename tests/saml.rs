@@ -163,6 +163,7 @@ impl World {
             sp_entity_id: SP_ENTITY_ID.to_owned(),
             acs_url: gw.url("/auth/saml/acs"),
             max_session: Duration::from_secs(8 * 3600),
+            max_response_age: Duration::from_secs(300),
             idp: SamlIdpConfig {
                 entity_id: idp.entity_id.clone(),
                 sso_url: idp.sso_url.clone(),
@@ -507,6 +508,12 @@ async fn saml_attack_matrix_is_refused_before_sts() {
         json!({"not_before_offset": 300}),
         json!({"session_not_on_or_after_offset": -120}),
         json!({"in_response_to": "_0123456789abcdef0123456789abcdef"}),
+        // Issue 11: exactly one bearer SubjectConfirmation; IssueInstant within the age and skew.
+        json!({"extra_confirmation_offset": 300}),
+        json!({"no_confirmation": true}),
+        json!({"issue_instant_offset": -1000}),
+        json!({"assertion_issue_instant": 600}),
+        json!({"response_issue_instant": null}),
     ];
     let mut refused_texts = std::collections::BTreeSet::new();
     for (cases, status) in [

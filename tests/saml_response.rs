@@ -31,6 +31,7 @@ fn trust() -> IdpTrust {
         audience: AUDIENCE.to_owned(),
         recipient: ACS.to_owned(),
         clock_skew: Duration::from_secs(60),
+        max_response_age: Duration::from_secs(300),
         allow_idp_initiated: false,
     }
 }
@@ -446,16 +447,16 @@ fn replay_cache_accepts_an_assertion_id_once() {
 }
 
 #[test]
-fn replay_cache_remembers_an_assertion_while_a_later_confirmation_still_accepts_it() {
-    // The first bearer confirmation ends in 100 s, a second one (same recipient and request)
-    // in an hour, like Conditions.
+fn replay_cache_horizon_cannot_be_outlived_by_a_second_confirmation() {
+    // Issue 11 replaced the earlier rule (a second bearer confirmation that ends later keeps
+    // the assertion acceptable, so the replay cache had to remember it until then): a subject
+    // with two confirmations is refused outright, now and once the first one is over.
     let b64 = response(json!({
         "not_on_or_after_offset": 3600,
         "scd_not_on_or_after_offset": 100,
         "extra_confirmation_offset": 3600,
     }));
     let skew = trust().clock_skew;
-    let cache = ReplayCache::new(1000);
     let at = |now: SystemTime| {
         validate(
             &b64,
@@ -467,14 +468,100 @@ fn replay_cache_remembers_an_assertion_while_a_later_confirmation_still_accepts_
         )
     };
     let now = SystemTime::now();
-    let first = at(now).unwrap();
-    assert!(cache.first_use(&first.id, first.not_on_or_after + skew, now));
-    // Once the first confirmation is over, the second one still fits: the response is valid
-    // again, so its id must still be remembered (as the ACS computes `until`).
     let later = now + Duration::from_secs(100) + skew + Duration::from_secs(5);
-    let again = at(later).expect("the second confirmation still fits");
-    assert!(
-        !cache.first_use(&again.id, again.not_on_or_after + skew, later),
-        "the same assertion was accepted twice"
-    );
+    for when in [now, later] {
+        let err = at(when).expect_err("two confirmations");
+        assert!(matches!(err, SamlError::NotOneConfirmation), "{err:?}");
+    }
+}
+
+// ---- issue 11: exactly one bearer SubjectConfirmation ----
+
+const CM_HOLDER_OF_KEY: &str = "urn:oasis:names:tc:SAML:2.0:cm:holder-of-key";
+const CM_SENDER_VOUCHES: &str = "urn:oasis:names:tc:SAML:2.0:cm:sender-vouches";
+
+#[test]
+fn more_than_one_subject_confirmation_is_refused() {
+    // The first confirmation is a bearer one that fits; a second one of any method refuses.
+    for method in [
+        "urn:oasis:names:tc:SAML:2.0:cm:bearer",
+        CM_HOLDER_OF_KEY,
+        CM_SENDER_VOUCHES,
+    ] {
+        let err = refused(&response(json!({
+            "extra_confirmation_offset": 300,
+            "extra_confirmation_method": method,
+        })));
+        assert!(
+            matches!(err, SamlError::NotOneConfirmation),
+            "{method}: {err:?}"
+        );
+    }
+    // A non-bearer confirmation first and the bearer one second: refused as well.
+    let err = refused(&response(json!({
+        "method": CM_HOLDER_OF_KEY,
+        "extra_confirmation_offset": 300,
+    })));
+    assert!(matches!(err, SamlError::NotOneConfirmation), "{err:?}");
+}
+
+#[test]
+fn subject_without_a_confirmation_is_refused() {
+    let err = refused(&response(json!({ "no_confirmation": true })));
+    assert!(matches!(err, SamlError::NotOneConfirmation), "{err:?}");
+}
+
+#[test]
+fn single_non_bearer_confirmation_of_any_method_is_refused() {
+    for method in [CM_HOLDER_OF_KEY, CM_SENDER_VOUCHES, "bearer", ""] {
+        let err = refused(&response(json!({ "method": method })));
+        assert!(matches!(err, SamlError::NotBearer), "{method}: {err:?}");
+    }
+}
+
+// ---- issue 11: IssueInstant of the Response and of the Assertion ----
+
+#[test]
+fn issue_instant_later_than_now_plus_skew_is_refused() {
+    for which in ["response_issue_instant", "assertion_issue_instant"] {
+        let err = refused(&response(json!({ which: 120 })));
+        assert!(matches!(err, SamlError::IssuedInFuture), "{which}: {err:?}");
+    }
+    // 30 s ahead is inside the 60 s skew.
+    check(&response(json!({ "issue_instant_offset": 30 }))).expect("within skew");
+}
+
+#[test]
+fn issue_instant_older_than_max_age_plus_skew_is_refused() {
+    // max age 300 s + skew 60 s: 390 s old is refused, 330 s old is accepted.
+    for which in ["response_issue_instant", "assertion_issue_instant"] {
+        let err = refused(&response(json!({ which: -390 })));
+        assert!(matches!(err, SamlError::TooOld), "{which}: {err:?}");
+    }
+    check(&response(json!({ "issue_instant_offset": -330 }))).expect("within max age + skew");
+    // The configured age decides: 60 s + skew 60 s refuses a response 150 s old.
+    let mut strict = trust();
+    strict.max_response_age = Duration::from_secs(60);
+    let b64 = response(json!({ "issue_instant_offset": -150 }));
+    let err = check_with(&b64, &strict, Some(REQUEST_ID)).unwrap_err();
+    assert!(matches!(err, SamlError::TooOld), "{err:?}");
+    check(&b64).expect("150 s old under the default 300 s");
+}
+
+#[test]
+fn missing_or_unparseable_issue_instant_is_refused() {
+    for which in ["response_issue_instant", "assertion_issue_instant"] {
+        for value in [
+            Value::Null,
+            json!("yesterday"),
+            json!("2024-01-01T00:00:00"),
+            json!(""),
+        ] {
+            let err = refused(&response(json!({ which: value })));
+            assert!(
+                matches!(err, SamlError::MissingElement),
+                "{which} = {value}: {err:?}"
+            );
+        }
+    }
 }

@@ -133,6 +133,10 @@ pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 pub const SAML_MAX_SESSION_SECS: u64 = 8 * 3600;
 pub const SAML_MAX_SESSION_SECS_MIN: u64 = 900;
 pub const SAML_MAX_SESSION_SECS_MAX: u64 = 12 * 3600;
+/// `[saml]`: oldest IssueInstant accepted (plus the IdP's clock skew), and its bounds.
+pub const SAML_MAX_RESPONSE_AGE_SECS: u64 = 300;
+pub const SAML_MAX_RESPONSE_AGE_SECS_MIN: u64 = 10;
+pub const SAML_MAX_RESPONSE_AGE_SECS_MAX: u64 = 3600;
 /// Shortest credential lifetime STS grants; a shorter SAML session ends before its credentials.
 pub const STS_MIN_DURATION_SECS: u64 = 900;
 /// `[saml.idp]`: tolerated clock difference for NotBefore / NotOnOrAfter, and its upper bound.

@@ -52,6 +52,7 @@ pub(super) struct RawSaml {
     pub sp_entity_id: Option<Spanned<String>>,
     pub acs_url: Option<Spanned<String>>,
     pub max_session_secs: Option<Spanned<i64>>,
+    pub max_response_age_secs: Option<Spanned<i64>>,
     pub idp: Option<Spanned<RawSamlIdp>>,
 }
 

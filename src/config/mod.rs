@@ -218,6 +218,8 @@ pub struct SamlConfig {
     pub acs_url: String,
     /// Longest session (and STS credential lifetime), 900 s to 12 h.
     pub max_session: Duration,
+    /// Oldest IssueInstant (of the Response and of the Assertion) accepted, before the skew.
+    pub max_response_age: Duration,
     pub idp: SamlIdpConfig,
 }
 

@@ -24,7 +24,7 @@ use tokio_rustls::TlsConnector;
 
 use super::keys::VerifyKey;
 use crate::config::defaults::{JWKS_FETCH_TIMEOUT_SECS, JWKS_MAX_BYTES, UPSTREAM_MAX_HEADER_BYTES};
-use crate::config::{IdentityConfig, JwksConfig, KeyAlg};
+use crate::config::{JwksConfig, KeyAlg};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JwksError {
@@ -62,8 +62,6 @@ pub struct Jwks {
     url: http::Uri,
     tls: TlsConnector,
     interval: Duration,
-    /// Everything needed to build a `VerifyKey` (audience, issuer).
-    identity: IdentityConfig,
     keys: ArcSwap<HashMap<String, Arc<VerifyKey>>>,
     /// When the last refresh for an unknown kid started; held across the fetch so concurrent
     /// requests wait for one fetch instead of starting their own.
@@ -76,7 +74,7 @@ struct RawSet {
 }
 
 impl Jwks {
-    pub fn new(config: &JwksConfig, identity: &IdentityConfig) -> Result<Jwks, JwksError> {
+    pub fn new(config: &JwksConfig) -> Result<Jwks, JwksError> {
         let mut roots = rustls::RootCertStore::empty();
         match &config.ca_file {
             Some(path) => {
@@ -98,14 +96,10 @@ impl Jwks {
             .map_err(JwksError::Tls)?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let mut identity = identity.clone();
-        identity.keys.clear();
-        identity.jwks = None;
         Ok(Jwks {
             url: config.url.clone(),
             tls: TlsConnector::from(Arc::new(tls)),
             interval: config.refresh_min_interval,
-            identity,
             keys: ArcSwap::from_pointee(HashMap::new()),
             last_refresh: tokio::sync::Mutex::new(None),
         })
@@ -165,10 +159,7 @@ impl Jwks {
             let Ok(decoding) = DecodingKey::from_jwk(&jwk) else {
                 continue;
             };
-            keys.insert(
-                kid,
-                Arc::new(VerifyKey::new(alg, decoding, &self.identity, false)),
-            );
+            keys.insert(kid, Arc::new(VerifyKey::new(alg, decoding, false)));
         }
         let n = keys.len();
         self.keys.store(Arc::new(keys));

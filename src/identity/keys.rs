@@ -1,61 +1,33 @@
-//! Verification keys: config key material -> [`VerifyKey`] (a `DecodingKey` plus the
-//! `Validation` pinned to its algorithm), and the embedded default's development key.
+//! Verification keys: config key material -> [`VerifyKey`] (a `DecodingKey` pinned to its
+//! algorithm), the stand-in keys an unknown `kid` is checked against, and the embedded default's
+//! development key.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::de::DeserializeOwned;
+use jsonwebtoken::{Algorithm, DecodingKey};
 
 use crate::config::defaults::DEV_KEY_FILE;
-use crate::config::{IdentityConfig, KeyAlg, KeyConfig, KeyMaterial};
+use crate::config::{KeyAlg, KeyConfig, KeyMaterial};
 
 /// One key a token may name by `kid`.
 pub struct VerifyKey {
     alg: Algorithm,
     decoding: DecodingKey,
-    validation: Validation,
     allow_non_expiring: bool,
 }
 
 impl VerifyKey {
-    pub fn from_config(
-        key: &KeyConfig,
-        identity: &IdentityConfig,
-    ) -> Result<VerifyKey, jsonwebtoken::errors::Error> {
+    pub fn from_config(key: &KeyConfig) -> Result<VerifyKey, jsonwebtoken::errors::Error> {
         let decoding = decoding_key(key.alg, &key.material)?;
-        Ok(VerifyKey::new(
-            key.alg,
-            decoding,
-            identity,
-            key.allow_non_expiring,
-        ))
+        Ok(VerifyKey::new(key.alg, decoding, key.allow_non_expiring))
     }
 
     /// `decoding` must be a key of `alg`'s family.
-    pub fn new(
-        alg: KeyAlg,
-        decoding: DecodingKey,
-        identity: &IdentityConfig,
-        allow_non_expiring: bool,
-    ) -> VerifyKey {
-        let alg = algorithm(alg);
-        let mut validation = Validation::new(alg);
-        // exp/nbf/iat are checked by `Identity` against its own clock (testable at the boundary).
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.leeway = 0;
-        validation.set_audience(&[identity.audience.as_str()]);
-        let mut required = vec!["sub", "aud"];
-        if let Some(iss) = &identity.issuer {
-            validation.set_issuer(&[iss.as_str()]);
-            required.push("iss");
-        }
-        validation.set_required_spec_claims(&required);
+    pub fn new(alg: KeyAlg, decoding: DecodingKey, allow_non_expiring: bool) -> VerifyKey {
         VerifyKey {
-            alg,
+            alg: algorithm(alg),
             decoding,
-            validation,
             allow_non_expiring,
         }
     }
@@ -68,11 +40,62 @@ impl VerifyKey {
         self.allow_non_expiring
     }
 
-    /// Check the signature (constant-time for HMAC), `aud` and `iss`, then deserialize claims.
-    pub fn decode<T: DeserializeOwned>(&self, token: &str) -> jsonwebtoken::errors::Result<T> {
-        jsonwebtoken::decode::<T>(token, &self.decoding, &self.validation).map(|d| d.claims)
+    /// Whether `signature` (base64url, the token's third part) signs `message` (its first two
+    /// parts) under this key's pinned algorithm: constant-time for HMAC. Any failure (a
+    /// signature that is not base64url, a key that does not fit) is `false`, never an early
+    /// refusal, so the caller goes on to the claims either way.
+    pub fn signature_matches(&self, message: &str, signature: &str) -> bool {
+        jsonwebtoken::crypto::verify(signature, message.as_bytes(), &self.decoding, self.alg)
+            .unwrap_or(false)
     }
 }
+
+/// Keys that stand in for an unknown `kid`: one per algorithm the gateway accepts, fresh random
+/// material nobody holds. A token naming no key we know is still put through a signature check
+/// of its own algorithm, so the time it takes does not say which kids exist; the result is
+/// thrown away (the token is refused for its kid).
+pub struct StandIns {
+    hs256: VerifyKey,
+    eddsa: VerifyKey,
+    es256: VerifyKey,
+}
+
+impl StandIns {
+    pub fn generate() -> Result<StandIns, StandInError> {
+        use ring::rand::SecureRandom;
+        let mut secret = [0u8; 32];
+        ring::rand::SystemRandom::new()
+            .fill(&mut secret)
+            .map_err(|_| StandInError)?;
+        let public = |alg: &'static rcgen::SignatureAlgorithm| {
+            rcgen::KeyPair::generate_for(alg)
+                .map(|pair| pair.public_key_pem())
+                .map_err(|_| StandInError)
+        };
+        let ed = DecodingKey::from_ed_pem(public(&rcgen::PKCS_ED25519)?.as_bytes())
+            .map_err(|_| StandInError)?;
+        let es = DecodingKey::from_ec_pem(public(&rcgen::PKCS_ECDSA_P256_SHA256)?.as_bytes())
+            .map_err(|_| StandInError)?;
+        Ok(StandIns {
+            hs256: VerifyKey::new(KeyAlg::Hs256, DecodingKey::from_secret(&secret), false),
+            eddsa: VerifyKey::new(KeyAlg::EdDsa, ed, false),
+            es256: VerifyKey::new(KeyAlg::Es256, es, false),
+        })
+    }
+
+    /// The stand-in for a token's header `alg` (HS256 for any algorithm we do not accept).
+    pub fn for_alg(&self, alg: Algorithm) -> &VerifyKey {
+        match alg {
+            Algorithm::EdDSA => &self.eddsa,
+            Algorithm::ES256 => &self.es256,
+            _ => &self.hs256,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the system random generator failed while making the unknown-kid stand-in keys")]
+pub struct StandInError;
 
 pub fn algorithm(alg: KeyAlg) -> Algorithm {
     match alg {

@@ -11,8 +11,13 @@
 //!   algorithm; `jku`, `x5u`, `jwk` and `x5c` headers are never looked at, and `crit` is refused;
 //! - `aud` must contain the configured audience, `iss` must equal the issuer when one is set;
 //! - `exp` is required unless the key allows non-expiring tokens; `exp`, `nbf` and `iat` are
-//!   checked against an injected clock with the configured skew, after the signature;
-//! - `scope` (non-empty), `role` and `sub` are required; malformed claims refuse the token.
+//!   checked against an injected clock with the configured skew;
+//! - `scope` (non-empty), `role` and `sub` are required; malformed claims refuse the token;
+//! - a refused token costs the same work whatever refused it: once its header parses, the
+//!   signature is verified (against a stand-in key when the `kid` is unknown), the claims are
+//!   parsed and every claim is checked, revocation included, and only then is one refusal
+//!   picked ([`Checks::decide`]). A bad signature is therefore not answered faster than an
+//!   expired token with a good one; the client sees the same 401 for both.
 
 pub mod jwks;
 pub mod keys;
@@ -24,12 +29,15 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ipnet::IpNet;
+use jsonwebtoken::errors::ErrorKind;
 use serde::Deserialize;
 
 use crate::config::IdentityConfig;
 use crate::config::defaults::MAX_TOKEN_BYTES;
-use keys::VerifyKey;
+use keys::{StandIns, VerifyKey};
 use revocation::Revocations;
 
 /// Why a token was not accepted. Every variant but [`IdentityError::AmbiguousToken`] is a 401
@@ -251,10 +259,12 @@ impl Principal {
     }
 }
 
-/// The claims we read; unknown claims are ignored. `aud` and `iss` are checked by jsonwebtoken.
+/// The claims we read; unknown claims are ignored.
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    aud: Option<OneOrMany>,
+    iss: Option<OneOrMany>,
     exp: Option<u64>,
     nbf: Option<u64>,
     iat: Option<u64>,
@@ -266,6 +276,23 @@ struct Claims {
     rep: Option<Vec<String>>,
 }
 
+/// `aud` (and, leniently, `iss`): one string or an array of them (RFC 7519 4.1.3).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn contains(&self, want: &str) -> bool {
+        match self {
+            OneOrMany::One(s) => s == want,
+            OneOrMany::Many(list) => list.iter().any(|s| s == want),
+        }
+    }
+}
+
 /// Most scopes one token may carry.
 const MAX_SCOPES: usize = 256;
 
@@ -273,13 +300,117 @@ const MAX_SCOPES: usize = 256;
 pub struct Identity {
     keys: HashMap<String, Arc<VerifyKey>>,
     jwks: Option<jwks::Jwks>,
+    /// Verified against when the kid names no key (the result is not used).
+    stand_ins: StandIns,
+    audience: String,
+    issuer: Option<String>,
     skew_secs: u64,
     cookie_name: String,
     revocations: Arc<Revocations>,
 }
 
+/// What the token's `kid` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KidCheck {
+    Known,
+    Missing,
+    Unknown,
+}
+
+/// How `aud` or `iss` compared with the configured value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClaimMatch {
+    Matches,
+    /// Not required (no issuer configured).
+    NotChecked,
+    Absent,
+    Different,
+}
+
+/// How `exp` compared with the clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ExpiryCheck {
+    Valid,
+    Expired,
+    /// No `exp`, under a key that requires one.
+    Missing,
+}
+
+/// The result of every check on one token, all evaluated before any refusal is picked: the
+/// work done does not depend on which check fails. Built by [`Identity::checks`], turned into an
+/// answer by [`Checks::decide`].
+#[derive(Debug)]
+struct Checks {
+    kid: KidCheck,
+    /// The header `alg` is the key's pinned algorithm.
+    alg_matches: bool,
+    /// The header has no `crit`.
+    no_crit: bool,
+    /// The signature verified under the key's pinned algorithm (under a stand-in for an unknown
+    /// kid: then it is never trusted).
+    signature: bool,
+    /// The claims, when the payload parsed (otherwise why not).
+    claims: Result<ClaimChecks, &'static str>,
+}
+
+#[derive(Debug)]
+struct ClaimChecks {
+    aud: ClaimMatch,
+    iss: ClaimMatch,
+    expiry: ExpiryCheck,
+    /// Neither `nbf` nor `iat` is beyond now + skew.
+    started: bool,
+    revoked: bool,
+    /// The principal the claims make, or which claim is malformed.
+    principal: Result<Principal, &'static str>,
+}
+
+impl Checks {
+    /// One refusal, in a fixed order (the key, the signature, then the claims), or the
+    /// principal when every check passed. Every refusal is the same 401 to the client; the
+    /// variant is for logs and `explain`.
+    fn decide(self) -> Result<Principal, IdentityError> {
+        match self.kid {
+            KidCheck::Missing => return Err(IdentityError::MissingKid),
+            KidCheck::Unknown => return Err(IdentityError::UnknownKid),
+            KidCheck::Known => {}
+        }
+        if !self.no_crit {
+            return Err(IdentityError::CriticalHeader);
+        }
+        if !self.alg_matches {
+            return Err(IdentityError::AlgorithmMismatch);
+        }
+        if !self.signature {
+            return Err(IdentityError::Rejected(ErrorKind::InvalidSignature.into()));
+        }
+        let claims = self.claims.map_err(IdentityError::BadClaims)?;
+        let matched = |m: ClaimMatch, name: &str, wrong: ErrorKind| match m {
+            ClaimMatch::Matches | ClaimMatch::NotChecked => Ok(()),
+            ClaimMatch::Absent => Err(IdentityError::Rejected(
+                ErrorKind::MissingRequiredClaim(name.to_owned()).into(),
+            )),
+            ClaimMatch::Different => Err(IdentityError::Rejected(wrong.into())),
+        };
+        matched(claims.aud, "aud", ErrorKind::InvalidAudience)?;
+        matched(claims.iss, "iss", ErrorKind::InvalidIssuer)?;
+        match claims.expiry {
+            ExpiryCheck::Valid => {}
+            ExpiryCheck::Expired => return Err(IdentityError::Expired),
+            ExpiryCheck::Missing => return Err(IdentityError::NoExpiry),
+        }
+        if !claims.started {
+            return Err(IdentityError::NotYetValid);
+        }
+        if claims.revoked {
+            return Err(IdentityError::Revoked);
+        }
+        claims.principal.map_err(IdentityError::BadClaims)
+    }
+}
+
 /// Why identity could not be set up (a key that validation accepted but the JWT library did
-/// not, or a JWKS client that cannot be built).
+/// not, a JWKS client that cannot be built, or no randomness for the unknown-kid stand-ins).
 #[derive(Debug, thiserror::Error)]
 pub enum IdentitySetupError {
     #[error("key {kid}")]
@@ -290,6 +421,8 @@ pub enum IdentitySetupError {
     },
     #[error("JWKS client")]
     Jwks(#[from] jwks::JwksError),
+    #[error("unknown-kid stand-in keys")]
+    StandIns(#[from] keys::StandInError),
 }
 
 impl Identity {
@@ -299,20 +432,22 @@ impl Identity {
     ) -> Result<Identity, IdentitySetupError> {
         let mut map = HashMap::new();
         for key in &config.keys {
-            let vk =
-                VerifyKey::from_config(key, config).map_err(|source| IdentitySetupError::Key {
-                    kid: key.kid.clone(),
-                    source,
-                })?;
+            let vk = VerifyKey::from_config(key).map_err(|source| IdentitySetupError::Key {
+                kid: key.kid.clone(),
+                source,
+            })?;
             map.insert(key.kid.clone(), Arc::new(vk));
         }
         let jwks = match &config.jwks {
-            Some(j) => Some(jwks::Jwks::new(j, config)?),
+            Some(j) => Some(jwks::Jwks::new(j)?),
             None => None,
         };
         Ok(Identity {
             keys: map,
             jwks,
+            stand_ins: StandIns::generate()?,
+            audience: config.audience.clone(),
+            issuer: config.issuer.clone(),
             skew_secs: config.clock_skew.as_secs(),
             cookie_name: config.cookie_name.clone(),
             revocations,
@@ -351,73 +486,123 @@ impl Identity {
 
     /// Verify with the keys known now: no I/O.
     pub fn verify_cached(&self, token: &str, now: u64) -> Result<Principal, IdentityError> {
+        self.checks(token, now)?.decide()
+    }
+
+    /// Every check on `token` at `now`. Only a token too long to look at, or one whose
+    /// structure or header does not parse, is refused here: that depends on nothing but the
+    /// bytes the client sent, never on a key, a signature or a claim.
+    fn checks(&self, token: &str, now: u64) -> Result<Checks, IdentityError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(IdentityError::TooLong);
         }
         let header = jsonwebtoken::decode_header(token).map_err(IdentityError::Malformed)?;
-        if header.crit.is_some() {
-            return Err(IdentityError::CriticalHeader);
-        }
+        // decode_header split the same way: header.payload.signature, on the last two dots.
+        let (message, signature) = token
+            .rsplit_once('.')
+            .ok_or(IdentityError::Malformed(ErrorKind::InvalidToken.into()))?;
+        let (_, payload) = message
+            .rsplit_once('.')
+            .ok_or(IdentityError::Malformed(ErrorKind::InvalidToken.into()))?;
+
         // jku / x5u / jwk / x5c are deliberately never read: keys come from the config only.
-        let kid = header.kid.as_deref().ok_or(IdentityError::MissingKid)?;
-        let key = match self.keys.get(kid) {
-            Some(key) => Arc::clone(key),
-            None => self
-                .jwks
-                .as_ref()
-                .and_then(|j| j.get(kid))
-                .ok_or(IdentityError::UnknownKid)?,
+        let found = header.kid.as_deref().and_then(|kid| {
+            self.keys
+                .get(kid)
+                .cloned()
+                .or_else(|| self.jwks.as_ref().and_then(|j| j.get(kid)))
+        });
+        let kid = match (&header.kid, &found) {
+            (None, _) => KidCheck::Missing,
+            (Some(_), None) => KidCheck::Unknown,
+            (Some(_), Some(_)) => KidCheck::Known,
         };
-        if header.alg != key.algorithm() {
-            return Err(IdentityError::AlgorithmMismatch);
-        }
-        let claims: Claims = key.decode(token).map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::Json(_) => IdentityError::BadClaims("shape"),
-            _ => IdentityError::Rejected(e),
-        })?;
-        // Time checks come after the signature, on every path, so their timing says nothing
-        // about the MAC. A token is valid while now < exp + skew.
-        match claims.exp {
-            Some(exp) if now >= exp.saturating_add(self.skew_secs) => {
-                return Err(IdentityError::Expired);
-            }
-            Some(_) => {}
-            None if key.allows_non_expiring() => {}
-            None => return Err(IdentityError::NoExpiry),
-        }
+        // No key: the same verification against a stand-in of the header's algorithm.
+        let key: &VerifyKey = match &found {
+            Some(key) => key.as_ref(),
+            None => self.stand_ins.for_alg(header.alg),
+        };
+        // Always under the key's pinned algorithm, never the header's.
+        let signature = key.signature_matches(message, signature);
+        let claims = URL_SAFE_NO_PAD
+            .decode(payload)
+            .ok()
+            .and_then(|json| serde_json::from_slice::<Claims>(&json).ok())
+            .ok_or("shape")
+            .map(|claims| {
+                let kid = header.kid.as_deref().unwrap_or_default();
+                self.claim_checks(claims, key.allows_non_expiring(), kid, now)
+            });
+        Ok(Checks {
+            kid,
+            alg_matches: header.alg == key.algorithm(),
+            no_crit: header.crit.is_none(),
+            signature,
+            claims,
+        })
+    }
+
+    fn claim_checks(
+        &self,
+        claims: Claims,
+        allows_non_expiring: bool,
+        kid: &str,
+        now: u64,
+    ) -> ClaimChecks {
+        let aud = match &claims.aud {
+            None => ClaimMatch::Absent,
+            Some(aud) if aud.contains(&self.audience) => ClaimMatch::Matches,
+            Some(_) => ClaimMatch::Different,
+        };
+        let iss = match (&self.issuer, &claims.iss) {
+            (None, _) => ClaimMatch::NotChecked,
+            (Some(_), None) => ClaimMatch::Absent,
+            (Some(want), Some(iss)) if iss.contains(want) => ClaimMatch::Matches,
+            (Some(_), Some(_)) => ClaimMatch::Different,
+        };
+        // A token is valid while now < exp + skew.
+        let expiry = match claims.exp {
+            Some(exp) if now >= exp.saturating_add(self.skew_secs) => ExpiryCheck::Expired,
+            Some(_) => ExpiryCheck::Valid,
+            None if allows_non_expiring => ExpiryCheck::Valid,
+            None => ExpiryCheck::Missing,
+        };
         let future = |t: Option<u64>| t.is_some_and(|t| t > now.saturating_add(self.skew_secs));
-        if future(claims.nbf) || future(claims.iat) {
-            return Err(IdentityError::NotYetValid);
-        }
-        if self
+        let started = !future(claims.nbf) && !future(claims.iat);
+        let revoked = self
             .revocations
-            .is_revoked(claims.jti.as_deref(), &claims.sub, claims.iat)
-        {
-            return Err(IdentityError::Revoked);
+            .is_revoked(claims.jti.as_deref(), &claims.sub, claims.iat);
+        ClaimChecks {
+            aud,
+            iss,
+            expiry,
+            started,
+            revoked,
+            principal: principal(claims, kid),
         }
-        principal(claims, kid)
     }
 }
 
-fn principal(claims: Claims, kid: &str) -> Result<Principal, IdentityError> {
+/// The principal `claims` make, or which claim is malformed.
+fn principal(claims: Claims, kid: &str) -> Result<Principal, &'static str> {
     if claims.sub.is_empty() {
-        return Err(IdentityError::BadClaims("empty sub"));
+        return Err("empty sub");
     }
     if claims.role.is_empty() {
-        return Err(IdentityError::BadClaims("empty role"));
+        return Err("empty role");
     }
     if claims.scope.is_empty() || claims.scope.len() > MAX_SCOPES {
-        return Err(IdentityError::BadClaims("scope count"));
+        return Err("scope count");
     }
     let scopes = claims
         .scope
         .iter()
         .map(|s| Scope::parse(s))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| IdentityError::BadClaims("scope"))?;
+        .map_err(|_| "scope")?;
     let cip = match &claims.cip {
         None => None,
-        Some(text) => Some(parse_cidr(text).ok_or(IdentityError::BadClaims("cip"))?),
+        Some(text) => Some(parse_cidr(text).ok_or("cip")?),
     };
     let (original, derived) = match &claims.rep {
         None => (true, true),
@@ -428,7 +613,7 @@ fn principal(claims: Claims, kid: &str) -> Result<Principal, IdentityError> {
                 match r.as_str() {
                     "original" => o = true,
                     "derived" => d = true,
-                    _ => return Err(IdentityError::BadClaims("rep")),
+                    _ => return Err("rep"),
                 }
             }
             (o, d)
@@ -578,6 +763,153 @@ mod clock_tests {
         assert!(matches!(
             id.verify_cached(&t, NOW + 30),
             Err(IdentityError::Expired)
+        ));
+    }
+
+    /// `token` with its signature replaced by one made with another secret.
+    fn forged(claims: serde_json::Value, kid: &str) -> String {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = Some(kid.into());
+        let good = token(claims);
+        let payload = good.split('.').nth(1).unwrap();
+        let other = jsonwebtoken::encode(
+            &header,
+            &serde_json::json!({}),
+            &jsonwebtoken::EncodingKey::from_secret(b"not-the-configured-secret-0123456789"),
+        )
+        .unwrap();
+        let mut parts = other.split('.');
+        let (h, _, sig) = (parts.next().unwrap(), parts.next(), parts.next().unwrap());
+        format!("{h}.{payload}.{sig}")
+    }
+
+    /// The status and client text a refusal gets.
+    fn answer(e: IdentityError) -> (http::StatusCode, &'static str) {
+        let e = crate::error::Error::Identity(e);
+        (e.status(), e.client_message())
+    }
+
+    #[test]
+    fn bad_signature_on_an_expired_token_still_has_every_claim_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = identity(dir.path());
+        let claims = serde_json::json!({"exp": NOW, "jti": "j1"});
+        let later = NOW + 100;
+
+        // A good signature on an expired token.
+        let signed = id.checks(&token(claims.clone()), later).unwrap();
+        assert!(signed.signature);
+        assert_eq!(signed.claims.as_ref().unwrap().expiry, ExpiryCheck::Expired);
+        let expired = signed.decide().unwrap_err();
+        assert!(matches!(expired, IdentityError::Expired), "{expired:?}");
+
+        // A bad signature on the same claims: the claims were parsed and checked all the same.
+        let bad = forged(claims, "k");
+        let checks = id.checks(&bad, later).unwrap();
+        assert_eq!(checks.kid, KidCheck::Known);
+        assert!(checks.alg_matches && checks.no_crit);
+        assert!(!checks.signature, "the forged signature verified");
+        // The claims were parsed despite the signature.
+        let claim_checks = checks.claims.as_ref().unwrap();
+        assert_eq!(claim_checks.expiry, ExpiryCheck::Expired);
+        assert_eq!(claim_checks.aud, ClaimMatch::Matches);
+        assert!(claim_checks.started && !claim_checks.revoked);
+        assert!(claim_checks.principal.is_ok());
+        // The signature is what is reported, and the client gets the same 401 either way.
+        let rejected = checks.decide().unwrap_err();
+        assert!(
+            matches!(rejected, IdentityError::Rejected(_)),
+            "{rejected:?}"
+        );
+        assert_eq!(answer(rejected), answer(expired));
+        assert_eq!(
+            answer(IdentityError::Expired).0,
+            http::StatusCode::UNAUTHORIZED
+        );
+    }
+
+    #[test]
+    fn every_claim_is_checked_even_when_an_earlier_one_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = identity(dir.path());
+        let bad = forged(
+            serde_json::json!({
+                "aud": "someone-else", "exp": NOW, "nbf": NOW + 500, "scope": ["local"],
+            }),
+            "k",
+        );
+        let checks = id.checks(&bad, NOW + 100).unwrap();
+        assert!(!checks.signature);
+        let c = checks.claims.as_ref().unwrap();
+        assert_eq!(c.aud, ClaimMatch::Different);
+        assert_eq!(c.iss, ClaimMatch::NotChecked);
+        assert_eq!(c.expiry, ExpiryCheck::Expired);
+        assert!(!c.started);
+        assert!(matches!(c.principal, Err("scope")));
+        assert!(matches!(checks.decide(), Err(IdentityError::Rejected(_))));
+        // With a good signature the first claim refusal in the order is reported.
+        let signed = token(serde_json::json!({"aud": "someone-else", "exp": NOW}));
+        assert!(matches!(
+            id.verify_cached(&signed, NOW + 100),
+            Err(IdentityError::Rejected(_))
+        ));
+    }
+
+    #[test]
+    fn unknown_or_missing_kid_is_still_verified_and_its_claims_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = identity(dir.path());
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = Some("nope".into());
+        let claims = serde_json::json!({
+            "sub": "a", "aud": "bucketgate", "scope": ["l:"], "role": "owner", "exp": NOW,
+        });
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+        let unknown = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+        let checks = id.checks(&unknown, NOW + 100).unwrap();
+        assert_eq!(checks.kid, KidCheck::Unknown);
+        assert!(
+            !checks.signature,
+            "a stand-in key verified a real signature"
+        );
+        assert_eq!(checks.claims.as_ref().unwrap().expiry, ExpiryCheck::Expired);
+        assert!(matches!(checks.decide(), Err(IdentityError::UnknownKid)));
+
+        header.kid = None;
+        let no_kid = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+        let checks = id.checks(&no_kid, NOW).unwrap();
+        assert_eq!(checks.kid, KidCheck::Missing);
+        assert!(checks.claims.is_ok());
+        assert!(matches!(checks.decide(), Err(IdentityError::MissingKid)));
+    }
+
+    #[test]
+    fn algorithm_mismatch_is_verified_under_the_pinned_algorithm() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = identity(dir.path());
+        // An ES256 header under the HS256 key, with an HS256 MAC over it: still refused.
+        let b64 = |v: serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        let message = format!(
+            "{}.{}",
+            b64(serde_json::json!({"alg": "ES256", "kid": "k"})),
+            b64(
+                serde_json::json!({"sub": "a", "aud": "bucketgate", "scope": ["l:"],
+                "role": "owner", "exp": NOW + 600})
+            )
+        );
+        let mac = jsonwebtoken::crypto::sign(
+            message.as_bytes(),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+            jsonwebtoken::Algorithm::HS256,
+        )
+        .unwrap();
+        let checks = id.checks(&format!("{message}.{mac}"), NOW).unwrap();
+        assert!(!checks.alg_matches);
+        assert!(checks.signature, "verified under the key's own algorithm");
+        assert!(checks.claims.is_ok());
+        assert!(matches!(
+            checks.decide(),
+            Err(IdentityError::AlgorithmMismatch)
         ));
     }
 

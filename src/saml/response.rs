@@ -15,10 +15,12 @@
 //!    are never trusted; strict reference positions); one invalid signature refuses the response;
 //! 5. the assertion read below must be the very DOM node a valid Reference resolved to, or the
 //!    document element (the Response) must be that node;
-//! 6. only then are Issuer, Destination, Conditions, Audience, SubjectConfirmation, InResponseTo,
-//!    NameID and attributes read, from that node. Texts are read strictly: an element whose
-//!    content is anything but text (a comment, an element) is refused, so a comment injected
-//!    after signing cannot truncate a NameID.
+//! 6. only then are Issuer, Destination, IssueInstant (of the Response and of the Assertion:
+//!    not later than now + skew, not older than the maximum age + skew), Conditions, Audience,
+//!    SubjectConfirmation (exactly one, bearer), InResponseTo, NameID and attributes read, from
+//!    that node. Texts are read strictly: an element whose content is anything but text (a
+//!    comment, an element) is refused, so a comment injected after signing cannot truncate a
+//!    NameID.
 //!
 //! Errors are fixed strings: nothing from the XML (names, values, the verifier's reasons, which
 //! may quote URIs) ever reaches them. This module does no I/O, no logging and no replay checks
@@ -81,6 +83,8 @@ pub struct IdpTrust {
     /// Expected SubjectConfirmationData `Recipient` and Response `Destination` (the ACS URL).
     pub recipient: String,
     pub clock_skew: Duration,
+    /// Oldest IssueInstant accepted (plus the skew), on the Response and on the Assertion.
+    pub max_response_age: Duration,
     pub allow_idp_initiated: bool,
 }
 
@@ -108,7 +112,7 @@ pub struct Assertion {
     pub name_id: String,
     pub in_response_to: Option<String>,
     /// Until when (before the skew) this assertion could be accepted, the replay cache's
-    /// horizon: Conditions/@NotOnOrAfter, or earlier the latest bearer
+    /// horizon: Conditions/@NotOnOrAfter, or earlier the bearer
     /// SubjectConfirmationData/@NotOnOrAfter.
     pub not_on_or_after: SystemTime,
     /// Earliest AuthnStatement/@SessionNotOnOrAfter.
@@ -159,6 +163,13 @@ pub enum SamlError {
     WrongDestination,
     #[error("SAML subject confirmation is not bearer")]
     NotBearer,
+    /// None, or more than one, SubjectConfirmation (of any method).
+    #[error("SAML subject must have exactly one subject confirmation")]
+    NotOneConfirmation,
+    #[error("SAML response or assertion is issued in the future")]
+    IssuedInFuture,
+    #[error("SAML response or assertion is older than the maximum response age")]
+    TooOld,
     #[error("SAML assertion has expired")]
     Expired,
     #[error("SAML assertion is not yet valid")]
@@ -218,6 +229,9 @@ impl SamlError {
             | SamlError::WrongRecipient
             | SamlError::WrongDestination
             | SamlError::NotBearer
+            | SamlError::NotOneConfirmation
+            | SamlError::IssuedInFuture
+            | SamlError::TooOld
             | SamlError::Expired
             | SamlError::NotYetValid
             | SamlError::Unsolicited
@@ -486,6 +500,8 @@ fn read_response(
         return Err(SamlError::WrongDestination);
     }
     let response_irt = attr(doc, response, "InResponseTo");
+    let now = expect.now;
+    check_issue_instant(doc, response, trust, now)?;
 
     // The assertion.
     let id = attr(doc, assertion, "ID")
@@ -498,8 +514,8 @@ fn read_response(
     if issuer != trust.entity_id {
         return Err(SamlError::WrongIssuer);
     }
+    check_issue_instant(doc, assertion, trust, now)?;
 
-    let now = expect.now;
     let skew = trust.clock_skew;
     let conditions = one_child(doc, assertion, NS_ASSERTION, "Conditions")?;
     check_not_before(attr_time(doc, conditions, "NotBefore")?, now, skew)?;
@@ -508,7 +524,7 @@ fn read_response(
     check_audience(doc, conditions, &trust.audience)?;
 
     let subject = one_child(doc, assertion, NS_ASSERTION, "Subject")?;
-    let confirmation = bearer_confirmation(doc, subject, trust, expect, response_irt)?;
+    let confirmation = the_bearer_confirmation(doc, subject, trust, expect, response_irt)?;
     let name_id = text(doc, one_child(doc, subject, NS_ASSERTION, "NameID")?)
         .map_err(|_| SamlError::BadNameId)?;
     if name_id.is_empty() {
@@ -572,6 +588,31 @@ fn read_response(
     })
 }
 
+/// `IssueInstant` (required on the Response and on the Assertion, SAML core 3.2.2 and 2.3.3):
+/// not later than now + skew, and not older than now - (max age + skew).
+fn check_issue_instant(
+    doc: &Document<'_>,
+    node: NodeId,
+    trust: &IdpTrust,
+    now: SystemTime,
+) -> Result<(), SamlError> {
+    let issued = attr_time(doc, node, "IssueInstant")?.ok_or(SamlError::MissingElement)?;
+    if now
+        .checked_add(trust.clock_skew)
+        .is_none_or(|latest| issued > latest)
+    {
+        return Err(SamlError::IssuedInFuture);
+    }
+    let oldest = trust
+        .max_response_age
+        .checked_add(trust.clock_skew)
+        .and_then(|age| now.checked_sub(age));
+    if oldest.is_some_and(|oldest| issued < oldest) {
+        return Err(SamlError::TooOld);
+    }
+    Ok(())
+}
+
 fn check_not_before(
     not_before: Option<SystemTime>,
     now: SystemTime,
@@ -619,42 +660,24 @@ struct Confirmation {
     in_response_to: Option<String>,
 }
 
-/// The first bearer SubjectConfirmation whose data fits; otherwise the first one's reason.
-/// Its `not_on_or_after` is the latest end of every bearer confirmation: one that ends later
-/// may fit once the first is over, and the replay cache must remember the assertion until then.
-fn bearer_confirmation(
+/// The Subject's one SubjectConfirmation, which must be bearer and fit. Several are refused
+/// rather than searched for one that fits: which one would decide is then the sender's choice,
+/// and the replay horizon would have to cover them all.
+fn the_bearer_confirmation(
     doc: &Document<'_>,
     subject: NodeId,
     trust: &IdpTrust,
     expect: &Expect<'_>,
     response_irt: Option<&str>,
 ) -> Result<Confirmation, SamlError> {
-    let bearers = || {
-        children(doc, subject, NS_ASSERTION, "SubjectConfirmation")
-            .into_iter()
-            .filter(|&c| attr(doc, c, "Method") == Some(CM_BEARER))
+    let confirmations = children(doc, subject, NS_ASSERTION, "SubjectConfirmation");
+    let [confirmation] = confirmations.as_slice() else {
+        return Err(SamlError::NotOneConfirmation);
     };
-    let mut first_error = None;
-    for confirmation in bearers() {
-        match check_confirmation(doc, confirmation, trust, expect, response_irt) {
-            Ok(mut found) => {
-                for other in bearers() {
-                    let end = opt_child(doc, other, NS_ASSERTION, "SubjectConfirmationData")
-                        .ok()
-                        .flatten()
-                        .and_then(|data| attr_time(doc, data, "NotOnOrAfter").ok().flatten());
-                    if let Some(end) = end {
-                        found.not_on_or_after = found.not_on_or_after.max(end);
-                    }
-                }
-                return Ok(found);
-            }
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
-        }
+    if attr(doc, *confirmation, "Method") != Some(CM_BEARER) {
+        return Err(SamlError::NotBearer);
     }
-    Err(first_error.unwrap_or(SamlError::NotBearer))
+    check_confirmation(doc, *confirmation, trust, expect, response_irt)
 }
 
 fn check_confirmation(
@@ -913,6 +936,7 @@ mod tests {
             audience: "sp".into(),
             recipient: "https://sp/acs".into(),
             clock_skew: Duration::from_secs(60),
+            max_response_age: Duration::from_secs(300),
             allow_idp_initiated: false,
         }
     }
@@ -966,6 +990,37 @@ mod tests {
             format_instant(SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400)),
             "2000-02-29T00:00:00Z"
         );
+    }
+
+    #[test]
+    fn issue_instant_is_bounded_by_the_skew_ahead_and_the_max_age_plus_skew_behind() {
+        // skew 60 s, max age 300 s.
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let check = |attr: String| {
+            let xml = format!("<r{attr}/>");
+            let doc = parse(&xml).unwrap();
+            let root = doc.document_element().unwrap();
+            check_issue_instant(&doc, root, &trust(), now)
+        };
+        let at = |offset: i64| {
+            let t = if offset >= 0 {
+                now + Duration::from_secs(offset.unsigned_abs())
+            } else {
+                now - Duration::from_secs(offset.unsigned_abs())
+            };
+            check(format!(r#" IssueInstant="{}""#, format_instant(t)))
+        };
+        for ok in [0, 60, -360, -100] {
+            assert!(at(ok).is_ok(), "{ok}");
+        }
+        assert!(matches!(at(61), Err(SamlError::IssuedInFuture)));
+        assert!(matches!(at(-361), Err(SamlError::TooOld)));
+        for bad in ["", r#" IssueInstant="""#, r#" IssueInstant="soon""#] {
+            assert!(
+                matches!(check(bad.into()), Err(SamlError::MissingElement)),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -67,6 +67,24 @@ def instant(offset_secs):
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def issue_instant(spec, which):
+    """The IssueInstant of the `which` element ("response" or "assertion"), or None to leave it
+    out: `<which>_issue_instant` (an offset in seconds, a literal string, or null), else
+    `issue_instant_offset` (default 0, for both)."""
+    key = which + "_issue_instant"
+    value = spec[key] if key in spec else spec.get("issue_instant_offset", 0)
+    if value is None or isinstance(value, str):
+        return value
+    return instant(value)
+
+
+def with_issue_instant(attrs, spec, which):
+    value = issue_instant(spec, which)
+    if value is not None:
+        attrs["IssueInstant"] = value
+    return attrs
+
+
 class KeyPair:
     def __init__(self, name, private_key):
         self.name = name
@@ -156,21 +174,23 @@ class Idp:
 
     def assertion(self, spec, assertion_id, now_offsets):
         nb, noa, scd_noa, snoa = now_offsets
-        el = etree.Element(a("Assertion"), nsmap={"saml": NS_A}, ID=assertion_id, Version="2.0",
-                           IssueInstant=instant(0))
+        el = etree.Element(a("Assertion"), nsmap={"saml": NS_A},
+                           **with_issue_instant({"ID": assertion_id, "Version": "2.0"}, spec, "assertion"))
         text_el(el, a("Issuer"), spec.get("issuer", self.entity_id))
         subject = etree.SubElement(el, a("Subject"))
         text_el(subject, a("NameID"), spec.get("name_id", "user@corp.example"),
                 Format="urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress")
-        confirmation = etree.SubElement(subject, a("SubjectConfirmation"),
-                                        Method=spec.get("method", "urn:oasis:names:tc:SAML:2.0:cm:bearer"))
         data_attrs = {"NotOnOrAfter": instant(scd_noa), "Recipient": spec["recipient"]}
         if spec.get("in_response_to"):
             data_attrs["InResponseTo"] = spec["in_response_to"]
-        etree.SubElement(confirmation, a("SubjectConfirmationData"), **data_attrs)
+        if not spec.get("no_confirmation"):
+            confirmation = etree.SubElement(subject, a("SubjectConfirmation"),
+                                            Method=spec.get("method", "urn:oasis:names:tc:SAML:2.0:cm:bearer"))
+            etree.SubElement(confirmation, a("SubjectConfirmationData"), **data_attrs)
         if spec.get("extra_confirmation_offset") is not None:
-            # A second bearer confirmation, ending at its own time.
-            extra = etree.SubElement(subject, a("SubjectConfirmation"), Method="urn:oasis:names:tc:SAML:2.0:cm:bearer")
+            # A second confirmation (bearer unless extra_confirmation_method), ending at its own time.
+            method = spec.get("extra_confirmation_method", "urn:oasis:names:tc:SAML:2.0:cm:bearer")
+            extra = etree.SubElement(subject, a("SubjectConfirmation"), Method=method)
             etree.SubElement(extra, a("SubjectConfirmationData"),
                              **dict(data_attrs, NotOnOrAfter=instant(spec["extra_confirmation_offset"])))
         conditions = etree.SubElement(el, a("Conditions"), NotBefore=instant(nb), NotOnOrAfter=instant(noa))
@@ -200,7 +220,7 @@ class Idp:
         return el
 
     def response_element(self, spec, children, status=None):
-        attrs = {"ID": spec.get("response_id") or new_id(), "Version": "2.0", "IssueInstant": instant(0)}
+        attrs = with_issue_instant({"ID": spec.get("response_id") or new_id(), "Version": "2.0"}, spec, "response")
         # "destination": null leaves the attribute out.
         destination = spec.get("destination", spec["recipient"])
         if destination is not None:
@@ -228,8 +248,13 @@ class Idp:
         (300); scd_not_on_or_after_offset (not_on_or_after_offset);
         session_not_on_or_after_offset (3600; null omits); assertion_id; sign: assertion
         (default) | response | both | none; key: primary (default) | secondary | ec;
-        method (SubjectConfirmation method); extra_confirmation_offset (a second bearer
-        SubjectConfirmation ending then); evil_name_id (XSW payload, default admin@corp.example).
+        method (SubjectConfirmation method); no_confirmation (true: no SubjectConfirmation);
+        extra_confirmation_offset (a second SubjectConfirmation ending then);
+        extra_confirmation_method (its method, default bearer); issue_instant_offset (seconds,
+        default 0: the IssueInstant of the Response and the Assertion); response_issue_instant,
+        assertion_issue_instant (an offset, a literal string, or null to leave it out; override
+        issue_instant_offset for one element); evil_name_id (XSW payload, default
+        admin@corp.example).
         """
         case = spec.get("case", "valid")
         keypair = self.keys[spec.get("key", "primary")]

@@ -49,6 +49,13 @@ impl Checker<'_> {
             d::SAML_MAX_SESSION_SECS_MIN,
             d::SAML_MAX_SESSION_SECS_MAX,
         );
+        let max_response_age = self.bounded(
+            &raw.max_response_age_secs,
+            "saml.max_response_age_secs",
+            d::SAML_MAX_RESPONSE_AGE_SECS,
+            d::SAML_MAX_RESPONSE_AGE_SECS_MIN,
+            d::SAML_MAX_RESPONSE_AGE_SECS_MAX,
+        );
         let idp = match &raw.idp {
             Some(idp) => self.saml_idp(idp.span(), idp.get_ref(), roles, projects),
             None => {
@@ -68,6 +75,7 @@ impl Checker<'_> {
             sp_entity_id: sp_entity_id?,
             acs_url: acs_url?,
             max_session: Duration::from_secs(max_session),
+            max_response_age: Duration::from_secs(max_response_age),
             idp: idp?,
         }))
     }
