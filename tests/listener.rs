@@ -817,6 +817,36 @@ async fn steady_slow_download_outlasting_the_idle_timeout_is_not_cut() {
     }
 }
 
+/// Regression (issue 11 review): a connection that reached its maximum age was dropped
+/// `shutdown_grace` later however busy, cutting a download in flight. The age stops new
+/// requests; a response still moving finishes.
+#[tokio::test]
+async fn download_in_flight_at_the_maximum_age_is_not_cut() {
+    let _guard = RSS.read().await;
+    const SIZE: u64 = 256 << 20;
+    let (gw, dir) = gateway(bucketgate::config::Limits {
+        max_connection_age: Duration::from_secs(1),
+        shutdown_grace: Duration::from_secs(1),
+        ..idle_limits()
+    })
+    .await;
+    std::fs::File::create(dir.path().join("huge.bin"))
+        .unwrap()
+        .set_len(SIZE)
+        .unwrap();
+    // Both read for SLOW_FOR (3 s): past the age and past the age plus the grace.
+    let ((h1, _h1_conn), (h2, _h2_conn)) =
+        tokio::join!(slow_h1_download(&gw), slow_h2_download(&gw));
+    assert_eq!(
+        gw.gateway().metrics().open_connections.get(),
+        2,
+        "a download in flight at the connection's maximum age was cut"
+    );
+    for (proto, read) in [("h1", h1), ("h2", h2)] {
+        assert!(read < SIZE, "{proto}: read the whole object ({read} bytes)");
+    }
+}
+
 #[tokio::test]
 async fn client_that_stops_reading_mid_download_is_closed_after_the_idle_timeout() {
     let _guard = RSS.read().await;
@@ -1516,6 +1546,55 @@ async fn h2_control_frames_alone_do_not_keep_a_connection_open_past_the_idle_tim
     assert!(closed, "still open {waited:?} in, after a GOAWAY at {at:?}");
     assert_closed_at_the_idle_timeout(at, "h2 with control frames only");
     assert!(sent >= 5, "only {sent} control frames sent");
+}
+
+/// Regression (issue 11 review): with a request in flight, any byte counted as progress, so an
+/// h2 client that let its stream's window run dry and kept pinging held the stream, and the
+/// backend read behind it, until the connection's maximum age. Only response data moving
+/// counts now.
+#[tokio::test]
+async fn h2_stream_stalled_by_flow_control_is_not_kept_open_by_pings() {
+    let _guard = RSS.read().await;
+    let (gw, dir) = gateway(idle_limits()).await;
+    std::fs::File::create(dir.path().join("huge.bin"))
+        .unwrap()
+        .set_len(256 << 20)
+        .unwrap();
+    let tls = small_buffer_tls_connect(&gw, b"h2").await;
+    let (send, mut conn) = h2::client::handshake(tls).await.expect("h2 handshake");
+    let mut pings = conn.ping_pong().expect("ping_pong");
+    let mut conn = tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let (resp, _) = send
+        .send_request(h2_get(&gw, "/o/local/huge.bin", &[]), true)
+        .unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Never read, never released: the stream's window stays shut after the first 64 KiB.
+    let _body = resp.into_body();
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut answered = 0u32;
+    let ended = tokio::time::timeout(IDLE + Duration::from_secs(9), async {
+        loop {
+            tokio::select! {
+                _ = &mut conn => return,
+                _ = tick.tick() => {
+                    if pings.ping(h2::Ping::opaque()).await.is_ok() {
+                        answered += 1;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    let waited = started.elapsed();
+    assert!(
+        ended.is_ok(),
+        "a stalled stream kept open {waited:?} by {answered} answered PINGs"
+    );
+    assert!(answered >= 3, "only {answered} PINGs answered");
+    assert_closed_at_the_idle_timeout(waited, "h2 stream stalled by flow control");
 }
 
 #[tokio::test]

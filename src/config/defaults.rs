@@ -11,11 +11,11 @@ pub const DEFAULT_ADMIN_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::
 pub const TLS_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
 pub const HEADER_READ_TIMEOUT_SECS: u64 = 10;
 pub const IDLE_TIMEOUT_SECS: u64 = 60;
-/// An hour: far longer than any ordinary page load or download session, so a client rarely
-/// meets it, yet a bound on what one connection can hold: a reloaded TLS certificate, moved
-/// network rules tied to a connection, and load balancing across replicas all reach every
-/// client within the hour, and no one connection can be kept open indefinitely by a client that
-/// keeps sending requests.
+/// An hour: far longer than any ordinary page load, so a client rarely meets it, and a download
+/// in flight at that age still finishes; yet a bound on what one connection can hold: a
+/// reloaded TLS certificate, moved network rules tied to a connection, and load balancing across
+/// replicas all reach every client within the hour, and no one connection can be kept open
+/// indefinitely by a client that keeps sending requests.
 pub const MAX_CONNECTION_AGE_SECS: u64 = 3_600;
 pub const MAX_CONNECTIONS: usize = 10_000;
 pub const MAX_HEADERS: usize = 64;

@@ -279,8 +279,8 @@ async fn serve_connection<IO, H>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Handler,
 {
-    let io = IdleIo::new(FirstLineSplit::new(io, protocol == Protocol::Http1));
-    let activity = Arc::clone(&io.activity);
+    let io = FirstLineSplit::new(io, protocol == Protocol::Http1);
+    let activity = Arc::new(Activity::new());
     let requests = Arc::clone(&activity);
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let handler = Arc::clone(&handler);
@@ -329,10 +329,9 @@ async fn serve_connection<IO, H>(
     let idle = limits.idle_timeout;
     // Shutdown, the idle timeout and the connection's age all close gracefully first: h2 sends
     // GOAWAY, so a client knows which of its requests were not taken and can retry them
-    // elsewhere; http/1.1 closes after the response in flight. An idle connection that does not
-    // finish closing in time (its client stopped reading) is dropped, unless a request in flight
-    // still makes progress. One that reached its age is dropped at the latest `shutdown_grace`
-    // later, as a shutdown would.
+    // elsewhere; http/1.1 closes after the response in flight. A closing connection whose
+    // responses stop making progress, or that has none and does not close, is dropped by the
+    // idle clock: a long download in flight when the connection reaches its age is not cut.
     let mut closing = false;
     // When the idle close started; it is given up on IDLE_CLOSE_GRACE_MS later.
     let grace = Duration::from_millis(IDLE_CLOSE_GRACE_MS);
@@ -357,18 +356,16 @@ async fn serve_connection<IO, H>(
                 closing = true;
                 connection.as_mut().graceful_shutdown();
             }
-            () = aged.as_mut() => {
-                if past_age {
-                    tracing::debug!("connection past its maximum age did not close in time; dropping it");
-                    return;
-                }
+            () = aged.as_mut(), if !past_age => {
+                // No new request from here on; the responses in flight finish while they make
+                // progress, and the idle clock drops the connection once they stop (or once it
+                // has nothing in flight and does not close).
                 past_age = true;
                 tracing::debug!(age = ?limits.max_connection_age, "connection reached its maximum age; closing");
                 if !closing {
                     closing = true;
                     connection.as_mut().graceful_shutdown();
                 }
-                aged.as_mut().reset((Instant::now() + limits.shutdown_grace).into());
             }
             () = tokio::time::sleep_until(wake.into()) => {
                 if let Some(started) = give_up.take() {
@@ -411,14 +408,16 @@ impl Drop for OpenConnection {
 /// What the idle clock of one connection reads. Times are milliseconds since it opened.
 ///
 /// With no request in flight, only the time since the last request ended (or since the
-/// connection opened) counts: bytes do not, so h2 control frames (PING, SETTINGS,
-/// WINDOW_UPDATE, PRIORITY) cannot keep a connection open. With a request in flight, the time
-/// since bytes last moved counts, so a slow but steady reader is spared and a peer that stopped
-/// reading is caught; a request still waiting for its backend is never idle.
+/// connection opened) counts. With a request in flight, the time since its response data last
+/// moved counts: hyper takes the next body frame only once the client has taken enough of the
+/// last (h2 flow control, the socket's send buffer), so a slow but steady reader is spared and
+/// a peer that stopped reading is caught. Bytes on the socket count for nothing, so h2 control
+/// frames (PING, SETTINGS, WINDOW_UPDATE, PRIORITY) can keep neither an idle connection nor a
+/// stalled stream open. A request still waiting for its backend is never idle.
 struct Activity {
     opened: Instant,
-    /// When bytes last moved.
-    last_byte_ms: AtomicU64,
+    /// When a request arrived, its response head was ready, or response data last moved.
+    last_progress_ms: AtomicU64,
     /// When the last request ended, or the connection opened.
     quiet_since_ms: AtomicU64,
     /// Requests received whose response has not ended yet (body finished, or dropped).
@@ -432,7 +431,7 @@ impl Activity {
     fn new() -> Activity {
         Activity {
             opened: Instant::now(),
-            last_byte_ms: AtomicU64::new(0),
+            last_progress_ms: AtomicU64::new(0),
             quiet_since_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
@@ -444,24 +443,26 @@ impl Activity {
     fn at(&self, ms: &AtomicU64) -> Instant {
         self.opened + Duration::from_millis(ms.load(Ordering::Relaxed))
     }
-    /// Bytes moved.
+    /// A request in flight made progress.
     fn touch(&self) {
-        self.last_byte_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.last_progress_ms
+            .store(self.now_ms(), Ordering::Relaxed);
     }
     /// Since when the connection counts as idle; `None` while a request waits for its backend.
     fn idle_since(&self) -> Option<Instant> {
-        if self.in_flight.load(Ordering::Relaxed) == 0 {
+        if self.in_flight.load(Ordering::Acquire) == 0 {
             Some(self.at(&self.quiet_since_ms))
         } else if self.waiting.load(Ordering::Relaxed) > 0 {
             None
         } else {
-            Some(self.at(&self.last_byte_ms))
+            Some(self.at(&self.last_progress_ms))
         }
     }
     /// Whether a request in flight has moved since `started` (or is waiting for its backend).
     fn progressing_since(&self, started: Instant) -> bool {
-        self.in_flight.load(Ordering::Relaxed) > 0
-            && (self.waiting.load(Ordering::Relaxed) > 0 || self.at(&self.last_byte_ms) > started)
+        self.in_flight.load(Ordering::Acquire) > 0
+            && (self.waiting.load(Ordering::Relaxed) > 0
+                || self.at(&self.last_progress_ms) > started)
     }
 }
 
@@ -483,11 +484,13 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let now = self.0.now_ms();
         self.0.quiet_since_ms.store(now, Ordering::Relaxed);
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        // Release: whoever sees the count drop sees the quiet time stored before it.
+        self.0.in_flight.fetch_sub(1, Ordering::Release);
     }
 }
 
-/// A response body that ends its request's time in flight when it ends, fails, or is dropped.
+/// A response body that marks progress for the idle clock at each frame hyper takes, and ends
+/// its request's time in flight when it ends, fails, or is dropped.
 struct TrackedBody {
     inner: ResponseBody,
     in_flight: Option<InFlight>,
@@ -503,8 +506,14 @@ impl hyper::body::Body for TrackedBody {
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
-            this.in_flight = None;
+        match &polled {
+            Poll::Ready(Some(Ok(_))) => {
+                if let Some(in_flight) = &this.in_flight {
+                    in_flight.0.touch();
+                }
+            }
+            Poll::Ready(None | Some(Err(_))) => this.in_flight = None,
+            Poll::Pending => {}
         }
         polled
     }
@@ -518,8 +527,8 @@ impl hyper::body::Body for TrackedBody {
     }
 }
 
-/// Counts one request as waiting for its response head while it lives; when it ends, the byte
-/// clock restarts from then.
+/// Counts one request as waiting for its response head while it lives; when it ends, the
+/// progress clock restarts from then.
 struct Waiting(Arc<Activity>);
 
 impl Waiting {
@@ -589,70 +598,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for FirstLineSplit<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// An I/O wrapper that records activity, for the idle timeout.
-struct IdleIo<T> {
-    inner: T,
-    activity: Arc<Activity>,
-}
-
-impl<T> IdleIo<T> {
-    fn new(inner: T) -> IdleIo<T> {
-        IdleIo {
-            inner,
-            activity: Arc::new(Activity::new()),
-        }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
-        }
-        res
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        res
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        res
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
