@@ -209,9 +209,8 @@ impl Admin {
             tracing::debug!(error = %e, "admin request refused");
             let body = serde_json::json!({ "error": e.client_message() });
             let mut resp = json(e.status(), format!("{body}\n"));
-            if e.closes_connection() && parts.version < http::Version::HTTP_2 {
-                resp.headers_mut()
-                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            if e.closes_connection() {
+                crate::pipeline::respond::close_after(resp.headers_mut(), parts.version);
             }
             return resp;
         }

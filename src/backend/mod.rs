@@ -240,26 +240,9 @@ pub enum AnyBackend {
 }
 
 impl AnyBackend {
-    /// [`Backend::open`] on behalf of `caller` (see [`Caller`]).
-    pub async fn open_as<F>(
-        &self,
-        key: &str,
-        want: F,
-        caller: Caller<'_>,
-    ) -> Result<Opened, BackendError>
-    where
-        F: FnOnce(&ObjectMeta) -> Want + Send + 'static,
-    {
-        match self {
-            AnyBackend::Fs(b) => b.open(key, want).await,
-            AnyBackend::S3(b) => b.open_as(key, want, caller).await,
-        }
-    }
-}
-
-impl AnyBackend {
-    /// [`AnyBackend::open_as`], with the store's answers due by `deadline` (else
-    /// [`BackendError::Timeout`]). An fs source reads local files and has no such wait.
+    /// [`Backend::open`] on behalf of `caller` (see [`Caller`]), with the store's answers due by
+    /// `deadline` (else [`BackendError::Timeout`]). An fs source reads local files and has no
+    /// such wait.
     pub async fn open_until<F>(
         &self,
         key: &str,

@@ -9,7 +9,8 @@
 //! Rules kept here (DESIGN.md "Identity"):
 //! - a token must name its key with `kid`; the header `alg` must equal the key's pinned
 //!   algorithm; `jku`, `x5u`, `jwk` and `x5c` headers are never looked at, and `crit` is refused;
-//! - `aud` must contain the configured audience, `iss` must equal the issuer when one is set;
+//! - `aud` must contain the configured audience; `iss`, when an issuer is set, must be it (or
+//!   an array that contains it, as jsonwebtoken accepted);
 //! - `exp` is required unless the key allows non-expiring tokens; `exp`, `nbf` and `iat` are
 //!   checked against an injected clock with the configured skew;
 //! - `scope` (non-empty), `role` and `sub` are required; malformed claims refuse the token;

@@ -331,13 +331,8 @@ impl Pipeline {
             }
             respond::security_headers(resp.headers_mut(), &request_id);
             respond::strict_transport_security(resp.headers_mut(), &snapshot.hsts);
-            // hyper closes an http/1.1 connection after a response that says so; h2 has no such
-            // header (a refused stream is reset on its own, the connection is not at risk).
-            if close && req.version < http::Version::HTTP_2 {
-                resp.headers_mut().insert(
-                    http::header::CONNECTION,
-                    http::HeaderValue::from_static("close"),
-                );
+            if close {
+                respond::close_after(resp.headers_mut(), req.version);
             }
             cors::apply(&snapshot.cors, &req.headers, resp.headers_mut());
             let status = resp.status().as_u16();

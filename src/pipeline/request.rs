@@ -86,9 +86,10 @@ pub fn check_authority(
             }
             _ => Ok(()),
         },
-        // HTTP/1.0 predates Host; with an absolute-form target, the target's authority wins over
-        // Host (RFC 9112 section 3.2.2), which must still be present and valid.
+        // HTTP/1.0 predates Host: it may have none (but never two, and any it has is valid).
         Version::HTTP_09 | Version::HTTP_10 => Ok(()),
+        // HTTP/1.1: Host is required even with an absolute-form target, whose authority then
+        // wins over it (RFC 9112 section 3.2.2); both were checked above.
         _ => host.map(|_| ()).ok_or(RequestError::MissingHost),
     }
 }

@@ -119,6 +119,14 @@ pub fn hsts_value(config: &HstsConfig) -> HeaderValue {
     HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("max-age=31536000"))
 }
 
+/// Ask hyper to close an HTTP/1.x connection after this response (`Connection: close`); h2 has
+/// no such header, and a refused h2 stream does not put the connection at risk.
+pub fn close_after(headers: &mut HeaderMap, version: http::Version) {
+    if version < http::Version::HTTP_2 {
+        headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+}
+
 /// HSTS on a response of the TLS data listener (never the plain-HTTP admin listener: RFC 6797
 /// section 7.2 forbids it over plain HTTP).
 pub fn strict_transport_security(headers: &mut HeaderMap, value: &HeaderValue) {
