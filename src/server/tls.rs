@@ -103,18 +103,9 @@ impl LoadedTls {
         Ok(LoadedTls { config, leaf })
     }
 
-    pub fn config(&self) -> &Arc<ServerConfig> {
-        &self.config
-    }
-
     pub fn leaf(&self) -> &CertificateDer<'static> {
         &self.leaf
     }
-}
-
-/// Build the server TLS config for the data listener.
-pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
-    LoadedTls::load(tls).map(|loaded| loaded.config)
 }
 
 fn build(
