@@ -505,16 +505,33 @@ impl Env {
         std::fs::write(self.key_path(), key_pem).unwrap();
     }
 
+    /// The config of [`Env::text`] with `tls_cert`/`tls_key` naming these files.
+    fn text_naming_cert(&self, cert: &Path, key: &Path) -> String {
+        let d = self.dir.path().display();
+        let text = self.text(BOTH).replace(
+            &format!("dev_certificate_dir = \"{d}/tls\""),
+            &format!(
+                "tls_cert = \"{}\"\ntls_key = \"{}\"",
+                cert.display(),
+                key.display()
+            ),
+        );
+        assert!(text.contains("tls_cert"), "{text}");
+        text
+    }
+
+    /// Files beside the ones [`Env::write_cert`] writes, for a config that moves to new ones.
+    fn other_cert_files(&self) -> (PathBuf, PathBuf) {
+        let dir = self.dir.path().join("tls-next");
+        std::fs::create_dir_all(&dir).unwrap();
+        (dir.join("cert.pem"), dir.join("key.pem"))
+    }
+
     /// Start with `tls_cert`/`tls_key` naming the files [`Env::write_cert`] writes, holding
     /// `cert`.
     async fn start_with_cert(&mut self, cert: &(String, String, Vec<u8>)) -> TestGateway {
         self.write_cert(&cert.0, &cert.1);
-        let d = self.dir.path().display();
-        let text = self.text(BOTH).replace(
-            &format!("dev_certificate_dir = \"{d}/tls\""),
-            &format!("tls_cert = \"{d}/tls/cert.pem\"\ntls_key = \"{d}/tls/key.pem\""),
-        );
-        assert!(text.contains("tls_cert"), "{text}");
+        let text = self.text_naming_cert(&self.cert_path(), &self.key_path());
         self.swap(&text);
         let config = bucketgate::config::load(&self.path()).unwrap_or_else(|e| panic!("{e}"));
         // The test support trusts `cert.pem` of this directory.
@@ -716,5 +733,132 @@ async fn the_file_watcher_reloads_a_certificate_rewritten_in_place() {
     );
     assert_eq!(get_on(&gw, &mut sender).await, 200);
     assert!(!watcher.poll_once().await, "no change since");
+    gw.shutdown().await;
+}
+
+/// Regression: the watcher watched the certificate files in force and gave up on a poll when
+/// one of them could not be read, so a config moved to new files, with the old ones removed
+/// before the next poll, was never reloaded.
+#[tokio::test]
+async fn the_file_watcher_reloads_a_config_moved_to_new_certificate_files_after_the_old_ones_are_removed()
+ {
+    let mut env = Env::new(1);
+    let (a, b) = (cert_pair(), cert_pair());
+    let roots: [&[u8]; 2] = [&a.2, &b.2];
+    let gw = env.start_with_cert(&a).await;
+    let mut watcher = FileWatcher::new(Arc::clone(gw.gateway().control()), env.path());
+
+    let (cert, key) = env.other_cert_files();
+    std::fs::write(&cert, &b.0).unwrap();
+    std::fs::write(&key, &b.1).unwrap();
+    let moved = env.text_naming_cert(&cert, &key);
+    env.swap(&moved);
+    std::fs::remove_file(env.cert_path()).unwrap();
+    std::fs::remove_file(env.key_path()).unwrap();
+
+    assert!(
+        watcher.poll_once().await,
+        "the watcher sees the config change although the old certificate files are gone"
+    );
+    assert_eq!(reloads(&gw, "ok", "file"), 1);
+    let (mut sender, leaf) = connect_trusting(&gw, &roots).await;
+    assert!(leaf == b.2, "the new files' certificate is not served");
+    assert_eq!(get_on(&gw, &mut sender).await, 200);
+    assert!(!watcher.poll_once().await, "no change since");
+
+    // The new files are the ones watched now: a renewal of them is seen.
+    std::fs::write(&cert, &a.0).unwrap();
+    std::fs::write(&key, &a.1).unwrap();
+    assert!(watcher.poll_once().await, "the renewed new files are seen");
+    assert_eq!(reloads(&gw, "ok", "file"), 2);
+    let (_, leaf) = connect_trusting(&gw, &roots).await;
+    assert!(leaf == a.2, "the renewed certificate is not served");
+    gw.shutdown().await;
+}
+
+/// Regression: after a config moved to new certificate files was refused because the new
+/// certificate was broken, the watcher kept watching the old files, so fixing the new one was
+/// never noticed.
+#[tokio::test]
+async fn the_file_watcher_notices_the_fix_of_a_refused_new_certificate() {
+    let mut env = Env::new(1);
+    let (a, b) = (cert_pair(), cert_pair());
+    let roots: [&[u8]; 2] = [&a.2, &b.2];
+    let gw = env.start_with_cert(&a).await;
+    let mut watcher = FileWatcher::new(Arc::clone(gw.gateway().control()), env.path());
+
+    let (cert, key) = env.other_cert_files();
+    std::fs::write(&cert, "not a certificate\n").unwrap();
+    std::fs::write(&key, &b.1).unwrap();
+    let moved = env.text_naming_cert(&cert, &key);
+    env.swap(&moved);
+    assert!(
+        watcher.poll_once().await,
+        "the watcher sees the config change"
+    );
+    assert_eq!(
+        reloads(&gw, "error", "file"),
+        1,
+        "the broken certificate is refused"
+    );
+    let (_, leaf) = connect_trusting(&gw, &roots).await;
+    assert!(
+        leaf == a.2,
+        "A is no longer served after the refused reload"
+    );
+    assert!(
+        !watcher.poll_once().await,
+        "no change since the refused reload"
+    );
+
+    // Fix the new certificate; the config does not change.
+    std::fs::write(&cert, &b.0).unwrap();
+    assert!(
+        watcher.poll_once().await,
+        "the watcher sees the fixed certificate the config names"
+    );
+    assert_eq!(reloads(&gw, "ok", "file"), 1);
+    let (mut sender, leaf) = connect_trusting(&gw, &roots).await;
+    assert!(leaf == b.2, "the fixed certificate is not served");
+    assert_eq!(get_on(&gw, &mut sender).await, 200);
+    gw.shutdown().await;
+}
+
+/// A config refused because the certificate files it names do not exist yet: creating them is
+/// a change the watcher sees, though the config refused names them only in its text.
+#[tokio::test]
+async fn the_file_watcher_notices_the_creation_of_certificate_files_a_refused_config_names() {
+    let mut env = Env::new(1);
+    let (a, b) = (cert_pair(), cert_pair());
+    let roots: [&[u8]; 2] = [&a.2, &b.2];
+    let gw = env.start_with_cert(&a).await;
+    let mut watcher = FileWatcher::new(Arc::clone(gw.gateway().control()), env.path());
+
+    let (cert, key) = env.other_cert_files();
+    let moved = env.text_naming_cert(&cert, &key);
+    env.swap(&moved);
+    assert!(
+        watcher.poll_once().await,
+        "the watcher sees the config change"
+    );
+    assert_eq!(
+        reloads(&gw, "error", "file"),
+        1,
+        "missing files are refused"
+    );
+    assert!(
+        !watcher.poll_once().await,
+        "no change since the refused reload"
+    );
+
+    std::fs::write(&cert, &b.0).unwrap();
+    std::fs::write(&key, &b.1).unwrap();
+    assert!(
+        watcher.poll_once().await,
+        "the watcher sees the certificate files appear"
+    );
+    assert_eq!(reloads(&gw, "ok", "file"), 1);
+    let (_, leaf) = connect_trusting(&gw, &roots).await;
+    assert!(leaf == b.2, "the new certificate is not served");
     gw.shutdown().await;
 }

@@ -24,6 +24,7 @@ use crate::pipeline::ErrorChain;
 use crate::pipeline::respond::ResponseBody;
 use crate::reload::lists::{ListsError, NetworkLists, Patch};
 use crate::reload::{ChangeError, Control, ReloadError, TokenDigest, Trigger};
+use crate::server::tls::TlsError;
 
 /// Why an admin request was refused. Status codes are chosen in `error.rs`.
 #[derive(Debug, thiserror::Error)]
@@ -44,9 +45,10 @@ pub enum AdminError {
     NoConfigFile,
     #[error("the config file is invalid; the previous configuration stays in force")]
     ConfigInvalid(crate::config::ConfigErrors),
-    /// Why the certificate or key files cannot be used (paths and parse errors; no key bytes).
+    /// The certificate or key files cannot be used; the body says why (paths and parse errors,
+    /// never key bytes).
     #[error("the TLS certificate or key cannot be used; the previous one stays in force")]
-    TlsInvalid(String),
+    TlsInvalid(#[source] TlsError),
     #[error("the change could not be applied; the previous configuration stays in force")]
     Failed,
 }
@@ -61,7 +63,7 @@ impl AdminError {
             }),
             AdminError::TlsInvalid(why) => serde_json::json!({
                 "error": self.to_string(),
-                "details": [why],
+                "details": [ErrorChain(why).to_string()],
             }),
             other => serde_json::json!({ "error": other.to_string() }),
         };
@@ -118,9 +120,7 @@ async fn route(
             }
             Err(ReloadError::NoConfigFile) => Err(AdminError::NoConfigFile),
             Err(ReloadError::Config(errors)) => Err(AdminError::ConfigInvalid(errors)),
-            Err(ReloadError::Tls(e)) => Err(AdminError::TlsInvalid(
-                crate::pipeline::ErrorChain(&e).to_string(),
-            )),
+            Err(ReloadError::Tls(e)) => Err(AdminError::TlsInvalid(e)),
             Err(_) => Err(AdminError::Failed),
         },
         ("/admin/network" | "/admin/reload", _) => Err(AdminError::MethodNotAllowed),
@@ -224,4 +224,29 @@ fn json(status: http::StatusCode, body: impl Into<Bytes>) -> Response<ResponseBo
         HeaderValue::from_static("no-store"),
     );
     resp
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The refusal keeps its typed cause for the log's chain; the body renders it for the admin.
+    #[test]
+    fn a_refused_certificate_keeps_its_typed_cause_and_the_body_says_why() {
+        let path = std::path::PathBuf::from("/etc/bucketgate/tls/cert.pem");
+        let err = AdminError::TlsInvalid(TlsError::NoCert { path: path.clone() });
+        let cause = std::error::Error::source(&err).unwrap();
+        assert!(matches!(
+            cause.downcast_ref::<TlsError>(),
+            Some(TlsError::NoCert { path: p }) if *p == path
+        ));
+        assert_eq!(err.status(), http::StatusCode::UNPROCESSABLE_ENTITY);
+        let body: serde_json::Value = serde_json::from_str(&err.body()).unwrap();
+        assert_eq!(body["error"], err.to_string());
+        assert_eq!(
+            body["details"][0],
+            "/etc/bucketgate/tls/cert.pem holds no certificate"
+        );
+    }
 }

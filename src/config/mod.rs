@@ -534,6 +534,13 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     validate::load(path)
 }
 
+/// The TLS certificate settings the config file at `path` names, even if the rest of the file
+/// is refused: `None` if it cannot be read or parsed, or names none. Paths are resolved like
+/// [`load`] resolves them, and not checked on disk.
+pub fn tls_named(path: &Path) -> Option<TlsConfig> {
+    validate::tls_named(path)
+}
+
 impl Config {
     /// The embedded default used when `serve` gets no config: serve `./data` as the source `local`
     /// on https://127.0.0.1:8443 with a development certificate kept under `./.bucketgate/`, admin

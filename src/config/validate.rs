@@ -97,6 +97,33 @@ pub(super) fn load(path: &Path) -> Result<Config, ConfigErrors> {
     parse_in(&text, &origin, path.parent().unwrap_or(Path::new("")))
 }
 
+/// The TLS settings the file at `path` names, read from its `[listener]` alone: `None` if the
+/// file cannot be read or parsed, or names no usable combination. The file watcher watches these
+/// files even when the config as a whole is refused (a certificate that is missing or broken
+/// now may be fixed later without touching the config). Nothing is checked on disk.
+pub(super) fn tls_named(path: &Path) -> Option<TlsConfig> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let raw = read_raw(&text).ok()?;
+    let listener = raw.listener?.into_inner();
+    let base_dir = path.parent().unwrap_or(Path::new(""));
+    let resolve = |raw: &Spanned<String>| {
+        let raw = raw.get_ref();
+        (!raw.is_empty()).then(|| base_dir.join(raw))
+    };
+    match (
+        &listener.tls_cert,
+        &listener.tls_key,
+        &listener.dev_certificate_dir,
+    ) {
+        (Some(cert), Some(key), None) => Some(TlsConfig::Files {
+            cert: resolve(cert)?,
+            key: resolve(key)?,
+        }),
+        (None, None, Some(dir)) => Some(TlsConfig::Development { dir: resolve(dir)? }),
+        _ => None,
+    }
+}
+
 fn parse_in(text: &str, origin: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
     let mut checker = Checker {
         text,

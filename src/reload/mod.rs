@@ -8,8 +8,9 @@
 //! interleave. Rate-limit quotas and the per-IP connection cap are updated in place (their state
 //! outlives snapshots). The TLS certificate and key files are read again by every reload (a
 //! renewal that rewrites them in place is picked up without any config change) and serve new
-//! connections; open connections keep theirs. Listener addresses and `[limits]` apply only at
-//! start.
+//! connections; open connections keep theirs. The file watcher watches the config file and the
+//! certificate files named by the config read last, even a refused one, so fixing what was
+//! refused is noticed. Listener addresses and `[limits]` apply only at start.
 //!
 //! This module must not parse HTTP: `admin/api.rs` turns requests into calls here.
 
@@ -19,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use subtle::ConstantTimeEq;
 use tokio::sync::Mutex;
 
@@ -29,7 +30,7 @@ use crate::credentials::Delegations;
 use crate::identity::revocation::Revocations;
 use crate::pipeline::{ErrorChain, Pipeline};
 use crate::server::per_ip::PerIpConnections;
-use crate::server::tls::{LiveTls, LoadedTls, TlsError};
+use crate::server::tls::{self, LiveTls, LoadedTls, TlsError};
 use crate::telemetry::{Metrics, ReloadLabel};
 use lists::{ListsError, NetworkLists, StateError};
 
@@ -113,6 +114,10 @@ pub struct Control {
     /// The data listener's TLS config, replaced by every reload.
     tls: Arc<LiveTls>,
     config_path: Option<PathBuf>,
+    /// The certificate and key files named by the config read last, even if that config or
+    /// its certificate was refused: the file watcher watches them, so that fixing a refused
+    /// certificate is noticed.
+    named_tls: ArcSwap<[PathBuf; 2]>,
     /// What the snapshot in force was built from (file config + persisted lists). The lock
     /// serializes every change.
     current: Mutex<Config>,
@@ -166,6 +171,7 @@ impl Control {
             delegations,
             tls,
             config_path,
+            named_tls: ArcSwap::from_pointee(tls::files_of(&effective.listener.tls)),
             current: Mutex::new(effective),
             admin_token,
         }
@@ -175,10 +181,11 @@ impl Control {
         self.config_path.as_deref()
     }
 
-    /// The certificate chain and key files in force: the file watcher watches them with the
+    /// The certificate chain and key files the config read last names (those in force, unless
+    /// that config or its certificate was refused): the file watcher watches them with the
     /// config file.
     pub fn tls_files(&self) -> [PathBuf; 2] {
-        self.tls.files()
+        (**self.named_tls.load()).clone()
     }
 
     /// The admin token's digest, or `None` when the admin API is off.
@@ -203,10 +210,21 @@ impl Control {
             None => Err(ReloadError::NoConfigFile),
             Some(path) => {
                 let path = path.clone();
-                let loaded = tokio::task::spawn_blocking(move || config::load(&path)).await;
+                let loaded = tokio::task::spawn_blocking(move || match config::load(&path) {
+                    Ok(config) => Ok(config),
+                    Err(errors) => Err((errors, config::tls_named(&path))),
+                })
+                .await;
                 match loaded {
                     Ok(Ok(config)) => self.install(config).await,
-                    Ok(Err(errors)) => Err(ReloadError::Config(errors)),
+                    Ok(Err((errors, named))) => {
+                        // A config refused because its certificate file is missing names the
+                        // file to watch for all the same.
+                        if let Some(named) = named {
+                            self.named_tls.store(Arc::new(tls::files_of(&named)));
+                        }
+                        Err(ReloadError::Config(errors))
+                    }
                     // The blocking task cannot panic short of a bug; report it as unreadable.
                     Err(_) => Err(ReloadError::NoConfigFile),
                 }
@@ -220,6 +238,8 @@ impl Control {
     /// override its lists). `Gateway::reload` and the file reload share this.
     pub async fn install(&self, config: Config) -> Result<(), ReloadError> {
         let mut current = self.current.lock().await;
+        self.named_tls
+            .store(Arc::new(tls::files_of(&config.listener.tls)));
         let effective = with_persisted_lists(config)?;
         // Read every time, whether or not the config changed: renewals rewrite the files. Two
         // small PEM files, read inline like the key files `build_snapshot` reads.
@@ -348,7 +368,8 @@ pub struct Fingerprint {
 }
 
 impl Fingerprint {
-    /// `None` when the file cannot be read right now (mid-swap, removed): not a change yet.
+    /// `None` when the file cannot be read (removed, mid-swap, not permitted): for the watcher
+    /// that is one more state of the file, so a file that goes missing or comes back is a change.
     pub fn of(path: &Path) -> Option<Fingerprint> {
         let target = std::fs::canonicalize(path).ok()?;
         let meta = std::fs::metadata(&target).ok()?;
@@ -365,19 +386,32 @@ impl Fingerprint {
     }
 }
 
-/// Polls the config file, and the TLS certificate and key files in force, and reloads when a
-/// fingerprint changes: a certificate renewal (cert-manager, certbot) rewrites those files
-/// without touching the config.
+/// Each watched file and its fingerprint (`None`: it could not be read).
+type Watched = Vec<(PathBuf, Option<Fingerprint>)>;
+
+/// Polls the config file, and the TLS certificate and key files it names, and reloads when one
+/// of them changes, appears or disappears: a certificate renewal (cert-manager, certbot)
+/// rewrites those files without touching the config, and an operator may fix a refused
+/// certificate or point the config at new files and remove the old ones.
 pub struct FileWatcher {
     control: Arc<Control>,
     path: PathBuf,
-    /// The watched files and their fingerprints at the last poll.
-    last: Option<(Vec<PathBuf>, Vec<Fingerprint>)>,
+    /// The watched files at the last poll.
+    last: Watched,
 }
 
-/// The fingerprints of all of `paths`, or `None` if one cannot be read right now.
-fn fingerprints(paths: &[PathBuf]) -> Option<Vec<Fingerprint>> {
-    paths.iter().map(|p| Fingerprint::of(p)).collect()
+/// The fingerprint of each of `paths`, reusing those of `known` (taken earlier) where given.
+fn fingerprints(paths: Vec<PathBuf>, known: &Watched) -> Watched {
+    paths
+        .into_iter()
+        .map(|path| {
+            let print = match known.iter().find(|(p, _)| *p == path) {
+                Some((_, print)) => print.clone(),
+                None => Fingerprint::of(&path),
+            };
+            (path, print)
+        })
+        .collect()
 }
 
 impl FileWatcher {
@@ -386,14 +420,13 @@ impl FileWatcher {
         let mut watcher = FileWatcher {
             control,
             path,
-            last: None,
+            last: Vec::new(),
         };
-        let paths = watcher.watched();
-        watcher.last = fingerprints(&paths).map(|prints| (paths, prints));
+        watcher.last = fingerprints(watcher.watched(), &Vec::new());
         watcher
     }
 
-    /// The config file, then the certificate and key files.
+    /// The config file, then the certificate and key files the config read last names.
     fn watched(&self) -> Vec<PathBuf> {
         let mut paths = vec![self.path.clone()];
         paths.extend(self.control.tls_files());
@@ -404,26 +437,25 @@ impl FileWatcher {
     /// (successfully or not). A failed reload is not retried until a file changes again.
     pub async fn poll_once(&mut self) -> bool {
         let paths = self.watched();
-        let look = paths.clone();
-        let now = tokio::task::spawn_blocking(move || fingerprints(&look))
-            .await
-            .ok()
-            .flatten();
-        let Some(now) = now else { return false };
-        if self.last.as_ref() == Some(&(paths.clone(), now.clone())) {
+        let Ok(now) = tokio::task::spawn_blocking(move || fingerprints(paths, &Vec::new())).await
+        else {
+            return false;
+        };
+        if now == self.last {
             return false;
         }
-        self.last = Some((paths.clone(), now));
+        self.last = now;
         let _ = self.control.reload_from_file(Trigger::File).await;
-        // A reload that named other certificate files: watch those from now on, as they are.
+        // The config read named other certificate files (whether or not it was put in force):
+        // watch those from now on. Files watched before keep the fingerprint taken before the
+        // reload read them, so a change during the reload is seen at the next poll.
         let after = self.watched();
-        if after != paths {
-            let look = after.clone();
-            let prints = tokio::task::spawn_blocking(move || fingerprints(&look))
+        if self.last.iter().map(|(p, _)| p).ne(after.iter()) {
+            let known = std::mem::take(&mut self.last);
+            let fallback = known.clone();
+            self.last = tokio::task::spawn_blocking(move || fingerprints(after, &known))
                 .await
-                .ok()
-                .flatten();
-            self.last = prints.map(|prints| (after, prints));
+                .unwrap_or(fallback);
         }
         true
     }

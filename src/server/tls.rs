@@ -47,7 +47,7 @@ pub enum TlsError {
 pub const DEV_CERT_FILE: &str = "cert.pem";
 pub const DEV_KEY_FILE: &str = "key.pem";
 
-/// The data listener's TLS config in force, and the files it was read from.
+/// The data listener's TLS config in force.
 pub struct LiveTls {
     current: ArcSwap<LoadedTls>,
 }
@@ -64,12 +64,6 @@ impl LiveTls {
         tokio_rustls::TlsAcceptor::from(Arc::clone(&self.current.load().config))
     }
 
-    /// The certificate chain and key files in force (the file watcher watches them).
-    pub fn files(&self) -> [PathBuf; 2] {
-        let current = self.current.load();
-        [current.cert_path.clone(), current.key_path.clone()]
-    }
-
     /// The leaf certificate served to new connections.
     pub fn leaf(&self) -> CertificateDer<'static> {
         self.current.load().leaf.clone()
@@ -81,12 +75,19 @@ impl LiveTls {
     }
 }
 
+/// The certificate chain and key files `tls` names (for a development certificate, the files
+/// [`ensure_dev_cert`] keeps), whether or not they exist.
+pub fn files_of(tls: &TlsConfig) -> [PathBuf; 2] {
+    match tls {
+        TlsConfig::Files { cert, key } => [cert.clone(), key.clone()],
+        TlsConfig::Development { dir } => [dir.join(DEV_CERT_FILE), dir.join(DEV_KEY_FILE)],
+    }
+}
+
 /// A server TLS config read from its files.
 pub struct LoadedTls {
     config: Arc<ServerConfig>,
     leaf: CertificateDer<'static>,
-    cert_path: PathBuf,
-    key_path: PathBuf,
 }
 
 impl LoadedTls {
@@ -99,26 +100,12 @@ impl LoadedTls {
             TlsConfig::Development { dir } => ensure_dev_cert(dir)?,
         };
         let (config, leaf) = build(&cert_path, &key_path)?;
-        Ok(LoadedTls {
-            config,
-            leaf,
-            cert_path,
-            key_path,
-        })
-    }
-
-    pub fn config(&self) -> &Arc<ServerConfig> {
-        &self.config
+        Ok(LoadedTls { config, leaf })
     }
 
     pub fn leaf(&self) -> &CertificateDer<'static> {
         &self.leaf
     }
-}
-
-/// Build the server TLS config for the data listener.
-pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
-    LoadedTls::load(tls).map(|loaded| loaded.config)
 }
 
 fn build(
