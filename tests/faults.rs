@@ -689,27 +689,40 @@ async fn first_byte_timeout_bounds_the_whole_wait_retries_included() {
     )
     .await;
     for proto in Proto::BOTH {
-        let client = bed.gw.client_for(proto);
         let what = format!("{proto:?} stall before headers, 3 retries");
-        let (resp, waited) = timed_origin_get(&client, &bed.gw).await;
-        assert_error(
-            resp,
-            StatusCode::GATEWAY_TIMEOUT,
-            "storage backend timed out",
-            &what,
-        )
-        .await;
-        assert!(
-            waited >= timeout - Duration::from_millis(100),
-            "{what}: answered after {waited:?}, before the timeout"
-        );
         // One timeout per attempt would be 4 s and more.
-        assert!(
-            waited < 2 * timeout,
-            "{what}: answered only after {waited:?}, not within about the {timeout:?} budget"
-        );
+        let client = assert_504_within_budget(&bed, proto, &what, timeout, 2 * timeout).await;
         bed.assert_still_serves(&client, &what).await;
     }
+}
+
+/// One origin GET through `proto` is 504 after the first-byte `budget`, and before `at_most`;
+/// the client it used.
+async fn assert_504_within_budget(
+    bed: &Bed,
+    proto: Proto,
+    what: &str,
+    budget: Duration,
+    at_most: Duration,
+) -> reqwest::Client {
+    let client = bed.gw.client_for(proto);
+    let (resp, waited) = timed_origin_get(&client, &bed.gw).await;
+    assert_error(
+        resp,
+        StatusCode::GATEWAY_TIMEOUT,
+        "storage backend timed out",
+        what,
+    )
+    .await;
+    assert!(
+        waited >= budget - Duration::from_millis(100),
+        "{what}: answered after {waited:?}, before the timeout"
+    );
+    assert!(
+        waited < at_most,
+        "{what}: answered only after {waited:?}, not within about the {budget:?} budget"
+    );
+    client
 }
 
 /// The HEAD and the GET of one request share the budget too: a HEAD that takes most of it
@@ -726,25 +739,10 @@ async fn slow_head_and_stalled_get_share_one_first_byte_timeout() {
     )
     .await;
     for proto in Proto::BOTH {
-        let client = bed.gw.client_for(proto);
         let what = format!("{proto:?} slow HEAD, stalled GET");
-        let (resp, waited) = timed_origin_get(&client, &bed.gw).await;
-        assert_error(
-            resp,
-            StatusCode::GATEWAY_TIMEOUT,
-            "storage backend timed out",
-            &what,
-        )
-        .await;
-        assert!(
-            waited >= timeout - Duration::from_millis(100),
-            "{what}: answered after {waited:?}, before the timeout"
-        );
         // A budget per call would be the slow HEAD plus a whole timeout for the GET: 3.5 s.
-        assert!(
-            waited < origin::SLOW_HEAD + timeout - Duration::from_millis(500),
-            "{what}: answered only after {waited:?}, not within about the {timeout:?} budget"
-        );
+        let at_most = origin::SLOW_HEAD + timeout - Duration::from_millis(500);
+        assert_504_within_budget(&bed, proto, &what, timeout, at_most).await;
     }
 }
 

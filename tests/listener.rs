@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{StatusCode, Version};
+use support::read_until_closed;
 use support::{Proto, TestGateway, fs_source, start_gateway_with, test_limits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -44,24 +45,6 @@ async fn assert_serves(gw: &TestGateway, what: &str) {
         .unwrap_or_else(|e| panic!("{what}: {e}"));
     assert_eq!(resp.status(), StatusCode::OK, "{what}");
     assert_eq!(&resp.bytes().await.unwrap()[..], HELLO, "{what}");
-}
-
-/// Read until the peer closes (EOF or an error, such as a TLS stream cut without close_notify).
-/// Returns what was read and whether it ended within `limit`.
-async fn read_until_closed<R: AsyncReadExt + Unpin>(r: &mut R, limit: Duration) -> (Vec<u8>, bool) {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    let closed = tokio::time::timeout(limit, async {
-        loop {
-            match r.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await
-    .is_ok();
-    (out, closed)
 }
 
 /// Send a whole http/1.1 request over a fresh TLS connection and read the response until the

@@ -46,18 +46,7 @@ async fn h1_send(gw: &TestGateway, bytes: &[u8]) -> Vec<u8> {
         .expect("TLS connect");
     tls.write_all(bytes).await.unwrap();
     tls.flush().await.unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    let closed = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match tls.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await
-    .is_ok();
+    let (out, closed) = support::read_until_closed(&mut tls, Duration::from_secs(10)).await;
     assert!(
         closed,
         "server did not close the connection; read so far:\n{}",

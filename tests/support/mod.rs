@@ -587,3 +587,24 @@ pub fn encode_key(key: &str) -> String {
         .remove(b'/');
     percent_encoding::utf8_percent_encode(key, KEEP).to_string()
 }
+
+/// Read until the peer closes (EOF or an error, such as a TLS stream cut without close_notify).
+/// Returns what was read and whether it ended within `limit`.
+pub async fn read_until_closed<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    limit: Duration,
+) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(limit, async {
+        loop {
+            match tokio::io::AsyncReadExt::read(r, &mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (out, closed)
+}
