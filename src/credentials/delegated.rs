@@ -120,7 +120,7 @@ impl DelegatedCredentials {
                             tracing::warn!(
                                 sts_error_code = code.as_deref().unwrap_or("none"),
                                 role_arn = %self.role.role_arn,
-                                error = %crate::pipeline::ErrorChain(&e),
+                                error = %crate::telemetry::ErrorChain(&e),
                                 "configuration fault: STS refused the gateway's AssumeRole of a \
                                  delegated role (the gateway's own credentials or the role's \
                                  settings); the cached credentials serve until they expire"
@@ -225,13 +225,13 @@ impl DelegatedCredentials {
                 if state.refused.is_none() {
                     tracing::warn!(
                         role = %self.role.role_arn,
-                        error = %crate::pipeline::ErrorChain(&e),
+                        error = %crate::telemetry::ErrorChain(&e),
                         "delegated credentials: STS refresh failed"
                     );
                 } else {
                     tracing::debug!(
                         role = %self.role.role_arn,
-                        error = %crate::pipeline::ErrorChain(&e),
+                        error = %crate::telemetry::ErrorChain(&e),
                         "delegated credentials: STS refused the refresh"
                     );
                 }

@@ -112,7 +112,9 @@ impl Jwks {
     pub async fn initial_load(&self) {
         match self.fetch().await {
             Ok(n) => tracing::info!(keys = n, "JWKS loaded"),
-            Err(e) => tracing::warn!(error = %crate::pipeline::ErrorChain(&e), "JWKS fetch failed"),
+            Err(e) => {
+                tracing::warn!(error = %crate::telemetry::ErrorChain(&e), "JWKS fetch failed")
+            }
         }
     }
 
@@ -130,7 +132,7 @@ impl Jwks {
                 true
             }
             Err(e) => {
-                tracing::warn!(error = %crate::pipeline::ErrorChain(&e), "JWKS refresh failed");
+                tracing::warn!(error = %crate::telemetry::ErrorChain(&e), "JWKS refresh failed");
                 false
             }
         }

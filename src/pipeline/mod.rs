@@ -30,6 +30,10 @@ pub mod range;
 pub mod request;
 pub mod respond;
 
+/// The error-chain printer lives with the logging setup, so lower modules need not import
+/// the pipeline for it.
+pub use crate::telemetry::ErrorChain;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -661,20 +665,5 @@ impl Pipeline {
                 .body(body.boxed_unsync())
                 .map_err(|e| backend_err(BackendError::Protocol(e.to_string())));
         }
-    }
-}
-
-/// Display an error with its whole source chain: `a: b: c`.
-pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut cur = self.0.source();
-        while let Some(e) = cur {
-            write!(f, ": {e}")?;
-            cur = e.source();
-        }
-        Ok(())
     }
 }
