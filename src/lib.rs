@@ -11,7 +11,6 @@ pub mod audit;
 pub mod backend;
 pub mod config;
 pub mod credentials;
-pub mod error;
 pub mod identity;
 pub mod pipeline;
 pub mod reload;

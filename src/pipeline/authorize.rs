@@ -8,6 +8,8 @@
 
 use std::collections::BTreeMap;
 
+use ipnet::IpNet;
+
 use crate::config::{ProjectConfig, RoleConfig};
 use crate::identity::{Principal, Representation, Scope};
 use crate::pipeline::network::ClientIp;
@@ -32,7 +34,7 @@ impl Policy {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthzError {
     #[error("client address is outside the token's cip {0}")]
-    ClientAddress(String),
+    ClientAddress(IpNet),
     #[error("the token's rep does not include {0}")]
     Representation(&'static str),
     #[error("role {0} is not configured")]
@@ -112,7 +114,7 @@ pub fn authorize(
     if let Some(net) = principal.client_binding()
         && !net.contains(&client.addr())
     {
-        return Err(AuthzError::ClientAddress(net.to_string()));
+        return Err(AuthzError::ClientAddress(net));
     }
     let rep = representation.as_str();
     if !principal.allows_representation(representation) {

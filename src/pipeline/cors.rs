@@ -19,7 +19,7 @@ use http::header::{
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 
 use crate::config::CorsConfig;
-use crate::error::Error;
+use crate::pipeline::error::Error;
 
 use super::respond::{self, ResponseBody};
 

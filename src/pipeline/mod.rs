@@ -23,6 +23,7 @@ pub mod admit;
 pub mod authorize;
 pub mod body;
 pub mod cors;
+pub mod error;
 pub mod identity;
 pub mod network;
 pub mod plan;
@@ -49,7 +50,7 @@ use tracing::Instrument;
 use crate::audit::{AuditLog, AuditedBody, Decision, Facts};
 use crate::backend::{AnyBackend, BackendError, Caller, ObjectMeta, Opened, Want};
 use crate::config::Limits;
-use crate::error::Error;
+use crate::pipeline::error::Error;
 use crate::telemetry::{Metrics, NetworkDecisionLabel, RouteLabel, RouteStatus};
 use plan::Plan;
 use range::Answer;
@@ -276,47 +277,7 @@ impl Pipeline {
             {
                 Ok(resp) => resp,
                 Err(err) => {
-                    if let Error::Backend {
-                        source_name,
-                        error: BackendError::ConfigFault { code },
-                    } = &err
-                    {
-                        // Said once, as what it is: the operator must fix the source's settings.
-                        tracing::warn!(
-                            source = %source_name,
-                            s3_error_code = code,
-                            "configuration fault: the store refused the gateway's own \
-                             credentials or settings for this source"
-                        );
-                    } else if let Error::Backend {
-                        source_name,
-                        error: BackendError::RoleConfigFault { role_arn, code },
-                    } = &err
-                    {
-                        // Never the ExternalId or a credential: the role ARN and STS's code.
-                        tracing::warn!(
-                            source = %source_name,
-                            sts_error_code = code.as_deref().unwrap_or("none"),
-                            role_arn = %role_arn,
-                            "configuration fault: STS refused the gateway's AssumeRole of this \
-                             source's role (the gateway's own credentials or the role's settings)"
-                        );
-                    } else if let Error::Saml(crate::saml::sp::SpError::StsConfigFault {
-                        code,
-                        role_arn,
-                    }) = &err
-                    {
-                        tracing::warn!(
-                            sts_error_code = code,
-                            role_arn = %role_arn,
-                            "configuration fault: STS refused the gateway's own \
-                             AssumeRoleWithSAML request (the [sts] settings), not the user"
-                        );
-                    } else if err.is_server_fault() {
-                        tracing::warn!(error = %ErrorChain(&err), "request failed");
-                    } else {
-                        tracing::debug!(error = %ErrorChain(&err), "request refused");
-                    }
+                    error::log(&err);
                     // Once per request; a missing object is an answer, not an upstream error.
                     if let Error::Backend { source_name, error } = &err
                         && let Some(kind) = respond::upstream_error_kind(error)
@@ -636,7 +597,7 @@ impl Pipeline {
             let head = |status, part| {
                 respond::object_head(status, &meta, part)
                     .body(respond::empty())
-                    .map_err(|e| backend_err(BackendError::Protocol(e.to_string())))
+                    .map_err(Error::Internal)
             };
             let (object, part) = match (range::answer(&conditions, &meta, head_only), object) {
                 (Answer::NotModified, _) => return head(StatusCode::NOT_MODIFIED, None),
@@ -663,7 +624,7 @@ impl Pipeline {
             );
             return respond::object_head(status, &meta, part)
                 .body(body.boxed_unsync())
-                .map_err(|e| backend_err(BackendError::Protocol(e.to_string())));
+                .map_err(Error::Internal);
         }
     }
 }

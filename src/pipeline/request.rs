@@ -15,7 +15,7 @@
 //! `Transfer-Encoding` over `Content-Length` when both come, closing the connection after the
 //! response. What reaches us ends in `chunked`: any other coding before it is one we do not
 //! implement (501), and `chunked` twice is invalid (400). Either way the connection is closed
-//! after the answer (see [`crate::error::Error::closes_connection`]).
+//! after the answer (see [`crate::pipeline::error::Error::closes_connection`]).
 
 use std::net::Ipv6Addr;
 

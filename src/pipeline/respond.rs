@@ -8,9 +8,9 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{
-    ACCEPT_RANGES, ALLOW, CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_RANGE,
-    CONTENT_SECURITY_POLICY, CONTENT_TYPE, ETAG, LAST_MODIFIED, REFERRER_POLICY, RETRY_AFTER,
-    STRICT_TRANSPORT_SECURITY, WWW_AUTHENTICATE, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+    ACCEPT_RANGES, CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_RANGE,
+    CONTENT_SECURITY_POLICY, CONTENT_TYPE, ETAG, LAST_MODIFIED, REFERRER_POLICY,
+    STRICT_TRANSPORT_SECURITY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
 };
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
@@ -19,7 +19,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 
 use crate::backend::{BackendError, BodyStream, ByteRange, ObjectMeta};
 use crate::config::HstsConfig;
-use crate::error::Error;
+use crate::pipeline::error::Error;
 use crate::telemetry::{Metrics, RouteLabel};
 
 /// Every response body the data listener sends.
@@ -148,34 +148,7 @@ pub fn error_response(err: &Error, request_id: &str) -> Response<ResponseBody> {
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    match err {
-        Error::MethodNotAllowed => {
-            h.insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
-        }
-        Error::Saml(crate::saml::sp::SpError::MethodNotAllowed { allow }) => {
-            h.insert(ALLOW, HeaderValue::from_static(allow));
-        }
-        Error::Identity(e) if !matches!(e, crate::identity::IdentityError::AmbiguousToken) => {
-            h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        Error::RangeNotSatisfiable { size } => {
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
-                h.insert(CONTENT_RANGE, v);
-            }
-        }
-        Error::RateLimited(limited) => {
-            h.insert(RETRY_AFTER, HeaderValue::from(limited.retry_after_secs()));
-        }
-        Error::Backend {
-            error: BackendError::CredentialsUnavailable { retry_after },
-            ..
-        } => {
-            // Whole seconds, rounded up, at least 1 (as for rate limits).
-            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-            h.insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
-        }
-        _ => {}
-    }
+    err.headers(h);
     resp
 }
 

@@ -838,26 +838,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn issue_11_response_refusals_are_audited_and_answered_like_the_others() {
-        let answer = |e: SamlError| {
-            let sp = SpError::Response(e);
-            let label = sp.label();
-            let e = crate::error::Error::Saml(sp);
-            (label, e.status(), e.client_message())
-        };
-        let expired = answer(SamlError::Expired);
-        assert_eq!(expired.0, "saml response");
-        assert_eq!(expired.1, StatusCode::UNAUTHORIZED);
-        for e in [
-            SamlError::NotOneConfirmation,
-            SamlError::IssuedInFuture,
-            SamlError::TooOld,
-        ] {
-            assert_eq!(answer(e), expired);
-        }
-    }
-
-    #[test]
     fn return_to_accepts_only_same_origin_relative_paths() {
         for good in [
             "/",

@@ -1,9 +1,12 @@
-//! The request error type and the one place that chooses HTTP status codes.
+//! The request path's error type and the one place that chooses its HTTP status codes and the
+//! headers that depend on the error (`Allow`, `WWW-Authenticate`, `Retry-After`, ...).
 //!
 //! Each variant carries its typed cause; the client gets a short fixed message (never the cause
-//! chain, an upstream body or a secret), the log gets the whole chain, once.
+//! chain, an upstream body or a secret), the log gets the whole chain, once ([`log`]). Lower
+//! modules (identity, saml, backend) define their own error types and never name this one.
 
-use http::StatusCode;
+use http::header::{ALLOW, CONTENT_RANGE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::admin::api::AdminError;
 use crate::backend::BackendError;
@@ -15,6 +18,7 @@ use crate::pipeline::plan::PlanError;
 use crate::pipeline::request::RequestError;
 use crate::saml::session::SessionError;
 use crate::saml::sp::{SIGN_IN_AGAIN, SpError};
+use crate::telemetry::ErrorChain;
 
 /// The one body text of every 403, whatever refused the request.
 pub const FORBIDDEN: &str = "forbidden";
@@ -62,6 +66,10 @@ pub enum Error {
         #[source]
         error: BackendError,
     },
+    /// Building our own response failed (a header value we made is invalid): our fault, never
+    /// counted as an upstream one.
+    #[error("building the response")]
+    Internal(#[source] http::Error),
 }
 
 impl Error {
@@ -113,6 +121,62 @@ impl Error {
                 BackendError::Timeout(_) | BackendError::Stalled(_) => StatusCode::GATEWAY_TIMEOUT,
                 BackendError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The headers this error's answer carries besides the body's own, chosen beside
+    /// [`Error::status`] and as exhaustively.
+    pub fn headers(&self, h: &mut HeaderMap) {
+        match self {
+            Error::MethodNotAllowed => {
+                h.insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            }
+            Error::Saml(SpError::MethodNotAllowed { allow }) => {
+                h.insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            Error::Identity(IdentityError::AmbiguousToken) => {}
+            Error::Identity(_) => {
+                h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Error::RangeNotSatisfiable { size } => {
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    h.insert(CONTENT_RANGE, v);
+                }
+            }
+            Error::RateLimited(limited) => {
+                h.insert(RETRY_AFTER, HeaderValue::from(limited.retry_after_secs()));
+            }
+            Error::Backend { error, .. } => match error {
+                BackendError::CredentialsUnavailable { retry_after } => {
+                    // Whole seconds, rounded up, at least 1 (as for rate limits).
+                    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                    h.insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+                }
+                BackendError::NotFound
+                | BackendError::NotAnObject
+                | BackendError::AccessDenied
+                | BackendError::Changed
+                | BackendError::ConfigFault { .. }
+                | BackendError::RoleConfigFault { .. }
+                | BackendError::Unreachable(_)
+                | BackendError::BodyBroken(_)
+                | BackendError::Protocol(_)
+                | BackendError::Timeout(_)
+                | BackendError::Stalled(_)
+                | BackendError::Io(_) => {}
+            },
+            Error::Request(_)
+            | Error::Network(_)
+            | Error::NetworkDenied { .. }
+            | Error::Plan(_)
+            | Error::Forbidden(_)
+            | Error::CorsOriginNotAllowed
+            | Error::BodyNotAllowed
+            | Error::BodyTimeout
+            | Error::PreconditionFailed
+            | Error::Saml(_)
+            | Error::Internal(_) => {}
         }
     }
 
@@ -167,6 +231,7 @@ impl Error {
                 BackendError::Timeout(_) | BackendError::Stalled(_) => "storage backend timed out",
                 BackendError::Io(_) => "internal error",
             },
+            Error::Internal(_) => "internal error",
         }
     }
 
@@ -194,7 +259,8 @@ impl Error {
             | Error::PreconditionFailed
             | Error::RangeNotSatisfiable { .. }
             | Error::RateLimited(_)
-            | Error::Backend { .. } => false,
+            | Error::Backend { .. }
+            | Error::Internal(_) => false,
         }
     }
 
@@ -202,6 +268,52 @@ impl Error {
     /// an ordinary client mistake.
     pub fn is_server_fault(&self) -> bool {
         self.status().is_server_error()
+    }
+}
+
+/// Log a request's error once, as what it is: a configuration fault the operator must fix (the
+/// source or role it concerns and the store's or STS's code, never a credential), a server or
+/// upstream fault (a warning with the whole chain), or an ordinary refusal (debug).
+pub fn log(err: &Error) {
+    match err {
+        Error::Backend {
+            source_name,
+            error: BackendError::ConfigFault { code },
+        } => {
+            tracing::warn!(
+                source = %source_name,
+                s3_error_code = code,
+                "configuration fault: the store refused the gateway's own \
+                 credentials or settings for this source"
+            );
+        }
+        Error::Backend {
+            source_name,
+            error: BackendError::RoleConfigFault { role_arn, code },
+        } => {
+            // Never the ExternalId or a credential: the role ARN and STS's code.
+            tracing::warn!(
+                source = %source_name,
+                sts_error_code = code.as_deref().unwrap_or("none"),
+                role_arn = %role_arn,
+                "configuration fault: STS refused the gateway's AssumeRole of this \
+                 source's role (the gateway's own credentials or the role's settings)"
+            );
+        }
+        Error::Saml(SpError::StsConfigFault { code, role_arn }) => {
+            tracing::warn!(
+                sts_error_code = code,
+                role_arn = %role_arn,
+                "configuration fault: STS refused the gateway's own \
+                 AssumeRoleWithSAML request (the [sts] settings), not the user"
+            );
+        }
+        _ if err.is_server_fault() => {
+            tracing::warn!(error = %ErrorChain(err), "request failed");
+        }
+        _ => {
+            tracing::debug!(error = %ErrorChain(err), "request refused");
+        }
     }
 }
 
@@ -328,5 +440,82 @@ impl AdminError {
             }
             AdminError::Failed => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap; src/ may not
+mod tests {
+    use super::*;
+    use crate::saml::response::SamlError;
+
+    /// The status and client text a refusal gets.
+    fn answer(e: &Error) -> (StatusCode, &'static str) {
+        (e.status(), e.client_message())
+    }
+
+    #[test]
+    fn a_bad_signature_and_an_expiry_get_the_same_401() {
+        let rejected = Error::Identity(IdentityError::Rejected(
+            jsonwebtoken::errors::ErrorKind::InvalidSignature.into(),
+        ));
+        let expired = Error::Identity(IdentityError::Expired);
+        assert_eq!(answer(&rejected), answer(&expired));
+        assert_eq!(answer(&expired).0, StatusCode::UNAUTHORIZED);
+    }
+
+    #[test]
+    fn issue_11_response_refusals_are_audited_and_answered_like_the_others() {
+        let answer = |e: SamlError| {
+            let sp = SpError::Response(e);
+            let label = sp.label();
+            let e = Error::Saml(sp);
+            (label, e.status(), e.client_message())
+        };
+        let expired = answer(SamlError::Expired);
+        assert_eq!(expired.0, "saml response");
+        assert_eq!(expired.1, StatusCode::UNAUTHORIZED);
+        for e in [
+            SamlError::NotOneConfirmation,
+            SamlError::IssuedInFuture,
+            SamlError::TooOld,
+        ] {
+            assert_eq!(answer(e), expired);
+        }
+    }
+
+    #[test]
+    fn a_response_we_fail_to_build_is_500_and_no_upstream_fault() {
+        let bad = http::Response::builder()
+            .header("x", "a\nb")
+            .body(())
+            .unwrap_err();
+        let e = Error::Internal(bad);
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(e.client_message(), "internal error");
+        assert!(!e.closes_connection());
+        let mut h = HeaderMap::new();
+        e.headers(&mut h);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn error_headers_are_chosen_with_the_status() {
+        let headers = |e: Error| {
+            let mut h = HeaderMap::new();
+            e.headers(&mut h);
+            h
+        };
+        assert_eq!(headers(Error::MethodNotAllowed)[ALLOW], "GET, HEAD");
+        assert_eq!(
+            headers(Error::Identity(IdentityError::Missing))[WWW_AUTHENTICATE],
+            "Bearer"
+        );
+        assert!(headers(Error::Identity(IdentityError::AmbiguousToken)).is_empty());
+        assert_eq!(
+            headers(Error::RangeNotSatisfiable { size: 7 })[CONTENT_RANGE],
+            "bytes */7"
+        );
+        assert!(headers(Error::Forbidden(AuthzError::Scope)).is_empty());
     }
 }
