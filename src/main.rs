@@ -299,6 +299,7 @@ fn explain(
     request_path: &str,
 ) -> ExitCode {
     use bucketgate::pipeline::network::{self, NetworkPolicy};
+    use bucketgate::pipeline::route::Route;
     let config = match config::load(path) {
         Ok(cfg) => cfg,
         Err(errors) => {
@@ -337,7 +338,12 @@ fn explain(
         }
     }
     let policy = NetworkPolicy::compile(&config.network);
-    let explanation = network::explain(peer, &headers, request_path, &policy);
+    let (route_path, query) = match request_path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (request_path, None),
+    };
+    let route = Route::parse(&http::Method::GET, route_path, query);
+    let explanation = network::explain(peer, &headers, route.network_source(), &policy);
     print!("{explanation}");
     if !explanation.allowed() {
         return ExitCode::FAILURE;

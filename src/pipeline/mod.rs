@@ -30,6 +30,7 @@ pub mod plan;
 pub mod range;
 pub mod request;
 pub mod respond;
+pub mod route;
 
 /// The error-chain printer lives with the logging setup, so lower modules need not import
 /// the pipeline for it.
@@ -55,6 +56,7 @@ use crate::telemetry::{Metrics, NetworkDecisionLabel, RouteLabel, RouteStatus};
 use plan::Plan;
 use range::Answer;
 use respond::{ResponseBody, StreamingBody};
+use route::Route;
 
 /// What the server knows about the connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -171,10 +173,6 @@ pub struct Pipeline {
     saml: Option<Arc<crate::saml::sp::SamlState>>,
 }
 
-const ROUTE_OBJECT: &str = "object";
-const ROUTE_AUTH: &str = "auth";
-const ROUTE_OTHER: &str = "other";
-
 impl Pipeline {
     /// A pipeline without rate limits (benches drive it directly); the gateway uses
     /// [`Pipeline::with_admission`].
@@ -243,18 +241,13 @@ impl Pipeline {
     {
         let started = Instant::now();
         let request_id = uuid::Uuid::new_v4().simple().to_string();
-        let route = if req.uri().path().starts_with("/o/") {
-            ROUTE_OBJECT
-        } else if req.uri().path().starts_with(crate::saml::sp::AUTH_PREFIX) {
-            ROUTE_AUTH
-        } else {
-            ROUTE_OTHER
-        };
+        let route = Route::parse(req.method(), req.uri().path(), req.uri().query());
+        let label = route.label();
         let span = tracing::info_span!(
             "request",
             request_id = %request_id,
             method = %req.method(),
-            route,
+            route = label,
             peer = %conn.peer,
             client = tracing::field::Empty,
             decision = tracing::field::Empty,
@@ -266,7 +259,7 @@ impl Pipeline {
             status = tracing::field::Empty,
         );
         let audit = self.audit.begin(request_id.clone(), started);
-        let mut facts = Facts::new(conn.peer.ip().to_canonical(), req.method(), route);
+        let mut facts = Facts::new(conn.peer.ip().to_canonical(), req.method(), label);
         async move {
             let snapshot = self.snapshot();
             let (req, body) = req.into_parts();
@@ -304,11 +297,14 @@ impl Pipeline {
             tracing::Span::current().record("status", status);
             self.metrics
                 .requests
-                .get_or_create(&RouteStatus { route, status })
+                .get_or_create(&RouteStatus {
+                    route: label,
+                    status,
+                })
                 .inc();
             self.metrics
                 .request_duration
-                .get_or_create(&RouteLabel { route })
+                .get_or_create(&RouteLabel { route: label })
                 .observe(started.elapsed().as_secs_f64());
             // 10. audit: the record is written when the body is done (or dropped), once.
             match audit {
@@ -329,9 +325,10 @@ impl Pipeline {
         req: &http::request::Parts,
         body: B,
         conn: ConnInfo,
-        route: &'static str,
+        route: Route,
         facts: &mut Facts,
     ) -> Result<Response<ResponseBody>, Error> {
+        let label = route.label();
         // 0. request: a message the protocol calls invalid reaches no other stage.
         request::check(req).inspect_err(|_| {
             let span = tracing::Span::current();
@@ -341,25 +338,22 @@ impl Pipeline {
         })?;
         // 1. network: before any identity, key or backend work. The source's own lists apply
         // here already, read from the raw path without decoding the key.
-        let client = self.network_stage(snapshot, req, conn)?;
+        let client = self.network_stage(snapshot, req, &route, conn)?;
         facts.client = client.addr();
-        // 1a. SAML routes: their own rate limit (per address; there is no subject yet) and
-        // their own statuses.
-        if route == ROUTE_AUTH {
-            return self.auth(snapshot, req, body, client, facts).await;
-        }
-        // 1b. A CORS preflight carries no credentials: answered here, before identity.
-        if cors::is_preflight(&req.method, &req.headers) && route == ROUTE_OBJECT {
-            return cors::preflight(&snapshot.cors, &req.headers);
-        }
-        // 5a. parse: route, query and key syntax. 400s here reveal nothing about what exists;
-        // the source name is checked only after authorization.
-        let target = plan::parse_object(req.uri.path(), req.uri.query())?;
-        let head_only = match req.method {
-            Method::GET => false,
-            Method::HEAD => true,
-            _ => return Err(Error::MethodNotAllowed),
+        let object = match route {
+            // 1a. SAML routes: their own rate limit (per address; there is no subject yet) and
+            // their own statuses.
+            Route::Auth => return self.auth(snapshot, req, body, client, facts).await,
+            // 1b. A CORS preflight carries no credentials: answered here, before identity.
+            Route::Object(_) if cors::is_preflight(&req.method, &req.headers) => {
+                return cors::preflight(&snapshot.cors, &req.headers);
+            }
+            Route::Object(object) => object,
+            Route::NotFound => return Err(Error::Plan(plan::PlanError::NoRoute)),
         };
+        // 5a. parse: query and key syntax, then the method. 400s here reveal nothing about what
+        // exists; the source name is checked only after authorization.
+        let (target, head_only) = object.into_target()?;
         // A body the framing declares is refused now; one it leaves open is read after the
         // rate limits (stage 4), so that only an admitted request waits for it.
         let open_body = body::framing(body).map_err(|_| Error::BodyNotAllowed)?;
@@ -445,7 +439,7 @@ impl Pipeline {
             &req.headers,
             &plan,
             head_only,
-            route,
+            label,
             authenticated.user_credentials(),
         )
         .await
@@ -511,6 +505,7 @@ impl Pipeline {
         &self,
         snapshot: &Snapshot,
         req: &http::request::Parts,
+        route: &Route,
         conn: ConnInfo,
     ) -> Result<network::ClientIp, Error> {
         let span = tracing::Span::current();
@@ -530,7 +525,7 @@ impl Pipeline {
         };
         let decision = snapshot
             .network
-            .decide(client.addr(), network::route_source(req.uri.path()));
+            .decide(client.addr(), route.network_source());
         span.record("client", tracing::field::display(client));
         span.record("decision", if decision.allowed { "allow" } else { "deny" });
         span.record("rule", tracing::field::display(&decision.rule));

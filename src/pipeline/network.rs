@@ -485,15 +485,6 @@ fn parse_forwarded_for(value: &str) -> Result<IpAddr, Malformed> {
     }
 }
 
-/// The source name of an object route (`/o/{source}/...`), read without decoding anything, so
-/// that per-source lists apply before any key work. Mirrors `plan::plan_object`: an encoded name
-/// matches no configured source there either.
-pub fn route_source(path: &str) -> Option<&str> {
-    path.strip_prefix("/o/")?
-        .split_once('/')
-        .map(|(source, _)| source)
-}
-
 /// What `bucketgate explain` prints: the client address the gateway would use, the decision and
 /// the rule. Identity (stage 2) has a place here once it exists.
 #[derive(Debug, Clone)]
@@ -510,15 +501,15 @@ impl Explanation {
     }
 }
 
-/// Dry-run stage 1 for a peer, forwarded headers and a request path.
+/// Dry-run stage 1 for a peer, forwarded headers and the source segment of the request's route
+/// ([`super::route::Route::network_source`]).
 pub fn explain(
     peer: IpAddr,
     headers: &HeaderMap,
-    path: &str,
+    source: Option<&str>,
     policy: &NetworkPolicy,
 ) -> Explanation {
     let client = client_ip(SocketAddr::new(peer, 0), headers, policy);
-    let source = route_source(path);
     let decision = client
         .as_ref()
         .ok()
@@ -862,14 +853,6 @@ mod tests {
             client(&p, "127.0.0.5", &h),
             Err(NetworkError::AmbiguousForwarded)
         );
-    }
-
-    #[test]
-    fn route_source_reads_the_raw_segment() {
-        assert_eq!(route_source("/o/photos/a/b.jpg"), Some("photos"));
-        assert_eq!(route_source("/o/ph%6ftos/a"), Some("ph%6ftos"));
-        assert_eq!(route_source("/o/photos"), None);
-        assert_eq!(route_source("/healthz"), None);
     }
 
     #[test]

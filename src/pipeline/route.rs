@@ -1,0 +1,150 @@
+//! The route of a request, parsed once from its method, path and query by
+//! [`Pipeline::handle`](super::Pipeline::handle) and read by every stage that depends on it: the
+//! route label of the metrics and the span, the network stage's per-source lists, the `/auth/`
+//! dispatch, the CORS preflight and the object stage.
+//!
+//! Parsing never refuses: a path or query the object stage refuses is kept as that refusal and
+//! reported only where the object stage runs (after the network stage, the `/auth/` routes and
+//! the CORS preflight), so the order of 400s, 403s and 404s is the lifecycle's. The network stage
+//! reads the source segment as written (still percent-encoded): it runs before any key work.
+//!
+//! Adding a route (IIIF, video: not implemented yet) is one [`Route`] variant with its parser
+//! here and one match arm in `Pipeline::run`; nothing else dispatches on the path.
+
+use http::Method;
+
+use super::plan::{self, PlanError, Target};
+
+/// The path prefix of the object route.
+pub const OBJECT_PREFIX: &str = "/o/";
+
+/// What a request asks for.
+#[derive(Debug)]
+pub enum Route {
+    /// `/o/{source}/{key...}`: one object, as stored.
+    Object(ObjectRoute),
+    /// `/auth/...`: the SAML service provider's routes (login, ACS, session, logout).
+    Auth,
+    /// Anything else: 404 once the network stage has let it through.
+    NotFound,
+}
+
+/// An `/o/` request: the source segment as written, and the result of checking its key and query
+/// (reported by the object stage, not before).
+#[derive(Debug)]
+pub struct ObjectRoute {
+    source: Option<String>,
+    target: Result<Target, PlanError>,
+    method: ObjectMethod,
+}
+
+/// The methods of the object route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectMethod {
+    Get,
+    Head,
+    /// Anything else: 405 after the key and query checks (a CORS preflight is answered before).
+    Other,
+}
+
+impl Route {
+    /// Parse a request's route. `path` and `query` are raw (still percent-encoded).
+    pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Route {
+        if let Some(rest) = path.strip_prefix(OBJECT_PREFIX) {
+            let method = match *method {
+                Method::GET => ObjectMethod::Get,
+                Method::HEAD => ObjectMethod::Head,
+                _ => ObjectMethod::Other,
+            };
+            return Route::Object(ObjectRoute {
+                source: rest.split_once('/').map(|(source, _)| source.to_owned()),
+                target: plan::parse_object(path, query),
+                method,
+            });
+        }
+        if path.starts_with(crate::saml::sp::AUTH_PREFIX) {
+            return Route::Auth;
+        }
+        Route::NotFound
+    }
+
+    /// The bounded `route` label of metrics, the span and the audit record.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Route::Object(_) => "object",
+            Route::Auth => "auth",
+            Route::NotFound => "other",
+        }
+    }
+
+    /// The source segment as written (not decoded), for the network stage's per-source lists.
+    pub fn network_source(&self) -> Option<&str> {
+        match self {
+            Route::Object(object) => object.source.as_deref(),
+            Route::Auth | Route::NotFound => None,
+        }
+    }
+}
+
+impl ObjectRoute {
+    /// The object stage's parse: key and query checks (400s), the route's 404, then the method
+    /// (405). Returns the target and whether only the head is wanted.
+    pub fn into_target(self) -> Result<(Target, bool), super::error::Error> {
+        let target = self.target?;
+        match self.method {
+            ObjectMethod::Get => Ok((target, false)),
+            ObjectMethod::Head => Ok((target, true)),
+            ObjectMethod::Other => Err(super::error::Error::MethodNotAllowed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(path: &str) -> Route {
+        let (path, query) = match path.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path, None),
+        };
+        Route::parse(&Method::GET, path, query)
+    }
+
+    #[test]
+    fn the_network_stage_reads_the_raw_source_segment() {
+        assert_eq!(route("/o/photos/a/b.jpg").network_source(), Some("photos"));
+        assert_eq!(route("/o/ph%6ftos/a").network_source(), Some("ph%6ftos"));
+        assert_eq!(route("/o/photos").network_source(), None);
+        assert_eq!(route("/healthz").network_source(), None);
+        // A refused key or query still names its source for the network stage.
+        assert_eq!(route("/o/photos/%2e%2e").network_source(), Some("photos"));
+        assert_eq!(route("/o/photos/a?x=1").network_source(), Some("photos"));
+    }
+
+    #[test]
+    fn labels() {
+        assert_eq!(route("/o/photos/a").label(), "object");
+        assert_eq!(route("/o/photos").label(), "object");
+        assert_eq!(route("/auth/saml/login").label(), "auth");
+        assert_eq!(route("/").label(), "other");
+    }
+
+    #[test]
+    fn key_errors_come_before_the_method() {
+        let Route::Object(o) = Route::parse(&Method::POST, "/o/s/%2e%2e", None) else {
+            panic!("not an object route");
+        };
+        assert!(matches!(
+            o.into_target(),
+            Err(super::super::error::Error::Plan(PlanError::DotSegment))
+        ));
+        let Route::Object(o) = Route::parse(&Method::POST, "/o/s/a", None) else {
+            panic!("not an object route");
+        };
+        assert!(matches!(
+            o.into_target(),
+            Err(super::super::error::Error::MethodNotAllowed)
+        ));
+    }
+}
