@@ -12,9 +12,10 @@ use bucketgate::config::{
     IdentityConfig, KeyAlg, KeyConfig, KeyMaterial, ProjectConfig, Secret, default_roles,
 };
 use bucketgate::identity::revocation::Revocations;
-use bucketgate::identity::{Identity, Representation, Scope, unix_now};
+use bucketgate::identity::{Identity, Scope, unix_now};
 use bucketgate::pipeline::authorize::{Policy, authorize};
 use bucketgate::pipeline::network::client_ip;
+use bucketgate::pipeline::plan;
 use criterion::{Criterion, criterion_group, criterion_main};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
@@ -113,19 +114,15 @@ fn bench(c: &mut Criterion) {
     .unwrap();
     let now = unix_now();
     let mut g = c.benchmark_group("identity");
+    let target = plan::parse_object("/o/photos/team-a/batch-7/frame_000123.jpg", None).unwrap();
     for (name, token) in &tokens {
         g.bench_function(format!("verify_and_authorize/{name}"), |b| {
             b.iter(|| {
                 let p = identity.verify_cached(black_box(token), now).unwrap();
-                authorize(
-                    &p,
-                    client,
-                    "photos",
-                    black_box("team-a/batch-7/frame_000123.jpg"),
-                    Representation::Original,
-                    &policy,
-                )
-                .unwrap()
+                authorize(&p, client, black_box(target.clone()), &policy)
+                    .unwrap()
+                    .rule()
+                    .len()
             })
         });
     }

@@ -37,7 +37,7 @@ fn session(n: usize, expires: SystemTime) -> Session {
         assumed_role_arn: arn.clone(),
         subject: Some(format!("user{n}@corp.example")),
     };
-    let principal = Principal::saml_session(
+    let principal = Principal::saml_session_for_bench(
         arn,
         "annotator".to_owned(),
         "labeling".to_owned(),

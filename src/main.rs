@@ -370,7 +370,7 @@ fn explain_access(
     request_path: &str,
 ) -> anyhow::Result<bool> {
     use bucketgate::identity::revocation::Revocations;
-    use bucketgate::identity::{Identity, Representation, unix_now};
+    use bucketgate::identity::{Identity, unix_now};
     use bucketgate::pipeline::{authorize, plan};
     let (path, query) = match request_path.split_once('?') {
         Some((p, q)) => (p, Some(q)),
@@ -416,14 +416,7 @@ fn explain_access(
             .unwrap_or_default()
     );
     let policy = authorize::Policy::new(config.roles.clone(), config.projects.clone());
-    match authorize::authorize(
-        &principal,
-        client,
-        target.source(),
-        target.key(),
-        Representation::Original,
-        &policy,
-    ) {
+    match authorize::authorize(&principal, client, target, &policy) {
         Ok(grant) => {
             println!("authorize: allow: {}", grant.rule());
             Ok(true)

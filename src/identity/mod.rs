@@ -206,7 +206,7 @@ impl Principal {
     /// the identity STS returned (the assumed-role ARN), `role` the gateway role the assumed AWS
     /// role maps to, and `scopes` the sources and prefixes of `project`. Not bound to a client
     /// address; may see every representation its role allows; ends at `expires_at` (unix s).
-    pub fn saml_session(
+    pub(crate) fn saml_session(
         subject: String,
         role: String,
         project: String,
@@ -225,6 +225,20 @@ impl Principal {
             kid: SAML_SESSION_KID.to_owned(),
             expires_at: Some(expires_at),
         }
+    }
+
+    /// [`Principal::saml_session`] for benches (feature `bench`); the gateway builds session
+    /// principals only in `saml/`.
+    #[cfg(feature = "bench")]
+    #[doc(hidden)]
+    pub fn saml_session_for_bench(
+        subject: String,
+        role: String,
+        project: String,
+        scopes: Vec<Scope>,
+        expires_at: u64,
+    ) -> Principal {
+        Principal::saml_session(subject, role, project, scopes, expires_at)
     }
 
     pub fn subject(&self) -> &str {

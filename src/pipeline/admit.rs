@@ -25,6 +25,8 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
 use crate::config::RateLimits;
+use crate::pipeline::authorize::Grant;
+use crate::pipeline::network::ClientIp;
 use crate::telemetry::{Metrics, RateLimitedLabel};
 
 /// What a limit is counted against.
@@ -51,9 +53,32 @@ impl LimitKind {
     }
 }
 
-/// Proof that a request passed stage 4. Built only by [`Admission::admit`].
+/// Proof that a request passed stage 4, holding what was admitted (a [`Grant`] for object
+/// requests, nothing for the `/auth/` routes). Built only here.
 #[derive(Debug)]
-pub struct Admitted(());
+pub struct Admitted<T = ()>(T);
+
+impl<T> Admitted<T> {
+    pub fn get(&self) -> &T {
+        &self.0
+    }
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+/// Stage 4 for an object request: count it against the client address and the grant's subject
+/// (refusals counted in the metrics), and hand the grant on admitted.
+pub fn admit_grant<'p, T>(
+    admission: &Admission,
+    client: ClientIp,
+    grant: Grant<'p, T>,
+    metrics: &Metrics,
+) -> Result<Admitted<Grant<'p, T>>, RateLimited> {
+    let Admitted(()) =
+        admission.admit_counted(client.addr(), Some(grant.principal().subject()), metrics)?;
+    Ok(Admitted(grant))
+}
 
 /// Over a limit: the client may retry after `retry_after`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

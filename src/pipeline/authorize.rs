@@ -1,4 +1,6 @@
-//! Stage 3, authorize: Principal x client address x source/key x representation -> [`Grant`].
+//! Stage 3, authorize: Principal x client address x target (source, key, representation) ->
+//! [`Grant`], which holds the principal and consumes the target: what comes after authorization
+//! (admit, plan) can only be reached with one.
 //!
 //! The decision is token scope ∩ project's sources (when the token names a project) ∩ role
 //! permissions, plus the token's own bindings (`cip`, `rep`). Scopes are matched on the decoded
@@ -64,53 +66,48 @@ impl AuthzError {
     }
 }
 
-/// Permission to serve one representation of one key to one principal. Built only by
-/// [`authorize`]; the plan stage requires it.
-#[derive(Debug, Clone)]
-pub struct Grant {
-    subject: String,
-    role: String,
-    project: Option<String>,
-    source: String,
-    key: String,
-    representation: Representation,
+/// What may be authorized: a source, a decoded key and the class of representation asked for.
+pub trait Resource {
+    fn source(&self) -> &str;
+    fn key(&self) -> &str;
+    fn representation(&self) -> Representation;
+}
+
+/// Permission for one principal to have one target. Built only by [`authorize`], which consumes
+/// the target; the admit stage consumes the grant in turn.
+#[derive(Debug)]
+pub struct Grant<'p, T> {
+    principal: &'p Principal,
+    target: T,
     rule: String,
 }
 
-impl Grant {
-    pub fn subject(&self) -> &str {
-        &self.subject
+impl<'p, T> Grant<'p, T> {
+    /// Who was granted it (the principal itself, not copies of its strings).
+    pub fn principal(&self) -> &'p Principal {
+        self.principal
     }
-    pub fn role(&self) -> &str {
-        &self.role
-    }
-    pub fn project(&self) -> Option<&str> {
-        self.project.as_deref()
-    }
-    pub fn source(&self) -> &str {
-        &self.source
-    }
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-    pub fn representation(&self) -> Representation {
-        self.representation
+    pub fn target(&self) -> &T {
+        &self.target
     }
     /// The clauses that allowed it, e.g. `scope local:a/ & project p (local:) & role annotator`.
     pub fn rule(&self) -> &str {
         &self.rule
     }
+    /// The target, for the stage after admission (`plan::resolve`).
+    pub(crate) fn into_target(self) -> T {
+        self.target
+    }
 }
 
 /// Decide. Cheap checks first; the first clause that refuses is reported.
-pub fn authorize(
-    principal: &Principal,
+pub fn authorize<'p, T: Resource>(
+    principal: &'p Principal,
     client: ClientIp,
-    source: &str,
-    key: &str,
-    representation: Representation,
+    target: T,
     policy: &Policy,
-) -> Result<Grant, AuthzError> {
+) -> Result<Grant<'p, T>, AuthzError> {
+    let (source, key, representation) = (target.source(), target.key(), target.representation());
     if let Some(net) = principal.client_binding()
         && !net.contains(&client.addr())
     {
@@ -147,14 +144,11 @@ pub fn authorize(
             format!(" & project {name} ({by})")
         }
     };
+    let rule = format!("scope {scope}{project_rule} & role {}", principal.role());
     Ok(Grant {
-        subject: principal.subject().to_owned(),
-        role: principal.role().to_owned(),
-        project: principal.project().map(str::to_owned),
-        source: source.to_owned(),
-        key: key.to_owned(),
-        representation,
-        rule: format!("scope {scope}{project_rule} & role {}", principal.role()),
+        principal,
+        target,
+        rule,
     })
 }
 

@@ -361,8 +361,7 @@ impl Pipeline {
         span.record("source", target.source());
         facts.source = Some(target.source().to_owned());
         facts.key = Some(target.key().to_owned());
-        let representation = crate::identity::Representation::Original;
-        facts.representation = Some(representation.as_str());
+        facts.representation = Some(target.representation().class().as_str());
         // 2. identity: a token, or a SAML session (its principal and the user's credentials).
         let sessions = match (&self.saml, &snapshot.saml) {
             (Some(state), Some(_)) => Some(identity::Sessions {
@@ -397,31 +396,20 @@ impl Pipeline {
             span.record("project", p);
         }
         // 3. authorize, on the decoded key
-        let grant = authorize::authorize(
-            principal,
-            client,
-            target.source(),
-            target.key(),
-            representation,
-            &snapshot.policy,
-        )
-        .map_err(|e| {
-            let rule = e.rule();
-            span.record("decision", "deny");
-            span.record("rule", rule.as_str());
-            facts.rule = Some(rule);
-            Error::Forbidden(e)
-        })?;
+        let grant =
+            authorize::authorize(principal, client, target, &snapshot.policy).map_err(|e| {
+                let rule = e.rule();
+                span.record("decision", "deny");
+                span.record("rule", rule.as_str());
+                facts.rule = Some(rule);
+                Error::Forbidden(e)
+            })?;
         span.record("decision", "allow");
         span.record("rule", grant.rule());
         facts.rule = Some(grant.rule().to_owned());
         facts.decision = Decision::Allow;
         // 4. admit: rate limits by client address and by subject.
-        let _admitted = self.admission.admit_counted(
-            client.addr(),
-            Some(principal.subject()),
-            &self.metrics,
-        )?;
+        let admitted = admit::admit_grant(self.admission(), client, grant, &self.metrics)?;
         if let Some(open_body) = open_body {
             let within = Duration::from_secs(crate::config::defaults::EMPTY_BODY_WAIT_SECS);
             body::read_to_end_empty(open_body, within)
@@ -432,7 +420,7 @@ impl Pipeline {
                 })?;
         }
         // 5b. plan: only an authorized request learns whether the source exists.
-        let plan = target.plan(&grant, |s| snapshot.sources.contains_key(s))?;
+        let plan = plan::resolve(admitted, |s| snapshot.sources.contains_key(s))?;
         // 7 + 9. fetch and respond
         self.fetch(
             snapshot,

@@ -1,12 +1,15 @@
-//! Stage 5, plan: route and parameters -> [`Plan`]. Decodes the object key exactly once and
-//! refuses anything DESIGN.md "Paths and keys" forbids, before any backend work.
+//! Stage 5, plan: route and parameters -> [`Target`] (5a, parse), then an admitted grant for it
+//! -> [`Plan`] (5b, resolve). Decodes the object key exactly once and refuses anything DESIGN.md
+//! "Paths and keys" forbids, before any backend work. A [`Plan`] is built only from an
+//! [`Admitted`] [`Grant`]: fetching needs one, so nothing is fetched unauthorized or unadmitted.
 
 use std::collections::HashSet;
 
 use percent_encoding::percent_decode;
 
 use crate::config::defaults::MAX_KEY_BYTES;
-use crate::pipeline::authorize::Grant;
+use crate::pipeline::admit::Admitted;
+use crate::pipeline::authorize::{Grant, Resource};
 
 /// Why a request could not be planned (all are the client's fault: 400, or 404 for a route).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,11 +36,31 @@ pub enum PlanError {
     RepeatedParameter,
 }
 
-/// What to serve: a configured source and a validated key. Built only by [`plan_object`].
+/// What a request asks to be served as. Only the object as stored exists today; a derived
+/// representation (IIIF region and size, a video rendition) is a variant carrying its parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Representation {
+    /// The object's bytes as stored (`/o/`).
+    Original,
+}
+
+impl Representation {
+    /// The class authorization decides on (a role's `read_original` / `read_derived`, a token's
+    /// `rep`).
+    pub fn class(&self) -> crate::identity::Representation {
+        match self {
+            Representation::Original => crate::identity::Representation::Original,
+        }
+    }
+}
+
+/// What to serve: a configured source, a validated key and a representation. Built only by
+/// [`resolve`] (and, for benches and unit tests, `plan_object`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     source: String,
     key: String,
+    representation: Representation,
 }
 
 impl Plan {
@@ -47,16 +70,83 @@ impl Plan {
     pub fn key(&self) -> &str {
         &self.key
     }
+    pub fn representation(&self) -> &Representation {
+        &self.representation
+    }
+
+    /// The cache key of this plan's response for one `version` of the object (its ETag, known
+    /// only once the store has answered) read as `partition`.
+    pub fn cache_key(&self, version: &str, partition: Partition) -> CacheKey {
+        CacheKey {
+            source: self.source.clone(),
+            key: self.key.as_bytes().into(),
+            version: version.to_owned(),
+            representation: self.representation.clone(),
+            partition,
+        }
+    }
+}
+
+/// Whose view of the store a response is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Partition {
+    /// Read with the gateway's credentials: the same bytes for everyone the policy admits.
+    Gateway,
+    /// Read with a user's own credentials (a SAML session's): that subject's alone.
+    User(String),
+}
+
+/// What identifies one response for a cache: the source, the key's exact bytes (decoded once,
+/// never normalized), the object's version, the representation and the partition. Nothing caches
+/// yet.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    source: String,
+    key: Box<[u8]>,
+    version: String,
+    representation: Representation,
+    partition: Partition,
+}
+
+impl CacheKey {
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+    pub fn representation(&self) -> &Representation {
+        &self.representation
+    }
+    pub fn partition(&self) -> &Partition {
+        &self.partition
+    }
 }
 
 /// A parsed `/o/{source}/{key...}` request before authorization: the source name as written, the
-/// decoded and validated key, and the decoded `token` query parameter. Built only by
-/// [`parse_object`]; becomes a [`Plan`] only with a [`Grant`] for the same source and key.
+/// decoded and validated key, the representation and the decoded `token` query parameter. Built
+/// only by [`parse_object`]; becomes a [`Plan`] only through [`resolve`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     source: String,
     key: String,
     token: Option<String>,
+    representation: Representation,
+}
+
+impl Resource for Target {
+    fn source(&self) -> &str {
+        &self.source
+    }
+    fn key(&self) -> &str {
+        &self.key
+    }
+    fn representation(&self) -> crate::identity::Representation {
+        self.representation.class()
+    }
 }
 
 impl Target {
@@ -70,25 +160,26 @@ impl Target {
     pub fn token(&self) -> Option<&str> {
         self.token.as_deref()
     }
-
-    /// After authorization: a configured source, or 404. The grant must be for this very
-    /// source and key (it always is when the pipeline built it from this target).
-    pub fn plan(
-        self,
-        grant: &Grant,
-        known_source: impl Fn(&str) -> bool,
-    ) -> Result<Plan, PlanError> {
-        if grant.source() != self.source || grant.key() != self.key {
-            return Err(PlanError::NoRoute);
-        }
-        if !known_source(&self.source) {
-            return Err(PlanError::UnknownSource);
-        }
-        Ok(Plan {
-            source: self.source,
-            key: self.key,
-        })
+    pub fn representation(&self) -> &Representation {
+        &self.representation
     }
+}
+
+/// Stage 5b, after authorization and admission: a configured source, or 404. Only an admitted
+/// request learns whether the source exists.
+pub fn resolve(
+    admitted: Admitted<Grant<'_, Target>>,
+    known_source: impl Fn(&str) -> bool,
+) -> Result<Plan, PlanError> {
+    let target = admitted.into_inner().into_target();
+    if !known_source(&target.source) {
+        return Err(PlanError::UnknownSource);
+    }
+    Ok(Plan {
+        source: target.source,
+        key: target.key,
+        representation: target.representation,
+    })
 }
 
 /// Parse a `/o/{source}/{key...}` request: route, query and key syntax (400s and the route's
@@ -104,11 +195,14 @@ pub fn parse_object(path: &str, query: Option<&str>) -> Result<Target, PlanError
         source: source.to_owned(),
         key,
         token,
+        representation: Representation::Original,
     })
 }
 
-/// Parse and plan without authorization: for benches and unit tests of the parsing rules only;
-/// the pipeline goes through [`parse_object`], `authorize`, then [`Target::plan`].
+/// Parse and plan without authorization: for benches and unit tests of the parsing rules only
+/// (feature `bench`); the pipeline goes through [`parse_object`], `authorize`, `admit`, then
+/// [`resolve`].
+#[cfg(any(test, feature = "bench"))]
 pub fn plan_object(
     path: &str,
     query: Option<&str>,
@@ -121,6 +215,7 @@ pub fn plan_object(
     Ok(Plan {
         source: target.source,
         key: target.key,
+        representation: target.representation,
     })
 }
 
@@ -292,6 +387,22 @@ mod tests {
         assert_eq!(
             plan("/o/local/a", Some("response-content-type=text/html")),
             Err(PlanError::UnknownParameter)
+        );
+    }
+
+    #[test]
+    fn the_cache_key_is_the_exact_key_bytes_version_representation_and_partition() {
+        let plan = plan("/o/local/a%20b//c", None).unwrap();
+        let key = plan.cache_key("\"v1\"", Partition::Gateway);
+        assert_eq!(key.source(), "local");
+        assert_eq!(key.key(), b"a b//c");
+        assert_eq!(key.version(), "\"v1\"");
+        assert_eq!(key.representation(), &Representation::Original);
+        assert_eq!(key.partition(), &Partition::Gateway);
+        assert_ne!(key, plan.cache_key("\"v2\"", Partition::Gateway));
+        assert_ne!(
+            key,
+            plan.cache_key("\"v1\"", Partition::User("alice".to_owned()))
         );
     }
 
