@@ -227,3 +227,50 @@ async fn audit_goes_to_stdout_in_the_embedded_default() {
     let cfg = Config::embedded_default(dir.path()).unwrap();
     assert_eq!(cfg.audit.destination, AuditDestination::Stdout);
 }
+
+/// Regression: a request the network stage refused was audited with `"rule": null`; its record
+/// names the rule that denied it, as the log line does.
+#[tokio::test]
+async fn audit_names_the_rule_of_a_network_denial() {
+    let data = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let log_path = logs.path().join("audit.log");
+    support::write_file(data.path(), "hello.txt", b"hello audit\n");
+    let audit_path = log_path.clone();
+    let mut gw = support::start_gateway_custom(
+        BTreeMap::from([("local".to_string(), support::fs_source(data.path()))]),
+        support::test_limits(),
+        move |config| {
+            identity(config);
+            config.network = bucketgate::config::NetworkConfig {
+                allow: vec![bucketgate::config::network::parse_cidr("127.0.0.0/8").unwrap()],
+                deny: vec![bucketgate::config::network::parse_cidr("127.0.0.1/32").unwrap()],
+                ..bucketgate::config::NetworkConfig::loopback_only()
+            };
+            config.audit.destination = AuditDestination::File {
+                path: audit_path,
+                max_bytes: 1024 * 1024,
+                keep: 2,
+            };
+        },
+    )
+    .await;
+    let bearer = format!("Bearer {}", token(Target::prefix("").unwrap()));
+    let r = gw
+        .raw_exact(
+            Proto::H1,
+            Method::GET,
+            "/o/local/hello.txt",
+            &[("authorization", &bearer)],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    gw.take_gateway().shutdown().await;
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let rec: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(rec["status"], 403, "{rec}");
+    assert_eq!(rec["decision"], "deny", "{rec}");
+    assert_eq!(rec["rule"], "deny 127.0.0.1/32", "{rec}");
+    assert_eq!(rec["client"], "127.0.0.1", "{rec}");
+}

@@ -1,20 +1,26 @@
-//! The request lifecycle. [`Pipeline::handle`] calls the stages in this order; each stage returns a
-//! value only it can build, and a refusal ends the request before any costlier work:
+//! The request lifecycle. [`Pipeline::handle`] parses the [`route::Route`] once, then
+//! `Pipeline::run` calls the stages in this order, one line each; each stage returns a value only
+//! it can build (the next stage consumes it), and a refusal ends the request before any costlier
+//! work:
 //!
 //! | # | stage | here |
 //! |---|---|---|
 //! | 0 | request: one valid `Host` / `:authority` without userinfo (400), a body framing we implement (501) | `request.rs` |
-//! | 1 | network: peer (+ forwarded headers from trusted proxies) -> [`network::ClientIp`] -> allow/deny | `network.rs` |
+//! | 1 | network: peer (+ forwarded headers from trusted proxies) -> [`network::ClientIp`] -> allow/deny, the source's lists on the raw source segment | `network.rs` |
 //! | 1a | `/auth/` routes (SAML login, ACS, session, logout), after the per-address rate limit | `crate::saml::sp` |
 //! | 1b | CORS preflight, answered without a token | `cors.rs` |
-//! | 5a | parse: route, query, key syntax -> [`plan::Target`] (400s; nothing about what exists) | `plan.rs` |
-//! | 2 | identity: the one token or SAML session -> [`crate::identity::Principal`] (401; two tokens: 400) | `identity.rs` |
-//! | 3 | authorize: principal x client x source/key x representation -> [`authorize::Grant`] (403) | `authorize.rs` |
-//! | 4 | admit: rate limits per client address and subject -> [`admit::Admitted`] (429) | `admit.rs` |
-//! | 5b | plan: target + grant -> [`plan::Plan`]; an unknown source is 404 only now | `plan.rs` |
+//! | 5a | parse: query, key syntax, method -> [`plan::Target`] (400s, 405; nothing about what exists) | `route.rs`, `plan.rs` |
+//! | 2 | identity: the one token or SAML session -> [`identity::Authenticated`] (401; two tokens: 400) | `identity.rs` |
+//! | 3 | authorize: principal x client x target -> [`authorize::Grant`] holding both (403) | `authorize.rs` |
+//! | 4 | admit: rate limits per client address and subject -> [`admit::Admitted`]`<Grant>` (429) | `admit.rs` |
+//! | 5b | plan: the admitted grant -> [`plan::Plan`]; an unknown source is 404 only now | `plan.rs` |
 //! | 7 | fetch: metadata, preconditions, range, open the body | `fetch` below, `range.rs` |
-//! | 9 | respond: head + streaming body, CORS headers | `respond.rs`, `cors.rs` |
-//! | 10 | audit: one record per request, written when the body ends or is dropped | `audit.rs` |
+//! | 9 | respond: head + streaming body, CORS headers; an error's status and headers | `respond.rs`, `cors.rs`, `error.rs` |
+//! | 10 | audit: one record per request, written when the body ends or is dropped | `crate::audit` |
+//!
+//! What the stages learn about the request (client, decision, rule, principal, target) goes into
+//! its [`ctx::RequestCtx`], which writes the span and the audit record's facts together.
+//! `bucketgate explain` runs the same stages dry (`explain.rs`).
 //!
 //! The pipeline knows nothing about sockets or TLS (that is `server/`) and never builds backend
 //! clients (that is `app.rs`).
@@ -23,6 +29,7 @@ pub mod admit;
 pub mod authorize;
 pub mod body;
 pub mod cors;
+pub mod ctx;
 pub mod error;
 pub mod identity;
 pub mod network;
@@ -48,11 +55,12 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use tracing::Instrument;
 
-use crate::audit::{AuditLog, AuditedBody, Decision, Facts};
+use crate::audit::{AuditLog, AuditedBody};
 use crate::backend::{AnyBackend, BackendError, Caller, ObjectMeta, Opened, Want};
 use crate::config::Limits;
 use crate::pipeline::error::Error;
 use crate::telemetry::{Metrics, NetworkDecisionLabel, RouteLabel, RouteStatus};
+use ctx::RequestCtx;
 use plan::Plan;
 use range::Answer;
 use respond::{ResponseBody, StreamingBody};
@@ -240,34 +248,15 @@ impl Pipeline {
         B: Body,
     {
         let started = Instant::now();
-        let request_id = uuid::Uuid::new_v4().simple().to_string();
         let route = Route::parse(req.method(), req.uri().path(), req.uri().query());
-        let label = route.label();
-        let span = tracing::info_span!(
-            "request",
-            request_id = %request_id,
-            method = %req.method(),
-            route = label,
-            peer = %conn.peer,
-            client = tracing::field::Empty,
-            decision = tracing::field::Empty,
-            rule = tracing::field::Empty,
-            source = tracing::field::Empty,
-            subject = tracing::field::Empty,
-            role = tracing::field::Empty,
-            project = tracing::field::Empty,
-            status = tracing::field::Empty,
-        );
-        let audit = self.audit.begin(request_id.clone(), started);
-        let mut facts = Facts::new(conn.peer.ip().to_canonical(), req.method(), label);
+        let mut ctx = RequestCtx::new(req.method(), route.label(), conn.peer);
+        let span = ctx.span().clone();
+        let audit = self.audit.begin(ctx.request_id().to_owned(), started);
         async move {
             let snapshot = self.snapshot();
             let (req, body) = req.into_parts();
             let mut close = false;
-            let mut resp = match self
-                .run(&snapshot, &req, body, conn, route, &mut facts)
-                .await
-            {
+            let mut resp = match self.run(&snapshot, &req, body, conn, route, &mut ctx).await {
                 Ok(resp) => resp,
                 Err(err) => {
                     error::log(&err);
@@ -278,7 +267,7 @@ impl Pipeline {
                         self.metrics.upstream_error(source_name, kind);
                     }
                     close = err.closes_connection();
-                    respond::error_response(&err, &request_id)
+                    respond::error_response(&err, ctx.request_id())
                 }
             };
             // A HEAD response never has a body. hyper drops it for http/1.1 but sends it as DATA
@@ -287,25 +276,23 @@ impl Pipeline {
             if req.method == Method::HEAD {
                 *resp.body_mut() = respond::empty();
             }
-            respond::security_headers(resp.headers_mut(), &request_id);
+            respond::security_headers(resp.headers_mut(), ctx.request_id());
             respond::strict_transport_security(resp.headers_mut(), &snapshot.hsts);
             if close {
                 respond::close_after(resp.headers_mut(), req.version);
             }
             cors::apply(&snapshot.cors, &req.headers, resp.headers_mut());
             let status = resp.status().as_u16();
-            tracing::Span::current().record("status", status);
+            let route = ctx.route();
             self.metrics
                 .requests
-                .get_or_create(&RouteStatus {
-                    route: label,
-                    status,
-                })
+                .get_or_create(&RouteStatus { route, status })
                 .inc();
             self.metrics
                 .request_duration
-                .get_or_create(&RouteLabel { route: label })
+                .get_or_create(&RouteLabel { route })
                 .observe(started.elapsed().as_secs_f64());
+            let facts = ctx.finish(status);
             // 10. audit: the record is written when the body is done (or dropped), once.
             match audit {
                 Some(mut pending) => {
@@ -319,6 +306,7 @@ impl Pipeline {
         .await
     }
 
+    /// The stages, in the order of the table at the top of this file.
     async fn run<B: Body>(
         &self,
         snapshot: &Snapshot,
@@ -326,44 +314,44 @@ impl Pipeline {
         body: B,
         conn: ConnInfo,
         route: Route,
-        facts: &mut Facts,
+        ctx: &mut RequestCtx,
     ) -> Result<Response<ResponseBody>, Error> {
-        let label = route.label();
-        // 0. request: a message the protocol calls invalid reaches no other stage.
-        request::check(req).inspect_err(|_| {
-            let span = tracing::Span::current();
-            span.record("decision", "malformed");
-            span.record("rule", "request");
-            facts.rule = Some("request".to_owned());
-        })?;
-        // 1. network: before any identity, key or backend work. The source's own lists apply
-        // here already, read from the raw path without decoding the key.
-        let client = self.network_stage(snapshot, req, &route, conn)?;
-        facts.client = client.addr();
+        request::check(req).inspect_err(|_| ctx.malformed(Some("request")))?;
+        let client = self.network_stage(snapshot, req, &route, conn, ctx)?;
         let object = match route {
-            // 1a. SAML routes: their own rate limit (per address; there is no subject yet) and
-            // their own statuses.
-            Route::Auth => return self.auth(snapshot, req, body, client, facts).await,
-            // 1b. A CORS preflight carries no credentials: answered here, before identity.
+            Route::Auth => return self.auth(snapshot, req, body, client, ctx).await,
             Route::Object(_) if cors::is_preflight(&req.method, &req.headers) => {
                 return cors::preflight(&snapshot.cors, &req.headers);
             }
             Route::Object(object) => object,
             Route::NotFound => return Err(Error::Plan(plan::PlanError::NoRoute)),
         };
-        // 5a. parse: query and key syntax, then the method. 400s here reveal nothing about what
-        // exists; the source name is checked only after authorization.
         let (target, head_only) = object.into_target()?;
-        // A body the framing declares is refused now; one it leaves open is read after the
-        // rate limits (stage 4), so that only an admitted request waits for it.
         let open_body = body::framing(body).map_err(|_| Error::BodyNotAllowed)?;
-        let span = tracing::Span::current();
-        span.record("source", target.source());
-        facts.source = Some(target.source().to_owned());
-        facts.key = Some(target.key().to_owned());
-        facts.representation = Some(target.representation().class().as_str());
-        // 2. identity: a token, or a SAML session (its principal and the user's credentials).
-        let sessions = match (&self.saml, &snapshot.saml) {
+        ctx.target(&target);
+        let authenticated = self.identify(snapshot, &req.headers, &target, ctx).await?;
+        let grant =
+            authorize::authorize(authenticated.principal(), client, target, &snapshot.policy)
+                .inspect_err(|e| ctx.deny(e.rule()))
+                .map_err(Error::Forbidden)?;
+        ctx.allow(grant.rule());
+        let admitted = admit::admit_grant(self.admission(), client, grant, &self.metrics)?;
+        wait_for_empty_body(open_body).await?;
+        let plan = plan::resolve(admitted, |s| snapshot.sources.contains_key(s))?;
+        let user = authenticated.user_credentials();
+        self.fetch(snapshot, &req.headers, &plan, head_only, ctx.route(), user)
+            .await
+    }
+
+    /// Stage 2: a token, or a SAML session (its principal and the user's credentials).
+    async fn identify(
+        &self,
+        snapshot: &Snapshot,
+        headers: &http::HeaderMap,
+        target: &plan::Target,
+        ctx: &mut RequestCtx,
+    ) -> Result<identity::Authenticated, Error> {
+        let sessions = match (self.saml(), &snapshot.saml) {
             (Some(state), Some(_)) => Some(identity::Sessions {
                 store: state.sessions(),
                 cookie_name: crate::saml::sp::SESSION_COOKIE,
@@ -374,104 +362,45 @@ impl Pipeline {
         let authenticated = identity::authenticate_request(
             snapshot.identity.as_deref(),
             sessions,
-            &req.headers,
+            headers,
             target.token(),
             crate::identity::unix_now(),
         )
         .await
-        .map_err(|e| {
-            span.record("decision", "deny");
-            span.record("rule", "identity");
-            facts.rule = Some("identity".to_owned());
-            Error::Identity(e)
-        })?;
-        let principal = authenticated.principal();
-        facts.token_hash = Some(authenticated.token_hash().to_owned());
-        facts.subject = Some(principal.subject().to_owned());
-        facts.role = Some(principal.role().to_owned());
-        facts.project = principal.project().map(str::to_owned);
-        span.record("subject", principal.subject());
-        span.record("role", principal.role());
-        if let Some(p) = principal.project() {
-            span.record("project", p);
-        }
-        // 3. authorize, on the decoded key
-        let grant =
-            authorize::authorize(principal, client, target, &snapshot.policy).map_err(|e| {
-                let rule = e.rule();
-                span.record("decision", "deny");
-                span.record("rule", rule.as_str());
-                facts.rule = Some(rule);
-                Error::Forbidden(e)
-            })?;
-        span.record("decision", "allow");
-        span.record("rule", grant.rule());
-        facts.rule = Some(grant.rule().to_owned());
-        facts.decision = Decision::Allow;
-        // 4. admit: rate limits by client address and by subject.
-        let admitted = admit::admit_grant(self.admission(), client, grant, &self.metrics)?;
-        if let Some(open_body) = open_body {
-            let within = Duration::from_secs(crate::config::defaults::EMPTY_BODY_WAIT_SECS);
-            body::read_to_end_empty(open_body, within)
-                .await
-                .map_err(|e| match e {
-                    body::NotEmpty::Timeout => Error::BodyTimeout,
-                    body::NotEmpty::Data | body::NotEmpty::Broken => Error::BodyNotAllowed,
-                })?;
-        }
-        // 5b. plan: only an authorized request learns whether the source exists.
-        let plan = plan::resolve(admitted, |s| snapshot.sources.contains_key(s))?;
-        // 7 + 9. fetch and respond
-        self.fetch(
-            snapshot,
-            &req.headers,
-            &plan,
-            head_only,
-            label,
-            authenticated.user_credentials(),
-        )
-        .await
+        .inspect_err(|_| ctx.deny("identity"))
+        .map_err(Error::Identity)?;
+        ctx.authenticated(&authenticated);
+        Ok(authenticated)
     }
 
-    /// Stage 1a: the SAML service provider's routes. Fills the audit facts it can.
+    /// Stage 1a: the SAML service provider's routes, after their own rate limit (per address;
+    /// there is no subject yet). Fills the audit facts it can.
     async fn auth<B: Body>(
         &self,
         snapshot: &Snapshot,
         req: &http::request::Parts,
         body: B,
         client: network::ClientIp,
-        facts: &mut Facts,
+        ctx: &mut RequestCtx,
     ) -> Result<Response<ResponseBody>, Error> {
         use crate::saml::sp::{self, AuthAudit, SpError};
         let _admitted = self
-            .admission
+            .admission()
             .admit_counted(client.addr(), None, &self.metrics)?;
         let state = self
-            .saml
-            .as_deref()
+            .saml()
+            .map(Arc::as_ref)
             .ok_or(Error::Saml(SpError::NotConfigured))?;
         let mut audit = AuthAudit::default();
         let result = sp::handle(snapshot.saml.as_deref(), state, req, body, &mut audit).await;
-        let span = tracing::Span::current();
-        if let Some(subject) = &audit.subject {
-            span.record("subject", subject.as_str());
-        }
-        if let Some(role) = &audit.role {
-            span.record("role", role.as_str());
-        }
-        if let Some(project) = &audit.project {
-            span.record("project", project.as_str());
-        }
-        facts.subject = audit.subject;
-        facts.role = audit.role;
-        facts.project = audit.project;
+        ctx.who(
+            audit.subject.as_deref(),
+            audit.role.as_deref(),
+            audit.project.as_deref(),
+        );
         match result {
             Ok(resp) => {
-                let rule = audit.rule.unwrap_or("saml");
-                span.record("decision", "allow");
-                span.record("rule", rule);
-                facts.decision = Decision::Allow;
-                facts.rule = Some(rule.to_owned());
+                ctx.allow(audit.rule.unwrap_or("saml"));
                 Ok(resp.map(|b| {
                     http_body_util::Full::new(b)
                         .map_err(|never| match never {})
@@ -479,28 +408,27 @@ impl Pipeline {
                 }))
             }
             Err(e) => {
-                span.record("decision", "deny");
-                span.record("rule", e.label());
-                facts.rule = Some(e.label().to_owned());
+                ctx.deny(e.label());
                 Err(Error::Saml(e))
             }
         }
     }
 
-    /// Stage 1: the client address, then the global and per-source lists. Records the decision
-    /// in the request span and the metrics.
+    /// Stage 1: the client address, then the global and per-source lists (the source segment as
+    /// written: no key work before this stage). Records the decision in the request context and
+    /// the metrics.
     fn network_stage(
         &self,
         snapshot: &Snapshot,
         req: &http::request::Parts,
         route: &Route,
         conn: ConnInfo,
+        ctx: &mut RequestCtx,
     ) -> Result<network::ClientIp, Error> {
-        let span = tracing::Span::current();
         let client = match network::client_ip(conn.peer, &req.headers, &snapshot.network) {
             Ok(client) => client,
             Err(e) => {
-                span.record("decision", "malformed");
+                ctx.malformed(None);
                 self.metrics
                     .network_decisions
                     .get_or_create(&NetworkDecisionLabel {
@@ -511,12 +439,10 @@ impl Pipeline {
                 return Err(e.into());
             }
         };
+        ctx.client(client);
         let decision = snapshot
             .network
             .decide(client.addr(), route.network_source());
-        span.record("client", tracing::field::display(client));
-        span.record("decision", if decision.allowed { "allow" } else { "deny" });
-        span.record("rule", tracing::field::display(&decision.rule));
         self.metrics
             .network_decisions
             .get_or_create(&NetworkDecisionLabel {
@@ -525,8 +451,10 @@ impl Pipeline {
             })
             .inc();
         if decision.allowed {
+            ctx.passed_network(&decision.rule);
             Ok(client)
         } else {
+            ctx.deny(&decision.rule);
             Err(Error::NetworkDenied {
                 rule: decision.rule,
             })
@@ -610,4 +538,19 @@ impl Pipeline {
                 .map_err(Error::Internal);
         }
     }
+}
+
+/// A body the framing left open (an h2 stream, a chunked body) must end, empty, in time: read
+/// only after the rate limits, so that only an admitted request waits for it.
+async fn wait_for_empty_body<B: Body>(open_body: Option<B>) -> Result<(), Error> {
+    let Some(open_body) = open_body else {
+        return Ok(());
+    };
+    let within = Duration::from_secs(crate::config::defaults::EMPTY_BODY_WAIT_SECS);
+    body::read_to_end_empty(open_body, within)
+        .await
+        .map_err(|e| match e {
+            body::NotEmpty::Timeout => Error::BodyTimeout,
+            body::NotEmpty::Data | body::NotEmpty::Broken => Error::BodyNotAllowed,
+        })
 }
