@@ -5,7 +5,6 @@
 //! unbuildable source fails before any port is bound), then bind both listeners, then serve.
 //! Shutdown: cancel the token; both listeners stop accepting and drain within the grace period.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,19 +16,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::Admin;
 use crate::audit::{AuditError, AuditLog, WriterDone};
-use crate::backend::fs::FsBackend;
-use crate::backend::s3::S3Backend;
-use crate::backend::{AnyBackend, BackendError};
+use crate::config::Config;
 use crate::config::defaults::AUDIT_FLUSH_TIMEOUT_SECS;
-use crate::config::{Config, S3Credentials, SourceConfig};
 use crate::credentials::Delegations;
+use crate::identity::IdentitySetupError;
 use crate::identity::revocation::{RevocationError, Revocations};
-use crate::identity::{Identity, IdentitySetupError};
+use crate::pipeline::Pipeline;
 use crate::pipeline::admit::{Admission, AdmitClock};
-use crate::pipeline::authorize::Policy;
-use crate::pipeline::cors::Cors;
-use crate::pipeline::network::NetworkPolicy;
-use crate::pipeline::{Pipeline, Snapshot};
+use crate::pipeline::snapshot::build_snapshot;
 use crate::reload::{self, Control, FileWatcher, ReloadError, Trigger};
 use crate::server::per_ip::PerIpConnections;
 use crate::server::tls::{LiveTls, LoadedTls, TlsError};
@@ -40,19 +34,9 @@ use crate::telemetry::Metrics;
 pub enum StartError {
     #[error("setting up TLS")]
     Tls(#[from] TlsError),
-    #[error("source {name}: cannot open {root}")]
-    FsSource {
-        name: String,
-        root: PathBuf,
-        #[source]
-        source: BackendError,
-    },
-    #[error("source {name}: cannot build the S3 client")]
-    S3Source {
-        name: String,
-        #[source]
-        source: BackendError,
-    },
+    /// Building the live parts of the config (sources, identity).
+    #[error(transparent)]
+    Snapshot(#[from] crate::pipeline::snapshot::SnapshotError),
     #[error("loading the persisted admin state")]
     State(#[from] crate::reload::lists::StateError),
     #[error("starting the audit log")]
@@ -99,75 +83,6 @@ pub struct StartOptions {
     /// The clock of delegated-role credential expiry, SAML assertion checks and SAML session
     /// expiry; `None`: the system clock.
     pub credentials_clock: Option<Arc<dyn crate::credentials::Clock>>,
-}
-
-/// Build every live part a request needs from a config. Used at start and by every reload, so a
-/// reload validates exactly what a start would.
-pub async fn build_snapshot(
-    config: &Config,
-    revocations: &Arc<Revocations>,
-    delegations: &Arc<Delegations>,
-) -> Result<Snapshot, StartError> {
-    let mut sources = HashMap::new();
-    for (name, source) in &config.sources {
-        let backend = match source {
-            SourceConfig::Fs(fs) => {
-                AnyBackend::Fs(
-                    FsBackend::new(&fs.root).map_err(|source| StartError::FsSource {
-                        name: name.clone(),
-                        root: fs.root.clone(),
-                        source,
-                    })?,
-                )
-            }
-            SourceConfig::S3(s3) => {
-                // A delegated role's cache outlives the snapshot (see `Delegations`).
-                let delegated = match &s3.credentials {
-                    S3Credentials::AssumeRole(role) => Some(delegations.get(&config.sts, role)),
-                    _ => None,
-                };
-                AnyBackend::S3(
-                    S3Backend::with_delegated(s3, &config.limits, delegated)
-                        .await
-                        .map_err(|source| StartError::S3Source {
-                            name: name.clone(),
-                            source,
-                        })?,
-                )
-            }
-        };
-        sources.insert(name.clone(), backend);
-    }
-    // The JWKS is fetched once here; a failure is logged and retried on an unknown kid.
-    let identity = match &config.identity {
-        Some(ic) => {
-            let identity = Identity::new(ic, Arc::clone(revocations))?;
-            identity.load_jwks().await;
-            Some(Arc::new(identity))
-        }
-        None => {
-            tracing::warn!("no [identity] in the config: every object request is refused (401)");
-            None
-        }
-    };
-    Ok(Snapshot::new(
-        sources,
-        config.limits.clone(),
-        NetworkPolicy::compile(&config.network),
-    )
-    .with_access(
-        identity,
-        Policy::new(config.roles.clone(), config.projects.clone()),
-    )
-    .with_cors(Cors::new(&config.cors))
-    .with_hsts(&config.listener.hsts)
-    .with_saml(config.saml.as_ref().map(|saml| {
-        Arc::new(crate::saml::sp::ServiceProvider::new(
-            saml,
-            &config.projects,
-            crate::credentials::sts::StsClient::new(&config.sts),
-        ))
-    })))
 }
 
 impl Gateway {

@@ -22,8 +22,9 @@
 //! its [`ctx::RequestCtx`], which writes the span and the audit record's facts together.
 //! `bucketgate explain` runs the same stages dry (`explain.rs`).
 //!
-//! The pipeline knows nothing about sockets or TLS (that is `server/`) and never builds backend
-//! clients (that is `app.rs`).
+//! The pipeline knows nothing about sockets or TLS (that is `server/`). It builds backend and STS
+//! clients only in `snapshot.rs`, from a config, at start and on reload; `app.rs` wires the
+//! long-lived parts.
 
 pub mod admit;
 pub mod authorize;
@@ -38,12 +39,12 @@ pub mod range;
 pub mod request;
 pub mod respond;
 pub mod route;
+pub mod snapshot;
 
 /// The error-chain printer lives with the logging setup, so lower modules need not import
 /// the pipeline for it.
 pub use crate::telemetry::ErrorChain;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,8 +57,7 @@ use http_body_util::BodyExt;
 use tracing::Instrument;
 
 use crate::audit::{AuditLog, AuditedBody};
-use crate::backend::{AnyBackend, BackendError, Caller, ObjectMeta, Opened, Want};
-use crate::config::Limits;
+use crate::backend::{BackendError, Caller, ObjectMeta, Opened, Want};
 use crate::pipeline::error::Error;
 use crate::telemetry::{Metrics, NetworkDecisionLabel, RouteLabel, RouteStatus};
 use ctx::RequestCtx;
@@ -65,6 +65,7 @@ use plan::Plan;
 use range::Answer;
 use respond::{ResponseBody, StreamingBody};
 use route::Route;
+pub use snapshot::Snapshot;
 
 /// What the server knows about the connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -83,88 +84,6 @@ impl ConnInfo {
             peer,
             proxied_by: None,
         }
-    }
-}
-
-/// The live parts built from one config snapshot by `app.rs`. A request loads the current
-/// snapshot once and uses it for every stage, so a reload never splits a request across two
-/// configurations.
-pub struct Snapshot {
-    sources: HashMap<String, AnyBackend>,
-    limits: Limits,
-    network: network::NetworkPolicy,
-    cors: cors::Cors,
-    /// `None`: no `[identity]`, every object request is 401 (fail closed).
-    identity: Option<Arc<crate::identity::Identity>>,
-    policy: authorize::Policy,
-    /// `None`: no `[saml]`; the `/auth/` routes are 404 and session cookies are not read.
-    saml: Option<Arc<crate::saml::sp::ServiceProvider>>,
-    /// `Strict-Transport-Security` on every response (`[listener] hsts_*`).
-    hsts: http::HeaderValue,
-}
-
-impl Snapshot {
-    pub fn new(
-        sources: HashMap<String, AnyBackend>,
-        limits: Limits,
-        network: network::NetworkPolicy,
-    ) -> Snapshot {
-        Snapshot {
-            sources,
-            limits,
-            network,
-            cors: cors::Cors::disabled(),
-            identity: None,
-            policy: authorize::Policy::default(),
-            saml: None,
-            hsts: respond::hsts_value(&crate::config::HstsConfig::default()),
-        }
-    }
-
-    /// Send `Strict-Transport-Security` as `config` says (default: one year, no
-    /// `includeSubDomains`, no `preload`).
-    pub fn with_hsts(mut self, config: &crate::config::HstsConfig) -> Snapshot {
-        self.hsts = respond::hsts_value(config);
-        self
-    }
-
-    /// Serve the SAML service provider of `[saml]` (default: none). Sessions outlive snapshots
-    /// (they are the pipeline's); what a new session may become is this snapshot's.
-    pub fn with_saml(mut self, saml: Option<Arc<crate::saml::sp::ServiceProvider>>) -> Snapshot {
-        self.saml = saml;
-        self
-    }
-
-    /// Verify tokens with `identity` and decide with `policy` (default: no identity, so every
-    /// object request is refused with 401). Part of the snapshot, so a reload that drops a key
-    /// revokes its tokens at once.
-    pub fn with_access(
-        mut self,
-        identity: Option<Arc<crate::identity::Identity>>,
-        policy: authorize::Policy,
-    ) -> Snapshot {
-        self.identity = identity;
-        self.policy = policy;
-        self
-    }
-
-    /// Answer CORS for the configured origins (default: none).
-    pub fn with_cors(mut self, cors: cors::Cors) -> Snapshot {
-        self.cors = cors;
-        self
-    }
-
-    /// The compiled network policy (stage 1, and the PROXY protocol peers for the listener).
-    pub fn network(&self) -> &network::NetworkPolicy {
-        &self.network
-    }
-
-    pub fn sources(&self) -> impl Iterator<Item = (&String, &AnyBackend)> {
-        self.sources.iter()
-    }
-
-    pub fn limits(&self) -> &Limits {
-        &self.limits
     }
 }
 

@@ -24,10 +24,11 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use subtle::ConstantTimeEq;
 use tokio::sync::Mutex;
 
-use crate::app::{StartError, build_snapshot};
+use crate::app::StartError;
 use crate::config::{self, Config, ConfigErrors};
 use crate::credentials::Delegations;
 use crate::identity::revocation::Revocations;
+use crate::pipeline::snapshot::build_snapshot;
 use crate::pipeline::{ErrorChain, Pipeline};
 use crate::server::per_ip::PerIpConnections;
 use crate::server::tls::{self, LiveTls, LoadedTls, TlsError};
@@ -244,7 +245,9 @@ impl Control {
         // Read every time, whether or not the config changed: renewals rewrite the files. Two
         // small PEM files, read inline like the key files `build_snapshot` reads.
         let tls = LoadedTls::load(&effective.listener.tls).map_err(ReloadError::Tls)?;
-        let snapshot = build_snapshot(&effective, &self.revocations, &self.delegations).await?;
+        let snapshot = build_snapshot(&effective, &self.revocations, &self.delegations)
+            .await
+            .map_err(StartError::from)?;
         let old = &*current;
         if old.listener.addr != effective.listener.addr || old.admin.addr != effective.admin.addr {
             tracing::warn!("listener addresses changed in the config; they apply after a restart");
@@ -318,7 +321,9 @@ impl Control {
         }
         let mut effective = current.clone();
         after.apply_to(&mut effective);
-        let snapshot = build_snapshot(&effective, &self.revocations, &self.delegations).await?;
+        let snapshot = build_snapshot(&effective, &self.revocations, &self.delegations)
+            .await
+            .map_err(StartError::from)?;
         let state_dir = effective.admin.state_dir.clone();
         let to_store = after.clone();
         tokio::task::spawn_blocking(move || lists::store_state(&state_dir, &to_store))
