@@ -18,6 +18,7 @@
 //! plain call; `build_client` is what each new set costs once).
 
 #[path = "../tests/support/s3.rs"]
+#[allow(dead_code)] // the integration tests use the rest of it
 mod s3;
 
 use std::convert::Infallible;

@@ -2,15 +2,15 @@
 //! persisted state (atomic, survives a restart).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::support::{TestGateway, fs_source, start_gateway_opts, test_limits};
 use bucketgate::StartOptions;
 use bucketgate::config::Secret;
 use bucketgate::reload::lists::{NetworkLists, STATE_FILE};
-use support::{TestGateway, fs_source, start_gateway_opts, test_limits};
 
 const TOKEN: &str = "test-admin-token-0123456789";
 

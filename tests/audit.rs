@@ -2,11 +2,12 @@
 //! bodies, with the bytes actually sent, and never the token itself.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 
+use crate::support::{Proto, TestGateway};
 use bucketgate::audit::token_hash;
 use bucketgate::config::{AuditDestination, Config, Secret};
 use bucketgate::tokens::{Grant, Signer, Target, Ttl};
@@ -15,7 +16,6 @@ use http::{Method, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
-use support::{Proto, TestGateway};
 
 const BIG_BYTES: usize = 32 * 1024 * 1024;
 

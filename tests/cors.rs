@@ -3,16 +3,16 @@
 //! h1 and h2 (a browser is not needed to check headers).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
+use crate::support::{Proto, RawResponse, TestGateway};
 use bucketgate::config::{Config, CorsConfig, Secret};
 use bucketgate::tokens::{Grant, Signer, Target, Ttl};
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use support::{Proto, RawResponse, TestGateway};
 
 const ORIGIN: &str = "https://label.example.com";
 

@@ -4,12 +4,15 @@
 //! moto with IAM enforced (the role's policy decides) and a counting proxy in front of STS.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::TestGateway;
+use crate::support::logs::CapturedLogs;
+use crate::support::sts::{MotoIam, ProxyMode, Trust};
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use bucketgate::StartOptions;
 use bucketgate::config::{
@@ -17,9 +20,6 @@ use bucketgate::config::{
 };
 use bucketgate::credentials::{DelegatedCredentials, ManualClock, StsClient, StsError};
 use http::StatusCode;
-use support::TestGateway;
-use support::logs::CapturedLogs;
-use support::sts::{MotoIam, ProxyMode, Trust};
 
 const BUCKET: &str = "delegated";
 const EXTERNAL_ID: &str = "ext-7f3a";

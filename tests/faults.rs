@@ -11,20 +11,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::support::logs::CapturedLogs;
+use crate::support::origin::{self, Mode, Origin};
+use crate::support::{Proto, TestGateway};
 use bucketgate::config::{Limits, SourceConfig};
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::logs::CapturedLogs;
-use support::origin::{self, Mode, Origin};
-use support::{Proto, TestGateway};
 use tokio::task::JoinHandle;
 
 const HELLO: &[u8] = b"still serving\n";

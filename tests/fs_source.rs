@@ -4,13 +4,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use std::os::unix::fs::symlink;
 use std::path::Path;
 
+use crate::support::{Proto, TestGateway, pattern_bytes, write_file};
 use http::StatusCode;
-use support::{Proto, TestGateway, pattern_bytes, write_file};
 
 const SRC: &str = "data";
 

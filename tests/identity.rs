@@ -4,7 +4,7 @@
 //! scope escapes, `cip` and `rep` bindings, revocation through the admin API (persisted across a
 //! restart), a removed key, and JWKS rotation served by a real HTTPS server.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::{TEST_AUDIENCE, TEST_SECRET, TestGateway, now};
 use base64::Engine;
 use bucketgate::config::{
     Config, IdentityConfig, JwksConfig, KeyAlg, KeyConfig, KeyMaterial, ProjectConfig, RoleConfig,
@@ -22,7 +23,6 @@ use bucketgate::identity::Scope;
 use http::StatusCode;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use support::{TEST_AUDIENCE, TEST_SECRET, TestGateway, now};
 use tempfile::TempDir;
 
 const ISSUER: &str = "https://app.example.com";

@@ -5,14 +5,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 
+use crate::support::{Proto, TestGateway, encode_key, pattern_bytes};
 use bucketgate::config::SourceConfig;
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
-use support::{Proto, TestGateway, encode_key, pattern_bytes};
 
 /// The source name every backend is configured under.
 const SRC: &str = "data";

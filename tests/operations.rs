@@ -12,16 +12,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::support::origin::{self, Mode, Origin};
+use crate::support::s3::S3sFs;
+use crate::support::{Proto, TestGateway};
 use bucketgate::config::{Limits, SourceConfig};
 use http::StatusCode;
-use support::origin::{self, Mode, Origin};
-use support::s3::S3sFs;
-use support::{Proto, TestGateway};
 
 // --- a small Prometheus / OpenMetrics text parser ----------------------------------------------
 

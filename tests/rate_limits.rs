@@ -2,17 +2,17 @@
 //! open connections per client address.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use crate::support::{TestGateway, fs_source, start_gateway_opts, test_limits, test_rate_limits};
 use bucketgate::StartOptions;
 use bucketgate::config::RateLimits;
 use bucketgate::pipeline::admit::{Admission, AdmitClock, LimitKind};
 use governor::clock::FakeRelativeClock;
-use support::{TestGateway, fs_source, start_gateway_opts, test_limits, test_rate_limits};
 use tokio::net::{TcpSocket, TcpStream};
 
 fn metric(gw: &TestGateway, series: &str) -> u64 {

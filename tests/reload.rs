@@ -2,7 +2,7 @@
 //! symlink swap seen by the file watcher, and the admin API, while clients keep requesting.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::{Proto, TestGateway};
 use bucketgate::StartOptions;
 use bucketgate::reload::{FileWatcher, ReloadError, Trigger};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{Proto, TestGateway};
 
 const TOKEN: &str = "reload-test-admin-token";
 const BOTH: &[&str] = &["127.0.0.1/32", "127.0.0.2/32"];

@@ -6,14 +6,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::support::{Proto, TestGateway, fs_source, start_gateway_tweaked, test_limits};
 use bytes::Bytes;
 use http::StatusCode;
-use support::{Proto, TestGateway, fs_source, start_gateway_tweaked, test_limits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const HELLO: &[u8] = b"hello from the request tests\n";

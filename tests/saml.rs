@@ -6,12 +6,16 @@
 //! gateway must decide before it asks.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::TestGateway;
+use crate::support::logs::CapturedLogs;
+use crate::support::saml::TestIdp;
+use crate::support::sts::{MotoIam, ProxyMode, Trust};
 use base64::Engine as _;
 use bucketgate::StartOptions;
 use bucketgate::config::{
@@ -24,10 +28,6 @@ use bucketgate::saml::sp::{LOGIN_COOKIE, SESSION_COOKIE, SIGN_IN_AGAIN};
 use http::StatusCode;
 use http::header::{CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use serde_json::{Value, json};
-use support::TestGateway;
-use support::logs::CapturedLogs;
-use support::saml::TestIdp;
-use support::sts::{MotoIam, ProxyMode, Trust};
 
 const BUCKET: &str = "assets";
 const SP_ENTITY_ID: &str = "https://gateway.test/saml";

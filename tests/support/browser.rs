@@ -168,16 +168,6 @@ impl Browser {
         .to_owned()
     }
 
-    /// Run an async script: the last argument is the callback to resolve with.
-    pub async fn execute_async(&self, script: &str, args: Value) -> Value {
-        self.call(
-            reqwest::Method::POST,
-            "/execute/async",
-            Some(json!({ "script": script, "args": args })),
-        )
-        .await
-    }
-
     pub async fn execute(&self, script: &str, args: Value) -> Value {
         self.call(
             reqwest::Method::POST,

@@ -1,8 +1,8 @@
 //! Shared helpers for the integration tests: a gateway on `127.0.0.1:0` with a development
 //! certificate in a tempdir, clients that trust it (reqwest for ordinary requests, raw hyper for
 //! paths a URL parser would normalize, tokio-rustls for the listener's TLS edge cases), and small
-//! polling helpers. Every test file does `mod support;` and uses what it needs.
-#![allow(dead_code)]
+//! polling helpers. The integration binary (tests/tests.rs) declares `mod support;`; each test file
+//! does `use crate::support::...`.
 
 pub mod browser;
 pub mod logs;
@@ -145,7 +145,8 @@ pub fn token_for_sources<'a>(sources: impl IntoIterator<Item = &'a String>) -> S
 /// A running gateway plus everything it needs kept alive (its certificate directory).
 pub struct TestGateway {
     gateway: Option<Gateway>,
-    tls_dir: TempDir,
+    /// The development certificate's directory, removed on drop.
+    _tls_dir: TempDir,
     cert: CertificateDer<'static>,
     cert_pem: Vec<u8>,
     data_addr: SocketAddr,
@@ -261,7 +262,7 @@ pub async fn start_gateway_from(
         data_addr: gateway.data_addr(),
         admin_addr: gateway.admin_addr(),
         gateway: Some(gateway),
-        tls_dir,
+        _tls_dir: tls_dir,
         cert,
         cert_pem,
         token,
@@ -305,10 +306,6 @@ impl TestGateway {
 
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{}", self.admin_addr, path)
-    }
-
-    pub fn cert_pem(&self) -> &[u8] {
-        &self.cert_pem
     }
 
     /// The token the clients add (whole-source scope, role owner).
@@ -607,4 +604,36 @@ pub async fn read_until_closed<R: tokio::io::AsyncRead + Unpin>(
     .await
     .is_ok();
     (out, closed)
+}
+
+/// Names the one test a child process of [`alone_in_child_process`] runs.
+const ALONE_ENV: &str = "BUCKETGATE_TEST_ALONE";
+
+/// For a test that changes or measures process-wide state (RLIMIT_NOFILE, RSS): the tests of
+/// this binary run in parallel threads of one process, so such a test runs alone in a child
+/// process of the same binary. `name` is the test's path as the harness lists it
+/// (`file::test_name`).
+///
+/// In the child (which the env var marks) this returns `true`: the test goes on. In the parent it
+/// runs the binary again with `name --exact`, panics with the child's output unless exactly that
+/// one test passed there, and returns `false`: the test returns at once.
+pub fn alone_in_child_process(name: &str) -> bool {
+    if std::env::var_os(ALONE_ENV).is_some_and(|v| v == name) {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out = std::process::Command::new(exe)
+        .args([name, "--exact", "--test-threads=1", "--nocapture"])
+        .env(ALONE_ENV, name)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run the test binary again");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "{name} in a child process: {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    false
 }

@@ -9,7 +9,7 @@
 //!
 //! Both are filled through the S3 API with [`client`], so keys travel the same encoding path as
 //! the gateway's reads.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener as StdTcpListener, TcpStream as StdTcpStream};
@@ -170,8 +170,8 @@ impl s3s::auth::S3Auth for OneKey {
 pub struct S3sFs {
     /// `http://127.0.0.1:PORT`
     pub endpoint: String,
-    /// Where s3s-fs keeps buckets (one directory each) and objects (files).
-    pub root: TempDir,
+    /// Where s3s-fs keeps buckets (one directory each) and objects (files); removed on drop.
+    _root: TempDir,
     pub access_key: String,
     pub secret_key: String,
     /// A client with the right credentials, for filling buckets.
@@ -215,7 +215,7 @@ impl S3sFs {
         let client = client(&endpoint, access_key, secret_key);
         S3sFs {
             endpoint,
-            root,
+            _root: root,
             access_key: access_key.to_string(),
             secret_key: secret_key.to_string(),
             client,
