@@ -79,7 +79,7 @@ async fn accept_errors_back_off_without_spinning_and_serving_resumes_when_descri
     ) {
         return;
     }
-    let (gw, dir) = support::start_fs_gateway("local").await;
+    let (gw, dir) = support::GatewayBuilder::new().start_fs("local").await;
     support::write_file(dir.path(), "hello.txt", b"hello\n");
     let addr: SocketAddr = gw.data_addr();
     assert_eq!(accept_errors(&gw), 0);

@@ -4,7 +4,7 @@
 
 use crate::support;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use crate::support::{Proto, TestGateway};
@@ -80,19 +80,18 @@ async fn audit_writes_one_line_per_request_with_decision_status_and_bytes() {
         &support::pattern_bytes(BIG_BYTES, 7),
     );
     let audit_path = log_path.clone();
-    let mut gw = support::start_gateway_custom(
-        BTreeMap::from([("local".to_string(), support::fs_source(data.path()))]),
-        support::test_limits(),
-        move |config| {
+    let mut gw = support::GatewayBuilder::new()
+        .source("local", support::fs_source(data.path()))
+        .tweak(move |config| {
             identity(config);
             config.audit.destination = AuditDestination::File {
                 path: audit_path,
                 max_bytes: 100 * 1024 * 1024,
                 keep: 2,
             };
-        },
-    )
-    .await;
+        })
+        .start()
+        .await;
     let all = token(Target::prefix("").unwrap());
     let cats_only = token(Target::prefix("cats/").unwrap());
     let bearer = format!("Bearer {all}");

@@ -6,7 +6,6 @@
 
 use crate::support;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +13,6 @@ use crate::support::TestGateway;
 use crate::support::logs::CapturedLogs;
 use crate::support::sts::{MotoIam, ProxyMode, Trust};
 use aws_sdk_s3::error::ProvideErrorMetadata;
-use bucketgate::StartOptions;
 use bucketgate::config::{
     AssumeRoleConfig, S3Credentials, Secret, SourceConfig, StaticKeys, StsConfig,
 };
@@ -78,16 +76,12 @@ fn reader(role: &str, external_id: &str) -> AssumeRoleConfig {
 async fn gateway(iam: &MotoIam, credentials: S3Credentials, clock: &ManualClock) -> TestGateway {
     let source = iam.source(BUCKET, "", credentials);
     let sts = sts_config(iam);
-    support::start_gateway_opts(
-        BTreeMap::from([(SOURCE.to_owned(), SourceConfig::S3(source))]),
-        support::test_limits(),
-        move |c| c.sts = sts,
-        StartOptions {
-            credentials_clock: Some(Arc::new(clock.clone())),
-            ..StartOptions::default()
-        },
-    )
-    .await
+    support::GatewayBuilder::new()
+        .source(SOURCE, SourceConfig::S3(source))
+        .tweak(move |c| c.sts = sts)
+        .credentials_clock(Arc::new(clock.clone()))
+        .start()
+        .await
 }
 
 async fn get(gw: &TestGateway, client: &reqwest::Client, key: &str) -> reqwest::Response {
@@ -237,16 +231,12 @@ async fn wrong_gateway_base_credentials_for_assume_role_are_a_502_configuration_
             access_key_id: key_id.clone(),
             secret_access_key: Secret::new(secret.to_owned()),
         });
-        let gw = support::start_gateway_opts(
-            BTreeMap::from([(SOURCE.to_owned(), SourceConfig::S3(source))]),
-            support::test_limits(),
-            move |c| c.sts = sts,
-            StartOptions {
-                credentials_clock: Some(Arc::new(clock.clone())),
-                ..StartOptions::default()
-            },
-        )
-        .await;
+        let gw = support::GatewayBuilder::new()
+            .source(SOURCE, SourceConfig::S3(source))
+            .tweak(move |c| c.sts = sts)
+            .credentials_clock(Arc::new(clock.clone()))
+            .start()
+            .await;
         let calls_before = iam.sts_calls();
         for proto in support::Proto::BOTH {
             let what = format!("{code} {proto:?}");

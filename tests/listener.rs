@@ -6,11 +6,10 @@
 
 use crate::support;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::support::read_until_closed;
-use crate::support::{Proto, TestGateway, fs_source, start_gateway_with, test_limits};
+use crate::support::{GatewayBuilder, Proto, TestGateway, fs_source, test_limits};
 use bytes::Bytes;
 use http::{StatusCode, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,11 +21,11 @@ const HELLO: &[u8] = b"hello from the listener tests\n";
 async fn gateway(limits: bucketgate::config::Limits) -> (TestGateway, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     support::write_file(dir.path(), "hello.txt", HELLO);
-    let gw = start_gateway_with(
-        BTreeMap::from([("local".to_string(), fs_source(dir.path()))]),
-        limits,
-    )
-    .await;
+    let gw = GatewayBuilder::new()
+        .source("local", fs_source(dir.path()))
+        .limits(limits)
+        .start()
+        .await;
     (gw, dir)
 }
 

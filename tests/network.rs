@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use crate::support::{TestGateway, fs_source, start_gateway_tweaked, test_limits, write_file};
+use crate::support::{GatewayBuilder, TestGateway, fs_source, write_file};
 use bucketgate::config::network::parse_cidr;
 use bucketgate::config::{NetworkConfig, SourceLists};
 use bytes::Bytes;
@@ -48,11 +48,14 @@ async fn start(net: NetworkConfig, listen: &str) -> (TestGateway, TempDir) {
         ["local", "photos", "closed"].map(|n| (n.to_string(), fs_source(dir.path()))),
     );
     let listen: SocketAddr = listen.parse().unwrap();
-    let gw = start_gateway_tweaked(sources, test_limits(), move |c| {
-        c.network = net;
-        c.listener.addr = listen;
-    })
-    .await;
+    let gw = GatewayBuilder::new()
+        .sources(sources)
+        .tweak(move |c| {
+            c.network = net;
+            c.listener.addr = listen;
+        })
+        .start()
+        .await;
     (gw, dir)
 }
 

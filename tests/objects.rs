@@ -7,8 +7,6 @@
 
 use crate::support;
 
-use std::collections::BTreeMap;
-
 use crate::support::{Proto, TestGateway, encode_key, pattern_bytes};
 use bucketgate::config::SourceConfig;
 use bytes::Bytes;
@@ -84,7 +82,10 @@ async fn bed(kind: Kind) -> Bed {
             (Store::Moto(server), source)
         }
     };
-    let gw = support::start_gateway(BTreeMap::from([(SRC.to_string(), source)])).await;
+    let gw = support::GatewayBuilder::new()
+        .source(SRC, source)
+        .start()
+        .await;
     let (h1, h2) = (gw.h1_client(), gw.h2_client());
     Bed {
         kind,
