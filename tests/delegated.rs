@@ -84,6 +84,36 @@ async fn gateway(iam: &MotoIam, credentials: S3Credentials, clock: &ManualClock)
         .await
 }
 
+/// What most tests here start with: moto with the `reader` role, and a gateway whose source
+/// `del` reads the bucket with credentials for that role, its credential clock injected.
+struct World {
+    iam: MotoIam,
+    /// The `reader` role's ARN.
+    role: String,
+    clock: ManualClock,
+    gw: TestGateway,
+}
+
+impl World {
+    /// The source assumes `reader` with [`EXTERNAL_ID`].
+    async fn delegated() -> World {
+        World::start(|role| S3Credentials::AssumeRole(reader(role, EXTERNAL_ID))).await
+    }
+
+    /// The source's credentials from the role's ARN.
+    async fn start(credentials: impl FnOnce(&str) -> S3Credentials) -> World {
+        let (iam, role) = moto_with_reader().await;
+        let clock = ManualClock::new();
+        let gw = gateway(&iam, credentials(&role), &clock).await;
+        World {
+            iam,
+            role,
+            clock,
+            gw,
+        }
+    }
+}
+
 async fn get(gw: &TestGateway, client: &reqwest::Client, key: &str) -> reqwest::Response {
     client
         .get(gw.url(&format!("/o/{SOURCE}/{key}")))
@@ -100,14 +130,7 @@ async fn get_ok(gw: &TestGateway, client: &reqwest::Client, key: &str) -> Vec<u8
 
 #[tokio::test]
 async fn delegated_source_reads_with_the_role_and_sends_the_external_id() {
-    let (iam, role) = moto_with_reader().await;
-    let clock = ManualClock::new();
-    let gw = gateway(
-        &iam,
-        S3Credentials::AssumeRole(reader(&role, EXTERNAL_ID)),
-        &clock,
-    )
-    .await;
+    let World { iam, role, gw, .. } = World::delegated().await;
     let client = gw.client();
     assert_eq!(iam.sts_calls(), 0, "no STS call before the first request");
 
@@ -138,14 +161,8 @@ async fn delegated_source_reads_with_the_role_and_sends_the_external_id() {
 /// requesting user: 502 without a `Retry-After` (issue 11; it was a 503 with one).
 #[tokio::test]
 async fn delegated_role_refused_for_a_wrong_external_id_answers_502_never_another_identity() {
-    let (iam, role) = moto_with_reader().await;
-    let clock = ManualClock::new();
-    let gw = gateway(
-        &iam,
-        S3Credentials::AssumeRole(reader(&role, "not-the-external-id")),
-        &clock,
-    )
-    .await;
+    let World { iam, gw, .. } =
+        World::start(|role| S3Credentials::AssumeRole(reader(role, "not-the-external-id"))).await;
     let client = gw.client();
     let resp = get(&gw, &client, "public/a.txt").await;
     assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
@@ -279,15 +296,13 @@ async fn wrong_gateway_base_credentials_for_assume_role_are_a_502_configuration_
 /// when trust is restored, the next attempt after the back-off recovers without a reload.
 #[tokio::test]
 async fn role_trust_revoked_serves_cached_credentials_then_502_then_recovers() {
-    let (iam, role) = moto_with_reader().await;
     let (logs, _guard) = CapturedLogs::start();
-    let clock = ManualClock::new();
-    let gw = gateway(
-        &iam,
-        S3Credentials::AssumeRole(reader(&role, EXTERNAL_ID)),
-        &clock,
-    )
-    .await;
+    let World {
+        iam,
+        role,
+        clock,
+        gw,
+    } = World::delegated().await;
     let client = gw.client();
     get_ok(&gw, &client, "public/a.txt").await;
     assert_eq!(iam.sts_calls(), 1);
@@ -348,14 +363,7 @@ async fn role_trust_revoked_serves_cached_credentials_then_502_then_recovers() {
 
 #[tokio::test]
 async fn delegated_credentials_are_refreshed_once_shortly_before_expiry() {
-    let (iam, role) = moto_with_reader().await;
-    let clock = ManualClock::new();
-    let gw = gateway(
-        &iam,
-        S3Credentials::AssumeRole(reader(&role, EXTERNAL_ID)),
-        &clock,
-    )
-    .await;
+    let World { iam, clock, gw, .. } = World::delegated().await;
     let client = gw.client();
     get_ok(&gw, &client, "public/a.txt").await;
     assert_eq!(iam.sts_calls(), 1);
@@ -380,14 +388,7 @@ async fn delegated_credentials_are_refreshed_once_shortly_before_expiry() {
 
 #[tokio::test]
 async fn requests_in_the_refresh_window_keep_serving_while_one_refresh_runs() {
-    let (iam, role) = moto_with_reader().await;
-    let clock = ManualClock::new();
-    let gw = gateway(
-        &iam,
-        S3Credentials::AssumeRole(reader(&role, EXTERNAL_ID)),
-        &clock,
-    )
-    .await;
+    let World { iam, clock, gw, .. } = World::delegated().await;
     let client = gw.h2_client();
     get_ok(&gw, &client, "public/a.txt").await;
     assert_eq!(iam.sts_calls(), 1);
@@ -428,14 +429,7 @@ async fn requests_in_the_refresh_window_keep_serving_while_one_refresh_runs() {
 
 #[tokio::test]
 async fn two_hundred_requests_after_expiry_wait_for_one_sts_call() {
-    let (iam, role) = moto_with_reader().await;
-    let clock = ManualClock::new();
-    let gw = gateway(
-        &iam,
-        S3Credentials::AssumeRole(reader(&role, EXTERNAL_ID)),
-        &clock,
-    )
-    .await;
+    let World { iam, clock, gw, .. } = World::delegated().await;
     let client = gw.h2_client();
     get_ok(&gw, &client, "public/a.txt").await;
     assert_eq!(iam.sts_calls(), 1);
@@ -465,14 +459,7 @@ async fn two_hundred_requests_after_expiry_wait_for_one_sts_call() {
 
 #[tokio::test]
 async fn sts_down_unexpired_credentials_keep_serving_then_503_with_retry_after() {
-    let (iam, role) = moto_with_reader().await;
-    let clock = ManualClock::new();
-    let gw = gateway(
-        &iam,
-        S3Credentials::AssumeRole(reader(&role, EXTERNAL_ID)),
-        &clock,
-    )
-    .await;
+    let World { iam, clock, gw, .. } = World::delegated().await;
     let client = gw.client();
     get_ok(&gw, &client, "public/a.txt").await;
     assert_eq!(iam.sts_calls(), 1);
@@ -511,9 +498,7 @@ async fn sts_down_unexpired_credentials_keep_serving_then_503_with_retry_after()
 
 #[tokio::test]
 async fn saml_source_without_a_session_is_forbidden_and_never_signed() {
-    let (iam, _role) = moto_with_reader().await;
-    let clock = ManualClock::new();
-    let gw = gateway(&iam, S3Credentials::Saml, &clock).await;
+    let World { iam, gw, .. } = World::start(|_| S3Credentials::Saml).await;
     // A token-authenticated request has no user credentials: 403, no STS call.
     let resp = get(&gw, &gw.client(), "public/a.txt").await;
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);

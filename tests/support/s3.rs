@@ -166,17 +166,71 @@ impl s3s::auth::S3Auth for OneKey {
     }
 }
 
-/// s3s-fs served in-process over hyper on `127.0.0.1:0`, SigV4 checked against one key pair.
-pub struct S3sFs {
+/// What a test does with either server: its endpoint, a client with working credentials, and
+/// the bucket helpers. [`S3sFs`] and [`Moto`] deref to it.
+pub struct S3Api {
     /// `http://127.0.0.1:PORT`
     pub endpoint: String,
-    /// Where s3s-fs keeps buckets (one directory each) and objects (files); removed on drop.
-    _root: TempDir,
     pub access_key: String,
     pub secret_key: String,
     /// A client with the right credentials, for filling buckets.
     pub client: aws_sdk_s3::Client,
+}
+
+impl S3Api {
+    fn new(endpoint: String, access_key: &str, secret_key: &str) -> S3Api {
+        S3Api {
+            client: client(&endpoint, access_key, secret_key),
+            endpoint,
+            access_key: access_key.to_owned(),
+            secret_key: secret_key.to_owned(),
+        }
+    }
+
+    pub async fn create_bucket(&self, bucket: &str) {
+        create_bucket(&self.client, bucket).await;
+    }
+
+    /// Put one object; returns its ETag.
+    pub async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: &[u8],
+        content_type: Option<&str>,
+    ) -> String {
+        put_object(&self.client, bucket, key, body, content_type).await
+    }
+
+    pub async fn list(&self, bucket: &str) -> Vec<String> {
+        list_keys(&self.client, bucket).await
+    }
+
+    /// A source for `bucket` under `prefix` with this server's credentials.
+    pub fn source(&self, bucket: &str, prefix: &str) -> S3Source {
+        source(
+            &self.endpoint,
+            bucket,
+            prefix,
+            &self.access_key,
+            &self.secret_key,
+        )
+    }
+}
+
+/// s3s-fs served in-process over hyper on `127.0.0.1:0`, SigV4 checked against one key pair.
+pub struct S3sFs {
+    api: S3Api,
+    /// Where s3s-fs keeps buckets (one directory each) and objects (files); removed on drop.
+    _root: TempDir,
     server: JoinHandle<()>,
+}
+
+impl std::ops::Deref for S3sFs {
+    type Target = S3Api;
+    fn deref(&self) -> &S3Api {
+        &self.api
+    }
 }
 
 impl S3sFs {
@@ -211,45 +265,11 @@ impl S3sFs {
                 });
             }
         });
-        let endpoint = format!("http://{addr}");
-        let client = client(&endpoint, access_key, secret_key);
         S3sFs {
-            endpoint,
+            api: S3Api::new(format!("http://{addr}"), access_key, secret_key),
             _root: root,
-            access_key: access_key.to_string(),
-            secret_key: secret_key.to_string(),
-            client,
             server,
         }
-    }
-
-    pub async fn create_bucket(&self, bucket: &str) {
-        create_bucket(&self.client, bucket).await;
-    }
-
-    pub async fn put(
-        &self,
-        bucket: &str,
-        key: &str,
-        body: &[u8],
-        content_type: Option<&str>,
-    ) -> String {
-        put_object(&self.client, bucket, key, body, content_type).await
-    }
-
-    pub async fn list(&self, bucket: &str) -> Vec<String> {
-        list_keys(&self.client, bucket).await
-    }
-
-    /// A source for `bucket` under `prefix` with this server's credentials.
-    pub fn source(&self, bucket: &str, prefix: &str) -> S3Source {
-        source(
-            &self.endpoint,
-            bucket,
-            prefix,
-            &self.access_key,
-            &self.secret_key,
-        )
     }
 }
 
@@ -262,10 +282,8 @@ impl Drop for S3sFs {
 
 /// `moto_server` as a child process on a free loopback port; killed on drop.
 pub struct Moto {
-    /// `http://127.0.0.1:PORT`
-    pub endpoint: String,
-    /// A client with moto's (arbitrary) credentials.
-    pub client: aws_sdk_s3::Client,
+    /// moto's (arbitrary) credentials.
+    api: S3Api,
     child: Child,
     /// moto's stdout and stderr, shown when it fails to start.
     log: tempfile::NamedTempFile,
@@ -275,6 +293,13 @@ pub struct Moto {
 /// a cold Python start on a loaded CI machine takes several seconds).
 const MOTO_READY_ATTEMPTS: u32 = 300;
 const MOTO_READY_INTERVAL: Duration = Duration::from_millis(100);
+
+impl std::ops::Deref for Moto {
+    type Target = S3Api;
+    fn deref(&self) -> &S3Api {
+        &self.api
+    }
+}
 
 impl Moto {
     pub async fn start() -> Moto {
@@ -292,8 +317,7 @@ impl Moto {
             .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
         let endpoint = format!("http://127.0.0.1:{port}");
         let mut moto = Moto {
-            client: client(&endpoint, MOTO_ACCESS_KEY, MOTO_SECRET_KEY),
-            endpoint,
+            api: S3Api::new(endpoint, MOTO_ACCESS_KEY, MOTO_SECRET_KEY),
             child,
             log,
         };
@@ -325,35 +349,6 @@ impl Moto {
 
     fn output(&self) -> String {
         std::fs::read_to_string(self.log.path()).unwrap_or_default()
-    }
-
-    pub async fn create_bucket(&self, bucket: &str) {
-        create_bucket(&self.client, bucket).await;
-    }
-
-    pub async fn put(
-        &self,
-        bucket: &str,
-        key: &str,
-        body: &[u8],
-        content_type: Option<&str>,
-    ) -> String {
-        put_object(&self.client, bucket, key, body, content_type).await
-    }
-
-    pub async fn list(&self, bucket: &str) -> Vec<String> {
-        list_keys(&self.client, bucket).await
-    }
-
-    /// A source for `bucket` under `prefix` (moto takes any credentials).
-    pub fn source(&self, bucket: &str, prefix: &str) -> S3Source {
-        source(
-            &self.endpoint,
-            bucket,
-            prefix,
-            MOTO_ACCESS_KEY,
-            MOTO_SECRET_KEY,
-        )
     }
 }
 
