@@ -14,7 +14,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener as StdTcpListener, TcpStream as StdTcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use aws_sdk_s3::config::{
@@ -26,6 +26,8 @@ use bucketgate::config::{S3Credentials, S3Source, Secret};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
+
+use super::process::ChildGuard;
 
 pub const REGION: &str = "us-east-1";
 pub const MOTO_ACCESS_KEY: &str = "test";
@@ -280,11 +282,12 @@ impl Drop for S3sFs {
     }
 }
 
-/// `moto_server` as a child process on a free loopback port; killed on drop.
+/// `moto_server` as a child process on a free loopback port; stopped and reaped on drop.
 pub struct Moto {
     /// moto's (arbitrary) credentials.
     api: S3Api,
-    child: Child,
+    /// Stopped and reaped on drop.
+    process: ChildGuard,
     /// moto's stdout and stderr, shown when it fails to start.
     log: tempfile::NamedTempFile,
 }
@@ -308,17 +311,18 @@ impl Moto {
         let log = tempfile::NamedTempFile::new().expect("moto log file");
         let out = log.reopen().expect("moto log");
         let err = log.reopen().expect("moto log");
-        let child = Command::new(&bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        let process = ChildGuard::spawn(
+            &bin.display().to_string(),
+            Command::new(&bin)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(out))
+                .stderr(Stdio::from(err)),
+        );
         let endpoint = format!("http://127.0.0.1:{port}");
         let mut moto = Moto {
             api: S3Api::new(endpoint, MOTO_ACCESS_KEY, MOTO_SECRET_KEY),
-            child,
+            process,
             log,
         };
         moto.wait_ready(SocketAddr::from(([127, 0, 0, 1], port)))
@@ -329,7 +333,7 @@ impl Moto {
     /// Poll until moto answers an HTTP request, failing fast if the process died.
     async fn wait_ready(&mut self, addr: SocketAddr) {
         for _ in 0..MOTO_READY_ATTEMPTS {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Ok(Some(status)) = self.process.child().try_wait() {
                 panic!(
                     "moto_server exited early ({status}); its output:\n{}",
                     self.output()
@@ -349,13 +353,6 @@ impl Moto {
 
     fn output(&self) -> String {
         std::fs::read_to_string(self.log.path()).unwrap_or_default()
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
