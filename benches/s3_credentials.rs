@@ -17,7 +17,11 @@
 //! against: a client per credential set, cached (its per-request cost is a map lookup plus the
 //! plain call; `build_client` is what each new set costs once).
 
+#[path = "../tests/support/process.rs"]
+#[allow(dead_code)] // s3.rs uses ChildGuard::spawn only
+mod process;
 #[path = "../tests/support/s3.rs"]
+#[allow(dead_code)] // the integration tests use the rest of it
 mod s3;
 
 use std::convert::Infallible;

@@ -2,19 +2,20 @@
 //! the listen queue while accept() fails; the loop counts each failure and backs off instead of
 //! spinning, and once descriptors are free again it accepts the waiting connections and serves.
 //!
-//! Its own test binary (one process, one test): it lowers RLIMIT_NOFILE for the whole process.
+//! It lowers RLIMIT_NOFILE and takes every free descriptor of the whole process, so it runs alone
+//! in a child process of the test binary ([`support::alone_in_child_process`]).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use std::fs::File;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::support::TestGateway;
 use bucketgate::config::defaults::ACCEPT_ERROR_BACKOFF_MS;
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 use socket2::{Domain, Protocol, Socket, Type};
-use support::TestGateway;
 
 /// Connections that arrive while the process has no descriptor left.
 const WAITING: usize = 3;
@@ -73,7 +74,12 @@ fn exhaust_descriptors() -> (Vec<File>, Rlimit) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accept_errors_back_off_without_spinning_and_serving_resumes_when_descriptors_free_up() {
-    let (gw, dir) = support::start_fs_gateway("local").await;
+    if !support::alone_in_child_process(
+        "accept_errors::accept_errors_back_off_without_spinning_and_serving_resumes_when_descriptors_free_up",
+    ) {
+        return;
+    }
+    let (gw, dir) = support::GatewayBuilder::new().start_fs("local").await;
     support::write_file(dir.path(), "hello.txt", b"hello\n");
     let addr: SocketAddr = gw.data_addr();
     assert_eq!(accept_errors(&gw), 0);

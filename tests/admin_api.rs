@@ -2,15 +2,14 @@
 //! persisted state (atomic, survives a restart).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use bucketgate::StartOptions;
+use crate::support::{GatewayBuilder, TestGateway, fs_source};
 use bucketgate::config::Secret;
 use bucketgate::reload::lists::{NetworkLists, STATE_FILE};
-use support::{TestGateway, fs_source, start_gateway_opts, test_limits};
 
 const TOKEN: &str = "test-admin-token-0123456789";
 
@@ -27,19 +26,17 @@ async fn setup(token: Option<&str>, state: Option<tempfile::TempDir>) -> Setup {
     let state = state.unwrap_or_else(|| tempfile::tempdir().unwrap());
     let state_dir = state.path().to_path_buf();
     let token = token.map(|t| Secret::new(t.to_owned()));
-    let gw = start_gateway_opts(
-        BTreeMap::from([
+    let gw = GatewayBuilder::new()
+        .sources(BTreeMap::from([
             ("local".to_string(), fs_source(data.path())),
             ("other".to_string(), fs_source(data.path())),
-        ]),
-        test_limits(),
-        move |c| {
+        ]))
+        .tweak(move |c| {
             c.admin.token = token;
             c.admin.state_dir = state_dir;
-        },
-        StartOptions::default(),
-    )
-    .await;
+        })
+        .start()
+        .await;
     Setup {
         gw,
         _data: data,

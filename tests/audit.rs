@@ -2,11 +2,12 @@
 //! bodies, with the bytes actually sent, and never the token itself.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
+use crate::support::{Proto, TestGateway};
 use bucketgate::audit::token_hash;
 use bucketgate::config::{AuditDestination, Config, Secret};
 use bucketgate::tokens::{Grant, Signer, Target, Ttl};
@@ -15,7 +16,6 @@ use http::{Method, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
-use support::{Proto, TestGateway};
 
 const BIG_BYTES: usize = 32 * 1024 * 1024;
 
@@ -80,19 +80,18 @@ async fn audit_writes_one_line_per_request_with_decision_status_and_bytes() {
         &support::pattern_bytes(BIG_BYTES, 7),
     );
     let audit_path = log_path.clone();
-    let mut gw = support::start_gateway_custom(
-        BTreeMap::from([("local".to_string(), support::fs_source(data.path()))]),
-        support::test_limits(),
-        move |config| {
+    let mut gw = support::GatewayBuilder::new()
+        .source("local", support::fs_source(data.path()))
+        .tweak(move |config| {
             identity(config);
             config.audit.destination = AuditDestination::File {
                 path: audit_path,
                 max_bytes: 100 * 1024 * 1024,
                 keep: 2,
             };
-        },
-    )
-    .await;
+        })
+        .start()
+        .await;
     let all = token(Target::prefix("").unwrap());
     let cats_only = token(Target::prefix("cats/").unwrap());
     let bearer = format!("Bearer {all}");

@@ -36,6 +36,38 @@ impl Dir {
     }
 }
 
+/// A listener and one fs source `local`: eight lines, the last blank, that load on their own.
+const BASE: &str = r#"[listener]
+addr = "127.0.0.1:0"
+dev_certificate_dir = ".bucketgate"
+
+[sources.local]
+kind = "fs"
+root = "data"
+
+"#;
+
+/// [`BASE`] followed by `extra`, whose first line is line 9. A test that asserts a position in
+/// the base's own lines writes its whole file out instead.
+fn with_base(extra: &str) -> String {
+    format!("{BASE}{extra}")
+}
+
+/// A listener and an s3 source `photos` (bucket `photos`, no credentials yet): seven lines.
+const S3_BASE: &str = r#"[listener]
+addr = "127.0.0.1:8443"
+dev_certificate_dir = ".bucketgate"
+
+[sources.photos]
+kind = "s3"
+bucket = "photos"
+"#;
+
+/// [`S3_BASE`] followed by `extra`, more keys of `[sources.photos]` from line 8 on.
+fn with_s3_base(extra: &str) -> String {
+    format!("{S3_BASE}{extra}")
+}
+
 fn errors(text: &str) -> Vec<ConfigError> {
     match Dir::new().load(text) {
         Ok(config) => panic!("expected errors, got {config:?}"),
@@ -118,18 +150,7 @@ fn config_example_names_every_key_the_file_accepts() {
 #[test]
 fn minimal_config_gets_defaults() {
     let dir = Dir::new();
-    let config = dir
-        .load(
-            r#"[listener]
-addr = "127.0.0.1:0"
-dev_certificate_dir = ".bucketgate"
-
-[sources.local]
-kind = "fs"
-root = "data"
-"#,
-        )
-        .unwrap();
+    let config = dir.load(BASE).unwrap();
     assert_eq!(config.admin.addr, config::defaults::DEFAULT_ADMIN_ADDR);
     assert_eq!(
         config.limits.idle_timeout.as_secs(),
@@ -471,17 +492,10 @@ bucket = "photos"
 
 #[test]
 fn config_s3_source_with_fs_key() {
-    let e = one_error(
-        r#"[listener]
-addr = "127.0.0.1:8443"
-dev_certificate_dir = ".bucketgate"
-
-[sources.photos]
-kind = "s3"
-bucket = "photos"
-root = "data"
+    let e = one_error(&with_s3_base(
+        r#"root = "data"
 "#,
-    );
+    ));
     assert_at(&e, 8, "sources.photos.root", "only valid for kind = \"fs\"");
 }
 
@@ -510,51 +524,30 @@ bucket = "My_Photos"
 
 #[test]
 fn config_bad_prefix() {
-    let e = one_error(
-        r#"[listener]
-addr = "127.0.0.1:8443"
-dev_certificate_dir = ".bucketgate"
-
-[sources.photos]
-kind = "s3"
-bucket = "photos"
-prefix = "/photos"
+    let e = one_error(&with_s3_base(
+        r#"prefix = "/photos"
 "#,
-    );
+    ));
     assert_at(&e, 8, "sources.photos.prefix", "write \"photos/\"");
 }
 
 #[test]
 fn config_bad_endpoint_url() {
-    let e = one_error(
-        r#"[listener]
-addr = "127.0.0.1:8443"
-dev_certificate_dir = ".bucketgate"
-
-[sources.photos]
-kind = "s3"
-bucket = "photos"
-endpoint = "http://127.0.0.1:9000/photos"
+    let e = one_error(&with_s3_base(
+        r#"endpoint = "http://127.0.0.1:9000/photos"
 "#,
-    );
+    ));
     assert_at(&e, 8, "sources.photos.endpoint", "must not have a path");
 }
 
 #[test]
 fn config_endpoint_is_normalized() {
     let config = Dir::new()
-        .load(
-            r#"[listener]
-addr = "127.0.0.1:8443"
-dev_certificate_dir = ".bucketgate"
-
-[sources.photos]
-kind = "s3"
-bucket = "photos"
-endpoint = "http://127.0.0.1:9000/"
+        .load(&with_s3_base(
+            r#"endpoint = "http://127.0.0.1:9000/"
 path_style = true
 "#,
-        )
+        ))
         .unwrap();
     match &config.sources["photos"] {
         SourceConfig::S3(s3) => {
@@ -569,17 +562,10 @@ path_style = true
 
 #[test]
 fn config_literal_secret_is_refused_without_echoing_it() {
-    let e = one_error(
-        r#"[listener]
-addr = "127.0.0.1:8443"
-dev_certificate_dir = ".bucketgate"
-
-[sources.photos]
-kind = "s3"
-bucket = "photos"
-credentials = { access_key_id = "AKIAEXAMPLE", secret_access_key = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY" }
+    let e = one_error(&with_s3_base(
+        r#"credentials = { access_key_id = "AKIAEXAMPLE", secret_access_key = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY" }
 "#,
-    );
+    ));
     assert_at(
         &e,
         8,
@@ -591,37 +577,23 @@ credentials = { access_key_id = "AKIAEXAMPLE", secret_access_key = "wJalrXUtnFEM
 
 #[test]
 fn config_unknown_credentials_string_is_refused_without_echoing_it() {
-    let e = one_error(
-        r#"[listener]
-addr = "127.0.0.1:8443"
-dev_certificate_dir = ".bucketgate"
-
-[sources.photos]
-kind = "s3"
-bucket = "photos"
-credentials = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    let e = one_error(&with_s3_base(
+        r#"credentials = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 "#,
-    );
+    ));
     assert_at(&e, 8, "sources.photos.credentials", "\"default\"");
     assert!(!e.to_string().contains("wJalrXUtnFEMI"), "{e}");
 }
 
 #[test]
 fn config_missing_env_secret_names_the_variable() {
-    let e = one_error(
-        r#"[listener]
-addr = "127.0.0.1:8443"
-dev_certificate_dir = ".bucketgate"
-
-[sources.photos]
-kind = "s3"
-bucket = "photos"
-
+    let e = one_error(&with_s3_base(
+        r#"
 [sources.photos.credentials]
 access_key_id = "AKIAEXAMPLE"
 secret_access_key = "env:BUCKETGATE_TEST_SURELY_UNSET_7D3F9A"
 "#,
-    );
+    ));
     assert_at(
         &e,
         11,
@@ -635,17 +607,10 @@ fn config_env_secret_is_resolved() {
     // PATH is set wherever the tests run; it stands in for a secret (tests cannot set variables:
     // `unsafe_code` is forbidden).
     let config = Dir::new()
-        .load(
-            r#"[listener]
-addr = "127.0.0.1:8443"
-dev_certificate_dir = ".bucketgate"
-
-[sources.photos]
-kind = "s3"
-bucket = "photos"
-credentials = { access_key_id = "AKIAEXAMPLE", secret_access_key = "env:PATH" }
+        .load(&with_s3_base(
+            r#"credentials = { access_key_id = "AKIAEXAMPLE", secret_access_key = "env:PATH" }
 "#,
-        )
+        ))
         .unwrap();
     let SourceConfig::S3(s3) = &config.sources["photos"] else {
         panic!("not s3")
@@ -664,17 +629,10 @@ fn config_file_secret_is_read_relative_to_the_config_and_trimmed() {
     let dir = Dir::new();
     std::fs::write(dir.path().join("s3-secret"), "s3cr3t-value\n").unwrap();
     let config = dir
-        .load(
-            r#"[listener]
-addr = "127.0.0.1:8443"
-dev_certificate_dir = ".bucketgate"
-
-[sources.photos]
-kind = "s3"
-bucket = "photos"
-credentials = { access_key_id = "AKIAEXAMPLE", secret_access_key = "file:s3-secret" }
+        .load(&with_s3_base(
+            r#"credentials = { access_key_id = "AKIAEXAMPLE", secret_access_key = "file:s3-secret" }
 "#,
-        )
+        ))
         .unwrap();
     let SourceConfig::S3(s3) = &config.sources["photos"] else {
         panic!("not s3")
@@ -696,17 +654,10 @@ credentials = { access_key_id = "AKIAEXAMPLE", secret_access_key = "file:s3-secr
 
 #[test]
 fn config_unreadable_file_secret_names_the_file() {
-    let e = one_error(
-        r#"[listener]
-addr = "127.0.0.1:8443"
-dev_certificate_dir = ".bucketgate"
-
-[sources.photos]
-kind = "s3"
-bucket = "photos"
-credentials = { access_key_id = "AKIAEXAMPLE", secret_access_key = "file:missing-secret" }
+    let e = one_error(&with_s3_base(
+        r#"credentials = { access_key_id = "AKIAEXAMPLE", secret_access_key = "file:missing-secret" }
 "#,
-    );
+    ));
     assert_at(
         &e,
         8,
@@ -777,19 +728,9 @@ fn config_missing_file_is_one_error() {
 
 // ---- [network] ----
 
-const NETWORK_BASE: &str = r#"[listener]
-addr = "127.0.0.1:0"
-dev_certificate_dir = ".bucketgate"
-
-[sources.local]
-kind = "fs"
-root = "data"
-
-"#;
-
 #[test]
 fn config_network_missing_table_denies_everything() {
-    let config = Dir::new().load(NETWORK_BASE).unwrap();
+    let config = Dir::new().load(BASE).unwrap();
     assert!(config.network.allow.is_empty());
     assert_eq!(
         config.network.proxy_protocol_timeout.as_millis(),
@@ -799,10 +740,10 @@ fn config_network_missing_table_denies_everything() {
 
 #[test]
 fn config_network_lists_are_parsed() {
-    let text = format!(
-        "{NETWORK_BASE}[network]\nallow = [\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\"]\n\
+    let text = with_base(
+        "[network]\nallow = [\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\"]\n\
          deny = [\"10.9.0.0/16\"]\ntrusted_proxies = [\"127.0.0.1\"]\nproxy_protocol_timeout_ms = 500\n\
-         [network.sources.local]\nallow = []\n"
+         [network.sources.local]\nallow = []\n",
     );
     let config = Dir::new().load(&text).unwrap();
     let shown: Vec<String> = config
@@ -818,7 +759,7 @@ fn config_network_lists_are_parsed() {
 
 #[test]
 fn config_network_cidr_with_host_bits_suggests_the_network() {
-    let text = format!("{NETWORK_BASE}[network]\nallow = [\"127.0.0.0/8\", \"10.0.0.1/8\"]\n");
+    let text = with_base("[network]\nallow = [\"127.0.0.0/8\", \"10.0.0.1/8\"]\n");
     let e = one_error(&text);
     assert_at(&e, 10, "network.allow", "write \"10.0.0.0/8\"");
     assert_eq!(e.col, 25);
@@ -834,7 +775,7 @@ fn config_network_odd_address_forms_are_refused() {
         ("::ffff:10.0.0.0/104", "write the IPv4 form \"10.0.0.0/8\""),
         ("", "is empty"),
     ] {
-        let text = format!("{NETWORK_BASE}[network]\ndeny = [\"{bad}\"]\n");
+        let text = format!("{BASE}[network]\ndeny = [\"{bad}\"]\n");
         let e = one_error(&text);
         assert_at(&e, 10, "network.deny", needle);
     }
@@ -842,9 +783,9 @@ fn config_network_odd_address_forms_are_refused() {
 
 #[test]
 fn config_network_every_bad_entry_is_reported() {
-    let text = format!(
-        "{NETWORK_BASE}[network]\nallow = [\"1.2.3.4/8\"]\ntrusted_proxies = [\"proxy.local\"]\n\
-         proxy_protocol = [\"::1/129\"]\n"
+    let text = with_base(
+        "[network]\nallow = [\"1.2.3.4/8\"]\ntrusted_proxies = [\"proxy.local\"]\n\
+         proxy_protocol = [\"::1/129\"]\n",
     );
     let errors = errors(&text);
     let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
@@ -860,22 +801,21 @@ fn config_network_every_bad_entry_is_reported() {
 
 #[test]
 fn config_network_lists_for_an_unknown_source_are_an_error() {
-    let text =
-        format!("{NETWORK_BASE}[network]\nallow = []\n[network.sources.photos]\nallow = []\n");
+    let text = with_base("[network]\nallow = []\n[network.sources.photos]\nallow = []\n");
     let e = one_error(&text);
     assert_at(&e, 11, "network.sources.photos", "no source named `photos`");
 }
 
 #[test]
 fn config_network_source_list_entries_are_checked() {
-    let text = format!("{NETWORK_BASE}[network.sources.local]\ndeny = [\"10.0.0.1/8\"]\n");
+    let text = with_base("[network.sources.local]\ndeny = [\"10.0.0.1/8\"]\n");
     let e = one_error(&text);
     assert_at(&e, 10, "network.sources.local.deny", "\"10.0.0.0/8\"");
 }
 
 #[test]
 fn config_network_proxy_protocol_timeout_is_bounded() {
-    let text = format!("{NETWORK_BASE}[network]\nproxy_protocol_timeout_ms = 0\n");
+    let text = with_base("[network]\nproxy_protocol_timeout_ms = 0\n");
     let e = one_error(&text);
     assert_at(
         &e,
@@ -887,27 +827,17 @@ fn config_network_proxy_protocol_timeout_is_bounded() {
 
 #[test]
 fn config_network_misspelt_key_is_named() {
-    let text = format!("{NETWORK_BASE}[network]\nallowed = []\n");
+    let text = with_base("[network]\nallowed = []\n");
     let e = one_error(&text);
     assert_at(&e, 10, "network.allowed", "correct its spelling");
 }
 
 // ---- [admin] API keys and [rate_limits] ----
 
-const ADMIN_BASE: &str = r#"[listener]
-addr = "127.0.0.1:0"
-dev_certificate_dir = ".bucketgate"
-
-[sources.local]
-kind = "fs"
-root = "data"
-
-"#;
-
 #[test]
 fn config_admin_and_rate_limit_defaults_apply() {
     let dir = Dir::new();
-    let config = dir.load(ADMIN_BASE).unwrap();
+    let config = dir.load(BASE).unwrap();
     assert!(config.admin.token.is_none());
     assert_eq!(config.admin.state_dir, dir.path().join(".bucketgate/state"));
     assert_eq!(config.admin.reload_poll.as_secs(), 2);
@@ -920,7 +850,7 @@ fn config_admin_and_rate_limit_defaults_apply() {
 
 #[test]
 fn config_admin_token_must_be_a_secret_reference() {
-    let text = format!("{ADMIN_BASE}[admin]\ntoken = \"hunter2-literal\"\n");
+    let text = with_base("[admin]\ntoken = \"hunter2-literal\"\n");
     let e = one_error(&text);
     assert_at(&e, 10, "admin.token", "env:NAME");
     assert!(!e.message.contains("hunter2"), "{e}");
@@ -928,7 +858,7 @@ fn config_admin_token_must_be_a_secret_reference() {
 
 #[test]
 fn config_admin_token_env_variable_must_be_set() {
-    let text = format!("{ADMIN_BASE}[admin]\ntoken = \"env:BUCKETGATE_TEST_UNSET_ADMIN_TOKEN\"\n");
+    let text = with_base("[admin]\ntoken = \"env:BUCKETGATE_TEST_UNSET_ADMIN_TOKEN\"\n");
     let e = one_error(&text);
     assert_at(&e, 10, "admin.token", "is not set");
 }
@@ -938,23 +868,21 @@ fn config_admin_token_file_is_read_relative_to_the_config() {
     let dir = Dir::new();
     std::fs::write(dir.path().join("admin-token"), "t0ken-long-enough-16\n").unwrap();
     let config = dir
-        .load(&format!(
-            "{ADMIN_BASE}[admin]\ntoken = \"file:admin-token\"\n"
-        ))
+        .load(&with_base("[admin]\ntoken = \"file:admin-token\"\n"))
         .unwrap();
     assert_eq!(config.admin.token.unwrap().expose(), "t0ken-long-enough-16");
 }
 
 #[test]
 fn config_admin_state_dir_must_not_be_empty() {
-    let text = format!("{ADMIN_BASE}[admin]\nstate_dir = \"\"\n");
+    let text = with_base("[admin]\nstate_dir = \"\"\n");
     let e = one_error(&text);
     assert_at(&e, 10, "admin.state_dir", "write a path");
 }
 
 #[test]
 fn config_admin_reload_poll_is_bounded() {
-    let text = format!("{ADMIN_BASE}[admin]\nreload_poll_secs = 0\n");
+    let text = with_base("[admin]\nreload_poll_secs = 0\n");
     let e = one_error(&text);
     assert_at(
         &e,
@@ -966,9 +894,9 @@ fn config_admin_reload_poll_is_bounded() {
 
 #[test]
 fn config_rate_limits_zero_is_refused_for_every_key() {
-    let text = format!(
-        "{ADMIN_BASE}[rate_limits]\nper_ip_rps = 0\nper_ip_burst = 0\nper_subject_rps = 0\n\
-         per_subject_burst = -1\nmax_connections_per_ip = 0\n"
+    let text = with_base(
+        "[rate_limits]\nper_ip_rps = 0\nper_ip_burst = 0\nper_subject_rps = 0\n\
+         per_subject_burst = -1\nmax_connections_per_ip = 0\n",
     );
     let errors = errors(&text);
     let keys: Vec<(usize, &str)> = errors.iter().map(|e| (e.line, e.key.as_str())).collect();
@@ -996,15 +924,16 @@ fn config_rate_limits_zero_is_refused_for_every_key() {
 
 #[test]
 fn config_rate_limits_misspelt_key_is_named() {
-    let text = format!("{ADMIN_BASE}[rate_limits]\nper_ip_rpm = 5\n");
+    let text = with_base("[rate_limits]\nper_ip_rpm = 5\n");
     let e = one_error(&text);
     assert_at(&e, 10, "rate_limits.per_ip_rpm", "correct its spelling");
 }
 
 // ---- [audit] and [cors] ----
 
-/// Six lines that load on their own; the table under test starts on line 7.
-const BASE: &str = "[listener]\naddr = \"127.0.0.1:0\"\ndev_certificate_dir = \".bucketgate\"\n\
+/// [`BASE`] without its blank lines: six lines that load on their own; the table under test
+/// starts on line 7.
+const SHORT_BASE: &str = "[listener]\naddr = \"127.0.0.1:0\"\ndev_certificate_dir = \".bucketgate\"\n\
                     [sources.local]\nkind = \"fs\"\nroot = \"data\"\n";
 
 #[test]
@@ -1012,7 +941,7 @@ fn config_audit_file_gets_rotation_defaults() {
     let dir = Dir::new();
     let config = dir
         .load(&format!(
-            "{BASE}[audit]\ndestination = \"file\"\npath = \"audit.log\"\n"
+            "{SHORT_BASE}[audit]\ndestination = \"file\"\npath = \"audit.log\"\n"
         ))
         .unwrap();
     assert_eq!(
@@ -1028,20 +957,20 @@ fn config_audit_file_gets_rotation_defaults() {
 
 #[test]
 fn config_audit_unknown_destination() {
-    let e = one_error(&format!("{BASE}[audit]\ndestination = \"syslog\"\n"));
+    let e = one_error(&format!("{SHORT_BASE}[audit]\ndestination = \"syslog\"\n"));
     assert_at(&e, 8, "audit.destination", "\"stdout\", \"file\"");
 }
 
 #[test]
 fn config_audit_file_without_path() {
-    let e = one_error(&format!("{BASE}[audit]\ndestination = \"file\"\n"));
+    let e = one_error(&format!("{SHORT_BASE}[audit]\ndestination = \"file\"\n"));
     assert_at(&e, 7, "audit.path", "add e.g.");
 }
 
 #[test]
 fn config_audit_path_in_missing_directory() {
     let e = one_error(&format!(
-        "{BASE}[audit]\ndestination = \"file\"\npath = \"nope/audit.log\"\n"
+        "{SHORT_BASE}[audit]\ndestination = \"file\"\npath = \"nope/audit.log\"\n"
     ));
     assert_at(&e, 9, "audit.path", "does not exist");
 }
@@ -1049,7 +978,7 @@ fn config_audit_path_in_missing_directory() {
 #[test]
 fn config_audit_file_keys_without_file_destination() {
     let e = one_error(&format!(
-        "{BASE}[audit]\ndestination = \"stdout\"\nkeep = 3\n"
+        "{SHORT_BASE}[audit]\ndestination = \"stdout\"\nkeep = 3\n"
     ));
     assert_at(&e, 9, "audit.keep", "destination = \"file\"");
 }
@@ -1057,7 +986,7 @@ fn config_audit_file_keys_without_file_destination() {
 #[test]
 fn config_audit_rotation_bounds() {
     let errors = errors(&format!(
-        "{BASE}[audit]\ndestination = \"file\"\npath = \"a.log\"\nmax_bytes = 10\nkeep = -1\n"
+        "{SHORT_BASE}[audit]\ndestination = \"file\"\npath = \"a.log\"\nmax_bytes = 10\nkeep = -1\n"
     ));
     assert_eq!(errors.len(), 2, "{errors:#?}");
     assert_at(&errors[0], 10, "audit.max_bytes", "from 4096");
@@ -1067,7 +996,7 @@ fn config_audit_rotation_bounds() {
 #[test]
 fn config_cors_origin_must_be_exact() {
     let errors = errors(&format!(
-        "{BASE}[cors]\nallowed_origins = [\n  \"https://ok.example.com\",\n  \"*\",\n  \
+        "{SHORT_BASE}[cors]\nallowed_origins = [\n  \"https://ok.example.com\",\n  \"*\",\n  \
          \"https://app.example.com/\",\n  \"https://ok.example.com\",\n]\n"
     ));
     assert_eq!(errors.len(), 3, "{errors:#?}");
@@ -1078,13 +1007,13 @@ fn config_cors_origin_must_be_exact() {
 
 #[test]
 fn config_cors_max_age_bounds() {
-    let e = one_error(&format!("{BASE}[cors]\nmax_age_secs = 0\n"));
+    let e = one_error(&format!("{SHORT_BASE}[cors]\nmax_age_secs = 0\n"));
     assert_at(&e, 8, "cors.max_age_secs", "from 1 to 86400");
 }
 
 // ---- [identity], [roles], [projects], [admin] token/state_dir ----
 
-// BASE (six lines, from the [audit] tests above) loads on its own; tables start on line 7.
+// SHORT_BASE (six lines, from the [audit] tests above) loads on its own; tables start on line 7.
 
 fn with_secret_file(dir: &Dir, name: &str, value: &str) {
     std::fs::write(dir.path().join(name), value).unwrap();
@@ -1092,7 +1021,7 @@ fn with_secret_file(dir: &Dir, name: &str, value: &str) {
 
 #[test]
 fn config_identity_without_audience_or_keys_is_refused() {
-    let errors = errors(&format!("{BASE}[identity]\nclock_skew_secs = 30\n"));
+    let errors = errors(&format!("{SHORT_BASE}[identity]\nclock_skew_secs = 30\n"));
     assert_eq!(errors.len(), 2, "{errors:#?}");
     assert_at(&errors[0], 7, "identity.audience", "add `audience");
     assert_at(&errors[1], 7, "identity", "[[identity.keys]]");
@@ -1101,7 +1030,7 @@ fn config_identity_without_audience_or_keys_is_refused() {
 #[test]
 fn config_identity_key_with_unknown_alg_is_refused() {
     let e = one_error(&format!(
-        "{BASE}[identity]\naudience = \"a\"\n[[identity.keys]]\nkid = \"k\"\nalg = \"RS256\"\n"
+        "{SHORT_BASE}[identity]\naudience = \"a\"\n[[identity.keys]]\nkid = \"k\"\nalg = \"RS256\"\n"
     ));
     assert_at(
         &e,
@@ -1117,7 +1046,7 @@ fn config_identity_short_hs256_secret_is_refused_without_echoing_it() {
     with_secret_file(&dir, "short.txt", "tooshort-secret");
     let errors = dir
         .load(&format!(
-            "{BASE}[identity]\naudience = \"a\"\n[[identity.keys]]\nkid = \"k\"\nalg = \"HS256\"\n\
+            "{SHORT_BASE}[identity]\naudience = \"a\"\n[[identity.keys]]\nkid = \"k\"\nalg = \"HS256\"\n\
              secret = \"file:short.txt\"\n"
         ))
         .unwrap_err();
@@ -1138,7 +1067,7 @@ fn config_identity_bad_public_key_and_duplicate_kid_are_refused() {
     with_secret_file(&dir, "s.txt", "0123456789abcdef0123456789abcdef");
     let errors = dir
         .load(&format!(
-            "{BASE}[identity]\naudience = \"a\"\n\
+            "{SHORT_BASE}[identity]\naudience = \"a\"\n\
              [[identity.keys]]\nkid = \"k\"\nalg = \"EdDSA\"\npublic_key = \"file:pub.txt\"\n\
              [[identity.keys]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = \"file:s.txt\"\n"
         ))
@@ -1156,7 +1085,7 @@ fn config_identity_bad_public_key_and_duplicate_kid_are_refused() {
 #[test]
 fn config_identity_skew_above_its_bound_and_http_jwks_are_refused() {
     let errors = errors(&format!(
-        "{BASE}[identity]\naudience = \"a\"\nclock_skew_secs = 301\n\
+        "{SHORT_BASE}[identity]\naudience = \"a\"\nclock_skew_secs = 301\n\
          [identity.jwks]\nurl = \"http://idp.example.com/jwks.json\"\n"
     ));
     assert_eq!(errors.len(), 2, "{errors:#?}");
@@ -1167,7 +1096,7 @@ fn config_identity_skew_above_its_bound_and_http_jwks_are_refused() {
 #[test]
 fn config_project_with_bad_scope_or_unknown_source_is_refused() {
     let errors = errors(&format!(
-        "{BASE}[projects.p]\nsources = [\"local:a\", \"photos:team/\"]\n"
+        "{SHORT_BASE}[projects.p]\nsources = [\"local:a\", \"photos:team/\"]\n"
     ));
     assert_eq!(errors.len(), 2, "{errors:#?}");
     assert_at(&errors[0], 8, "projects.p.sources", "ends with `/`");
@@ -1181,10 +1110,14 @@ fn config_project_with_bad_scope_or_unknown_source_is_refused() {
 
 #[test]
 fn config_bad_role_name_is_refused_and_roles_merge_over_the_seeds() {
-    let e = one_error(&format!("{BASE}[roles.Admin]\nread_original = false\n"));
+    let e = one_error(&format!(
+        "{SHORT_BASE}[roles.Admin]\nread_original = false\n"
+    ));
     assert_at(&e, 7, "roles.Admin", "lowercase");
     let config = Dir::new()
-        .load(&format!("{BASE}[roles.annotator]\nread_original = false\n"))
+        .load(&format!(
+            "{SHORT_BASE}[roles.annotator]\nread_original = false\n"
+        ))
         .unwrap();
     assert!(!config.roles["annotator"].read_original);
     assert!(
@@ -1204,7 +1137,7 @@ fn config_short_admin_token_is_refused() {
     with_secret_file(&dir, "admin.txt", "short");
     let errors = dir
         .load(&format!(
-            "[admin]\naddr = \"127.0.0.1:0\"\ntoken = \"file:admin.txt\"\n{BASE}"
+            "[admin]\naddr = \"127.0.0.1:0\"\ntoken = \"file:admin.txt\"\n{SHORT_BASE}"
         ))
         .unwrap_err();
     assert_eq!(errors.len(), 1, "{errors:#?}");
@@ -1499,17 +1432,7 @@ fn config_saml_misspelt_key_is_named() {
 
 /// A valid s3 source `photos` (line 5) whose `credentials` is line 8, then `extra` from line 9.
 fn sts_text(credentials: &str, extra: &str) -> String {
-    format!(
-        r#"[listener]
-addr = "127.0.0.1:8443"
-dev_certificate_dir = ".bucketgate"
-
-[sources.photos]
-kind = "s3"
-bucket = "photos"
-credentials = {credentials}
-{extra}"#
-    )
+    with_s3_base(&format!("credentials = {credentials}\n{extra}"))
 }
 
 const ROLE: &str = "arn:aws:iam::123456789012:role/Reader";

@@ -3,16 +3,15 @@
 //! h1 and h2 (a browser is not needed to check headers).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
+use crate::support::{Proto, RawResponse, TestGateway};
 use bucketgate::config::{Config, CorsConfig, Secret};
 use bucketgate::tokens::{Grant, Signer, Target, Ttl};
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use support::{Proto, RawResponse, TestGateway};
 
 const ORIGIN: &str = "https://label.example.com";
 
@@ -47,18 +46,17 @@ async fn gateway(origins: &[&str]) -> (TestGateway, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     support::write_file(dir.path(), "hello.txt", b"hello cors\n");
     let origins: Vec<String> = origins.iter().map(|o| o.to_string()).collect();
-    let gw = support::start_gateway_custom(
-        BTreeMap::from([("local".to_string(), support::fs_source(dir.path()))]),
-        support::test_limits(),
-        |config| {
+    let gw = support::GatewayBuilder::new()
+        .source("local", support::fs_source(dir.path()))
+        .tweak(|config| {
             identity(config);
             config.cors = CorsConfig {
                 allowed_origins: origins,
                 max_age: Duration::from_secs(600),
             };
-        },
-    )
-    .await;
+        })
+        .start()
+        .await;
     (gw, dir)
 }
 

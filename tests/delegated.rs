@@ -4,22 +4,20 @@
 //! moto with IAM enforced (the role's policy decides) and a counting proxy in front of STS.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::TestGateway;
+use crate::support::logs::CapturedLogs;
+use crate::support::sts::{MotoIam, ProxyMode, Trust};
 use aws_sdk_s3::error::ProvideErrorMetadata;
-use bucketgate::StartOptions;
 use bucketgate::config::{
     AssumeRoleConfig, S3Credentials, Secret, SourceConfig, StaticKeys, StsConfig,
 };
 use bucketgate::credentials::{DelegatedCredentials, ManualClock, StsClient, StsError};
 use http::StatusCode;
-use support::TestGateway;
-use support::logs::CapturedLogs;
-use support::sts::{MotoIam, ProxyMode, Trust};
 
 const BUCKET: &str = "delegated";
 const EXTERNAL_ID: &str = "ext-7f3a";
@@ -78,16 +76,42 @@ fn reader(role: &str, external_id: &str) -> AssumeRoleConfig {
 async fn gateway(iam: &MotoIam, credentials: S3Credentials, clock: &ManualClock) -> TestGateway {
     let source = iam.source(BUCKET, "", credentials);
     let sts = sts_config(iam);
-    support::start_gateway_opts(
-        BTreeMap::from([(SOURCE.to_owned(), SourceConfig::S3(source))]),
-        support::test_limits(),
-        move |c| c.sts = sts,
-        StartOptions {
-            credentials_clock: Some(Arc::new(clock.clone())),
-            ..StartOptions::default()
-        },
-    )
-    .await
+    support::GatewayBuilder::new()
+        .source(SOURCE, SourceConfig::S3(source))
+        .tweak(move |c| c.sts = sts)
+        .credentials_clock(Arc::new(clock.clone()))
+        .start()
+        .await
+}
+
+/// What most tests here start with: moto with the `reader` role, and a gateway whose source
+/// `del` reads the bucket with credentials for that role, its credential clock injected.
+struct World {
+    iam: MotoIam,
+    /// The `reader` role's ARN.
+    role: String,
+    clock: ManualClock,
+    gw: TestGateway,
+}
+
+impl World {
+    /// The source assumes `reader` with [`EXTERNAL_ID`].
+    async fn delegated() -> World {
+        World::start(|role| S3Credentials::AssumeRole(reader(role, EXTERNAL_ID))).await
+    }
+
+    /// The source's credentials from the role's ARN.
+    async fn start(credentials: impl FnOnce(&str) -> S3Credentials) -> World {
+        let (iam, role) = moto_with_reader().await;
+        let clock = ManualClock::new();
+        let gw = gateway(&iam, credentials(&role), &clock).await;
+        World {
+            iam,
+            role,
+            clock,
+            gw,
+        }
+    }
 }
 
 async fn get(gw: &TestGateway, client: &reqwest::Client, key: &str) -> reqwest::Response {
@@ -106,14 +130,7 @@ async fn get_ok(gw: &TestGateway, client: &reqwest::Client, key: &str) -> Vec<u8
 
 #[tokio::test]
 async fn delegated_source_reads_with_the_role_and_sends_the_external_id() {
-    let (iam, role) = moto_with_reader().await;
-    let clock = ManualClock::new();
-    let gw = gateway(
-        &iam,
-        S3Credentials::AssumeRole(reader(&role, EXTERNAL_ID)),
-        &clock,
-    )
-    .await;
+    let World { iam, role, gw, .. } = World::delegated().await;
     let client = gw.client();
     assert_eq!(iam.sts_calls(), 0, "no STS call before the first request");
 
@@ -144,14 +161,8 @@ async fn delegated_source_reads_with_the_role_and_sends_the_external_id() {
 /// requesting user: 502 without a `Retry-After` (issue 11; it was a 503 with one).
 #[tokio::test]
 async fn delegated_role_refused_for_a_wrong_external_id_answers_502_never_another_identity() {
-    let (iam, role) = moto_with_reader().await;
-    let clock = ManualClock::new();
-    let gw = gateway(
-        &iam,
-        S3Credentials::AssumeRole(reader(&role, "not-the-external-id")),
-        &clock,
-    )
-    .await;
+    let World { iam, gw, .. } =
+        World::start(|role| S3Credentials::AssumeRole(reader(role, "not-the-external-id"))).await;
     let client = gw.client();
     let resp = get(&gw, &client, "public/a.txt").await;
     assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
@@ -237,16 +248,12 @@ async fn wrong_gateway_base_credentials_for_assume_role_are_a_502_configuration_
             access_key_id: key_id.clone(),
             secret_access_key: Secret::new(secret.to_owned()),
         });
-        let gw = support::start_gateway_opts(
-            BTreeMap::from([(SOURCE.to_owned(), SourceConfig::S3(source))]),
-            support::test_limits(),
-            move |c| c.sts = sts,
-            StartOptions {
-                credentials_clock: Some(Arc::new(clock.clone())),
-                ..StartOptions::default()
-            },
-        )
-        .await;
+        let gw = support::GatewayBuilder::new()
+            .source(SOURCE, SourceConfig::S3(source))
+            .tweak(move |c| c.sts = sts)
+            .credentials_clock(Arc::new(clock.clone()))
+            .start()
+            .await;
         let calls_before = iam.sts_calls();
         for proto in support::Proto::BOTH {
             let what = format!("{code} {proto:?}");
@@ -289,15 +296,13 @@ async fn wrong_gateway_base_credentials_for_assume_role_are_a_502_configuration_
 /// when trust is restored, the next attempt after the back-off recovers without a reload.
 #[tokio::test]
 async fn role_trust_revoked_serves_cached_credentials_then_502_then_recovers() {
-    let (iam, role) = moto_with_reader().await;
     let (logs, _guard) = CapturedLogs::start();
-    let clock = ManualClock::new();
-    let gw = gateway(
-        &iam,
-        S3Credentials::AssumeRole(reader(&role, EXTERNAL_ID)),
-        &clock,
-    )
-    .await;
+    let World {
+        iam,
+        role,
+        clock,
+        gw,
+    } = World::delegated().await;
     let client = gw.client();
     get_ok(&gw, &client, "public/a.txt").await;
     assert_eq!(iam.sts_calls(), 1);
@@ -358,14 +363,7 @@ async fn role_trust_revoked_serves_cached_credentials_then_502_then_recovers() {
 
 #[tokio::test]
 async fn delegated_credentials_are_refreshed_once_shortly_before_expiry() {
-    let (iam, role) = moto_with_reader().await;
-    let clock = ManualClock::new();
-    let gw = gateway(
-        &iam,
-        S3Credentials::AssumeRole(reader(&role, EXTERNAL_ID)),
-        &clock,
-    )
-    .await;
+    let World { iam, clock, gw, .. } = World::delegated().await;
     let client = gw.client();
     get_ok(&gw, &client, "public/a.txt").await;
     assert_eq!(iam.sts_calls(), 1);
@@ -390,14 +388,7 @@ async fn delegated_credentials_are_refreshed_once_shortly_before_expiry() {
 
 #[tokio::test]
 async fn requests_in_the_refresh_window_keep_serving_while_one_refresh_runs() {
-    let (iam, role) = moto_with_reader().await;
-    let clock = ManualClock::new();
-    let gw = gateway(
-        &iam,
-        S3Credentials::AssumeRole(reader(&role, EXTERNAL_ID)),
-        &clock,
-    )
-    .await;
+    let World { iam, clock, gw, .. } = World::delegated().await;
     let client = gw.h2_client();
     get_ok(&gw, &client, "public/a.txt").await;
     assert_eq!(iam.sts_calls(), 1);
@@ -438,14 +429,7 @@ async fn requests_in_the_refresh_window_keep_serving_while_one_refresh_runs() {
 
 #[tokio::test]
 async fn two_hundred_requests_after_expiry_wait_for_one_sts_call() {
-    let (iam, role) = moto_with_reader().await;
-    let clock = ManualClock::new();
-    let gw = gateway(
-        &iam,
-        S3Credentials::AssumeRole(reader(&role, EXTERNAL_ID)),
-        &clock,
-    )
-    .await;
+    let World { iam, clock, gw, .. } = World::delegated().await;
     let client = gw.h2_client();
     get_ok(&gw, &client, "public/a.txt").await;
     assert_eq!(iam.sts_calls(), 1);
@@ -475,14 +459,7 @@ async fn two_hundred_requests_after_expiry_wait_for_one_sts_call() {
 
 #[tokio::test]
 async fn sts_down_unexpired_credentials_keep_serving_then_503_with_retry_after() {
-    let (iam, role) = moto_with_reader().await;
-    let clock = ManualClock::new();
-    let gw = gateway(
-        &iam,
-        S3Credentials::AssumeRole(reader(&role, EXTERNAL_ID)),
-        &clock,
-    )
-    .await;
+    let World { iam, clock, gw, .. } = World::delegated().await;
     let client = gw.client();
     get_ok(&gw, &client, "public/a.txt").await;
     assert_eq!(iam.sts_calls(), 1);
@@ -521,9 +498,7 @@ async fn sts_down_unexpired_credentials_keep_serving_then_503_with_retry_after()
 
 #[tokio::test]
 async fn saml_source_without_a_session_is_forbidden_and_never_signed() {
-    let (iam, _role) = moto_with_reader().await;
-    let clock = ManualClock::new();
-    let gw = gateway(&iam, S3Credentials::Saml, &clock).await;
+    let World { iam, gw, .. } = World::start(|_| S3Credentials::Saml).await;
     // A token-authenticated request has no user credentials: 403, no STS call.
     let resp = get(&gw, &gw.client(), "public/a.txt").await;
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);

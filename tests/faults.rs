@@ -11,20 +11,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::support::logs::CapturedLogs;
+use crate::support::origin::{self, Mode, Origin};
+use crate::support::{Proto, TestGateway};
 use bucketgate::config::{Limits, SourceConfig};
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::logs::CapturedLogs;
-use support::origin::{self, Mode, Origin};
-use support::{Proto, TestGateway};
 use tokio::task::JoinHandle;
 
 const HELLO: &[u8] = b"still serving\n";
@@ -72,7 +72,11 @@ async fn bed_with(mode: Mode, limits: Limits) -> Bed {
         ),
         ("local".to_string(), support::fs_source(dir.path())),
     ]);
-    let gw = support::start_gateway_with(sources, limits).await;
+    let gw = support::GatewayBuilder::new()
+        .sources(sources)
+        .limits(limits)
+        .start()
+        .await;
     Bed {
         gw,
         origin,
@@ -224,7 +228,11 @@ async fn origin_that_never_takes_the_connection_is_502_after_the_connect_timeout
         upstream_first_byte_timeout: Duration::from_secs(5),
         ..limits()
     };
-    let gw = support::start_gateway_with(sources, limits).await;
+    let gw = support::GatewayBuilder::new()
+        .sources(sources)
+        .limits(limits)
+        .start()
+        .await;
     for proto in Proto::BOTH {
         let what = format!("{proto:?} never accepted");
         let (resp, waited) = timed_origin_get(&gw.client_for(proto), &gw).await;
@@ -864,7 +872,11 @@ async fn wrong_gateway_credentials_are_a_502_configuration_fault() {
         ("wrong-secret".to_string(), source(KEY_ID, WRONG_SECRET)),
         ("unknown-key".to_string(), source("AKIDNOBODYKNOWS", SECRET)),
     ]);
-    let gw = support::start_gateway_with(sources, limits()).await;
+    let gw = support::GatewayBuilder::new()
+        .sources(sources)
+        .limits(limits())
+        .start()
+        .await;
     let cases = [
         ("wrong-secret", "SignatureDoesNotMatch"),
         ("unknown-key", "InvalidAccessKeyId"),

@@ -4,13 +4,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use std::os::unix::fs::symlink;
 use std::path::Path;
 
+use crate::support::{Proto, TestGateway, pattern_bytes, write_file};
 use http::StatusCode;
-use support::{Proto, TestGateway, pattern_bytes, write_file};
 
 const SRC: &str = "data";
 
@@ -46,7 +46,7 @@ async fn fetch(
 
 #[tokio::test]
 async fn symlinks_are_followed_inside_the_root_and_are_404_when_they_lead_out() {
-    let (gw, root) = support::start_fs_gateway(SRC).await;
+    let (gw, root) = support::GatewayBuilder::new().start_fs(SRC).await;
     let outside = tempfile::tempdir().unwrap();
     let secret = b"outside the root: must never be served";
     write_file(outside.path(), "secret.txt", secret);
@@ -121,7 +121,7 @@ impl Drop for UnblockFifo {
 // the other one and the test fails instead of hanging.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fifo_or_a_directory_is_not_an_object_and_does_not_block_the_gateway() {
-    let (gw, root) = support::start_fs_gateway(SRC).await;
+    let (gw, root) = support::GatewayBuilder::new().start_fs(SRC).await;
     write_file(root.path(), "dir/file.txt", b"x");
     // Opening a FIFO for reading waits for a writer, unless the open is non-blocking.
     rustix::fs::mknodat(
@@ -162,7 +162,7 @@ fn evict_from_page_cache(path: &Path) {
 
 #[tokio::test]
 async fn bodies_of_many_frames_are_byte_exact_from_a_warm_and_a_cold_page_cache() {
-    let (gw, root) = support::start_fs_gateway(SRC).await;
+    let (gw, root) = support::GatewayBuilder::new().start_fs(SRC).await;
     // Not a multiple of the 64 KiB frame; ranges start and end inside frames.
     let len = 3 * 1024 * 1024 + 17;
     let data = pattern_bytes(len, 11);

@@ -4,7 +4,7 @@
 //! scope escapes, `cip` and `rep` bindings, revocation through the admin API (persisted across a
 //! restart), a removed key, and JWKS rotation served by a real HTTPS server.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::{TEST_AUDIENCE, TEST_SECRET, TestGateway, now};
 use base64::Engine;
 use bucketgate::config::{
     Config, IdentityConfig, JwksConfig, KeyAlg, KeyConfig, KeyMaterial, ProjectConfig, RoleConfig,
@@ -22,7 +23,6 @@ use bucketgate::identity::Scope;
 use http::StatusCode;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use support::{TEST_AUDIENCE, TEST_SECRET, TestGateway, now};
 use tempfile::TempDir;
 
 const ISSUER: &str = "https://app.example.com";
@@ -118,13 +118,16 @@ fn policy(config: &mut Config) {
 async fn start(data: &Path, state: &Path, identity: Option<IdentityConfig>) -> TestGateway {
     let sources = BTreeMap::from([("local".to_string(), support::fs_source(data))]);
     let state = state.to_path_buf();
-    support::start_gateway_custom(sources, support::test_limits(), move |c| {
-        c.identity = identity;
-        c.admin.token = Some(Secret::new(ADMIN_TOKEN.to_owned()));
-        c.admin.state_dir = state;
-        policy(c);
-    })
-    .await
+    support::GatewayBuilder::new()
+        .sources(sources)
+        .tweak(move |c| {
+            c.identity = identity;
+            c.admin.token = Some(Secret::new(ADMIN_TOKEN.to_owned()));
+            c.admin.state_dir = state;
+            policy(c);
+        })
+        .start()
+        .await
 }
 
 async fn bed() -> Bed {
@@ -809,7 +812,7 @@ async fn revoked_jti_and_subject_are_refused_and_stay_revoked_after_restart() {
 
 #[tokio::test]
 async fn admin_api_is_404_without_an_admin_token() {
-    let (gw, _dir) = support::start_fs_gateway("local").await;
+    let (gw, _dir) = support::GatewayBuilder::new().start_fs("local").await;
     let (s, _) = admin(&gw, reqwest::Method::GET, Some(ADMIN_TOKEN), None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
@@ -1061,17 +1064,20 @@ async fn cip_is_checked_against_the_client_a_trusted_proxy_forwarded() {
     let sources = BTreeMap::from([("local".to_string(), support::fs_source(data.path()))]);
     let ident = identity(&keys);
     let state_dir = state.path().to_path_buf();
-    let gw = support::start_gateway_custom(sources, support::test_limits(), move |c| {
-        c.identity = Some(ident);
-        c.admin.state_dir = state_dir;
-        c.network.allow = vec![
-            "127.0.0.0/8".parse().unwrap(),
-            "203.0.113.0/24".parse().unwrap(),
-        ];
-        c.network.trusted_proxies = vec!["127.0.0.5/32".parse().unwrap()];
-        policy(c);
-    })
-    .await;
+    let gw = support::GatewayBuilder::new()
+        .sources(sources)
+        .tweak(move |c| {
+            c.identity = Some(ident);
+            c.admin.state_dir = state_dir;
+            c.network.allow = vec![
+                "127.0.0.0/8".parse().unwrap(),
+                "203.0.113.0/24".parse().unwrap(),
+            ];
+            c.network.trusted_proxies = vec!["127.0.0.5/32".parse().unwrap()];
+            policy(c);
+        })
+        .start()
+        .await;
     let bound = hs(&claims(json!({"cip": "203.0.113.7/32"})));
     let auth = format!("Bearer {bound}");
     let url = gw.url("/o/local/a/x.txt");

@@ -4,22 +4,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::support::read_until_closed;
+use crate::support::{GatewayBuilder, Proto, TestGateway, fs_source, test_limits};
 use bytes::Bytes;
 use http::{StatusCode, Version};
-use support::read_until_closed;
-use support::{Proto, TestGateway, fs_source, start_gateway_with, test_limits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::RwLock;
-
-/// The memory test measures this process's RSS, so it runs alone: it takes the write half, every
-/// other test the read half.
-static RSS: RwLock<()> = RwLock::const_new(());
 
 const HELLO: &[u8] = b"hello from the listener tests\n";
 
@@ -27,11 +21,11 @@ const HELLO: &[u8] = b"hello from the listener tests\n";
 async fn gateway(limits: bucketgate::config::Limits) -> (TestGateway, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     support::write_file(dir.path(), "hello.txt", HELLO);
-    let gw = start_gateway_with(
-        BTreeMap::from([("local".to_string(), fs_source(dir.path()))]),
-        limits,
-    )
-    .await;
+    let gw = GatewayBuilder::new()
+        .source("local", fs_source(dir.path()))
+        .limits(limits)
+        .start()
+        .await;
     (gw, dir)
 }
 
@@ -74,7 +68,6 @@ type Offer = (&'static [&'static [u8]], Option<&'static [u8]>);
 
 #[tokio::test]
 async fn alpn_negotiates_h2_and_http11() {
-    let _guard = RSS.read().await;
     let (gw, _dir) = gateway(test_limits()).await;
     for (client, want) in [
         (gw.client(), Version::HTTP_2),
@@ -112,7 +105,6 @@ async fn alpn_negotiates_h2_and_http11() {
 
 #[tokio::test]
 async fn tls12_and_tls13_both_serve_requests() {
-    let _guard = RSS.read().await;
     let (gw, _dir) = gateway(test_limits()).await;
     for (version, want) in [
         (&rustls::version::TLS12, rustls::ProtocolVersion::TLSv1_2),
@@ -133,7 +125,6 @@ async fn tls12_and_tls13_both_serve_requests() {
 
 #[tokio::test]
 async fn plain_http_on_the_tls_port_fails_without_affecting_the_next_client() {
-    let _guard = RSS.read().await;
     let (gw, _dir) = gateway(test_limits()).await;
     let failures_before = gw.gateway().metrics().tls_handshake_failures.get();
     let mut tcp = TcpStream::connect(gw.data_addr()).await.unwrap();
@@ -156,7 +147,6 @@ async fn plain_http_on_the_tls_port_fails_without_affecting_the_next_client() {
 
 #[tokio::test]
 async fn silent_client_is_closed_after_the_handshake_timeout() {
-    let _guard = RSS.read().await;
     let limits = bucketgate::config::Limits {
         tls_handshake_timeout: Duration::from_secs(1),
         ..test_limits()
@@ -186,7 +176,6 @@ async fn silent_client_is_closed_after_the_handshake_timeout() {
 
 #[tokio::test]
 async fn too_many_headers_get_431() {
-    let _guard = RSS.read().await;
     let limits = test_limits();
     // One header over our default and under hyper's own limit of 100, so only ours refuses it.
     assert!(limits.max_headers < 100);
@@ -208,7 +197,6 @@ async fn too_many_headers_get_431() {
 
 #[tokio::test]
 async fn oversize_header_gets_431() {
-    let _guard = RSS.read().await;
     let (gw, _dir) = gateway(test_limits()).await;
     let big = "v".repeat(64 * 1024);
     let req = format!(
@@ -237,7 +225,6 @@ async fn oversize_header_gets_431() {
 
 #[tokio::test]
 async fn slowloris_partial_request_is_closed_after_the_header_read_timeout() {
-    let _guard = RSS.read().await;
     let limits = bucketgate::config::Limits {
         header_read_timeout: Duration::from_secs(1),
         ..test_limits()
@@ -272,7 +259,6 @@ async fn slowloris_partial_request_is_closed_after_the_header_read_timeout() {
 
 #[tokio::test]
 async fn third_connection_is_closed_while_two_are_held_at_max_connections_2() {
-    let _guard = RSS.read().await;
     let limits = bucketgate::config::Limits {
         max_connections: 2,
         ..test_limits()
@@ -335,7 +321,6 @@ fn big_pattern(len: usize) -> Vec<u8> {
 
 #[tokio::test]
 async fn graceful_shutdown_finishes_the_in_flight_download_and_refuses_new_connections() {
-    let _guard = RSS.read().await;
     const SIZE: usize = 24 << 20;
     let data = big_pattern(SIZE);
     // Generous: the only way this test was seen to fail was a CPU-starved run outliving a 20 s
@@ -400,7 +385,6 @@ async fn graceful_shutdown_finishes_the_in_flight_download_and_refuses_new_conne
 
 #[tokio::test]
 async fn admin_health_ready_and_metrics_on_their_own_port() {
-    let _guard = RSS.read().await;
     let (gw, _dir) = gateway(test_limits()).await;
     assert_ne!(gw.admin_addr().port(), gw.data_addr().port());
     let admin = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -434,7 +418,6 @@ async fn admin_health_ready_and_metrics_on_their_own_port() {
 
 #[tokio::test]
 async fn readyz_is_503_when_an_fs_source_directory_is_gone() {
-    let _guard = RSS.read().await;
     let (gw, dir) = gateway(test_limits()).await;
     let admin = reqwest::Client::builder().no_proxy().build().unwrap();
     let r = admin.get(gw.admin_url("/readyz")).send().await.unwrap();
@@ -456,7 +439,12 @@ async fn readyz_is_503_when_an_fs_source_directory_is_gone() {
 
 #[tokio::test]
 async fn slow_reader_of_a_large_object_keeps_gateway_memory_bounded() {
-    let _guard = RSS.write().await;
+    // It measures this process's RSS: alone, in a child process, with no other test's gateway.
+    if !support::alone_in_child_process(
+        "listener::slow_reader_of_a_large_object_keeps_gateway_memory_bounded",
+    ) {
+        return;
+    }
     const SIZE: u64 = 256 << 20;
     const LIMIT: u64 = 32 << 20;
     let (gw, dir) = gateway(test_limits()).await;
@@ -610,7 +598,6 @@ async fn h2_fetch(
 
 #[tokio::test]
 async fn idle_h1_keep_alive_connection_is_closed_after_the_idle_timeout() {
-    let _guard = RSS.read().await;
     let (gw, _dir) = gateway(idle_limits()).await;
     let mut tls = gw
         .tls_connect(gw.tls_config(&[b"http/1.1"], rustls::ALL_VERSIONS))
@@ -641,7 +628,6 @@ async fn idle_h1_keep_alive_connection_is_closed_after_the_idle_timeout() {
 
 #[tokio::test]
 async fn idle_h2_connection_of_a_live_client_is_closed_after_the_idle_timeout() {
-    let _guard = RSS.read().await;
     let (gw, _dir) = gateway(idle_limits()).await;
     let (send, conn) = h2_connect(&gw).await;
     let (status, body) = h2_fetch(&send, h2_get(&gw, "/o/local/hello.txt", &[]))
@@ -773,7 +759,6 @@ async fn slow_h2_download(
 
 #[tokio::test]
 async fn steady_slow_download_outlasting_the_idle_timeout_is_not_cut() {
-    let _guard = RSS.read().await;
     const SIZE: u64 = 256 << 20;
     let (gw, dir) = gateway(idle_limits()).await;
     // Sparse: far more than the downloads read, at no disk cost.
@@ -805,7 +790,6 @@ async fn steady_slow_download_outlasting_the_idle_timeout_is_not_cut() {
 /// requests; a response still moving finishes.
 #[tokio::test]
 async fn download_in_flight_at_the_maximum_age_is_not_cut() {
-    let _guard = RSS.read().await;
     const SIZE: u64 = 256 << 20;
     let (gw, dir) = gateway(bucketgate::config::Limits {
         max_connection_age: Duration::from_secs(1),
@@ -832,7 +816,6 @@ async fn download_in_flight_at_the_maximum_age_is_not_cut() {
 
 #[tokio::test]
 async fn client_that_stops_reading_mid_download_is_closed_after_the_idle_timeout() {
-    let _guard = RSS.read().await;
     let (gw, dir) = gateway(idle_limits()).await;
     std::fs::File::create(dir.path().join("huge.bin"))
         .unwrap()
@@ -889,7 +872,6 @@ fn h1_hello_with(gw: &TestGateway, extra: &str) -> String {
 
 #[tokio::test]
 async fn h1_header_count_and_size_limits_below_hypers_defaults_are_enforced() {
-    let _guard = RSS.read().await;
     // hyper's own limits are 100 headers and a ~400 KiB buffer. 8 KiB is the smallest head
     // limit hyper takes (`max_buf_size` refuses less; a smaller `max_header_bytes` acts as 8 KiB).
     const MAX_HEADERS: usize = 20;
@@ -946,7 +928,6 @@ async fn h1_header_count_and_size_limits_below_hypers_defaults_are_enforced() {
 
 #[tokio::test]
 async fn h2_header_list_size_limit_below_hypers_default_is_enforced() {
-    let _guard = RSS.read().await;
     // hyper's default is 16 KiB.
     const MAX: u32 = 4096;
     let (gw, _dir) = gateway(bucketgate::config::Limits {
@@ -1159,7 +1140,6 @@ async fn read_frames_until<R: AsyncReadExt + Unpin>(
 
 #[tokio::test]
 async fn h2_advertises_max_concurrent_streams_and_refuses_one_more() {
-    let _guard = RSS.read().await;
     // hyper's default is 200.
     const MAX: u32 = 3;
     let (gw, dir) = gateway(bucketgate::config::Limits {
@@ -1240,7 +1220,6 @@ fn rapid_resets(first: u32, n: u32, authority: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn h2_rapid_reset_past_the_pending_reset_limit_gets_goaway_while_another_client_is_served() {
-    let _guard = RSS.read().await;
     // hyper's (h2's) default is 20.
     const LIMIT: u32 = 5;
     let (gw, _dir) = gateway(bucketgate::config::Limits {
@@ -1305,7 +1284,6 @@ async fn h2_rapid_reset_past_the_pending_reset_limit_gets_goaway_while_another_c
 
 #[tokio::test]
 async fn h2_malformed_streams_past_the_local_error_reset_limit_get_goaway() {
-    let _guard = RSS.read().await;
     // hyper's default is 1024.
     const LIMIT: u32 = 3;
     let (gw, _dir) = gateway(bucketgate::config::Limits {
@@ -1375,7 +1353,6 @@ async fn h2_malformed_streams_past_the_local_error_reset_limit_get_goaway() {
 
 #[tokio::test]
 async fn http11_by_alpn_is_not_turned_into_h2_by_the_h2_preface() {
-    let _guard = RSS.read().await;
     let (gw, _dir) = gateway(test_limits()).await;
     // ALPN http/1.1, and no ALPN at all (h2 over TLS needs ALPN): both are http/1.1 only.
     let offers: [&[&[u8]]; 2] = [&[b"http/1.1"], &[]];
@@ -1405,7 +1382,6 @@ async fn http11_by_alpn_is_not_turned_into_h2_by_the_h2_preface() {
 
 #[tokio::test]
 async fn h2_by_alpn_never_answers_an_http11_request() {
-    let _guard = RSS.read().await;
     let (gw, _dir) = gateway(test_limits()).await;
     let mut tls = gw
         .tls_connect(gw.tls_config(&[b"h2"], rustls::ALL_VERSIONS))
@@ -1427,7 +1403,6 @@ async fn h2_by_alpn_never_answers_an_http11_request() {
 
 #[tokio::test]
 async fn admin_listener_speaks_http11() {
-    let _guard = RSS.read().await;
     let (gw, _dir) = gateway(test_limits()).await;
     let mut tcp = TcpStream::connect(gw.admin_addr()).await.unwrap();
     tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
@@ -1481,7 +1456,6 @@ fn spawn_frame_reader<R: AsyncReadExt + Unpin + Send + 'static>(
 
 #[tokio::test]
 async fn h2_control_frames_alone_do_not_keep_a_connection_open_past_the_idle_timeout() {
-    let _guard = RSS.read().await;
     let (gw, _dir) = gateway(idle_limits()).await;
     let tls = raw_h2_connect(&gw, &[]).await;
     let opened = Instant::now();
@@ -1537,7 +1511,6 @@ async fn h2_control_frames_alone_do_not_keep_a_connection_open_past_the_idle_tim
 /// counts now.
 #[tokio::test]
 async fn h2_stream_stalled_by_flow_control_is_not_kept_open_by_pings() {
-    let _guard = RSS.read().await;
     let (gw, dir) = gateway(idle_limits()).await;
     std::fs::File::create(dir.path().join("huge.bin"))
         .unwrap()
@@ -1582,7 +1555,6 @@ async fn h2_stream_stalled_by_flow_control_is_not_kept_open_by_pings() {
 
 #[tokio::test]
 async fn h2_connection_gets_goaway_at_its_maximum_age_while_it_keeps_making_requests() {
-    let _guard = RSS.read().await;
     const AGE: Duration = Duration::from_secs(2);
     let (gw, _dir) = gateway(bucketgate::config::Limits {
         max_connection_age: AGE,
@@ -1636,7 +1608,6 @@ async fn h2_connection_gets_goaway_at_its_maximum_age_while_it_keeps_making_requ
 
 #[tokio::test]
 async fn h1_connection_closes_after_the_response_in_flight_at_its_maximum_age() {
-    let _guard = RSS.read().await;
     const AGE: Duration = Duration::from_secs(2);
     let (gw, _dir) = gateway(bucketgate::config::Limits {
         max_connection_age: AGE,

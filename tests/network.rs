@@ -3,12 +3,13 @@
 //! and ::1), allow/deny boundaries, per-source narrowing, forwarded headers from trusted and
 //! untrusted peers, PROXY protocol v1/v2, and `bucketgate explain`.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use crate::support::{GatewayBuilder, TestGateway, fs_source, write_file};
 use bucketgate::config::network::parse_cidr;
 use bucketgate::config::{NetworkConfig, SourceLists};
 use bytes::Bytes;
@@ -17,7 +18,6 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use ipnet::IpNet;
 use rustls::pki_types::ServerName;
-use support::{TestGateway, fs_source, start_gateway_tweaked, test_limits, write_file};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -48,11 +48,14 @@ async fn start(net: NetworkConfig, listen: &str) -> (TestGateway, TempDir) {
         ["local", "photos", "closed"].map(|n| (n.to_string(), fs_source(dir.path()))),
     );
     let listen: SocketAddr = listen.parse().unwrap();
-    let gw = start_gateway_tweaked(sources, test_limits(), move |c| {
-        c.network = net;
-        c.listener.addr = listen;
-    })
-    .await;
+    let gw = GatewayBuilder::new()
+        .sources(sources)
+        .tweak(move |c| {
+            c.network = net;
+            c.listener.addr = listen;
+        })
+        .start()
+        .await;
     (gw, dir)
 }
 

@@ -5,14 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
-use std::collections::BTreeMap;
-
+use crate::support::{Proto, TestGateway, encode_key, pattern_bytes};
 use bucketgate::config::SourceConfig;
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
-use support::{Proto, TestGateway, encode_key, pattern_bytes};
 
 /// The source name every backend is configured under.
 const SRC: &str = "data";
@@ -84,7 +82,10 @@ async fn bed(kind: Kind) -> Bed {
             (Store::Moto(server), source)
         }
     };
-    let gw = support::start_gateway(BTreeMap::from([(SRC.to_string(), source)])).await;
+    let gw = support::GatewayBuilder::new()
+        .source(SRC, source)
+        .start()
+        .await;
     let (h1, h2) = (gw.h1_client(), gw.h2_client());
     Bed {
         kind,

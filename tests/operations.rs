@@ -12,16 +12,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::support::origin::{self, Mode, Origin};
+use crate::support::s3::S3sFs;
+use crate::support::{Proto, TestGateway};
 use bucketgate::config::{Limits, SourceConfig};
 use http::StatusCode;
-use support::origin::{self, Mode, Origin};
-use support::s3::S3sFs;
-use support::{Proto, TestGateway};
 
 // --- a small Prometheus / OpenMetrics text parser ----------------------------------------------
 
@@ -325,7 +325,11 @@ async fn metrics_count_body_bytes_latency_and_upstream_errors_exactly() {
         ("stall".to_string(), origin_source(&stall, "bucket")),
         ("endless".to_string(), origin_source(&endless, "bucket")),
     ]);
-    let gw = support::start_gateway_with(sources, fault_limits()).await;
+    let gw = support::GatewayBuilder::new()
+        .sources(sources)
+        .limits(fault_limits())
+        .start()
+        .await;
     let h1 = gw.client_for(Proto::H1);
     let h2 = gw.client_for(Proto::H2);
 
@@ -492,7 +496,11 @@ async fn readyz_follows_an_s3_source_and_names_it_without_details_once_its_store
         "store".to_string(),
         SourceConfig::S3(s3.source("ready-bucket", "")),
     )]);
-    let gw = support::start_gateway_with(sources, fault_limits()).await;
+    let gw = support::GatewayBuilder::new()
+        .sources(sources)
+        .limits(fault_limits())
+        .start()
+        .await;
 
     assert_eq!(
         admin_get(&gw, "/readyz").await,
@@ -539,7 +547,11 @@ async fn readyz_is_503_naming_only_the_s3_source_whose_store_refuses_connections
         ),
         ("down".to_string(), SourceConfig::S3(down)),
     ]);
-    let gw = support::start_gateway_with(sources, fault_limits()).await;
+    let gw = support::GatewayBuilder::new()
+        .sources(sources)
+        .limits(fault_limits())
+        .start()
+        .await;
 
     let (status, body) = admin_get(&gw, "/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
@@ -596,7 +608,11 @@ async fn origin_cookies_amz_headers_and_server_banner_never_reach_the_client() {
     assert!(direct.headers().contains_key("x-amz-request-id"));
 
     let sources = BTreeMap::from([("leaky".to_string(), origin_source(&origin, "bucket"))]);
-    let gw = support::start_gateway_with(sources, fault_limits()).await;
+    let gw = support::GatewayBuilder::new()
+        .sources(sources)
+        .limits(fault_limits())
+        .start()
+        .await;
     let data = origin::object_bytes();
     for proto in Proto::BOTH {
         let client = gw.client_for(proto);
@@ -661,7 +677,11 @@ async fn s3_xml_error_answers_become_the_gateways_own_json() {
             "store".to_string(),
             origin_source(&origin, origin::ERROR_SECRET),
         )]);
-        let gw = support::start_gateway_with(sources, fault_limits()).await;
+        let gw = support::GatewayBuilder::new()
+            .sources(sources)
+            .limits(fault_limits())
+            .start()
+            .await;
         for proto in Proto::BOTH {
             let what = format!("{proto:?} origin {origin_status}");
             let resp = gw

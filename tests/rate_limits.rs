@@ -2,17 +2,15 @@
 //! open connections per client address.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use bucketgate::StartOptions;
+use crate::support::{GatewayBuilder, TestGateway, fs_source, test_rate_limits};
 use bucketgate::config::RateLimits;
 use bucketgate::pipeline::admit::{Admission, AdmitClock, LimitKind};
 use governor::clock::FakeRelativeClock;
-use support::{TestGateway, fs_source, start_gateway_opts, test_limits, test_rate_limits};
 use tokio::net::{TcpSocket, TcpStream};
 
 fn metric(gw: &TestGateway, series: &str) -> u64 {
@@ -25,16 +23,12 @@ fn metric(gw: &TestGateway, series: &str) -> u64 {
 async fn gateway_with(limits: RateLimits, clock: AdmitClock) -> (TestGateway, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     support::write_file(dir.path(), "hello.txt", b"hello\n");
-    let gw = start_gateway_opts(
-        BTreeMap::from([("local".to_string(), fs_source(dir.path()))]),
-        test_limits(),
-        |c| c.rate_limits = limits,
-        StartOptions {
-            clock,
-            ..StartOptions::default()
-        },
-    )
-    .await;
+    let gw = GatewayBuilder::new()
+        .source("local", fs_source(dir.path()))
+        .tweak(|c| c.rate_limits = limits)
+        .clock(clock)
+        .start()
+        .await;
     (gw, dir)
 }
 

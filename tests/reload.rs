@@ -2,7 +2,7 @@
 //! symlink swap seen by the file watcher, and the admin API, while clients keep requesting.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,11 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bucketgate::StartOptions;
+use crate::support::{Proto, TestGateway};
 use bucketgate::reload::{FileWatcher, ReloadError, Trigger};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{Proto, TestGateway};
 
 const TOKEN: &str = "reload-test-admin-token";
 const BOTH: &[&str] = &["127.0.0.1/32", "127.0.0.2/32"];
@@ -98,16 +97,10 @@ impl Env {
             bucketgate::server::tls::ensure_dev_cert(&self.dir.path().join("tls")).unwrap();
         let trust = tempfile::tempdir().unwrap();
         std::fs::copy(cert, trust.path().join("cert.pem")).unwrap();
-        support::start_gateway_from(
-            config,
-            trust,
-            StartOptions {
-                config_path: Some(self.path()),
-                watch_config_file: watch,
-                ..StartOptions::default()
-            },
-        )
-        .await
+        support::GatewayBuilder::from_config(config, trust)
+            .reload_from(self.path(), watch)
+            .start()
+            .await
     }
 }
 
@@ -537,16 +530,10 @@ impl Env {
         // The test support trusts `cert.pem` of this directory.
         let trust = tempfile::tempdir().unwrap();
         std::fs::write(trust.path().join("cert.pem"), &cert.0).unwrap();
-        support::start_gateway_from(
-            config,
-            trust,
-            StartOptions {
-                config_path: Some(self.path()),
-                watch_config_file: false,
-                ..StartOptions::default()
-            },
-        )
-        .await
+        support::GatewayBuilder::from_config(config, trust)
+            .reload_from(self.path(), false)
+            .start()
+            .await
     }
 }
 

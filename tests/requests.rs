@@ -6,14 +6,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::support::{GatewayBuilder, Proto, TestGateway, fs_source};
 use bytes::Bytes;
 use http::StatusCode;
-use support::{Proto, TestGateway, fs_source, start_gateway_tweaked, test_limits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const HELLO: &[u8] = b"hello from the request tests\n";
@@ -24,12 +23,11 @@ async fn gateway_with(
 ) -> (TestGateway, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     support::write_file(dir.path(), "hello.txt", HELLO);
-    let gw = start_gateway_tweaked(
-        BTreeMap::from([("local".to_string(), fs_source(dir.path()))]),
-        test_limits(),
-        tweak,
-    )
-    .await;
+    let gw = GatewayBuilder::new()
+        .source("local", fs_source(dir.path()))
+        .tweak(tweak)
+        .start()
+        .await;
     (gw, dir)
 }
 

@@ -3,19 +3,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/origin.rs"]
-mod origin;
-#[path = "support/s3.rs"]
-mod s3_support;
-
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::support::origin::{self, Mode, Origin};
+use crate::support::s3::{Moto, S3sFs};
 use bucketgate::backend::s3::S3Backend;
 use bucketgate::backend::{Backend, BackendError, ByteRange, ObjectMeta};
 use bucketgate::config::Limits;
 use futures_util::StreamExt;
-use origin::{Mode, Origin};
-use s3_support::{Moto, S3sFs};
 
 const ACCESS_KEY: &str = "AKIDBUCKETGATETEST";
 const SECRET_KEY: &str = "bucketgate-test-secret-0123456789";
@@ -362,7 +357,7 @@ async fn moto_key_corpus_round_trips_byte_exact() {
 // misbehaving origin
 
 fn origin_backend_source(o: &Origin) -> bucketgate::config::S3Source {
-    s3_support::source(&o.endpoint, "bucket", "", ACCESS_KEY, SECRET_KEY)
+    crate::support::s3::source(&o.endpoint, "bucket", "", ACCESS_KEY, SECRET_KEY)
 }
 
 fn origin_meta() -> ObjectMeta {

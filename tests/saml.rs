@@ -6,14 +6,17 @@
 //! gateway must decide before it asks.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::TestGateway;
+use crate::support::logs::CapturedLogs;
+use crate::support::saml::TestIdp;
+use crate::support::sts::{MotoIam, ProxyMode, Trust};
 use base64::Engine as _;
-use bucketgate::StartOptions;
 use bucketgate::config::{
     AuditConfig, AuditDestination, Config, ProjectConfig, RoleChoice, S3Credentials, SamlConfig,
     SamlIdpConfig, SamlRoleRule, SourceConfig, StsConfig,
@@ -24,10 +27,6 @@ use bucketgate::saml::sp::{LOGIN_COOKIE, SESSION_COOKIE, SIGN_IN_AGAIN};
 use http::StatusCode;
 use http::header::{CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use serde_json::{Value, json};
-use support::TestGateway;
-use support::logs::CapturedLogs;
-use support::saml::TestIdp;
-use support::sts::{MotoIam, ProxyMode, Trust};
 
 const BUCKET: &str = "assets";
 const SP_ENTITY_ID: &str = "https://gateway.test/saml";
@@ -132,10 +131,9 @@ impl World {
                 keep: 1,
             },
         };
-        let gw = support::start_gateway_opts(
-            BTreeMap::from([(BUCKET.to_owned(), source)]),
-            support::test_limits(),
-            |c| {
+        let gw = support::GatewayBuilder::new()
+            .source(BUCKET, source)
+            .tweak(|c| {
                 c.projects.insert(
                     PROJECT.to_owned(),
                     ProjectConfig {
@@ -149,13 +147,10 @@ impl World {
                 };
                 c.audit = audit;
                 captured = Some(c.clone());
-            },
-            StartOptions {
-                credentials_clock: Some(Arc::new(clock.clone())),
-                ..StartOptions::default()
-            },
-        )
-        .await;
+            })
+            .credentials_clock(Arc::new(clock.clone()))
+            .start()
+            .await;
         // The ACS URL names the port, known only now: [saml] arrives by a reload (which is also
         // how an operator would add it).
         let mut config = captured.unwrap();
@@ -877,7 +872,7 @@ async fn saml_audit_records_logins_without_any_secret() {
 
 #[tokio::test]
 async fn saml_routes_are_404_without_saml_and_metadata_prints_the_sp() {
-    let (gw, _dir) = support::start_fs_gateway("local").await;
+    let (gw, _dir) = support::GatewayBuilder::new().start_fs("local").await;
     for (method, path) in [
         (http::Method::GET, "/auth/saml/login"),
         (http::Method::POST, "/auth/saml/acs"),

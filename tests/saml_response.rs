@@ -3,16 +3,14 @@
 //! attack in the matrix is refused for its own reason. One IdP serves the whole binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
-
 use std::time::{Duration, SystemTime};
 
+use crate::support::saml::TestIdp;
 use bucketgate::saml::replay::ReplayCache;
 use bucketgate::saml::response::{
     Assertion, Expect, IdpTrust, RolePair, SamlError, StatusKind, validate,
 };
 use serde_json::{Value, json};
-use support::saml::TestIdp;
 
 const AUDIENCE: &str = "https://sp.test/saml";
 const ACS: &str = "https://sp.test/auth/saml/acs";

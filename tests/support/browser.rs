@@ -3,23 +3,35 @@
 //! The browser runs headless with a fresh profile, accepts the gateway's self-signed test
 //! certificate, and never reaches beyond loopback (background networking is off). Missing
 //! chromium or chromedriver fails the test: `tests/run` installs both.
+//!
+//! Nothing outlives the [`Browser`], whether the test passes or panics: on drop it ends the
+//! WebDriver session (chromedriver quits chromium), then stops chromedriver (SIGTERM, SIGKILL
+//! only after a bounded wait) and any chromium process left of it ([`ChildGuard`]).
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command};
 use tempfile::TempDir;
+
+use super::process::ChildGuard;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
 /// One headless chromium session.
 pub struct Browser {
-    driver: Child,
+    /// chromedriver, leading its own process group (chromium runs in it). Dropped before the
+    /// profile directory, so chromium is gone before its profile is removed.
+    driver: ChildGuard,
     _profile: TempDir,
+    /// chromedriver's port on 127.0.0.1.
+    port: u16,
+    session: String,
+    /// `http://127.0.0.1:PORT/session/ID`
     endpoint: String,
     http: reqwest::Client,
 }
@@ -32,13 +44,15 @@ impl Browser {
                 "{tool} is missing: run ./tests/run, which installs chromium and chromium-driver"
             );
         }
-        let mut driver = Command::new(CHROMEDRIVER)
-            .arg("--port=0")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromedriver");
-        let stdout = driver.stdout.take().expect("chromedriver stdout");
+        // Guarded from here on: a panic below still stops chromedriver and any chromium.
+        let mut driver = ChildGuard::spawn_group(
+            "chromedriver",
+            Command::new(CHROMEDRIVER)
+                .arg("--port=0")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null()),
+        );
+        let stdout = driver.child().stdout.take().expect("chromedriver stdout");
         // A thread reads the port line, then keeps draining stdout so chromedriver never blocks
         // on a full pipe.
         let (tx, rx) = std::sync::mpsc::channel();
@@ -101,7 +115,9 @@ impl Browser {
         Browser {
             driver,
             _profile: profile,
+            port,
             endpoint: format!("{endpoint}/session/{session}"),
+            session,
             http,
         }
     }
@@ -168,16 +184,6 @@ impl Browser {
         .to_owned()
     }
 
-    /// Run an async script: the last argument is the callback to resolve with.
-    pub async fn execute_async(&self, script: &str, args: Value) -> Value {
-        self.call(
-            reqwest::Method::POST,
-            "/execute/async",
-            Some(json!({ "script": script, "args": args })),
-        )
-        .await
-    }
-
     pub async fn execute(&self, script: &str, args: Value) -> Value {
         self.call(
             reqwest::Method::POST,
@@ -199,8 +205,32 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // chromedriver takes its chromium down with it.
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+        // End the session first: chromedriver quits its chromium cleanly. Then the `driver`
+        // field's drop stops chromedriver and kills whatever chromium is left.
+        if let Err(e) = delete_session(self.port, &self.session) {
+            eprintln!("browser: DELETE /session/{}: {e}", self.session);
+        }
+        self.driver.stop();
+    }
+}
+
+/// `DELETE /session/{id}` over a plain blocking connection (drop cannot await), bounded in time.
+fn delete_session(port: u16, session: &str) -> std::io::Result<()> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    write!(
+        stream,
+        "DELETE /session/{session} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    if answer.starts_with(b"HTTP/1.1 200") {
+        Ok(())
+    } else {
+        let head = String::from_utf8_lossy(&answer[..answer.len().min(200)]).into_owned();
+        Err(std::io::Error::other(head))
     }
 }

@@ -1,12 +1,13 @@
 //! Shared helpers for the integration tests: a gateway on `127.0.0.1:0` with a development
 //! certificate in a tempdir, clients that trust it (reqwest for ordinary requests, raw hyper for
 //! paths a URL parser would normalize, tokio-rustls for the listener's TLS edge cases), and small
-//! polling helpers. Every test file does `mod support;` and uses what it needs.
-#![allow(dead_code)]
+//! polling helpers. The integration binary (tests/tests.rs) declares `mod support;`; each test file
+//! does `use crate::support::...`.
 
 pub mod browser;
 pub mod logs;
 pub mod origin;
+pub mod process;
 pub mod s3;
 pub mod saml;
 pub mod sts;
@@ -25,6 +26,8 @@ use bucketgate::config::{
     KeyAlg, KeyConfig, KeyMaterial, Limits, ListenerConfig, NetworkConfig, RateLimits, Secret,
     SourceConfig, TlsConfig, default_roles,
 };
+use bucketgate::credentials::Clock as CredentialsClock;
+use bucketgate::pipeline::admit::AdmitClock;
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
@@ -145,7 +148,8 @@ pub fn token_for_sources<'a>(sources: impl IntoIterator<Item = &'a String>) -> S
 /// A running gateway plus everything it needs kept alive (its certificate directory).
 pub struct TestGateway {
     gateway: Option<Gateway>,
-    tls_dir: TempDir,
+    /// The development certificate's directory, removed on drop.
+    _tls_dir: TempDir,
     cert: CertificateDer<'static>,
     cert_pem: Vec<u8>,
     data_addr: SocketAddr,
@@ -153,29 +157,6 @@ pub struct TestGateway {
     /// Added to requests by `client()`, `raw()` and friends: a token of the test key for every
     /// configured source (`None` if `customize` removed the test key).
     token: Option<String>,
-}
-
-/// Start a gateway serving `sources` with [`test_limits`].
-pub async fn start_gateway(sources: BTreeMap<String, SourceConfig>) -> TestGateway {
-    start_gateway_with(sources, test_limits()).await
-}
-
-/// Start a gateway serving `sources` with the given limits, on `127.0.0.1:0` for both listeners.
-pub async fn start_gateway_with(
-    sources: BTreeMap<String, SourceConfig>,
-    limits: Limits,
-) -> TestGateway {
-    start_gateway_tweaked(sources, limits, |_| {}).await
-}
-
-/// Like [`start_gateway_with`], with `tweak` applied to the config first (network lists,
-/// listener address, ...). The default network section allows loopback only.
-pub async fn start_gateway_tweaked(
-    sources: BTreeMap<String, SourceConfig>,
-    limits: Limits,
-    tweak: impl FnOnce(&mut Config),
-) -> TestGateway {
-    start_gateway_opts(sources, limits, tweak, StartOptions::default()).await
 }
 
 /// Rate limits for tests: high enough that no test trips them unless it sets its own.
@@ -189,90 +170,154 @@ pub fn test_rate_limits() -> RateLimits {
     }
 }
 
-/// Like [`start_gateway_tweaked`], with start options (a config path to reload from, a fake
-/// rate-limit clock). Admin state goes to `<tempdir>/state` unless `tweak` sets
-/// `config.admin.state_dir`.
-pub async fn start_gateway_opts(
-    sources: BTreeMap<String, SourceConfig>,
-    limits: Limits,
-    tweak: impl FnOnce(&mut Config),
-    options: StartOptions,
-) -> TestGateway {
-    init_tracing();
-    let tls_dir = tempfile::tempdir().expect("tempdir for the dev certificate");
-    let loopback: SocketAddr = "127.0.0.1:0".parse().expect("loopback address");
-    let config = Config {
-        listener: ListenerConfig {
-            addr: loopback,
-            tls: TlsConfig::Development {
-                dir: tls_dir.path().to_path_buf(),
-            },
-            hsts: bucketgate::config::HstsConfig::default(),
-        },
-        admin: AdminConfig::new(loopback, tls_dir.path().join("state")),
-        limits,
-        sources,
-        network: NetworkConfig::loopback_only(),
-        rate_limits: test_rate_limits(),
-        audit: AuditConfig {
-            destination: AuditDestination::Off,
-        },
-        cors: CorsConfig::default(),
-        identity: Some(test_identity()),
-        roles: default_roles(),
-        projects: BTreeMap::new(),
-        saml: None,
-        sts: bucketgate::config::StsConfig::default(),
-    };
-    let mut config = config;
-    tweak(&mut config);
-    start_gateway_from(config, tls_dir, options).await
-}
-
-/// Like [`start_gateway_tweaked`] (the audit, CORS and identity tests' name for it).
-pub async fn start_gateway_custom(
-    sources: BTreeMap<String, SourceConfig>,
-    limits: Limits,
-    customize: impl FnOnce(&mut Config),
-) -> TestGateway {
-    start_gateway_tweaked(sources, limits, customize).await
-}
-
-/// Start a gateway from a whole config (e.g. loaded from a file) whose development certificate
-/// directory is `tls_dir`. Clients get a token of the test key for every configured source when
-/// the config trusts that key.
-pub async fn start_gateway_from(
+/// How a test starts its gateway: the test config (loopback listeners on port 0, a development
+/// certificate in a tempdir, [`test_limits`], [`test_rate_limits`], the test key, admin state in
+/// `<tempdir>/state`, no sources) or a whole config of the test's own ([`GatewayBuilder::from_config`]),
+/// changed step by step, then [`GatewayBuilder::start`]:
+///
+/// ```ignore
+/// let gw = GatewayBuilder::new()
+///     .source("local", fs_source(dir.path()))
+///     .limits(limits)
+///     .tweak(|c| c.network = net)
+///     .clock(clock)
+///     .start()
+///     .await;
+/// ```
+///
+/// Clients get a token of the test key for every configured source when the config trusts that
+/// key.
+pub struct GatewayBuilder {
     config: Config,
+    /// Holds `cert.pem`, the certificate the clients trust.
     tls_dir: TempDir,
     options: StartOptions,
-) -> TestGateway {
-    init_tracing();
-    let has_test_key = config
-        .identity
-        .as_ref()
-        .is_some_and(|i| i.keys.iter().any(|k| k.kid == TEST_KID));
-    let token = has_test_key.then(|| token_for_sources(config.sources.keys()));
-    let gateway = Gateway::start_with(config, options)
-        .await
-        .expect("gateway starts");
-    let cert_pem = std::fs::read(tls_dir.path().join("cert.pem")).expect("dev certificate written");
-    let cert = CertificateDer::from_pem_slice(&cert_pem).expect("dev certificate parses");
-    TestGateway {
-        data_addr: gateway.data_addr(),
-        admin_addr: gateway.admin_addr(),
-        gateway: Some(gateway),
-        tls_dir,
-        cert,
-        cert_pem,
-        token,
-    }
 }
 
-/// One source named `name` serving a fresh tempdir; returns the gateway and the directory.
-pub async fn start_fs_gateway(name: &str) -> (TestGateway, TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir for an fs source");
-    let gw = start_gateway(BTreeMap::from([(name.to_string(), fs_source(dir.path()))])).await;
-    (gw, dir)
+impl GatewayBuilder {
+    /// The test config, with no source yet.
+    pub fn new() -> GatewayBuilder {
+        let tls_dir = tempfile::tempdir().expect("tempdir for the dev certificate");
+        let loopback: SocketAddr = "127.0.0.1:0".parse().expect("loopback address");
+        let config = Config {
+            listener: ListenerConfig {
+                addr: loopback,
+                tls: TlsConfig::Development {
+                    dir: tls_dir.path().to_path_buf(),
+                },
+                hsts: bucketgate::config::HstsConfig::default(),
+            },
+            admin: AdminConfig::new(loopback, tls_dir.path().join("state")),
+            limits: test_limits(),
+            sources: BTreeMap::new(),
+            network: NetworkConfig::loopback_only(),
+            rate_limits: test_rate_limits(),
+            audit: AuditConfig {
+                destination: AuditDestination::Off,
+            },
+            cors: CorsConfig::default(),
+            identity: Some(test_identity()),
+            roles: default_roles(),
+            projects: BTreeMap::new(),
+            saml: None,
+            sts: bucketgate::config::StsConfig::default(),
+        };
+        GatewayBuilder {
+            config,
+            tls_dir,
+            options: StartOptions::default(),
+        }
+    }
+
+    /// A whole config (e.g. loaded from a file) whose listener serves the certificate that
+    /// `tls_dir` holds as `cert.pem`.
+    pub fn from_config(config: Config, tls_dir: TempDir) -> GatewayBuilder {
+        GatewayBuilder {
+            config,
+            tls_dir,
+            options: StartOptions::default(),
+        }
+    }
+
+    /// Adds (or replaces) the source `name`.
+    pub fn source(mut self, name: &str, source: SourceConfig) -> GatewayBuilder {
+        self.config.sources.insert(name.to_owned(), source);
+        self
+    }
+
+    /// Adds (or replaces) every source of `sources`.
+    pub fn sources(mut self, sources: BTreeMap<String, SourceConfig>) -> GatewayBuilder {
+        self.config.sources.extend(sources);
+        self
+    }
+
+    pub fn limits(mut self, limits: Limits) -> GatewayBuilder {
+        self.config.limits = limits;
+        self
+    }
+
+    /// Any other change to the config (network lists, listener address, identity, ...), applied
+    /// now: a later `limits` or `source` call wins over it.
+    pub fn tweak(mut self, tweak: impl FnOnce(&mut Config)) -> GatewayBuilder {
+        tweak(&mut self.config);
+        self
+    }
+
+    /// The file the config came from, to reload from (`POST /admin/reload`, SIGHUP), watched
+    /// for changes when `watch`.
+    pub fn reload_from(mut self, path: PathBuf, watch: bool) -> GatewayBuilder {
+        self.options.config_path = Some(path);
+        self.options.watch_config_file = watch;
+        self
+    }
+
+    /// The rate limiters' clock.
+    pub fn clock(mut self, clock: AdmitClock) -> GatewayBuilder {
+        self.options.clock = clock;
+        self
+    }
+
+    /// The clock of credential expiry and SAML checks.
+    pub fn credentials_clock(mut self, clock: Arc<dyn CredentialsClock>) -> GatewayBuilder {
+        self.options.credentials_clock = Some(clock);
+        self
+    }
+
+    pub async fn start(self) -> TestGateway {
+        init_tracing();
+        let GatewayBuilder {
+            config,
+            tls_dir,
+            options,
+        } = self;
+        let has_test_key = config
+            .identity
+            .as_ref()
+            .is_some_and(|i| i.keys.iter().any(|k| k.kid == TEST_KID));
+        let token = has_test_key.then(|| token_for_sources(config.sources.keys()));
+        let gateway = Gateway::start_with(config, options)
+            .await
+            .expect("gateway starts");
+        let cert_pem =
+            std::fs::read(tls_dir.path().join("cert.pem")).expect("dev certificate written");
+        let cert = CertificateDer::from_pem_slice(&cert_pem).expect("dev certificate parses");
+        TestGateway {
+            data_addr: gateway.data_addr(),
+            admin_addr: gateway.admin_addr(),
+            gateway: Some(gateway),
+            _tls_dir: tls_dir,
+            cert,
+            cert_pem,
+            token,
+        }
+    }
+
+    /// Adds the fs source `name` over a fresh tempdir and starts; returns that directory too.
+    pub async fn start_fs(self, name: &str) -> (TestGateway, TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir for an fs source");
+        let gw = self.source(name, fs_source(dir.path())).start().await;
+        (gw, dir)
+    }
 }
 
 impl TestGateway {
@@ -305,10 +350,6 @@ impl TestGateway {
 
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{}", self.admin_addr, path)
-    }
-
-    pub fn cert_pem(&self) -> &[u8] {
-        &self.cert_pem
     }
 
     /// The token the clients add (whole-source scope, role owner).
@@ -607,4 +648,36 @@ pub async fn read_until_closed<R: tokio::io::AsyncRead + Unpin>(
     .await
     .is_ok();
     (out, closed)
+}
+
+/// Names the one test a child process of [`alone_in_child_process`] runs.
+const ALONE_ENV: &str = "BUCKETGATE_TEST_ALONE";
+
+/// For a test that changes or measures process-wide state (RLIMIT_NOFILE, RSS): the tests of
+/// this binary run in parallel threads of one process, so such a test runs alone in a child
+/// process of the same binary. `name` is the test's path as the harness lists it
+/// (`file::test_name`).
+///
+/// In the child (which the env var marks) this returns `true`: the test goes on. In the parent it
+/// runs the binary again with `name --exact`, panics with the child's output unless exactly that
+/// one test passed there, and returns `false`: the test returns at once.
+pub fn alone_in_child_process(name: &str) -> bool {
+    if std::env::var_os(ALONE_ENV).is_some_and(|v| v == name) {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out = std::process::Command::new(exe)
+        .args([name, "--exact", "--test-threads=1", "--nocapture"])
+        .env(ALONE_ENV, name)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run the test binary again");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "{name} in a child process: {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    false
 }

@@ -11,7 +11,7 @@
 //! `x-amz-*` headers, S3's XML error bodies), for the response-hygiene tests. `HugeHeaders` sends
 //! a header block no store sends; `ErrorCode` answers as S3 refuses a request (HEAD without a
 //! body, GET with the error code); `SlowHeadThenStall` and `Trickle` are slow, not broken.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -142,7 +142,6 @@ pub fn object_bytes() -> Vec<u8> {
 pub struct Origin {
     /// `http://127.0.0.1:PORT`
     pub endpoint: String,
-    pub mode: Mode,
     requests: Arc<AtomicUsize>,
     stats: Arc<Stats>,
     server: Option<JoinHandle<()>>,
@@ -181,7 +180,6 @@ impl Origin {
         };
         Origin {
             endpoint: format!("http://{addr}"),
-            mode,
             requests,
             stats,
             server,

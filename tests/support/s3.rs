@@ -9,12 +9,12 @@
 //!
 //! Both are filled through the S3 API with [`client`], so keys travel the same encoding path as
 //! the gateway's reads.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener as StdTcpListener, TcpStream as StdTcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use aws_sdk_s3::config::{
@@ -26,6 +26,8 @@ use bucketgate::config::{S3Credentials, S3Source, Secret};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
+
+use super::process::ChildGuard;
 
 pub const REGION: &str = "us-east-1";
 pub const MOTO_ACCESS_KEY: &str = "test";
@@ -166,17 +168,71 @@ impl s3s::auth::S3Auth for OneKey {
     }
 }
 
-/// s3s-fs served in-process over hyper on `127.0.0.1:0`, SigV4 checked against one key pair.
-pub struct S3sFs {
+/// What a test does with either server: its endpoint, a client with working credentials, and
+/// the bucket helpers. [`S3sFs`] and [`Moto`] deref to it.
+pub struct S3Api {
     /// `http://127.0.0.1:PORT`
     pub endpoint: String,
-    /// Where s3s-fs keeps buckets (one directory each) and objects (files).
-    pub root: TempDir,
     pub access_key: String,
     pub secret_key: String,
     /// A client with the right credentials, for filling buckets.
     pub client: aws_sdk_s3::Client,
+}
+
+impl S3Api {
+    fn new(endpoint: String, access_key: &str, secret_key: &str) -> S3Api {
+        S3Api {
+            client: client(&endpoint, access_key, secret_key),
+            endpoint,
+            access_key: access_key.to_owned(),
+            secret_key: secret_key.to_owned(),
+        }
+    }
+
+    pub async fn create_bucket(&self, bucket: &str) {
+        create_bucket(&self.client, bucket).await;
+    }
+
+    /// Put one object; returns its ETag.
+    pub async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: &[u8],
+        content_type: Option<&str>,
+    ) -> String {
+        put_object(&self.client, bucket, key, body, content_type).await
+    }
+
+    pub async fn list(&self, bucket: &str) -> Vec<String> {
+        list_keys(&self.client, bucket).await
+    }
+
+    /// A source for `bucket` under `prefix` with this server's credentials.
+    pub fn source(&self, bucket: &str, prefix: &str) -> S3Source {
+        source(
+            &self.endpoint,
+            bucket,
+            prefix,
+            &self.access_key,
+            &self.secret_key,
+        )
+    }
+}
+
+/// s3s-fs served in-process over hyper on `127.0.0.1:0`, SigV4 checked against one key pair.
+pub struct S3sFs {
+    api: S3Api,
+    /// Where s3s-fs keeps buckets (one directory each) and objects (files); removed on drop.
+    _root: TempDir,
     server: JoinHandle<()>,
+}
+
+impl std::ops::Deref for S3sFs {
+    type Target = S3Api;
+    fn deref(&self) -> &S3Api {
+        &self.api
+    }
 }
 
 impl S3sFs {
@@ -211,45 +267,11 @@ impl S3sFs {
                 });
             }
         });
-        let endpoint = format!("http://{addr}");
-        let client = client(&endpoint, access_key, secret_key);
         S3sFs {
-            endpoint,
-            root,
-            access_key: access_key.to_string(),
-            secret_key: secret_key.to_string(),
-            client,
+            api: S3Api::new(format!("http://{addr}"), access_key, secret_key),
+            _root: root,
             server,
         }
-    }
-
-    pub async fn create_bucket(&self, bucket: &str) {
-        create_bucket(&self.client, bucket).await;
-    }
-
-    pub async fn put(
-        &self,
-        bucket: &str,
-        key: &str,
-        body: &[u8],
-        content_type: Option<&str>,
-    ) -> String {
-        put_object(&self.client, bucket, key, body, content_type).await
-    }
-
-    pub async fn list(&self, bucket: &str) -> Vec<String> {
-        list_keys(&self.client, bucket).await
-    }
-
-    /// A source for `bucket` under `prefix` with this server's credentials.
-    pub fn source(&self, bucket: &str, prefix: &str) -> S3Source {
-        source(
-            &self.endpoint,
-            bucket,
-            prefix,
-            &self.access_key,
-            &self.secret_key,
-        )
     }
 }
 
@@ -260,13 +282,12 @@ impl Drop for S3sFs {
     }
 }
 
-/// `moto_server` as a child process on a free loopback port; killed on drop.
+/// `moto_server` as a child process on a free loopback port; stopped and reaped on drop.
 pub struct Moto {
-    /// `http://127.0.0.1:PORT`
-    pub endpoint: String,
-    /// A client with moto's (arbitrary) credentials.
-    pub client: aws_sdk_s3::Client,
-    child: Child,
+    /// moto's (arbitrary) credentials.
+    api: S3Api,
+    /// Stopped and reaped on drop.
+    process: ChildGuard,
     /// moto's stdout and stderr, shown when it fails to start.
     log: tempfile::NamedTempFile,
 }
@@ -276,6 +297,13 @@ pub struct Moto {
 const MOTO_READY_ATTEMPTS: u32 = 300;
 const MOTO_READY_INTERVAL: Duration = Duration::from_millis(100);
 
+impl std::ops::Deref for Moto {
+    type Target = S3Api;
+    fn deref(&self) -> &S3Api {
+        &self.api
+    }
+}
+
 impl Moto {
     pub async fn start() -> Moto {
         let bin = moto_binary();
@@ -283,18 +311,18 @@ impl Moto {
         let log = tempfile::NamedTempFile::new().expect("moto log file");
         let out = log.reopen().expect("moto log");
         let err = log.reopen().expect("moto log");
-        let child = Command::new(&bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        let process = ChildGuard::spawn(
+            &bin.display().to_string(),
+            Command::new(&bin)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(out))
+                .stderr(Stdio::from(err)),
+        );
         let endpoint = format!("http://127.0.0.1:{port}");
         let mut moto = Moto {
-            client: client(&endpoint, MOTO_ACCESS_KEY, MOTO_SECRET_KEY),
-            endpoint,
-            child,
+            api: S3Api::new(endpoint, MOTO_ACCESS_KEY, MOTO_SECRET_KEY),
+            process,
             log,
         };
         moto.wait_ready(SocketAddr::from(([127, 0, 0, 1], port)))
@@ -305,7 +333,7 @@ impl Moto {
     /// Poll until moto answers an HTTP request, failing fast if the process died.
     async fn wait_ready(&mut self, addr: SocketAddr) {
         for _ in 0..MOTO_READY_ATTEMPTS {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Ok(Some(status)) = self.process.child().try_wait() {
                 panic!(
                     "moto_server exited early ({status}); its output:\n{}",
                     self.output()
@@ -325,42 +353,6 @@ impl Moto {
 
     fn output(&self) -> String {
         std::fs::read_to_string(self.log.path()).unwrap_or_default()
-    }
-
-    pub async fn create_bucket(&self, bucket: &str) {
-        create_bucket(&self.client, bucket).await;
-    }
-
-    pub async fn put(
-        &self,
-        bucket: &str,
-        key: &str,
-        body: &[u8],
-        content_type: Option<&str>,
-    ) -> String {
-        put_object(&self.client, bucket, key, body, content_type).await
-    }
-
-    pub async fn list(&self, bucket: &str) -> Vec<String> {
-        list_keys(&self.client, bucket).await
-    }
-
-    /// A source for `bucket` under `prefix` (moto takes any credentials).
-    pub fn source(&self, bucket: &str, prefix: &str) -> S3Source {
-        source(
-            &self.endpoint,
-            bucket,
-            prefix,
-            MOTO_ACCESS_KEY,
-            MOTO_SECRET_KEY,
-        )
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -10,14 +10,16 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{ChildStdin, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use base64::Engine;
 use serde_json::Value;
 
-/// A running test IdP. Killed on drop.
+use super::process::ChildGuard;
+
+/// A running test IdP. Stopped and reaped on drop.
 pub struct TestIdp {
     /// `http://127.0.0.1:PORT`
     pub base: String,
@@ -34,7 +36,7 @@ pub struct TestIdp {
     pub secondary_cert_pem: String,
     /// An EC P-256 key's certificate (`"key": "ec"`, signed ECDSA-SHA256).
     pub ec_cert_der: Vec<u8>,
-    child: Mutex<Option<(Child, ChildStdin)>>,
+    child: Mutex<Option<(ChildGuard, ChildStdin)>>,
 }
 
 /// The fields of the IdP's auto-submitting form (what a browser would POST to the ACS URL).
@@ -71,21 +73,22 @@ impl TestIdp {
 
     pub fn start_blocking() -> TestIdp {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/saml_idp.py");
-        let mut child = Command::new(python())
-            .arg(&script)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn tests/support/saml_idp.py");
-        let stdin = child.stdin.take().expect("IdP stdin");
-        let stdout = child.stdout.take().expect("IdP stdout");
+        // Guarded from here on: a panic below still stops and reaps the IdP.
+        let mut child = ChildGuard::spawn(
+            "tests/support/saml_idp.py",
+            Command::new(python())
+                .arg(&script)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit()),
+        );
+        let stdin = child.child().stdin.take().expect("IdP stdin");
+        let stdout = child.child().stdout.take().expect("IdP stdout");
         let mut line = String::new();
         BufReader::new(stdout)
             .read_line(&mut line)
             .expect("read the IdP's first line");
         let hello: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
-            let _ = child.kill();
             panic!("the test IdP did not start (first line {line:?}): {e}; is signxml installed? run ./tests/run")
         });
         let base = hello["base"].as_str().expect("base").to_owned();
@@ -169,9 +172,9 @@ impl TestIdp {
 impl Drop for TestIdp {
     fn drop(&mut self) {
         if let Some((mut child, stdin)) = self.child.lock().ok().and_then(|mut c| c.take()) {
+            // It exits when its stdin closes; the guard makes sure and reaps it.
             drop(stdin);
-            let _ = child.kill();
-            let _ = child.wait();
+            child.stop();
         }
     }
 }

@@ -25,7 +25,7 @@
 //! and form parameters) and counted before it is forwarded to moto over a fresh connection. It
 //! can be stopped (connection refused), restarted on the same port, made to stall (answer only
 //! once resumed) or to answer a fixed error status.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -45,7 +45,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::s3::{self, Moto};
-use bucketgate::config::{S3Credentials, S3Source, Secret};
+use bucketgate::config::{S3Credentials, S3Source};
 
 /// moto's default account id: every ARN below lives in it.
 pub const ACCOUNT: &str = "123456789012";
@@ -277,23 +277,6 @@ impl MotoIam {
         s3::put_object(&self.s3, bucket, key, body, content_type).await;
     }
 
-    /// `PutBucketPolicy` with the admin's keys.
-    pub async fn put_bucket_policy(&self, bucket: &str, doc: &serde_json::Value) {
-        if let Err(e) = self
-            .s3
-            .put_bucket_policy()
-            .bucket(bucket)
-            .policy(doc.to_string())
-            .send()
-            .await
-        {
-            panic!(
-                "put bucket policy on {bucket:?}: {}",
-                aws_sdk_s3::error::DisplayErrorContext(&e)
-            );
-        }
-    }
-
     /// An S3 source on this moto for `bucket`/`prefix` with `credentials`.
     pub fn source(&self, bucket: &str, prefix: &str, credentials: S3Credentials) -> S3Source {
         S3Source {
@@ -303,14 +286,6 @@ impl MotoIam {
             endpoint: Some(self.moto.endpoint.clone()),
             path_style: true,
             credentials,
-        }
-    }
-
-    /// Static credentials of `keys` as a source's credentials.
-    pub fn static_credentials(keys: &Keys) -> S3Credentials {
-        S3Credentials::Static {
-            access_key_id: keys.access_key_id.clone(),
-            secret_access_key: Secret::new(keys.secret_access_key.clone()),
         }
     }
 }

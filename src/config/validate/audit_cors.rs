@@ -1,4 +1,4 @@
-//! `[audit]` and `[cors]` validation (a child of `validate.rs`, so it shares the [`Checker`]).
+//! `[audit]` and `[cors]` validation (a child of `validate/mod.rs`, so it shares the [`Checker`]).
 
 use toml::Spanned;
 

@@ -1,5 +1,5 @@
 //! `[identity]`, `[roles]`, `[projects]` and the admin credential/state keys (a child of
-//! `validate.rs`, so it shares the [`Checker`]). Key material is resolved and parsed here, so a
+//! `validate/mod.rs`, so it shares the [`Checker`]). Key material is resolved and parsed here, so a
 //! bad PEM or a short secret is a config error with its position, never a startup surprise.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,4 +1,4 @@
-//! `[saml]`, `[saml.idp]` and `[[saml.idp.roles]]` (a child of `validate.rs`, so it shares the
+//! `[saml]`, `[saml.idp]` and `[[saml.idp.roles]]` (a child of `validate/mod.rs`, so it shares the
 //! [`Checker`]). Certificates are resolved and their PEM read here, so a missing or wrong file is
 //! a config error with its position, never a login that fails at 3 a.m.
 

@@ -1,5 +1,5 @@
 //! `[sts]` and the STS-backed source credentials (`credentials = "saml"` and the
-//! `{ assume_role = ... }` table) — a child of `validate.rs`, so it shares the [`Checker`].
+//! `{ assume_role = ... }` table) — a child of `validate/mod.rs`, so it shares the [`Checker`].
 
 use std::collections::BTreeMap;
 use std::ops::Range;

@@ -1,0 +1,32 @@
+//! The one integration-test binary (`cargo test --test integration`): every file in tests/ is a
+//! module of it, sharing `support`. One binary links the crate and its dependencies once, where
+//! one binary per file linked them ~20 times.
+//!
+//! The tests run in parallel threads of one process. A test that changes or measures
+//! process-wide state (the RLIMIT_NOFILE of the EMFILE test, the RSS of the memory test) re-runs
+//! itself alone in a child process: [`support::alone_in_child_process`].
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+mod accept_errors;
+mod admin_api;
+mod audit;
+mod binary;
+mod cli;
+mod config_errors;
+mod cors;
+mod delegated;
+mod faults;
+mod fs_source;
+mod identity;
+mod listener;
+mod network;
+mod objects;
+mod operations;
+mod rate_limits;
+mod reload;
+mod requests;
+mod s3_backend;
+mod saml;
+mod saml_response;
