@@ -138,7 +138,8 @@ struct AdminRecord<'a> {
     time: String,
     kind: &'static str,
     who: &'a str,
-    what: &'a str,
+    action: &'a str,
+    what: &'a serde_json::Value,
 }
 
 /// A handle to the audit log. Cheap to clone; every clone feeds the same writer.
@@ -203,12 +204,14 @@ impl AuditLog {
         self.tx.is_some()
     }
 
-    /// Record a change made through the admin API: `who` made it, `what` it was (no secrets).
-    pub fn admin_change(&self, who: &str, what: &str) {
+    /// Record a change made through the admin API: `who` made it (a token digest prefix), the
+    /// `action`, and `what` it changed (no secrets). The one format of every admin record.
+    pub fn admin_change(&self, who: &str, action: &str, what: &serde_json::Value) {
         let record = AdminRecord {
             time: rfc3339(SystemTime::now()),
             kind: "admin",
             who,
+            action,
             what,
         };
         self.send(&record);
