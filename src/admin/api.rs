@@ -18,19 +18,19 @@
 //! (`reload/mod.rs`). Every change is recorded through the audit log, one record format.
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_LENGTH};
+use http::header::AUTHORIZATION;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::Admin;
 use super::error::{AdminError, api_json};
 use crate::config::defaults::ADMIN_BODY_MAX_BYTES;
 use crate::identity::revocation::Revocation;
-use crate::pipeline::respond::ResponseBody;
 use crate::reload::lists::{ListsError, NetworkLists, Patch};
 use crate::reload::{ChangeError, ReloadError, TokenDigest, Trigger};
 use crate::telemetry::ErrorChain;
+use crate::web::body::{ReadError, read_bounded};
+use crate::web::{ResponseBody, parse};
 
 /// Answer one `/admin/...` request.
 pub(super) async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<ResponseBody> {
@@ -143,11 +143,7 @@ where
 fn authenticate(token: &TokenDigest, headers: &http::HeaderMap) -> Result<String, AdminError> {
     let presented = headers
         .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, rest) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-        })
+        .and_then(parse::bearer)
         .ok_or(AdminError::Unauthorized)?;
     if token.matches(presented) {
         Ok(token.who())
@@ -156,23 +152,14 @@ fn authenticate(token: &TokenDigest, headers: &http::HeaderMap) -> Result<String
     }
 }
 
+/// The JSON body, at most `ADMIN_BODY_MAX_BYTES` (a larger declared length is refused unread).
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, AdminError> {
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > ADMIN_BODY_MAX_BYTES as u64) {
-        return Err(AdminError::BodyTooLarge);
-    }
-    match Limited::new(req.into_body(), ADMIN_BODY_MAX_BYTES)
-        .collect()
+    read_bounded(req.into_body(), ADMIN_BODY_MAX_BYTES, None)
         .await
-    {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(AdminError::BodyTooLarge),
-        Err(_) => Err(AdminError::BodyRead),
-    }
+        .map_err(|e| match e {
+            ReadError::TooLarge => AdminError::BodyTooLarge,
+            ReadError::Broken | ReadError::Timeout => AdminError::BodyRead,
+        })
 }
 
 /// Every admin change goes through here: one audit record (who: a hash prefix of the token,

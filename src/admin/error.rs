@@ -12,13 +12,13 @@ use http::{HeaderValue, Response, StatusCode};
 use crate::config::ConfigErrors;
 use crate::config::defaults::ADMIN_BODY_MAX_BYTES;
 use crate::identity::revocation::RevocationError;
-use crate::pipeline::respond::ResponseBody;
 use crate::reload::lists::ListsError;
 use crate::reload::{ChangeError, ReloadError};
 use crate::server::tls::TlsError;
 use crate::telemetry::ErrorChain;
+use crate::web::{ResponseBody, full_response};
 
-use super::{full_response, text};
+use super::text;
 
 /// Why an `/admin/*` request was refused.
 #[derive(Debug, thiserror::Error)]

@@ -17,16 +17,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::backend::Backend;
 use crate::identity::revocation::Revocations;
-use crate::pipeline::respond::ResponseBody;
-use crate::pipeline::{ConnInfo, Pipeline};
+use crate::pipeline::Pipeline;
 use crate::reload::Control;
-use crate::server::Handler;
 use crate::telemetry::ErrorChain;
+use crate::web::{ConnInfo, Handler, ResponseBody, full_response};
 use error::ProbeError;
 
 /// How long `/readyz` waits for each source.
@@ -134,17 +132,6 @@ impl Handler for Admin {
         crate::pipeline::respond::no_framing_headers(resp.headers_mut());
         resp
     }
-}
-
-/// A response with a whole body and no other header.
-fn full_response(status: StatusCode, body: impl Into<Bytes>) -> Response<ResponseBody> {
-    let mut resp = Response::new(
-        http_body_util::Full::new(body.into())
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
-    *resp.status_mut() = status;
-    resp
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<ResponseBody> {

@@ -21,7 +21,6 @@
 
 pub mod admit;
 pub mod authorize;
-pub mod body;
 pub mod cors;
 pub mod identity;
 pub mod network;
@@ -35,7 +34,6 @@ pub mod respond;
 pub use crate::telemetry::ErrorChain;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,29 +49,10 @@ use crate::backend::{AnyBackend, BackendError, Caller, ObjectMeta, Opened, Want}
 use crate::config::Limits;
 use crate::error::Error;
 use crate::telemetry::{Metrics, NetworkDecisionLabel, RouteLabel, RouteStatus};
+use crate::web::{self, ConnInfo, ResponseBody, body};
 use plan::Plan;
 use range::Answer;
-use respond::{ResponseBody, StreamingBody};
-
-/// What the server knows about the connection a request came on.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnInfo {
-    /// The client as the data listener sees it: the TCP peer, or the source address of a PROXY
-    /// protocol header sent by a configured peer.
-    pub peer: SocketAddr,
-    /// The TCP peer that sent a PROXY protocol header, if one did.
-    pub proxied_by: Option<SocketAddr>,
-}
-
-impl ConnInfo {
-    /// A direct connection (no PROXY protocol header).
-    pub fn direct(peer: SocketAddr) -> ConnInfo {
-        ConnInfo {
-            peer,
-            proxied_by: None,
-        }
-    }
-}
+use respond::StreamingBody;
 
 /// The live parts built from one config snapshot by `app.rs`. A request loads the current
 /// snapshot once and uses it for every stage, so a reload never splits a request across two
@@ -331,7 +310,7 @@ impl Pipeline {
             // frames on h2, which clients reject as a protocol error (regression: h2 HEAD of a
             // missing key was reset instead of answered 404).
             if req.method == Method::HEAD {
-                *resp.body_mut() = respond::empty();
+                *resp.body_mut() = web::empty();
             }
             respond::security_headers(resp.headers_mut(), &request_id);
             respond::strict_transport_security(resp.headers_mut(), &snapshot.hsts);
@@ -529,11 +508,7 @@ impl Pipeline {
                 span.record("rule", rule);
                 facts.decision = Decision::Allow;
                 facts.rule = Some(rule.to_owned());
-                Ok(resp.map(|b| {
-                    http_body_util::Full::new(b)
-                        .map_err(|never| match never {})
-                        .boxed_unsync()
-                }))
+                Ok(resp.map(web::full))
             }
             Err(e) => {
                 span.record("decision", "deny");
@@ -635,7 +610,7 @@ impl Pipeline {
             };
             let head = |status, part| {
                 respond::object_head(status, &meta, part)
-                    .body(respond::empty())
+                    .body(web::empty())
                     .map_err(|e| backend_err(BackendError::Protocol(e.to_string())))
             };
             let (object, part) = match (range::answer(&conditions, &meta, head_only), object) {
@@ -662,7 +637,7 @@ impl Pipeline {
                 Arc::clone(&self.metrics),
             );
             return respond::object_head(status, &meta, part)
-                .body(body.boxed_unsync())
+                .body(web::boxed(body))
                 .map_err(|e| backend_err(BackendError::Protocol(e.to_string())));
         }
     }
