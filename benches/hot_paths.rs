@@ -11,8 +11,9 @@ use bucketgate::backend::AnyBackend;
 use bucketgate::backend::fs::FsBackend;
 use bucketgate::config::{Limits, NetworkConfig};
 use bucketgate::pipeline::network::NetworkPolicy;
-use bucketgate::pipeline::{ConnInfo, Pipeline, Snapshot, plan, range};
+use bucketgate::pipeline::{Pipeline, Snapshot, plan, range};
 use bucketgate::telemetry::Metrics;
+use bucketgate::web::ConnInfo;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Request};
 

@@ -144,10 +144,11 @@ impl Gateway {
             options.config_path.clone(),
             config.clone(),
         ));
-        let admin = Arc::new(
-            Admin::new(Arc::clone(&pipeline), Arc::clone(&control))
-                .with_revocations(revocations, config.admin.token.clone()),
-        );
+        let admin = Arc::new(Admin::new(
+            Arc::clone(&pipeline),
+            Arc::clone(&control),
+            revocations,
+        ));
 
         let bind = |what: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)

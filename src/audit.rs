@@ -100,12 +100,7 @@ impl Facts {
 /// First 12 hex digits of the SHA-256 of `token`: enough to correlate requests made with one
 /// token, useless for replaying it.
 pub fn token_hash(token: &str) -> String {
-    let digest = Sha256::digest(token.as_bytes());
-    let mut out = String::with_capacity(12);
-    for b in &digest[..6] {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    hex::encode(&Sha256::digest(token.as_bytes())[..6])
 }
 
 /// One request, as written.
@@ -138,7 +133,8 @@ struct AdminRecord<'a> {
     time: String,
     kind: &'static str,
     who: &'a str,
-    what: &'a str,
+    action: &'a str,
+    what: &'a serde_json::Value,
 }
 
 /// A handle to the audit log. Cheap to clone; every clone feeds the same writer.
@@ -203,12 +199,14 @@ impl AuditLog {
         self.tx.is_some()
     }
 
-    /// Record a change made through the admin API: `who` made it, `what` it was (no secrets).
-    pub fn admin_change(&self, who: &str, what: &str) {
+    /// Record a change made through the admin API: `who` made it (a token digest prefix), the
+    /// `action`, and `what` it changed (no secrets). The one format of every admin record.
+    pub fn admin_change(&self, who: &str, action: &str, what: &serde_json::Value) {
         let record = AdminRecord {
             time: rfc3339(SystemTime::now()),
             kind: "admin",
             who,
+            action,
             what,
         };
         self.send(&record);

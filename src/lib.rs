@@ -18,5 +18,6 @@ pub mod saml;
 pub mod server;
 pub mod telemetry;
 pub mod tokens;
+pub mod web;
 
 pub use app::{Gateway, StartError, StartOptions};

@@ -469,7 +469,7 @@ fn random_hex(bytes: usize) -> Result<String, TokenError> {
     ring::rand::SystemRandom::new()
         .fill(&mut buf)
         .map_err(|_| TokenError::Generate)?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex::encode(buf))
 }
 
 /// Create `path` (never overwrite), private files with mode 0600.

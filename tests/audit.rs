@@ -236,10 +236,9 @@ async fn audit_names_the_rule_of_a_network_denial() {
     let log_path = logs.path().join("audit.log");
     support::write_file(data.path(), "hello.txt", b"hello audit\n");
     let audit_path = log_path.clone();
-    let mut gw = support::start_gateway_custom(
-        BTreeMap::from([("local".to_string(), support::fs_source(data.path()))]),
-        support::test_limits(),
-        move |config| {
+    let mut gw = support::GatewayBuilder::new()
+        .source("local", support::fs_source(data.path()))
+        .tweak(move |config| {
             identity(config);
             config.network = bucketgate::config::NetworkConfig {
                 allow: vec![bucketgate::config::network::parse_cidr("127.0.0.0/8").unwrap()],
@@ -251,9 +250,9 @@ async fn audit_names_the_rule_of_a_network_denial() {
                 max_bytes: 1024 * 1024,
                 keep: 2,
             };
-        },
-    )
-    .await;
+        })
+        .start()
+        .await;
     let bearer = format!("Bearer {}", token(Target::prefix("").unwrap()));
     let r = gw
         .raw_exact(

@@ -466,6 +466,93 @@ async fn a_key_removed_from_the_config_stops_its_tokens_at_the_next_reload() {
     );
 }
 
+/// Every `/admin/` route, each with a request that the token in force answers without changing
+/// anything: (method, path, body).
+const ADMIN_ROUTES: &[(&str, &str, Option<&str>)] = &[
+    ("GET", "/admin/network", None),
+    ("GET", "/admin/revocations", None),
+    ("POST", "/admin/revocations", Some("{}")),
+    ("PATCH", "/admin/network", Some("{}")),
+    ("POST", "/admin/reload", None),
+];
+
+async fn admin_status(
+    gw: &TestGateway,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: &str,
+) -> u16 {
+    let mut req = reqwest::Client::new()
+        .request(method.parse().unwrap(), gw.admin_url(path))
+        .header("authorization", format!("Bearer {token}"));
+    if let Some(body) = body {
+        req = req.body(body.to_owned());
+    }
+    req.send().await.unwrap().status().as_u16()
+}
+
+/// Regression: `/admin/revocations` kept the token the gateway started with, so after a reload
+/// rotated or removed `[admin] token` the old one still worked there.
+#[tokio::test]
+async fn a_rotated_or_removed_admin_token_is_refused_on_every_admin_route() {
+    let mut env = Env::new(2);
+    let gw = env.start(BOTH, false).await;
+    for (method, path, body) in ADMIN_ROUTES {
+        let status = admin_status(&gw, method, path, *body, TOKEN).await;
+        assert!(
+            status != 401 && status != 404,
+            "{method} {path}: {status} before the rotation"
+        );
+    }
+
+    // Rotate: the token file changes, the config is read again.
+    let new_token = "reload-test-admin-token-rotated";
+    std::fs::write(env.dir.path().join("token"), new_token).unwrap();
+    env.swap_allow(BOTH);
+    gw.gateway()
+        .reload_from_file(Trigger::Signal)
+        .await
+        .unwrap_or_else(|e| panic!("reload: {e:?}"));
+    for (method, path, body) in ADMIN_ROUTES {
+        assert_eq!(
+            admin_status(&gw, method, path, *body, TOKEN).await,
+            401,
+            "{method} {path}: the rotated-out token is refused"
+        );
+        let status = admin_status(&gw, method, path, *body, new_token).await;
+        assert!(
+            status != 401 && status != 404,
+            "{method} {path}: {status} with the new token"
+        );
+    }
+
+    // Remove: without `[admin] token` no `/admin/` route exists, whatever is presented.
+    let d = env.dir.path().display().to_string();
+    let without = env
+        .text(BOTH)
+        .replace(&format!("token = \"file:{d}/token\"\n"), "");
+    assert!(!without.contains("token ="), "{without}");
+    env.swap(&without);
+    gw.gateway()
+        .reload_from_file(Trigger::Signal)
+        .await
+        .unwrap_or_else(|e| panic!("reload: {e:?}"));
+    for (method, path, body) in ADMIN_ROUTES {
+        for token in [TOKEN, new_token] {
+            assert_eq!(
+                admin_status(&gw, method, path, *body, token).await,
+                404,
+                "{method} {path}: no admin API once the token is removed"
+            );
+        }
+    }
+    // The rest of the admin listener is unaffected.
+    let health = reqwest::get(gw.admin_url("/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    gw.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // TLS certificate reload
 // ---------------------------------------------------------------------------------------------

@@ -181,8 +181,6 @@ pub const DEV_AUDIENCE: &str = "bucketgate";
 pub const DEV_KEY_FILE: &str = "dev-hs256.key";
 /// Revocations file inside the state directory.
 pub const REVOCATIONS_FILE: &str = "revocations.json";
-/// Largest admin API request body.
-pub const ADMIN_MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// Bytes read from a backend per body frame: bounds per-response memory.
 pub const BODY_CHUNK_BYTES: usize = 64 * 1024;

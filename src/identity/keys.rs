@@ -132,7 +132,7 @@ pub fn ensure_dev_key(dir: &Path) -> io::Result<PathBuf> {
     let mut bytes = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
         .map_err(|_| io::Error::other("the system random generator failed"))?;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = hex::encode(bytes);
     let tmp = dir.join(format!(".{DEV_KEY_FILE}.{}.tmp", std::process::id()));
     {
         let mut options = std::fs::OpenOptions::new();

@@ -21,7 +21,7 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use crate::config::CorsConfig;
 use crate::pipeline::error::Error;
 
-use super::respond::{self, ResponseBody};
+use crate::web::{self, ResponseBody};
 
 const ALLOW_METHODS: &str = "GET, HEAD";
 const ALLOW_HEADERS: &str = "Range, Authorization, If-None-Match, If-Modified-Since, If-Range";
@@ -85,7 +85,7 @@ pub fn preflight(cors: &Cors, headers: &HeaderMap) -> Result<Response<ResponseBo
     let Some(origin) = cors.allowed_origin(headers) else {
         return Err(Error::CorsOriginNotAllowed);
     };
-    let mut resp = Response::new(respond::empty());
+    let mut resp = Response::new(web::empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;
     let h = resp.headers_mut();
     h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());

@@ -8,7 +8,6 @@
 use http::header::{ALLOW, CONTENT_RANGE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, StatusCode};
 
-use crate::admin::api::AdminError;
 use crate::backend::BackendError;
 use crate::identity::IdentityError;
 use crate::pipeline::admit::RateLimited;
@@ -422,24 +421,6 @@ impl RequestError {
             self,
             RequestError::UnsupportedTransferCoding | RequestError::RepeatedChunked
         )
-    }
-}
-
-impl AdminError {
-    /// Status codes of the `/admin/*` API.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            AdminError::NotFound => StatusCode::NOT_FOUND,
-            AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
-            AdminError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            AdminError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            AdminError::BodyRead | AdminError::Invalid(_) => StatusCode::BAD_REQUEST,
-            AdminError::NoConfigFile => StatusCode::CONFLICT,
-            AdminError::ConfigInvalid(_) | AdminError::TlsInvalid(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
-            AdminError::Failed => StatusCode::INTERNAL_SERVER_ERROR,
-        }
     }
 }
 

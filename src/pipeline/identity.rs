@@ -11,10 +11,11 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::HeaderMap;
-use http::header::{AUTHORIZATION, COOKIE};
+use http::header::AUTHORIZATION;
 
 use crate::identity::{Identity, IdentityError, Principal};
 use crate::saml::session::{Session, SessionStore};
+use crate::web::parse;
 
 /// Where a request's credential was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,25 +48,17 @@ pub fn find_credential<'a>(
         if auth.next().is_some() {
             return Err(IdentityError::AmbiguousToken);
         }
-        let value = value.to_str().map_err(|_| IdentityError::NotBearer)?;
-        let (scheme, token) = value.split_once(' ').ok_or(IdentityError::NotBearer)?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(IdentityError::NotBearer);
-        }
-        put(Found::Token(Cow::Borrowed(token.trim())))?;
+        let token = parse::bearer(value).ok_or(IdentityError::NotBearer)?;
+        put(Found::Token(Cow::Borrowed(token)))?;
     }
-    // h2 may split cookies over several headers; every pair is looked at.
-    for value in headers.get_all(COOKIE) {
-        let Ok(value) = value.to_str() else { continue };
-        for pair in value.split(';') {
-            let (name, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let name = name.trim();
-            let v = v.trim().trim_matches('"');
-            if Some(name) == token_cookie {
-                put(Found::Token(Cow::Borrowed(v)))?;
-            } else if Some(name) == session_cookie {
-                put(Found::Session(v))?;
-            }
+    // h2 may split cookies over several headers; every pair is looked at. A name without `=`
+    // still counts as that cookie, with an empty value.
+    for (name, v) in parse::cookie_pairs(headers) {
+        let v = v.unwrap_or("");
+        if Some(name) == token_cookie {
+            put(Found::Token(Cow::Borrowed(v)))?;
+        } else if Some(name) == session_cookie {
+            put(Found::Session(v))?;
         }
     }
     if let Some(t) = query_token {

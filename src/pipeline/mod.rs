@@ -28,7 +28,6 @@
 
 pub mod admit;
 pub mod authorize;
-pub mod body;
 pub mod cors;
 pub mod ctx;
 pub mod error;
@@ -45,7 +44,6 @@ pub mod snapshot;
 /// the pipeline for it.
 pub use crate::telemetry::ErrorChain;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,32 +58,13 @@ use crate::audit::{AuditLog, AuditedBody};
 use crate::backend::{BackendError, Caller, ObjectMeta, Opened, Want};
 use crate::pipeline::error::Error;
 use crate::telemetry::{Metrics, NetworkDecisionLabel, RouteLabel, RouteStatus};
+use crate::web::{self, ConnInfo, ResponseBody, body};
 use ctx::RequestCtx;
 use plan::Plan;
 use range::Answer;
-use respond::{ResponseBody, StreamingBody};
+use respond::StreamingBody;
 use route::Route;
 pub use snapshot::Snapshot;
-
-/// What the server knows about the connection a request came on.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnInfo {
-    /// The client as the data listener sees it: the TCP peer, or the source address of a PROXY
-    /// protocol header sent by a configured peer.
-    pub peer: SocketAddr,
-    /// The TCP peer that sent a PROXY protocol header, if one did.
-    pub proxied_by: Option<SocketAddr>,
-}
-
-impl ConnInfo {
-    /// A direct connection (no PROXY protocol header).
-    pub fn direct(peer: SocketAddr) -> ConnInfo {
-        ConnInfo {
-            peer,
-            proxied_by: None,
-        }
-    }
-}
 
 /// The request pipeline: the current snapshot (swapped atomically on reload) and the state that
 /// outlives snapshots (metrics).
@@ -193,7 +172,7 @@ impl Pipeline {
             // frames on h2, which clients reject as a protocol error (regression: h2 HEAD of a
             // missing key was reset instead of answered 404).
             if req.method == Method::HEAD {
-                *resp.body_mut() = respond::empty();
+                *resp.body_mut() = web::empty();
             }
             respond::security_headers(resp.headers_mut(), ctx.request_id());
             respond::strict_transport_security(resp.headers_mut(), &snapshot.hsts);
@@ -320,11 +299,7 @@ impl Pipeline {
         match result {
             Ok(resp) => {
                 ctx.allow(audit.rule.unwrap_or("saml"));
-                Ok(resp.map(|b| {
-                    http_body_util::Full::new(b)
-                        .map_err(|never| match never {})
-                        .boxed_unsync()
-                }))
+                Ok(resp.map(web::full))
             }
             Err(e) => {
                 ctx.deny(e.label());
@@ -426,7 +401,7 @@ impl Pipeline {
             };
             let head = |status, part| {
                 respond::object_head(status, &meta, part)
-                    .body(respond::empty())
+                    .body(web::empty())
                     .map_err(Error::Internal)
             };
             let (object, part) = match (range::answer(&conditions, &meta, head_only), object) {
@@ -453,7 +428,7 @@ impl Pipeline {
                 Arc::clone(&self.metrics),
             );
             return respond::object_head(status, &meta, part)
-                .body(body.boxed_unsync())
+                .body(web::boxed(body))
                 .map_err(Error::Internal);
         }
     }

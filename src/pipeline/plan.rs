@@ -5,11 +5,10 @@
 
 use std::collections::HashSet;
 
-use percent_encoding::percent_decode;
-
 use crate::config::defaults::MAX_KEY_BYTES;
 use crate::pipeline::admit::Admitted;
 use crate::pipeline::authorize::{Grant, Resource};
+use crate::web::parse::{self, DecodeError};
 
 /// Why a request could not be planned (all are the client's fault: 400, or 404 for a route).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -230,17 +229,17 @@ pub fn check_query(query: Option<&str>) -> Result<Option<String>, PlanError> {
     let mut seen = HashSet::new();
     let mut unknown = false;
     let mut token = None;
-    for pair in q.split('&') {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+    for (name, value) in parse::query_pairs(q) {
         if !seen.insert(name) {
             return Err(PlanError::RepeatedParameter);
         }
         if name == "token" {
-            check_percent_syntax(value.as_bytes())?;
-            let decoded = percent_decode(value.as_bytes())
-                .decode_utf8()
-                .map_err(|_| PlanError::InvalidUtf8)?;
-            token = Some(decoded.into_owned());
+            let decoded =
+                parse::percent_decode_utf8(value.unwrap_or(""), false).map_err(|e| match e {
+                    DecodeError::BadPercent => PlanError::BadPercentEncoding,
+                    DecodeError::NotUtf8 => PlanError::InvalidUtf8,
+                })?;
+            token = Some(decoded);
         } else {
             unknown = true;
         }
@@ -256,8 +255,7 @@ pub fn decode_key(raw: &str) -> Result<String, PlanError> {
     if raw.is_empty() {
         return Err(PlanError::EmptyKey);
     }
-    check_percent_syntax(raw.as_bytes())?;
-    let bytes: Vec<u8> = percent_decode(raw.as_bytes()).collect();
+    let bytes = parse::percent_decode_bytes(raw).map_err(|_| PlanError::BadPercentEncoding)?;
     if bytes.len() > MAX_KEY_BYTES {
         return Err(PlanError::KeyTooLong);
     }
@@ -269,24 +267,6 @@ pub fn decode_key(raw: &str) -> Result<String, PlanError> {
         return Err(PlanError::DotSegment);
     }
     Ok(key)
-}
-
-/// Every `%` must start a `%XX` escape; anything else is ambiguous and refused.
-fn check_percent_syntax(raw: &[u8]) -> Result<(), PlanError> {
-    let mut i = 0;
-    while i < raw.len() {
-        if raw[i] == b'%' {
-            let ok = raw.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
-                && raw.get(i + 2).is_some_and(u8::is_ascii_hexdigit);
-            if !ok {
-                return Err(PlanError::BadPercentEncoding);
-            }
-            i += 3;
-        } else {
-            i += 1;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -14,16 +14,12 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
-use http_body_util::combinators::UnsyncBoxBody;
 
 use crate::backend::{BackendError, BodyStream, ByteRange, ObjectMeta};
 use crate::config::HstsConfig;
 use crate::pipeline::error::Error;
 use crate::telemetry::{Metrics, RouteLabel};
-
-/// Every response body the data listener sends.
-pub type ResponseBody = UnsyncBoxBody<Bytes, BodyError>;
+use crate::web::{self, ResponseBody};
 
 /// Why a response body was cut off. Returning one makes hyper reset the stream (h2) or close the
 /// connection (http/1.1), so the client can tell the body is incomplete.
@@ -78,18 +74,6 @@ pub const REQUEST_ID: &str = "x-request-id";
 /// by `default-src`, so it is named (with `X-Frame-Options` for browsers that predate it).
 pub const CSP: &str = "default-src 'none'; frame-ancestors 'none'; sandbox";
 
-pub fn empty() -> ResponseBody {
-    http_body_util::Empty::new()
-        .map_err(|never| match never {})
-        .boxed_unsync()
-}
-
-fn full(bytes: Bytes) -> ResponseBody {
-    http_body_util::Full::new(bytes)
-        .map_err(|never| match never {})
-        .boxed_unsync()
-}
-
 /// Headers on every data-listener response.
 pub fn security_headers(headers: &mut HeaderMap, request_id: &str) {
     no_framing_headers(headers);
@@ -143,7 +127,7 @@ pub fn error_response(err: &Error, request_id: &str) -> Response<ResponseBody> {
         err.client_message(),
         request_id
     );
-    let mut resp = Response::new(full(Bytes::from(body)));
+    let mut resp = Response::new(web::full(body));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -98,8 +98,7 @@ impl TokenDigest {
 
     /// `token:` + the first 6 bytes of the digest, in hex.
     pub fn who(&self) -> String {
-        let hex: String = self.0[..6].iter().map(|b| format!("{b:02x}")).collect();
-        format!("token:{hex}")
+        format!("token:{}", hex::encode(&self.0[..6]))
     }
 }
 

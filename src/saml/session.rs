@@ -123,7 +123,7 @@ impl SessionStore {
     pub fn create(&self, session: Session, now: SystemTime) -> Result<SessionId, SessionError> {
         let mut raw = [0u8; ID_BYTES];
         self.rng.fill(&mut raw).map_err(|_| SessionError::Random)?;
-        let id = hex(&raw);
+        let id = hex::encode(raw);
         let key = key_of(&raw);
         let mut sessions = self
             .sessions
@@ -223,16 +223,6 @@ fn nibble(b: u8) -> Option<u8> {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    out
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -241,7 +231,7 @@ mod tests {
     #[test]
     fn ids_are_64_lowercase_hex_and_parse_back_to_their_key() {
         let raw = [0xabu8; ID_BYTES];
-        let id = hex(&raw);
+        let id = hex::encode(raw);
         assert_eq!(id.len(), ID_HEX_LEN);
         assert_eq!(parse(&id), Some(key_of(&raw)));
         assert_eq!(parse(&id.to_uppercase()), None);

@@ -23,8 +23,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use bytes::{Buf, Bytes};
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use http_body::Body;
 use ring::hmac;
@@ -39,7 +39,8 @@ use crate::config::{ProjectConfig, RoleChoice, SamlConfig, SamlRoleRule};
 use crate::credentials::Clock;
 use crate::credentials::sts::{StsClient, StsError};
 use crate::identity::{Principal, Scope};
-use crate::pipeline::body::NotEmpty;
+use crate::web::body::{NotEmpty, ReadError};
+use crate::web::parse::{self, DecodeError, cookies};
 
 /// The session cookie: `__Host-` so it is Secure, host-only and `Path=/`.
 pub const SESSION_COOKIE: &str = "__Host-bucketgate-session";
@@ -357,7 +358,7 @@ fn allow(method: &Method, allowed: &[Method], text: &'static str) -> Result<(), 
 
 async fn no_body<B: Body>(body: B) -> Result<(), SpError> {
     let within = Duration::from_secs(d::EMPTY_BODY_WAIT_SECS);
-    crate::pipeline::body::expect_empty(body, within)
+    crate::web::body::expect_empty(body, within)
         .await
         .map_err(|e| match e {
             NotEmpty::Timeout => SpError::BodyTimeout,
@@ -375,11 +376,11 @@ fn no_query(query: Option<&str>) -> Result<(), SpError> {
 /// `return_to` (decoded), the login route's only parameter.
 fn login_query(query: Option<&str>) -> Result<Option<String>, SpError> {
     let mut return_to = None;
-    for pair in query.unwrap_or_default().split('&') {
-        if pair.is_empty() {
+    for (name, value) in parse::query_pairs(query.unwrap_or_default()) {
+        if name.is_empty() && value.is_none() {
             continue;
         }
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = value.unwrap_or("");
         if name != "return_to" {
             return Err(SpError::UnknownParameter);
         }
@@ -393,20 +394,9 @@ fn login_query(query: Option<&str>) -> Result<Option<String>, SpError> {
 
 /// Percent-decode (and in form bodies `+` -> space) into UTF-8.
 fn decode(value: &str, form: bool) -> Result<String, SpError> {
-    let bytes = value.as_bytes();
-    if bytes.iter().enumerate().any(|(i, &b)| {
-        b == b'%'
-            && !(bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
-                && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
-    }) {
-        return Err(SpError::BadEncoding);
-    }
-    let decoded: Vec<u8> = if form && value.contains('+') {
-        percent_encoding::percent_decode(value.replace('+', " ").as_bytes()).collect()
-    } else {
-        percent_encoding::percent_decode(bytes).collect()
-    };
-    String::from_utf8(decoded).map_err(|_| SpError::BadEncoding)
+    parse::percent_decode_utf8(value, form).map_err(|e| match e {
+        DecodeError::BadPercent | DecodeError::NotUtf8 => SpError::BadEncoding,
+    })
 }
 
 /// A same-origin relative path to send the browser to after login, or `/`.
@@ -610,39 +600,15 @@ async fn acs<B: Body>(
 }
 
 /// Read the form body, at most `SAML_ACS_MAX_BODY_BYTES`, within `SAML_ACS_BODY_TIMEOUT_SECS`.
-async fn read_body<B: Body>(body: B) -> Result<Vec<u8>, SpError> {
-    if body
-        .size_hint()
-        .upper()
-        .is_some_and(|n| n > d::SAML_ACS_MAX_BODY_BYTES as u64)
-        || body.size_hint().lower() > d::SAML_ACS_MAX_BODY_BYTES as u64
-    {
-        return Err(SpError::BodyTooLarge);
-    }
-    let read = async {
-        let mut body = std::pin::pin!(body);
-        let mut out = Vec::new();
-        while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-            let Ok(frame) = frame else {
-                return Err(SpError::BodyRead);
-            };
-            if let Ok(mut data) = frame.into_data() {
-                if out.len() + data.remaining() > d::SAML_ACS_MAX_BODY_BYTES {
-                    return Err(SpError::BodyTooLarge);
-                }
-                while data.has_remaining() {
-                    let chunk = data.chunk();
-                    out.extend_from_slice(chunk);
-                    let n = chunk.len();
-                    data.advance(n);
-                }
-            }
-        }
-        Ok(out)
-    };
-    tokio::time::timeout(Duration::from_secs(d::SAML_ACS_BODY_TIMEOUT_SECS), read)
+async fn read_body<B: Body>(body: B) -> Result<Bytes, SpError> {
+    let within = Duration::from_secs(d::SAML_ACS_BODY_TIMEOUT_SECS);
+    crate::web::body::read_bounded(body, d::SAML_ACS_MAX_BODY_BYTES, Some(within))
         .await
-        .map_err(|_| SpError::BodyTimeout)?
+        .map_err(|e| match e {
+            ReadError::TooLarge => SpError::BodyTooLarge,
+            ReadError::Broken => SpError::BodyRead,
+            ReadError::Timeout => SpError::BodyTimeout,
+        })
 }
 
 /// `SAMLResponse` (required) and `RelayState` (optional), each at most once; other fields are
@@ -651,8 +617,8 @@ fn acs_form(form: &[u8]) -> Result<(String, Option<String>), SpError> {
     let form = std::str::from_utf8(form).map_err(|_| SpError::BadEncoding)?;
     let mut saml_response = None;
     let mut relay_state = None;
-    for pair in form.split('&') {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+    for (name, value) in parse::query_pairs(form) {
+        let value = value.unwrap_or("");
         let slot = match name {
             "SAMLResponse" => &mut saml_response,
             "RelayState" => &mut relay_state,
@@ -796,19 +762,6 @@ fn logout(
         ),
     );
     resp
-}
-
-/// Every value of cookie `name` in the request (h2 may split cookies over several headers).
-pub fn cookies<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(move |pair| {
-            let (n, v) = pair.split_once('=')?;
-            (n.trim() == name).then(|| v.trim().trim_matches('"'))
-        })
 }
 
 fn reply(status: StatusCode) -> Response<Bytes> {

@@ -1,5 +1,5 @@
 //! Listeners: the accept loop, TLS, and per-connection hyper settings. Knows no paths or tokens;
-//! it hands each request to a [`Handler`] with the connection's [`ConnInfo`].
+//! it hands each request to a [`Handler`] with the connection's [`ConnInfo`] (both in `web`).
 //!
 //! Limits enforced here: max connections (excess connections are closed at accept), TLS handshake
 //! timeout, header read timeout, idle timeout, maximum connection age, header count and size, h2
@@ -36,9 +36,9 @@ use crate::config::Limits;
 use crate::config::defaults::{
     ACCEPT_ERROR_BACKOFF_MS, H2_SEND_BUFFER_BYTES, TLS_SEND_BUFFER_BYTES,
 };
-use crate::pipeline::respond::{BodyError, ResponseBody};
-use crate::pipeline::{ConnInfo, Pipeline};
+use crate::pipeline::Pipeline;
 use crate::telemetry::Metrics;
+use crate::web::{BoxError, ConnInfo, Handler, ResponseBody};
 
 /// The most a connection's kernel send buffer holds that is not yet sent (`TCP_NOTSENT_LOWAT`).
 /// Without it Linux grows the buffer to megabytes and reports a socket writable again only once a
@@ -66,21 +66,6 @@ where
 /// After the idle timeout sends GOAWAY (or ends an http/1.1 keep-alive), the time the connection
 /// has to finish closing before it is dropped: a live client answers within a round trip.
 const IDLE_CLOSE_GRACE_MS: u64 = 1_000;
-
-/// Something that answers requests: the data pipeline, or the admin router.
-pub trait Handler: Send + Sync + 'static {
-    fn call(
-        &self,
-        req: Request<Incoming>,
-        conn: ConnInfo,
-    ) -> impl Future<Output = Response<ResponseBody>> + Send;
-
-    /// If `peer` must open with a PROXY protocol header, the time it has to send it. Asked per
-    /// connection, so a reload applies to the next connection.
-    fn proxy_header_timeout(&self, _peer: std::net::IpAddr) -> Option<Duration> {
-        None
-    }
-}
 
 impl Handler for Pipeline {
     fn proxy_header_timeout(&self, peer: std::net::IpAddr) -> Option<Duration> {
@@ -498,12 +483,12 @@ struct TrackedBody {
 
 impl hyper::body::Body for TrackedBody {
     type Data = Bytes;
-    type Error = BodyError;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BodyError>>> {
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {

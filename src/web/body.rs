@@ -1,3 +1,6 @@
+//! Request bodies, read within bounds: [`read_bounded`] for routes that take a small body (the
+//! admin API's JSON, the SAML ACS form), and the checks for routes that take none.
+//!
 //! Routes that take no request body (GET and HEAD on `/o/`, the SAML GET routes) refuse one by
 //! what actually arrives, not by how the request was framed.
 //!
@@ -12,7 +15,7 @@
 
 use std::time::Duration;
 
-use bytes::Buf;
+use bytes::{Buf, Bytes, BytesMut};
 use http_body::Body;
 use http_body_util::BodyExt;
 
@@ -68,6 +71,55 @@ pub async fn expect_empty<B: Body>(body: B, within: Duration) -> Result<(), NotE
     match framing(body)? {
         None => Ok(()),
         Some(body) => read_to_end_empty(body, within).await,
+    }
+}
+
+/// Why a bounded read gave up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadError {
+    /// Declared or sent more than the limit.
+    TooLarge,
+    /// The body failed while it was read (the client reset the stream, bad chunk framing).
+    Broken,
+    /// The body did not end within the deadline.
+    Timeout,
+}
+
+/// Read a whole body of at most `max` bytes, within `within` if given. A declared length above
+/// `max` is refused before any byte is read; so is the first frame that would pass it.
+pub async fn read_bounded<B: Body>(
+    body: B,
+    max: usize,
+    within: Option<Duration>,
+) -> Result<Bytes, ReadError> {
+    let hint = body.size_hint();
+    if hint.lower() > max as u64 || hint.upper().is_some_and(|n| n > max as u64) {
+        return Err(ReadError::TooLarge);
+    }
+    let read = async {
+        let mut body = std::pin::pin!(body);
+        let mut out = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| ReadError::Broken)?;
+            if let Ok(mut data) = frame.into_data() {
+                if out.len() + data.remaining() > max {
+                    return Err(ReadError::TooLarge);
+                }
+                while data.has_remaining() {
+                    let chunk = data.chunk();
+                    out.extend_from_slice(chunk);
+                    let n = chunk.len();
+                    data.advance(n);
+                }
+            }
+        }
+        Ok(out.freeze())
+    };
+    match within {
+        Some(within) => tokio::time::timeout(within, read)
+            .await
+            .map_err(|_| ReadError::Timeout)?,
+        None => read.await,
     }
 }
 
@@ -144,5 +196,47 @@ mod tests {
             Result<Frame<Bytes>, std::io::Error>,
         >());
         assert_eq!(expect_empty(body, WITHIN).await, Err(NotEmpty::Timeout));
+    }
+
+    #[tokio::test]
+    async fn a_bounded_read_takes_up_to_the_limit_and_refuses_one_byte_more() {
+        let body = frames(vec![
+            Frame::data(Bytes::from_static(b"ab")),
+            Frame::data(Bytes::from_static(b"cd")),
+        ]);
+        assert_eq!(
+            read_bounded(body, 4, Some(WITHIN)).await,
+            Ok(Bytes::from_static(b"abcd"))
+        );
+        let body = frames(vec![
+            Frame::data(Bytes::from_static(b"ab")),
+            Frame::data(Bytes::from_static(b"cde")),
+        ]);
+        assert_eq!(read_bounded(body, 4, None).await, Err(ReadError::TooLarge));
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_above_the_limit_is_refused_unread() {
+        let body = Full::new(Bytes::from_static(b"abcde"));
+        assert_eq!(read_bounded(body, 4, None).await, Err(ReadError::TooLarge));
+    }
+
+    #[tokio::test]
+    async fn a_failing_bounded_read_is_broken() {
+        let body = StreamBody::new(futures_util::stream::iter(vec![Err::<Frame<Bytes>, _>(
+            std::io::Error::other("reset"),
+        )]));
+        assert_eq!(read_bounded(body, 4, None).await, Err(ReadError::Broken));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bounded_read_that_never_ends_times_out() {
+        let body = StreamBody::new(futures_util::stream::pending::<
+            Result<Frame<Bytes>, std::io::Error>,
+        >());
+        assert_eq!(
+            read_bounded(body, 4, Some(WITHIN)).await,
+            Err(ReadError::Timeout)
+        );
     }
 }
