@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::support::{GatewayBuilder, TestGateway, fs_source};
-use bucketgate::config::Secret;
+use bucketgate::config::{AuditDestination, Secret};
 use bucketgate::reload::lists::{NetworkLists, STATE_FILE};
 
 const TOKEN: &str = "test-admin-token-0123456789";
@@ -350,4 +350,96 @@ async fn a_corrupt_state_file_stops_the_start_instead_of_being_ignored() {
         .err()
         .expect("start fails");
     assert!(matches!(err, bucketgate::StartError::State(_)), "{err:?}");
+}
+
+/// Every admin change, whichever route made it, is one audit record in one format: kind
+/// `admin`, who (a hash prefix of the token, never the token), the action and what changed.
+#[tokio::test]
+async fn every_admin_change_is_one_audit_record_in_one_format() {
+    let data = tempfile::tempdir().unwrap();
+    support::write_file(data.path(), "hello.txt", b"hello\n");
+    let state = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let log_path = logs.path().join("audit.log");
+    let (state_dir, audit_path) = (state.path().to_path_buf(), log_path.clone());
+    let gw = GatewayBuilder::new()
+        .source("local", fs_source(data.path()))
+        .tweak(move |c| {
+            c.admin.token = Some(Secret::new(TOKEN.to_owned()));
+            c.admin.state_dir = state_dir;
+            c.audit.destination = AuditDestination::File {
+                path: audit_path,
+                max_bytes: 1024 * 1024,
+                keep: 1,
+            };
+        })
+        .start()
+        .await;
+    let client = reqwest::Client::new();
+    let send = async |method: reqwest::Method, path: &str, body: &str| {
+        let resp = client
+            .request(method, gw.admin_url(path))
+            .bearer_auth(TOKEN)
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let allow = resp
+            .headers()
+            .get("allow")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (resp.status().as_u16(), allow)
+    };
+    let lists = r#"{"allow":["127.0.0.0/8","::1"],"deny":[],"trusted_proxies":[]}"#;
+    assert_eq!(
+        send(reqwest::Method::PUT, "/admin/network", lists).await.0,
+        200
+    );
+    let revoke = r#"{"jti":"jti-1"}"#;
+    assert_eq!(
+        send(reqwest::Method::POST, "/admin/revocations", revoke)
+            .await
+            .0,
+        201
+    );
+    // Refusals change nothing and are not admin records; a 405 names what is allowed.
+    assert_eq!(
+        send(reqwest::Method::DELETE, "/admin/revocations", "").await,
+        (405, Some("GET, POST".to_owned()))
+    );
+    assert_eq!(
+        send(reqwest::Method::POST, "/admin/revocations", "{}")
+            .await
+            .0,
+        400
+    );
+
+    // Shutdown waits for the audit writer to drain.
+    gw.shutdown().await;
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(!text.contains(TOKEN), "the token is never written");
+    let admin: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["kind"] == "admin")
+        .collect();
+    let actions: Vec<&str> = admin
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["replace", "revoke"], "{text}");
+    for record in &admin {
+        let who = record["who"].as_str().unwrap();
+        let hex = who
+            .strip_prefix("token:")
+            .unwrap_or_else(|| panic!("{record}"));
+        assert!(
+            hex.len() == 12 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{record}"
+        );
+        assert_eq!(who, admin[0]["who"], "one admin, one name");
+        assert!(record["time"].as_str().unwrap().ends_with('Z'), "{record}");
+        assert!(record["what"].is_object(), "{record}");
+    }
+    assert_eq!(admin[1]["what"], serde_json::json!({ "jti": "jti-1" }));
 }
