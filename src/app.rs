@@ -36,6 +36,15 @@ use crate::server::tls::{LiveTls, LoadedTls, TlsError};
 use crate::server::{self, Role};
 use crate::telemetry::Metrics;
 
+/// The embedded default config ([`Config::embedded_default`]) for `workdir`, with its HS256
+/// development key made first if it does not exist yet (`./.bucketgate/dev-hs256.key`, mode
+/// 0600, see [`crate::identity::keys::ensure_dev_key`]). Making a key is a side effect of
+/// starting, so it happens here, in the composition root; config only reads the file.
+pub fn embedded_config(workdir: &std::path::Path) -> std::io::Result<Config> {
+    let key = crate::identity::keys::ensure_dev_key(&workdir.join(".bucketgate"))?;
+    Config::embedded_default(workdir, &key)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("setting up TLS")]

@@ -161,6 +161,20 @@ pub enum BackendError {
     Protocol(String),
 }
 
+impl From<crate::credentials::DelegatedError> for BackendError {
+    fn from(e: crate::credentials::DelegatedError) -> Self {
+        use crate::credentials::DelegatedError;
+        match e {
+            DelegatedError::RoleConfigFault { role_arn, code } => {
+                BackendError::RoleConfigFault { role_arn, code }
+            }
+            DelegatedError::Unavailable { retry_after } => {
+                BackendError::CredentialsUnavailable { retry_after }
+            }
+        }
+    }
+}
+
 impl BackendError {
     /// Whether an identical call may succeed if tried again (nothing was sent to the client yet).
     pub fn is_retryable(&self) -> bool {

@@ -4,7 +4,8 @@
 //!
 //! This module owns the STS client ([`sts`]), the delegated cache ([`delegated`]) and the clock
 //! they read. It must not pick HTTP statuses (it reports [`sts::StsError`] or
-//! [`BackendError`](crate::backend::BackendError)), and nothing it handles (a secret key, a
+//! [`DelegatedError`]; the backend maps the latter into its own error) nor import the backend,
+//! and nothing it handles (a secret key, a
 //! session token, an assertion, an STS message) may reach a log line or an error text.
 
 pub mod delegated;
@@ -14,7 +15,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-pub use delegated::{DelegatedCredentials, Delegations};
+pub use delegated::{DelegatedCredentials, DelegatedError, Delegations};
 pub use sts::{SessionCredentials, StsClient, StsError};
 
 /// Wall-clock time for credential expiry decisions. Injected so tests can move time forward.
