@@ -10,7 +10,7 @@
 //! - response headers: `upstream_first_byte_timeout` is ONE budget for the whole wait, retries
 //!   included (up to `upstream_max_retries`, safe because nothing has reached the client yet),
 //!   not one timeout per attempt: the SDK's operation timeout bounds each call with its retries
-//!   and back-off, and [`S3Backend::open_until`] bounds the HEAD, the GET and any refusal probe
+//!   and back-off, and [`S3Backend`]'s [`Backend::open`] bounds the HEAD, the GET and any refusal probe
 //!   of one request together, by a deadline the pipeline sets once per request (so starting over
 //!   after the object changed shares it too). The operation timeout ends when the SDK hands back
 //!   the response head: it never covers reading a GetObject body. Loading a delegated role's
@@ -247,54 +247,10 @@ impl S3Backend {
         match (&self.signer, caller) {
             (Signer::Client, _) => Ok(None),
             (Signer::Delegated(d), _) => Ok(Some(d.credentials().await?)),
-            (Signer::User, Caller::User(c)) => Ok(Some(c.clone())),
+            (Signer::User, Caller::User(user)) => Ok(Some(user.credentials.clone())),
             // Never a fallback: a saml source reads only with a user's credentials.
             (Signer::User, Caller::Gateway) => Err(BackendError::AccessDenied),
         }
-    }
-
-    /// [`Backend::open`] on behalf of `caller`: the credentials are chosen once for both calls,
-    /// and both answer within one first-byte timeout.
-    pub async fn open_as<F>(
-        &self,
-        key: &str,
-        want: F,
-        caller: Caller<'_>,
-    ) -> Result<Opened, BackendError>
-    where
-        F: FnOnce(&ObjectMeta) -> Want + Send + 'static,
-    {
-        let deadline = tokio::time::Instant::now() + self.first_byte_timeout;
-        self.open_until(key, want, caller, deadline).await
-    }
-
-    /// [`S3Backend::open_as`], with every store call of it (HEAD, GET, a refusal probe) answered
-    /// by `deadline`, else [`BackendError::Timeout`]. The credentials are loaded first, outside
-    /// the deadline: a delegated refresh (STS, with its own timeout) is never cut half-way.
-    pub async fn open_until<F>(
-        &self,
-        key: &str,
-        want: F,
-        caller: Caller<'_>,
-        deadline: tokio::time::Instant,
-    ) -> Result<Opened, BackendError>
-    where
-        F: FnOnce(&ObjectMeta) -> Want + Send + 'static,
-    {
-        let creds = self.credentials_for(caller).await?;
-        let calls = async {
-            let meta = self.head_with(key, creds.clone()).await?;
-            match want(&meta) {
-                Want::Meta => Ok(Opened::Meta(meta)),
-                Want::Body(part) => {
-                    let object = self.get_with(key, part, &meta, creds).await?;
-                    Ok(Opened::Object { object, part })
-                }
-            }
-        };
-        tokio::time::timeout_at(deadline, calls)
-            .await
-            .unwrap_or(Err(BackendError::Timeout(self.first_byte_timeout)))
     }
 
     async fn head_with(
@@ -422,8 +378,8 @@ impl S3Backend {
 }
 
 impl Backend for S3Backend {
-    async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
-        let creds = self.credentials_for(Caller::Gateway).await?;
+    async fn head(&self, key: &str, caller: Caller<'_>) -> Result<ObjectMeta, BackendError> {
+        let creds = self.credentials_for(caller).await?;
         self.head_with(key, creds).await
     }
 
@@ -432,8 +388,9 @@ impl Backend for S3Backend {
         key: &str,
         range: Option<ByteRange>,
         expect: &ObjectMeta,
+        caller: Caller<'_>,
     ) -> Result<ObjectBody, BackendError> {
-        let creds = self.credentials_for(Caller::Gateway).await?;
+        let creds = self.credentials_for(caller).await?;
         self.get_with(key, range, expect, creds).await
     }
 
@@ -457,11 +414,33 @@ impl Backend for S3Backend {
             .map_err(|e| self.classify(e))
     }
 
-    async fn open<F>(&self, key: &str, want: F) -> Result<Opened, BackendError>
+    /// The credentials are chosen once for every call, and loaded first, outside the deadline:
+    /// a delegated refresh (STS, with its own timeout) is never cut half-way. Every store call
+    /// (HEAD, GET, a refusal probe) then answers by `deadline`, else [`BackendError::Timeout`].
+    async fn open<F>(
+        &self,
+        key: &str,
+        want: F,
+        caller: Caller<'_>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Opened, BackendError>
     where
         F: FnOnce(&ObjectMeta) -> Want + Send + 'static,
     {
-        self.open_as(key, want, Caller::Gateway).await
+        let creds = self.credentials_for(caller).await?;
+        let calls = async {
+            let meta = self.head_with(key, creds.clone()).await?;
+            match want(&meta) {
+                Want::Meta => Ok(Opened::Meta(meta)),
+                Want::Body(part) => {
+                    let object = self.get_with(key, part, &meta, creds).await?;
+                    Ok(Opened::Object { object, part })
+                }
+            }
+        };
+        tokio::time::timeout_at(deadline, calls)
+            .await
+            .unwrap_or(Err(BackendError::Timeout(self.first_byte_timeout)))
     }
 }
 

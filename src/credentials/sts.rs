@@ -41,6 +41,16 @@ pub struct SessionCredentials {
     pub subject: Option<String>,
 }
 
+impl SessionCredentials {
+    /// The credentials and the assumed-role ARN, as one value for reads on the user's behalf.
+    pub fn user(&self) -> super::UserCredentials<'_> {
+        super::UserCredentials {
+            credentials: &self.credentials,
+            role_arn: &self.assumed_role_arn,
+        }
+    }
+}
+
 impl fmt::Debug for SessionCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The access key id is not a secret, but its first four characters (ASIA, AKIA) say all

@@ -47,7 +47,7 @@ use http_body_util::BodyExt;
 use tracing::Instrument;
 
 use crate::audit::{AuditLog, AuditedBody, Decision, Facts};
-use crate::backend::{AnyBackend, BackendError, Caller, ObjectMeta, Opened, Want};
+use crate::backend::{AnyBackend, Backend, BackendError, Caller, ObjectMeta, Opened, Want};
 use crate::config::Limits;
 use crate::error::Error;
 use crate::telemetry::{Metrics, NetworkDecisionLabel, RouteLabel, RouteStatus};
@@ -598,7 +598,7 @@ impl Pipeline {
         plan: &Plan,
         head_only: bool,
         route: &'static str,
-        user: Option<&aws_credential_types::Credentials>,
+        user: Option<crate::credentials::UserCredentials<'_>>,
     ) -> Result<Response<ResponseBody>, Error> {
         let backend_err = |error| Error::Backend {
             source_name: plan.source().to_owned(),
@@ -623,7 +623,7 @@ impl Pipeline {
             // A SAML session's reads are signed with the user's own credentials; `saml`
             // sources refuse a request without them (never a fallback to broader ones).
             let caller = user.map_or(Caller::Gateway, Caller::User);
-            let opened = backend.open_until(plan.key(), want, caller, deadline).await;
+            let opened = backend.open(plan.key(), want, caller, deadline).await;
             let (meta, object) = match opened {
                 Ok(Opened::Meta(meta)) => (meta, None),
                 Ok(Opened::Object { object, part }) => (object.meta.clone(), Some((object, part))),
