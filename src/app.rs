@@ -25,7 +25,6 @@ use crate::config::{Config, S3Credentials, SourceConfig};
 use crate::credentials::Delegations;
 use crate::identity::revocation::{RevocationError, Revocations};
 use crate::identity::{Identity, IdentitySetupError};
-use crate::pipeline::admit::{Admission, AdmitClock};
 use crate::pipeline::authorize::Policy;
 use crate::pipeline::cors::Cors;
 use crate::pipeline::network::NetworkPolicy;
@@ -34,6 +33,8 @@ use crate::reload::{self, Control, FileWatcher, ReloadError, Trigger};
 use crate::server::per_ip::PerIpConnections;
 use crate::server::tls::{LiveTls, LoadedTls, TlsError};
 use crate::server::{self, Role};
+use crate::state::Shared;
+use crate::state::admission::{Admission, AdmitClock};
 use crate::telemetry::Metrics;
 
 /// The embedded default config ([`Config::embedded_default`]) for `workdir`, with its HS256
@@ -215,15 +216,19 @@ impl Gateway {
             .clone()
             .unwrap_or_else(crate::credentials::system_clock);
         let delegations = Arc::new(Delegations::new(Arc::clone(&clock)));
+        // SAML sessions outlive snapshots too, whether or not `[saml]` is configured now.
+        let saml = Arc::new(crate::saml::sp::SamlState::new(clock)?);
+        // The one home of all of it (see `state.rs`), built once for the process.
+        let shared =
+            Arc::new(Shared::new(admission, Arc::clone(&revocations), delegations).with_saml(saml));
         let (audit, audit_done) = AuditLog::start(&config.audit, Arc::clone(&metrics))?;
         let pipeline = Arc::new(
-            Pipeline::with_admission(
-                build_snapshot(&config, &revocations, &delegations).await?,
+            Pipeline::with_shared(
+                build_snapshot(&config, shared.revocations(), shared.delegations()).await?,
                 Arc::clone(&metrics),
-                admission,
+                Arc::clone(&shared),
             )
-            .with_audit(audit)
-            .with_saml(Arc::new(crate::saml::sp::SamlState::new(clock)?)),
+            .with_audit(audit),
         );
         let per_ip = Arc::new(PerIpConnections::new(
             config.rate_limits.max_connections_per_ip,
@@ -232,8 +237,6 @@ impl Gateway {
             Arc::clone(&pipeline),
             Arc::clone(&metrics),
             Arc::clone(&per_ip),
-            Arc::clone(&revocations),
-            Arc::clone(&delegations),
             Arc::clone(&tls),
             options.config_path.clone(),
             config.clone(),

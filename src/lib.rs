@@ -19,6 +19,7 @@ pub mod reload;
 pub mod saml;
 pub mod scope;
 pub mod server;
+pub mod state;
 pub mod telemetry;
 pub mod tokens;
 

@@ -89,7 +89,8 @@ pub struct RevocationList {
 }
 
 pub struct Revocations {
-    path: PathBuf,
+    /// `None`: kept in memory only ([`Revocations::in_memory`]).
+    path: Option<PathBuf>,
     state: RwLock<RevocationList>,
     /// Serializes writers so the file and memory change in the same order.
     write: tokio::sync::Mutex<()>,
@@ -110,10 +111,19 @@ impl Revocations {
             Err(source) => return Err(RevocationError::Read { path, source }),
         };
         Ok(Revocations {
-            path,
+            path: Some(path),
             state: RwLock::new(list),
             write: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// An empty list that is never persisted (pipelines driven without a gateway).
+    pub fn in_memory() -> Revocations {
+        Revocations {
+            path: None,
+            state: RwLock::new(RevocationList::default()),
+            write: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// Whether a token with these claims is revoked.
@@ -149,17 +159,20 @@ impl Revocations {
                 *entry = (*entry).max(issued_before);
             }
         }
-        let path = self.path.clone();
-        let bytes = serde_json::to_vec_pretty(&next).map_err(|source| RevocationError::Parse {
-            path: path.clone(),
-            source,
-        })?;
-        tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
-            .await?
-            .map_err(|source| RevocationError::Write {
-                path: self.path.clone(),
-                source,
-            })?;
+        if let Some(path) = &self.path {
+            let bytes =
+                serde_json::to_vec_pretty(&next).map_err(|source| RevocationError::Parse {
+                    path: path.clone(),
+                    source,
+                })?;
+            let target = path.clone();
+            tokio::task::spawn_blocking(move || write_atomically(&target, &bytes))
+                .await?
+                .map_err(|source| RevocationError::Write {
+                    path: path.clone(),
+                    source,
+                })?;
+        }
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = next;
         Ok(())
     }

@@ -162,12 +162,10 @@ impl Snapshot {
 pub struct Pipeline {
     current: ArcSwap<Snapshot>,
     metrics: Arc<Metrics>,
-    /// Rate-limit state: outlives snapshots so a reload does not reset every client's budget.
-    admission: admit::Admission,
+    /// Long-lived state (rate limits, revocations, delegated credentials, SAML sessions):
+    /// outlives snapshots, so a reload resets no budget and signs nobody out.
+    shared: Arc<crate::state::Shared>,
     audit: AuditLog,
-    /// SAML sessions, replay cache and login-cookie key: outlive snapshots, so a reload keeps
-    /// everyone signed in. `None`: no SAML at all (benches).
-    saml: Option<Arc<crate::saml::sp::SamlState>>,
 }
 
 const ROUTE_OBJECT: &str = "object";
@@ -175,40 +173,42 @@ const ROUTE_AUTH: &str = "auth";
 const ROUTE_OTHER: &str = "other";
 
 impl Pipeline {
-    /// A pipeline without rate limits (benches drive it directly); the gateway uses
-    /// [`Pipeline::with_admission`].
+    /// A pipeline without rate limits or SAML (benches drive it directly); the gateway uses
+    /// [`Pipeline::with_shared`].
     pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>) -> Pipeline {
-        Pipeline::with_admission(snapshot, metrics, admit::Admission::unlimited())
+        Pipeline::with_shared(
+            snapshot,
+            metrics,
+            Arc::new(crate::state::Shared::detached()),
+        )
     }
 
-    pub fn with_admission(
+    /// A pipeline over the process's long-lived state (built once, in `app.rs`).
+    pub fn with_shared(
         snapshot: Snapshot,
         metrics: Arc<Metrics>,
-        admission: admit::Admission,
+        shared: Arc<crate::state::Shared>,
     ) -> Pipeline {
         Pipeline {
             current: ArcSwap::from_pointee(snapshot),
             audit: AuditLog::off(Arc::clone(&metrics)),
             metrics,
-            admission,
-            saml: None,
+            shared,
         }
     }
 
-    /// Keep SAML sessions in `state` (the gateway always has one, whether or not `[saml]` is
-    /// configured now, so a reload can add it).
-    pub fn with_saml(mut self, state: Arc<crate::saml::sp::SamlState>) -> Pipeline {
-        self.saml = Some(state);
-        self
+    /// The long-lived state this pipeline serves with.
+    pub fn shared(&self) -> &Arc<crate::state::Shared> {
+        &self.shared
     }
 
     pub fn saml(&self) -> Option<&Arc<crate::saml::sp::SamlState>> {
-        self.saml.as_ref()
+        self.shared.saml()
     }
 
     /// The rate limits (stage 4); reloads update their quotas.
     pub fn admission(&self) -> &admit::Admission {
-        &self.admission
+        self.shared.admission()
     }
 
     /// Write one audit record per request to `audit` (default: none).
@@ -409,7 +409,7 @@ impl Pipeline {
         let representation = crate::identity::Representation::Original;
         facts.representation = Some(representation.as_str());
         // 2. identity: a token, or a SAML session (its principal and the user's credentials).
-        let sessions = match (&self.saml, &snapshot.saml) {
+        let sessions = match (self.saml(), &snapshot.saml) {
             (Some(state), Some(_)) => Some(identity::Sessions {
                 store: state.sessions(),
                 cookie_name: crate::saml::sp::SESSION_COOKIE,
@@ -462,7 +462,8 @@ impl Pipeline {
         facts.rule = Some(grant.rule().to_owned());
         facts.decision = Decision::Allow;
         // 4. admit: rate limits by client address and by subject.
-        let _admitted = self.admission.admit_counted(
+        let _admitted = admit::admit(
+            self.admission(),
             client.addr(),
             Some(principal.subject()),
             &self.metrics,
@@ -500,12 +501,10 @@ impl Pipeline {
         facts: &mut Facts,
     ) -> Result<Response<ResponseBody>, Error> {
         use crate::saml::sp::{self, AuthAudit, SpError};
-        let _admitted = self
-            .admission
-            .admit_counted(client.addr(), None, &self.metrics)?;
+        let _admitted = admit::admit(self.admission(), client.addr(), None, &self.metrics)?;
         let state = self
-            .saml
-            .as_deref()
+            .saml()
+            .map(Arc::as_ref)
             .ok_or(Error::Saml(SpError::NotConfigured))?;
         let mut audit = AuthAudit::default();
         let result = sp::handle(snapshot.saml.as_deref(), state, req, body, &mut audit).await;
