@@ -34,7 +34,7 @@ use crate::server::per_ip::PerIpConnections;
 use crate::server::tls::{LiveTls, LoadedTls, TlsError};
 use crate::server::{self, Role};
 use crate::state::Shared;
-use crate::state::admission::{Admission, AdmitClock};
+use crate::state::admission::{Admission, AdmitClock, AnyAdmission};
 use crate::telemetry::Metrics;
 
 /// The embedded default config ([`Config::embedded_default`]) for `workdir`, with its HS256
@@ -206,7 +206,8 @@ impl Gateway {
         let tls = Arc::new(LiveTls::new(LoadedTls::load(&config.listener.tls)?));
         // A persisted admin change outranks the file's lists (see reload/lists.rs).
         let config = reload::with_persisted_lists(config)?;
-        let admission = Admission::new(&config.rate_limits, options.clock.clone());
+        let admission =
+            AnyAdmission::Memory(Admission::new(&config.rate_limits, options.clock.clone()));
         // Revocations outlive snapshots; identity is built with every snapshot (below), before
         // any port is bound, so a bad key or revocations file fails startup.
         let revocations = Arc::new(Revocations::load(&config.admin.state_dir)?);

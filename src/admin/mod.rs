@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use crate::backend::Backend;
 use crate::config::Secret;
 use crate::config::defaults::ADMIN_MAX_BODY_BYTES;
-use crate::identity::revocation::{Revocation, Revocations};
+use crate::identity::revocation::{Revocation, RevocationStore, Revocations};
 use crate::pipeline::respond::ResponseBody;
 use crate::pipeline::{ConnInfo, ErrorChain, Pipeline};
 use crate::reload::Control;
@@ -88,9 +88,17 @@ impl Admin {
             return text(StatusCode::NOT_FOUND, "not found\n");
         }
         match *req.method() {
-            Method::GET => match serde_json::to_vec(&revocations.list()) {
-                Ok(body) => json(StatusCode::OK, body),
-                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n"),
+            Method::GET => match revocations
+                .list()
+                .await
+                .map(|list| serde_json::to_vec(&list))
+            {
+                Ok(Ok(body)) => json(StatusCode::OK, body),
+                Ok(Err(_)) => text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n"),
+                Err(_) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "revocation store unavailable\n",
+                ),
             },
             Method::POST => {
                 let body = match http_body_util::Limited::new(req.into_body(), ADMIN_MAX_BODY_BYTES)

@@ -6,7 +6,9 @@
 
 use std::net::IpAddr;
 
-pub use crate::state::admission::{Admission, AdmitClock, AdmitKey, LimitKind, RateLimited};
+pub use crate::state::admission::{
+    Admission, AdmitClock, AdmitKey, AnyAdmission, LimitKind, RateLimited,
+};
 use crate::telemetry::Metrics;
 
 /// Proof that a request passed stage 4. Built only by [`admit`].
@@ -14,14 +16,15 @@ use crate::telemetry::Metrics;
 pub struct Admitted(());
 
 /// Stage 4: count this request against the client address and, when there is one, the subject
-/// (both must have room), counting a refusal in the metrics.
-pub fn admit(
-    admission: &Admission,
+/// (both must have room), counting a refusal in the metrics. An async call to the store.
+pub async fn admit(
+    admission: &AnyAdmission,
     client: IpAddr,
     subject: Option<&str>,
     metrics: &Metrics,
 ) -> Result<Admitted, RateLimited> {
     admission
         .admit_counted(client, subject, metrics)
+        .await
         .map(|()| Admitted(()))
 }

@@ -207,7 +207,7 @@ impl Pipeline {
     }
 
     /// The rate limits (stage 4); reloads update their quotas.
-    pub fn admission(&self) -> &admit::Admission {
+    pub fn admission(&self) -> &admit::AnyAdmission {
         self.shared.admission()
     }
 
@@ -467,7 +467,8 @@ impl Pipeline {
             client.addr(),
             Some(principal.subject()),
             &self.metrics,
-        )?;
+        )
+        .await?;
         if let Some(open_body) = open_body {
             let within = Duration::from_secs(crate::config::defaults::EMPTY_BODY_WAIT_SECS);
             body::read_to_end_empty(open_body, within)
@@ -501,7 +502,7 @@ impl Pipeline {
         facts: &mut Facts,
     ) -> Result<Response<ResponseBody>, Error> {
         use crate::saml::sp::{self, AuthAudit, SpError};
-        let _admitted = admit::admit(self.admission(), client.addr(), None, &self.metrics)?;
+        let _admitted = admit::admit(self.admission(), client.addr(), None, &self.metrics).await?;
         let state = self
             .saml()
             .map(Arc::as_ref)

@@ -8,6 +8,12 @@
 //!
 //! Time comes from an [`AdmitClock`] so tests can drive it (governor's `FakeRelativeClock`).
 //! It decides nothing about requests beyond "room or not" and picks no status.
+//!
+//! The stage asks an [`AnyAdmission`]: the counting ([`AdmissionStore::admit`]) is async, so
+//! a store kept outside the process (Redis) can be added as another variant without touching
+//! the pipeline. The one implementation today is [`Admission`], governor in memory. Quota
+//! updates and idle eviction stay synchronous: they are housekeeping of the process's own
+//! limiters.
 
 use std::hash::Hash;
 use std::net::IpAddr;
@@ -119,6 +125,80 @@ impl Keyed {
     }
 }
 
+/// What a rate-limit store answers for one request.
+pub trait AdmissionStore: Send + Sync {
+    /// Count a request against the client address and, when there is one, the subject. Both
+    /// must have room.
+    fn admit(
+        &self,
+        client: IpAddr,
+        subject: Option<&str>,
+    ) -> impl Future<Output = Result<(), RateLimited>> + Send;
+}
+
+/// The rate-limit store of a gateway, dispatched without dynamic allocation.
+pub enum AnyAdmission {
+    Memory(Admission),
+}
+
+impl AdmissionStore for AnyAdmission {
+    async fn admit(&self, client: IpAddr, subject: Option<&str>) -> Result<(), RateLimited> {
+        match self {
+            AnyAdmission::Memory(a) => AdmissionStore::admit(a, client, subject).await,
+        }
+    }
+}
+
+impl AnyAdmission {
+    /// [`AdmissionStore::admit`], counting a refusal in the metrics.
+    pub async fn admit_counted(
+        &self,
+        client: IpAddr,
+        subject: Option<&str>,
+        metrics: &Metrics,
+    ) -> Result<(), RateLimited> {
+        AdmissionStore::admit(self, client, subject)
+            .await
+            .inspect_err(|refused| count_refusal(refused, metrics))
+    }
+
+    /// Apply the quotas of a new config (see [`Admission::update`]).
+    pub fn update(&self, limits: &RateLimits) {
+        match self {
+            AnyAdmission::Memory(a) => a.update(limits),
+        }
+    }
+
+    /// Forget idle keys (run periodically).
+    pub fn evict_idle(&self) {
+        match self {
+            AnyAdmission::Memory(a) => a.evict_idle(),
+        }
+    }
+
+    /// Keys currently tracked (IP, subject).
+    pub fn tracked_keys(&self) -> (usize, usize) {
+        match self {
+            AnyAdmission::Memory(a) => a.tracked_keys(),
+        }
+    }
+}
+
+fn count_refusal(refused: &RateLimited, metrics: &Metrics) {
+    metrics
+        .rate_limited
+        .get_or_create(&RateLimitedLabel {
+            key: refused.kind.label(),
+        })
+        .inc();
+}
+
+impl AdmissionStore for Admission {
+    async fn admit(&self, client: IpAddr, subject: Option<&str>) -> Result<(), RateLimited> {
+        Admission::admit(self, client, subject)
+    }
+}
+
 /// The rate limits of stage 4, in memory. Outlives snapshots; [`Admission::update`] applies new quotas.
 pub struct Admission {
     clock: AdmitClock,
@@ -192,14 +272,8 @@ impl Admission {
         subject: Option<&str>,
         metrics: &Metrics,
     ) -> Result<(), RateLimited> {
-        self.admit(client, subject).inspect_err(|refused| {
-            metrics
-                .rate_limited
-                .get_or_create(&RateLimitedLabel {
-                    key: refused.kind.label(),
-                })
-                .inc();
-        })
+        self.admit(client, subject)
+            .inspect_err(|refused| count_refusal(refused, metrics))
     }
 
     fn check(&self, limiter: &Limiter, key: &AdmitKey, kind: LimitKind) -> Result<(), RateLimited> {

@@ -23,11 +23,11 @@ use std::sync::Arc;
 use crate::credentials::Delegations;
 use crate::identity::revocation::Revocations;
 use crate::saml::sp::SamlState;
-use admission::Admission;
+use admission::{Admission, AnyAdmission};
 
 /// Everything long-lived, built once per process (see the module doc).
 pub struct Shared {
-    admission: Admission,
+    admission: AnyAdmission,
     revocations: Arc<Revocations>,
     delegations: Arc<Delegations>,
     /// `None`: no SAML at all (benches that drive the pipeline directly); a gateway always has
@@ -43,7 +43,7 @@ impl std::fmt::Debug for Shared {
 
 impl Shared {
     pub fn new(
-        admission: Admission,
+        admission: AnyAdmission,
         revocations: Arc<Revocations>,
         delegations: Arc<Delegations>,
     ) -> Shared {
@@ -59,7 +59,7 @@ impl Shared {
     /// revocation list kept only in memory, no SAML.
     pub fn detached() -> Shared {
         Shared::new(
-            Admission::unlimited(),
+            AnyAdmission::Memory(Admission::unlimited()),
             Arc::new(Revocations::in_memory()),
             Arc::new(Delegations::new(crate::credentials::system_clock())),
         )
@@ -72,7 +72,7 @@ impl Shared {
     }
 
     /// The rate limits (stage 4); reloads update their quotas.
-    pub fn admission(&self) -> &Admission {
+    pub fn admission(&self) -> &AnyAdmission {
         &self.admission
     }
 
