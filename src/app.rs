@@ -220,8 +220,7 @@ impl Gateway {
         // SAML sessions outlive snapshots too, whether or not `[saml]` is configured now.
         let saml = Arc::new(crate::saml::sp::SamlState::new(clock)?);
         // The one home of all of it (see `state.rs`), built once for the process.
-        let shared =
-            Arc::new(Shared::new(admission, Arc::clone(&revocations), delegations).with_saml(saml));
+        let shared = Arc::new(Shared::new(admission, revocations, delegations).with_saml(saml));
         let (audit, audit_done) = AuditLog::start(&config.audit, Arc::clone(&metrics))?;
         let pipeline = Arc::new(
             Pipeline::with_shared(
@@ -244,7 +243,7 @@ impl Gateway {
         ));
         let admin = Arc::new(
             Admin::new(Arc::clone(&pipeline), Arc::clone(&control))
-                .with_revocations(revocations, config.admin.token.clone()),
+                .with_revocations(Arc::clone(shared.revocations()), config.admin.token.clone()),
         );
 
         let bind = |what: &'static str, addr: SocketAddr| async move {
