@@ -9,7 +9,7 @@
 //! - `s3_open_64k/s3s_fs/*`: s3s-fs in-process with SigV4 really checked, as the load script's
 //!   s3 section uses.
 //!
-//! Each iteration is one `open_as` (HEAD + GET) and reading the whole body.
+//! Each iteration is one `Backend::open` (HEAD + GET) and reading the whole body.
 //!
 //! `sdk_get_object/*` isolates the SDK's per-request work with a canned HTTP client (no socket):
 //! one GetObject with the client's own credentials, with credentials set through the
@@ -29,8 +29,9 @@ use std::hint::black_box;
 
 use aws_credential_types::Credentials;
 use bucketgate::backend::s3::S3Backend;
-use bucketgate::backend::{Caller, Opened, Want};
+use bucketgate::backend::{Backend, Caller, Opened, Want};
 use bucketgate::config::{Limits, S3Credentials, S3Source};
+use bucketgate::credentials::UserCredentials;
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::StreamExt;
@@ -42,9 +43,22 @@ const SIZE: usize = 64 * 1024;
 const KEY: &str = "obj-64k";
 const BUCKET: &str = "bench";
 
+/// A SAML user's credentials as the pipeline passes them.
+fn user_creds(credentials: &Credentials) -> UserCredentials<'_> {
+    UserCredentials {
+        credentials,
+        role_arn: "arn:aws:sts::123456789012:assumed-role/bench/user",
+    }
+}
+
 async fn read(backend: &S3Backend, caller: Caller<'_>) -> usize {
     match backend
-        .open_as(KEY, |_| Want::Body(None), caller)
+        .open(
+            KEY,
+            |_| Want::Body(None),
+            caller,
+            tokio::time::Instant::now() + std::time::Duration::from_secs(30),
+        )
         .await
         .expect("open")
     {
@@ -152,7 +166,7 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("stub/per_request_credentials", |b| {
         b.to_async(&rt)
-            .iter(|| async { black_box(read(&stub_user, Caller::User(&user)).await) })
+            .iter(|| async { black_box(read(&stub_user, Caller::User(user_creds(&user))).await) })
     });
     g.bench_function("s3s_fs/static", |b| {
         b.to_async(&rt)
@@ -160,7 +174,7 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("s3s_fs/per_request_credentials", |b| {
         b.to_async(&rt)
-            .iter(|| async { black_box(read(&fs_user, Caller::User(&user)).await) })
+            .iter(|| async { black_box(read(&fs_user, Caller::User(user_creds(&user))).await) })
     });
     g.finish();
 }

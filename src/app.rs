@@ -22,13 +22,23 @@ use crate::credentials::Delegations;
 use crate::identity::IdentitySetupError;
 use crate::identity::revocation::{RevocationError, Revocations};
 use crate::pipeline::Pipeline;
-use crate::pipeline::admit::{Admission, AdmitClock};
 use crate::pipeline::snapshot::build_snapshot;
 use crate::reload::{self, Control, FileWatcher, ReloadError, Trigger};
 use crate::server::per_ip::PerIpConnections;
 use crate::server::tls::{LiveTls, LoadedTls, TlsError};
 use crate::server::{self, Role};
+use crate::state::Shared;
+use crate::state::admission::{Admission, AdmitClock, AnyAdmission};
 use crate::telemetry::Metrics;
+
+/// The embedded default config ([`Config::embedded_default`]) for `workdir`, with its HS256
+/// development key made first if it does not exist yet (`./.bucketgate/dev-hs256.key`, mode
+/// 0600, see [`crate::identity::keys::ensure_dev_key`]). Making a key is a side effect of
+/// starting, so it happens here, in the composition root; config only reads the file.
+pub fn embedded_config(workdir: &std::path::Path) -> std::io::Result<Config> {
+    let key = crate::identity::keys::ensure_dev_key(&workdir.join(".bucketgate"))?;
+    Config::embedded_default(workdir, &key)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -111,7 +121,8 @@ impl Gateway {
         let tls = Arc::new(LiveTls::new(LoadedTls::load(&config.listener.tls)?));
         // A persisted admin change outranks the file's lists (see reload/lists.rs).
         let config = reload::with_persisted_lists(config)?;
-        let admission = Admission::new(&config.rate_limits, options.clock.clone());
+        let admission =
+            AnyAdmission::Memory(Admission::new(&config.rate_limits, options.clock.clone()));
         // Revocations outlive snapshots; identity is built with every snapshot (below), before
         // any port is bound, so a bad key or revocations file fails startup.
         let revocations = Arc::new(Revocations::load(&config.admin.state_dir)?);
@@ -121,15 +132,18 @@ impl Gateway {
             .clone()
             .unwrap_or_else(crate::credentials::system_clock);
         let delegations = Arc::new(Delegations::new(Arc::clone(&clock)));
+        // SAML sessions outlive snapshots too, whether or not `[saml]` is configured now.
+        let saml = Arc::new(crate::saml::sp::SamlState::new(clock)?);
+        // The one home of all of it (see `state.rs`), built once for the process.
+        let shared = Arc::new(Shared::new(admission, revocations, delegations).with_saml(saml));
         let (audit, audit_done) = AuditLog::start(&config.audit, Arc::clone(&metrics))?;
         let pipeline = Arc::new(
-            Pipeline::with_admission(
-                build_snapshot(&config, &revocations, &delegations).await?,
+            Pipeline::with_shared(
+                build_snapshot(&config, shared.revocations(), shared.delegations()).await?,
                 Arc::clone(&metrics),
-                admission,
+                Arc::clone(&shared),
             )
-            .with_audit(audit)
-            .with_saml(Arc::new(crate::saml::sp::SamlState::new(clock)?)),
+            .with_audit(audit),
         );
         let per_ip = Arc::new(PerIpConnections::new(
             config.rate_limits.max_connections_per_ip,
@@ -138,8 +152,6 @@ impl Gateway {
             Arc::clone(&pipeline),
             Arc::clone(&metrics),
             Arc::clone(&per_ip),
-            Arc::clone(&revocations),
-            Arc::clone(&delegations),
             Arc::clone(&tls),
             options.config_path.clone(),
             config.clone(),
@@ -147,7 +159,7 @@ impl Gateway {
         let admin = Arc::new(Admin::new(
             Arc::clone(&pipeline),
             Arc::clone(&control),
-            revocations,
+            Arc::clone(shared.revocations()),
         ));
 
         let bind = |what: &'static str, addr: SocketAddr| async move {

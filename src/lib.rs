@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod app;
 pub mod audit;
+pub mod aws;
 pub mod backend;
 pub mod config;
 pub mod credentials;
@@ -15,7 +16,9 @@ pub mod identity;
 pub mod pipeline;
 pub mod reload;
 pub mod saml;
+pub mod scope;
 pub mod server;
+pub mod state;
 pub mod telemetry;
 pub mod tokens;
 pub mod web;

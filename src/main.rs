@@ -206,7 +206,7 @@ fn signer(args: &MintArgs) -> anyhow::Result<(Signer, String)> {
         }
         None => {
             let cwd = std::env::current_dir().context("reading the current directory")?;
-            let config = Config::embedded_default(&cwd)
+            let config = bucketgate::app::embedded_config(&cwd)
                 .context("reading the development signing key in ./.bucketgate/")?;
             (config, tokens::DEFAULT_BASE_URL.to_owned())
         }
@@ -439,7 +439,8 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             let data = cwd.join("data");
             std::fs::create_dir_all(&data)
                 .with_context(|| format!("creating {}", data.display()))?;
-            Config::embedded_default(&cwd).context("creating the development signing key")?
+            bucketgate::app::embedded_config(&cwd)
+                .context("creating the development signing key")?
         }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -340,7 +340,7 @@ async fn a_corrupt_state_file_stops_the_start_instead_of_being_ignored() {
     let state = tempfile::tempdir().unwrap();
     std::fs::write(state.path().join(STATE_FILE), b"{\"allow\": [").unwrap();
     let data = tempfile::tempdir().unwrap();
-    let mut config = bucketgate::config::Config::embedded_default(data.path()).unwrap();
+    let mut config = bucketgate::app::embedded_config(data.path()).unwrap();
     config.listener.addr = "127.0.0.1:0".parse().unwrap();
     config.admin.addr = "127.0.0.1:0".parse().unwrap();
     config.admin.state_dir = state.path().to_path_buf();

@@ -223,7 +223,7 @@ async fn audit_writes_one_line_per_request_with_decision_status_and_bytes() {
 #[tokio::test]
 async fn audit_goes_to_stdout_in_the_embedded_default() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = Config::embedded_default(dir.path()).unwrap();
+    let cfg = bucketgate::app::embedded_config(dir.path()).unwrap();
     assert_eq!(cfg.audit.destination, AuditDestination::Stdout);
 }
 

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use bucketgate::Gateway;
-use bucketgate::config::{self, Config};
+use bucketgate::config;
 
 fn bucketgate(cwd: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_bucketgate"))
@@ -156,7 +156,7 @@ async fn cli_sign_without_config_mints_urls_the_embedded_default_accepts() {
     );
     let prefix = "https://127.0.0.1:8443/o/local/dir/a%20b%2B%C3%BC.txt?token=";
     assert!(url.starts_with(prefix), "{url}");
-    let mut config = Config::embedded_default(root).unwrap();
+    let mut config = bucketgate::app::embedded_config(root).unwrap();
     config.listener.addr = "127.0.0.1:0".parse().unwrap();
     config.admin.addr = "127.0.0.1:0".parse().unwrap();
     config.audit.destination = config::AuditDestination::Off;

@@ -541,7 +541,7 @@ async fn delegated_cache_unit_shares_one_call_and_reports_unavailable() {
     assert!(
         matches!(
             err,
-            bucketgate::backend::BackendError::CredentialsUnavailable { retry_after }
+            bucketgate::credentials::DelegatedError::Unavailable { retry_after }
                 if retry_after == Duration::from_secs(RETRY_AFTER_SECS)
         ),
         "{err:?}"

@@ -355,7 +355,7 @@ async fn network_open_connection_is_judged_by_the_new_rules_on_its_next_request(
     assert_eq!(resp.status(), StatusCode::OK);
     resp.into_body().collect().await.unwrap();
 
-    let mut config = bucketgate::config::Config::embedded_default(dir.path()).unwrap();
+    let mut config = bucketgate::app::embedded_config(dir.path()).unwrap();
     config.sources = BTreeMap::from([("local".to_string(), fs_source(dir.path()))]);
     config.network = network(&["127.0.0.0/8"], &["127.0.0.1/32"]);
     gw.gateway().reload(config).await.unwrap();

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::support::origin::{self, Mode, Origin};
 use crate::support::s3::{Moto, S3sFs};
 use bucketgate::backend::s3::S3Backend;
-use bucketgate::backend::{Backend, BackendError, ByteRange, ObjectMeta};
+use bucketgate::backend::{Backend, BackendError, ByteRange, Caller, ObjectMeta};
 use bucketgate::config::Limits;
 use futures_util::StreamExt;
 
@@ -54,11 +54,11 @@ async fn collect(backend_body: bucketgate::backend::ObjectBody) -> (Vec<u8>, Opt
 
 async fn read_whole(b: &S3Backend, key: &str) -> (ObjectMeta, Vec<u8>) {
     let meta = b
-        .head(key)
+        .head(key, Caller::Gateway)
         .await
         .unwrap_or_else(|e| panic!("head {key:?}: {e}"));
     let got = b
-        .get(key, None, &meta)
+        .get(key, None, &meta, Caller::Gateway)
         .await
         .unwrap_or_else(|e| panic!("get {key:?}: {e}"));
     let (bytes, err) = collect(got).await;
@@ -141,7 +141,7 @@ async fn s3s_head_and_get_return_meta_and_bytes() {
     let etag = s3.put(BUCKET, "pics/a.png", &body, Some("image/png")).await;
     let b = backend(&s3.source(BUCKET, "pics/")).await;
 
-    let meta = b.head("a.png").await.expect("head");
+    let meta = b.head("a.png", Caller::Gateway).await.expect("head");
     assert_eq!(meta.size, 10_000);
     assert_eq!(meta.etag.as_deref(), Some(etag.as_str()));
     assert!(
@@ -162,7 +162,10 @@ async fn s3s_head_and_get_return_meta_and_bytes() {
         0
     );
 
-    let got = b.get("a.png", None, &meta).await.expect("get");
+    let got = b
+        .get("a.png", None, &meta, Caller::Gateway)
+        .await
+        .expect("get");
     assert_eq!(got.meta, meta);
     let (bytes, err) = collect(got).await;
     assert!(err.is_none());
@@ -176,11 +179,16 @@ async fn s3s_get_range_returns_the_slice_and_total_size() {
     let body: Vec<u8> = (0..1000u32).map(|i| (i % 256) as u8).collect();
     s3.put(BUCKET, "v.mp4", &body, None).await;
     let b = backend(&s3.source(BUCKET, "")).await;
-    let meta = b.head("v.mp4").await.expect("head");
+    let meta = b.head("v.mp4", Caller::Gateway).await.expect("head");
 
     for (start, end) in [(0, 0), (3, 9), (500, 999), (0, 999)] {
         let got = b
-            .get("v.mp4", Some(ByteRange { start, end }), &meta)
+            .get(
+                "v.mp4",
+                Some(ByteRange { start, end }),
+                &meta,
+                Caller::Gateway,
+            )
             .await
             .expect("get range");
         assert_eq!(got.meta.size, 1000, "meta.size is the whole object's");
@@ -196,13 +204,21 @@ async fn s3s_get_after_the_object_changed_is_changed() {
     s3.create_bucket(BUCKET).await;
     s3.put(BUCKET, "k", b"version one", None).await;
     let b = backend(&s3.source(BUCKET, "")).await;
-    let old = b.head("k").await.expect("head");
+    let old = b.head("k", Caller::Gateway).await.expect("head");
     s3.put(BUCKET, "k", b"version two!", None).await;
 
-    let err = b.get("k", None, &old).await.expect_err("changed object");
+    let err = b
+        .get("k", None, &old, Caller::Gateway)
+        .await
+        .expect_err("changed object");
     assert!(matches!(err, BackendError::Changed), "{err:?}");
     let err = b
-        .get("k", Some(ByteRange { start: 0, end: 3 }), &old)
+        .get(
+            "k",
+            Some(ByteRange { start: 0, end: 3 }),
+            &old,
+            Caller::Gateway,
+        )
         .await
         .expect_err("changed");
     assert!(matches!(err, BackendError::Changed), "{err:?}");
@@ -227,7 +243,10 @@ async fn s3s_missing_key_is_not_found() {
     let s3 = S3sFs::start(ACCESS_KEY, SECRET_KEY).await;
     s3.create_bucket(BUCKET).await;
     let b = backend(&s3.source(BUCKET, "")).await;
-    let err = b.head("nope.png").await.expect_err("missing");
+    let err = b
+        .head("nope.png", Caller::Gateway)
+        .await
+        .expect_err("missing");
     assert!(matches!(err, BackendError::NotFound), "{err:?}");
     let meta = ObjectMeta {
         size: 1,
@@ -235,7 +254,10 @@ async fn s3s_missing_key_is_not_found() {
         last_modified: None,
         content_type: None,
     };
-    let err = b.get("nope.png", None, &meta).await.expect_err("missing");
+    let err = b
+        .get("nope.png", None, &meta, Caller::Gateway)
+        .await
+        .expect_err("missing");
     assert!(matches!(err, BackendError::NotFound), "{err:?}");
 }
 
@@ -261,7 +283,10 @@ async fn s3s_wrong_secret_is_a_configuration_fault() {
             }
         )
     };
-    let err = b.head("k").await.expect_err("bad signature");
+    let err = b
+        .head("k", Caller::Gateway)
+        .await
+        .expect_err("bad signature");
     assert!(bad_signature(&err), "{err:?}");
     let meta = ObjectMeta {
         size: 4,
@@ -269,7 +294,10 @@ async fn s3s_wrong_secret_is_a_configuration_fault() {
         last_modified: None,
         content_type: None,
     };
-    let err = b.get("k", None, &meta).await.expect_err("bad signature");
+    let err = b
+        .get("k", None, &meta, Caller::Gateway)
+        .await
+        .expect_err("bad signature");
     assert!(bad_signature(&err), "{err:?}");
     let err = b.ready().await.expect_err("bad signature");
     assert!(bad_signature(&err), "{err:?}");
@@ -307,13 +335,18 @@ async fn moto_head_get_range_and_changed() {
     let b = backend(&moto.source(BUCKET, "x/")).await;
     b.ready().await.expect("ready");
 
-    let meta = b.head("clip.mp4").await.expect("head");
+    let meta = b.head("clip.mp4", Caller::Gateway).await.expect("head");
     assert_eq!(meta.size, 5000);
     assert_eq!(meta.etag.as_deref(), Some(etag.as_str()));
     assert_eq!(meta.content_type.as_deref(), Some("video/mp4"));
     assert!(meta.last_modified.is_some());
 
-    let (bytes, err) = collect(b.get("clip.mp4", None, &meta).await.expect("get")).await;
+    let (bytes, err) = collect(
+        b.get("clip.mp4", None, &meta, Caller::Gateway)
+            .await
+            .expect("get"),
+    )
+    .await;
     assert!(err.is_none());
     assert_eq!(bytes, body);
     let got = b
@@ -324,6 +357,7 @@ async fn moto_head_get_range_and_changed() {
                 end: 4999,
             }),
             &meta,
+            Caller::Gateway,
         )
         .await
         .expect("range");
@@ -333,10 +367,16 @@ async fn moto_head_get_range_and_changed() {
 
     // moto answers If-Match with a real 412.
     moto.put(BUCKET, "x/clip.mp4", b"replaced", None).await;
-    let err = b.get("clip.mp4", None, &meta).await.expect_err("changed");
+    let err = b
+        .get("clip.mp4", None, &meta, Caller::Gateway)
+        .await
+        .expect_err("changed");
     assert!(matches!(err, BackendError::Changed), "{err:?}");
 
-    let err = b.head("missing.mp4").await.expect_err("missing");
+    let err = b
+        .head("missing.mp4", Caller::Gateway)
+        .await
+        .expect_err("missing");
     assert!(matches!(err, BackendError::NotFound), "{err:?}");
 }
 
@@ -376,13 +416,23 @@ async fn origin_healthy_answers_head_get_range_and_ready() {
     let o = Origin::start(Mode::Healthy).await;
     let b = backend(&origin_backend_source(&o)).await;
     b.ready().await.expect("ready");
-    let meta = b.head("any/key").await.expect("head");
+    let meta = b.head("any/key", Caller::Gateway).await.expect("head");
     assert_eq!(meta, origin_meta());
-    let (bytes, err) = collect(b.get("any/key", None, &meta).await.expect("get")).await;
+    let (bytes, err) = collect(
+        b.get("any/key", None, &meta, Caller::Gateway)
+            .await
+            .expect("get"),
+    )
+    .await;
     assert!(err.is_none());
     assert_eq!(bytes, origin::object_bytes());
     let got = b
-        .get("any/key", Some(ByteRange { start: 10, end: 20 }), &meta)
+        .get(
+            "any/key",
+            Some(ByteRange { start: 10, end: 20 }),
+            &meta,
+            Caller::Gateway,
+        )
         .await
         .expect("range");
     let (bytes, _) = collect(got).await;
@@ -394,7 +444,7 @@ async fn origin_refusing_connections_is_unreachable_after_bounded_retries() {
     let o = Origin::start(Mode::Refuse).await;
     let b = backend(&origin_backend_source(&o)).await;
     let started = Instant::now();
-    let err = b.head("k").await.expect_err("refused");
+    let err = b.head("k", Caller::Gateway).await.expect_err("refused");
     assert!(matches!(err, BackendError::Unreachable(_)), "{err:?}");
     // 3 attempts with backoff of at most 1 s each: bounded, not endless.
     assert!(
@@ -414,7 +464,7 @@ async fn origin_stalling_before_headers_times_out_once_retries_sharing_the_first
         .await
         .expect("backend");
     let started = Instant::now();
-    let err = b.head("k").await.expect_err("stalled");
+    let err = b.head("k", Caller::Gateway).await.expect_err("stalled");
     assert!(
         matches!(err, BackendError::Timeout(d) if d == limits.upstream_first_byte_timeout),
         "{err:?}"
@@ -433,8 +483,11 @@ async fn origin_stalling_before_headers_times_out_once_retries_sharing_the_first
 async fn origin_reset_mid_body_is_body_broken_without_retry() {
     let o = Origin::start(Mode::ResetMidBody).await;
     let b = backend(&origin_backend_source(&o)).await;
-    let meta = b.head("k").await.expect("head answers");
-    let got = b.get("k", None, &meta).await.expect("headers arrive");
+    let meta = b.head("k", Caller::Gateway).await.expect("head answers");
+    let got = b
+        .get("k", None, &meta, Caller::Gateway)
+        .await
+        .expect("headers arrive");
     let (bytes, err) = collect(got).await;
     assert!(matches!(err, Some(BackendError::BodyBroken(_))), "{err:?}");
     assert!(bytes.len() < origin::OBJECT_LEN);
@@ -449,8 +502,11 @@ async fn origin_reset_mid_body_is_body_broken_without_retry() {
 async fn origin_short_body_is_body_broken() {
     let o = Origin::start(Mode::ShortBody).await;
     let b = backend(&origin_backend_source(&o)).await;
-    let meta = b.head("k").await.expect("head answers");
-    let got = b.get("k", None, &meta).await.expect("headers arrive");
+    let meta = b.head("k", Caller::Gateway).await.expect("head answers");
+    let got = b
+        .get("k", None, &meta, Caller::Gateway)
+        .await
+        .expect("headers arrive");
     let (bytes, err) = collect(got).await;
     assert!(matches!(err, Some(BackendError::BodyBroken(_))), "{err:?}");
     assert_eq!(bytes, &origin::object_bytes()[..origin::PARTIAL_LEN]);
@@ -464,8 +520,11 @@ async fn origin_stalling_mid_body_is_stalled_after_the_idle_timeout() {
     let b = S3Backend::new(&origin_backend_source(&o), &limits)
         .await
         .expect("backend");
-    let meta = b.head("k").await.expect("head answers");
-    let got = b.get("k", None, &meta).await.expect("headers arrive");
+    let meta = b.head("k", Caller::Gateway).await.expect("head answers");
+    let got = b
+        .get("k", None, &meta, Caller::Gateway)
+        .await
+        .expect("headers arrive");
     let (bytes, err) = collect(got).await;
     assert!(
         matches!(err, Some(BackendError::Stalled(d)) if d == limits.upstream_idle_timeout),

@@ -25,7 +25,7 @@ use hyper::body::Incoming;
 use super::Admin;
 use super::error::{AdminError, api_json};
 use crate::config::defaults::ADMIN_BODY_MAX_BYTES;
-use crate::identity::revocation::Revocation;
+use crate::identity::revocation::{Revocation, RevocationStore};
 use crate::reload::lists::{ListsError, NetworkLists, Patch};
 use crate::reload::{ChangeError, ReloadError, TokenDigest, Trigger};
 use crate::telemetry::ErrorChain;
@@ -75,8 +75,12 @@ async fn route(
             allow: "GET, PUT, PATCH",
         }),
         ("/admin/revocations", Method::GET) => {
-            let body =
-                serde_json::to_vec(&admin.revocations.list()).map_err(AdminError::Encoding)?;
+            let list = admin
+                .revocations
+                .list()
+                .await
+                .map_err(AdminError::StoreUnavailable)?;
+            let body = serde_json::to_vec(&list).map_err(AdminError::Encoding)?;
             Ok(api_json(StatusCode::OK, body))
         }
         ("/admin/revocations", Method::POST) => {

@@ -53,6 +53,8 @@ pub enum AdminError {
     ReloadFailed(#[source] ReloadError),
     #[error("the revocation could not be persisted")]
     NotPersisted(#[source] RevocationError),
+    #[error("the revocation store is unavailable")]
+    StoreUnavailable(#[source] RevocationError),
     #[error("the answer could not be encoded")]
     Encoding(#[source] serde_json::Error),
 }
@@ -75,6 +77,7 @@ impl AdminError {
             AdminError::ChangeFailed(_)
             | AdminError::ReloadFailed(_)
             | AdminError::NotPersisted(_)
+            | AdminError::StoreUnavailable(_)
             | AdminError::Encoding(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -106,7 +109,20 @@ impl AdminError {
             AdminError::MethodNotAllowed { allow } => {
                 headers.insert(ALLOW, HeaderValue::from_static(allow));
             }
-            _ => {}
+            // Spelled out so a new variant must decide its headers here.
+            AdminError::NotFound
+            | AdminError::BodyTooLarge
+            | AdminError::BodyRead
+            | AdminError::Invalid(_)
+            | AdminError::InvalidRevocation(_)
+            | AdminError::NoConfigFile
+            | AdminError::ConfigInvalid(_)
+            | AdminError::TlsInvalid(_)
+            | AdminError::ChangeFailed(_)
+            | AdminError::ReloadFailed(_)
+            | AdminError::NotPersisted(_)
+            | AdminError::StoreUnavailable(_)
+            | AdminError::Encoding(_) => {}
         }
         resp
     }

@@ -23,7 +23,9 @@ use bytes::Bytes;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::{Errno, ReadWriteFlags};
 
-use super::{Backend, BackendError, BodyStream, ByteRange, ObjectBody, ObjectMeta, Opened, Want};
+use super::{
+    Backend, BackendError, BodyStream, ByteRange, Caller, ObjectBody, ObjectMeta, Opened, Want,
+};
 use crate::config::defaults::BODY_CHUNK_BYTES;
 
 pub struct FsBackend {
@@ -341,7 +343,8 @@ fn meta_of(key: &Path, md: &Metadata) -> ObjectMeta {
 }
 
 impl Backend for FsBackend {
-    async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
+    // A local directory has one authority: the caller changes nothing.
+    async fn head(&self, key: &str, _caller: Caller<'_>) -> Result<ObjectMeta, BackendError> {
         let (meta, _) = self.open_with(key, |_| Ok(Want::Meta)).await?;
         Ok(meta)
     }
@@ -351,6 +354,7 @@ impl Backend for FsBackend {
         key: &str,
         range: Option<ByteRange>,
         expect: &ObjectMeta,
+        _caller: Caller<'_>,
     ) -> Result<ObjectBody, BackendError> {
         let expect_etag = expect.etag.clone();
         let (meta, body) = self
@@ -370,8 +374,14 @@ impl Backend for FsBackend {
 
     /// Open, stat, decide and (for small bodies) read in one go: usually on this thread from the
     /// kernel's caches, else in one blocking call; the body comes from the very file the metadata
-    /// describes.
-    async fn open<F>(&self, key: &str, want: F) -> Result<Opened, BackendError>
+    /// describes. No store to wait on: `deadline` does not apply.
+    async fn open<F>(
+        &self,
+        key: &str,
+        want: F,
+        _caller: Caller<'_>,
+        _deadline: tokio::time::Instant,
+    ) -> Result<Opened, BackendError>
     where
         F: FnOnce(&ObjectMeta) -> Want + Send + 'static,
     {

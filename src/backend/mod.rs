@@ -15,6 +15,8 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures_util::Stream;
 
+use crate::credentials::UserCredentials;
+
 /// What the gateway needs to know about a stored object before sending it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {
@@ -61,25 +63,29 @@ impl fmt::Debug for ObjectBody {
     }
 }
 
-/// On whose behalf a read is made. Sources with `credentials = "saml"` sign with the user's
-/// session credentials and refuse [`Caller::Gateway`]; every other source ignores the caller.
-#[derive(Clone, Copy)]
+/// On whose behalf a read is made: a parameter of every [`Backend`] read. Sources with
+/// `credentials = "saml"` sign with the user's session credentials and refuse
+/// [`Caller::Gateway`]; every other source signs with its own and ignores the caller.
+///
+/// [`Caller::partition`] is the authority a read was made under: a cache of reads (a
+/// `Cached<B: Backend>`) keys on the source and the partition, so what one user's credentials
+/// could read is never served to a caller with other authority.
+#[derive(Debug, Clone, Copy)]
 pub enum Caller<'a> {
     /// No user credentials (a token-authenticated request, a readiness check).
     Gateway,
-    /// A SAML session's STS credentials.
-    User(&'a aws_credential_types::Credentials),
+    /// A SAML session's STS credentials and the assumed-role ARN they carry.
+    User(UserCredentials<'a>),
 }
 
-impl fmt::Debug for Caller<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl<'a> Caller<'a> {
+    /// The authority partition: `None` for the gateway's own authority (the source's
+    /// credentials, the same for every caller), else the user's assumed-role ARN as STS
+    /// returned it.
+    pub fn partition(&self) -> Option<&'a str> {
         match self {
-            Caller::Gateway => f.write_str("Gateway"),
-            // Never the secret or the token; the key id's first characters say enough.
-            Caller::User(c) => {
-                let prefix: String = c.access_key_id().chars().take(4).collect();
-                write!(f, "User({prefix}…)")
-            }
+            Caller::Gateway => None,
+            Caller::User(user) => Some(user.role_arn),
         }
     }
 }
@@ -161,6 +167,20 @@ pub enum BackendError {
     Protocol(String),
 }
 
+impl From<crate::credentials::DelegatedError> for BackendError {
+    fn from(e: crate::credentials::DelegatedError) -> Self {
+        use crate::credentials::DelegatedError;
+        match e {
+            DelegatedError::RoleConfigFault { role_arn, code } => {
+                BackendError::RoleConfigFault { role_arn, code }
+            }
+            DelegatedError::Unavailable { retry_after } => {
+                BackendError::CredentialsUnavailable { retry_after }
+            }
+        }
+    }
+}
+
 impl BackendError {
     /// Whether an identical call may succeed if tried again (nothing was sent to the client yet).
     pub fn is_retryable(&self) -> bool {
@@ -192,10 +212,15 @@ impl BackendError {
 }
 
 /// A storage backend. `key` is the decoded, validated object key (never contains `.`/`..`
-/// segments or control characters); the backend maps it to its own namespace.
+/// segments or control characters); the backend maps it to its own namespace. Every read is
+/// made on behalf of a [`Caller`], whose credentials it signs with where the source asks for them.
 pub trait Backend: Send + Sync {
     /// Metadata of `key`.
-    fn head(&self, key: &str) -> impl Future<Output = Result<ObjectMeta, BackendError>> + Send;
+    fn head(
+        &self,
+        key: &str,
+        caller: Caller<'_>,
+    ) -> impl Future<Output = Result<ObjectMeta, BackendError>> + Send;
 
     /// Open `key` for reading, the whole object or one range of it. `expect` is the metadata the
     /// caller decided on; if the object no longer matches it, return [`BackendError::Changed`]
@@ -205,30 +230,43 @@ pub trait Backend: Send + Sync {
         key: &str,
         range: Option<ByteRange>,
         expect: &ObjectMeta,
+        caller: Caller<'_>,
     ) -> impl Future<Output = Result<ObjectBody, BackendError>> + Send;
 
-    /// Whether the backend is reachable and usable (for `/readyz`).
+    /// Whether the backend is reachable and usable with the gateway's own authority (for
+    /// `/readyz`).
     fn ready(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
 
     /// Metadata, then whatever `want` asks for once it has seen the metadata, in as few round
-    /// trips as the store allows (the fs backend does it in one blocking call).
+    /// trips as the store allows (the fs backend does it in one blocking call), on behalf of
+    /// `caller`. Every wait on a store ends by `deadline` (else [`BackendError::Timeout`]): one
+    /// first-byte budget the pipeline sets once per request, however many calls it takes. A
+    /// backend that does not wait on a store (fs) may ignore it.
     fn open<F>(
         &self,
         key: &str,
         want: F,
+        caller: Caller<'_>,
+        deadline: tokio::time::Instant,
     ) -> impl Future<Output = Result<Opened, BackendError>> + Send
     where
         F: FnOnce(&ObjectMeta) -> Want + Send + 'static,
     {
         async move {
-            let meta = self.head(key).await?;
-            match want(&meta) {
-                Want::Meta => Ok(Opened::Meta(meta)),
-                Want::Body(part) => {
-                    let object = self.get(key, part, &meta).await?;
-                    Ok(Opened::Object { object, part })
+            let budget = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let calls = async {
+                let meta = self.head(key, caller).await?;
+                match want(&meta) {
+                    Want::Meta => Ok(Opened::Meta(meta)),
+                    Want::Body(part) => {
+                        let object = self.get(key, part, &meta, caller).await?;
+                        Ok(Opened::Object { object, part })
+                    }
                 }
-            }
+            };
+            tokio::time::timeout_at(deadline, calls)
+                .await
+                .unwrap_or(Err(BackendError::Timeout(budget)))
         }
     }
 }
@@ -239,32 +277,11 @@ pub enum AnyBackend {
     S3(s3::S3Backend),
 }
 
-impl AnyBackend {
-    /// [`Backend::open`] on behalf of `caller` (see [`Caller`]), with the store's answers due by
-    /// `deadline` (else [`BackendError::Timeout`]). An fs source reads local files and has no
-    /// such wait.
-    pub async fn open_until<F>(
-        &self,
-        key: &str,
-        want: F,
-        caller: Caller<'_>,
-        deadline: tokio::time::Instant,
-    ) -> Result<Opened, BackendError>
-    where
-        F: FnOnce(&ObjectMeta) -> Want + Send + 'static,
-    {
-        match self {
-            AnyBackend::Fs(b) => b.open(key, want).await,
-            AnyBackend::S3(b) => b.open_until(key, want, caller, deadline).await,
-        }
-    }
-}
-
 impl Backend for AnyBackend {
-    async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
+    async fn head(&self, key: &str, caller: Caller<'_>) -> Result<ObjectMeta, BackendError> {
         match self {
-            AnyBackend::Fs(b) => b.head(key).await,
-            AnyBackend::S3(b) => b.head(key).await,
+            AnyBackend::Fs(b) => b.head(key, caller).await,
+            AnyBackend::S3(b) => b.head(key, caller).await,
         }
     }
 
@@ -273,10 +290,11 @@ impl Backend for AnyBackend {
         key: &str,
         range: Option<ByteRange>,
         expect: &ObjectMeta,
+        caller: Caller<'_>,
     ) -> Result<ObjectBody, BackendError> {
         match self {
-            AnyBackend::Fs(b) => b.get(key, range, expect).await,
-            AnyBackend::S3(b) => b.get(key, range, expect).await,
+            AnyBackend::Fs(b) => b.get(key, range, expect, caller).await,
+            AnyBackend::S3(b) => b.get(key, range, expect, caller).await,
         }
     }
 
@@ -287,13 +305,19 @@ impl Backend for AnyBackend {
         }
     }
 
-    async fn open<F>(&self, key: &str, want: F) -> Result<Opened, BackendError>
+    async fn open<F>(
+        &self,
+        key: &str,
+        want: F,
+        caller: Caller<'_>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Opened, BackendError>
     where
         F: FnOnce(&ObjectMeta) -> Want + Send + 'static,
     {
         match self {
-            AnyBackend::Fs(b) => b.open(key, want).await,
-            AnyBackend::S3(b) => b.open(key, want).await,
+            AnyBackend::Fs(b) => b.open(key, want, caller, deadline).await,
+            AnyBackend::S3(b) => b.open(key, want, caller, deadline).await,
         }
     }
 }

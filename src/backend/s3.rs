@@ -10,7 +10,7 @@
 //! - response headers: `upstream_first_byte_timeout` is ONE budget for the whole wait, retries
 //!   included (up to `upstream_max_retries`, safe because nothing has reached the client yet),
 //!   not one timeout per attempt: the SDK's operation timeout bounds each call with its retries
-//!   and back-off, and [`S3Backend::open_until`] bounds the HEAD, the GET and any refusal probe
+//!   and back-off, and [`S3Backend`]'s [`Backend::open`] bounds the HEAD, the GET and any refusal probe
 //!   of one request together, by a deadline the pipeline sets once per request (so starting over
 //!   after the object changed shares it too). The operation timeout ends when the SDK hands back
 //!   the response head: it never covers reading a GetObject body. Loading a delegated role's
@@ -47,20 +47,18 @@ use std::time::{Duration, SystemTime};
 
 use aws_config::default_provider::credentials::DefaultCredentialsChain;
 use aws_config::provider_config::ProviderConfig;
-use aws_sdk_s3::config::interceptors::BeforeDeserializationInterceptorContextRef;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
-    BehaviorVersion, ConfigBag, Credentials, IdentityCache, Intercept, Region, RuntimeComponents,
-    StalledStreamProtectionConfig,
+    BehaviorVersion, Credentials, IdentityCache, Region, StalledStreamProtectionConfig,
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
-use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 
 use super::{
     Backend, BackendError, BodyStream, ByteRange, Caller, ObjectBody, ObjectMeta, Opened, Want,
 };
+use crate::aws::{HeaderBlockLimit, SdkFailure, sdk_http_client, sort_sdk_error};
 use crate::config::defaults::{
     RETRY_INITIAL_BACKOFF_MS, RETRY_MAX_BACKOFF_MS, UPSTREAM_MAX_HEADER_BYTES,
 };
@@ -95,52 +93,6 @@ macro_rules! send_as {
             }
         }
     };
-}
-
-/// The HTTP client of every AWS SDK client the gateway builds (S3 here, STS in
-/// `crate::credentials::sts`): one stack for the whole process, hyper 1 + rustls with ring.
-pub(crate) fn sdk_http_client() -> aws_sdk_s3::config::SharedHttpClient {
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-        .build_https()
-}
-
-/// Refuses an answer whose header block is larger than [`UPSTREAM_MAX_HEADER_BYTES`] (names and
-/// values of every header, summed), before the SDK deserializes it. Installed on every SDK client
-/// the gateway builds (S3 here, STS in `crate::credentials::sts`).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct HeaderBlockLimit;
-
-impl Intercept for HeaderBlockLimit {
-    fn name(&self) -> &'static str {
-        "bucketgate::HeaderBlockLimit"
-    }
-
-    fn read_before_deserialization(
-        &self,
-        context: &BeforeDeserializationInterceptorContextRef<'_>,
-        _runtime_components: &RuntimeComponents,
-        _cfg: &mut ConfigBag,
-    ) -> Result<(), aws_sdk_s3::error::BoxError> {
-        let bytes = context
-            .response()
-            .headers()
-            .iter()
-            .fold(0usize, |sum, (name, value)| {
-                sum.saturating_add(name.len()).saturating_add(value.len())
-            });
-        if bytes > UPSTREAM_MAX_HEADER_BYTES {
-            return Err(Box::new(HeaderBlockTooLarge { bytes }));
-        }
-        Ok(())
-    }
-}
-
-/// An answer's header block was over [`UPSTREAM_MAX_HEADER_BYTES`].
-#[derive(Debug, thiserror::Error)]
-#[error("answer with a {bytes}-byte header block (at most {UPSTREAM_MAX_HEADER_BYTES})")]
-pub(crate) struct HeaderBlockTooLarge {
-    bytes: usize,
 }
 
 /// One configured S3 source: a client bound to one bucket and key prefix.
@@ -294,55 +246,11 @@ impl S3Backend {
     ) -> Result<Option<Credentials>, BackendError> {
         match (&self.signer, caller) {
             (Signer::Client, _) => Ok(None),
-            (Signer::Delegated(d), _) => d.credentials().await.map(Some),
-            (Signer::User, Caller::User(c)) => Ok(Some(c.clone())),
+            (Signer::Delegated(d), _) => Ok(Some(d.credentials().await?)),
+            (Signer::User, Caller::User(user)) => Ok(Some(user.credentials.clone())),
             // Never a fallback: a saml source reads only with a user's credentials.
             (Signer::User, Caller::Gateway) => Err(BackendError::AccessDenied),
         }
-    }
-
-    /// [`Backend::open`] on behalf of `caller`: the credentials are chosen once for both calls,
-    /// and both answer within one first-byte timeout.
-    pub async fn open_as<F>(
-        &self,
-        key: &str,
-        want: F,
-        caller: Caller<'_>,
-    ) -> Result<Opened, BackendError>
-    where
-        F: FnOnce(&ObjectMeta) -> Want + Send + 'static,
-    {
-        let deadline = tokio::time::Instant::now() + self.first_byte_timeout;
-        self.open_until(key, want, caller, deadline).await
-    }
-
-    /// [`S3Backend::open_as`], with every store call of it (HEAD, GET, a refusal probe) answered
-    /// by `deadline`, else [`BackendError::Timeout`]. The credentials are loaded first, outside
-    /// the deadline: a delegated refresh (STS, with its own timeout) is never cut half-way.
-    pub async fn open_until<F>(
-        &self,
-        key: &str,
-        want: F,
-        caller: Caller<'_>,
-        deadline: tokio::time::Instant,
-    ) -> Result<Opened, BackendError>
-    where
-        F: FnOnce(&ObjectMeta) -> Want + Send + 'static,
-    {
-        let creds = self.credentials_for(caller).await?;
-        let calls = async {
-            let meta = self.head_with(key, creds.clone()).await?;
-            match want(&meta) {
-                Want::Meta => Ok(Opened::Meta(meta)),
-                Want::Body(part) => {
-                    let object = self.get_with(key, part, &meta, creds).await?;
-                    Ok(Opened::Object { object, part })
-                }
-            }
-        };
-        tokio::time::timeout_at(deadline, calls)
-            .await
-            .unwrap_or(Err(BackendError::Timeout(self.first_byte_timeout)))
     }
 
     async fn head_with(
@@ -470,8 +378,8 @@ impl S3Backend {
 }
 
 impl Backend for S3Backend {
-    async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
-        let creds = self.credentials_for(Caller::Gateway).await?;
+    async fn head(&self, key: &str, caller: Caller<'_>) -> Result<ObjectMeta, BackendError> {
+        let creds = self.credentials_for(caller).await?;
         self.head_with(key, creds).await
     }
 
@@ -480,8 +388,9 @@ impl Backend for S3Backend {
         key: &str,
         range: Option<ByteRange>,
         expect: &ObjectMeta,
+        caller: Caller<'_>,
     ) -> Result<ObjectBody, BackendError> {
-        let creds = self.credentials_for(Caller::Gateway).await?;
+        let creds = self.credentials_for(caller).await?;
         self.get_with(key, range, expect, creds).await
     }
 
@@ -505,11 +414,33 @@ impl Backend for S3Backend {
             .map_err(|e| self.classify(e))
     }
 
-    async fn open<F>(&self, key: &str, want: F) -> Result<Opened, BackendError>
+    /// The credentials are chosen once for every call, and loaded first, outside the deadline:
+    /// a delegated refresh (STS, with its own timeout) is never cut half-way. Every store call
+    /// (HEAD, GET, a refusal probe) then answers by `deadline`, else [`BackendError::Timeout`].
+    async fn open<F>(
+        &self,
+        key: &str,
+        want: F,
+        caller: Caller<'_>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Opened, BackendError>
     where
         F: FnOnce(&ObjectMeta) -> Want + Send + 'static,
     {
-        self.open_as(key, want, Caller::Gateway).await
+        let creds = self.credentials_for(caller).await?;
+        let calls = async {
+            let meta = self.head_with(key, creds.clone()).await?;
+            match want(&meta) {
+                Want::Meta => Ok(Opened::Meta(meta)),
+                Want::Body(part) => {
+                    let object = self.get_with(key, part, &meta, creds).await?;
+                    Ok(Opened::Object { object, part })
+                }
+            }
+        };
+        tokio::time::timeout_at(deadline, calls)
+            .await
+            .unwrap_or(Err(BackendError::Timeout(self.first_byte_timeout)))
     }
 }
 
@@ -615,80 +546,6 @@ struct StoreStatus {
 #[derive(Debug, thiserror::Error)]
 #[error("no connection within {0:?}")]
 struct ConnectTimedOut(Duration);
-
-/// How an AWS SDK call failed, sorted once for every client the gateway has (S3 and STS); each
-/// caller maps the sorts to its own errors.
-#[derive(Debug)]
-pub(crate) enum SdkFailure {
-    /// No answer within the timeout of the whole attempt.
-    AnswerTimeout,
-    /// No connection within the connect timeout.
-    ConnectTimeout,
-    /// The request could not be sent (the SDK says the fault is the request's).
-    NotSent,
-    /// io (refused, reset, DNS) and unclassified transport failures.
-    Unreachable(Box<dyn std::error::Error + Send + Sync>),
-    /// An error answer the SDK parsed: its status and error code.
-    Answer {
-        status: u16,
-        code: Option<String>,
-    },
-    /// An answer that could not be parsed; the status still tells a server error apart.
-    Unparseable {
-        status: u16,
-    },
-    /// An answer refused by [`HeaderBlockLimit`] before it was read.
-    HeaderBlockTooLarge,
-    /// Request building, which includes loading credentials.
-    NotBuilt,
-    Unknown,
-}
-
-/// Sort an SDK error into an [`SdkFailure`].
-pub(crate) fn sort_sdk_error<E>(err: SdkError<E>) -> SdkFailure
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
-    if caused_by::<HeaderBlockTooLarge>(&err) {
-        return SdkFailure::HeaderBlockTooLarge;
-    }
-    match err {
-        SdkError::TimeoutError(_) => SdkFailure::AnswerTimeout,
-        SdkError::DispatchFailure(ref failure) => {
-            if failure.is_timeout() {
-                SdkFailure::ConnectTimeout
-            } else if failure.is_user() {
-                SdkFailure::NotSent
-            } else {
-                match err.into_source() {
-                    Ok(source) => SdkFailure::Unreachable(source),
-                    Err(_) => SdkFailure::Unreachable("dispatch failure".into()),
-                }
-            }
-        }
-        SdkError::ServiceError(service) => SdkFailure::Answer {
-            status: service.raw().status().as_u16(),
-            code: service.err().code().map(str::to_owned),
-        },
-        SdkError::ResponseError(response) => SdkFailure::Unparseable {
-            status: response.raw().status().as_u16(),
-        },
-        SdkError::ConstructionFailure(_) => SdkFailure::NotBuilt,
-        _ => SdkFailure::Unknown,
-    }
-}
-
-/// Whether `err` or any error in its source chain is a `T`.
-fn caused_by<T: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if e.is::<T>() {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
-}
 
 /// Whose credentials signed a refused request: an expired token is the gateway's fault for its
 /// own credentials and the user's for a SAML session's.

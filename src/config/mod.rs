@@ -138,6 +138,29 @@ pub enum KeyMaterial {
     PublicPem(String),
 }
 
+impl KeyMaterial {
+    /// The verification key this material makes under `alg`: validation checks that a PEM
+    /// parses with it, identity verifies signatures with it.
+    pub fn decoding_key(
+        &self,
+        alg: KeyAlg,
+    ) -> Result<jsonwebtoken::DecodingKey, jsonwebtoken::errors::Error> {
+        use jsonwebtoken::DecodingKey;
+        match (alg, self) {
+            (KeyAlg::Hs256, KeyMaterial::Hs256(secret)) => {
+                Ok(DecodingKey::from_secret(secret.expose().as_bytes()))
+            }
+            (KeyAlg::EdDsa, KeyMaterial::PublicPem(pem)) => {
+                DecodingKey::from_ed_pem(pem.as_bytes())
+            }
+            (KeyAlg::Es256, KeyMaterial::PublicPem(pem)) => {
+                DecodingKey::from_ec_pem(pem.as_bytes())
+            }
+            _ => Err(jsonwebtoken::errors::ErrorKind::InvalidKeyFormat.into()),
+        }
+    }
+}
+
 /// An `env:NAME` / `file:PATH` reference kept unresolved (relative paths already resolved).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyRef {
@@ -206,7 +229,7 @@ pub fn default_roles() -> BTreeMap<String, RoleConfig> {
 #[derive(Debug, Clone)]
 pub struct ProjectConfig {
     /// Same syntax as token scopes. Never empty.
-    pub sources: Vec<crate::identity::Scope>,
+    pub sources: Vec<crate::scope::Scope>,
 }
 
 /// `[saml]`: the gateway as a SAML 2.0 service provider of one identity provider.
@@ -546,13 +569,14 @@ impl Config {
     /// on https://127.0.0.1:8443 with a development certificate kept under `./.bucketgate/`, admin
     /// on http://127.0.0.1:9090.
     ///
-    /// Tokens are required here too: an HS256 development key (kid `dev`, audience `bucketgate`)
-    /// is generated on first use in `./.bucketgate/dev-hs256.key` (mode 0600) and reused, so
-    /// `bucketgate sign` run in the same directory mints tokens this config accepts. Fails only if
-    /// that key cannot be created or read.
-    pub fn embedded_default(workdir: &Path) -> std::io::Result<Config> {
+    /// Tokens are required here too: the HS256 development key (kid `dev`, audience `bucketgate`)
+    /// is read from `dev_key`, the file identity's `keys::ensure_dev_key` keeps under
+    /// `./.bucketgate/` (the composition root, `app::embedded_config`, makes it; config only
+    /// reads it), so `bucketgate sign` run in the same directory mints tokens this config
+    /// accepts. Fails only if that key cannot be read.
+    pub fn embedded_default(workdir: &Path, dev_key: &Path) -> std::io::Result<Config> {
         let dev_dir = workdir.join(".bucketgate");
-        let key_path = crate::identity::keys::ensure_dev_key(&dev_dir)?;
+        let key_path = dev_key.to_path_buf();
         let secret = KeyRef::File(key_path.clone()).resolve()?;
         let mut sources = BTreeMap::new();
         sources.insert(

@@ -9,9 +9,10 @@
 //! - without valid credentials, callers queue on the refresh mutex: the first one calls STS, the
 //!   others take its result (new credentials, or the failure: they do not call STS again);
 //! - after a failed attempt STS is not called again for `retry_after`, and a caller with nothing
-//!   valid gets the failure: [`BackendError::CredentialsUnavailable`] (503 with `Retry-After`)
-//!   when STS was unreachable, failing, throttling or slow, [`BackendError::RoleConfigFault`]
-//!   (502, no `Retry-After`) when STS refused the call.
+//!   valid gets the failure: [`DelegatedError::Unavailable`] when STS was unreachable, failing,
+//!   throttling or slow, [`DelegatedError::RoleConfigFault`] when STS refused the call (the
+//!   backend turns them into its own errors, which the pipeline answers with 503 and
+//!   `Retry-After`, and 502 without it).
 //!
 //! A refused `AssumeRole` is always a configuration fault, never a refusal of a user: no user
 //! takes part in the call. Either the gateway's own base credentials are wrong (a wrong secret
@@ -37,9 +38,25 @@ use aws_credential_types::Credentials;
 
 use super::Clock;
 use super::sts::{StsClient, StsError};
-use crate::backend::BackendError;
 use crate::config::AssumeRoleConfig;
 use crate::config::defaults::{DELEGATED_REFRESH_BEFORE_SECS, DELEGATED_RETRY_AFTER_SECS};
+
+/// Why a delegated role has no credentials for a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DelegatedError {
+    /// STS refused the gateway's `AssumeRole` of the role: the gateway's own base credentials
+    /// or the role's settings are wrong (see the module doc). `code` is STS's error code reduced
+    /// to a short identifier (`None` if it sent none); `role_arn` is the configured role.
+    #[error("STS refused the gateway's AssumeRole of {role_arn} ({})", code.as_deref().unwrap_or("no error code"))]
+    RoleConfigFault {
+        role_arn: String,
+        code: Option<String>,
+    },
+    /// STS failed and the cached credentials expired; STS is not asked again before
+    /// `retry_after`.
+    #[error("no valid credentials for the source; retry after {retry_after:?}")]
+    Unavailable { retry_after: Duration },
+}
 
 /// Credentials in the cache, with their deadlines on the injected clock.
 #[derive(Debug)]
@@ -91,7 +108,7 @@ impl DelegatedCredentials {
     }
 
     /// The role's credentials for one request.
-    pub async fn credentials(&self) -> Result<Credentials, BackendError> {
+    pub async fn credentials(&self) -> Result<Credentials, DelegatedError> {
         let now = self.clock.now();
         let current = self.current.load_full();
         if let Some(c) = &current {
@@ -164,15 +181,15 @@ impl DelegatedCredentials {
     }
 
     /// What a caller with nothing valid gets after a failed attempt.
-    fn unavailable(&self, state: &RefreshState, now: SystemTime) -> BackendError {
+    fn unavailable(&self, state: &RefreshState, now: SystemTime) -> DelegatedError {
         if let Some(code) = &state.refused {
-            return BackendError::RoleConfigFault {
+            return DelegatedError::RoleConfigFault {
                 role_arn: self.role.role_arn.clone(),
                 code: code.clone(),
             };
         }
         let wait = self.backing_off(state, now).unwrap_or(self.retry_after);
-        BackendError::CredentialsUnavailable {
+        DelegatedError::Unavailable {
             retry_after: wait.max(Duration::from_secs(1)),
         }
     }

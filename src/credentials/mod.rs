@@ -4,7 +4,8 @@
 //!
 //! This module owns the STS client ([`sts`]), the delegated cache ([`delegated`]) and the clock
 //! they read. It must not pick HTTP statuses (it reports [`sts::StsError`] or
-//! [`BackendError`](crate::backend::BackendError)), and nothing it handles (a secret key, a
+//! [`DelegatedError`]; the backend maps the latter into its own error) nor import the backend,
+//! and nothing it handles (a secret key, a
 //! session token, an assertion, an STS message) may reach a log line or an error text.
 
 pub mod delegated;
@@ -14,8 +15,32 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-pub use delegated::{DelegatedCredentials, Delegations};
+pub use delegated::{DelegatedCredentials, DelegatedError, Delegations};
 pub use sts::{SessionCredentials, StsClient, StsError};
+
+/// A SAML user's session credentials together with the authority they carry: the one value a
+/// read on the user's behalf needs (the backend signs with `credentials`; a cache of reads keys
+/// on `role_arn`, so two users never share an entry unless STS made them the same principal).
+/// Borrowed from the session that holds them; never printed (see its `Debug`).
+#[derive(Clone, Copy)]
+pub struct UserCredentials<'a> {
+    /// Access key, secret, session token and expiry, as STS returned them.
+    pub credentials: &'a aws_credential_types::Credentials,
+    /// The assumed-role ARN STS returned with them
+    /// (`arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION`): the authority partition.
+    pub role_arn: &'a str,
+}
+
+impl fmt::Debug for UserCredentials<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the secret or the token; the key id's first characters say enough.
+        let prefix: String = self.credentials.access_key_id().chars().take(4).collect();
+        f.debug_struct("UserCredentials")
+            .field("access_key_id", &format_args!("{prefix}…"))
+            .field("role_arn", &self.role_arn)
+            .finish()
+    }
+}
 
 /// Wall-clock time for credential expiry decisions. Injected so tests can move time forward.
 pub trait Clock: Send + Sync + fmt::Debug {

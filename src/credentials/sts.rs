@@ -1,5 +1,5 @@
 //! The STS client: `AssumeRoleWithSAML` for signed-in users and `AssumeRole` for the delegated
-//! role, over the process's one HTTP stack (hyper 1 + rustls with ring, as `backend/s3.rs`).
+//! role, over the process's one HTTP stack (hyper 1 + rustls with ring, see `crate::aws`).
 //!
 //! Every call is bounded by `[sts] timeout_secs` (connect to answer) and tried once: the callers
 //! decide when to try again (a login is retried by the user, a delegated refresh by the next
@@ -23,7 +23,7 @@ use aws_sdk_sts::config::timeout::TimeoutConfig;
 use aws_sdk_sts::config::{BehaviorVersion, Region, SharedHttpClient};
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 
-use crate::backend::s3::{SdkFailure, sort_sdk_error};
+use crate::aws::{SdkFailure, sort_sdk_error};
 use crate::config::StsConfig;
 
 /// Provider name on the credentials STS hands out (shows in SDK debug output, never a secret).
@@ -39,6 +39,16 @@ pub struct SessionCredentials {
     pub assumed_role_arn: String,
     /// `Subject` (AssumeRoleWithSAML) as STS returned it.
     pub subject: Option<String>,
+}
+
+impl SessionCredentials {
+    /// The credentials and the assumed-role ARN, as one value for reads on the user's behalf.
+    pub fn user(&self) -> super::UserCredentials<'_> {
+        super::UserCredentials {
+            credentials: &self.credentials,
+            role_arn: &self.assumed_role_arn,
+        }
+    }
 }
 
 impl fmt::Debug for SessionCredentials {
@@ -114,7 +124,7 @@ impl StsClient {
     /// Build the client. Makes no network call; the gateway's own credentials (for AssumeRole)
     /// come from `[sts] credentials`, or the AWS default chain, loaded on first use.
     pub fn new(settings: &StsConfig) -> StsClient {
-        let http_client = crate::backend::s3::sdk_http_client();
+        let http_client = crate::aws::sdk_http_client();
         let region = Region::new(settings.region.clone());
         // One bound for the whole call: connect, send, answer.
         let timeouts = TimeoutConfig::builder()
@@ -128,7 +138,7 @@ impl StsClient {
             .http_client(http_client.clone())
             .timeout_config(timeouts.clone())
             .retry_config(retries.clone())
-            .interceptor(crate::backend::s3::HeaderBlockLimit);
+            .interceptor(crate::aws::HeaderBlockLimit);
         if let Some(endpoint) = &settings.endpoint {
             builder = builder.endpoint_url(endpoint);
         }

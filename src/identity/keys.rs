@@ -1,6 +1,6 @@
 //! Verification keys: config key material -> [`VerifyKey`] (a `DecodingKey` pinned to its
 //! algorithm), the stand-in keys an unknown `kid` is checked against, and the embedded default's
-//! development key.
+//! development key (made here, on the composition root's request; config only reads it).
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
 use crate::config::defaults::DEV_KEY_FILE;
-use crate::config::{KeyAlg, KeyConfig, KeyMaterial};
+use crate::config::{KeyAlg, KeyConfig};
 
 /// One key a token may name by `kid`.
 pub struct VerifyKey {
@@ -19,7 +19,7 @@ pub struct VerifyKey {
 
 impl VerifyKey {
     pub fn from_config(key: &KeyConfig) -> Result<VerifyKey, jsonwebtoken::errors::Error> {
-        let decoding = decoding_key(key.alg, &key.material)?;
+        let decoding = key.material.decoding_key(key.alg)?;
         Ok(VerifyKey::new(key.alg, decoding, key.allow_non_expiring))
     }
 
@@ -102,21 +102,6 @@ pub fn algorithm(alg: KeyAlg) -> Algorithm {
         KeyAlg::Hs256 => Algorithm::HS256,
         KeyAlg::EdDsa => Algorithm::EdDSA,
         KeyAlg::Es256 => Algorithm::ES256,
-    }
-}
-
-/// The `DecodingKey` for validated key material.
-pub fn decoding_key(
-    alg: KeyAlg,
-    material: &KeyMaterial,
-) -> Result<DecodingKey, jsonwebtoken::errors::Error> {
-    match (alg, material) {
-        (KeyAlg::Hs256, KeyMaterial::Hs256(secret)) => {
-            Ok(DecodingKey::from_secret(secret.expose().as_bytes()))
-        }
-        (KeyAlg::EdDsa, KeyMaterial::PublicPem(pem)) => DecodingKey::from_ed_pem(pem.as_bytes()),
-        (KeyAlg::Es256, KeyMaterial::PublicPem(pem)) => DecodingKey::from_ec_pem(pem.as_bytes()),
-        _ => Err(jsonwebtoken::errors::ErrorKind::InvalidKeyFormat.into()),
     }
 }
 

@@ -16,16 +16,18 @@
 //! - `scope` (non-empty), `role` and `sub` are required; malformed claims refuse the token;
 //! - a refused token costs the same work whatever refused it: once its header parses, the
 //!   signature is verified (against a stand-in key when the `kid` is unknown), the claims are
-//!   parsed and every claim is checked, revocation included, and only then is one refusal
-//!   picked ([`Checks::decide`]). A bad signature is therefore not answered faster than an
-//!   expired token with a good one; the client sees the same 401 for both.
+//!   parsed and every claim is checked, and only then is one refusal picked
+//!   ([`Checks::decide`]). A bad signature is therefore not answered faster than an expired
+//!   token with a good one; the client sees the same 401 for both;
+//! - revocation is checked last, by [`Identity::verify`], on a token whose signature and claims
+//!   verified: an async call to the revocation store ([`revocation::RevocationStore`]), which
+//!   may do I/O. [`Identity::verify_cached`] does no I/O and so does not check it.
 
 pub mod jwks;
 pub mod keys;
 pub mod revocation;
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -38,8 +40,9 @@ use serde::Deserialize;
 
 use crate::config::IdentityConfig;
 use crate::config::defaults::MAX_TOKEN_BYTES;
+pub use crate::scope::{Scope, ScopeError};
 use keys::{StandIns, VerifyKey};
-use revocation::Revocations;
+use revocation::{RevocationStore, Revocations};
 
 /// Why a token was not accepted. Every variant but [`IdentityError::AmbiguousToken`] is a 401
 /// with one identical body; the variant is for logs and `explain` only.
@@ -101,88 +104,6 @@ impl Representation {
     }
 }
 
-/// What a scope admits within its source.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum ScopeRule {
-    /// `source:`: every key.
-    Source,
-    /// `source:prefix/`: keys starting with the prefix, which ends with `/` (a segment boundary).
-    Prefix(String),
-    /// `source:exact/key`: that one key.
-    Exact(String),
-}
-
-/// `source:`, `source:prefix/` or `source:exact/key`, matched on the decoded key, byte for byte
-/// (no case folding, no normalization). Used by token scopes and `[projects]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Scope {
-    source: String,
-    rule: ScopeRule,
-}
-
-/// Why a scope string is malformed (phrased to follow the scope).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum ScopeError {
-    #[error("has no `:` after the source name")]
-    NoSource,
-    #[error("has an empty source name")]
-    EmptySource,
-    #[error("names no key after `exact/`")]
-    EmptyExact,
-    #[error("is a prefix that does not end with `/`")]
-    NotAFolder,
-}
-
-impl Scope {
-    pub fn parse(text: &str) -> Result<Scope, ScopeError> {
-        let (source, rest) = text.split_once(':').ok_or(ScopeError::NoSource)?;
-        if source.is_empty() || source.contains('/') {
-            return Err(ScopeError::EmptySource);
-        }
-        let rule = if rest.is_empty() {
-            ScopeRule::Source
-        } else if let Some(key) = rest.strip_prefix("exact/") {
-            if key.is_empty() {
-                return Err(ScopeError::EmptyExact);
-            }
-            ScopeRule::Exact(key.to_owned())
-        } else if rest.ends_with('/') {
-            ScopeRule::Prefix(rest.to_owned())
-        } else {
-            return Err(ScopeError::NotAFolder);
-        };
-        Ok(Scope {
-            source: source.to_owned(),
-            rule,
-        })
-    }
-
-    pub fn source(&self) -> &str {
-        &self.source
-    }
-
-    /// Whether this scope admits `key` (already decoded) in `source`.
-    pub fn admits(&self, source: &str, key: &str) -> bool {
-        self.source == source
-            && match &self.rule {
-                ScopeRule::Source => true,
-                // The prefix ends with `/`, so `a/` never admits `ab/...`.
-                ScopeRule::Prefix(prefix) => key.starts_with(prefix.as_str()),
-                ScopeRule::Exact(exact) => key == exact,
-            }
-    }
-}
-
-impl fmt::Display for Scope {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.rule {
-            ScopeRule::Source => write!(f, "{}:", self.source),
-            ScopeRule::Prefix(p) => write!(f, "{}:{p}", self.source),
-            ScopeRule::Exact(k) => write!(f, "{}:exact/{k}", self.source),
-        }
-    }
-}
-
 /// A verified token's subject and what it claims. Built only by [`Identity`].
 #[derive(Debug, Clone)]
 pub struct Principal {
@@ -194,6 +115,8 @@ pub struct Principal {
     original: bool,
     derived: bool,
     jti: Option<String>,
+    /// `iat`, for the revocation check of a subject's tokens issued before a time.
+    issued_at: Option<u64>,
     kid: String,
     expires_at: Option<u64>,
 }
@@ -222,6 +145,7 @@ impl Principal {
             original: true,
             derived: true,
             jti: None,
+            issued_at: None,
             kid: SAML_SESSION_KID.to_owned(),
             expires_at: Some(expires_at),
         }
@@ -375,7 +299,6 @@ struct ClaimChecks {
     expiry: ExpiryCheck,
     /// Neither `nbf` nor `iat` is beyond now + skew.
     started: bool,
-    revoked: bool,
     /// The principal the claims make, or which claim is malformed.
     principal: Result<Principal, &'static str>,
 }
@@ -416,9 +339,6 @@ impl Checks {
         }
         if !claims.started {
             return Err(IdentityError::NotYetValid);
-        }
-        if claims.revoked {
-            return Err(IdentityError::Revoked);
         }
         claims.principal.map_err(IdentityError::BadClaims)
     }
@@ -486,8 +406,33 @@ impl Identity {
     }
 
     /// Verify `token` at `now` (unix seconds), refreshing the JWKS (rate-limited) when its kid
-    /// is unknown and a JWKS is configured.
+    /// is unknown and a JWKS is configured; then, for a token that verified, ask the revocation
+    /// store. A store that cannot answer refuses the token (fail closed), as a revoked one.
     pub async fn verify(&self, token: &str, now: u64) -> Result<Principal, IdentityError> {
+        let principal = self.verify_keys_and_claims(token, now).await?;
+        let revoked = self
+            .revocations
+            .is_revoked(principal.jti(), principal.subject(), principal.issued_at)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(
+                    error = %crate::telemetry::ErrorChain(&e),
+                    "revocation store unavailable: refusing the token"
+                );
+                true
+            });
+        if revoked {
+            return Err(IdentityError::Revoked);
+        }
+        Ok(principal)
+    }
+
+    /// Signature and claims, with a JWKS refresh for an unknown kid; no revocation check.
+    async fn verify_keys_and_claims(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<Principal, IdentityError> {
         match self.verify_cached(token, now) {
             Err(IdentityError::UnknownKid) => match &self.jwks {
                 Some(jwks) if jwks.refresh_for_unknown_kid().await => {
@@ -499,7 +444,8 @@ impl Identity {
         }
     }
 
-    /// Verify with the keys known now: no I/O.
+    /// Verify the signature and the claims with the keys known now: no I/O, and therefore no
+    /// revocation check ([`Identity::verify`] does that).
     pub fn verify_cached(&self, token: &str, now: u64) -> Result<Principal, IdentityError> {
         self.checks(token, now)?.decide()
     }
@@ -584,15 +530,11 @@ impl Identity {
         };
         let future = |t: Option<u64>| t.is_some_and(|t| t > now.saturating_add(self.skew_secs));
         let started = !future(claims.nbf) && !future(claims.iat);
-        let revoked = self
-            .revocations
-            .is_revoked(claims.jti.as_deref(), &claims.sub, claims.iat);
         ClaimChecks {
             aud,
             iss,
             expiry,
             started,
-            revoked,
             principal: principal(claims, kid),
         }
     }
@@ -643,6 +585,7 @@ fn principal(claims: Claims, kid: &str) -> Result<Principal, &'static str> {
         original,
         derived,
         jti: claims.jti,
+        issued_at: claims.iat,
         kid: kid.to_owned(),
         expires_at: claims.exp,
     })
@@ -781,6 +724,47 @@ mod clock_tests {
         ));
     }
 
+    /// Revocation is the store's answer after verification: `verify` asks it (a revoked jti, a
+    /// subject's tokens issued before a time, one without `iat`), `verify_cached` (no I/O) does
+    /// not.
+    #[tokio::test]
+    async fn verify_asks_the_revocation_store_after_the_signature_and_claims() {
+        use revocation::Revocation;
+        let dir = tempfile::tempdir().unwrap();
+        let id = identity(dir.path());
+        let t = token(serde_json::json!({"exp": NOW + 60, "jti": "j1", "iat": NOW}));
+        assert!(id.verify(&t, NOW).await.is_ok());
+        id.revocations()
+            .revoke(Revocation::Token { jti: "j1".into() })
+            .await
+            .unwrap();
+        assert!(matches!(
+            id.verify(&t, NOW).await,
+            Err(IdentityError::Revoked)
+        ));
+        assert!(
+            id.verify_cached(&t, NOW).is_ok(),
+            "no store call without I/O"
+        );
+        id.revocations()
+            .revoke(Revocation::Subject {
+                sub: "a".into(),
+                issued_before: NOW + 1,
+            })
+            .await
+            .unwrap();
+        let newer = token(serde_json::json!({"exp": NOW + 60, "iat": NOW + 1}));
+        let older = token(serde_json::json!({"exp": NOW + 60, "iat": NOW}));
+        let no_iat = token(serde_json::json!({"exp": NOW + 60}));
+        assert!(id.verify(&newer, NOW + 1).await.is_ok());
+        for t in [older, no_iat] {
+            assert!(matches!(
+                id.verify(&t, NOW + 1).await,
+                Err(IdentityError::Revoked)
+            ));
+        }
+    }
+
     /// `token` with its signature replaced by one made with another secret.
     fn forged(claims: serde_json::Value, kid: &str) -> String {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
@@ -822,7 +806,7 @@ mod clock_tests {
         let claim_checks = checks.claims.as_ref().unwrap();
         assert_eq!(claim_checks.expiry, ExpiryCheck::Expired);
         assert_eq!(claim_checks.aud, ClaimMatch::Matches);
-        assert!(claim_checks.started && !claim_checks.revoked);
+        assert!(claim_checks.started);
         assert!(claim_checks.principal.is_ok());
         // The signature is what is reported; the client gets the same 401 either way (the
         // status map's own test, in `pipeline::error`).

@@ -1,8 +1,13 @@
 //! Revocation without rotating keys: deny one token by its `jti`, or every token of a subject
-//! issued (`iat`) before a time. Checked on every request (a hash lookup under a read lock);
-//! changed through the admin API; persisted atomically to `<state_dir>/revocations.json`
-//! (write a temp file, fsync, rename, fsync the directory) before the change takes effect, and
-//! loaded at start.
+//! issued (`iat`) before a time. Checked on every token request, after the signature and the
+//! claims verified ([`super::Identity::verify`]); changed through the admin API.
+//!
+//! [`Revocations`] is the store every caller uses: an async interface ([`RevocationStore`])
+//! dispatched over the implementations, so one kept outside the process (Redis) can be added
+//! without touching identity, the pipeline or the admin API. The one implementation today,
+//! [`FileRevocations`], keeps the list in memory (a hash lookup under a read lock) and persists
+//! it atomically to `<state_dir>/revocations.json` (write a temp file, fsync, rename, fsync the
+//! directory) before a change takes effect; it is loaded at start.
 //!
 //! A token of a revoked subject that carries no `iat` is treated as revoked: its issue time
 //! cannot prove it is newer.
@@ -88,16 +93,80 @@ pub struct RevocationList {
     pub sub: BTreeMap<String, u64>,
 }
 
-pub struct Revocations {
-    path: PathBuf,
-    state: RwLock<RevocationList>,
-    /// Serializes writers so the file and memory change in the same order.
-    write: tokio::sync::Mutex<()>,
+/// What a revocation store answers. Every method may do I/O.
+pub trait RevocationStore: Send + Sync {
+    /// Whether a token with these claims is revoked.
+    fn is_revoked(
+        &self,
+        jti: Option<&str>,
+        sub: &str,
+        iat: Option<u64>,
+    ) -> impl Future<Output = Result<bool, RevocationError>> + Send;
+
+    /// The whole list (the admin API's `GET`).
+    fn list(&self) -> impl Future<Output = Result<RevocationList, RevocationError>> + Send;
+
+    /// Add a revocation: stored first, then effective for the next request.
+    fn revoke(
+        &self,
+        revocation: Revocation,
+    ) -> impl Future<Output = Result<(), RevocationError>> + Send;
+}
+
+/// The revocation store of a gateway, dispatched without dynamic allocation.
+pub enum Revocations {
+    File(FileRevocations),
 }
 
 impl Revocations {
     /// Load `<state_dir>/revocations.json`; a missing file is an empty list.
     pub fn load(state_dir: &Path) -> Result<Revocations, RevocationError> {
+        FileRevocations::load(state_dir).map(Revocations::File)
+    }
+
+    /// An empty list that is never persisted (pipelines driven without a gateway).
+    pub fn in_memory() -> Revocations {
+        Revocations::File(FileRevocations::in_memory())
+    }
+}
+
+impl RevocationStore for Revocations {
+    async fn is_revoked(
+        &self,
+        jti: Option<&str>,
+        sub: &str,
+        iat: Option<u64>,
+    ) -> Result<bool, RevocationError> {
+        match self {
+            Revocations::File(r) => r.is_revoked(jti, sub, iat).await,
+        }
+    }
+
+    async fn list(&self) -> Result<RevocationList, RevocationError> {
+        match self {
+            Revocations::File(r) => r.list().await,
+        }
+    }
+
+    async fn revoke(&self, revocation: Revocation) -> Result<(), RevocationError> {
+        match self {
+            Revocations::File(r) => r.revoke(revocation).await,
+        }
+    }
+}
+
+/// The list in memory, persisted to a JSON file (see the module doc).
+pub struct FileRevocations {
+    /// `None`: kept in memory only ([`FileRevocations::in_memory`]).
+    path: Option<PathBuf>,
+    state: RwLock<RevocationList>,
+    /// Serializes writers so the file and memory change in the same order.
+    write: tokio::sync::Mutex<()>,
+}
+
+impl FileRevocations {
+    /// Load `<state_dir>/revocations.json`; a missing file is an empty list.
+    pub fn load(state_dir: &Path) -> Result<FileRevocations, RevocationError> {
         let path = state_dir.join(REVOCATIONS_FILE);
         let list = match std::fs::read(&path) {
             Ok(bytes) => {
@@ -109,15 +178,24 @@ impl Revocations {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => RevocationList::default(),
             Err(source) => return Err(RevocationError::Read { path, source }),
         };
-        Ok(Revocations {
-            path,
+        Ok(FileRevocations {
+            path: Some(path),
             state: RwLock::new(list),
             write: tokio::sync::Mutex::new(()),
         })
     }
 
-    /// Whether a token with these claims is revoked.
-    pub fn is_revoked(&self, jti: Option<&str>, sub: &str, iat: Option<u64>) -> bool {
+    /// An empty list that is never persisted (pipelines driven without a gateway).
+    pub fn in_memory() -> FileRevocations {
+        FileRevocations {
+            path: None,
+            state: RwLock::new(RevocationList::default()),
+            write: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Whether a token with these claims is revoked: a lookup in memory.
+    fn is_revoked_now(&self, jti: Option<&str>, sub: &str, iat: Option<u64>) -> bool {
         // A poisoned lock still holds the last list written whole; keep using it.
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
         if state.jti.is_empty() && state.sub.is_empty() {
@@ -132,14 +210,29 @@ impl Revocations {
         }
     }
 
-    pub fn list(&self) -> RevocationList {
+    fn list_now(&self) -> RevocationList {
         self.state.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
+}
 
-    /// Add a revocation: persisted first, then effective for the next request.
-    pub async fn revoke(&self, revocation: Revocation) -> Result<(), RevocationError> {
+impl RevocationStore for FileRevocations {
+    async fn is_revoked(
+        &self,
+        jti: Option<&str>,
+        sub: &str,
+        iat: Option<u64>,
+    ) -> Result<bool, RevocationError> {
+        Ok(self.is_revoked_now(jti, sub, iat))
+    }
+
+    async fn list(&self) -> Result<RevocationList, RevocationError> {
+        Ok(self.list_now())
+    }
+
+    /// Persisted first, then effective for the next request.
+    async fn revoke(&self, revocation: Revocation) -> Result<(), RevocationError> {
         let _writer = self.write.lock().await;
-        let mut next = self.list();
+        let mut next = self.list_now();
         match revocation {
             Revocation::Token { jti } => {
                 next.jti.insert(jti);
@@ -149,17 +242,20 @@ impl Revocations {
                 *entry = (*entry).max(issued_before);
             }
         }
-        let path = self.path.clone();
-        let bytes = serde_json::to_vec_pretty(&next).map_err(|source| RevocationError::Parse {
-            path: path.clone(),
-            source,
-        })?;
-        tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
-            .await?
-            .map_err(|source| RevocationError::Write {
-                path: self.path.clone(),
-                source,
-            })?;
+        if let Some(path) = &self.path {
+            let bytes =
+                serde_json::to_vec_pretty(&next).map_err(|source| RevocationError::Parse {
+                    path: path.clone(),
+                    source,
+                })?;
+            let target = path.clone();
+            tokio::task::spawn_blocking(move || write_atomically(&target, &bytes))
+                .await?
+                .map_err(|source| RevocationError::Write {
+                    path: path.clone(),
+                    source,
+                })?;
+        }
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = next;
         Ok(())
     }
@@ -201,7 +297,12 @@ mod tests {
     async fn revocations_persist_and_reload() {
         let dir = tempfile::tempdir().unwrap();
         let r = Revocations::load(dir.path()).unwrap();
-        assert!(!r.is_revoked(Some("j1"), "alice", Some(100)));
+        let revoked = |r: &Revocations, jti: Option<&str>, sub: &str, iat: Option<u64>| {
+            futures_util::FutureExt::now_or_never(r.is_revoked(jti, sub, iat))
+                .unwrap()
+                .unwrap()
+        };
+        assert!(!revoked(&r, Some("j1"), "alice", Some(100)));
         r.revoke(Revocation::Token { jti: "j1".into() })
             .await
             .unwrap();
@@ -213,11 +314,11 @@ mod tests {
         .unwrap();
         let again = Revocations::load(dir.path()).unwrap();
         for r in [&r, &again] {
-            assert!(r.is_revoked(Some("j1"), "alice", Some(100)));
-            assert!(!r.is_revoked(Some("j2"), "alice", Some(100)));
-            assert!(r.is_revoked(None, "bob", Some(999)));
-            assert!(!r.is_revoked(None, "bob", Some(1_000)));
-            assert!(r.is_revoked(None, "bob", None));
+            assert!(revoked(r, Some("j1"), "alice", Some(100)));
+            assert!(!revoked(r, Some("j2"), "alice", Some(100)));
+            assert!(revoked(r, None, "bob", Some(999)));
+            assert!(!revoked(r, None, "bob", Some(1_000)));
+            assert!(revoked(r, None, "bob", None));
         }
     }
 

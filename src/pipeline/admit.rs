@@ -1,60 +1,21 @@
 //! Stage 4, admit: rate limits keyed by client address and subject -> [`Admitted`].
 //!
-//! Two keyed GCRA limiters (governor): one with the per-IP quota, one with the per-subject quota.
-//! Both are keyed by [`AdmitKey`] so that the identity stage can hand in a subject without a new
-//! type; until identity exists every request is anonymous and only the IP limit applies.
-//!
-//! The limiter state lives in the [`super::Pipeline`], not in the snapshot, so a reload does not
-//! give every client a fresh burst. A reload that changes a quota replaces that limiter (its
-//! counters start over: governor's state is relative to the quota it was built with); a reload
-//! that leaves the quotas alone keeps every counter.
-//!
-//! Time comes from an [`AdmitClock`] so tests can drive it (governor's `FakeRelativeClock`).
+//! The limiters and their counters are long-lived state: they live in
+//! [`crate::state::admission`] (held by [`crate::state::Shared`], so a reload does not give every
+//! client a fresh burst); this stage only asks that store and turns its yes into [`Admitted`].
 
-use std::hash::Hash;
 use std::net::IpAddr;
-use std::num::NonZeroU32;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
-use governor::clock::{Clock, FakeRelativeClock};
-use governor::middleware::NoOpMiddleware;
-use governor::nanos::Nanos;
-use governor::state::keyed::DefaultKeyedStateStore;
-use governor::{Quota, RateLimiter};
+pub use crate::state::admission::{
+    Admission, AdmitClock, AdmitKey, AnyAdmission, LimitKind, RateLimited,
+};
+use crate::telemetry::Metrics;
 
-use crate::config::RateLimits;
 use crate::pipeline::authorize::Grant;
 use crate::pipeline::network::ClientIp;
-use crate::telemetry::{Metrics, RateLimitedLabel};
-
-/// What a limit is counted against.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum AdmitKey {
-    Ip(IpAddr),
-    /// The principal's subject, once the identity stage provides one.
-    Subject(String),
-}
-
-/// Which limit refused a request (a metric label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LimitKind {
-    Ip,
-    Subject,
-}
-
-impl LimitKind {
-    pub fn label(self) -> &'static str {
-        match self {
-            LimitKind::Ip => "ip",
-            LimitKind::Subject => "subject",
-        }
-    }
-}
 
 /// Proof that a request passed stage 4, holding what was admitted (a [`Grant`] for object
-/// requests, nothing for the `/auth/` routes). Built only here.
+/// requests, nothing for the `/auth/` routes). Built only by [`admit`] and [`admit_grant`].
 #[derive(Debug)]
 pub struct Admitted<T = ()>(T);
 
@@ -69,265 +30,32 @@ impl<T> Admitted<T> {
 
 /// Stage 4 for an object request: count it against the client address and the grant's subject
 /// (refusals counted in the metrics), and hand the grant on admitted.
-pub fn admit_grant<'p, T>(
-    admission: &Admission,
+pub async fn admit_grant<'p, T>(
+    admission: &AnyAdmission,
     client: ClientIp,
     grant: Grant<'p, T>,
     metrics: &Metrics,
 ) -> Result<Admitted<Grant<'p, T>>, RateLimited> {
-    let Admitted(()) =
-        admission.admit_counted(client.addr(), Some(grant.principal().subject()), metrics)?;
+    let Admitted(()) = admit(
+        admission,
+        client.addr(),
+        Some(grant.principal().subject()),
+        metrics,
+    )
+    .await?;
     Ok(Admitted(grant))
 }
 
-/// Over a limit: the client may retry after `retry_after`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{} rate limit exceeded; retry after {retry_after:?}", kind.label())]
-pub struct RateLimited {
-    pub kind: LimitKind,
-    pub retry_after: Duration,
-}
-
-impl RateLimited {
-    /// `Retry-After` in whole seconds, rounded up, at least 1.
-    pub fn retry_after_secs(&self) -> u64 {
-        let d = self.retry_after;
-        let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-        secs.max(1)
-    }
-}
-
-/// The time source of the limiters: the monotonic clock, or a fake one a test advances.
-#[derive(Debug, Clone)]
-pub enum AdmitClock {
-    Monotonic(Instant),
-    Fake(FakeRelativeClock),
-}
-
-impl AdmitClock {
-    pub fn monotonic() -> AdmitClock {
-        AdmitClock::Monotonic(Instant::now())
-    }
-}
-
-impl Default for AdmitClock {
-    fn default() -> Self {
-        AdmitClock::monotonic()
-    }
-}
-
-impl Clock for AdmitClock {
-    type Instant = Nanos;
-
-    fn now(&self) -> Nanos {
-        match self {
-            AdmitClock::Monotonic(origin) => Nanos::from(origin.elapsed()),
-            AdmitClock::Fake(fake) => fake.now(),
-        }
-    }
-}
-
-type Limiter =
-    RateLimiter<AdmitKey, DefaultKeyedStateStore<AdmitKey>, AdmitClock, NoOpMiddleware<Nanos>>;
-
-/// One keyed limiter and the quota it was built with.
-struct Keyed {
-    rps: u32,
-    burst: u32,
-    limiter: Limiter,
-}
-
-impl Keyed {
-    fn new(rps: u32, burst: u32, clock: &AdmitClock) -> Keyed {
-        // Validation guarantees both are at least 1; the fallback keeps this total anyway.
-        let nz = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
-        let quota = Quota::per_second(nz(rps)).allow_burst(nz(burst));
-        Keyed {
-            rps,
-            burst,
-            limiter: RateLimiter::new(quota, DefaultKeyedStateStore::default(), clock.clone()),
-        }
-    }
-}
-
-/// The rate limits of stage 4. Outlives snapshots; [`Admission::update`] applies new quotas.
-pub struct Admission {
-    clock: AdmitClock,
-    /// `None`: no rate limits (benches that drive the pipeline directly).
-    limiters: Option<Limiters>,
-}
-
-struct Limiters {
-    ip: ArcSwap<Keyed>,
-    subject: ArcSwap<Keyed>,
-}
-
-impl Admission {
-    pub fn new(limits: &RateLimits, clock: AdmitClock) -> Admission {
-        let limiters = Limiters {
-            ip: ArcSwap::from_pointee(Keyed::new(limits.per_ip_rps, limits.per_ip_burst, &clock)),
-            subject: ArcSwap::from_pointee(Keyed::new(
-                limits.per_subject_rps,
-                limits.per_subject_burst,
-                &clock,
-            )),
-        };
-        Admission {
-            clock,
-            limiters: Some(limiters),
-        }
-    }
-
-    /// Admit everything (no limits).
-    pub fn unlimited() -> Admission {
-        Admission {
-            clock: AdmitClock::default(),
-            limiters: None,
-        }
-    }
-
-    /// Apply the quotas of a new config. A limiter whose quota is unchanged keeps its counters.
-    pub fn update(&self, limits: &RateLimits) {
-        let Some(l) = &self.limiters else { return };
-        let swap = |slot: &ArcSwap<Keyed>, rps: u32, burst: u32| {
-            let current = slot.load();
-            if current.rps != rps || current.burst != burst {
-                slot.store(Arc::new(Keyed::new(rps, burst, &self.clock)));
-            }
-        };
-        swap(&l.ip, limits.per_ip_rps, limits.per_ip_burst);
-        swap(&l.subject, limits.per_subject_rps, limits.per_subject_burst);
-    }
-
-    /// Stage 4: count this request against the client address and, when there is one, the
-    /// subject. Both must have room.
-    pub fn admit(&self, client: IpAddr, subject: Option<&str>) -> Result<Admitted, RateLimited> {
-        let Some(l) = &self.limiters else {
-            return Ok(Admitted(()));
-        };
-        self.check(&l.ip.load().limiter, &AdmitKey::Ip(client), LimitKind::Ip)?;
-        if let Some(subject) = subject {
-            self.check(
-                &l.subject.load().limiter,
-                &AdmitKey::Subject(subject.to_owned()),
-                LimitKind::Subject,
-            )?;
-        }
-        Ok(Admitted(()))
-    }
-
-    /// [`Admission::admit`], counting a refusal in the metrics.
-    pub fn admit_counted(
-        &self,
-        client: IpAddr,
-        subject: Option<&str>,
-        metrics: &Metrics,
-    ) -> Result<Admitted, RateLimited> {
-        self.admit(client, subject).inspect_err(|refused| {
-            metrics
-                .rate_limited
-                .get_or_create(&RateLimitedLabel {
-                    key: refused.kind.label(),
-                })
-                .inc();
-        })
-    }
-
-    fn check(&self, limiter: &Limiter, key: &AdmitKey, kind: LimitKind) -> Result<(), RateLimited> {
-        limiter.check_key(key).map_err(|not_until| RateLimited {
-            kind,
-            retry_after: not_until.wait_time_from(self.clock.now()),
-        })
-    }
-
-    /// Forget keys whose state is indistinguishable from a fresh one (run periodically).
-    pub fn evict_idle(&self) {
-        if let Some(l) = &self.limiters {
-            for slot in [&l.ip, &l.subject] {
-                let keyed = slot.load();
-                keyed.limiter.retain_recent();
-                keyed.limiter.shrink_to_fit();
-            }
-        }
-    }
-
-    /// Keys currently tracked (IP, subject).
-    pub fn tracked_keys(&self) -> (usize, usize) {
-        match &self.limiters {
-            Some(l) => (l.ip.load().limiter.len(), l.subject.load().limiter.len()),
-            None => (0, 0),
-        }
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    fn limits(per_ip: (u32, u32), per_subject: (u32, u32)) -> RateLimits {
-        RateLimits {
-            per_ip_rps: per_ip.0,
-            per_ip_burst: per_ip.1,
-            per_subject_rps: per_subject.0,
-            per_subject_burst: per_subject.1,
-            ..RateLimits::default()
-        }
-    }
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn retry_after_rounds_up_to_whole_seconds() {
-        let r = |ms| RateLimited {
-            kind: LimitKind::Ip,
-            retry_after: Duration::from_millis(ms),
-        };
-        assert_eq!(r(0).retry_after_secs(), 1);
-        assert_eq!(r(1).retry_after_secs(), 1);
-        assert_eq!(r(1000).retry_after_secs(), 1);
-        assert_eq!(r(1001).retry_after_secs(), 2);
-    }
-
-    #[test]
-    fn quota_update_keeps_counters_when_unchanged_and_resets_them_when_changed() {
-        let fake = FakeRelativeClock::default();
-        let a = Admission::new(&limits((1, 2), (1, 1)), AdmitClock::Fake(fake));
-        let client = ip("192.0.2.1");
-        assert!(a.admit(client, None).is_ok());
-        assert!(a.admit(client, None).is_ok());
-        assert!(a.admit(client, None).is_err());
-        a.update(&limits((1, 2), (1, 1)));
-        assert!(a.admit(client, None).is_err(), "same quota keeps the state");
-        a.update(&limits((1, 3), (1, 1)));
-        assert!(a.admit(client, None).is_ok(), "a new quota starts over");
-    }
-
-    #[test]
-    fn idle_keys_are_evicted_once_their_bucket_is_full_again() {
-        let fake = FakeRelativeClock::default();
-        let a = Admission::new(
-            &limits((10, 10), (100, 100)),
-            AdmitClock::Fake(fake.clone()),
-        );
-        for n in 0..50u8 {
-            assert!(a.admit(IpAddr::from([10, 0, 0, n]), Some("s")).is_ok());
-        }
-        assert_eq!(a.tracked_keys(), (50, 1));
-        a.evict_idle();
-        assert_eq!(a.tracked_keys(), (50, 1), "recent keys stay");
-        fake.advance(Duration::from_secs(5));
-        a.evict_idle();
-        assert_eq!(a.tracked_keys(), (0, 0));
-    }
-
-    #[test]
-    fn unlimited_admits_everything() {
-        let a = Admission::unlimited();
-        for _ in 0..10_000 {
-            assert!(a.admit(ip("127.0.0.1"), Some("s")).is_ok());
-        }
-    }
+/// Stage 4: count this request against the client address and, when there is one, the subject
+/// (both must have room), counting a refusal in the metrics. An async call to the store.
+pub async fn admit(
+    admission: &AnyAdmission,
+    client: IpAddr,
+    subject: Option<&str>,
+    metrics: &Metrics,
+) -> Result<Admitted, RateLimited> {
+    admission
+        .admit_counted(client, subject, metrics)
+        .await
+        .map(|()| Admitted(()))
 }

@@ -109,11 +109,11 @@ impl Authenticated {
         }
     }
 
-    /// The user's own credentials, for sources with `credentials = "saml"`.
-    pub fn user_credentials(&self) -> Option<&aws_credential_types::Credentials> {
+    /// The user's own credentials and assumed-role ARN, for sources with `credentials = "saml"`.
+    pub fn user_credentials(&self) -> Option<crate::credentials::UserCredentials<'_>> {
         match self {
             Authenticated::Token { .. } => None,
-            Authenticated::Session { session, .. } => Some(session.credentials()),
+            Authenticated::Session { session, .. } => Some(session.user_credentials()),
         }
     }
 }

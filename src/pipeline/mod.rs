@@ -55,7 +55,7 @@ use http_body_util::BodyExt;
 use tracing::Instrument;
 
 use crate::audit::{AuditLog, AuditedBody};
-use crate::backend::{BackendError, Caller, ObjectMeta, Opened, Want};
+use crate::backend::{Backend, BackendError, Caller, ObjectMeta, Opened, Want};
 use crate::pipeline::error::Error;
 use crate::telemetry::{Metrics, NetworkDecisionLabel, RouteLabel, RouteStatus};
 use crate::web::{self, ConnInfo, ResponseBody, body};
@@ -71,49 +71,49 @@ pub use snapshot::Snapshot;
 pub struct Pipeline {
     current: ArcSwap<Snapshot>,
     metrics: Arc<Metrics>,
-    /// Rate-limit state: outlives snapshots so a reload does not reset every client's budget.
-    admission: admit::Admission,
+    /// Long-lived state (rate limits, revocations, delegated credentials, SAML sessions):
+    /// outlives snapshots, so a reload resets no budget and signs nobody out.
+    shared: Arc<crate::state::Shared>,
     audit: AuditLog,
-    /// SAML sessions, replay cache and login-cookie key: outlive snapshots, so a reload keeps
-    /// everyone signed in. `None`: no SAML at all (benches).
-    saml: Option<Arc<crate::saml::sp::SamlState>>,
 }
 
 impl Pipeline {
-    /// A pipeline without rate limits (benches drive it directly); the gateway uses
-    /// [`Pipeline::with_admission`].
+    /// A pipeline without rate limits or SAML (benches drive it directly); the gateway uses
+    /// [`Pipeline::with_shared`].
     pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>) -> Pipeline {
-        Pipeline::with_admission(snapshot, metrics, admit::Admission::unlimited())
+        Pipeline::with_shared(
+            snapshot,
+            metrics,
+            Arc::new(crate::state::Shared::detached()),
+        )
     }
 
-    pub fn with_admission(
+    /// A pipeline over the process's long-lived state (built once, in `app.rs`).
+    pub fn with_shared(
         snapshot: Snapshot,
         metrics: Arc<Metrics>,
-        admission: admit::Admission,
+        shared: Arc<crate::state::Shared>,
     ) -> Pipeline {
         Pipeline {
             current: ArcSwap::from_pointee(snapshot),
             audit: AuditLog::off(Arc::clone(&metrics)),
             metrics,
-            admission,
-            saml: None,
+            shared,
         }
     }
 
-    /// Keep SAML sessions in `state` (the gateway always has one, whether or not `[saml]` is
-    /// configured now, so a reload can add it).
-    pub fn with_saml(mut self, state: Arc<crate::saml::sp::SamlState>) -> Pipeline {
-        self.saml = Some(state);
-        self
+    /// The long-lived state this pipeline serves with.
+    pub fn shared(&self) -> &Arc<crate::state::Shared> {
+        &self.shared
     }
 
     pub fn saml(&self) -> Option<&Arc<crate::saml::sp::SamlState>> {
-        self.saml.as_ref()
+        self.shared.saml()
     }
 
     /// The rate limits (stage 4); reloads update their quotas.
-    pub fn admission(&self) -> &admit::Admission {
-        &self.admission
+    pub fn admission(&self) -> &admit::AnyAdmission {
+        self.shared.admission()
     }
 
     /// Write one audit record per request to `audit` (default: none).
@@ -233,7 +233,7 @@ impl Pipeline {
                 .inspect_err(|e| ctx.deny(e.rule()))
                 .map_err(Error::Forbidden)?;
         ctx.allow(grant.rule());
-        let admitted = admit::admit_grant(self.admission(), client, grant, &self.metrics)?;
+        let admitted = admit::admit_grant(self.admission(), client, grant, &self.metrics).await?;
         wait_for_empty_body(open_body).await?;
         let plan = plan::resolve(admitted, |s| snapshot.sources.contains_key(s))?;
         let user = authenticated.user_credentials();
@@ -282,9 +282,7 @@ impl Pipeline {
         ctx: &mut RequestCtx,
     ) -> Result<Response<ResponseBody>, Error> {
         use crate::saml::sp::{self, AuthAudit, SpError};
-        let _admitted = self
-            .admission()
-            .admit_counted(client.addr(), None, &self.metrics)?;
+        let _admitted = admit::admit(self.admission(), client.addr(), None, &self.metrics).await?;
         let state = self
             .saml()
             .map(Arc::as_ref)
@@ -364,7 +362,7 @@ impl Pipeline {
         plan: &Plan,
         head_only: bool,
         route: &'static str,
-        user: Option<&aws_credential_types::Credentials>,
+        user: Option<crate::credentials::UserCredentials<'_>>,
     ) -> Result<Response<ResponseBody>, Error> {
         let backend_err = |error| Error::Backend {
             source_name: plan.source().to_owned(),
@@ -389,7 +387,7 @@ impl Pipeline {
             // A SAML session's reads are signed with the user's own credentials; `saml`
             // sources refuse a request without them (never a fallback to broader ones).
             let caller = user.map_or(Caller::Gateway, Caller::User);
-            let opened = backend.open_until(plan.key(), want, caller, deadline).await;
+            let opened = backend.open(plan.key(), want, caller, deadline).await;
             let (meta, object) = match opened {
                 Ok(Opened::Meta(meta)) => (meta, None),
                 Ok(Opened::Object { object, part }) => (object.meta.clone(), Some((object, part))),

@@ -454,7 +454,7 @@ mod tests {
     #[test]
     fn removing_an_absent_entry_is_refused_and_adding_twice_is_a_no_op() {
         let dir = tempfile::tempdir().unwrap();
-        let config = crate::config::Config::embedded_default(dir.path()).unwrap();
+        let config = crate::app::embedded_config(dir.path()).unwrap();
         let lists = NetworkLists::from_config(&config);
         let patch = Patch::from_json(br#"{"remove":{"deny":["10.0.0.0/8"]}}"#).unwrap();
         assert!(matches!(

@@ -26,8 +26,6 @@ use tokio::sync::Mutex;
 
 use crate::app::StartError;
 use crate::config::{self, Config, ConfigErrors};
-use crate::credentials::Delegations;
-use crate::identity::revocation::Revocations;
 use crate::pipeline::snapshot::build_snapshot;
 use crate::pipeline::{ErrorChain, Pipeline};
 use crate::server::per_ip::PerIpConnections;
@@ -107,10 +105,6 @@ pub struct Control {
     pipeline: Arc<Pipeline>,
     metrics: Arc<Metrics>,
     per_ip: Arc<PerIpConnections>,
-    /// Outlive snapshots: every rebuilt identity checks the same revocation list.
-    revocations: Arc<Revocations>,
-    /// Outlive snapshots: a reload keeps the delegated roles' cached credentials.
-    delegations: Arc<Delegations>,
     /// The data listener's TLS config, replaced by every reload.
     tls: Arc<LiveTls>,
     config_path: Option<PathBuf>,
@@ -150,8 +144,6 @@ impl Control {
         pipeline: Arc<Pipeline>,
         metrics: Arc<Metrics>,
         per_ip: Arc<PerIpConnections>,
-        revocations: Arc<Revocations>,
-        delegations: Arc<Delegations>,
         tls: Arc<LiveTls>,
         config_path: Option<PathBuf>,
         effective: Config,
@@ -167,8 +159,6 @@ impl Control {
             pipeline,
             metrics,
             per_ip,
-            revocations,
-            delegations,
             tls,
             config_path,
             named_tls: ArcSwap::from_pointee(tls::files_of(&effective.listener.tls)),
@@ -244,9 +234,13 @@ impl Control {
         // Read every time, whether or not the config changed: renewals rewrite the files. Two
         // small PEM files, read inline like the key files `build_snapshot` reads.
         let tls = LoadedTls::load(&effective.listener.tls).map_err(ReloadError::Tls)?;
-        let snapshot = build_snapshot(&effective, &self.revocations, &self.delegations)
-            .await
-            .map_err(StartError::from)?;
+        let snapshot = build_snapshot(
+            &effective,
+            self.pipeline.shared().revocations(),
+            self.pipeline.shared().delegations(),
+        )
+        .await
+        .map_err(StartError::from)?;
         let old = &*current;
         if old.listener.addr != effective.listener.addr || old.admin.addr != effective.admin.addr {
             tracing::warn!("listener addresses changed in the config; they apply after a restart");
@@ -320,9 +314,13 @@ impl Control {
         }
         let mut effective = current.clone();
         after.apply_to(&mut effective);
-        let snapshot = build_snapshot(&effective, &self.revocations, &self.delegations)
-            .await
-            .map_err(StartError::from)?;
+        let snapshot = build_snapshot(
+            &effective,
+            self.pipeline.shared().revocations(),
+            self.pipeline.shared().delegations(),
+        )
+        .await
+        .map_err(StartError::from)?;
         let state_dir = effective.admin.state_dir.clone();
         let to_store = after.clone();
         tokio::task::spawn_blocking(move || lists::store_state(&state_dir, &to_store))

@@ -70,6 +70,11 @@ impl Session {
         &self.credentials.credentials
     }
 
+    /// The user's credentials with the assumed-role ARN they carry, for reads on their behalf.
+    pub fn user_credentials(&self) -> crate::credentials::UserCredentials<'_> {
+        self.credentials.user()
+    }
+
     pub fn expires(&self) -> SystemTime {
         self.expires
     }

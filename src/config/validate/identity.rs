@@ -16,7 +16,7 @@ use super::super::{
     SourceConfig, default_roles,
 };
 use super::{Checker, SecretRef, dotted, secret_reference};
-use crate::identity::Scope;
+use crate::scope::Scope;
 
 impl Checker<'_> {
     /// `[identity]`: `Some(None)` when absent (every object request is then 401).
@@ -279,10 +279,7 @@ impl Checker<'_> {
             return None;
         };
         let pem = self.secret(public, &format!("{prefix}.public_key"))?;
-        if let Err(e) = crate::identity::keys::decoding_key(
-            alg,
-            &KeyMaterial::PublicPem(pem.expose().to_owned()),
-        ) {
+        if let Err(e) = KeyMaterial::PublicPem(pem.expose().to_owned()).decoding_key(alg) {
             self.push(
                 public.span(),
                 format!("{prefix}.public_key"),
