@@ -32,6 +32,7 @@ pub mod body;
 pub mod cors;
 pub mod ctx;
 pub mod error;
+pub mod explain;
 pub mod identity;
 pub mod network;
 pub mod plan;
