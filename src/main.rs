@@ -298,8 +298,7 @@ fn explain(
     token: Option<&str>,
     request_path: &str,
 ) -> ExitCode {
-    use bucketgate::pipeline::network::{self, NetworkPolicy};
-    use bucketgate::pipeline::route::Route;
+    use bucketgate::pipeline::{self, explain::DryRun};
     let config = match config::load(path) {
         Ok(cfg) => cfg,
         Err(errors) => {
@@ -337,93 +336,35 @@ fn explain(
             }
         }
     }
-    let policy = NetworkPolicy::compile(&config.network);
-    let (route_path, query) = match request_path.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (request_path, None),
-    };
-    let route = Route::parse(&http::Method::GET, route_path, query);
-    let explanation = network::explain(peer, &headers, route.network_source(), &policy);
-    print!("{explanation}");
-    if !explanation.allowed() {
-        return ExitCode::FAILURE;
-    }
-    let (Some(token), Ok(client)) = (token, explanation.client) else {
-        return ExitCode::SUCCESS;
-    };
-    match explain_access(&config, client, token, request_path) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("bucketgate: {e:#}");
-            ExitCode::from(EXPLAIN_BAD_INPUT)
-        }
-    }
-}
-
-/// Stages 2 and 3 of `explain`: the token's identity, then the clause that allows or refuses
-/// the request. Prints one line per stage; `Ok(allowed)`.
-fn explain_access(
-    config: &Config,
-    client: bucketgate::pipeline::network::ClientIp,
-    token: &str,
-    request_path: &str,
-) -> anyhow::Result<bool> {
-    use bucketgate::identity::revocation::Revocations;
-    use bucketgate::identity::{Identity, unix_now};
-    use bucketgate::pipeline::{authorize, plan};
-    let (path, query) = match request_path.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (request_path, None),
-    };
-    let target = match plan::parse_object(path, query) {
-        Ok(target) => target,
-        Err(e) => {
-            println!("request:   refuse (400): {e}");
-            return Ok(false);
-        }
-    };
-    let Some(ic) = &config.identity else {
-        println!("identity:  refuse (401): the config has no [identity]");
-        return Ok(false);
-    };
-    let revocations = std::sync::Arc::new(
-        Revocations::load(&config.admin.state_dir).context("reading the revocation list")?,
-    );
-    let verifier = Identity::new(ic, revocations).context("building the token verifier")?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
-    let principal = runtime.block_on(async {
-        verifier.load_jwks().await;
-        verifier.verify(token.trim(), unix_now()).await
-    });
-    let principal = match principal {
-        Ok(principal) => principal,
+    {
+        Ok(runtime) => runtime,
         Err(e) => {
-            println!("identity:  refuse (401): {e}");
-            return Ok(false);
+            eprintln!("bucketgate: starting the async runtime: {e}");
+            return ExitCode::from(EXPLAIN_BAD_INPUT);
         }
     };
-    println!(
-        "identity:  subject {} role {}{}",
-        principal.subject(),
-        principal.role(),
-        principal
-            .project()
-            .map(|p| format!(" project {p}"))
-            .unwrap_or_default()
-    );
-    let policy = authorize::Policy::new(config.roles.clone(), config.projects.clone());
-    match authorize::authorize(&principal, client, target, &policy) {
-        Ok(grant) => {
-            println!("authorize: allow: {}", grant.rule());
-            Ok(true)
+    let request = DryRun {
+        peer,
+        headers: &headers,
+        path_and_query: request_path,
+        token,
+        sessions: None,
+    };
+    match runtime.block_on(pipeline::explain::explain(&config, request)) {
+        Ok(explanation) => {
+            print!("{explanation}");
+            if explanation.allowed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Err(e) => {
-            println!("authorize: refuse (403): {}", e.rule());
-            Ok(false)
+            eprintln!("bucketgate: {:#}", anyhow::Error::new(e));
+            ExitCode::from(EXPLAIN_BAD_INPUT)
         }
     }
 }

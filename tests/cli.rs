@@ -281,4 +281,35 @@ fn cli_explain_with_a_token_names_the_clause_that_allows_or_refuses() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("identity:  refuse (401)"), "{out}");
     assert!(!out.contains(&token), "the token is never printed: {out}");
+
+    // The same stages as a request: allowed and admitted (no quota consumed), then the plan
+    // stage finds no such source (404 only now).
+    let (code, out) = explain("/o/local/cats/1.jpg", &token);
+    assert!(out.contains("admit:     per address"), "{out}");
+    assert!(
+        out.contains("plan:      source local key cats/1.jpg"),
+        "{out}"
+    );
+    assert_eq!(code, 0, "{out}");
+    let elsewhere = ok(
+        root,
+        &[
+            "token",
+            "--config",
+            "config.toml",
+            "--source",
+            "gone",
+            "--prefix",
+            "cats/",
+            "--sub",
+            "ana",
+        ],
+    );
+    let (code, out) = explain("/o/gone/cats/1.jpg", &elsewhere);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("authorize: allow: scope gone:cats/"), "{out}");
+    assert!(
+        out.contains("plan:      refuse (404): unknown source"),
+        "{out}"
+    );
 }

@@ -15,7 +15,7 @@
 //! | 4 | admit: rate limits per client address and subject -> [`admit::Admitted`]`<Grant>` (429) | `admit.rs` |
 //! | 5b | plan: the admitted grant -> [`plan::Plan`]; an unknown source is 404 only now | `plan.rs` |
 //! | 7 | fetch: metadata, preconditions, range, open the body | `fetch` below, `range.rs` |
-//! | 9 | respond: head + streaming body, CORS headers; an error's status and headers | `respond.rs`, `cors.rs`, `error.rs` |
+//! | 9 | respond: head + streaming body, CORS headers; an error's status and headers | `respond` below, `respond.rs`, `cors.rs`, `error.rs` |
 //! | 10 | audit: one record per request, written when the body ends or is dropped | `crate::audit` |
 //!
 //! What the stages learn about the request (client, decision, rule, principal, target) goes into
@@ -31,6 +31,7 @@ pub mod authorize;
 pub mod cors;
 pub mod ctx;
 pub mod error;
+pub mod explain;
 pub mod identity;
 pub mod network;
 pub mod plan;
@@ -397,38 +398,55 @@ impl Pipeline {
                 }
                 Err(e) => return Err(backend_err(e)),
             };
-            let head = |status, part| {
-                respond::object_head(status, &meta, part)
-                    .body(web::empty())
-                    .map_err(Error::Internal)
-            };
-            let (object, part) = match (range::answer(&conditions, &meta, head_only), object) {
-                (Answer::NotModified, _) => return head(StatusCode::NOT_MODIFIED, None),
-                (Answer::PreconditionFailed, _) => return Err(Error::PreconditionFailed),
-                (Answer::Unsatisfiable, _) => {
-                    return Err(Error::RangeNotSatisfiable { size: meta.size });
-                }
-                // HEAD: the headers a GET of the whole object would get, without a body.
-                (Answer::Send(_), None) => return head(StatusCode::OK, None),
-                (Answer::Send(_), Some(opened)) => opened,
-            };
-            let status = if part.is_some() {
-                StatusCode::PARTIAL_CONTENT
-            } else {
-                StatusCode::OK
-            };
-            let len = part.map_or(meta.size, |r| r.len());
-            let body = StreamingBody::new(
-                object.body,
-                len,
-                route,
-                plan.source().to_owned(),
-                Arc::clone(&self.metrics),
-            );
-            return respond::object_head(status, &meta, part)
-                .body(web::boxed(body))
-                .map_err(Error::Internal);
+            return self.respond(&conditions, &meta, object, head_only, route, plan.source());
         }
+    }
+
+    /// Stage 9 for an opened object: the preconditions and range decide between 304, 412, 416,
+    /// a head without a body (HEAD) and the streamed body (200 or 206).
+    fn respond(
+        &self,
+        conditions: &http::HeaderMap,
+        meta: &ObjectMeta,
+        object: Option<(
+            crate::backend::ObjectBody,
+            Option<crate::backend::ByteRange>,
+        )>,
+        head_only: bool,
+        route: &'static str,
+        source: &str,
+    ) -> Result<Response<ResponseBody>, Error> {
+        let head = |status, part| {
+            respond::object_head(status, meta, part)
+                .body(web::empty())
+                .map_err(Error::Internal)
+        };
+        let (object, part) = match (range::answer(conditions, meta, head_only), object) {
+            (Answer::NotModified, _) => return head(StatusCode::NOT_MODIFIED, None),
+            (Answer::PreconditionFailed, _) => return Err(Error::PreconditionFailed),
+            (Answer::Unsatisfiable, _) => {
+                return Err(Error::RangeNotSatisfiable { size: meta.size });
+            }
+            // HEAD: the headers a GET of the whole object would get, without a body.
+            (Answer::Send(_), None) => return head(StatusCode::OK, None),
+            (Answer::Send(_), Some(opened)) => opened,
+        };
+        let status = if part.is_some() {
+            StatusCode::PARTIAL_CONTENT
+        } else {
+            StatusCode::OK
+        };
+        let len = part.map_or(meta.size, |r| r.len());
+        let body = StreamingBody::new(
+            object.body,
+            len,
+            route,
+            source.to_owned(),
+            Arc::clone(&self.metrics),
+        );
+        respond::object_head(status, meta, part)
+            .body(web::boxed(body))
+            .map_err(Error::Internal)
     }
 }
 

@@ -485,8 +485,8 @@ fn parse_forwarded_for(value: &str) -> Result<IpAddr, Malformed> {
     }
 }
 
-/// What `bucketgate explain` prints: the client address the gateway would use, the decision and
-/// the rule. Identity (stage 2) has a place here once it exists.
+/// Stage 1's part of `bucketgate explain` (`pipeline::explain` runs the rest): the client address
+/// the gateway would use, the decision and the rule.
 #[derive(Debug, Clone)]
 pub struct Explanation {
     pub peer: IpAddr,

@@ -100,6 +100,7 @@ impl ObjectRoute {
 }
 
 #[cfg(test)]
+#[allow(clippy::panic)] // tests may panic; src/ may not
 mod tests {
     use super::*;
 
