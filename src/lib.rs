@@ -9,6 +9,7 @@ pub mod admin;
 pub mod app;
 pub mod audit;
 pub mod backend;
+mod civil_time;
 pub mod config;
 pub mod credentials;
 pub mod error;
