@@ -10,6 +10,7 @@ pub mod app;
 pub mod audit;
 pub mod aws;
 pub mod backend;
+mod civil_time;
 pub mod config;
 pub mod credentials;
 pub mod identity;

@@ -34,6 +34,8 @@ use bergshamra_dsig::{DsigContext, VerifyResult};
 use bergshamra_keys::KeysManager;
 use uppsala::{Document, NodeId, NodeKind};
 
+use crate::civil_time;
+
 /// Largest accepted base64 SAMLResponse, checked before decoding.
 pub const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 
@@ -861,7 +863,8 @@ fn parse_instant(s: &str) -> Option<SystemTime> {
             sign * (h * 3600 + m * 60)
         }
     };
-    let days = days_from_civil(year, month, day);
+    let days =
+        civil_time::days_from_civil(year, u32::try_from(month).ok()?, u32::try_from(day).ok()?);
     let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
     let base = if secs >= 0 {
         SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs.unsigned_abs()))?
@@ -880,17 +883,6 @@ fn num_in(s: &str, range: std::ops::Range<usize>) -> Option<i64> {
     }
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 /// Format a time as SAML's `YYYY-MM-DDTHH:MM:SSZ` (UTC, whole seconds).
 pub(crate) fn format_instant(t: SystemTime) -> String {
     let secs = t
@@ -898,26 +890,13 @@ pub(crate) fn format_instant(t: SystemTime) -> String {
         .map_or(0, |d| d.as_secs());
     let secs = i64::try_from(secs).unwrap_or(0);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (year, month, day) = civil_from_days(days);
+    let (year, month, day) = civil_time::civil_from_days(days);
     format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60
     )
-}
-
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]

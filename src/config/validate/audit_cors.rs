@@ -55,20 +55,15 @@ impl Checker<'_> {
                         None
                     }
                 };
-                let max_bytes = self.bounded_int(
-                    raw.max_bytes.as_ref(),
+                let max_bytes = self.bounded(
+                    &raw.max_bytes,
                     "audit.max_bytes",
                     d::AUDIT_MAX_BYTES,
                     d::AUDIT_MAX_BYTES_MIN,
                     d::AUDIT_MAX_BYTES_MAX,
                 );
-                let keep = self.bounded_int(
-                    raw.keep.as_ref(),
-                    "audit.keep",
-                    d::AUDIT_KEEP,
-                    0,
-                    d::AUDIT_KEEP_MAX,
-                );
+                let keep =
+                    self.bounded(&raw.keep, "audit.keep", d::AUDIT_KEEP, 0, d::AUDIT_KEEP_MAX);
                 AuditConfig {
                     destination: AuditDestination::File {
                         path: path?,
@@ -151,8 +146,8 @@ impl Checker<'_> {
                 None => allowed_origins.push(origin.get_ref().clone()),
             }
         }
-        let max_age = self.bounded_int(
-            raw.max_age_secs.as_ref(),
+        let max_age = self.bounded(
+            &raw.max_age_secs,
             "cors.max_age_secs",
             d::CORS_MAX_AGE_SECS,
             1,
@@ -162,39 +157,6 @@ impl Checker<'_> {
             allowed_origins,
             max_age: Duration::from_secs(max_age),
         })
-    }
-
-    /// An integer in `min..=max`, or `default` when absent (an error and `default` when out of
-    /// range, so checking goes on).
-    fn bounded_int<T>(
-        &mut self,
-        raw: Option<&Spanned<i64>>,
-        key: &str,
-        default: T,
-        min: u64,
-        max: u64,
-    ) -> T
-    where
-        T: TryFrom<u64> + std::fmt::Display + Copy,
-    {
-        let Some(raw) = raw else { return default };
-        let value = *raw.get_ref();
-        if let Some(v) = u64::try_from(value)
-            .ok()
-            .filter(|v| (min..=max).contains(v))
-            .and_then(|v| T::try_from(v).ok())
-        {
-            return v;
-        }
-        self.push(
-            raw.span(),
-            key,
-            format!(
-                "{value} is out of range; set a value from {min} to {max}, or remove the key to \
-                 use the default {default}"
-            ),
-        );
-        default
     }
 }
 

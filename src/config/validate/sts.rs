@@ -10,7 +10,8 @@ use toml::Spanned;
 use super::super::defaults as d;
 use super::super::file::{RawCredentials, RawSource, RawStaticCredentials, RawSts};
 use super::super::{AssumeRoleConfig, S3Credentials, StaticKeys, StsConfig};
-use super::{Checker, is_valid_region, normalize_endpoint};
+use super::Checker;
+use super::sources::{is_valid_region, normalize_endpoint};
 
 /// STS limits on a role session name: 2 to 64 of `[\w+=,.@-]`.
 const SESSION_NAME_MIN: usize = 2;
