@@ -24,9 +24,8 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use subtle::ConstantTimeEq;
 use tokio::sync::Mutex;
 
-use crate::app::StartError;
 use crate::config::{self, Config, ConfigErrors};
-use crate::pipeline::snapshot::build_snapshot;
+use crate::pipeline::snapshot::{SnapshotError, build_snapshot};
 use crate::pipeline::{ErrorChain, Pipeline};
 use crate::server::per_ip::PerIpConnections;
 use crate::server::tls::{self, LiveTls, LoadedTls, TlsError};
@@ -60,7 +59,7 @@ pub enum ReloadError {
     #[error("the persisted admin state cannot be used")]
     State(#[from] StateError),
     #[error("building the new snapshot")]
-    Build(#[from] StartError),
+    Build(#[from] SnapshotError),
     #[error("the TLS certificate or key cannot be used; the previous one stays in force")]
     Tls(#[source] TlsError),
 }
@@ -71,7 +70,7 @@ pub enum ChangeError {
     #[error("invalid change")]
     Invalid(#[from] ListsError),
     #[error("building the new snapshot")]
-    Build(#[from] StartError),
+    Build(#[from] SnapshotError),
     #[error("persisting the change")]
     Persist(#[from] StateError),
 }
@@ -239,8 +238,7 @@ impl Control {
             self.pipeline.shared().revocations(),
             self.pipeline.shared().delegations(),
         )
-        .await
-        .map_err(StartError::from)?;
+        .await?;
         let old = &*current;
         if old.listener.addr != effective.listener.addr || old.admin.addr != effective.admin.addr {
             tracing::warn!("listener addresses changed in the config; they apply after a restart");
@@ -319,8 +317,7 @@ impl Control {
             self.pipeline.shared().revocations(),
             self.pipeline.shared().delegations(),
         )
-        .await
-        .map_err(StartError::from)?;
+        .await?;
         let state_dir = effective.admin.state_dir.clone();
         let to_store = after.clone();
         tokio::task::spawn_blocking(move || lists::store_state(&state_dir, &to_store))
