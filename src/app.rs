@@ -164,6 +164,7 @@ pub async fn build_snapshot(
     .with_saml(config.saml.as_ref().map(|saml| {
         Arc::new(crate::saml::sp::ServiceProvider::new(
             saml,
+            &config.roles,
             &config.projects,
             crate::credentials::sts::StsClient::new(&config.sts),
         ))
@@ -391,7 +392,7 @@ async fn sweep_saml_sessions(pipeline: Arc<Pipeline>, shutdown: CancellationToke
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => {
                 if let Some(state) = pipeline.saml() {
-                    state.sessions().sweep(state.now());
+                    crate::saml::session::SessionStore::sweep(state.sessions(), state.now()).await;
                 }
             }
         }

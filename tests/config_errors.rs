@@ -1401,6 +1401,44 @@ fn config_saml_unknown_role_choice_lists_the_choices() {
     assert_at(&e, 20, "saml.idp.role_choice", "\"first\"");
 }
 
+/// `SAML_BASE` with `[roles.curator]` (`rank`: that line, if any) and role_choice = "highest",
+/// the rule mapping to curator.
+fn saml_highest(rank: &str) -> String {
+    saml_text(
+        "[saml]\n",
+        &format!("[roles.curator]\nread_original = true\n{rank}\n[saml]\n"),
+    )
+    .replace(
+        "certificates = [\"file:idp.pem\"]\n",
+        "certificates = [\"file:idp.pem\"]\nrole_choice = \"highest\"\n",
+    )
+    .replace("gateway_role = \"annotator\"", "gateway_role = \"curator\"")
+}
+
+#[test]
+fn config_saml_highest_needs_a_rank_for_each_mapped_role() {
+    let config = saml_dir().load(&saml_highest("rank = 25\n")).unwrap();
+    assert_eq!(config.roles["curator"].rank, Some(25));
+    assert_eq!(
+        config.roles["owner"].rank,
+        Some(50),
+        "the seeds keep theirs"
+    );
+    assert_eq!(
+        config.saml.unwrap().idp.role_choice,
+        config::RoleChoice::Highest
+    );
+    let e = one_saml_error(&saml_highest(""));
+    assert_eq!(e.key, "saml.idp.roles[0].gateway_role", "{e}");
+    assert!(e.message.contains("has no rank"), "{e}");
+    // Without "highest" an unranked role is fine.
+    let first = saml_highest("").replace("role_choice = \"highest\"\n", "");
+    assert_eq!(saml_dir().load(&first).unwrap().roles["curator"].rank, None);
+    let e = one_saml_error(&saml_highest("rank = 1001\n"));
+    assert_eq!(e.key, "roles.curator.rank", "{e}");
+    assert!(e.message.contains("from 0 to 1000"), "{e}");
+}
+
 #[test]
 fn config_saml_role_and_provider_arns_are_checked() {
     let e = one_saml_error(&saml_text(

@@ -20,7 +20,8 @@ use bucketgate::config::{
 };
 use bucketgate::credentials::ManualClock;
 use bucketgate::identity::Scope;
-use bucketgate::saml::sp::{LOGIN_COOKIE, SESSION_COOKIE, SIGN_IN_AGAIN};
+use bucketgate::pipeline::auth::{LOGIN_COOKIE, SESSION_COOKIE};
+use bucketgate::saml::sp::SIGN_IN_AGAIN;
 use http::StatusCode;
 use http::header::{CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use serde_json::{Value, json};

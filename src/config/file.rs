@@ -141,6 +141,7 @@ pub(super) struct RawJwks {
 pub(super) struct RawRole {
     pub read_original: Option<Spanned<bool>>,
     pub read_derived: Option<Spanned<bool>>,
+    pub rank: Option<Spanned<i64>>,
 }
 
 /// `[projects.NAME]`.

@@ -14,7 +14,7 @@ use http::HeaderMap;
 use http::header::{AUTHORIZATION, COOKIE};
 
 use crate::identity::{Identity, IdentityError, Principal};
-use crate::saml::session::{Session, SessionStore};
+use crate::saml::session::{AnySessionStore, Session, SessionStore as _};
 
 /// Where a request's credential was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +81,7 @@ pub fn find_credential<'a>(
 /// SAML sessions, when `[saml]` is configured in the snapshot.
 #[derive(Clone, Copy)]
 pub struct Sessions<'s> {
-    pub store: &'s SessionStore,
+    pub store: &'s AnySessionStore,
     pub cookie_name: &'s str,
     pub now: SystemTime,
 }
@@ -149,6 +149,7 @@ pub async fn authenticate_request(
             let session = s
                 .store
                 .get(id, s.now)
+                .await
                 .map_err(|_| IdentityError::SessionExpired)?;
             Ok(Authenticated::Session {
                 session,

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | 0 | request: one valid `Host` / `:authority` without userinfo (400), a body framing we implement (501) | `request.rs` |
 //! | 1 | network: peer (+ forwarded headers from trusted proxies) -> [`network::ClientIp`] -> allow/deny | `network.rs` |
-//! | 1a | `/auth/` routes (SAML login, ACS, session, logout), after the per-address rate limit | `crate::saml::sp` |
+//! | 1a | `/auth/` routes (SAML login, ACS, session, logout), after the per-address rate limit | `auth` (core: `crate::saml::sp`) |
 //! | 1b | CORS preflight, answered without a token | `cors.rs` |
 //! | 5a | parse: route, query, key syntax -> [`plan::Target`] (400s; nothing about what exists) | `plan.rs` |
 //! | 2 | identity: the one token or SAML session -> [`crate::identity::Principal`] (401; two tokens: 400) | `identity.rs` |
@@ -20,6 +20,7 @@
 //! clients (that is `app.rs`).
 
 pub mod admit;
+pub mod auth;
 pub mod authorize;
 pub mod body;
 pub mod cors;
@@ -244,7 +245,7 @@ impl Pipeline {
         let request_id = uuid::Uuid::new_v4().simple().to_string();
         let route = if req.uri().path().starts_with("/o/") {
             ROUTE_OBJECT
-        } else if req.uri().path().starts_with(crate::saml::sp::AUTH_PREFIX) {
+        } else if req.uri().path().starts_with(auth::AUTH_PREFIX) {
             ROUTE_AUTH
         } else {
             ROUTE_OTHER
@@ -412,7 +413,7 @@ impl Pipeline {
         let sessions = match (&self.saml, &snapshot.saml) {
             (Some(state), Some(_)) => Some(identity::Sessions {
                 store: state.sessions(),
-                cookie_name: crate::saml::sp::SESSION_COOKIE,
+                cookie_name: auth::SESSION_COOKIE,
                 now: state.now(),
             }),
             _ => None,
@@ -499,7 +500,7 @@ impl Pipeline {
         client: network::ClientIp,
         facts: &mut Facts,
     ) -> Result<Response<ResponseBody>, Error> {
-        use crate::saml::sp::{self, AuthAudit, SpError};
+        use crate::saml::sp::{AuthAudit, SpError};
         let _admitted = self
             .admission
             .admit_counted(client.addr(), None, &self.metrics)?;
@@ -508,7 +509,7 @@ impl Pipeline {
             .as_deref()
             .ok_or(Error::Saml(SpError::NotConfigured))?;
         let mut audit = AuthAudit::default();
-        let result = sp::handle(snapshot.saml.as_deref(), state, req, body, &mut audit).await;
+        let result = auth::handle(snapshot.saml.as_deref(), state, req, body, &mut audit).await;
         let span = tracing::Span::current();
         if let Some(subject) = &audit.subject {
             span.record("subject", subject.as_str());

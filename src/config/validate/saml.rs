@@ -128,7 +128,8 @@ impl Checker<'_> {
                 }
             },
         };
-        let rules = self.saml_roles(raw.roles.as_ref(), span, roles, projects);
+        let ranked = role_choice == Some(RoleChoice::Highest);
+        let rules = self.saml_roles(raw.roles.as_ref(), span, roles, projects, ranked);
         if self.errors.len() != before {
             return None;
         }
@@ -305,6 +306,7 @@ impl Checker<'_> {
         table: Range<usize>,
         roles: Option<&BTreeMap<String, RoleConfig>>,
         projects: Option<&BTreeMap<String, ProjectConfig>>,
+        ranked: bool,
     ) -> Option<Vec<SamlRoleRule>> {
         let missing = "no role rules; add a [[saml.idp.roles]] table with role_arn, provider_arn, \
                        gateway_role and project for each AWS role users may sign in with";
@@ -356,6 +358,26 @@ impl Checker<'_> {
                              manager, reviewer, annotator, labeler) or add [roles.{}]",
                             g.get_ref(),
                             g.get_ref()
+                        ),
+                    );
+                    None
+                }
+                Some(g)
+                    if ranked
+                        && roles.is_some_and(|roles| {
+                            roles.get(g.get_ref()).is_some_and(|r| r.rank.is_none())
+                        }) =>
+                {
+                    self.push(
+                        g.span(),
+                        format!("{prefix}.gateway_role"),
+                        format!(
+                            "role `{}` has no rank, and role_choice = \"highest\" compares \
+                             ranks; add `rank = N` to [roles.{}] (0-{}; the seeds: owner 50, \
+                             admin 40, manager 30, reviewer 20, annotator 10)",
+                            g.get_ref(),
+                            g.get_ref(),
+                            d::ROLE_RANK_MAX
                         ),
                     );
                     None
