@@ -1440,6 +1440,43 @@ fn config_saml_highest_needs_a_rank_for_each_mapped_role() {
 }
 
 #[test]
+fn config_saml_login_cookie_key_is_a_secret_of_at_least_32_bytes() {
+    let with_key = |reference: &str| {
+        saml_text(
+            "[saml.idp]\n",
+            &format!("login_cookie_key = \"{reference}\"\n\n[saml.idp]\n"),
+        )
+    };
+    let dir = saml_dir();
+    let key = "0123456789abcdef0123456789abcdef";
+    std::fs::write(dir.path().join("login.key"), format!("{key}\n")).unwrap();
+    let config = dir.load(&with_key("file:login.key")).unwrap();
+    let saml = config.saml.unwrap();
+    assert_eq!(saml.login_cookie_key.unwrap().expose(), key);
+    assert!(
+        saml_dir()
+            .load(SAML_BASE)
+            .unwrap()
+            .saml
+            .unwrap()
+            .login_cookie_key
+            .is_none()
+    );
+
+    let dir = saml_dir();
+    std::fs::write(dir.path().join("login.key"), "short-s3cret\n").unwrap();
+    let errors = dir.load(&with_key("file:login.key")).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].key, "saml.login_cookie_key");
+    assert!(errors[0].message.contains("at least 32"), "{}", errors[0]);
+    assert!(!errors[0].message.contains("short-s3cret"), "never echoed");
+    let e = one_saml_error(&with_key("a-literal-key-is-refused-0123456789"));
+    assert_eq!(e.key, "saml.login_cookie_key");
+    assert!(e.message.contains("env:NAME"), "{e}");
+    assert!(!e.message.contains("a-literal-key"), "never echoed");
+}
+
+#[test]
 fn config_saml_role_and_provider_arns_are_checked() {
     let e = one_saml_error(&saml_text(
         "role_arn = \"arn:aws:iam::123456789012:role/Annotators\"",

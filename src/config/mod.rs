@@ -228,6 +228,10 @@ pub struct SamlConfig {
     pub max_session: Duration,
     /// Oldest IssueInstant (of the Response and of the Assertion) accepted, before the skew.
     pub max_response_age: Duration,
+    /// The login cookie's HMAC key (at least `SAML_LOGIN_COOKIE_KEY_MIN_BYTES` bytes, resolved
+    /// from `env:NAME` / `file:PATH` at load), shared by the nodes behind one load balancer so
+    /// that a login started on one completes on another. `None`: random per process.
+    pub login_cookie_key: Option<Secret>,
     pub idp: SamlIdpConfig,
 }
 

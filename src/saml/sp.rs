@@ -158,6 +158,8 @@ pub struct ServiceProvider {
     trust: Arc<IdpTrust>,
     role_choice: RoleChoice,
     rules: Vec<SamlRoleRule>,
+    /// `[saml] login_cookie_key`; `None`: the process's own random key in [`SamlState`].
+    login_key: Option<LoginKey>,
     /// Each ranked gateway role's `rank` (from `[roles]`), for `role_choice = "highest"`.
     ranks: HashMap<String, u32>,
     /// Each mapped project's sources, as scopes of the session principal.
@@ -202,6 +204,10 @@ impl ServiceProvider {
             }),
             role_choice: config.idp.role_choice,
             rules: config.idp.roles.clone(),
+            login_key: config
+                .login_cookie_key
+                .as_ref()
+                .map(|key| LoginKey::from_secret(key.expose().as_bytes())),
             ranks,
             project_scopes,
             sts,
@@ -419,7 +425,7 @@ impl ServiceProvider {
 
     /// The login cookie key: `[saml] login_cookie_key` if configured, else the process's own.
     fn login_key<'a>(&'a self, state: &'a SamlState) -> &'a LoginKey {
-        &state.login_key
+        self.login_key.as_ref().unwrap_or(&state.login_key)
     }
 }
 

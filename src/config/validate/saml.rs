@@ -13,7 +13,7 @@ use toml::Spanned;
 use super::super::defaults as d;
 use super::super::file::{RawSaml, RawSamlIdp, RawSamlRole};
 use super::super::{
-    ProjectConfig, RoleChoice, RoleConfig, SamlConfig, SamlIdpConfig, SamlRoleRule,
+    ProjectConfig, RoleChoice, RoleConfig, SamlConfig, SamlIdpConfig, SamlRoleRule, Secret,
 };
 use super::Checker;
 
@@ -56,6 +56,10 @@ impl Checker<'_> {
             d::SAML_MAX_RESPONSE_AGE_SECS_MIN,
             d::SAML_MAX_RESPONSE_AGE_SECS_MAX,
         );
+        let login_cookie_key = raw
+            .login_cookie_key
+            .as_ref()
+            .map(|key| self.login_cookie_key(key));
         let idp = match &raw.idp {
             Some(idp) => self.saml_idp(idp.span(), idp.get_ref(), roles, projects),
             None => {
@@ -76,8 +80,30 @@ impl Checker<'_> {
             acs_url: acs_url?,
             max_session: Duration::from_secs(max_session),
             max_response_age: Duration::from_secs(max_response_age),
+            login_cookie_key: login_cookie_key.flatten(),
             idp: idp?,
         }))
+    }
+
+    /// `[saml] login_cookie_key`: a secret reference whose value has at least
+    /// `SAML_LOGIN_COOKIE_KEY_MIN_BYTES` bytes. The value is never echoed.
+    fn login_cookie_key(&mut self, raw: &Spanned<String>) -> Option<Secret> {
+        let key = "saml.login_cookie_key";
+        let secret = self.secret(raw, key)?;
+        let len = secret.expose().len();
+        if len < d::SAML_LOGIN_COOKIE_KEY_MIN_BYTES {
+            self.push(
+                raw.span(),
+                key,
+                format!(
+                    "the key has {len} bytes; it needs at least {} (e.g. the output of \
+                     `openssl rand -hex 32`), the same on every node",
+                    d::SAML_LOGIN_COOKIE_KEY_MIN_BYTES
+                ),
+            );
+            return None;
+        }
+        Some(secret)
     }
 
     fn saml_idp(
