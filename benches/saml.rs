@@ -13,9 +13,9 @@ use aws_credential_types::Credentials;
 use bucketgate::backend::Caller;
 use bucketgate::credentials::SessionCredentials;
 use bucketgate::identity::{Principal, Scope};
+use bucketgate::pipeline::auth::SESSION_COOKIE;
 use bucketgate::pipeline::identity::{Sessions, authenticate_request};
-use bucketgate::saml::session::{Session, SessionStore};
-use bucketgate::saml::sp::SESSION_COOKIE;
+use bucketgate::saml::session::{AnySessionStore, Session, SessionStore as _};
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::HeaderMap;
 use http::header::COOKIE;
@@ -55,17 +55,17 @@ fn ready<F: Future>(future: F) -> F::Output {
         .poll(&mut Context::from_waker(Waker::noop()))
     {
         Poll::Ready(out) => out,
-        Poll::Pending => panic!("the session path of stage 2 must not wait"),
+        Poll::Pending => panic!("the in-memory session store must not wait"),
     }
 }
 
 fn bench(c: &mut Criterion) {
     let now = SystemTime::now();
     let expires = now + Duration::from_secs(3600);
-    let store = SessionStore::new(SESSIONS * 2);
+    let store = AnySessionStore::memory(SESSIONS * 2);
     let mut ids = Vec::new();
     for n in 0..SESSIONS {
-        ids.push(store.create(session(n, expires), now).unwrap());
+        ids.push(ready(store.create(session(n, expires), now)).unwrap());
     }
     let id = ids[SESSIONS / 2].cookie_value().to_owned();
     let mut headers = HeaderMap::new();
@@ -99,7 +99,7 @@ fn bench(c: &mut Criterion) {
     });
 
     c.bench_function("saml/session_store_get", |b| {
-        b.iter(|| black_box(store.get(black_box(&id), now).unwrap()))
+        b.iter(|| black_box(ready(store.get(black_box(&id), now)).unwrap()))
     });
 }
 

@@ -319,7 +319,7 @@ async fn sweep_saml_sessions(pipeline: Arc<Pipeline>, shutdown: CancellationToke
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => {
                 if let Some(state) = pipeline.saml() {
-                    state.sessions().sweep(state.now());
+                    crate::saml::session::SessionStore::sweep(state.sessions(), state.now()).await;
                 }
             }
         }

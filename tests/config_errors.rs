@@ -1334,6 +1334,81 @@ fn config_saml_unknown_role_choice_lists_the_choices() {
     assert_at(&e, 20, "saml.idp.role_choice", "\"first\"");
 }
 
+/// `SAML_BASE` with `[roles.curator]` (`rank`: that line, if any) and role_choice = "highest",
+/// the rule mapping to curator.
+fn saml_highest(rank: &str) -> String {
+    saml_text(
+        "[saml]\n",
+        &format!("[roles.curator]\nread_original = true\n{rank}\n[saml]\n"),
+    )
+    .replace(
+        "certificates = [\"file:idp.pem\"]\n",
+        "certificates = [\"file:idp.pem\"]\nrole_choice = \"highest\"\n",
+    )
+    .replace("gateway_role = \"annotator\"", "gateway_role = \"curator\"")
+}
+
+#[test]
+fn config_saml_highest_needs_a_rank_for_each_mapped_role() {
+    let config = saml_dir().load(&saml_highest("rank = 25\n")).unwrap();
+    assert_eq!(config.roles["curator"].rank, Some(25));
+    assert_eq!(
+        config.roles["owner"].rank,
+        Some(50),
+        "the seeds keep theirs"
+    );
+    assert_eq!(
+        config.saml.unwrap().idp.role_choice,
+        config::RoleChoice::Highest
+    );
+    let e = one_saml_error(&saml_highest(""));
+    assert_eq!(e.key, "saml.idp.roles[0].gateway_role", "{e}");
+    assert!(e.message.contains("has no rank"), "{e}");
+    // Without "highest" an unranked role is fine.
+    let first = saml_highest("").replace("role_choice = \"highest\"\n", "");
+    assert_eq!(saml_dir().load(&first).unwrap().roles["curator"].rank, None);
+    let e = one_saml_error(&saml_highest("rank = 1001\n"));
+    assert_eq!(e.key, "roles.curator.rank", "{e}");
+    assert!(e.message.contains("from 0 to 1000"), "{e}");
+}
+
+#[test]
+fn config_saml_login_cookie_key_is_a_secret_of_at_least_32_bytes() {
+    let with_key = |reference: &str| {
+        saml_text(
+            "[saml.idp]\n",
+            &format!("login_cookie_key = \"{reference}\"\n\n[saml.idp]\n"),
+        )
+    };
+    let dir = saml_dir();
+    let key = "0123456789abcdef0123456789abcdef";
+    std::fs::write(dir.path().join("login.key"), format!("{key}\n")).unwrap();
+    let config = dir.load(&with_key("file:login.key")).unwrap();
+    let saml = config.saml.unwrap();
+    assert_eq!(saml.login_cookie_key.unwrap().expose(), key);
+    assert!(
+        saml_dir()
+            .load(SAML_BASE)
+            .unwrap()
+            .saml
+            .unwrap()
+            .login_cookie_key
+            .is_none()
+    );
+
+    let dir = saml_dir();
+    std::fs::write(dir.path().join("login.key"), "short-s3cret\n").unwrap();
+    let errors = dir.load(&with_key("file:login.key")).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].key, "saml.login_cookie_key");
+    assert!(errors[0].message.contains("at least 32"), "{}", errors[0]);
+    assert!(!errors[0].message.contains("short-s3cret"), "never echoed");
+    let e = one_saml_error(&with_key("a-literal-key-is-refused-0123456789"));
+    assert_eq!(e.key, "saml.login_cookie_key");
+    assert!(e.message.contains("env:NAME"), "{e}");
+    assert!(!e.message.contains("a-literal-key"), "never echoed");
+}
+
 #[test]
 fn config_saml_role_and_provider_arns_are_checked() {
     let e = one_saml_error(&saml_text(

@@ -111,6 +111,7 @@ fn policy(config: &mut Config) {
         RoleConfig {
             read_original: false,
             read_derived: true,
+            rank: None,
         },
     );
 }

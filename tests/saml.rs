@@ -19,11 +19,12 @@ use crate::support::sts::{MotoIam, ProxyMode, Trust};
 use base64::Engine as _;
 use bucketgate::config::{
     AuditConfig, AuditDestination, Config, ProjectConfig, RoleChoice, S3Credentials, SamlConfig,
-    SamlIdpConfig, SamlRoleRule, SourceConfig, StsConfig,
+    SamlIdpConfig, SamlRoleRule, Secret, SourceConfig, StsConfig,
 };
 use bucketgate::credentials::ManualClock;
 use bucketgate::identity::Scope;
-use bucketgate::saml::sp::{LOGIN_COOKIE, SESSION_COOKIE, SIGN_IN_AGAIN};
+use bucketgate::pipeline::auth::{LOGIN_COOKIE, SESSION_COOKIE};
+use bucketgate::saml::sp::SIGN_IN_AGAIN;
 use http::StatusCode;
 use http::header::{CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use serde_json::{Value, json};
@@ -159,6 +160,7 @@ impl World {
             acs_url: gw.url("/auth/saml/acs"),
             max_session: Duration::from_secs(8 * 3600),
             max_response_age: Duration::from_secs(300),
+            login_cookie_key: None,
             idp: SamlIdpConfig {
                 entity_id: idp.entity_id.clone(),
                 sso_url: idp.sso_url.clone(),
@@ -245,13 +247,29 @@ impl World {
         relay_state: Option<&str>,
         login_cookie: Option<&str>,
     ) -> reqwest::Response {
+        self.post_acs_at(&self.gw, saml_response, relay_state, login_cookie)
+            .await
+    }
+
+    /// [`World::post_acs`] to the ACS of gateway `gw` (another node behind the same public URL).
+    async fn post_acs_at(
+        &self,
+        gw: &TestGateway,
+        saml_response: &str,
+        relay_state: Option<&str>,
+        login_cookie: Option<&str>,
+    ) -> reqwest::Response {
         let mut body = format!("SAMLResponse={}", form_encode(saml_response));
         if let Some(r) = relay_state {
             body.push_str(&format!("&RelayState={}", form_encode(r)));
         }
-        let mut req = self
-            .client()
-            .post(self.acs_url())
+        let client = gw
+            .anon_client_builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let mut req = client
+            .post(gw.url("/auth/saml/acs"))
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(body);
         if let Some(c) = login_cookie {
@@ -318,6 +336,39 @@ impl World {
 
     fn sts_calls(&self) -> usize {
         self.moto.sts_calls()
+    }
+
+    /// Another node behind the same load balancer: the same sources, projects, STS and clock,
+    /// and `saml` (so the same public ACS URL), on listeners of its own.
+    async fn second_node(&self, saml: Option<SamlConfig>) -> TestGateway {
+        let first = self.config.clone();
+        let mut captured = None;
+        let gw = support::GatewayBuilder::new()
+            .sources(first.sources.clone())
+            .tweak(|c| {
+                c.projects = first.projects.clone();
+                c.sts = first.sts.clone();
+                captured = Some(c.clone());
+            })
+            .credentials_clock(Arc::new(self.clock.clone()))
+            .start()
+            .await;
+        let mut config = captured.unwrap();
+        config.saml = saml;
+        gw.gateway().reload(config).await.unwrap();
+        gw
+    }
+
+    /// A login started on this world's gateway, answered by the IdP, its response posted to the
+    /// ACS of `node`. Returns the ACS answer.
+    async fn login_across(&self, node: &TestGateway) -> reqwest::Response {
+        let login = self.start_login(Some("/ui/")).await;
+        let response = self
+            .idp
+            .response(&self.spec(ALICE, Some(&login.request_id)))
+            .await;
+        self.post_acs_at(node, &response, None, Some(&login.cookie))
+            .await
     }
 }
 
@@ -469,6 +520,49 @@ async fn saml_login_reads_with_each_users_own_role_and_makes_no_further_sts_call
             .await
             .unwrap();
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn saml_login_started_on_one_node_completes_on_another_with_a_shared_login_cookie_key() {
+    let w = World::start(Options::default()).await;
+
+    // Default: a random key per process; the other node cannot open the login cookie, so the
+    // response answers no login of its own (401), before STS.
+    let other = w.second_node(w.config.saml.clone()).await;
+    let resp = w.login_across(&other).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(resp.headers().get(SET_COOKIE).is_none());
+    assert_eq!(w.sts_calls(), 0);
+    other.shutdown().await;
+
+    // The same configured key on both nodes: the login completes on the other one.
+    let mut saml = w.config.saml.clone().unwrap();
+    saml.login_cookie_key = Some(Secret::new(
+        "k3y-shared-by-both-nodes-0123456789".to_owned(),
+    ));
+    let mut config = w.config.clone();
+    config.saml = Some(saml.clone());
+    w.gw.gateway().reload(config).await.unwrap();
+    let other = w.second_node(Some(saml)).await;
+    let resp = w.login_across(&other).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER, "{}", body(resp).await);
+    assert_eq!(resp.headers()[LOCATION], "/ui/");
+    let session = session_cookie(&resp);
+    assert_eq!(w.sts_calls(), 1);
+    // The session lives on the node that completed the login (sessions are per process).
+    let client = other
+        .anon_client_builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = client
+        .get(other.url("/auth/session"))
+        .header(COOKIE, format!("{SESSION_COOKIE}={session}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    other.shutdown().await;
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::support::saml::TestIdp;
-use bucketgate::saml::replay::ReplayCache;
+use bucketgate::saml::replay::MemoryReplayCache;
 use bucketgate::saml::response::{
     Assertion, Expect, IdpTrust, RolePair, SamlError, StatusKind, validate,
 };
@@ -431,7 +431,7 @@ fn idp_answers_our_authn_request_with_a_response_we_accept() {
 #[test]
 fn replay_cache_accepts_an_assertion_id_once() {
     let b64 = response(json!({}));
-    let cache = ReplayCache::new(1000);
+    let cache = MemoryReplayCache::new(1000);
     let now = SystemTime::now();
     let first = check(&b64).unwrap();
     assert!(cache.first_use(&first.id, first.not_on_or_after, now));

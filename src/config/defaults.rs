@@ -143,6 +143,10 @@ pub const STS_MIN_DURATION_SECS: u64 = 900;
 pub const SAML_CLOCK_SKEW_SECS: u64 = 60;
 pub const SAML_CLOCK_SKEW_SECS_MAX: u64 = 300;
 /// Sessions held at once; when full, expired ones are dropped and then new logins wait (503).
+/// Highest `[roles.NAME] rank` (the seeds use 10 to 50).
+pub const ROLE_RANK_MAX: u64 = 1000;
+/// Shortest `[saml] login_cookie_key` secret, in bytes.
+pub const SAML_LOGIN_COOKIE_KEY_MIN_BYTES: usize = 32;
 pub const SAML_MAX_SESSIONS: usize = 100_000;
 /// How often expired sessions are dropped even if nobody presents their cookie.
 pub const SAML_SESSION_SWEEP_SECS: u64 = 60;

@@ -53,6 +53,7 @@ pub(super) struct RawSaml {
     pub acs_url: Option<Spanned<String>>,
     pub max_session_secs: Option<Spanned<i64>>,
     pub max_response_age_secs: Option<Spanned<i64>>,
+    pub login_cookie_key: Option<Spanned<String>>,
     pub idp: Option<Spanned<RawSamlIdp>>,
 }
 
@@ -141,6 +142,7 @@ pub(super) struct RawJwks {
 pub(super) struct RawRole {
     pub read_original: Option<Spanned<bool>>,
     pub read_derived: Option<Spanned<bool>>,
+    pub rank: Option<Spanned<i64>>,
 }
 
 /// `[projects.NAME]`.

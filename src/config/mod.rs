@@ -203,25 +203,33 @@ pub struct RoleConfig {
     pub read_original: bool,
     /// May read derived representations (thumbnails, tiles, video renditions).
     pub read_derived: bool,
+    /// How powerful the role is, for `[saml.idp] role_choice = "highest"` (higher wins).
+    /// `None`: unranked; validation refuses an unranked role in a SAML role rule when the
+    /// choice is "highest", and [`crate::saml::sp`] ranks one below every ranked role.
+    pub rank: Option<u32>,
 }
 
-/// The seed platforms' roles: owner, admin, manager, reviewer, annotator and its alias labeler.
-/// Every one may read originals and derived representations; a config narrows them.
+/// The seed platforms' roles and their ranks: owner (50), admin (40), manager (30), reviewer
+/// (20), annotator and its alias labeler (10). Every one may read originals and derived
+/// representations; a config narrows them.
 pub fn default_roles() -> BTreeMap<String, RoleConfig> {
-    let all = RoleConfig {
-        read_original: true,
-        read_derived: true,
-    };
     [
-        "owner",
-        "admin",
-        "manager",
-        "reviewer",
-        "annotator",
-        "labeler",
+        ("owner", 50),
+        ("admin", 40),
+        ("manager", 30),
+        ("reviewer", 20),
+        ("annotator", 10),
+        ("labeler", 10),
     ]
     .into_iter()
-    .map(|name| (name.to_owned(), all))
+    .map(|(name, rank)| {
+        let role = RoleConfig {
+            read_original: true,
+            read_derived: true,
+            rank: Some(rank),
+        };
+        (name.to_owned(), role)
+    })
     .collect()
 }
 
@@ -243,6 +251,10 @@ pub struct SamlConfig {
     pub max_session: Duration,
     /// Oldest IssueInstant (of the Response and of the Assertion) accepted, before the skew.
     pub max_response_age: Duration,
+    /// The login cookie's HMAC key (at least `SAML_LOGIN_COOKIE_KEY_MIN_BYTES` bytes, resolved
+    /// from `env:NAME` / `file:PATH` at load), shared by the nodes behind one load balancer so
+    /// that a login started on one completes on another. `None`: random per process.
+    pub login_cookie_key: Option<Secret>,
     pub idp: SamlIdpConfig,
 }
 
@@ -270,8 +282,8 @@ pub enum RoleChoice {
     First,
     /// Exactly one usable pair; several are refused.
     Only,
-    /// The pair mapped to the most powerful gateway role (owner > admin > manager > reviewer >
-    /// annotator/labeler > any other role); ties go to the first listed.
+    /// The pair mapped to the gateway role of highest `rank` (`[roles.NAME] rank`; the seeds:
+    /// owner > admin > manager > reviewer > annotator/labeler); ties go to the first listed.
     Highest,
 }
 

@@ -14,7 +14,7 @@ use http::HeaderMap;
 use http::header::AUTHORIZATION;
 
 use crate::identity::{Identity, IdentityError, Principal};
-use crate::saml::session::{Session, SessionStore};
+use crate::saml::session::{AnySessionStore, Session, SessionStore as _};
 use crate::web::parse;
 
 /// Where a request's credential was found.
@@ -74,7 +74,7 @@ pub fn find_credential<'a>(
 /// SAML sessions, when `[saml]` is configured in the snapshot.
 #[derive(Clone, Copy)]
 pub struct Sessions<'s> {
-    pub store: &'s SessionStore,
+    pub store: &'s AnySessionStore,
     pub cookie_name: &'s str,
     pub now: SystemTime,
 }
@@ -142,6 +142,7 @@ pub async fn authenticate_request(
             let session = s
                 .store
                 .get(id, s.now)
+                .await
                 .map_err(|_| IdentityError::SessionExpired)?;
             Ok(Authenticated::Session {
                 session,

@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | 0 | request: one valid `Host` / `:authority` without userinfo (400), a body framing we implement (501) | `request.rs` |
 //! | 1 | network: peer (+ forwarded headers from trusted proxies) -> [`network::ClientIp`] -> allow/deny, the source's lists on the raw source segment | `network.rs` |
-//! | 1a | `/auth/` routes (SAML login, ACS, session, logout), after the per-address rate limit | `crate::saml::sp` |
+//! | 1a | `/auth/` routes (SAML login, ACS, session, logout), after the per-address rate limit | `auth` (core: `crate::saml::sp`) |
 //! | 1b | CORS preflight, answered without a token | `cors.rs` |
 //! | 5a | parse: query, key syntax, method -> [`plan::Target`] (400s, 405; nothing about what exists) | `route.rs`, `plan.rs` |
 //! | 2 | identity: the one token or SAML session -> [`identity::Authenticated`] (401; two tokens: 400) | `identity.rs` |
@@ -27,6 +27,7 @@
 //! long-lived parts.
 
 pub mod admit;
+pub mod auth;
 pub mod authorize;
 pub mod cors;
 pub mod ctx;
@@ -253,7 +254,7 @@ impl Pipeline {
         let sessions = match (self.saml(), &snapshot.saml) {
             (Some(state), Some(_)) => Some(identity::Sessions {
                 store: state.sessions(),
-                cookie_name: crate::saml::sp::SESSION_COOKIE,
+                cookie_name: auth::SESSION_COOKIE,
                 now: state.now(),
             }),
             _ => None,
@@ -282,14 +283,14 @@ impl Pipeline {
         client: network::ClientIp,
         ctx: &mut RequestCtx,
     ) -> Result<Response<ResponseBody>, Error> {
-        use crate::saml::sp::{self, AuthAudit, SpError};
+        use crate::saml::sp::{AuthAudit, SpError};
         let _admitted = admit::admit(self.admission(), client.addr(), None, &self.metrics).await?;
         let state = self
             .saml()
             .map(Arc::as_ref)
             .ok_or(Error::Saml(SpError::NotConfigured))?;
         let mut audit = AuthAudit::default();
-        let result = sp::handle(snapshot.saml.as_deref(), state, req, body, &mut audit).await;
+        let result = auth::handle(snapshot.saml.as_deref(), state, req, body, &mut audit).await;
         ctx.who(
             audit.subject.as_deref(),
             audit.role.as_deref(),

@@ -62,7 +62,7 @@ impl Route {
                 method,
             });
         }
-        if path.starts_with(crate::saml::sp::AUTH_PREFIX) {
+        if path.starts_with(crate::pipeline::auth::AUTH_PREFIX) {
             return Route::Auth;
         }
         Route::NotFound

@@ -185,6 +185,7 @@ pub async fn build_snapshot(
     .with_saml(config.saml.as_ref().map(|saml| {
         Arc::new(crate::saml::sp::ServiceProvider::new(
             saml,
+            &config.roles,
             &config.projects,
             crate::credentials::sts::StsClient::new(&config.sts),
         ))

@@ -3,13 +3,54 @@
 //! Bounded: when full of unexpired ids it refuses new ones (fail closed) rather than forgetting
 //! ids that could then be replayed. Expired entries are swept when the cache is full and the
 //! earliest expiry has passed, so the sweep is amortized and never runs for nothing.
+//!
+//! The cache is the async trait [`ReplayCache`]; [`AnyReplayCache`] dispatches to an
+//! implementation (today only [`MemoryReplayCache`], this process's map), so a shared cache
+//! (Redis) is one more variant and its callers do not change.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-/// Remembers assertion ids until they expire.
-pub struct ReplayCache {
+/// Remembers ids (assertion ids, and login request ids) until they expire.
+///
+/// A shared implementation must make `first_use` one atomic step across every node (e.g. Redis
+/// `SET key NX PX ttl`): two nodes asked about the same id at once admit exactly one. It stores
+/// only the id (or its hash) and its expiry, no secret. When it cannot answer (full,
+/// unreachable) it returns false: a login is refused rather than a replay let through.
+pub trait ReplayCache: Send + Sync {
+    /// True if `id` was not seen (and is now remembered until `until`); false for a replay, or
+    /// when the cache cannot remember it.
+    fn first_use(
+        &self,
+        id: &str,
+        until: SystemTime,
+        now: SystemTime,
+    ) -> impl Future<Output = bool> + Send;
+}
+
+/// The configured replay cache.
+pub enum AnyReplayCache {
+    Memory(MemoryReplayCache),
+}
+
+impl AnyReplayCache {
+    /// The in-process cache of at most `capacity` ids.
+    pub fn memory(capacity: usize) -> AnyReplayCache {
+        AnyReplayCache::Memory(MemoryReplayCache::new(capacity))
+    }
+}
+
+impl ReplayCache for AnyReplayCache {
+    async fn first_use(&self, id: &str, until: SystemTime, now: SystemTime) -> bool {
+        match self {
+            AnyReplayCache::Memory(m) => m.first_use(id, until, now),
+        }
+    }
+}
+
+/// Remembers ids until they expire, in this process (not shared between nodes).
+pub struct MemoryReplayCache {
     capacity: usize,
     inner: Mutex<Inner>,
 }
@@ -20,9 +61,9 @@ struct Inner {
     earliest: Option<SystemTime>,
 }
 
-impl ReplayCache {
-    pub fn new(capacity: usize) -> ReplayCache {
-        ReplayCache {
+impl MemoryReplayCache {
+    pub fn new(capacity: usize) -> MemoryReplayCache {
+        MemoryReplayCache {
             capacity,
             inner: Mutex::new(Inner {
                 seen: HashMap::new(),
@@ -84,7 +125,7 @@ mod tests {
 
     #[test]
     fn second_use_of_an_id_is_refused() {
-        let cache = ReplayCache::new(10);
+        let cache = MemoryReplayCache::new(10);
         assert!(cache.first_use("_a", at(100), at(0)));
         assert!(!cache.first_use("_a", at(100), at(1)));
         assert!(cache.first_use("_b", at(100), at(1)));
@@ -92,7 +133,7 @@ mod tests {
 
     #[test]
     fn an_id_is_forgotten_after_it_expires() {
-        let cache = ReplayCache::new(10);
+        let cache = MemoryReplayCache::new(10);
         assert!(cache.first_use("_a", at(100), at(0)));
         assert!(!cache.first_use("_a", at(100), at(99)));
         assert!(cache.first_use("_a", at(200), at(100)));
@@ -100,7 +141,7 @@ mod tests {
 
     #[test]
     fn a_full_cache_refuses_new_ids_until_entries_expire() {
-        let cache = ReplayCache::new(2);
+        let cache = MemoryReplayCache::new(2);
         assert!(cache.first_use("_a", at(50), at(0)));
         assert!(cache.first_use("_b", at(100), at(0)));
         assert!(!cache.first_use("_c", at(100), at(10)));
@@ -113,7 +154,7 @@ mod tests {
 
     #[test]
     fn concurrent_first_uses_of_one_id_admit_exactly_one() {
-        let cache = std::sync::Arc::new(ReplayCache::new(100));
+        let cache = std::sync::Arc::new(MemoryReplayCache::new(100));
         let admitted: usize = (0..8)
             .map(|_| {
                 let cache = cache.clone();

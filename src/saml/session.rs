@@ -2,7 +2,11 @@
 //! the session's [`Principal`] and the user's STS credentials.
 //!
 //! This module owns the store and its bounds. It knows nothing of HTTP: the cookie is parsed and
-//! written by `sp.rs` and `pipeline/identity.rs`.
+//! written by `pipeline/auth.rs` and `pipeline/identity.rs`.
+//!
+//! The store is the async trait [`SessionStore`]; [`AnySessionStore`] dispatches to an
+//! implementation (today only [`MemorySessions`], the in-process map), so a shared store (Redis)
+//! is one more variant and the pipeline does not change.
 //!
 //! - Ids are 32 bytes from `ring::rand::SystemRandom`, sent as 64 lowercase hex digits. The map
 //!   is keyed by the SHA-256 of the id, so the store (or a dump of it) holds no usable cookie.
@@ -108,16 +112,88 @@ impl fmt::Debug for SessionId {
 
 type Key = [u8; 32];
 
-/// Every live session, bounded.
-pub struct SessionStore {
+/// Where sessions live. Every method is async so that a shared store can do I/O.
+///
+/// What a shared implementation must store, per session, keyed by the SHA-256 of the id (never
+/// the id itself): the [`Principal`] (it is not serializable today: store its parts, subject,
+/// gateway role, project, the project's scopes and the expiry, and rebuild it with
+/// `Principal::saml_session`), the user's STS credentials (access key id, secret key, session
+/// token, expiry, assumed-role ARN) and the session's own expiry (an entry TTL). The
+/// credentials are the user's AWS access: they must be encrypted before they leave the process
+/// (with a key from the config, never stored beside them); how, is the Redis issue's decision.
+/// Bounds: an implementation refuses a login with [`SessionError::Full`] rather than evicting
+/// a live session, and never answers an expired one.
+pub trait SessionStore: Send + Sync {
+    /// Store `session` under a fresh random id.
+    fn create(
+        &self,
+        session: Session,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<SessionId, SessionError>> + Send;
+
+    /// The live session for a cookie value. An expired one is removed.
+    fn get(
+        &self,
+        cookie: &str,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<Arc<Session>, SessionError>> + Send;
+
+    /// End the session of a cookie value (logout, or rotation at login). True if there was one.
+    fn remove(&self, cookie: &str) -> impl Future<Output = bool> + Send;
+
+    /// Drop every expired session; returns how many were dropped (a store that expires entries
+    /// by itself returns 0).
+    fn sweep(&self, now: SystemTime) -> impl Future<Output = usize> + Send;
+}
+
+/// The configured session store.
+pub enum AnySessionStore {
+    Memory(MemorySessions),
+}
+
+impl AnySessionStore {
+    /// The in-process store of at most `capacity` sessions.
+    pub fn memory(capacity: usize) -> AnySessionStore {
+        AnySessionStore::Memory(MemorySessions::new(capacity))
+    }
+}
+
+impl SessionStore for AnySessionStore {
+    async fn create(&self, session: Session, now: SystemTime) -> Result<SessionId, SessionError> {
+        match self {
+            AnySessionStore::Memory(m) => m.create(session, now),
+        }
+    }
+
+    async fn get(&self, cookie: &str, now: SystemTime) -> Result<Arc<Session>, SessionError> {
+        match self {
+            AnySessionStore::Memory(m) => m.get(cookie, now),
+        }
+    }
+
+    async fn remove(&self, cookie: &str) -> bool {
+        match self {
+            AnySessionStore::Memory(m) => m.remove(cookie),
+        }
+    }
+
+    async fn sweep(&self, now: SystemTime) -> usize {
+        match self {
+            AnySessionStore::Memory(m) => m.sweep(now),
+        }
+    }
+}
+
+/// Every live session, bounded, in this process (lost at restart, not shared between nodes).
+pub struct MemorySessions {
     sessions: RwLock<HashMap<Key, Arc<Session>>>,
     capacity: usize,
     rng: SystemRandom,
 }
 
-impl SessionStore {
-    pub fn new(capacity: usize) -> SessionStore {
-        SessionStore {
+impl MemorySessions {
+    pub fn new(capacity: usize) -> MemorySessions {
+        MemorySessions {
             sessions: RwLock::new(HashMap::new()),
             capacity: capacity.max(1),
             rng: SystemRandom::new(),
@@ -265,7 +341,7 @@ mod tests {
     fn a_session_is_found_by_its_cookie_until_it_expires() {
         let now = SystemTime::now();
         let hour = std::time::Duration::from_secs(3600);
-        let store = SessionStore::new(10);
+        let store = MemorySessions::new(10);
         let id = store.create(session(now + hour), now).unwrap();
         assert_eq!(id.cookie_value().len(), ID_HEX_LEN);
         let found = store.get(id.cookie_value(), now).unwrap();
@@ -299,7 +375,7 @@ mod tests {
             now + std::time::Duration::from_secs(3600),
         );
         assert_eq!(later.expires(), s.expires());
-        let store = SessionStore::new(10);
+        let store = MemorySessions::new(10);
         let id = store.create(later, now).unwrap();
         assert!(store.remove(id.cookie_value()));
         assert!(!store.remove(id.cookie_value()));
@@ -310,7 +386,7 @@ mod tests {
     fn a_full_store_drops_expired_sessions_then_refuses() {
         let now = SystemTime::now();
         let minute = std::time::Duration::from_secs(60);
-        let store = SessionStore::new(2);
+        let store = MemorySessions::new(2);
         store.create(session(now + minute), now).unwrap();
         let live = store.create(session(now + minute * 10), now).unwrap();
         // The first has expired by now + 2 min: it makes room.

@@ -394,8 +394,32 @@ impl Checker<'_> {
             let seed = roles.get(name.get_ref()).copied().unwrap_or(RoleConfig {
                 read_original: false,
                 read_derived: false,
+                rank: None,
             });
             let r = role.get_ref();
+            let rank = match &r.rank {
+                None => seed.rank,
+                Some(rank) => {
+                    let value = *rank.get_ref();
+                    let ok = u64::try_from(value)
+                        .ok()
+                        .filter(|v| *v <= d::ROLE_RANK_MAX)
+                        .and_then(|v| u32::try_from(v).ok());
+                    if ok.is_none() {
+                        self.push(
+                            rank.span(),
+                            dotted(&["roles", name.get_ref().as_str(), "rank"]),
+                            format!(
+                                "{value} is out of range; set a rank from 0 to {} (higher is \
+                                 more powerful; the seeds: owner 50, admin 40, manager 30, \
+                                 reviewer 20, annotator 10)",
+                                d::ROLE_RANK_MAX
+                            ),
+                        );
+                    }
+                    ok
+                }
+            };
             let value = RoleConfig {
                 read_original: r
                     .read_original
@@ -405,6 +429,7 @@ impl Checker<'_> {
                     .read_derived
                     .as_ref()
                     .map_or(seed.read_derived, |v| *v.get_ref()),
+                rank,
             };
             labeler_set |= name.get_ref() == "labeler";
             roles.insert(name.get_ref().clone(), value);

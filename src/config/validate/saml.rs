@@ -13,7 +13,7 @@ use toml::Spanned;
 use super::super::defaults as d;
 use super::super::file::{RawSaml, RawSamlIdp, RawSamlRole};
 use super::super::{
-    ProjectConfig, RoleChoice, RoleConfig, SamlConfig, SamlIdpConfig, SamlRoleRule,
+    ProjectConfig, RoleChoice, RoleConfig, SamlConfig, SamlIdpConfig, SamlRoleRule, Secret,
 };
 use super::Checker;
 
@@ -56,6 +56,10 @@ impl Checker<'_> {
             d::SAML_MAX_RESPONSE_AGE_SECS_MIN,
             d::SAML_MAX_RESPONSE_AGE_SECS_MAX,
         );
+        let login_cookie_key = raw
+            .login_cookie_key
+            .as_ref()
+            .map(|key| self.login_cookie_key(key));
         let idp = match &raw.idp {
             Some(idp) => self.saml_idp(idp.span(), idp.get_ref(), roles, projects),
             None => {
@@ -76,8 +80,30 @@ impl Checker<'_> {
             acs_url: acs_url?,
             max_session: Duration::from_secs(max_session),
             max_response_age: Duration::from_secs(max_response_age),
+            login_cookie_key: login_cookie_key.flatten(),
             idp: idp?,
         }))
+    }
+
+    /// `[saml] login_cookie_key`: a secret reference whose value has at least
+    /// `SAML_LOGIN_COOKIE_KEY_MIN_BYTES` bytes. The value is never echoed.
+    fn login_cookie_key(&mut self, raw: &Spanned<String>) -> Option<Secret> {
+        let key = "saml.login_cookie_key";
+        let secret = self.secret(raw, key)?;
+        let len = secret.expose().len();
+        if len < d::SAML_LOGIN_COOKIE_KEY_MIN_BYTES {
+            self.push(
+                raw.span(),
+                key,
+                format!(
+                    "the key has {len} bytes; it needs at least {} (e.g. the output of \
+                     `openssl rand -hex 32`), the same on every node",
+                    d::SAML_LOGIN_COOKIE_KEY_MIN_BYTES
+                ),
+            );
+            return None;
+        }
+        Some(secret)
     }
 
     fn saml_idp(
@@ -128,7 +154,8 @@ impl Checker<'_> {
                 }
             },
         };
-        let rules = self.saml_roles(raw.roles.as_ref(), span, roles, projects);
+        let ranked = role_choice == Some(RoleChoice::Highest);
+        let rules = self.saml_roles(raw.roles.as_ref(), span, roles, projects, ranked);
         if self.errors.len() != before {
             return None;
         }
@@ -305,6 +332,7 @@ impl Checker<'_> {
         table: Range<usize>,
         roles: Option<&BTreeMap<String, RoleConfig>>,
         projects: Option<&BTreeMap<String, ProjectConfig>>,
+        ranked: bool,
     ) -> Option<Vec<SamlRoleRule>> {
         let missing = "no role rules; add a [[saml.idp.roles]] table with role_arn, provider_arn, \
                        gateway_role and project for each AWS role users may sign in with";
@@ -356,6 +384,26 @@ impl Checker<'_> {
                              manager, reviewer, annotator, labeler) or add [roles.{}]",
                             g.get_ref(),
                             g.get_ref()
+                        ),
+                    );
+                    None
+                }
+                Some(g)
+                    if ranked
+                        && roles.is_some_and(|roles| {
+                            roles.get(g.get_ref()).is_some_and(|r| r.rank.is_none())
+                        }) =>
+                {
+                    self.push(
+                        g.span(),
+                        format!("{prefix}.gateway_role"),
+                        format!(
+                            "role `{}` has no rank, and role_choice = \"highest\" compares \
+                             ranks; add `rank = N` to [roles.{}] (0-{}; the seeds: owner 50, \
+                             admin 40, manager 30, reviewer 20, annotator 10)",
+                            g.get_ref(),
+                            g.get_ref(),
+                            d::ROLE_RANK_MAX
                         ),
                     );
                     None
