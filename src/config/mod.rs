@@ -205,7 +205,7 @@ pub struct RoleConfig {
     pub read_derived: bool,
     /// How powerful the role is, for `[saml.idp] role_choice = "highest"` (higher wins).
     /// `None`: unranked; validation refuses an unranked role in a SAML role rule when the
-    /// choice is "highest", and [`crate::saml::sp`] ranks one below every ranked role.
+    /// choice is "highest", and the SAML service provider ranks one below every ranked role.
     pub rank: Option<u32>,
 }
 
