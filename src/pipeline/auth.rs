@@ -39,10 +39,39 @@ pub const LOGOUT_PATH: &str = "/auth/logout";
 /// Every route of this module starts with it.
 pub const AUTH_PREFIX: &str = "/auth/";
 
+/// The `/auth/` routes, parsed once with the request's [`super::route::Route`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthRoute {
+    /// `GET /auth/saml/login`: redirect to the IdP.
+    Login,
+    /// `POST /auth/saml/acs`: the IdP's response.
+    Acs,
+    /// `GET|HEAD /auth/session`: who is signed in.
+    Session,
+    /// `POST /auth/logout`: end the session.
+    Logout,
+    /// Another path under `/auth/`: 404.
+    Unknown,
+}
+
+impl AuthRoute {
+    /// The route of a path that starts with [`AUTH_PREFIX`].
+    pub fn parse(path: &str) -> AuthRoute {
+        match path {
+            LOGIN_PATH => AuthRoute::Login,
+            ACS_PATH => AuthRoute::Acs,
+            SESSION_PATH => AuthRoute::Session,
+            LOGOUT_PATH => AuthRoute::Logout,
+            _ => AuthRoute::Unknown,
+        }
+    }
+}
+
 /// Answer one `/auth/` request. `sp` is `None` without `[saml]` (every route is then 404).
 pub async fn handle<B: Body>(
     sp: Option<&ServiceProvider>,
     state: &SamlState,
+    route: AuthRoute,
     req: &http::request::Parts,
     body: B,
     audit: &mut AuthAudit,
@@ -50,31 +79,31 @@ pub async fn handle<B: Body>(
     let sp = sp.ok_or(SpError::NotConfigured)?;
     let now = state.now();
     let (method, query, headers) = (&req.method, req.uri.query(), &req.headers);
-    match req.uri.path() {
-        LOGIN_PATH => {
+    match route {
+        AuthRoute::Login => {
             allow(method, &[Method::GET], "GET")?;
             no_body(body).await?;
             let return_to = login_query(query)?;
             audit.rule = Some("saml login redirect");
             login(sp, state, return_to.as_deref(), now)
         }
-        ACS_PATH => {
+        AuthRoute::Acs => {
             allow(method, &[Method::POST], "POST")?;
             no_query(query)?;
             acs(sp, state, headers, body, now, audit).await
         }
-        SESSION_PATH => {
+        AuthRoute::Session => {
             allow(method, &[Method::GET, Method::HEAD], "GET, HEAD")?;
             no_query(query)?;
             no_body(body).await?;
             session_info(state, headers, now, audit).await
         }
-        LOGOUT_PATH => {
+        AuthRoute::Logout => {
             allow(method, &[Method::POST], "POST")?;
             no_query(query)?;
             logout(state, headers, now, audit).await
         }
-        _ => Err(SpError::NoRoute),
+        AuthRoute::Unknown => Err(SpError::NoRoute),
     }
 }
 

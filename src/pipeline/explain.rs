@@ -188,7 +188,7 @@ async fn access(
     // Only object requests are explained; the `/auth/` routes answer for themselves.
     let object = match route {
         Route::Object(object) => object,
-        Route::Auth | Route::NotFound => {
+        Route::Auth(_) | Route::NotFound => {
             return Ok(Access::Request(Error::Plan(PlanError::NoRoute)));
         }
     };

@@ -219,7 +219,7 @@ impl Pipeline {
         request::check(req).inspect_err(|_| ctx.malformed(Some("request")))?;
         let client = self.network_stage(snapshot, req, &route, conn, ctx)?;
         let object = match route {
-            Route::Auth => return self.auth(snapshot, req, body, client, ctx).await,
+            Route::Auth(route) => return self.auth(snapshot, route, req, body, client, ctx).await,
             Route::Object(_) if cors::is_preflight(&req.method, &req.headers) => {
                 return cors::preflight(&snapshot.cors, &req.headers);
             }
@@ -278,6 +278,7 @@ impl Pipeline {
     async fn auth<B: Body>(
         &self,
         snapshot: &Snapshot,
+        route: auth::AuthRoute,
         req: &http::request::Parts,
         body: B,
         client: network::ClientIp,
@@ -290,7 +291,15 @@ impl Pipeline {
             .map(Arc::as_ref)
             .ok_or(Error::Saml(SpError::NotConfigured))?;
         let mut audit = AuthAudit::default();
-        let result = auth::handle(snapshot.saml.as_deref(), state, req, body, &mut audit).await;
+        let result = auth::handle(
+            snapshot.saml.as_deref(),
+            state,
+            route,
+            req,
+            body,
+            &mut audit,
+        )
+        .await;
         ctx.who(
             audit.subject.as_deref(),
             audit.role.as_deref(),

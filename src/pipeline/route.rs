@@ -13,6 +13,7 @@
 
 use http::Method;
 
+use super::auth::AuthRoute;
 use super::plan::{self, PlanError, Target};
 
 /// The path prefix of the object route.
@@ -24,7 +25,7 @@ pub enum Route {
     /// `/o/{source}/{key...}`: one object, as stored.
     Object(ObjectRoute),
     /// `/auth/...`: the SAML service provider's routes (login, ACS, session, logout).
-    Auth,
+    Auth(AuthRoute),
     /// Anything else: 404 once the network stage has let it through.
     NotFound,
 }
@@ -62,8 +63,8 @@ impl Route {
                 method,
             });
         }
-        if path.starts_with(crate::pipeline::auth::AUTH_PREFIX) {
-            return Route::Auth;
+        if path.starts_with(super::auth::AUTH_PREFIX) {
+            return Route::Auth(AuthRoute::parse(path));
         }
         Route::NotFound
     }
@@ -72,7 +73,7 @@ impl Route {
     pub fn label(&self) -> &'static str {
         match self {
             Route::Object(_) => "object",
-            Route::Auth => "auth",
+            Route::Auth(_) => "auth",
             Route::NotFound => "other",
         }
     }
@@ -81,7 +82,7 @@ impl Route {
     pub fn network_source(&self) -> Option<&str> {
         match self {
             Route::Object(object) => object.source.as_deref(),
-            Route::Auth | Route::NotFound => None,
+            Route::Auth(_) | Route::NotFound => None,
         }
     }
 }
