@@ -91,8 +91,18 @@ impl Plan {
 pub enum Partition {
     /// Read with the gateway's credentials: the same bytes for everyone the policy admits.
     Gateway,
-    /// Read with a user's own credentials (a SAML session's): that subject's alone.
+    /// Read with a user's own credentials (a SAML session's): the assumed-role ARN STS returned
+    /// for that session, so only callers with that authority share an entry.
     User(String),
+}
+
+impl Partition {
+    /// The partition of whoever reads for this request ([`crate::backend::Caller::partition`]).
+    pub fn of(caller: &crate::backend::Caller<'_>) -> Partition {
+        caller
+            .partition()
+            .map_or(Partition::Gateway, |arn| Partition::User(arn.to_owned()))
+    }
 }
 
 /// What identifies one response for a cache: the source, the key's exact bytes (decoded once,
@@ -384,6 +394,20 @@ mod tests {
             key,
             plan.cache_key("\"v1\"", Partition::User("alice".to_owned()))
         );
+    }
+
+    #[test]
+    fn the_partition_is_the_gateway_or_the_users_assumed_role_arn() {
+        use crate::backend::Caller;
+        use crate::credentials::UserCredentials;
+        assert_eq!(Partition::of(&Caller::Gateway), Partition::Gateway);
+        let credentials = aws_credential_types::Credentials::new("AKIA", "s", None, None, "test");
+        let arn = "arn:aws:sts::123456789012:assumed-role/Labeler/alice";
+        let user = Caller::User(UserCredentials {
+            credentials: &credentials,
+            role_arn: arn,
+        });
+        assert_eq!(Partition::of(&user), Partition::User(arn.to_owned()));
     }
 
     #[test]
