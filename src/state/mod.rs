@@ -10,7 +10,7 @@
 //! - delegations: the delegated roles' cached credentials, so a reload makes no new STS call;
 //! - SAML state: sessions, the replay cache and the login-cookie key, so a reload keeps
 //!   everyone signed in;
-//! - later, the object cache and the job tables (issue 10's follow-ups) belong here too.
+//! - later, the object cache and the image and video job tables belong here too.
 //!
 //! Each part is a store behind its own type; where a part may later be kept outside the process
 //! (Redis), its store is an async trait with an in-memory implementation (see each part).
