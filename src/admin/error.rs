@@ -155,9 +155,12 @@ impl ProbeError {
     /// The text response: the message on one line.
     pub fn response(&self) -> Response<ResponseBody> {
         let mut resp = text(self.status(), format!("{self}\n"));
-        if matches!(self, ProbeError::MethodNotAllowed) {
-            resp.headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        match self {
+            ProbeError::MethodNotAllowed => {
+                resp.headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            }
+            ProbeError::NotFound | ProbeError::NotReady(_) | ProbeError::Metrics(_) => {}
         }
         resp
     }

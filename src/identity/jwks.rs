@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use jsonwebtoken::DecodingKey;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm};
@@ -209,11 +209,10 @@ impl Jwks {
             conn.abort();
             return Err(JwksError::HeadersTooLarge);
         }
-        let body = Limited::new(resp.into_body(), JWKS_MAX_BYTES)
-            .collect()
+        // The whole fetch runs under the JWKS timeout; this bounds only the size.
+        let body = crate::web::body::read_bounded(resp.into_body(), JWKS_MAX_BYTES, None)
             .await
-            .map_err(|_| JwksError::Body)?
-            .to_bytes();
+            .map_err(|_| JwksError::Body)?;
         conn.abort();
         Ok(body)
     }

@@ -92,10 +92,27 @@ impl Error {
                 | PlanError::UnknownParameter
                 | PlanError::RepeatedParameter => StatusCode::BAD_REQUEST,
             },
-            Error::Identity(IdentityError::AmbiguousToken) => StatusCode::BAD_REQUEST,
+            Error::Identity(e) => match e {
+                IdentityError::AmbiguousToken => StatusCode::BAD_REQUEST,
+                // Every other identity failure is the same 401, by design (fail closed).
+                IdentityError::NotConfigured
+                | IdentityError::Missing
+                | IdentityError::NotBearer
+                | IdentityError::TooLong
+                | IdentityError::Malformed(_)
+                | IdentityError::MissingKid
+                | IdentityError::CriticalHeader
+                | IdentityError::UnknownKid
+                | IdentityError::AlgorithmMismatch
+                | IdentityError::Rejected(_)
+                | IdentityError::Expired
+                | IdentityError::NoExpiry
+                | IdentityError::NotYetValid
+                | IdentityError::BadClaims(_)
+                | IdentityError::Revoked
+                | IdentityError::SessionExpired => StatusCode::UNAUTHORIZED,
+            },
             Error::Saml(e) => saml_status(e),
-            // Every other identity failure is the same 401, by design (fail closed).
-            Error::Identity(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::CorsOriginNotAllowed => StatusCode::FORBIDDEN,
@@ -131,13 +148,56 @@ impl Error {
             Error::MethodNotAllowed => {
                 h.insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
             }
-            Error::Saml(SpError::MethodNotAllowed { allow }) => {
-                h.insert(ALLOW, HeaderValue::from_static(allow));
-            }
-            Error::Identity(IdentityError::AmbiguousToken) => {}
-            Error::Identity(_) => {
-                h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
+            Error::Saml(e) => match e {
+                SpError::MethodNotAllowed { allow } => {
+                    h.insert(ALLOW, HeaderValue::from_static(allow));
+                }
+                SpError::NotConfigured
+                | SpError::NoRoute
+                | SpError::UnknownParameter
+                | SpError::Repeated
+                | SpError::BadEncoding
+                | SpError::BodyNotAllowed
+                | SpError::NotAForm
+                | SpError::NoResponse
+                | SpError::BodyTooLarge
+                | SpError::BodyRead
+                | SpError::BodyTimeout
+                | SpError::Response(_)
+                | SpError::Replayed
+                | SpError::SessionOver
+                | SpError::NoUsableRole
+                | SpError::SeveralRoles
+                | SpError::StsRefused
+                | SpError::StsConfigFault { .. }
+                | SpError::StsUnavailable
+                | SpError::StsTimeout
+                | SpError::StsProtocol
+                | SpError::Session(_)
+                | SpError::Request(_)
+                | SpError::ValidationAborted => {}
+            },
+            Error::Identity(e) => match e {
+                IdentityError::AmbiguousToken => {}
+                IdentityError::NotConfigured
+                | IdentityError::Missing
+                | IdentityError::NotBearer
+                | IdentityError::TooLong
+                | IdentityError::Malformed(_)
+                | IdentityError::MissingKid
+                | IdentityError::CriticalHeader
+                | IdentityError::UnknownKid
+                | IdentityError::AlgorithmMismatch
+                | IdentityError::Rejected(_)
+                | IdentityError::Expired
+                | IdentityError::NoExpiry
+                | IdentityError::NotYetValid
+                | IdentityError::BadClaims(_)
+                | IdentityError::Revoked
+                | IdentityError::SessionExpired => {
+                    h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                }
+            },
             Error::RangeNotSatisfiable { size } => {
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                     h.insert(CONTENT_RANGE, v);
@@ -174,7 +234,6 @@ impl Error {
             | Error::BodyNotAllowed
             | Error::BodyTimeout
             | Error::PreconditionFailed
-            | Error::Saml(_)
             | Error::Internal(_) => {}
         }
     }

@@ -79,8 +79,11 @@ pub struct Sessions<'s> {
     pub now: SystemTime,
 }
 
-/// Who a request is, and with what. Holds no borrowed token: only its hash, for the audit.
-pub enum Authenticated {
+/// Who a request is, and with what (stage 2's output: built only by [`authenticate_request`]).
+/// Holds no borrowed token: only its hash, for the audit.
+pub struct Authenticated(Inner);
+
+enum Inner {
     Token {
         principal: Principal,
         token_hash: String,
@@ -94,26 +97,24 @@ pub enum Authenticated {
 
 impl Authenticated {
     pub fn principal(&self) -> &Principal {
-        match self {
-            Authenticated::Token { principal, .. } => principal,
-            Authenticated::Session { session, .. } => session.principal(),
+        match &self.0 {
+            Inner::Token { principal, .. } => principal,
+            Inner::Session { session, .. } => session.principal(),
         }
     }
 
     /// [`crate::audit::token_hash`] of the token or the session id: never the secret itself.
     pub fn token_hash(&self) -> &str {
-        match self {
-            Authenticated::Token { token_hash, .. } | Authenticated::Session { token_hash, .. } => {
-                token_hash
-            }
+        match &self.0 {
+            Inner::Token { token_hash, .. } | Inner::Session { token_hash, .. } => token_hash,
         }
     }
 
     /// The user's own credentials and assumed-role ARN, for sources with `credentials = "saml"`.
     pub fn user_credentials(&self) -> Option<crate::credentials::UserCredentials<'_>> {
-        match self {
-            Authenticated::Token { .. } => None,
-            Authenticated::Session { session, .. } => Some(session.user_credentials()),
+        match &self.0 {
+            Inner::Token { .. } => None,
+            Inner::Session { session, .. } => Some(session.user_credentials()),
         }
     }
 }
@@ -144,18 +145,18 @@ pub async fn authenticate_request(
                 .get(id, s.now)
                 .await
                 .map_err(|_| IdentityError::SessionExpired)?;
-            Ok(Authenticated::Session {
+            Ok(Authenticated(Inner::Session {
                 session,
                 token_hash: crate::audit::token_hash(id),
-            })
+            }))
         }
         (Found::Token(token), _) => {
             let identity = identity.ok_or(IdentityError::NotConfigured)?;
             let principal = identity.verify(&token, now).await?;
-            Ok(Authenticated::Token {
+            Ok(Authenticated(Inner::Token {
                 principal,
                 token_hash: crate::audit::token_hash(&token),
-            })
+            }))
         }
         // A session cookie is only looked for when sessions exist.
         (Found::Session(_), None) => Err(IdentityError::Missing),

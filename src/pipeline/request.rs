@@ -207,24 +207,14 @@ fn is_unreserved_or_sub_delim(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b)
 }
 
-/// `reg-name = *( unreserved / pct-encoded / sub-delims )`; an IPv4 address is one too.
+/// `reg-name = *( unreserved / pct-encoded / sub-delims )`; an IPv4 address is one too. The
+/// hex digits of a `%XX` are unreserved characters, so: every `%` well-formed, every other byte
+/// unreserved or a sub-delim.
 fn is_reg_name(s: &str) -> bool {
     let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = |j: usize| b.get(j).is_some_and(u8::is_ascii_hexdigit);
-            if !(hex(i + 1) && hex(i + 2)) {
-                return false;
-            }
-            i += 3;
-        } else if is_unreserved_or_sub_delim(b[i]) {
-            i += 1;
-        } else {
-            return false;
-        }
-    }
-    true
+    crate::web::parse::check_percent(b).is_ok()
+        && b.iter()
+            .all(|&c| c == b'%' || is_unreserved_or_sub_delim(c))
 }
 
 /// `IPvFuture = "v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" )`.
