@@ -92,26 +92,9 @@ impl Error {
                 | PlanError::UnknownParameter
                 | PlanError::RepeatedParameter => StatusCode::BAD_REQUEST,
             },
-            Error::Identity(e) => match e {
-                IdentityError::AmbiguousToken => StatusCode::BAD_REQUEST,
-                // Every other identity failure is the same 401, by design (fail closed).
-                IdentityError::NotConfigured
-                | IdentityError::Missing
-                | IdentityError::NotBearer
-                | IdentityError::TooLong
-                | IdentityError::Malformed(_)
-                | IdentityError::MissingKid
-                | IdentityError::CriticalHeader
-                | IdentityError::UnknownKid
-                | IdentityError::AlgorithmMismatch
-                | IdentityError::Rejected(_)
-                | IdentityError::Expired
-                | IdentityError::NoExpiry
-                | IdentityError::NotYetValid
-                | IdentityError::BadClaims(_)
-                | IdentityError::Revoked
-                | IdentityError::SessionExpired => StatusCode::UNAUTHORIZED,
-            },
+            // Every identity failure but two tokens is the same 401, by design (fail closed).
+            Error::Identity(e) if is_ambiguous(e) => StatusCode::BAD_REQUEST,
+            Error::Identity(_) => StatusCode::UNAUTHORIZED,
             Error::Saml(e) => saml_status(e),
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -177,27 +160,10 @@ impl Error {
                 | SpError::Request(_)
                 | SpError::ValidationAborted => {}
             },
-            Error::Identity(e) => match e {
-                IdentityError::AmbiguousToken => {}
-                IdentityError::NotConfigured
-                | IdentityError::Missing
-                | IdentityError::NotBearer
-                | IdentityError::TooLong
-                | IdentityError::Malformed(_)
-                | IdentityError::MissingKid
-                | IdentityError::CriticalHeader
-                | IdentityError::UnknownKid
-                | IdentityError::AlgorithmMismatch
-                | IdentityError::Rejected(_)
-                | IdentityError::Expired
-                | IdentityError::NoExpiry
-                | IdentityError::NotYetValid
-                | IdentityError::BadClaims(_)
-                | IdentityError::Revoked
-                | IdentityError::SessionExpired => {
-                    h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                }
-            },
+            Error::Identity(e) if is_ambiguous(e) => {}
+            Error::Identity(_) => {
+                h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
             Error::RangeNotSatisfiable { size } => {
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                     h.insert(CONTENT_RANGE, v);
@@ -480,6 +446,31 @@ impl RequestError {
             self,
             RequestError::UnsupportedTransferCoding | RequestError::RepeatedChunked
         )
+    }
+}
+
+/// The one identity refusal that is the client's malformed request (400, no challenge) rather
+/// than the same 401 as every other: two tokens. Exhaustive, so a new identity error decides
+/// here which answer it gets (and with it, its status and `WWW-Authenticate`).
+fn is_ambiguous(e: &IdentityError) -> bool {
+    match e {
+        IdentityError::AmbiguousToken => true,
+        IdentityError::NotConfigured
+        | IdentityError::Missing
+        | IdentityError::NotBearer
+        | IdentityError::TooLong
+        | IdentityError::Malformed(_)
+        | IdentityError::MissingKid
+        | IdentityError::CriticalHeader
+        | IdentityError::UnknownKid
+        | IdentityError::AlgorithmMismatch
+        | IdentityError::Rejected(_)
+        | IdentityError::Expired
+        | IdentityError::NoExpiry
+        | IdentityError::NotYetValid
+        | IdentityError::BadClaims(_)
+        | IdentityError::Revoked
+        | IdentityError::SessionExpired => false,
     }
 }
 
