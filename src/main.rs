@@ -41,8 +41,10 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Dry-run a request through the network stage: print the client address the gateway would
-    /// use, the decision and the rule that made it. Exit 0 allow, 1 deny, 2 bad input.
+    /// Dry-run a request through the gateway's own stage functions: the network stage (the
+    /// client address it would use, the decision and its rule), then, with a token, identity,
+    /// authorize, the rate limits that would apply and the plan. Exit 0 allow, 1 deny, 2 bad
+    /// input.
     Explain {
         #[arg(long, short)]
         config: PathBuf,
