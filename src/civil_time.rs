@@ -2,8 +2,17 @@
 //! calendar conversion behind the audit log's RFC 3339 timestamps and SAML's xs:dateTime
 //! instants (H. Hinnant's `days_from_civil` / `civil_from_days` algorithms).
 //!
+//! Also [`unix_secs`], the one `SystemTime` -> whole Unix seconds conversion of the SAML code.
+//!
 //! A leaf: plain integer arithmetic, no I/O, imports nothing of the crate. Range checks of the
 //! fields (month 1-12, day 1-31) are the caller's.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Whole seconds since the Unix epoch; 0 for an instant before it.
+pub(crate) fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
 
 /// Days since 1970-01-01 of the date `year`-`month`-`day` (month 1-12, day 1-31).
 pub(crate) fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {

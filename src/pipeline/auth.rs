@@ -14,13 +14,14 @@
 //! values. Nothing from a SAML response, an STS answer or a credential is logged or answered;
 //! the error module picks every status.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use http_body::Body;
 
+use crate::civil_time::unix_secs;
 use crate::config::defaults as d;
 use crate::saml::response::SamlError;
 use crate::saml::session::{SessionError, SessionStore as _};
@@ -297,7 +298,7 @@ async fn session_info(
         "subject": p.subject(),
         "role": p.role(),
         "project": p.project(),
-        "expires": unix(session.expires()),
+        "expires": unix_secs(session.expires()),
     });
     let mut resp = reply(StatusCode::OK);
     resp.headers_mut()
@@ -342,10 +343,6 @@ fn reply(status: StatusCode) -> Response<Bytes> {
 
 fn header(value: &str) -> Result<HeaderValue, SpError> {
     HeaderValue::from_str(value).map_err(|_| SpError::Request(SamlError::Request))
-}
-
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::hmac;
 use ring::rand::SystemRandom;
 
+use crate::civil_time::unix_secs;
 use crate::config::defaults as d;
 
 /// Domain separation for the login cookie's MAC.
@@ -38,7 +39,7 @@ impl LoginKey {
     /// The cookie value for `request_id` and `return_to` (already made safe), valid until
     /// `now` + `SAML_LOGIN_COOKIE_SECS`.
     pub fn seal(&self, request_id: &str, return_to: &str, now: SystemTime) -> String {
-        let expires = unix(now).saturating_add(d::SAML_LOGIN_COOKIE_SECS);
+        let expires = unix_secs(now).saturating_add(d::SAML_LOGIN_COOKIE_SECS);
         let payload = format!("{request_id}\n{expires}\n{return_to}");
         let tag = hmac::sign(&self.0, &mac_input(&payload));
         format!(
@@ -59,7 +60,7 @@ impl LoginKey {
         let request_id = parts.next()?.to_owned();
         let expires: u64 = parts.next()?.parse().ok()?;
         let return_to = parts.next()?.to_owned();
-        (unix(now) < expires).then_some(PendingLogin {
+        (unix_secs(now) < expires).then_some(PendingLogin {
             request_id,
             return_to,
             expires: UNIX_EPOCH + Duration::from_secs(expires),
@@ -89,10 +90,6 @@ fn mac_input(payload: &str) -> Vec<u8> {
     input.extend_from_slice(LOGIN_MAC_CONTEXT);
     input.extend_from_slice(payload.as_bytes());
     input
-}
-
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

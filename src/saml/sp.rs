@@ -14,13 +14,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use super::login_cookie::{LoginKey, PendingLogin};
 use super::replay::{AnyReplayCache, ReplayCache as _};
 use super::request;
 use super::response::{self, Expect, IdpTrust, SamlError};
 use super::session::{AnySessionStore, Session, SessionError, SessionId, SessionStore as _};
+use crate::civil_time::unix_secs;
 use crate::config::defaults as d;
 use crate::config::{ProjectConfig, RoleChoice, RoleConfig, SamlConfig, SamlRoleRule};
 use crate::credentials::Clock;
@@ -402,7 +403,7 @@ impl ServiceProvider {
                 .get(&rule.project)
                 .cloned()
                 .unwrap_or_default(),
-            unix(expires),
+            unix_secs(expires),
         );
         audit.subject = Some(principal.subject().to_owned());
         audit.role = Some(principal.role().to_owned());
@@ -534,10 +535,6 @@ fn session_length(
     Ok((sts, end))
 }
 
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 /// The SP metadata XML for the IdP admin (`bucketgate saml-metadata`).
 pub fn metadata(config: &SamlConfig) -> String {
     request::sp_metadata(&config.sp_entity_id, &config.acs_url)
@@ -547,6 +544,7 @@ pub fn metadata(config: &SamlConfig) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn return_to_accepts_only_same_origin_relative_paths() {
