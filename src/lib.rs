@@ -13,6 +13,7 @@
 //! pipeline                     the request stages -> state, backend, credentials, identity, saml, audit
 //! state                        long-lived stores -> saml, identity, credentials
 //! backend, saml               -> credentials, identity; identity -> scope
+//! cache                       -> backend, config, telemetry (stage 6; never decides access)
 //! credentials -> aws -> config -> scope; audit, telemetry, civil_time, tokens are leaves
 //! ```
 //!
@@ -25,6 +26,7 @@ pub mod app;
 pub mod audit;
 pub mod aws;
 pub mod backend;
+pub mod cache;
 mod civil_time;
 pub mod config;
 pub mod credentials;

@@ -46,6 +46,58 @@ pub struct Config {
     pub saml: Option<SamlConfig>,
     /// `[sts]`: the STS endpoint for SAML sessions and delegated roles.
     pub sts: StsConfig,
+    /// `[cache]`: the object and derived-output cache. `None`: no cache (every read goes to
+    /// the origin). Built once at start: a reload that changes it is logged and applied at the
+    /// next start, except `bypass` (per-source `cache = false`), read per request.
+    pub cache: Option<CacheConfig>,
+}
+
+/// `[cache]`: memory tier, optional encrypted disk tier, chunking and metadata trust.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// `memory_bytes`: byte budget of the memory tier (hot chunks), never exceeded.
+    pub memory_bytes: u64,
+    /// `chunk_bytes`: objects are cached in aligned chunks of this size (256 KiB-16 MiB).
+    pub chunk_bytes: u64,
+    /// `metadata_ttl_secs`: how long an object's metadata (size, ETag) is trusted before the next
+    /// request revalidates it with the origin.
+    pub metadata_ttl: Duration,
+    /// `disk_dir` + `disk_bytes` (+ encryption): `None` = memory only.
+    pub disk: Option<DiskCacheConfig>,
+    /// Sources written with `cache = false`: always read from the origin.
+    pub bypass: std::collections::BTreeSet<String>,
+}
+
+/// The disk tier of `[cache]`.
+#[derive(Debug, Clone)]
+pub struct DiskCacheConfig {
+    /// `disk_dir`: the directory entries live in (created if missing; owned by the cache).
+    pub dir: PathBuf,
+    /// `disk_bytes`: byte budget of the disk tier, never exceeded.
+    pub max_bytes: u64,
+    /// `key` + `key_id`, or `encrypt = false` written out.
+    pub encryption: DiskEncryption,
+}
+
+/// How disk entries are protected at rest.
+#[derive(Clone)]
+pub enum DiskEncryption {
+    /// AES-256-GCM per chunk under `key` (32 bytes), tagged with `key_id` so keys can rotate.
+    Aes256Gcm { key_id: String, key: [u8; 32] },
+    /// `encrypt = false`: stored in the clear (the operator wrote it out).
+    Off,
+}
+
+impl fmt::Debug for DiskEncryption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DiskEncryption::Aes256Gcm { key_id, .. } => f
+                .debug_struct("Aes256Gcm")
+                .field("key_id", key_id)
+                .finish_non_exhaustive(),
+            DiskEncryption::Off => f.write_str("Off"),
+        }
+    }
 }
 
 /// `[network]`: who may reach the data listener at all. An empty `allow` denies everything.
@@ -631,6 +683,8 @@ impl Config {
             projects: BTreeMap::new(),
             saml: None,
             sts: StsConfig::default(),
+            // The embedded default turns on a small memory tier once `[cache]` exists.
+            cache: None,
         })
     }
 }

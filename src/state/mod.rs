@@ -10,7 +10,8 @@
 //! - delegations: the delegated roles' cached credentials, so a reload makes no new STS call;
 //! - SAML state: sessions, the replay cache and the login-cookie key, so a reload keeps
 //!   everyone signed in;
-//! - later, the object cache and the image and video job tables belong here too.
+//! - the object cache ([`crate::cache::Cache`]), when `[cache]` was configured at start; later
+//!   the image and video job tables too.
 //!
 //! Each part is a store behind its own type; where a part may later be kept outside the process
 //! (Redis), its store is an async trait with an in-memory implementation (see each part).
@@ -33,6 +34,8 @@ pub struct Shared {
     /// `None`: no SAML at all (benches that drive the pipeline directly); a gateway always has
     /// one, whether or not `[saml]` is configured now, so a reload can add it.
     saml: Option<Arc<SamlState>>,
+    /// `None`: no `[cache]` at start (reads go to the origin).
+    cache: Option<Arc<crate::cache::Cache>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -52,6 +55,7 @@ impl Shared {
             revocations,
             delegations,
             saml: None,
+            cache: None,
         }
     }
 
@@ -63,6 +67,17 @@ impl Shared {
             Arc::new(Revocations::in_memory()),
             Arc::new(Delegations::new(crate::credentials::system_clock())),
         )
+    }
+
+    /// Serve reads through `cache`.
+    pub fn with_cache(mut self, cache: Arc<crate::cache::Cache>) -> Shared {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The object cache, if `[cache]` was configured at start.
+    pub fn cache(&self) -> Option<&Arc<crate::cache::Cache>> {
+        self.cache.as_ref()
     }
 
     /// Keep SAML sessions in `state`.

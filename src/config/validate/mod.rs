@@ -330,6 +330,8 @@ impl Checker<'_> {
             projects: projects?,
             saml: saml?,
             sts: sts?,
+            // `[cache]` is parsed and validated by the cache issue's config step.
+            cache: None,
         })
     }
 
