@@ -104,6 +104,12 @@ pub struct Metrics {
     pub config_reloads: Family<ReloadLabel, Counter>,
     pub audit_dropped_records: Counter<u64, AtomicU64>,
     pub audit_write_errors: Counter<u64, AtomicU64>,
+    /// Bytes of the disk tier's entry files.
+    pub cache_disk_bytes: Gauge<i64, std::sync::atomic::AtomicI64>,
+    pub cache_integrity_failures: Counter<u64, AtomicU64>,
+    pub cache_disk_evictions: Counter<u64, AtomicU64>,
+    pub cache_disk_write_errors: Counter<u64, AtomicU64>,
+    pub cache_disk_dropped_writes: Counter<u64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -218,8 +224,45 @@ impl Metrics {
             "Failed writes (or rotations) of the audit log",
             audit_write_errors.clone(),
         );
+        let cache_disk_bytes = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        registry.register(
+            "cache_disk_bytes",
+            "Bytes of entry files in the cache's disk tier (its budget bounds them)",
+            cache_disk_bytes.clone(),
+        );
+        let cache_integrity_failures = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "cache_integrity_failures",
+            "Disk cache entries that failed to read, decrypt or authenticate (edited, truncated, \
+             moved, sealed under another key); each was deleted and treated as a miss",
+            cache_integrity_failures.clone(),
+        );
+        let cache_disk_evictions = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "cache_disk_evictions",
+            "Disk cache entries evicted (least recently used first) to stay within disk_bytes",
+            cache_disk_evictions.clone(),
+        );
+        let cache_disk_write_errors = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "cache_disk_write_errors",
+            "Failed disk cache writes (full disk, I/O error); the first one stops disk writes \
+             until the next start",
+            cache_disk_write_errors.clone(),
+        );
+        let cache_disk_dropped_writes = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "cache_disk_dropped_writes",
+            "Disk cache writes dropped because the write queue was full (a slow disk)",
+            cache_disk_dropped_writes.clone(),
+        );
         Metrics {
             registry,
+            cache_disk_bytes,
+            cache_integrity_failures,
+            cache_disk_evictions,
+            cache_disk_write_errors,
+            cache_disk_dropped_writes,
             network_decisions,
             proxy_protocol_failures,
             requests,

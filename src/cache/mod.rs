@@ -9,6 +9,8 @@
 //! (`key.rs`: what identifies an entry; `mem.rs`: the memory tier; `fill.rs`: one origin fetch
 //! per missing chunk, waiters streaming as bytes arrive; `disk.rs`: the encrypted disk tier).
 
+pub mod disk;
+
 use std::sync::Arc;
 
 use crate::backend::{AnyBackend, BackendError};
