@@ -119,29 +119,18 @@ impl Fill {
         }
     }
 
-    /// Fetch `range` of `key` into this fill: one ranged GET, frames published as they arrive,
-    /// the total checked against the chunk's length. Returns the whole chunk on success.
-    /// `first_byte` and `idle` bound the waits on the store.
-    pub async fn run<B: Backend>(
-        &self,
-        backend: &B,
-        key: &str,
-        range: ByteRange,
-        expect: &crate::backend::ObjectMeta,
-        caller: crate::backend::Caller<'_>,
-        first_byte: std::time::Duration,
-        idle: std::time::Duration,
-    ) -> Result<Bytes, Arc<BackendError>> {
-        let result = self
-            .fetch(backend, key, range, expect, caller, first_byte, idle)
-            .await;
-        let end = result.as_ref().map(|_| ()).map_err(Arc::clone);
-        self.end(end);
-        result
+    /// Tell every reader the fill is over: after the leader stored the chunk (or decided not to)
+    /// and took the fill out of the in-flight table, so a reader that sees the end and asks
+    /// again finds the chunk stored or a fresh fill, never this one.
+    pub fn finish(&self, result: &Result<Bytes, Arc<BackendError>>) {
+        self.end(result.as_ref().map(|_| ()).map_err(Arc::clone));
     }
 
+    /// Fetch `range` of `key` into this fill: one ranged GET, frames published as they arrive,
+    /// the total checked against the chunk's length. Returns the whole chunk on success; the
+    /// caller then calls [`Fill::finish`]. `first_byte` and `idle` bound the waits on the store.
     #[allow(clippy::too_many_arguments)]
-    async fn fetch<B: Backend>(
+    pub async fn run<B: Backend>(
         &self,
         backend: &B,
         key: &str,

@@ -760,7 +760,7 @@ fn join_or_lead(inner: &Arc<Inner>, fetch: &Arc<FetchCtx>, index: u64, id: Chunk
                 inner.idle_timeout,
             )
             .await;
-        match result {
+        match &result {
             Ok(bytes) => {
                 inner.metrics.cache_origin_bytes.inc_by(bytes.len() as u64);
                 if inner.generation.load(Ordering::SeqCst) == generation {
@@ -774,13 +774,13 @@ fn join_or_lead(inner: &Arc<Inner>, fetch: &Arc<FetchCtx>, index: u64, id: Chunk
                             bytes.clone(),
                         );
                     }
-                    inner.memory.insert(id.clone(), bytes);
+                    inner.memory.insert(id.clone(), bytes.clone());
                 }
             }
             Err(e) => {
                 inner.metrics.cache_fill_failures.inc();
                 if matches!(
-                    *e,
+                    **e,
                     BackendError::Changed | BackendError::NotFound | BackendError::NotAnObject
                 ) {
                     inner.forget_meta(fetch.key.object(), fetch.key.version());
@@ -788,15 +788,21 @@ fn join_or_lead(inner: &Arc<Inner>, fetch: &Arc<FetchCtx>, index: u64, id: Chunk
                 tracing::warn!(
                     source = fetch.key.source(),
                     chunk = index,
-                    error = %crate::telemetry::ErrorChain(&*e),
+                    error = %crate::telemetry::ErrorChain(&**e),
                     "cache fill failed; its readers' responses are aborted, nothing stored"
                 );
             }
         }
-        let mut fills = lock(&inner.fills);
-        if fills.get(&id).is_some_and(|f| Arc::ptr_eq(f, &fill)) {
-            fills.remove(&id);
+        {
+            let mut fills = lock(&inner.fills);
+            if fills.get(&id).is_some_and(|f| Arc::ptr_eq(f, &fill)) {
+                fills.remove(&id);
+            }
         }
+        fill.finish(&result);
     });
     Slot::Fill(reader, Outcome::Miss)
 }
+
+#[cfg(test)]
+mod tests;
