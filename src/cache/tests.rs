@@ -22,12 +22,16 @@ struct Rig {
 }
 
 fn rig(ttl: Duration) -> Rig {
+    rig_with(ttl, CHUNK)
+}
+
+fn rig_with(ttl: Duration, chunk_bytes: u64) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_owned();
     let metrics = Arc::new(Metrics::new());
     let config = CacheConfig {
-        memory_bytes: 1 << 20,
-        chunk_bytes: CHUNK,
+        memory_bytes: 64 << 20,
+        chunk_bytes,
         metadata_ttl: ttl,
         disk: None,
         bypass: BTreeSet::new(),
@@ -254,4 +258,44 @@ async fn cache_prewarm_reads_the_whole_object_into_memory() {
     assert_eq!((size, rig.fills()), (9000, 3));
     let (bytes, _, outcome) = rig.get("p", None).await.unwrap();
     assert_eq!((bytes, outcome), (object(9000, 4), Outcome::HitMemory));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_fill_goes_on_for_the_others_when_its_leader_leaves() {
+    let chunk = 4 << 20;
+    let rig = rig_with(Duration::from_secs(60), chunk);
+    let data = object(chunk as usize, 9);
+    rig.write("l", &data);
+    let object_id = ObjectId::new("s", "l", Partition::Gateway);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (meta, _) = rig
+        .cache
+        .metadata(&object_id, &rig.backend, Caller::Gateway, deadline)
+        .await
+        .unwrap();
+    let entry = CacheKey::new(object_id, &version_of(&meta), key::ORIGINAL);
+    let open = || {
+        rig.cache.read(
+            entry.clone(),
+            Arc::clone(&meta),
+            None,
+            Arc::clone(&rig.backend),
+            OwnedCaller::Gateway,
+        )
+    };
+    // The leader has its first bytes, then its client goes away.
+    let leader = open().await.unwrap();
+    assert_eq!(leader.outcome, Outcome::Miss);
+    drop(leader);
+    let mut other = open().await.unwrap();
+    let mut got = Vec::new();
+    while let Some(frame) = other.body.next().await {
+        got.extend_from_slice(&frame.unwrap());
+    }
+    assert!(got == data, "the follower gets every byte");
+    assert_eq!(rig.fills(), 1, "the leader's fill was not restarted");
+    // The follower may finish before the fill has stored the chunk; either way, no new fill.
+    let third = open().await.unwrap();
+    assert_ne!(third.outcome, Outcome::Miss);
+    assert_eq!(rig.fills(), 1);
 }
