@@ -5,9 +5,23 @@
 //! the authority partition, so a hit is served only where a miss would have been. It knows
 //! nothing of HTTP requests or statuses.
 //!
-//! This file is the interface the pipeline and the admin API use; the issue-12 work fills it in
-//! (`key.rs`: what identifies an entry; `mem.rs`: the memory tier; `fill.rs`: one origin fetch
-//! per missing chunk, waiters streaming as bytes arrive; `disk.rs`: the encrypted disk tier).
+//! This file is the interface the pipeline and the admin API use ([`Cache::metadata`],
+//! [`Cache::read`], [`Cache::purge`], [`Cache::stats`], [`Cache::prewarm_object`]) and the
+//! metadata table; `key.rs`: what identifies an entry and its byte encoding; `mem.rs`: the
+//! memory tier; `read.rs`: one read walking its chunks with a bounded read-ahead; `fill.rs`: one
+//! origin fetch per missing chunk, waiters streaming as bytes arrive, and the chunk arithmetic;
+//! `disk.rs`: the encrypted disk tier.
+//!
+//! A read, in order: the metadata (the table while it is younger than `metadata_ttl`, else one
+//! coalesced origin request: a cold object's comes with the first chunk the request reads, in
+//! one ranged GET; a known one's is revalidated with a HEAD); the pipeline answers 304/412/416
+//! and HEAD from it; then each chunk of the part: memory, disk (promoted to memory), a fill in
+//! flight (joined), or a new fill (led). The entry key holds the version, so a changed object
+//! gets new entries and a response never mixes versions: a fill pinned to the version the
+//! response started with fails with `Changed` instead.
+//!
+//! What it stores is [`ObjectMeta`] and bytes only: upstream headers (`Set-Cookie`, `x-amz-*`)
+//! are not part of either, so they are never stored.
 
 pub mod disk;
 pub mod fill;

@@ -265,10 +265,9 @@ async fn from_disk_or_fill(inner: Arc<Inner>, fetch: Arc<FetchCtx>, index: u64) 
             .await;
         let expected = fill::chunk_range(index, inner.config.chunk_bytes, fetch.meta.size)
             .map_or(0, |r| r.len());
+        let found = found.filter(|bytes| bytes.len() as u64 == expected);
         inner.count(found.is_some(), "disk");
-        if let Some(bytes) = found
-            && bytes.len() as u64 == expected
-        {
+        if let Some(bytes) = found {
             inner.memory.insert(id, bytes.clone());
             return Slot::Ready(bytes, "disk");
         }
