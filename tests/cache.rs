@@ -28,7 +28,14 @@ fn cache_config(bypass: &[&str]) -> CacheConfig {
 /// A gateway with the S3 source `origin` in front of a counting origin, `[cache]` on, audit to a
 /// file; returns the gateway, the origin and the audit file.
 async fn cached_gateway(bypass: &[&str]) -> (support::TestGateway, Origin, tempfile::TempDir) {
-    let origin = Origin::start(Mode::Healthy).await;
+    cached_gateway_with(Mode::Healthy, bypass).await
+}
+
+async fn cached_gateway_with(
+    mode: Mode,
+    bypass: &[&str],
+) -> (support::TestGateway, Origin, tempfile::TempDir) {
+    let origin = Origin::start(mode).await;
     let logs = tempfile::tempdir().unwrap();
     let audit_path = logs.path().join("audit.log");
     let cache = cache_config(bypass);
@@ -138,4 +145,52 @@ async fn cache_bypassed_source_reads_the_origin_every_time_and_is_audited_bypass
     let records = audit_records(gw, &logs).await;
     assert_eq!(records[&first]["cache"], "bypass");
     assert_eq!(records[&second]["cache"], "bypass");
+}
+
+#[tokio::test]
+async fn cache_origin_dying_mid_body_fails_every_waiter_cleanly_and_stores_nothing() {
+    let (gw, origin, _logs) = cached_gateway_with(Mode::ResetMidBody, &[]).await;
+    let clients = [gw.h1_client(), gw.h2_client()];
+    let url = gw.url("/o/origin/photo.png");
+    let requests = (0..20).map(|i| {
+        let client = clients[i % 2].clone();
+        let url = url.clone();
+        async move {
+            match client.get(url).send().await {
+                // A clean error answer (the failure came before the head) is fine too.
+                Ok(resp) if !resp.status().is_success() => Err(resp.status().to_string()),
+                Ok(resp) => resp
+                    .bytes()
+                    .await
+                    .map(|b| b.len())
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    });
+    for result in futures_util::future::join_all(requests).await {
+        assert!(
+            result.is_err(),
+            "a body the origin cut off was finished as complete: {result:?}"
+        );
+    }
+    let cache = gw.gateway().pipeline().shared().cache().unwrap();
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.memory_entries, stats.inflight_fills),
+        (0, 0),
+        "{stats:?}"
+    );
+    // The next request goes to the origin again (nothing was stored).
+    let before = origin.requests();
+    let again = clients[0].get(gw.url("/o/origin/photo.png")).send().await;
+    if let Ok(resp) = again
+        && resp.status().is_success()
+    {
+        assert!(resp.bytes().await.is_err());
+    }
+    assert!(
+        origin.requests() > before,
+        "a failed fill left nothing to serve"
+    );
 }
