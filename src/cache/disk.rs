@@ -658,7 +658,10 @@ impl Inner {
         };
         for name in &victims {
             let _ = fs::remove_file(self.path(name));
-            self.metrics.cache_disk_evictions.inc();
+            self.metrics
+                .cache_evictions
+                .get_or_create(&crate::telemetry::CacheTierLabel { tier: "disk" })
+                .inc();
         }
         self.publish(&self.lock());
         fits
@@ -1474,7 +1477,13 @@ mod tests {
         drop(tier);
         // A budget for two: the least recently used (b) goes at open.
         let (tier, metrics) = open(&encrypted(&path, 2 * size + 10));
-        assert_eq!(metrics.cache_disk_evictions.get(), 1);
+        assert_eq!(
+            metrics
+                .cache_evictions
+                .get_or_create(&crate::telemetry::CacheTierLabel { tier: "disk" })
+                .get(),
+            1
+        );
         assert_eq!(tier.get(&key("s", "b", "b")).await, None);
         assert_eq!(tier.get(&key("s", "a", "a")).await, Some(body(0, 100_000)));
         assert_eq!(tier.get(&key("s", "c", "c")).await, Some(body(2, 100_000)));
@@ -1509,7 +1518,13 @@ mod tests {
                 "hot entry evicted after {i}"
             );
         }
-        assert!(metrics.cache_disk_evictions.get() >= 80);
+        assert!(
+            metrics
+                .cache_evictions
+                .get_or_create(&crate::telemetry::CacheTierLabel { tier: "disk" })
+                .get()
+                >= 80
+        );
         assert_eq!(tier.get(&key("s", "cold-0", "cold-0")).await, None);
         assert!(tier.get(&key("s", "cold-99", "cold-99")).await.is_some());
         // Larger than the whole budget: never stored.
