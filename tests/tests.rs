@@ -13,6 +13,7 @@ mod accept_errors;
 mod admin_api;
 mod audit;
 mod binary;
+mod cache;
 mod cli;
 mod config_errors;
 mod cors;

@@ -221,6 +221,7 @@ impl GatewayBuilder {
             projects: BTreeMap::new(),
             saml: None,
             sts: bucketgate::config::StsConfig::default(),
+            cache: None,
         };
         GatewayBuilder {
             config,
