@@ -55,6 +55,10 @@ pub enum StartError {
     Revocations(#[from] RevocationError),
     #[error("setting up token verification")]
     Identity(#[from] IdentitySetupError),
+    /// The `[cache]` could not be built (its disk directory): the gateway does not start
+    /// without the cache it was configured with.
+    #[error("setting up the cache ([cache])")]
+    Cache(#[from] crate::cache::CacheError),
     #[error("setting up SAML sessions")]
     Saml(#[from] crate::saml::sp::SamlSetupError),
     #[error("binding {what} listener on {addr}")]
@@ -135,7 +139,14 @@ impl Gateway {
         // SAML sessions outlive snapshots too, whether or not `[saml]` is configured now.
         let saml = Arc::new(crate::saml::sp::SamlState::new(clock)?);
         // The one home of all of it (see `state.rs`), built once for the process.
-        let shared = Arc::new(Shared::new(admission, revocations, delegations).with_saml(saml));
+        let mut shared = Shared::new(admission, revocations, delegations).with_saml(saml);
+        // The cache is built once, before any port is bound: a reload cannot rebuild it.
+        if let Some(cache) = &config.cache {
+            let cache =
+                crate::cache::Cache::new(cache, Arc::clone(&metrics))?.with_limits(&config.limits);
+            shared = shared.with_cache(Arc::new(cache));
+        }
+        let shared = Arc::new(shared);
         let (audit, audit_done) = AuditLog::start(&config.audit, Arc::clone(&metrics))?;
         let pipeline = Arc::new(
             Pipeline::with_shared(

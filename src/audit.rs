@@ -76,6 +76,9 @@ pub struct Facts {
     pub decision: Decision,
     /// The rule (clause) that allowed or refused the request, from the authorize stage.
     pub rule: Option<String>,
+    /// Where the body came from (`hit-memory`, `hit-disk`, `miss`, `coalesced`, `bypass`);
+    /// `None` for a request that never reached the fetch stage.
+    pub cache: Option<&'static str>,
 }
 
 impl Facts {
@@ -93,6 +96,7 @@ impl Facts {
             token_hash: None,
             decision: Decision::Deny,
             rule: None,
+            cache: None,
         }
     }
 }
@@ -120,6 +124,7 @@ struct RequestRecord<'a> {
     project: Option<&'a str>,
     decision: Decision,
     rule: Option<&'a str>,
+    cache: Option<&'a str>,
     status: u16,
     bytes: u64,
     complete: bool,
@@ -276,6 +281,7 @@ impl Pending {
             project: f.project.as_deref(),
             decision: f.decision,
             rule: f.rule.as_deref(),
+            cache: f.cache,
             status: self.status,
             bytes,
             complete,

@@ -85,6 +85,12 @@ pub struct NetworkDecisionLabel {
     pub list: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheTierLabel {
+    /// `memory` or `disk`; for bytes served also `origin` (a fill streamed to its waiters).
+    pub tier: &'static str,
+}
+
 /// All gateway metrics. One instance per running gateway (tests run several in one process).
 pub struct Metrics {
     registry: Registry,
@@ -104,6 +110,27 @@ pub struct Metrics {
     pub config_reloads: Family<ReloadLabel, Counter>,
     pub audit_dropped_records: Counter<u64, AtomicU64>,
     pub audit_write_errors: Counter<u64, AtomicU64>,
+    /// Chunk lookups answered by a tier, by tier (`memory`, `disk`).
+    pub cache_hits: Family<CacheTierLabel, Counter>,
+    /// Chunk lookups a tier could not answer, by tier (`memory`, `disk`).
+    pub cache_misses: Family<CacheTierLabel, Counter>,
+    /// Body bytes handed to responses, by where they came from (`memory`, `disk`, `origin`).
+    pub cache_served_bytes: Family<CacheTierLabel, Counter>,
+    /// Bytes the cache's fills read from the origin (each once, however many waited on them).
+    pub cache_origin_bytes: Counter<u64, AtomicU64>,
+    /// Chunk fills the cache started (one origin request each), and those that failed.
+    pub cache_fills: Counter<u64, AtomicU64>,
+    pub cache_fill_failures: Counter<u64, AtomicU64>,
+    /// Readers that joined a fill another request led instead of fetching themselves.
+    pub cache_coalesced_waiters: Counter<u64, AtomicU64>,
+    /// Entries evicted to stay within a tier's budget, by tier.
+    pub cache_evictions: Family<CacheTierLabel, Counter>,
+    /// Bytes held by the memory tier.
+    pub cache_memory_bytes: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// Bytes the disk tier's entry files take (set by the disk tier).
+    pub cache_disk_bytes: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// Disk entries that failed to decrypt or verify (each deleted, treated as a miss).
+    pub cache_integrity_failures: Counter<u64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -218,8 +245,86 @@ impl Metrics {
             "Failed writes (or rotations) of the audit log",
             audit_write_errors.clone(),
         );
+        let cache_hits = Family::<CacheTierLabel, Counter>::default();
+        registry.register(
+            "cache_hits",
+            "Cache chunk lookups answered, by tier (memory, disk)",
+            cache_hits.clone(),
+        );
+        let cache_misses = Family::<CacheTierLabel, Counter>::default();
+        registry.register(
+            "cache_misses",
+            "Cache chunk lookups a tier could not answer, by tier (memory, disk)",
+            cache_misses.clone(),
+        );
+        let cache_served_bytes = Family::<CacheTierLabel, Counter>::default();
+        registry.register(
+            "cache_served_bytes",
+            "Body bytes the cache handed to responses, by where they came from (memory, disk, \
+             origin: a fill streamed to its waiters)",
+            cache_served_bytes.clone(),
+        );
+        let cache_origin_bytes = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "cache_origin_bytes",
+            "Bytes the cache's fills read from the origin (once per fill, however many waited)",
+            cache_origin_bytes.clone(),
+        );
+        let cache_fills = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "cache_fills",
+            "Chunk fills the cache started (one ranged origin GET each)",
+            cache_fills.clone(),
+        );
+        let cache_fill_failures = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "cache_fill_failures",
+            "Chunk fills that failed (every waiter's response aborted, nothing stored)",
+            cache_fill_failures.clone(),
+        );
+        let cache_coalesced_waiters = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "cache_coalesced_waiters",
+            "Chunk reads that joined a fill another request led",
+            cache_coalesced_waiters.clone(),
+        );
+        let cache_evictions = Family::<CacheTierLabel, Counter>::default();
+        registry.register(
+            "cache_evictions",
+            "Cache entries evicted to stay within a tier's byte budget, by tier",
+            cache_evictions.clone(),
+        );
+        let cache_memory_bytes = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        registry.register(
+            "cache_memory_bytes",
+            "Bytes held by the cache's memory tier",
+            cache_memory_bytes.clone(),
+        );
+        let cache_disk_bytes = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        registry.register(
+            "cache_disk_bytes",
+            "Bytes the cache's disk tier entry files take",
+            cache_disk_bytes.clone(),
+        );
+        let cache_integrity_failures = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "cache_integrity_failures",
+            "Disk cache entries that failed to decrypt or verify (deleted, treated as a miss)",
+            cache_integrity_failures.clone(),
+        );
         Metrics {
             registry,
+            cache_hits,
+            cache_misses,
+            cache_served_bytes,
+            cache_origin_bytes,
+            cache_fills,
+            cache_fill_failures,
+            cache_coalesced_waiters,
+            cache_evictions,
+            cache_memory_bytes,
+            cache_disk_bytes,
+            cache_integrity_failures,
             network_decisions,
             proxy_protocol_failures,
             requests,

@@ -90,6 +90,48 @@ impl<'a> Caller<'a> {
     }
 }
 
+/// An owned [`Caller`], for work that outlives the request that asked for it (a cache fill
+/// other requests wait on, whose leader may leave). Never printed with its secret.
+#[derive(Clone)]
+pub enum OwnedCaller {
+    Gateway,
+    User {
+        credentials: aws_credential_types::Credentials,
+        role_arn: std::sync::Arc<str>,
+    },
+}
+
+impl OwnedCaller {
+    pub fn of(caller: &Caller<'_>) -> OwnedCaller {
+        match caller {
+            Caller::Gateway => OwnedCaller::Gateway,
+            Caller::User(user) => OwnedCaller::User {
+                credentials: user.credentials.clone(),
+                role_arn: user.role_arn.into(),
+            },
+        }
+    }
+
+    pub fn as_caller(&self) -> Caller<'_> {
+        match self {
+            OwnedCaller::Gateway => Caller::Gateway,
+            OwnedCaller::User {
+                credentials,
+                role_arn,
+            } => Caller::User(UserCredentials {
+                credentials,
+                role_arn,
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for OwnedCaller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.as_caller().fmt(f)
+    }
+}
+
 /// What to read once the metadata is known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Want {

@@ -40,6 +40,7 @@ impl RequestCtx {
             subject = tracing::field::Empty,
             role = tracing::field::Empty,
             project = tracing::field::Empty,
+            cache = tracing::field::Empty,
             status = tracing::field::Empty,
         );
         RequestCtx {
@@ -138,6 +139,13 @@ impl RequestCtx {
         self.facts.subject = subject.map(str::to_owned);
         self.facts.role = role.map(str::to_owned);
         self.facts.project = project.map(str::to_owned);
+    }
+
+    /// Where the response's bytes come from (stage 6): `hit-memory`, `hit-disk`, `miss`,
+    /// `coalesced`, or `bypass` when the cache did not take part.
+    pub fn cache(&mut self, outcome: crate::cache::Outcome) {
+        self.span.record("cache", outcome.label());
+        self.facts.cache = Some(outcome.label());
     }
 
     /// The answer's status, on the span; the audit facts to write once the body is done.

@@ -239,7 +239,7 @@ impl Pipeline {
         wait_for_empty_body(open_body).await?;
         let plan = plan::resolve(admitted, |s| snapshot.sources.contains_key(s))?;
         let user = authenticated.user_credentials();
-        self.fetch(snapshot, &req.headers, &plan, head_only, ctx.route(), user)
+        self.fetch(snapshot, &req.headers, &plan, head_only, user, ctx)
             .await
     }
 
@@ -365,20 +365,17 @@ impl Pipeline {
     }
 
     /// Metadata, preconditions, range, then the body. If the object changes between metadata and
-    /// body, start over (bounded): a response never mixes two versions.
+    /// body, start over (bounded): a response never mixes two versions. Through the cache when
+    /// there is one and the source does not opt out (stage 6), else straight from the store.
     async fn fetch(
         &self,
         snapshot: &Snapshot,
         headers: &http::HeaderMap,
         plan: &Plan,
         head_only: bool,
-        route: &'static str,
         user: Option<crate::credentials::UserCredentials<'_>>,
+        ctx: &mut RequestCtx,
     ) -> Result<Response<ResponseBody>, Error> {
-        let backend_err = |error| Error::Backend {
-            source_name: plan.source().to_owned(),
-            error,
-        };
         let backend = snapshot
             .sources
             .get(plan.source())
@@ -387,17 +384,142 @@ impl Pipeline {
         // One first-byte budget for the whole wait on the store, however many calls it takes
         // (HEAD, GET, their retries, starting over after a change).
         let deadline = tokio::time::Instant::now() + snapshot.limits.upstream_first_byte_timeout;
+        // A SAML session's reads are signed with the user's own credentials; `saml` sources
+        // refuse a request without them (never a fallback to broader ones).
+        let caller = user.map_or(Caller::Gateway, Caller::User);
+        let route = ctx.route();
+        match self.shared.cache() {
+            Some(cache) if snapshot.caches(plan.source()) => {
+                let fetched = Fetch {
+                    snapshot,
+                    conditions: &conditions,
+                    plan,
+                    head_only,
+                    route,
+                    backend,
+                    caller,
+                    deadline,
+                };
+                self.fetch_cached(cache, fetched, ctx).await
+            }
+            _ => {
+                ctx.cache(crate::cache::Outcome::Bypass);
+                self.fetch_origin(
+                    snapshot,
+                    &conditions,
+                    plan,
+                    head_only,
+                    route,
+                    backend,
+                    caller,
+                    deadline,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Stage 6 then 7 through the cache: metadata from its table (or one coalesced HEAD),
+    /// 304/412/416/HEAD answered from it, then the part read chunk by chunk. Authorization ran
+    /// before (a [`Plan`] exists only after admission); the cache key holds the partition.
+    async fn fetch_cached(
+        &self,
+        cache: &crate::cache::Cache,
+        f: Fetch<'_>,
+        ctx: &mut RequestCtx,
+    ) -> Result<Response<ResponseBody>, Error> {
+        let backend_err = |error| Error::Backend {
+            source_name: f.plan.source().to_owned(),
+            error,
+        };
+        let partition = plan::Partition::of(&f.caller);
+        let object = f.plan.object_id(partition.clone());
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let decide = Arc::clone(&conditions);
+            let (meta, meta_outcome) = cache
+                .metadata(&object, f.backend, f.caller, f.deadline)
+                .await
+                .map_err(backend_err)?;
+            let part = match range::answer(f.conditions, &meta, f.head_only) {
+                Answer::Send(part) if !f.head_only => part,
+                // 304, 412, 416 and HEAD from the metadata alone.
+                _ => {
+                    ctx.cache(meta_outcome);
+                    return self.respond(
+                        f.conditions,
+                        &meta,
+                        None,
+                        f.head_only,
+                        f.route,
+                        f.plan.source(),
+                    );
+                }
+            };
+            let key = f
+                .plan
+                .cache_key(&crate::cache::version_of(&meta), partition.clone());
+            let read = cache
+                .read(
+                    key,
+                    Arc::clone(&meta),
+                    part,
+                    Arc::clone(f.backend),
+                    crate::backend::OwnedCaller::of(&f.caller),
+                )
+                .await;
+            match read {
+                Ok(read) => {
+                    ctx.cache(read.outcome);
+                    let object = crate::backend::ObjectBody {
+                        meta: (*meta).clone(),
+                        body: read.body,
+                    };
+                    return self.respond(
+                        f.conditions,
+                        &meta,
+                        Some((object, part)),
+                        f.head_only,
+                        f.route,
+                        f.plan.source(),
+                    );
+                }
+                // The cache forgot the metadata it had: the next attempt asks the store.
+                Err(BackendError::Changed)
+                    if attempts <= f.snapshot.limits.upstream_max_retries =>
+                {
+                    tracing::debug!(attempts, "object changed under the cache; starting over");
+                }
+                Err(e) => return Err(backend_err(e)),
+            }
+        }
+    }
+
+    /// Stage 7 without the cache: one `open` of the store per attempt.
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_origin(
+        &self,
+        snapshot: &Snapshot,
+        conditions: &Arc<http::HeaderMap>,
+        plan: &Plan,
+        head_only: bool,
+        route: &'static str,
+        backend: &crate::backend::AnyBackend,
+        caller: Caller<'_>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Response<ResponseBody>, Error> {
+        let backend_err = |error| Error::Backend {
+            source_name: plan.source().to_owned(),
+            error,
+        };
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let decide = Arc::clone(conditions);
             let want = move |meta: &ObjectMeta| match range::answer(&decide, meta, head_only) {
                 Answer::Send(part) if !head_only => Want::Body(part),
                 _ => Want::Meta,
             };
-            // A SAML session's reads are signed with the user's own credentials; `saml`
-            // sources refuse a request without them (never a fallback to broader ones).
-            let caller = user.map_or(Caller::Gateway, Caller::User);
             let opened = backend.open(plan.key(), want, caller, deadline).await;
             let (meta, object) = match opened {
                 Ok(Opened::Meta(meta)) => (meta, None),
@@ -408,7 +530,7 @@ impl Pipeline {
                 }
                 Err(e) => return Err(backend_err(e)),
             };
-            return self.respond(&conditions, &meta, object, head_only, route, plan.source());
+            return self.respond(conditions, &meta, object, head_only, route, plan.source());
         }
     }
 
@@ -458,6 +580,18 @@ impl Pipeline {
             .body(web::boxed(body))
             .map_err(Error::Internal)
     }
+}
+
+/// What the fetch stage works with, for the cached path.
+struct Fetch<'a> {
+    snapshot: &'a Snapshot,
+    conditions: &'a http::HeaderMap,
+    plan: &'a Plan,
+    head_only: bool,
+    route: &'static str,
+    backend: &'a Arc<crate::backend::AnyBackend>,
+    caller: Caller<'a>,
+    deadline: tokio::time::Instant,
 }
 
 /// A body the framing left open (an h2 stream, a chunked body) must end, empty, in time: read

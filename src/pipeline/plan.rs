@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 
+pub use crate::cache::key::{CacheKey, ObjectId, Partition};
 use crate::config::defaults::MAX_KEY_BYTES;
 use crate::pipeline::admit::Admitted;
 use crate::pipeline::authorize::{Grant, Resource};
@@ -51,6 +52,13 @@ impl Representation {
             Representation::Original => crate::identity::Representation::Original,
         }
     }
+
+    /// The normalized, opaque name the cache keys this representation by.
+    pub fn cache_label(&self) -> &'static str {
+        match self {
+            Representation::Original => crate::cache::key::ORIGINAL,
+        }
+    }
 }
 
 /// What to serve: a configured source, a validated key and a representation. Built only by
@@ -73,65 +81,19 @@ impl Plan {
         &self.representation
     }
 
+    /// The object as `partition` sees it: the cache's metadata key.
+    pub fn object_id(&self, partition: Partition) -> ObjectId {
+        ObjectId::new(&self.source, &self.key, partition)
+    }
+
     /// The cache key of this plan's response for one `version` of the object (its ETag, known
     /// only once the store has answered) read as `partition`.
     pub fn cache_key(&self, version: &str, partition: Partition) -> CacheKey {
-        CacheKey {
-            source: self.source.clone(),
-            key: self.key.as_bytes().into(),
-            version: version.to_owned(),
-            representation: self.representation.clone(),
-            partition,
-        }
-    }
-}
-
-/// Whose view of the store a response is.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Partition {
-    /// Read with the gateway's credentials: the same bytes for everyone the policy admits.
-    Gateway,
-    /// Read with a user's own credentials (a SAML session's): the assumed-role ARN STS returned
-    /// for that session, so only callers with that authority share an entry.
-    User(String),
-}
-
-impl Partition {
-    /// The partition of whoever reads for this request ([`crate::backend::Caller::partition`]).
-    pub fn of(caller: &crate::backend::Caller<'_>) -> Partition {
-        caller
-            .partition()
-            .map_or(Partition::Gateway, |arn| Partition::User(arn.to_owned()))
-    }
-}
-
-/// What identifies one response for a cache: the source, the key's exact bytes (decoded once,
-/// never normalized), the object's version, the representation and the partition. Nothing caches
-/// yet.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct CacheKey {
-    source: String,
-    key: Box<[u8]>,
-    version: String,
-    representation: Representation,
-    partition: Partition,
-}
-
-impl CacheKey {
-    pub fn source(&self) -> &str {
-        &self.source
-    }
-    pub fn key(&self) -> &[u8] {
-        &self.key
-    }
-    pub fn version(&self) -> &str {
-        &self.version
-    }
-    pub fn representation(&self) -> &Representation {
-        &self.representation
-    }
-    pub fn partition(&self) -> &Partition {
-        &self.partition
+        CacheKey::new(
+            self.object_id(partition),
+            version,
+            self.representation.cache_label(),
+        )
     }
 }
 
@@ -387,27 +349,13 @@ mod tests {
         assert_eq!(key.source(), "local");
         assert_eq!(key.key(), b"a b//c");
         assert_eq!(key.version(), "\"v1\"");
-        assert_eq!(key.representation(), &Representation::Original);
+        assert_eq!(key.representation(), "o");
         assert_eq!(key.partition(), &Partition::Gateway);
         assert_ne!(key, plan.cache_key("\"v2\"", Partition::Gateway));
         assert_ne!(
             key,
-            plan.cache_key("\"v1\"", Partition::User("alice".to_owned()))
+            plan.cache_key("\"v1\"", Partition::User("alice".into()))
         );
-    }
-
-    #[test]
-    fn the_partition_is_the_gateway_or_the_users_assumed_role_arn() {
-        use crate::backend::Caller;
-        use crate::credentials::UserCredentials;
-        assert_eq!(Partition::of(&Caller::Gateway), Partition::Gateway);
-        let credentials = aws_credential_types::Credentials::new("AKIA", "s", None, None, "test");
-        let arn = "arn:aws:sts::123456789012:assumed-role/Labeler/alice";
-        let user = Caller::User(UserCredentials {
-            credentials: &credentials,
-            role_arn: arn,
-        });
-        assert_eq!(Partition::of(&user), Partition::User(arn.to_owned()));
     }
 
     #[test]

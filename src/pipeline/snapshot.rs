@@ -46,7 +46,10 @@ pub enum SnapshotError {
 /// snapshot once and uses it for every stage, so a reload never splits a request across two
 /// configurations.
 pub struct Snapshot {
-    pub(super) sources: HashMap<String, AnyBackend>,
+    /// Shared with the cache's fills, which outlive the request (and may outlive the snapshot).
+    pub(super) sources: HashMap<String, Arc<AnyBackend>>,
+    /// Sources written `cache = false`: read from the origin even when `[cache]` is on.
+    pub(super) cache_bypass: std::collections::BTreeSet<String>,
     pub(super) limits: Limits,
     pub(super) network: network::NetworkPolicy,
     pub(super) cors: cors::Cors,
@@ -66,7 +69,11 @@ impl Snapshot {
         network: network::NetworkPolicy,
     ) -> Snapshot {
         Snapshot {
-            sources,
+            sources: sources
+                .into_iter()
+                .map(|(name, backend)| (name, Arc::new(backend)))
+                .collect(),
+            cache_bypass: std::collections::BTreeSet::new(),
             limits,
             network,
             cors: cors::Cors::disabled(),
@@ -104,6 +111,17 @@ impl Snapshot {
         self
     }
 
+    /// Read the sources in `bypass` from the origin, never through the cache (`cache = false`).
+    pub fn with_cache_bypass(mut self, bypass: std::collections::BTreeSet<String>) -> Snapshot {
+        self.cache_bypass = bypass;
+        self
+    }
+
+    /// Whether reads of `source` may go through the cache (it is not written `cache = false`).
+    pub fn caches(&self, source: &str) -> bool {
+        !self.cache_bypass.contains(source)
+    }
+
     /// Answer CORS for the configured origins (default: none).
     pub fn with_cors(mut self, cors: cors::Cors) -> Snapshot {
         self.cors = cors;
@@ -115,8 +133,13 @@ impl Snapshot {
         &self.network
     }
 
-    pub fn sources(&self) -> impl Iterator<Item = (&String, &AnyBackend)> {
+    pub fn sources(&self) -> impl Iterator<Item = (&String, &Arc<AnyBackend>)> {
         self.sources.iter()
+    }
+
+    /// The backend of the source `name` (the admin API's prewarm reads through it).
+    pub fn source(&self, name: &str) -> Option<&Arc<AnyBackend>> {
+        self.sources.get(name)
     }
 
     pub fn limits(&self) -> &Limits {
@@ -179,6 +202,13 @@ pub async fn build_snapshot(
     .with_access(
         identity,
         Policy::new(config.roles.clone(), config.projects.clone()),
+    )
+    .with_cache_bypass(
+        config
+            .cache
+            .as_ref()
+            .map(|c| c.bypass.clone())
+            .unwrap_or_default(),
     )
     .with_cors(Cors::new(&config.cors))
     .with_hsts(&config.listener.hsts)

@@ -243,6 +243,12 @@ impl Control {
         if old.listener.addr != effective.listener.addr || old.admin.addr != effective.admin.addr {
             tracing::warn!("listener addresses changed in the config; they apply after a restart");
         }
+        if crate::cache::differs_at_start(old.cache.as_ref(), effective.cache.as_ref()) {
+            tracing::warn!(
+                "[cache] changed in the config; it applies at the next start (per-source \
+                 `cache = false` applies now)"
+            );
+        }
         self.pipeline.replace(snapshot);
         if tls.leaf() != &self.tls.leaf() {
             tracing::info!("TLS certificate changed; new connections are served the new one");

@@ -1,0 +1,257 @@
+//! The cache against a real in-process backend (an fs source in a temp dir): coalescing, ranges
+//! through chunks, failed fills, purges. The gateway-level tests are in `tests/cache.rs`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap; src/ may not
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use super::*;
+use crate::backend::fs::FsBackend;
+
+const CHUNK: u64 = 4096;
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    cache: Arc<Cache>,
+    backend: Arc<AnyBackend>,
+    metrics: Arc<Metrics>,
+}
+
+fn rig(ttl: Duration) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    let metrics = Arc::new(Metrics::new());
+    let config = CacheConfig {
+        memory_bytes: 1 << 20,
+        chunk_bytes: CHUNK,
+        metadata_ttl: ttl,
+        disk: None,
+        bypass: BTreeSet::new(),
+    };
+    let cache = Arc::new(Cache::new(&config, Arc::clone(&metrics)).unwrap());
+    let backend = Arc::new(AnyBackend::Fs(FsBackend::new(&root).unwrap()));
+    Rig {
+        _dir: dir,
+        root,
+        cache,
+        backend,
+        metrics,
+    }
+}
+
+fn object(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect()
+}
+
+impl Rig {
+    fn write(&self, key: &str, data: &[u8]) {
+        std::fs::write(self.root.join(key), data).unwrap();
+    }
+
+    fn fills(&self) -> u64 {
+        self.metrics.cache_fills.get()
+    }
+
+    /// Metadata then the part, as the pipeline does; the bytes and the two outcomes.
+    async fn get(
+        &self,
+        key: &str,
+        part: Option<ByteRange>,
+    ) -> Result<(Vec<u8>, Outcome, Outcome), BackendError> {
+        let object = ObjectId::new("s", key, Partition::Gateway);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (meta, meta_outcome) = self
+            .cache
+            .metadata(&object, &self.backend, Caller::Gateway, deadline)
+            .await?;
+        let entry = CacheKey::new(object, &version_of(&meta), key::ORIGINAL);
+        let mut read = self
+            .cache
+            .read(
+                entry,
+                meta,
+                part,
+                Arc::clone(&self.backend),
+                OwnedCaller::Gateway,
+            )
+            .await?;
+        let mut out = Vec::new();
+        while let Some(frame) = read.body.next().await {
+            out.extend_from_slice(&frame?);
+        }
+        Ok((out, meta_outcome, read.outcome))
+    }
+}
+
+fn r(start: u64, end: u64) -> Option<ByteRange> {
+    Some(ByteRange { start, end })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cache_concurrent_cold_reads_make_one_fill_per_chunk_and_one_metadata_request() {
+    let rig = Arc::new(rig(Duration::from_secs(60)));
+    let data = object(2 * CHUNK as usize + 1000, 7);
+    rig.write("big", &data);
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let rig = Arc::clone(&rig);
+            tokio::spawn(async move { rig.get("big", None).await.unwrap() })
+        })
+        .collect();
+    let mut meta_misses = 0;
+    let mut body_misses = 0;
+    for task in tasks {
+        let (bytes, meta_outcome, outcome) = task.await.unwrap();
+        assert!(bytes == data, "every response is byte-exact");
+        meta_misses += usize::from(meta_outcome == Outcome::Miss);
+        body_misses += usize::from(outcome == Outcome::Miss);
+    }
+    assert_eq!(meta_misses, 1, "one metadata request for 200 readers");
+    assert_eq!(rig.fills(), 3, "one fill per chunk");
+    assert!(body_misses >= 1);
+    assert_eq!(rig.metrics.cache_origin_bytes.get(), data.len() as u64);
+    assert_eq!(rig.cache.stats().inflight_fills, 0);
+    assert_eq!(rig.cache.stats().memory_entries, 3);
+}
+
+#[tokio::test]
+async fn cache_ranges_fetch_only_missing_chunks_and_warm_reads_are_memory_hits() {
+    let rig = rig(Duration::from_secs(60));
+    let size = 3 * CHUNK + 500; // the last chunk is partial
+    let data = object(size as usize, 3);
+    rig.write("v", &data);
+    let slice = |a: u64, b: u64| data[a as usize..=b as usize].to_vec();
+
+    // The middle chunk only.
+    let (bytes, _, outcome) = rig.get("v", r(CHUNK + 10, CHUNK + 20)).await.unwrap();
+    assert_eq!(bytes, slice(CHUNK + 10, CHUNK + 20));
+    assert_eq!((outcome, rig.fills()), (Outcome::Miss, 1));
+    // Spanning chunks 0..=1: only chunk 0 is fetched.
+    let (bytes, _, _) = rig.get("v", r(CHUNK - 5, CHUNK + 5)).await.unwrap();
+    assert_eq!(bytes, slice(CHUNK - 5, CHUNK + 5));
+    assert_eq!(rig.fills(), 2);
+    // The last, partial chunk.
+    let (bytes, _, _) = rig.get("v", r(size - 3, size - 1)).await.unwrap();
+    assert_eq!(bytes, slice(size - 3, size - 1));
+    assert_eq!(rig.fills(), 3);
+    // The whole object: only chunk 2 was missing.
+    let (bytes, meta_outcome, outcome) = rig.get("v", None).await.unwrap();
+    assert_eq!(bytes, data);
+    assert_eq!(
+        (meta_outcome, outcome, rig.fills()),
+        (Outcome::HitMemory, Outcome::Miss, 4)
+    );
+    // Warm: every shape from memory, no fill.
+    for (a, b) in [
+        (0, size - 1),
+        (0, 0),
+        (CHUNK - 1, CHUNK),
+        (CHUNK, 2 * CHUNK - 1),
+        (2 * CHUNK + 7, size - 1),
+        (size - 1, size - 1),
+    ] {
+        let (bytes, meta_outcome, outcome) = rig.get("v", r(a, b)).await.unwrap();
+        assert_eq!(bytes, slice(a, b), "{a}-{b}");
+        assert_eq!(
+            (meta_outcome, outcome),
+            (Outcome::HitMemory, Outcome::HitMemory)
+        );
+    }
+    assert_eq!(rig.fills(), 4);
+}
+
+#[tokio::test]
+async fn cache_fill_of_a_changed_object_fails_stores_nothing_and_forgets_the_metadata() {
+    let rig = rig(Duration::from_secs(60));
+    rig.write("c", &object(3000, 1)); // one chunk: one fill
+    let object_id = ObjectId::new("s", "c", Partition::Gateway);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (meta, _) = rig
+        .cache
+        .metadata(&object_id, &rig.backend, Caller::Gateway, deadline)
+        .await
+        .unwrap();
+    // The object changes under the cache (another size: another ETag).
+    rig.write("c", &object(6000, 2));
+    let entry = CacheKey::new(object_id.clone(), &version_of(&meta), key::ORIGINAL);
+    let read = rig
+        .cache
+        .read(
+            entry,
+            meta,
+            None,
+            Arc::clone(&rig.backend),
+            OwnedCaller::Gateway,
+        )
+        .await;
+    assert!(matches!(read, Err(BackendError::Changed)), "{read:?}");
+    assert_eq!(rig.metrics.cache_fill_failures.get(), 1);
+    let stats = rig.cache.stats();
+    assert_eq!((stats.memory_entries, stats.inflight_fills), (0, 0));
+    // The next request asks the store again and gets the new version whole.
+    let (bytes, meta_outcome, _) = rig.get("c", None).await.unwrap();
+    assert_eq!(meta_outcome, Outcome::Miss);
+    assert_eq!(bytes, object(6000, 2));
+}
+
+#[tokio::test]
+async fn cache_metadata_is_revalidated_after_the_window_and_a_new_version_gets_new_entries() {
+    let rig = rig(Duration::ZERO);
+    rig.write("m", &object(100, 1));
+    let (first, meta_outcome, _) = rig.get("m", None).await.unwrap();
+    assert_eq!(meta_outcome, Outcome::Miss);
+    let (_, meta_outcome, outcome) = rig.get("m", None).await.unwrap();
+    assert_eq!((meta_outcome, outcome), (Outcome::Miss, Outcome::HitMemory));
+    rig.write("m", &object(101, 2));
+    let (second, _, outcome) = rig.get("m", None).await.unwrap();
+    assert_eq!(outcome, Outcome::Miss);
+    assert_ne!(first, second);
+    assert_eq!(second, object(101, 2));
+}
+
+#[tokio::test]
+async fn cache_purge_removes_chunks_and_metadata_of_what_it_names() {
+    let rig = rig(Duration::from_secs(60));
+    rig.write("a1", &object(5000, 1));
+    rig.write("b1", &object(10, 2));
+    rig.get("a1", None).await.unwrap();
+    rig.get("b1", None).await.unwrap();
+    assert_eq!(rig.cache.stats().memory_entries, 3);
+    assert_eq!(
+        rig.cache.purge(&Purge::Prefix {
+            source: "s".into(),
+            prefix: "a".into()
+        }),
+        2
+    );
+    assert_eq!(rig.cache.stats().memory_entries, 1);
+    let (_, meta_outcome, outcome) = rig.get("a1", None).await.unwrap();
+    assert_eq!((meta_outcome, outcome), (Outcome::Miss, Outcome::Miss));
+    let (_, meta_outcome, outcome) = rig.get("b1", None).await.unwrap();
+    assert_eq!(
+        (meta_outcome, outcome),
+        (Outcome::HitMemory, Outcome::HitMemory)
+    );
+    assert_eq!(rig.cache.purge(&Purge::Source("s".into())), 3);
+    assert_eq!(rig.cache.stats().memory_bytes, 0);
+}
+
+#[tokio::test]
+async fn cache_prewarm_reads_the_whole_object_into_memory() {
+    let rig = rig(Duration::from_secs(60));
+    rig.write("p", &object(9000, 4));
+    let size = rig
+        .cache
+        .prewarm_object(&rig.backend, "s", "p")
+        .await
+        .unwrap();
+    assert_eq!((size, rig.fills()), (9000, 3));
+    let (bytes, _, outcome) = rig.get("p", None).await.unwrap();
+    assert_eq!((bytes, outcome), (object(9000, 4), Outcome::HitMemory));
+}
