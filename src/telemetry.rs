@@ -131,6 +131,9 @@ pub struct Metrics {
     pub cache_disk_bytes: Gauge<i64, std::sync::atomic::AtomicI64>,
     /// Disk entries that failed to decrypt or verify (each deleted, treated as a miss).
     pub cache_integrity_failures: Counter<u64, AtomicU64>,
+    pub cache_disk_evictions: Counter<u64, AtomicU64>,
+    pub cache_disk_write_errors: Counter<u64, AtomicU64>,
+    pub cache_disk_dropped_writes: Counter<u64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -312,6 +315,25 @@ impl Metrics {
             "Disk cache entries that failed to decrypt or verify (deleted, treated as a miss)",
             cache_integrity_failures.clone(),
         );
+        let cache_disk_evictions = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "cache_disk_evictions",
+            "Disk cache entries evicted (least recently used first) to stay within disk_bytes",
+            cache_disk_evictions.clone(),
+        );
+        let cache_disk_write_errors = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "cache_disk_write_errors",
+            "Failed disk cache writes (full disk, I/O error); the first one stops disk writes \
+             until the next start",
+            cache_disk_write_errors.clone(),
+        );
+        let cache_disk_dropped_writes = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "cache_disk_dropped_writes",
+            "Disk cache writes dropped because the write queue was full (a slow disk)",
+            cache_disk_dropped_writes.clone(),
+        );
         Metrics {
             registry,
             cache_hits,
@@ -325,6 +347,9 @@ impl Metrics {
             cache_memory_bytes,
             cache_disk_bytes,
             cache_integrity_failures,
+            cache_disk_evictions,
+            cache_disk_write_errors,
+            cache_disk_dropped_writes,
             network_decisions,
             proxy_protocol_failures,
             requests,

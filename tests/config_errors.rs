@@ -1660,3 +1660,273 @@ fn config_saml_credentials_need_a_saml_section() {
     let e = one_error(&sts_text("\"saml\"", ""));
     assert_at(&e, 8, "sources.photos.credentials", "add [saml]");
 }
+
+// ---- [cache] ----
+
+/// 32 bytes as 64 hex characters, the form `openssl rand -hex 32` prints.
+const CACHE_KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+/// `dir` with `cache.key` holding `value`, then loads [`BASE`] + `extra`.
+fn load_with_cache_key(value: &str, extra: &str) -> (Dir, Result<Config, Vec<ConfigError>>) {
+    let dir = Dir::new();
+    std::fs::write(dir.path().join("cache.key"), value).unwrap();
+    let result = dir.load(&with_base(extra));
+    (dir, result)
+}
+
+#[test]
+fn config_without_cache_table_caches_nothing() {
+    let config = Dir::new().load(BASE).unwrap();
+    assert!(config.cache.is_none());
+}
+
+#[test]
+fn config_cache_table_alone_gets_a_memory_tier_with_defaults() {
+    let config = Dir::new().load(&with_base("[cache]\n")).unwrap();
+    let cache = config.cache.unwrap();
+    assert_eq!(cache.memory_bytes, config::defaults::CACHE_MEMORY_BYTES);
+    assert_eq!(cache.chunk_bytes, 1024 * 1024);
+    assert_eq!(
+        cache.metadata_ttl.as_secs(),
+        config::defaults::CACHE_METADATA_TTL_SECS
+    );
+    assert!(cache.disk.is_none() && cache.bypass.is_empty());
+}
+
+#[test]
+fn config_embedded_default_runs_a_small_memory_cache() {
+    let dir = Dir::new();
+    let config = bucketgate::app::embedded_config(dir.path()).unwrap();
+    let cache = config.cache.expect("the embedded default caches");
+    assert_eq!(cache.memory_bytes, 64 * 1024 * 1024);
+    assert!(cache.disk.is_none());
+}
+
+#[test]
+fn config_cache_chunk_must_be_a_power_of_two() {
+    let e = one_error(&with_base("[cache]\nchunk_bytes = 1000000\n"));
+    assert_at(&e, 10, "cache.chunk_bytes", "not a power of two");
+    assert!(e.message.contains("1048576"), "{e}");
+}
+
+#[test]
+fn config_cache_chunk_outside_256k_to_16m_is_refused() {
+    let e = one_error(&with_base("[cache]\nchunk_bytes = 131072\n"));
+    assert_at(&e, 10, "cache.chunk_bytes", "from 262144 to 16777216");
+    let e = one_error(&with_base("[cache]\nchunk_bytes = 33554432\n"));
+    assert_at(&e, 10, "cache.chunk_bytes", "from 262144 to 16777216");
+}
+
+#[test]
+fn config_cache_memory_must_hold_one_chunk() {
+    let e = one_error(&with_base(
+        "[cache]\nmemory_bytes = 2097152\nchunk_bytes = 4194304\n",
+    ));
+    assert_at(&e, 10, "cache.memory_bytes", "cannot hold one chunk");
+}
+
+#[test]
+fn config_cache_metadata_ttl_zero_means_always_revalidate() {
+    let config = Dir::new()
+        .load(&with_base("[cache]\nmetadata_ttl_secs = 0\n"))
+        .unwrap();
+    assert!(config.cache.unwrap().metadata_ttl.is_zero());
+    let e = one_error(&with_base("[cache]\nmetadata_ttl_secs = 100000\n"));
+    assert_at(&e, 10, "cache.metadata_ttl_secs", "from 0 to 86400");
+}
+
+#[test]
+fn config_cache_unknown_key_is_refused() {
+    let e = one_error(&with_base("[cache]\ndisk_size = 5\n"));
+    assert_at(&e, 10, "cache.disk_size", "unknown field `disk_size`");
+    assert!(e.message.contains("`disk_bytes`"), "{e}");
+}
+
+#[test]
+fn config_cache_disk_dir_needs_disk_bytes_and_back() {
+    let e = one_error(&with_base(
+        "[cache]\ndisk_dir = \"cache\"\nencrypt = false\n",
+    ));
+    assert_at(&e, 10, "cache.disk_bytes", "required with disk_dir");
+    let e = one_error(&with_base(
+        "[cache]\ndisk_bytes = 104857600\nencrypt = false\n",
+    ));
+    assert_at(&e, 10, "cache.disk_dir", "required with disk_bytes");
+}
+
+#[test]
+fn config_cache_disk_without_key_names_both_ways_out() {
+    let e = one_error(&with_base(
+        "[cache]\ndisk_dir = \"cache\"\ndisk_bytes = 104857600\n",
+    ));
+    assert_at(&e, 10, "cache.key", "has no key");
+    assert!(
+        e.message.contains("key_id") && e.message.contains("encrypt = false"),
+        "{e}"
+    );
+}
+
+#[test]
+fn config_cache_disk_with_encrypt_false_stores_in_the_clear() {
+    let dir = Dir::new();
+    let config = dir
+        .load(&with_base(
+            "[cache]\ndisk_dir = \"cache\"\ndisk_bytes = 104857600\nencrypt = false\n",
+        ))
+        .unwrap();
+    let disk = config.cache.unwrap().disk.unwrap();
+    assert_eq!(disk.dir, dir.path().join("cache"));
+    assert_eq!(disk.max_bytes, 104_857_600);
+    assert!(matches!(disk.encryption, config::DiskEncryption::Off));
+}
+
+#[test]
+fn config_cache_key_is_read_from_its_reference_as_hex() {
+    let (_dir, result) = load_with_cache_key(
+        &format!("{CACHE_KEY_HEX}\n"),
+        "[cache]\ndisk_dir = \"cache\"\ndisk_bytes = 104857600\nkey = \"file:cache.key\"\n\
+         key_id = \"2026-01\"\n",
+    );
+    let disk = result.unwrap().cache.unwrap().disk.unwrap();
+    match &disk.encryption {
+        config::DiskEncryption::Aes256Gcm { key_id, key } => {
+            assert_eq!(key_id, "2026-01");
+            assert_eq!(key[0..3], [0, 1, 2]);
+            assert_eq!(key[31], 31);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The key never prints.
+    assert!(!format!("{disk:?}").contains("[0, 1, 2"), "{disk:?}");
+}
+
+#[test]
+fn config_cache_key_of_the_wrong_form_is_refused_without_echoing_it() {
+    let extra = "[cache]\ndisk_dir = \"cache\"\ndisk_bytes = 104857600\nkey = \"file:cache.key\"\n\
+                 key_id = \"k1\"\n";
+    for (value, problem) in [
+        ("0011223344556677", "has 16 characters"),
+        (
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+            "has 44 characters",
+        ),
+        (&*"zz".repeat(32), "not a hex digit"),
+    ] {
+        let (_dir, result) = load_with_cache_key(value, extra);
+        let errors = result.unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert_at(&errors[0], 12, "cache.key", "64 hex characters");
+        assert!(errors[0].message.contains(problem), "{}", errors[0]);
+        assert!(!errors[0].to_string().contains(value), "{}", errors[0]);
+    }
+}
+
+#[test]
+fn config_cache_key_reference_must_be_env_or_file() {
+    let e = one_error(&with_base(&format!(
+        "[cache]\ndisk_dir = \"cache\"\ndisk_bytes = 104857600\nkey = \"{CACHE_KEY_HEX}\"\n\
+         key_id = \"k1\"\n"
+    )));
+    assert_at(&e, 12, "cache.key", "a literal secret is not allowed");
+    assert!(!e.to_string().contains(CACHE_KEY_HEX), "{e}");
+}
+
+#[test]
+fn config_cache_key_needs_a_key_id() {
+    let (_dir, result) = load_with_cache_key(
+        CACHE_KEY_HEX,
+        "[cache]\ndisk_dir = \"cache\"\ndisk_bytes = 104857600\nkey = \"file:cache.key\"\n",
+    );
+    let errors = result.unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_at(&errors[0], 12, "cache.key_id", "required with key");
+}
+
+#[test]
+fn config_cache_key_id_is_short_and_printable() {
+    let (_dir, result) = load_with_cache_key(
+        CACHE_KEY_HEX,
+        "[cache]\ndisk_dir = \"cache\"\ndisk_bytes = 104857600\nkey = \"file:cache.key\"\n\
+         key_id = \"key one\"\n",
+    );
+    let errors = result.unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_at(&errors[0], 13, "cache.key_id", "1 to 32 letters");
+}
+
+#[test]
+fn config_cache_encrypt_false_with_a_key_is_a_contradiction() {
+    let (_dir, result) = load_with_cache_key(
+        CACHE_KEY_HEX,
+        "[cache]\ndisk_dir = \"cache\"\ndisk_bytes = 104857600\nkey = \"file:cache.key\"\n\
+         key_id = \"k1\"\nencrypt = false\n",
+    );
+    let errors = result.unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_at(&errors[0], 14, "cache.encrypt", "contradict each other");
+}
+
+#[test]
+fn config_cache_encrypt_true_needs_a_key() {
+    let e = one_error(&with_base(
+        "[cache]\ndisk_dir = \"cache\"\ndisk_bytes = 104857600\nencrypt = true\n",
+    ));
+    assert_at(&e, 12, "cache.key", "`encrypt = true` needs a key");
+}
+
+#[test]
+fn config_cache_key_without_a_disk_tier_is_refused() {
+    let (_dir, result) = load_with_cache_key(
+        CACHE_KEY_HEX,
+        "[cache]\nkey = \"file:cache.key\"\nkey_id = \"k1\"\n",
+    );
+    let errors = result.unwrap_err();
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert_at(&errors[0], 10, "cache.key", "only used by the disk tier");
+    assert_at(&errors[1], 11, "cache.key_id", "only used by the disk tier");
+}
+
+#[test]
+fn config_cache_disk_budget_must_hold_two_chunks() {
+    let e = one_error(&with_base(
+        "[cache]\nchunk_bytes = 1048576\ndisk_dir = \"cache\"\ndisk_bytes = 1048576\n\
+         encrypt = false\n",
+    ));
+    assert_at(&e, 12, "cache.disk_bytes", "cannot hold two chunks");
+    let e = one_error(&with_base(
+        "[cache]\ndisk_dir = \"cache\"\ndisk_bytes = 0\nencrypt = false\n",
+    ));
+    assert_at(&e, 11, "cache.disk_bytes", "from 1048576 (1 MiB)");
+}
+
+#[test]
+fn config_cache_disk_dir_that_is_a_file_is_refused() {
+    let dir = Dir::new();
+    std::fs::write(dir.path().join("cache"), "").unwrap();
+    let errors = dir
+        .load(&with_base(
+            "[cache]\ndisk_dir = \"cache\"\ndisk_bytes = 104857600\nencrypt = false\n",
+        ))
+        .unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_at(&errors[0], 10, "cache.disk_dir", "is not a directory");
+}
+
+#[test]
+fn config_source_cache_false_bypasses_the_cache() {
+    let text = format!(
+        "{}\ncache = false\n\n[sources.other]\nkind = \"fs\"\nroot = \"data\"\ncache = true\n\n\
+         [cache]\n",
+        BASE.trim_end()
+    );
+    let config = Dir::new().load(&format!("{text}\n")).unwrap();
+    let bypass = config.cache.unwrap().bypass;
+    assert_eq!(bypass.into_iter().collect::<Vec<_>>(), ["local"]);
+}
+
+#[test]
+fn config_source_cache_flag_without_cache_table_is_refused() {
+    let text = format!("{}\ncache = false\n", BASE.trim_end());
+    let e = one_error(&format!("{text}\n"));
+    assert_at(&e, 8, "sources.local.cache", "there is no [cache] table");
+}

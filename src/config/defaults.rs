@@ -165,6 +165,30 @@ pub const EMPTY_BODY_WAIT_SECS: u64 = 2;
 /// Longest `return_to` / RelayState kept; longer ones land on `/`.
 pub const SAML_RETURN_TO_MAX_BYTES: usize = 2048;
 
+/// `[cache]`: memory tier budget (also the embedded default's, which runs memory only), and its
+/// bounds; it must hold at least one chunk.
+pub const CACHE_MEMORY_BYTES: u64 = 64 * 1024 * 1024;
+pub const CACHE_MEMORY_BYTES_MIN: u64 = 1024 * 1024;
+pub const CACHE_MEMORY_BYTES_MAX: u64 = 1 << 40;
+/// `[cache] chunk_bytes`: objects are cached in aligned chunks of this size, a power of two.
+pub const CACHE_CHUNK_BYTES: u64 = 1024 * 1024;
+pub const CACHE_CHUNK_BYTES_MIN: u64 = 256 * 1024;
+pub const CACHE_CHUNK_BYTES_MAX: u64 = 16 * 1024 * 1024;
+/// `[cache] metadata_ttl_secs`: 0 revalidates on every request.
+pub const CACHE_METADATA_TTL_SECS: u64 = 60;
+pub const CACHE_METADATA_TTL_SECS_MAX: u64 = 86_400;
+/// `[cache] disk_bytes`: bounds of the disk tier's budget; it must hold at least two chunks.
+pub const CACHE_DISK_BYTES_MIN: u64 = 1024 * 1024;
+pub const CACHE_DISK_BYTES_MAX: u64 = 1 << 50;
+/// `[cache] key_id`: longest key id (letters, digits, `.`, `_`, `-`).
+pub const CACHE_KEY_ID_MAX_CHARS: usize = 32;
+/// Bytes of entries waiting for the disk writer; a put beyond this is dropped (and counted), so
+/// a slow disk never holds memory or delays a request.
+pub const CACHE_DISK_WRITE_QUEUE_BYTES: u64 = 64 * 1024 * 1024;
+/// A disk hit refreshes its file's mtime (the recency the index is rebuilt from at start) at most
+/// this often, so a hot entry costs no inode write per hit.
+pub const CACHE_DISK_TOUCH_INTERVAL_SECS: u64 = 60;
+
 /// `[sts]`: region and per-call timeout (connect to answer), and the timeout's upper bound.
 pub const DEFAULT_STS_REGION: &str = "us-east-1";
 pub const STS_TIMEOUT_SECS: u64 = 5;

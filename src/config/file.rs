@@ -32,6 +32,23 @@ pub(super) struct RawConfig {
     pub projects: Option<Spanned<BTreeMap<Spanned<String>, Spanned<RawProject>>>>,
     pub saml: Option<Spanned<RawSaml>>,
     pub sts: Option<Spanned<RawSts>>,
+    pub cache: Option<Spanned<RawCache>>,
+}
+
+/// `[cache]`: the object cache. Sizes in bytes; `key` is a secret reference.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCache {
+    pub memory_bytes: Option<Spanned<i64>>,
+    pub chunk_bytes: Option<Spanned<i64>>,
+    pub metadata_ttl_secs: Option<Spanned<i64>>,
+    pub disk_dir: Option<Spanned<String>>,
+    pub disk_bytes: Option<Spanned<i64>>,
+    /// `env:NAME` or `file:PATH`: 32 bytes written as 64 hex characters.
+    pub key: Option<Spanned<String>>,
+    pub key_id: Option<Spanned<String>>,
+    /// `encrypt = false`: run the disk tier without a key (entries stored in the clear).
+    pub encrypt: Option<Spanned<bool>>,
 }
 
 /// `[sts]`: the STS endpoint for SAML sessions and delegated roles.
@@ -242,6 +259,8 @@ pub(super) struct RawSource {
     pub endpoint: Option<Spanned<String>>,
     pub path_style: Option<Spanned<bool>>,
     pub credentials: Option<Spanned<RawCredentials>>,
+    /// Any kind: `cache = false` keeps this source out of `[cache]`.
+    pub cache: Option<Spanned<bool>>,
 }
 
 /// `credentials = "default"`, `"saml"`, `{ access_key_id = ..., secret_access_key = ... }` or

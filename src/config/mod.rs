@@ -57,7 +57,8 @@ pub struct Config {
 pub struct CacheConfig {
     /// `memory_bytes`: byte budget of the memory tier (hot chunks), never exceeded.
     pub memory_bytes: u64,
-    /// `chunk_bytes`: objects are cached in aligned chunks of this size (256 KiB-16 MiB).
+    /// `chunk_bytes`: objects are cached in aligned chunks of this size (a power of two,
+    /// 256 KiB-16 MiB).
     pub chunk_bytes: u64,
     /// `metadata_ttl_secs`: how long an object's metadata (size, ETag) is trusted before the next
     /// request revalidates it with the origin.
@@ -631,7 +632,7 @@ pub fn tls_named(path: &Path) -> Option<TlsConfig> {
 impl Config {
     /// The embedded default used when `serve` gets no config: serve `./data` as the source `local`
     /// on https://127.0.0.1:8443 with a development certificate kept under `./.bucketgate/`, admin
-    /// on http://127.0.0.1:9090.
+    /// on http://127.0.0.1:9090, with a 64 MiB memory cache (no disk tier).
     ///
     /// Tokens are required here too: the HS256 development key (kid `dev`, audience `bucketgate`)
     /// is read from `dev_key`, the file identity's `keys::ensure_dev_key` keeps under
@@ -683,8 +684,14 @@ impl Config {
             projects: BTreeMap::new(),
             saml: None,
             sts: StsConfig::default(),
-            // The embedded default turns on a small memory tier once `[cache]` exists.
-            cache: None,
+            // A small memory tier; no disk tier (it would need a key or `encrypt = false`).
+            cache: Some(CacheConfig {
+                memory_bytes: defaults::CACHE_MEMORY_BYTES,
+                chunk_bytes: defaults::CACHE_CHUNK_BYTES,
+                metadata_ttl: Duration::from_secs(defaults::CACHE_METADATA_TTL_SECS),
+                disk: None,
+                bypass: std::collections::BTreeSet::new(),
+            }),
         })
     }
 }

@@ -15,7 +15,7 @@
 //! shares (integer ranges, paths, secret references). Each section is a child module adding its
 //! methods to the `Checker`: `listener` (`[listener]`, `[admin]`), `limits` (`[limits]`,
 //! `[rate_limits]`), `network`, `sources`, `sts`, `identity` (`[identity]`, `[roles]`,
-//! `[projects]`), `saml` and `audit_cors`.
+//! `[projects]`), `saml`, `audit_cors` and `cache`.
 
 use std::fmt;
 use std::io;
@@ -29,6 +29,7 @@ use super::file::RawConfig;
 use super::{Config, Secret, TlsConfig};
 
 mod audit_cors;
+mod cache;
 mod identity;
 mod limits;
 mod listener;
@@ -313,6 +314,7 @@ impl Checker<'_> {
         let projects = self.projects(raw.projects.as_ref(), sources.as_ref());
         let saml = self.saml(raw.saml.as_ref(), roles.as_ref(), projects.as_ref());
         let sts = self.sts(raw.sts.as_ref());
+        let cache = self.cache(raw.cache.as_ref(), raw.sources.as_ref());
         if let Some(saml) = &saml {
             self.saml_sources_need_saml(raw.sources.as_ref(), saml.is_some());
         }
@@ -330,8 +332,7 @@ impl Checker<'_> {
             projects: projects?,
             saml: saml?,
             sts: sts?,
-            // `[cache]` is parsed and validated by the cache issue's config step.
-            cache: None,
+            cache: cache?,
         })
     }
 
