@@ -894,3 +894,178 @@ async fn an_intact_disk_entry_is_served_after_a_restart() {
     .await;
     assert_eq!(fetches(&origin, "keep.bin").len(), 1, "served from disk");
 }
+
+// ---- kill -9 mid-fill ----
+
+const BIN: &str = env!("CARGO_BIN_EXE_bucketgate");
+const CACHE_KEY_HEX: &str = "0101010101010101010101010101010101010101010101010101010101010101";
+
+/// `bucketgate serve` in `root` (config.toml there), with JSON logs; returns the guard and its
+/// data and admin addresses from the startup line.
+fn serve_child(
+    root: &Path,
+) -> (
+    support::process::ChildGuard,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+) {
+    let mut command = std::process::Command::new(BIN);
+    command
+        .current_dir(root)
+        .args(["--log-format", "json", "serve", "--config", "config.toml"])
+        .env_remove("RUST_LOG")
+        .env("CADMIN_CACHE_KEY", CACHE_KEY_HEX)
+        .env("CADMIN_ADMIN_TOKEN", ADMIN_TOKEN)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut guard = support::process::ChildGuard::spawn("bucketgate serve", &mut command);
+    let stderr = guard.child().stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let line = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("\"bucketgate serving\"") => break line,
+            Ok(line) => seen.push(line),
+            Err(e) => panic!("no startup line ({e}):\n{}", seen.join("\n")),
+        }
+    };
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let addr = |field: &str| event[field].as_str().unwrap().parse().unwrap();
+    (guard, addr("data_addr"), addr("admin_addr"))
+}
+
+/// The gateway binary is killed with SIGKILL while a chunk fill is half-way (its first chunk
+/// already on disk); restarted on the same disk directory, it answers the object byte-exact,
+/// fetching the half-filled chunk again: nothing partial was kept or served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_fill_leaves_no_entry_a_restart_serves() {
+    let origin = CountingOrigin::start().await;
+    let size = CHUNK + 50_000;
+    let object = pattern_bytes(size as usize, 23);
+    origin.put("clip.bin", &object);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::write(root.join("hs256.key"), support::TEST_SECRET).unwrap();
+    std::fs::write(
+        root.join("config.toml"),
+        format!(
+            "[listener]\naddr = \"127.0.0.1:0\"\ndev_certificate_dir = \"tls\"\n\
+             [admin]\naddr = \"127.0.0.1:0\"\ntoken = \"env:CADMIN_ADMIN_TOKEN\"\n\
+             [network]\nallow = [\"127.0.0.0/8\"]\n\
+             [sources.o]\nkind = \"s3\"\nbucket = \"bucket\"\nendpoint = \"{}\"\n\
+             path_style = true\n\
+             credentials = {{ access_key_id = \"test\", secret_access_key = \"env:CADMIN_ADMIN_TOKEN\" }}\n\
+             [identity]\naudience = \"{}\"\n\
+             [[identity.keys]]\nkid = \"{}\"\nalg = \"HS256\"\nsecret = \"file:hs256.key\"\n\
+             [cache]\nmemory_bytes = 4194304\nchunk_bytes = {CHUNK}\nmetadata_ttl_secs = 60\n\
+             disk_dir = \"cache\"\ndisk_bytes = 67108864\nkey = \"env:CADMIN_CACHE_KEY\"\n\
+             key_id = \"k1\"\n",
+            origin.endpoint,
+            support::TEST_AUDIENCE,
+            support::TEST_KID,
+        ),
+    )
+    .unwrap();
+    let token = support::token_for_sources([&"o".to_owned()]);
+    let held = origin.hold_get_at(CHUNK, 10_000, Then::Hang);
+
+    let (mut gw, data, admin) = serve_child(root);
+    let pem = std::fs::read(root.join("tls/cert.pem")).unwrap();
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let url = format!("https://{data}/o/o/clip.bin");
+    let pending = {
+        let (client, url, token) = (client.clone(), url.clone(), token.clone());
+        tokio::spawn(async move {
+            let resp = client.get(&url).bearer_auth(&token).send().await?;
+            resp.bytes().await
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(30), held.sent())
+        .await
+        .expect("the second chunk's GET reached the origin");
+    // The first chunk is on disk before the kill.
+    support::eventually(
+        "chunk 0 on disk",
+        500,
+        Duration::from_millis(20),
+        || async {
+            let stats: serde_json::Value = reqwest::Client::new()
+                .get(format!("http://{admin}/admin/cache"))
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .ok()?
+                .json_value()
+                .await;
+            (stats["disk_entries"].as_u64()? >= 1).then_some(())
+        },
+    )
+    .await;
+    gw.child().kill().unwrap();
+    gw.child().wait().unwrap();
+    let cut = pending.await.unwrap();
+    assert!(
+        cut.as_ref().map_or(true, |b| b.len() < object.len()),
+        "the request in flight did not complete"
+    );
+
+    let before_chunk1 = fetches(&origin, "clip.bin")
+        .iter()
+        .filter(|g| g.span(size).unwrap().0 == CHUNK)
+        .count();
+    let (_gw, data, _) = serve_child(root);
+    let url = format!("https://{data}/o/o/clip.bin");
+    for round in 0..2 {
+        let resp = client.get(&url).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "round {round}");
+        let body = resp.bytes().await.unwrap();
+        assert!(body[..] == object[..], "round {round}: bytes differ");
+    }
+    let after_chunk1 = fetches(&origin, "clip.bin")
+        .iter()
+        .filter(|g| g.span(size).unwrap().0 == CHUNK)
+        .count();
+    assert_eq!(
+        after_chunk1,
+        before_chunk1 + 1,
+        "the half-filled chunk was fetched again, once"
+    );
+    let chunk0 = fetches(&origin, "clip.bin")
+        .iter()
+        .filter(|g| g.span(size).unwrap().0 == 0)
+        .count();
+    assert_eq!(
+        chunk0, 1,
+        "the completed first chunk was served from disk after the restart"
+    );
+}
+
+/// A reqwest response body as JSON (reqwest's `json` feature is off).
+trait JsonValue {
+    async fn json_value(self) -> serde_json::Value;
+}
+
+impl JsonValue for reqwest::Response {
+    async fn json_value(self) -> serde_json::Value {
+        serde_json::from_str(&self.text().await.unwrap_or_default()).unwrap_or_default()
+    }
+}

@@ -522,6 +522,8 @@ struct Hold {
     after: usize,
     then: Then,
     held: Held,
+    /// Hold only a GET whose answer starts at this offset (`None`: the next GET).
+    at: Option<u64>,
 }
 
 struct Object {
@@ -619,7 +621,17 @@ impl CountingOrigin {
             after,
             then,
             held: held.clone(),
+            at: None,
         });
+        held
+    }
+
+    /// As [`CountingOrigin::hold_next_get`], for the next GET whose answer starts at `start`.
+    pub fn hold_get_at(&self, start: u64, after: usize, then: Then) -> Held {
+        let held = self.hold_next_get(after, then);
+        if let Some(hold) = self.state.hold.lock().unwrap().as_mut() {
+            hold.at = Some(start);
+        }
         held
     }
 }
@@ -790,7 +802,15 @@ async fn serve_counting(stream: TcpStream, state: Arc<CountingState>) {
                         let hold = if head_only {
                             None
                         } else {
-                            state.hold.lock().unwrap().take()
+                            let mut hold = state.hold.lock().unwrap();
+                            if hold
+                                .as_ref()
+                                .is_some_and(|h| h.at.is_none_or(|at| at == start))
+                            {
+                                hold.take()
+                            } else {
+                                None
+                            }
                         };
                         if !send_object(stream, head.as_bytes(), &body, hold).await {
                             return;
