@@ -70,6 +70,9 @@ fn builder(endpoint: &str, cache: CacheConfig) -> GatewayBuilder {
             // A test may hold an origin GET part-way for as long as its clients take to arrive.
             upstream_first_byte_timeout: Duration::from_secs(60),
             upstream_idle_timeout: Duration::from_secs(60),
+            // 1,000 TLS handshakes at once on a busy CI machine take longer than the usual 5 s.
+            tls_handshake_timeout: Duration::from_secs(60),
+            header_read_timeout: Duration::from_secs(60),
             ..support::test_limits()
         })
         .tweak(move |c| {
