@@ -254,8 +254,9 @@ async fn a_thousand_cold_h2_requests_make_one_origin_get_per_chunk() {
     thousand_cold_requests(Proto::H2).await;
 }
 
-/// The same against s3s-fs (SigV4 checked) through a proxy that logs each GET's Range: 300
-/// concurrent cold h2 requests for a three-chunk object, byte-exact, each chunk fetched once.
+/// The same against s3s-fs (SigV4 checked) through a proxy that logs each GET's Range: 1,000
+/// concurrent cold h2 requests (4 connections) for a three-chunk object, byte-exact, each chunk
+/// fetched once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_cold_requests_to_s3s_fs_fetch_each_chunk_once() {
     let store = support::s3::S3sFs::start("cache-key", "cache-secret-0123456789").await;
@@ -274,12 +275,31 @@ async fn concurrent_cold_requests_to_s3s_fs_fetch_each_chunk_once() {
     let clients: Vec<reqwest::Client> = (0..4).map(|_| gw.h2_client()).collect();
     let url = gw.url("/o/s3/clip.bin");
     let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..300usize {
+    for i in 0..1000usize {
         let (client, url, object) = (clients[i % 4].clone(), url.clone(), Arc::clone(&object));
         tasks.spawn(async move {
-            let a = get(&client, &url, None).await;
-            assert_eq!(a.status, 200, "request {i}");
-            assert!(a.body.unwrap() == object[..], "request {i}: bytes differ");
+            // Every 100th the whole object, the others a range across one chunk boundary.
+            let span = match i {
+                _ if i % 100 == 0 => None,
+                _ if i % 2 == 0 => Some((CHUNK - 1000, CHUNK + 999)),
+                _ => Some((2 * CHUNK - 500, 2 * CHUNK + 499)),
+            };
+            let range = span.map(|(a, b)| format!("bytes={a}-{b}"));
+            let a = get(&client, &url, range.as_deref()).await;
+            let body = a.body.unwrap();
+            match span {
+                None => {
+                    assert_eq!(a.status, 200, "request {i}");
+                    assert!(body == object[..], "request {i}: bytes differ");
+                }
+                Some((start, end)) => {
+                    assert_eq!(a.status, 206, "request {i}");
+                    assert!(
+                        body[..] == object[start as usize..=end as usize],
+                        "request {i}: bytes differ"
+                    );
+                }
+            }
         });
     }
     while let Some(done) = tasks.join_next().await {
@@ -310,7 +330,8 @@ async fn range_matrix_fetches_only_missing_chunks_and_is_byte_exact() {
     let url = gw.url("/o/o/video.bin");
     let c = CHUNK;
     // (what, Range, the span answered: None = 416)
-    let cases: Vec<(&str, String, Option<(u64, u64)>)> = vec![
+    type Case = (&'static str, String, Option<(u64, u64)>);
+    let cases: Vec<Case> = vec![
         ("first chunk", "bytes=0-99".into(), Some((0, 99))),
         (
             "middle chunk",
