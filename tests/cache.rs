@@ -23,6 +23,9 @@ use bucketgate::config::{
 use bucketgate::scope::Scope;
 
 use crate::support::origin::{CountingOrigin, CountingProxy, Logged, Then};
+
+/// The cache core's own smoke tests (audit labels, bypass, a dying origin), kept verbatim.
+mod smoke;
 use crate::support::{self, GatewayBuilder, Proto, TestGateway, pattern_bytes};
 
 /// The chunk size every test uses (the smallest allowed).

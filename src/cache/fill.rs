@@ -144,7 +144,15 @@ impl Fill {
             tokio::time::timeout(first_byte, backend.get(key, Some(range), expect, caller))
                 .await
                 .map_err(|_| BackendError::Timeout(first_byte))??;
-        let mut body = opened.body;
+        self.stream(opened.body, idle).await
+    }
+
+    /// Read an already opened body of exactly this chunk into the fill (see [`Fill::run`]).
+    pub async fn stream(
+        &self,
+        mut body: crate::backend::BodyStream,
+        idle: std::time::Duration,
+    ) -> Result<Bytes, Arc<BackendError>> {
         let mut got = 0u64;
         loop {
             let next = tokio::time::timeout(idle, body.next())

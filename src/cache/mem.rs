@@ -80,6 +80,18 @@ impl MemoryTier {
         hit
     }
 
+    /// The chunk if held, counting only a hit (for a second look after a counted miss).
+    pub fn get_counting_hits(&self, id: &ChunkId) -> Option<Bytes> {
+        let hit = self.shard(id).lru.get(id).cloned();
+        if hit.is_some() {
+            self.metrics
+                .cache_hits
+                .get_or_create(&CacheTierLabel { tier: "memory" })
+                .inc();
+        }
+        hit
+    }
+
     /// Whether the chunk is held, without touching its recency or the metrics.
     pub fn contains(&self, id: &ChunkId) -> bool {
         self.shard(id).lru.contains(id)

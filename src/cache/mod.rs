@@ -5,35 +5,51 @@
 //! the authority partition, so a hit is served only where a miss would have been. It knows
 //! nothing of HTTP requests or statuses.
 //!
-//! This file is the interface the pipeline and the admin API use; the issue-12 work fills it in
-//! (`key.rs`: what identifies an entry; `mem.rs`: the memory tier; `fill.rs`: one origin fetch
-//! per missing chunk, waiters streaming as bytes arrive; `disk.rs`: the encrypted disk tier).
+//! This file is the interface the pipeline and the admin API use ([`Cache::metadata`],
+//! [`Cache::read`], [`Cache::purge`], [`Cache::stats`], [`Cache::prewarm_object`]) and the
+//! metadata table; `key.rs`: what identifies an entry and its byte encoding; `mem.rs`: the
+//! memory tier; `read.rs`: one read walking its chunks with a bounded read-ahead; `fill.rs`: one
+//! origin fetch per missing chunk, waiters streaming as bytes arrive, and the chunk arithmetic;
+//! `disk.rs`: the encrypted disk tier.
+//!
+//! A read, in order: the metadata (the table while it is younger than `metadata_ttl`, else one
+//! coalesced origin request: a cold object's comes with the first chunk the request reads, in
+//! one ranged GET; a known one's is revalidated with a HEAD); the pipeline answers 304/412/416
+//! and HEAD from it; then each chunk of the part: memory, disk (promoted to memory), a fill in
+//! flight (joined), or a new fill (led). The entry key holds the version, so a changed object
+//! gets new entries and a response never mixes versions: a fill pinned to the version the
+//! response started with fails with `Changed` instead.
+//!
+//! What it stores is [`ObjectMeta`] and bytes only: upstream headers (`Set-Cookie`, `x-amz-*`)
+//! are not part of either, so they are never stored.
 
 pub mod disk;
 pub mod fill;
 pub mod key;
 pub mod mem;
+mod read;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::Bytes;
 use lru::LruCache;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 use crate::backend::{
-    AnyBackend, Backend, BackendError, BodyStream, ByteRange, Caller, ObjectMeta, OwnedCaller,
+    AnyBackend, Backend, BackendError, BodyStream, ByteRange, Caller, ObjectMeta, Opened,
+    OwnedCaller, Want,
 };
 use crate::config::CacheConfig;
 use crate::telemetry::{CacheTierLabel, Metrics};
-use disk::{DiskKey, DiskTier};
-use fill::{Fill, FillReader};
+use disk::DiskTier;
+use fill::Fill;
 use key::{CacheKey, ChunkId, ObjectId, Partition};
 use mem::MemoryTier;
+use read::{ChunkReader, FetchCtx};
 
 /// Chunks read ahead of the one being sent, for a read spanning several: a long sequential read
 /// over a distant origin keeps this many ranged GETs in flight instead of one round trip per
@@ -269,17 +285,27 @@ impl Cache {
     }
 
     /// The metadata of `object`: from the table while it is younger than `metadata_ttl` (no
-    /// origin request), else from one HEAD however many requests ask at once (the others wait
-    /// for it, each until its own `deadline`). The outcome says which: `HitMemory` (the table),
-    /// `Miss` (this request's HEAD), `Coalesced` (another's).
-    pub async fn metadata(
+    /// origin request), else from one origin request however many requests ask at once (the
+    /// others wait for it, each until its own `deadline`). The outcome says which: `HitMemory`
+    /// (the table), `Miss` (this request's), `Coalesced` (another's).
+    ///
+    /// An object the table has never seen is opened with one ranged GET of the chunk
+    /// `first_chunk` names for its metadata (the chunk the request will read first; `None`: no
+    /// body, HEAD or a conditional answer), and that body becomes the chunk's fill: a cold read
+    /// costs one origin round trip, not a HEAD and then a GET. An entry past its window is
+    /// revalidated with a HEAD (its chunks are likely still here).
+    pub async fn metadata<F>(
         &self,
         object: &ObjectId,
         backend: &AnyBackend,
         caller: Caller<'_>,
         deadline: Instant,
-    ) -> Result<(Arc<ObjectMeta>, Outcome), BackendError> {
-        let inner = &*self.inner;
+        first_chunk: F,
+    ) -> Result<(Arc<ObjectMeta>, Outcome), BackendError>
+    where
+        F: Fn(&ObjectMeta) -> Option<u64> + Send + Sync + 'static,
+    {
+        let inner = &self.inner;
         if let Some(meta) = inner.fresh_meta(object) {
             return Ok((meta, Outcome::HitMemory));
         }
@@ -288,14 +314,16 @@ impl Cache {
                 .entry(object.clone())
                 .or_insert_with(|| Arc::new(OnceCell::new())),
         );
+        let cold = lock(&inner.meta).peek(object).is_none();
         let led = AtomicBool::new(false);
         let fetch = async {
             led.store(true, Ordering::Relaxed);
-            let result = backend
-                .head(object.key(), caller)
-                .await
-                .map(Arc::new)
-                .map_err(Arc::new);
+            let result = if cold {
+                open_cold(inner, object, backend, caller, deadline, first_chunk).await
+            } else {
+                backend.head(object.key(), caller).await
+            };
+            let result = result.map(Arc::new).map_err(Arc::new);
             if let Ok(meta) = &result {
                 lock(&inner.meta).put(
                     object.clone(),
@@ -350,24 +378,13 @@ impl Cache {
                 outcome: Outcome::HitMemory,
             });
         };
-        let chunk = self.inner.config.chunk_bytes;
-        let (first, last) = fill::chunk_span(range, chunk);
-        let mut reader = ChunkReader {
-            inner: Arc::clone(&self.inner),
-            fetch: Arc::new(FetchCtx {
-                key,
-                meta,
-                backend,
-                caller,
-            }),
-            range,
-            next_index: first,
-            last_index: last,
-            window: VecDeque::new(),
-            front_pos: 0,
-            peeked: None,
-            done: false,
-        };
+        let fetch = Arc::new(FetchCtx {
+            key,
+            meta,
+            backend,
+            caller,
+        });
+        let mut reader = ChunkReader::new(Arc::clone(&self.inner), fetch, range);
         let outcome = reader.start().await?;
         let body = futures_util::stream::unfold(reader, |mut reader| async move {
             reader.next().await.map(|item| (item, reader))
@@ -437,7 +454,7 @@ impl Cache {
         let object = ObjectId::new(source, key, Partition::Gateway);
         let deadline = Instant::now() + self.inner.first_byte_timeout;
         let (meta, _) = self
-            .metadata(&object, backend, Caller::Gateway, deadline)
+            .metadata(&object, backend, Caller::Gateway, deadline, |_| Some(0))
             .await?;
         let version = version_of(&meta);
         let entry = CacheKey::new(object, &version, key::ORIGINAL);
@@ -456,6 +473,70 @@ impl Cache {
         }
         Ok(size)
     }
+}
+
+/// Open a cold object: its metadata, and the chunk `first_chunk` names as a fill other readers
+/// can join (see [`Cache::metadata`]).
+async fn open_cold<F>(
+    inner: &Arc<Inner>,
+    object: &ObjectId,
+    backend: &AnyBackend,
+    caller: Caller<'_>,
+    deadline: Instant,
+    first_chunk: F,
+) -> Result<ObjectMeta, BackendError>
+where
+    F: Fn(&ObjectMeta) -> Option<u64> + Send + Sync + 'static,
+{
+    let chunk = inner.config.chunk_bytes;
+    let want = move |meta: &ObjectMeta| match first_chunk(meta)
+        .and_then(|i| fill::chunk_range(i, chunk, meta.size))
+    {
+        Some(range) => Want::Body(Some(range)),
+        None => Want::Meta,
+    };
+    match backend.open(object.key(), want, caller, deadline).await? {
+        Opened::Meta(meta) => Ok(meta),
+        Opened::Object {
+            object: opened,
+            part,
+        } => {
+            let meta = opened.meta.clone();
+            if let Some(range) = part {
+                let index = range.start / chunk;
+                if fill::chunk_range(index, chunk, meta.size) == Some(range) {
+                    adopt(inner, object, &meta, index, range, opened.body);
+                }
+            }
+            Ok(meta)
+        }
+    }
+}
+
+/// Make an opened body of chunk `index` its fill, unless the chunk is stored or being filled
+/// already (then the body is dropped, which cancels its read).
+fn adopt(
+    inner: &Arc<Inner>,
+    object: &ObjectId,
+    meta: &ObjectMeta,
+    index: u64,
+    range: ByteRange,
+    body: BodyStream,
+) {
+    let entry = CacheKey::new(object.clone(), &version_of(meta), key::ORIGINAL);
+    let id = entry.chunk(index);
+    let mut fills = lock(&inner.fills);
+    if fills.contains_key(&id) || inner.memory.contains(&id) {
+        return;
+    }
+    let fill = Fill::new(range.len());
+    fills.insert(id.clone(), Arc::clone(&fill));
+    drop(fills);
+    let idle = inner.idle_timeout;
+    let filling = Arc::clone(&fill);
+    read::spawn_fill(inner, entry, index, id, fill, async move {
+        filling.stream(body, idle).await
+    });
 }
 
 impl Inner {
@@ -484,324 +565,6 @@ impl Inner {
             self.metrics.cache_misses.get_or_create(&label).inc();
         }
     }
-}
-
-/// What a fill of one entry's chunks needs, owned (the fill outlives the request).
-struct FetchCtx {
-    key: CacheKey,
-    meta: Arc<ObjectMeta>,
-    backend: Arc<AnyBackend>,
-    caller: OwnedCaller,
-}
-
-/// One chunk of a read, as the reader will get it.
-enum Slot {
-    /// Every byte of the chunk, from `tier` (`memory` or `disk`).
-    Ready(Bytes, &'static str),
-    /// A fill in flight: led by this read (`Miss`) or joined (`Coalesced`).
-    Fill(FillReader, Outcome),
-    /// Being looked up on disk (and filled if absent) by a read-ahead task.
-    Resolving(tokio::task::JoinHandle<Slot>),
-}
-
-impl Slot {
-    fn outcome(&self) -> Outcome {
-        match self {
-            Slot::Ready(_, "disk") => Outcome::HitDisk,
-            Slot::Ready(..) => Outcome::HitMemory,
-            Slot::Fill(_, outcome) => *outcome,
-            Slot::Resolving(_) => Outcome::Miss,
-        }
-    }
-}
-
-/// Walks the chunks of one read: the current chunk plus up to [`READAHEAD_CHUNKS`] started.
-struct ChunkReader {
-    inner: Arc<Inner>,
-    fetch: Arc<FetchCtx>,
-    range: ByteRange,
-    next_index: u64,
-    last_index: u64,
-    /// Started chunks in order (index, slot); the front is being sent.
-    window: VecDeque<(u64, Slot)>,
-    /// Bytes of the front fill already passed (relative to the chunk's first byte).
-    front_pos: u64,
-    /// The front fill's first item, awaited before the response head.
-    peeked: Option<Option<Result<Bytes, BackendError>>>,
-    done: bool,
-}
-
-impl ChunkReader {
-    /// Start the window, then decide the outcome and wait for the first chunk's first bytes (or
-    /// its failure, which fails the read before any byte is sent).
-    async fn start(&mut self) -> Result<Outcome, BackendError> {
-        self.top_up().await;
-        let mut outcome = Outcome::HitMemory;
-        for (_, slot) in self.window.iter_mut() {
-            if let Slot::Resolving(task) = slot {
-                *slot = resolved(task).await;
-            }
-            outcome = outcome.worse(slot.outcome());
-        }
-        let scan_end = self
-            .last_index
-            .min(self.next_index.saturating_add(LABEL_SCAN_CHUNKS));
-        let mut index = self.next_index;
-        while index <= self.last_index && outcome != Outcome::Miss {
-            if index > scan_end {
-                outcome = Outcome::Miss;
-                break;
-            }
-            let id = self.fetch.key.chunk(index);
-            outcome = outcome.worse(if self.inner.memory.contains(&id) {
-                Outcome::HitMemory
-            } else if lock(&self.inner.fills).contains_key(&id) {
-                Outcome::Coalesced
-            } else {
-                Outcome::Miss
-            });
-            index += 1;
-        }
-        if let Some((_, Slot::Fill(reader, _))) = self.window.front_mut() {
-            match reader.next().await {
-                Some(Err(e)) => {
-                    self.done = true;
-                    return Err(e);
-                }
-                first => self.peeked = Some(first),
-            }
-        }
-        Ok(outcome)
-    }
-
-    /// Start chunks until the window is full: the first inline (memory, fill, or disk), the
-    /// read-ahead ones without waiting on the disk.
-    async fn top_up(&mut self) {
-        while self.window.len() as u64 <= READAHEAD_CHUNKS && self.next_index <= self.last_index {
-            let index = self.next_index;
-            self.next_index += 1;
-            let slot = match quick(&self.inner, &self.fetch, index) {
-                Some(slot) => slot,
-                None if self.window.is_empty() => {
-                    from_disk_or_fill(Arc::clone(&self.inner), Arc::clone(&self.fetch), index).await
-                }
-                None => Slot::Resolving(tokio::spawn(from_disk_or_fill(
-                    Arc::clone(&self.inner),
-                    Arc::clone(&self.fetch),
-                    index,
-                ))),
-            };
-            self.window.push_back((index, slot));
-        }
-    }
-
-    fn served(&self, tier: &'static str, n: usize) {
-        self.inner
-            .metrics
-            .cache_served_bytes
-            .get_or_create(&CacheTierLabel { tier })
-            .inc_by(n as u64);
-    }
-
-    fn fail(&mut self, e: BackendError) -> Option<Result<Bytes, BackendError>> {
-        self.done = true;
-        self.window.clear();
-        Some(Err(e))
-    }
-
-    async fn next(&mut self) -> Option<Result<Bytes, BackendError>> {
-        let chunk = self.inner.config.chunk_bytes;
-        loop {
-            if self.done {
-                return None;
-            }
-            self.top_up().await;
-            let (index, slot) = self.window.front_mut()?;
-            let (lo, hi) = fill::wanted_in_chunk(self.range, *index, chunk);
-            match slot {
-                Slot::Resolving(task) => {
-                    *slot = resolved(task).await;
-                }
-                Slot::Ready(bytes, tier) => {
-                    let tier = *tier;
-                    let (lo, hi) = (lo as usize, hi as usize);
-                    if hi > bytes.len() {
-                        return self.fail(BackendError::Protocol(
-                            "a cached chunk is shorter than the object says".to_owned(),
-                        ));
-                    }
-                    let part = bytes.slice(lo..hi);
-                    self.window.pop_front();
-                    self.served(tier, part.len());
-                    return Some(Ok(part));
-                }
-                Slot::Fill(reader, _) => {
-                    let item = match self.peeked.take() {
-                        Some(item) => item,
-                        None => reader.next().await,
-                    };
-                    match item {
-                        Some(Ok(frame)) => {
-                            let at = self.front_pos;
-                            let end = at + frame.len() as u64;
-                            self.front_pos = end;
-                            let (from, to) = (lo.max(at), hi.min(end));
-                            if end >= hi {
-                                // Everything wanted from this chunk has arrived; the fill goes
-                                // on for the others without this reader.
-                                self.window.pop_front();
-                                self.front_pos = 0;
-                            }
-                            if from < to {
-                                let part = frame.slice((from - at) as usize..(to - at) as usize);
-                                self.served("origin", part.len());
-                                return Some(Ok(part));
-                            }
-                        }
-                        Some(Err(e)) => return self.fail(e),
-                        None => {
-                            // The fill ended before the wanted part: it checks lengths, so only
-                            // a chunk shorter than the metadata says gets here.
-                            return self
-                                .fail(BackendError::BodyBroken("a cache fill ended early".into()));
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-async fn resolved(task: &mut tokio::task::JoinHandle<Slot>) -> Slot {
-    match task.await {
-        Ok(slot) => slot,
-        // Only a panic in the look-up ends it otherwise; a failed fill, never served.
-        Err(_) => Slot::Fill(
-            Fill::failed(BackendError::BodyBroken(
-                "a cache read-ahead task stopped".into(),
-            )),
-            Outcome::Miss,
-        ),
-    }
-}
-
-/// A slot without waiting on the disk: memory, a fill in flight to join, or (without a disk
-/// tier) a new fill. `None`: the disk must be asked first.
-fn quick(inner: &Arc<Inner>, fetch: &Arc<FetchCtx>, index: u64) -> Option<Slot> {
-    let id = fetch.key.chunk(index);
-    if let Some(bytes) = inner.memory.get(&id) {
-        return Some(Slot::Ready(bytes, "memory"));
-    }
-    if let Some(fill) = lock(&inner.fills).get(&id) {
-        inner.metrics.cache_coalesced_waiters.inc();
-        return Some(Slot::Fill(fill.reader(), Outcome::Coalesced));
-    }
-    if inner.disk.is_none() {
-        return Some(join_or_lead(inner, fetch, index, id));
-    }
-    None
-}
-
-async fn from_disk_or_fill(inner: Arc<Inner>, fetch: Arc<FetchCtx>, index: u64) -> Slot {
-    let id = fetch.key.chunk(index);
-    if let Some(disk) = &inner.disk {
-        let found = disk
-            .get(&DiskKey {
-                source: fetch.key.source(),
-                key: fetch.key.key(),
-                id: id.as_bytes(),
-            })
-            .await;
-        let expected = fill::chunk_range(index, inner.config.chunk_bytes, fetch.meta.size)
-            .map_or(0, |r| r.len());
-        inner.count(found.is_some(), "disk");
-        if let Some(bytes) = found
-            && bytes.len() as u64 == expected
-        {
-            inner.memory.insert(id, bytes.clone());
-            return Slot::Ready(bytes, "disk");
-        }
-    }
-    join_or_lead(&inner, &fetch, index, id)
-}
-
-/// Join the fill of chunk `index` if one is in flight, take it from memory if one just ended,
-/// else lead a new one (a detached task: the fill goes on if this reader leaves).
-fn join_or_lead(inner: &Arc<Inner>, fetch: &Arc<FetchCtx>, index: u64, id: ChunkId) -> Slot {
-    let Some(range) = fill::chunk_range(index, inner.config.chunk_bytes, fetch.meta.size) else {
-        return Slot::Ready(Bytes::new(), "memory");
-    };
-    let mut fills = lock(&inner.fills);
-    if let Some(fill) = fills.get(&id) {
-        inner.metrics.cache_coalesced_waiters.inc();
-        return Slot::Fill(fill.reader(), Outcome::Coalesced);
-    }
-    // A fill stores its chunk before it leaves the table: if it is gone, look again.
-    if let Some(bytes) = inner.memory.get(&id) {
-        return Slot::Ready(bytes, "memory");
-    }
-    let fill = Fill::new(range.len());
-    fills.insert(id.clone(), Arc::clone(&fill));
-    drop(fills);
-    let reader = fill.reader();
-    inner.metrics.cache_fills.inc();
-    let generation = inner.generation.load(Ordering::SeqCst);
-    let inner = Arc::clone(inner);
-    let fetch = Arc::clone(fetch);
-    tokio::spawn(async move {
-        let result = fill
-            .run(
-                &*fetch.backend,
-                fetch.key.object().key(),
-                range,
-                &fetch.meta,
-                fetch.caller.as_caller(),
-                inner.first_byte_timeout,
-                inner.idle_timeout,
-            )
-            .await;
-        match &result {
-            Ok(bytes) => {
-                inner.metrics.cache_origin_bytes.inc_by(bytes.len() as u64);
-                if inner.generation.load(Ordering::SeqCst) == generation {
-                    if let Some(disk) = &inner.disk {
-                        disk.put(
-                            &DiskKey {
-                                source: fetch.key.source(),
-                                key: fetch.key.key(),
-                                id: id.as_bytes(),
-                            },
-                            bytes.clone(),
-                        );
-                    }
-                    inner.memory.insert(id.clone(), bytes.clone());
-                }
-            }
-            Err(e) => {
-                inner.metrics.cache_fill_failures.inc();
-                if matches!(
-                    **e,
-                    BackendError::Changed | BackendError::NotFound | BackendError::NotAnObject
-                ) {
-                    inner.forget_meta(fetch.key.object(), fetch.key.version());
-                }
-                tracing::warn!(
-                    source = fetch.key.source(),
-                    chunk = index,
-                    error = %crate::telemetry::ErrorChain(&**e),
-                    "cache fill failed; its readers' responses are aborted, nothing stored"
-                );
-            }
-        }
-        {
-            let mut fills = lock(&inner.fills);
-            if fills.get(&id).is_some_and(|f| Arc::ptr_eq(f, &fill)) {
-                fills.remove(&id);
-            }
-        }
-        fill.finish(&result);
-    });
-    Slot::Fill(reader, Outcome::Miss)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The cache against a real in-process backend (an fs source in a temp dir): coalescing, ranges
 //! through chunks, failed fills, purges. The gateway-level tests are in `tests/cache.rs`.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap; src/ may not
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may; src/ may not
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -22,12 +22,16 @@ struct Rig {
 }
 
 fn rig(ttl: Duration) -> Rig {
+    rig_with(ttl, CHUNK)
+}
+
+fn rig_with(ttl: Duration, chunk_bytes: u64) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_owned();
     let metrics = Arc::new(Metrics::new());
     let config = CacheConfig {
-        memory_bytes: 1 << 20,
-        chunk_bytes: CHUNK,
+        memory_bytes: 64 << 20,
+        chunk_bytes,
         metadata_ttl: ttl,
         disk: None,
         bypass: BTreeSet::new(),
@@ -50,8 +54,12 @@ fn object(len: usize, seed: u8) -> Vec<u8> {
 }
 
 impl Rig {
+    /// Replace the object as a store does: a new file renamed over the old one (a reader that
+    /// opened the old one goes on reading the old bytes).
     fn write(&self, key: &str, data: &[u8]) {
-        std::fs::write(self.root.join(key), data).unwrap();
+        let tmp = self.root.join(format!(".{key}.tmp"));
+        std::fs::write(&tmp, data).unwrap();
+        std::fs::rename(&tmp, self.root.join(key)).unwrap();
     }
 
     fn fills(&self) -> u64 {
@@ -66,9 +74,11 @@ impl Rig {
     ) -> Result<(Vec<u8>, Outcome, Outcome), BackendError> {
         let object = ObjectId::new("s", key, Partition::Gateway);
         let deadline = Instant::now() + Duration::from_secs(10);
+        let chunk = self.cache.config().chunk_bytes;
+        let first = move |_: &ObjectMeta| Some(part.map_or(0, |r| r.start / chunk));
         let (meta, meta_outcome) = self
             .cache
-            .metadata(&object, &self.backend, Caller::Gateway, deadline)
+            .metadata(&object, &self.backend, Caller::Gateway, deadline, first)
             .await?;
         let entry = CacheKey::new(object, &version_of(&meta), key::ORIGINAL);
         let mut read = self
@@ -128,10 +138,10 @@ async fn cache_ranges_fetch_only_missing_chunks_and_warm_reads_are_memory_hits()
     rig.write("v", &data);
     let slice = |a: u64, b: u64| data[a as usize..=b as usize].to_vec();
 
-    // The middle chunk only.
-    let (bytes, _, outcome) = rig.get("v", r(CHUNK + 10, CHUNK + 20)).await.unwrap();
+    // The middle chunk only: the cold open brings it with the metadata, one origin request.
+    let (bytes, meta_outcome, _) = rig.get("v", r(CHUNK + 10, CHUNK + 20)).await.unwrap();
     assert_eq!(bytes, slice(CHUNK + 10, CHUNK + 20));
-    assert_eq!((outcome, rig.fills()), (Outcome::Miss, 1));
+    assert_eq!((meta_outcome, rig.fills()), (Outcome::Miss, 1));
     // Spanning chunks 0..=1: only chunk 0 is fetched.
     let (bytes, _, _) = rig.get("v", r(CHUNK - 5, CHUNK + 5)).await.unwrap();
     assert_eq!(bytes, slice(CHUNK - 5, CHUNK + 5));
@@ -167,20 +177,24 @@ async fn cache_ranges_fetch_only_missing_chunks_and_warm_reads_are_memory_hits()
 }
 
 #[tokio::test]
-async fn cache_fill_of_a_changed_object_fails_stores_nothing_and_forgets_the_metadata() {
+async fn cache_fill_of_a_changed_object_aborts_the_body_stores_nothing_and_forgets_the_metadata() {
     let rig = rig(Duration::from_secs(60));
-    rig.write("c", &object(3000, 1)); // one chunk: one fill
+    let old = object(5000, 1); // two chunks
+    rig.write("c", &old);
     let object_id = ObjectId::new("s", "c", Partition::Gateway);
     let deadline = Instant::now() + Duration::from_secs(10);
+    // The cold open brings chunk 0 of the old version with the metadata.
     let (meta, _) = rig
         .cache
-        .metadata(&object_id, &rig.backend, Caller::Gateway, deadline)
+        .metadata(&object_id, &rig.backend, Caller::Gateway, deadline, |_| {
+            Some(0)
+        })
         .await
         .unwrap();
     // The object changes under the cache (another size: another ETag).
     rig.write("c", &object(6000, 2));
     let entry = CacheKey::new(object_id.clone(), &version_of(&meta), key::ORIGINAL);
-    let read = rig
+    let mut read = rig
         .cache
         .read(
             entry,
@@ -189,11 +203,23 @@ async fn cache_fill_of_a_changed_object_fails_stores_nothing_and_forgets_the_met
             Arc::clone(&rig.backend),
             OwnedCaller::Gateway,
         )
-        .await;
-    assert!(matches!(read, Err(BackendError::Changed)), "{read:?}");
+        .await
+        .unwrap();
+    // The old version's first chunk, then chunk 1 cannot be had in that version: the body
+    // fails, never ends as if complete, and never carries new bytes.
+    let mut got = Vec::new();
+    let failure = loop {
+        match read.body.next().await {
+            Some(Ok(frame)) => got.extend_from_slice(&frame),
+            Some(Err(e)) => break e,
+            None => panic!("a body of a changed object ended as if complete"),
+        }
+    };
+    assert!(matches!(failure, BackendError::Changed), "{failure:?}");
+    assert_eq!(got, old[..CHUNK as usize]);
     assert_eq!(rig.metrics.cache_fill_failures.get(), 1);
     let stats = rig.cache.stats();
-    assert_eq!((stats.memory_entries, stats.inflight_fills), (0, 0));
+    assert_eq!((stats.memory_entries, stats.inflight_fills), (1, 0));
     // The next request asks the store again and gets the new version whole.
     let (bytes, meta_outcome, _) = rig.get("c", None).await.unwrap();
     assert_eq!(meta_outcome, Outcome::Miss);
@@ -254,4 +280,47 @@ async fn cache_prewarm_reads_the_whole_object_into_memory() {
     assert_eq!((size, rig.fills()), (9000, 3));
     let (bytes, _, outcome) = rig.get("p", None).await.unwrap();
     assert_eq!((bytes, outcome), (object(9000, 4), Outcome::HitMemory));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_fill_goes_on_for_the_others_when_its_leader_leaves() {
+    let chunk = 4 << 20;
+    let rig = rig_with(Duration::from_secs(60), chunk);
+    let data = object(chunk as usize, 9);
+    rig.write("l", &data);
+    let object_id = ObjectId::new("s", "l", Partition::Gateway);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Metadata only: the leader below leads the fill.
+    let (meta, _) = rig
+        .cache
+        .metadata(&object_id, &rig.backend, Caller::Gateway, deadline, |_| {
+            None
+        })
+        .await
+        .unwrap();
+    let entry = CacheKey::new(object_id, &version_of(&meta), key::ORIGINAL);
+    let open = || {
+        rig.cache.read(
+            entry.clone(),
+            Arc::clone(&meta),
+            None,
+            Arc::clone(&rig.backend),
+            OwnedCaller::Gateway,
+        )
+    };
+    // The leader has its first bytes, then its client goes away.
+    let leader = open().await.unwrap();
+    assert_eq!(leader.outcome, Outcome::Miss);
+    drop(leader);
+    let mut other = open().await.unwrap();
+    let mut got = Vec::new();
+    while let Some(frame) = other.body.next().await {
+        got.extend_from_slice(&frame.unwrap());
+    }
+    assert!(got == data, "the follower gets every byte");
+    assert_eq!(rig.fills(), 1, "the leader's fill was not restarted");
+    // The follower may finish before the fill has stored the chunk; either way, no new fill.
+    let third = open().await.unwrap();
+    assert_ne!(third.outcome, Outcome::Miss);
+    assert_eq!(rig.fills(), 1);
 }

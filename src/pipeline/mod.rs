@@ -435,10 +435,19 @@ impl Pipeline {
         let partition = plan::Partition::of(&f.caller);
         let object = f.plan.object_id(partition.clone());
         let mut attempts = 0;
+        let chunk_bytes = cache.config().chunk_bytes;
         loop {
             attempts += 1;
+            // On a cold object, the chunk this request reads first comes with the metadata.
+            let decide = Arc::clone(f.conditions);
+            let head_only = f.head_only;
+            let first_chunk = move |meta: &ObjectMeta| match range::answer(&decide, meta, head_only)
+            {
+                Answer::Send(part) if !head_only => Some(part.map_or(0, |r| r.start / chunk_bytes)),
+                _ => None,
+            };
             let (meta, meta_outcome) = cache
-                .metadata(&object, f.backend, f.caller, f.deadline)
+                .metadata(&object, f.backend, f.caller, f.deadline, first_chunk)
                 .await
                 .map_err(backend_err)?;
             let part = match range::answer(f.conditions, &meta, f.head_only) {
@@ -470,7 +479,13 @@ impl Pipeline {
                 .await;
             match read {
                 Ok(read) => {
-                    ctx.cache(read.outcome);
+                    // This request's own origin request (a cold open that brought the first
+                    // chunk, or a revalidation) makes it a miss whatever the chunks were.
+                    ctx.cache(if meta_outcome == crate::cache::Outcome::Miss {
+                        meta_outcome
+                    } else {
+                        read.outcome
+                    });
                     let object = crate::backend::ObjectBody {
                         meta: (*meta).clone(),
                         body: read.body,
@@ -585,7 +600,7 @@ impl Pipeline {
 /// What the fetch stage works with, for the cached path.
 struct Fetch<'a> {
     snapshot: &'a Snapshot,
-    conditions: &'a http::HeaderMap,
+    conditions: &'a Arc<http::HeaderMap>,
     plan: &'a Plan,
     head_only: bool,
     route: &'static str,
