@@ -8,6 +8,8 @@
 //! Layout of `disk_dir`:
 //! - `CACHEDIR.TAG`: marks the directory as ours. A non-empty directory without it is refused at
 //!   [`DiskTier::open`], so a wrong `disk_dir` never deletes someone else's files.
+//! - the directory itself is flock'ed while a tier has it open: a second process is refused
+//!   (it would delete the first one's temp files, and both would spend the whole budget).
 //! - `tmp/`: files being written. Whatever is there at open was left by a crash and is deleted.
 //! - `00/` .. `ff/`: entries, named by the 64 hex characters of HMAC-SHA256(name key, id), in the
 //!   shard of their first byte. The name key is derived from the encryption key, so nobody
@@ -109,10 +111,22 @@ pub struct DiskStats {
     pub degraded: bool,
 }
 
-/// The encrypted disk tier. Dropping it stops its writer thread once the queue is written.
+/// The encrypted disk tier. Dropping it finishes the write in progress, drops the rest of the
+/// queue, and releases the directory.
 pub struct DiskTier {
     inner: Arc<Inner>,
     jobs: mpsc::Sender<Job>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for DiskTier {
+    fn drop(&mut self) {
+        self.inner.stopping.store(true, Ordering::Release);
+        let _ = self.jobs.send(Job::Stop);
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for DiskTier {
@@ -147,6 +161,18 @@ impl DiskTier {
         let sealer = Sealer::new(&config.encryption)
             .map_err(|_| fail(io::Error::other("cannot derive the cache keys")))?;
         claim_dir(&config.dir).map_err(fail)?;
+        // One process per directory: another's open would delete this one's temp files, and
+        // two indexes would each spend the whole budget.
+        let lock = File::open(&config.dir).map_err(fail)?;
+        if let Err(e) = lock.try_lock() {
+            return Err(fail(match e {
+                fs::TryLockError::WouldBlock => io::Error::other(
+                    "another bucketgate process uses this directory; give each process its own \
+                     disk_dir",
+                ),
+                fs::TryLockError::Error(e) => e,
+            }));
+        }
         let tmp = config.dir.join(TMP_DIR);
         make_dir(&tmp).map_err(fail)?;
         let leftovers = clear_dir(&tmp).map_err(fail)?;
@@ -163,10 +189,14 @@ impl DiskTier {
             degraded: AtomicBool::new(false),
             queued_bytes: AtomicU64::new(0),
             touch_interval_secs: touch_interval.as_secs(),
+            stopping: AtomicBool::new(false),
             metrics,
+            _lock: lock,
         });
         let rebuilt = inner.rebuild();
-        let evicted = inner.make_room(0);
+        let evicted = inner.lock().entries.len();
+        inner.make_room(0);
+        let evicted = evicted - inner.lock().entries.len();
         tracing::info!(
             dir = %config.dir.display(),
             entries = rebuilt.entries,
@@ -179,11 +209,15 @@ impl DiskTier {
         );
         let (jobs, queue) = mpsc::channel();
         let writer = Arc::clone(&inner);
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("cache-disk-writer".to_owned())
             .spawn(move || writer.run(queue))
             .map_err(fail)?;
-        Ok(DiskTier { inner, jobs })
+        Ok(DiskTier {
+            inner,
+            jobs,
+            writer: Some(writer),
+        })
     }
 
     /// The entry `id`, read, authenticated and decrypted on a blocking thread; `None` on a miss
@@ -236,7 +270,7 @@ impl DiskTier {
     /// the deletion of their files; returns how many entries went. Entries written by puts
     /// queued before the purge are removed when the writer reaches it.
     pub fn purge(&self, what: &Purge) -> u64 {
-        let files = self.inner.unindex_matching(what);
+        let files = self.inner.unindex_matching(what, true);
         let count = files.len() as u64;
         let _ = self.jobs.send(Job::Purge {
             what: what.clone(),
@@ -248,7 +282,7 @@ impl DiskTier {
     pub fn stats(&self) -> DiskStats {
         let index = self.inner.lock();
         DiskStats {
-            bytes: index.bytes,
+            bytes: index.on_disk(),
             entries: index.entries.len() as u64,
             degraded: self.inner.degraded.load(Ordering::Relaxed),
         }
@@ -267,8 +301,13 @@ impl DiskTier {
 /// Work for the writer thread, in the order it was asked for.
 enum Job {
     Put(Box<PutJob>),
-    Purge { what: Purge, files: Vec<Name> },
+    /// `files` were unindexed by the purge call and are still counted in `Index::doomed`.
+    Purge {
+        what: Purge,
+        files: Vec<(Name, u64)>,
+    },
     Flush(tokio::sync::oneshot::Sender<()>),
+    Stop,
 }
 
 struct PutJob {
@@ -289,7 +328,11 @@ struct Inner {
     degraded: AtomicBool,
     queued_bytes: AtomicU64,
     touch_interval_secs: u64,
+    /// Set when the tier is dropped: queued puts are dropped, not written.
+    stopping: AtomicBool,
     metrics: Arc<Metrics>,
+    /// The directory, flock'ed while this tier is open.
+    _lock: File,
 }
 
 /// Why an entry file was not served.
@@ -363,7 +406,7 @@ impl Inner {
     fn publish(&self, index: &Index) {
         self.metrics
             .cache_disk_bytes
-            .set(i64::try_from(index.bytes).unwrap_or(i64::MAX));
+            .set(i64::try_from(index.on_disk()).unwrap_or(i64::MAX));
     }
 
     // ---- reads ----
@@ -373,7 +416,7 @@ impl Inner {
         match self.read_file(name, size, want, touch) {
             Ok(bytes) => Some(bytes),
             Err(Fail::Gone) => {
-                self.forget(name, seq);
+                self.delete(name, seq);
                 None
             }
             Err(why) => {
@@ -388,9 +431,7 @@ impl Inner {
                     reason,
                     "cache disk entry failed to authenticate; deleted, served as a miss"
                 );
-                if self.forget(name, seq) {
-                    let _ = fs::remove_file(self.path(name));
-                }
+                self.delete(name, seq);
                 None
             }
         }
@@ -426,12 +467,15 @@ impl Inner {
         Ok(Bytes::from(buf).slice(body_at..body_at + body_len))
     }
 
-    /// Drops `name` from the index if it is still the entry `seq` (not a newer write).
-    fn forget(&self, name: &Name, seq: u64) -> bool {
+    /// Deletes the entry `name` if it is still the write `seq` (not a newer one). The file goes
+    /// before the index entry, under the lock, so its bytes are counted until it is gone.
+    fn delete(&self, name: &Name, seq: u64) {
         let mut index = self.lock();
-        let removed = index.remove_if_seq(name, seq);
-        self.publish(&index);
-        removed
+        if index.entries.get(name).is_some_and(|e| e.seq == seq) {
+            let _ = fs::remove_file(self.path(name));
+            index.remove(name);
+            self.publish(&index);
+        }
     }
 
     // ---- open ----
@@ -520,21 +564,27 @@ impl Inner {
             match job {
                 Job::Put(put) => {
                     let len = put.data.len() as u64;
-                    self.write(&put);
+                    if !self.stopping.load(Ordering::Acquire) {
+                        self.write(&put);
+                    }
                     self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
                 }
                 Job::Purge { what, files } => {
-                    for name in files {
+                    for (name, size) in files {
                         let _ = fs::remove_file(self.path(&name));
+                        let mut index = self.lock();
+                        index.doomed -= size;
+                        self.publish(&index);
                     }
                     // Entries this thread wrote between the purge call and now.
-                    for name in self.unindex_matching(&what) {
+                    for (name, _) in self.unindex_matching(&what, false) {
                         let _ = fs::remove_file(self.path(&name));
                     }
                 }
                 Job::Flush(done) => {
                     let _ = done.send(());
                 }
+                Job::Stop => return,
             }
         }
     }
@@ -555,7 +605,9 @@ impl Inner {
             return;
         }
         // Room first: the new file must fit beside the others before it is written.
-        self.make_room(size);
+        if !self.make_room(size) {
+            return;
+        }
         let path = self.path(&put.name);
         let written = (|| -> io::Result<()> {
             let mut tmp = tempfile::Builder::new()
@@ -591,26 +643,30 @@ impl Inner {
         self.publish(&index);
     }
 
-    /// Evicts least recently used entries until `incoming` more bytes fit; returns how many.
-    fn make_room(&self, incoming: u64) -> u64 {
+    /// Evicts least recently used entries until `incoming` more bytes fit; whether they do (not
+    /// while purged files wait for deletion). Only the writer thread calls it, and only it
+    /// writes: the victims' files are gone before anything new is written.
+    fn make_room(&self, incoming: u64) -> bool {
         let mut victims = Vec::new();
-        {
+        let fits = {
             let mut index = self.lock();
-            while index.bytes + incoming > self.max_bytes {
+            while index.on_disk() + incoming > self.max_bytes {
                 let Some(name) = index.pop_lru() else { break };
                 victims.push(name);
             }
-            self.publish(&index);
-        }
+            index.on_disk() + incoming <= self.max_bytes
+        };
         for name in &victims {
             let _ = fs::remove_file(self.path(name));
             self.metrics.cache_disk_evictions.inc();
         }
-        victims.len() as u64
+        self.publish(&self.lock());
+        fits
     }
 
-    /// Takes every entry `what` names out of the index; returns their names.
-    fn unindex_matching(&self, what: &Purge) -> Vec<Name> {
+    /// Takes every entry `what` names out of the index; returns their names and sizes. `doom`:
+    /// their bytes stay counted (`Index::doomed`) until the writer deletes the files.
+    fn unindex_matching(&self, what: &Purge, doom: bool) -> Vec<(Name, u64)> {
         let matches = |e: &Entry| match what {
             Purge::Source(source) => *e.source == **source,
             Purge::Prefix { source, prefix } => {
@@ -619,14 +675,17 @@ impl Inner {
             Purge::Key { source, key } => *e.source == **source && *e.key == *key.as_bytes(),
         };
         let mut index = self.lock();
-        let names: Vec<Name> = index
+        let names: Vec<(Name, u64)> = index
             .entries
             .iter()
             .filter(|(_, e)| matches(e))
-            .map(|(n, _)| *n)
+            .map(|(n, e)| (*n, e.size))
             .collect();
-        for name in &names {
+        for (name, size) in &names {
             index.remove(name);
+            if doom {
+                index.doomed += size;
+            }
         }
         self.publish(&index);
         names
@@ -655,10 +714,18 @@ struct Index {
     lru: BTreeMap<u64, Name>,
     next_tick: u64,
     next_seq: u64,
+    /// Bytes of the indexed entries' files.
     bytes: u64,
+    /// Bytes of purged files not deleted yet.
+    doomed: u64,
 }
 
 impl Index {
+    /// What the budget bounds: every entry file still on disk.
+    fn on_disk(&self) -> u64 {
+        self.bytes + self.doomed
+    }
+
     fn insert(&mut self, name: Name, source: Box<str>, key: Box<[u8]>, size: u64, touched: u64) {
         self.remove(&name);
         let tick = self.next_tick;
@@ -701,15 +768,6 @@ impl Index {
         self.lru.remove(&entry.tick);
         self.bytes -= entry.size;
         Some(entry)
-    }
-
-    fn remove_if_seq(&mut self, name: &Name, seq: u64) -> bool {
-        if self.entries.get(name).is_some_and(|e| e.seq == seq) {
-            self.remove(name);
-            true
-        } else {
-            false
-        }
     }
 
     fn pop_lru(&mut self) -> Option<Name> {
@@ -1367,6 +1425,17 @@ mod tests {
         // A file where the directory should be.
         let file = dir.path().join("precious.txt");
         assert!(DiskTier::open(&encrypted(&file, 16 << 20), Arc::new(Metrics::new())).is_err());
+        // One process per directory.
+        let path = dir.path().join("cache");
+        let first = DiskTier::open(&encrypted(&path, 16 << 20), Arc::new(Metrics::new())).unwrap();
+        let CacheError::Disk { source, .. } =
+            DiskTier::open(&encrypted(&path, 16 << 20), Arc::new(Metrics::new())).unwrap_err();
+        assert!(
+            source.to_string().contains("another bucketgate process"),
+            "{source}"
+        );
+        drop(first);
+        assert!(DiskTier::open(&encrypted(&path, 16 << 20), Arc::new(Metrics::new())).is_ok());
         // An existing empty directory is taken.
         let empty = tempfile::tempdir().unwrap();
         assert!(
