@@ -805,3 +805,48 @@ async fn prewarm_prefix_pages_through_an_s3_listing() {
     assert_eq!(job["errors"], 0, "{job}");
     assert_eq!(job["bytes"], 4 * 1001, "{job}");
 }
+
+/// A store that cannot list (the counting origin answers ListObjectsV2 with 501) makes a prefix
+/// prewarm a 502 naming the kind of failure, not a job.
+#[tokio::test]
+async fn prewarm_prefix_on_a_store_that_cannot_list_is_502() {
+    let origin = crate::support::origin::CountingOrigin::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().to_path_buf();
+    let gw = GatewayBuilder::new()
+        .source(
+            "s3",
+            bucketgate::config::SourceConfig::S3(crate::support::s3::source(
+                &origin.endpoint,
+                "bucket",
+                "",
+                "k",
+                "s",
+            )),
+        )
+        .tweak(move |c| {
+            c.admin.token = Some(Secret::new(TOKEN.to_owned()));
+            c.admin.state_dir = state_dir;
+            c.cache = Some(crate::cache::memory_cache(4 << 20));
+        })
+        .start()
+        .await;
+    let s = Setup {
+        gw,
+        _data: tempfile::tempdir().unwrap(),
+        state,
+    };
+    let (status, answer) = s
+        .authed(
+            reqwest::Method::POST,
+            "/admin/cache/prewarm",
+            Some(r#"{"source":"s3","prefix":"a/"}"#),
+        )
+        .await;
+    assert_eq!(status, 502, "{answer}");
+    assert!(answer.contains("listing the source failed"), "{answer}");
+    assert!(
+        origin.log().iter().any(|l| l.key.contains("list-type=2")),
+        "the store was asked to list"
+    );
+}

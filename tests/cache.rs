@@ -653,6 +653,14 @@ async fn a_disk_that_cannot_take_entries_never_fails_a_request() {
         )
         .await;
     }
+    // The failed writes put the disk tier in degraded mode, which the stats say.
+    support::eventually("disk degraded", 500, Duration::from_millis(20), || async {
+        admin_stats(&gw).await["disk_degraded"]
+            .as_bool()
+            .unwrap()
+            .then_some(())
+    })
+    .await;
 }
 
 // ---- revalidation ----

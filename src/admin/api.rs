@@ -14,8 +14,10 @@
 //! | `GET /admin/cache/prewarm/<id>` | `{"state": "running"/"done", "done", "total", "bytes", "errors", "failed": [{"key", "error"}]}` |
 //!
 //! The cache routes answer 409 when the gateway started without `[cache]`; an unknown source,
-//! a `credentials = "saml"` source (prewarm: no authority of its own) or a `cache = false`
-//! source (prewarm) is 400. See `cache.rs` for the bounds of prewarm jobs.
+//! a `credentials = "saml"` source (prewarm: no authority of its own), a `cache = false` source
+//! (prewarm) or a prefix holding more objects than one job reads is 400; a listing the store
+//! refused or failed is 502; a prewarm while the most jobs already run is 429. See `cache.rs`
+//! for the bounds of prewarm jobs.
 //!
 //! Without `[admin] token` none of these routes exist (404). With one, every request needs
 //! `Authorization: Bearer <token>`, checked against the digest of the token in force now (a
