@@ -72,6 +72,8 @@ struct Options {
     /// An IdP of this test's own (its `/sso` defaults may then be changed); otherwise the
     /// binary's shared one, asked only through `/response`.
     own_idp: bool,
+    /// A memory `[cache]` (tests/cache.rs's).
+    cache: bool,
 }
 
 /// The test's own IdP or the shared one (starting an IdP generates three keys).
@@ -124,6 +126,7 @@ impl World {
         let clock = ManualClock::new();
         let source = SourceConfig::S3(moto.source(BUCKET, "", S3Credentials::Saml));
         let sts_endpoint = moto.sts_endpoint();
+        let with_cache = options.cache;
         let mut captured = None;
         let audit = AuditConfig {
             destination: AuditDestination::File {
@@ -147,6 +150,9 @@ impl World {
                     ..StsConfig::default()
                 };
                 c.audit = audit;
+                if with_cache {
+                    c.cache = Some(crate::cache::memory_cache(16 << 20));
+                }
                 captured = Some(c.clone());
             })
             .credentials_clock(Arc::new(clock.clone()))
@@ -961,6 +967,81 @@ async fn saml_audit_records_logins_without_any_secret() {
     // Nothing from the response, the NameID or the credentials, and not the session id.
     for secret in [ALICE.name_id, &session, "ASIA", "PHNhbWxw", "SAMLResponse"] {
         assert!(!text.contains(secret), "audit log contains {secret:?}");
+    }
+}
+
+/// With `[cache]`, an entry filled with one role's credentials is served only to sessions of
+/// that role: the Reviewer's cached `secret/` object stays refused to the Labeler, and an object
+/// both roles may read is fetched once per role (the audit record's `cache` says which).
+#[tokio::test]
+async fn saml_cache_entries_are_served_only_to_sessions_of_the_role_that_filled_them() {
+    let w = World::start(Options {
+        cache: true,
+        ..Options::default()
+    })
+    .await;
+    let alice = w.sign_in(ALICE).await;
+    let bob = w.sign_in(BOB).await;
+    for _ in 0..2 {
+        let resp = w.get_with_session("/o/assets/secret/b.txt", &bob).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(body(resp).await, "secret b\n");
+    }
+    for _ in 0..2 {
+        let resp = w.get_with_session("/o/assets/secret/b.txt", &alice).await;
+        assert_eq!(
+            resp.status(),
+            StatusCode::FORBIDDEN,
+            "the Reviewer's cached entry is not the Labeler's"
+        );
+    }
+    for session in [&alice, &alice, &bob, &bob] {
+        let resp = w.get_with_session("/o/assets/labels/a.txt", session).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(body(resp).await, "label a\n");
+    }
+    let records: Vec<Value> =
+        support::eventually("audit records", 200, Duration::from_millis(20), || async {
+            let text = std::fs::read_to_string(&w.audit_path).unwrap_or_default();
+            let records: Vec<Value> = text
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .filter(|r| r["route"] == "object")
+                .collect();
+            (records.len() >= 8).then_some(records)
+        })
+        .await;
+    let cache_of = |key: &str| -> Vec<(String, String)> {
+        records
+            .iter()
+            .filter(|r| r["key"] == key)
+            .map(|r| {
+                (
+                    r["role"].as_str().unwrap_or("").to_owned(),
+                    r["cache"].as_str().unwrap_or("none").to_owned(),
+                )
+            })
+            .collect()
+    };
+    let pair = |role: &str, cache: &str| (role.to_owned(), cache.to_owned());
+    assert_eq!(
+        cache_of("labels/a.txt"),
+        vec![
+            pair("annotator", "miss"),
+            pair("annotator", "hit-memory"),
+            pair("reviewer", "miss"),
+            pair("reviewer", "hit-memory"),
+        ],
+        "one entry per role: {records:#?}"
+    );
+    let secret = cache_of("secret/b.txt");
+    assert_eq!(
+        &secret[..2],
+        &[pair("reviewer", "miss"), pair("reviewer", "hit-memory")]
+    );
+    for (role, cache) in &secret[2..] {
+        assert_eq!(role, "annotator");
+        assert_ne!(cache, "hit-memory", "{records:#?}");
     }
 }
 

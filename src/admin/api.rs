@@ -8,6 +8,16 @@
 //! | `GET /admin/revocations` | the revocation list |
 //! | `POST /admin/revocations` | `{"jti": "..."}` or `{"sub": "...", "issued_before": N}`: persisted, then effective for the next request |
 //! | `POST /admin/reload` | read the config file again |
+//! | `GET /admin/cache` | cache statistics (`cache::Stats`) |
+//! | `POST /admin/cache/purge` | `{"source"}`, `{"source", "prefix"}` or `{"source", "key"}`: `{"purged": N}` entries removed |
+//! | `POST /admin/cache/prewarm` | `{"source", "keys": [...]}` or `{"source", "prefix"}`: 202 `{"job": "<id>"}` |
+//! | `GET /admin/cache/prewarm/<id>` | `{"state": "running"/"done", "done", "total", "bytes", "errors", "failed": [{"key", "error"}]}` |
+//!
+//! The cache routes answer 409 when the gateway started without `[cache]`; an unknown source,
+//! a `credentials = "saml"` source (prewarm: no authority of its own), a `cache = false` source
+//! (prewarm) or a prefix holding more objects than one job reads is 400; a listing the store
+//! refused or failed is 502; a prewarm while the most jobs already run is 429. See `cache.rs`
+//! for the bounds of prewarm jobs.
 //!
 //! Without `[admin] token` none of these routes exist (404). With one, every request needs
 //! `Authorization: Bearer <token>`, checked against the digest of the token in force now (a
@@ -17,13 +27,15 @@
 //! built into a new snapshot, persisted atomically, audited, and only then put in force
 //! (`reload/mod.rs`). Every change is recorded through the audit log, one record format.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::header::AUTHORIZATION;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::Admin;
 use super::error::{AdminError, api_json};
+use super::{Admin, cache};
 use crate::config::defaults::ADMIN_BODY_MAX_BYTES;
 use crate::identity::revocation::{Revocation, RevocationStore};
 use crate::reload::lists::{ListsError, NetworkLists, Patch};
@@ -119,7 +131,96 @@ async fn route(
             }
         },
         ("/admin/reload", _) => Err(AdminError::MethodNotAllowed { allow: "POST" }),
+        (path, method) if path == "/admin/cache" || path.starts_with("/admin/cache/") => {
+            cache_route(admin, &who, path, method, req).await
+        }
         _ => Err(AdminError::NotFound),
+    }
+}
+
+/// The `/admin/cache` routes (see `cache.rs`).
+async fn cache_route(
+    admin: &Admin,
+    who: &str,
+    path: &str,
+    method: Method,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, AdminError> {
+    let allow = match path {
+        "/admin/cache" => "GET",
+        "/admin/cache/purge" | "/admin/cache/prewarm" => "POST",
+        _ if path.starts_with("/admin/cache/prewarm/") => "GET",
+        _ => return Err(AdminError::NotFound),
+    };
+    if method.as_str() != allow {
+        return Err(AdminError::MethodNotAllowed { allow });
+    }
+    let cache = admin
+        .pipeline
+        .shared()
+        .cache()
+        .cloned()
+        .ok_or(AdminError::CacheOff)?;
+    match path {
+        "/admin/cache" => {
+            let body = serde_json::to_vec(&cache.stats()).map_err(AdminError::Encoding)?;
+            Ok(api_json(StatusCode::OK, body))
+        }
+        "/admin/cache/purge" => {
+            let purge = cache::parse_purge(&read_body(req).await?)?;
+            let config = admin.control.effective_config().await;
+            cache::check_source(
+                &config,
+                &admin.pipeline.snapshot(),
+                cache::purge_source(&purge),
+            )?;
+            let purged = cache.purge(&purge);
+            record(
+                admin,
+                who,
+                "cache-purge",
+                &cache::purge_record(&purge, purged),
+            );
+            Ok(api_json(
+                StatusCode::OK,
+                format!("{}\n", serde_json::json!({ "purged": purged })),
+            ))
+        }
+        "/admin/cache/prewarm" => {
+            let wanted = cache::parse_prewarm(&read_body(req).await?)?;
+            let config = admin.control.effective_config().await;
+            let snapshot = admin.pipeline.snapshot();
+            cache::check_source(&config, &snapshot, &wanted.source)?;
+            cache::check_prewarmable(&config, &wanted.source)?;
+            let backend = snapshot
+                .sources()
+                .find(|(name, _)| **name == wanted.source)
+                .map(|(_, backend)| backend)
+                .ok_or_else(|| AdminError::UnknownSource(wanted.source.clone()))?;
+            let keys = cache::keys_to_prewarm(backend, wanted.what.clone()).await?;
+            let total = keys.len();
+            let job = admin
+                .prewarm
+                .start(cache, Arc::clone(&snapshot), &wanted.source, keys)?;
+            let what = match &wanted.what {
+                cache::PrewarmWhat::Keys(_) => serde_json::json!({
+                    "source": wanted.source, "job": job.id(), "total": total,
+                }),
+                cache::PrewarmWhat::Prefix(prefix) => serde_json::json!({
+                    "source": wanted.source, "prefix": prefix, "job": job.id(), "total": total,
+                }),
+            };
+            record(admin, who, "cache-prewarm", &what);
+            Ok(api_json(
+                StatusCode::ACCEPTED,
+                format!("{}\n", serde_json::json!({ "job": job.id() })),
+            ))
+        }
+        _ => {
+            let id = path.trim_start_matches("/admin/cache/prewarm/");
+            let job = admin.prewarm.get(id).ok_or(AdminError::NoSuchJob)?;
+            Ok(api_json(StatusCode::OK, format!("{}\n", job.status())))
+        }
     }
 }
 

@@ -57,6 +57,32 @@ pub enum AdminError {
     StoreUnavailable(#[source] RevocationError),
     #[error("the answer could not be encoded")]
     Encoding(#[source] serde_json::Error),
+    /// A cache route while the gateway runs without a cache.
+    #[error("the cache is off: the gateway was started without [cache] in its config")]
+    CacheOff,
+    /// A cache request body of the wrong form; the text says what is wrong and what is taken.
+    #[error("{0}")]
+    InvalidCache(String),
+    #[error("no source named {0:?}")]
+    UnknownSource(String),
+    #[error(
+        "source {0:?} signs with each user's SAML session credentials; the gateway has no \
+         authority of its own to prewarm it"
+    )]
+    PrewarmSaml(String),
+    #[error("source {0:?} is not cached (cache = false)")]
+    SourceNotCached(String),
+    #[error(
+        "more than {limit} objects under the prefix; prewarm a narrower prefix or a list of keys"
+    )]
+    PrefixTooBroad { limit: usize },
+    /// Listing a prefix failed at the store; the body names the kind only.
+    #[error("listing the source failed ({})", .0.kind())]
+    ListFailed(#[source] crate::backend::BackendError),
+    #[error("{running} prewarm jobs are running already; retry when one has finished")]
+    PrewarmBusy { running: usize },
+    #[error("no such prewarm job (only the most recent jobs are kept)")]
+    NoSuchJob,
 }
 
 impl AdminError {
@@ -70,7 +96,15 @@ impl AdminError {
             AdminError::BodyRead | AdminError::Invalid(_) | AdminError::InvalidRevocation(_) => {
                 StatusCode::BAD_REQUEST
             }
-            AdminError::NoConfigFile => StatusCode::CONFLICT,
+            AdminError::InvalidCache(_)
+            | AdminError::UnknownSource(_)
+            | AdminError::PrewarmSaml(_)
+            | AdminError::SourceNotCached(_)
+            | AdminError::PrefixTooBroad { .. } => StatusCode::BAD_REQUEST,
+            AdminError::NoSuchJob => StatusCode::NOT_FOUND,
+            AdminError::NoConfigFile | AdminError::CacheOff => StatusCode::CONFLICT,
+            AdminError::PrewarmBusy { .. } => StatusCode::TOO_MANY_REQUESTS,
+            AdminError::ListFailed(_) => StatusCode::BAD_GATEWAY,
             AdminError::ConfigInvalid(_) | AdminError::TlsInvalid(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -122,7 +156,16 @@ impl AdminError {
             | AdminError::ReloadFailed(_)
             | AdminError::NotPersisted(_)
             | AdminError::StoreUnavailable(_)
-            | AdminError::Encoding(_) => {}
+            | AdminError::Encoding(_)
+            | AdminError::CacheOff
+            | AdminError::InvalidCache(_)
+            | AdminError::UnknownSource(_)
+            | AdminError::PrewarmSaml(_)
+            | AdminError::SourceNotCached(_)
+            | AdminError::PrefixTooBroad { .. }
+            | AdminError::ListFailed(_)
+            | AdminError::PrewarmBusy { .. }
+            | AdminError::NoSuchJob => {}
         }
         resp
     }

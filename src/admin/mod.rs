@@ -1,6 +1,7 @@
 //! The admin listener (plain HTTP, loopback by default, never the data port): `/healthz` (the
 //! process is up), `/readyz` (every source answers), `/metrics` (Prometheus text), and the
-//! authenticated `/admin/*` API in `api.rs` (network lists, revocations, reload).
+//! authenticated `/admin/*` API in `api.rs` (network lists, revocations, reload, and the cache
+//! routes of `cache.rs`).
 //!
 //! One router: every `/admin/` request passes the same token check (the digest of the
 //! `[admin] token` in force, read from [`Control`] on every request, so a reload that rotates or
@@ -9,6 +10,7 @@
 //! chosen in `error.rs` only. This module must not decide data-listener access.
 
 pub mod api;
+pub mod cache;
 pub mod error;
 
 use std::sync::Arc;
@@ -34,6 +36,8 @@ pub struct Admin {
     pipeline: Arc<Pipeline>,
     control: Arc<Control>,
     revocations: Arc<Revocations>,
+    /// Cache prewarm jobs, running and recently finished.
+    prewarm: cache::Jobs,
 }
 
 impl Admin {
@@ -46,6 +50,7 @@ impl Admin {
             pipeline,
             control,
             revocations,
+            prewarm: cache::Jobs::new(),
         }
     }
 

@@ -24,7 +24,8 @@ use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::{Errno, ReadWriteFlags};
 
 use super::{
-    Backend, BackendError, BodyStream, ByteRange, Caller, ObjectBody, ObjectMeta, Opened, Want,
+    Backend, BackendError, BodyStream, ByteRange, Caller, Listing, ObjectBody, ObjectMeta, Opened,
+    Want,
 };
 use crate::config::defaults::BODY_CHUNK_BYTES;
 
@@ -407,4 +408,55 @@ impl Backend for FsBackend {
         })
         .await
     }
+
+    /// Walk the root on the blocking pool, descending only into directories that can hold keys
+    /// under `prefix`. Regular files only: a symlink is neither followed nor listed, so a listing
+    /// never leaves the root; names that are not UTF-8 are skipped.
+    async fn list(&self, prefix: &str, limit: usize) -> Result<Listing, BackendError> {
+        let root = Arc::clone(&self.root);
+        let prefix = prefix.to_owned();
+        blocking(move || list_below(&root, &prefix, limit)).await
+    }
+}
+
+/// [`FsBackend::list`]'s walk.
+fn list_below(root: &Path, prefix: &str, limit: usize) -> Result<Listing, BackendError> {
+    let mut keys = Vec::new();
+    let mut dirs = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, base)) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(map_io(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(map_io)?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let key = format!("{base}{name}");
+            let kind = entry.file_type().map_err(map_io)?;
+            if kind.is_dir() {
+                let folder = format!("{key}/");
+                if folder.starts_with(prefix) || prefix.starts_with(&folder) {
+                    dirs.push((entry.path(), folder));
+                }
+            } else if kind.is_file() && key.starts_with(prefix) {
+                keys.push(key);
+                if keys.len() > limit {
+                    keys.sort();
+                    keys.truncate(limit);
+                    return Ok(Listing {
+                        keys,
+                        truncated: true,
+                    });
+                }
+            }
+        }
+    }
+    keys.sort();
+    Ok(Listing {
+        keys,
+        truncated: false,
+    })
 }

@@ -279,6 +279,19 @@ pub trait Backend: Send + Sync {
     /// `/readyz`).
     fn ready(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
 
+    /// The keys of the objects under `prefix` (a plain string prefix of the key, not
+    /// necessarily a whole folder), with the gateway's own authority (admin prewarm): at most
+    /// `limit` of them, and whether more exist. A store that cannot list answers
+    /// [`BackendError::Protocol`].
+    fn list(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Listing, BackendError>> + Send {
+        let _ = (prefix, limit);
+        async { Err(BackendError::Protocol("this source cannot list".to_owned())) }
+    }
+
     /// Metadata, then whatever `want` asks for once it has seen the metadata, in as few round
     /// trips as the store allows (the fs backend does it in one blocking call), on behalf of
     /// `caller`. Every wait on a store ends by `deadline` (else [`BackendError::Timeout`]): one
@@ -311,6 +324,14 @@ pub trait Backend: Send + Sync {
                 .unwrap_or(Err(BackendError::Timeout(budget)))
         }
     }
+}
+
+/// What [`Backend::list`] found: the keys under a prefix, sorted, at most the limit asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    pub keys: Vec<String>,
+    /// More keys exist under the prefix than the limit allowed: `keys` is not all of them.
+    pub truncated: bool,
 }
 
 /// A configured source: one of the backend kinds, dispatched without dynamic allocation.
@@ -360,6 +381,13 @@ impl Backend for AnyBackend {
         match self {
             AnyBackend::Fs(b) => b.open(key, want, caller, deadline).await,
             AnyBackend::S3(b) => b.open(key, want, caller, deadline).await,
+        }
+    }
+
+    async fn list(&self, prefix: &str, limit: usize) -> Result<Listing, BackendError> {
+        match self {
+            AnyBackend::Fs(b) => b.list(prefix, limit).await,
+            AnyBackend::S3(b) => b.list(prefix, limit).await,
         }
     }
 }

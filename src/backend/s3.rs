@@ -56,7 +56,8 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
 
 use super::{
-    Backend, BackendError, BodyStream, ByteRange, Caller, ObjectBody, ObjectMeta, Opened, Want,
+    Backend, BackendError, BodyStream, ByteRange, Caller, Listing, ObjectBody, ObjectMeta, Opened,
+    Want,
 };
 use crate::aws::{HeaderBlockLimit, SdkFailure, sdk_http_client, sort_sdk_error};
 use crate::config::defaults::{
@@ -441,6 +442,62 @@ impl Backend for S3Backend {
         tokio::time::timeout_at(deadline, calls)
             .await
             .unwrap_or(Err(BackendError::Timeout(self.first_byte_timeout)))
+    }
+
+    /// ListObjectsV2 under the source's prefix + `prefix`, page after page, with the source's
+    /// own credentials (a saml source has none: [`BackendError::AccessDenied`]). Keys come back
+    /// without the source's prefix. A page that brings no key yet claims more is refused, so a
+    /// store cannot keep us paging forever.
+    async fn list(&self, prefix: &str, limit: usize) -> Result<Listing, BackendError> {
+        const PAGE_MAX_KEYS: usize = 1000;
+        let creds = self.credentials_for(Caller::Gateway).await?;
+        let full = self.object_key(prefix);
+        let mut keys: Vec<String> = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let want = (limit + 1 - keys.len()).min(PAGE_MAX_KEYS);
+            let mut request = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&full)
+                .max_keys(i32::try_from(want).unwrap_or(1000));
+            if let Some(t) = token.take() {
+                request = request.continuation_token(t);
+            }
+            let out = send_as!(request, creds.clone()).map_err(|e| self.classify(e))?;
+            let before = keys.len();
+            keys.extend(
+                out.contents()
+                    .iter()
+                    .filter_map(|o| o.key()?.strip_prefix(self.prefix.as_str()))
+                    .map(str::to_owned),
+            );
+            if keys.len() > limit {
+                keys.sort();
+                keys.truncate(limit);
+                return Ok(Listing {
+                    keys,
+                    truncated: true,
+                });
+            }
+            match out.next_continuation_token() {
+                Some(next) if out.is_truncated() == Some(true) => {
+                    if keys.len() == before {
+                        return Err(BackendError::Protocol(
+                            "ListObjectsV2 page without keys claims more".to_owned(),
+                        ));
+                    }
+                    token = Some(next.to_owned());
+                }
+                _ => break,
+            }
+        }
+        keys.sort();
+        Ok(Listing {
+            keys,
+            truncated: false,
+        })
     }
 }
 

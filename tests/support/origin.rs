@@ -433,3 +433,535 @@ async fn write_all(stream: &mut TcpStream, parts: &[&[u8]]) -> bool {
     }
     stream.flush().await.is_ok()
 }
+
+// ---------------------------------------------------------------------------------------------
+// A counting S3-like origin for the cache tests.
+
+/// One request a [`CountingOrigin`] or [`CountingProxy`] received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged {
+    pub method: String,
+    /// The object key (path after `/<bucket>/`, query removed), or the raw target.
+    pub key: String,
+    pub range: Option<String>,
+    pub if_match: Option<String>,
+    pub if_none_match: Option<String>,
+    /// The status answered (`CountingOrigin` only; 0 through a proxy).
+    pub status: u16,
+}
+
+impl Logged {
+    /// A `GET` of an object (not a listing).
+    pub fn is_object_get(&self) -> bool {
+        self.method == "GET" && !self.key.contains("list-type=2")
+    }
+
+    /// The inclusive byte span this GET asked for, on an object of `size` bytes (`None`: a
+    /// Range this helper does not resolve).
+    pub fn span(&self, size: u64) -> Option<(u64, u64)> {
+        match &self.range {
+            None => Some((0, size.checked_sub(1)?)),
+            Some(r) => resolve_range(r, size),
+        }
+    }
+}
+
+/// `bytes=a-b`, `bytes=a-`, `bytes=-n` on an object of `size` bytes -> inclusive span; `None`
+/// when unsatisfiable or not one of those forms.
+pub fn resolve_range(value: &str, size: u64) -> Option<(u64, u64)> {
+    let (a, b) = value.trim().strip_prefix("bytes=")?.split_once('-')?;
+    if a.is_empty() {
+        let n: u64 = b.parse().ok()?;
+        if n == 0 || size == 0 {
+            return None;
+        }
+        return Some((size.saturating_sub(n), size - 1));
+    }
+    let start: u64 = a.parse().ok()?;
+    if start >= size {
+        return None;
+    }
+    let end = if b.is_empty() {
+        size - 1
+    } else {
+        b.parse::<u64>().ok()?.min(size - 1)
+    };
+    (start <= end).then_some((start, end))
+}
+
+/// What the next object GET does after sending its head and `after` body bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Then {
+    /// Wait for [`Held::release`], then send the rest.
+    Continue,
+    /// Wait for [`Held::release`], then reset the connection (the body breaks off).
+    Reset,
+    /// Never go on (the connection stays open, silent), for a `kill -9` mid-fill.
+    Hang,
+}
+
+/// A GET held part-way by [`CountingOrigin::hold_next_get`].
+#[derive(Clone)]
+pub struct Held {
+    sent: Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Notify>,
+}
+
+impl Held {
+    /// Wait until the origin has sent the head and the first bytes.
+    pub async fn sent(&self) {
+        self.sent.notified().await;
+    }
+
+    pub fn release(&self) {
+        self.release.notify_one();
+    }
+}
+
+struct Hold {
+    after: usize,
+    then: Then,
+    held: Held,
+    /// Hold only a GET whose answer starts at this offset (`None`: the next GET).
+    at: Option<u64>,
+}
+
+struct Object {
+    bytes: bytes::Bytes,
+    etag: String,
+}
+
+#[derive(Default)]
+struct CountingState {
+    objects: std::sync::Mutex<std::collections::HashMap<String, Object>>,
+    log: std::sync::Mutex<Vec<Logged>>,
+    hold: std::sync::Mutex<Option<Hold>>,
+    versions: AtomicU64,
+}
+
+/// An S3-like origin (path style, any bucket name, any credentials) serving objects set by the
+/// test, with Range (`a-b`, `a-`, `-n`; 416 past the end), ETag, `If-Match` (412) and
+/// `If-None-Match` (304) on HEAD and GET, logging every request; one GET can be held part-way
+/// and then finished, broken off or left hanging.
+pub struct CountingOrigin {
+    /// `http://127.0.0.1:PORT`
+    pub endpoint: String,
+    state: Arc<CountingState>,
+    server: JoinHandle<()>,
+}
+
+impl Drop for CountingOrigin {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl CountingOrigin {
+    pub async fn start() -> CountingOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+        let addr = listener.local_addr().expect("origin addr");
+        let state = Arc::new(CountingState::default());
+        let shared = Arc::clone(&state);
+        let server = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                connections.spawn(serve_counting(stream, Arc::clone(&shared)));
+            }
+        });
+        CountingOrigin {
+            endpoint: format!("http://{addr}"),
+            state,
+            server,
+        }
+    }
+
+    /// Store (or replace) `key` with a new ETag; returns the ETag, quoted.
+    pub fn put(&self, key: &str, bytes: &[u8]) -> String {
+        let n = self.state.versions.fetch_add(1, Ordering::SeqCst) + 1;
+        let etag = format!("\"{n:08x}{:024x}\"", bytes.len());
+        self.state.objects.lock().unwrap().insert(
+            key.to_owned(),
+            Object {
+                bytes: bytes::Bytes::copy_from_slice(bytes),
+                etag: etag.clone(),
+            },
+        );
+        etag
+    }
+
+    /// Every request so far, in arrival order.
+    pub fn log(&self) -> Vec<Logged> {
+        self.state.log.lock().unwrap().clone()
+    }
+
+    /// The object GETs so far.
+    pub fn gets(&self) -> Vec<Logged> {
+        self.log()
+            .into_iter()
+            .filter(Logged::is_object_get)
+            .collect()
+    }
+
+    /// The object GETs of `key` so far.
+    pub fn gets_of(&self, key: &str) -> Vec<Logged> {
+        self.gets().into_iter().filter(|l| l.key == key).collect()
+    }
+
+    /// The next object GET that answers 200/206 sends its head and `after` body bytes, then
+    /// does what `then` says.
+    pub fn hold_next_get(&self, after: usize, then: Then) -> Held {
+        let held = Held {
+            sent: Arc::new(tokio::sync::Notify::new()),
+            release: Arc::new(tokio::sync::Notify::new()),
+        };
+        *self.state.hold.lock().unwrap() = Some(Hold {
+            after,
+            then,
+            held: held.clone(),
+            at: None,
+        });
+        held
+    }
+
+    /// As [`CountingOrigin::hold_next_get`], for the next GET whose answer starts at `start`.
+    pub fn hold_get_at(&self, start: u64, after: usize, then: Then) -> Held {
+        let held = self.hold_next_get(after, then);
+        if let Some(hold) = self.state.hold.lock().unwrap().as_mut() {
+            hold.at = Some(start);
+        }
+        held
+    }
+}
+
+struct CountingRequest {
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+}
+
+impl CountingRequest {
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    }
+}
+
+/// Read one request head (and skip a body of Content-Length bytes).
+async fn read_counting_request(reader: &mut BufReader<TcpStream>) -> Option<CountingRequest> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).await.ok()? == 0 {
+        return None;
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_string();
+    let target = parts.next()?.to_string();
+    let mut headers = Vec::new();
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).await.ok()? == 0 {
+            return None;
+        }
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            headers.push((name.trim().to_owned(), value.trim().to_owned()));
+        }
+    }
+    let req = CountingRequest {
+        method,
+        target,
+        headers,
+    };
+    if let Some(len) = req
+        .header("content-length")
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        let mut body = tokio::io::AsyncReadExt::take(&mut *reader, len);
+        tokio::io::copy(&mut body, &mut tokio::io::sink())
+            .await
+            .ok()?;
+    }
+    Some(req)
+}
+
+/// `/bucket/some/key?x-id=GetObject` -> `some/key` (percent-decoded).
+fn key_of(target: &str) -> String {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if query.contains("list-type=2") {
+        return target.to_owned();
+    }
+    let path = path.trim_start_matches('/');
+    let key = path.split_once('/').map_or("", |(_, k)| k);
+    percent_encoding::percent_decode_str(key)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+fn s3_error(status: u16, reason: &str, code: &str, head_only: bool) -> String {
+    let xml = if head_only {
+        String::new()
+    } else {
+        format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code></Error>")
+    };
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\
+         x-amz-request-id: counting\r\n\r\n{xml}",
+        xml.len()
+    )
+}
+
+async fn serve_counting(stream: TcpStream, state: Arc<CountingState>) {
+    let mut reader = BufReader::new(stream);
+    while let Some(req) = read_counting_request(&mut reader).await {
+        let key = key_of(&req.target);
+        let mut logged = Logged {
+            method: req.method.clone(),
+            key: key.clone(),
+            range: req.header("range"),
+            if_match: req.header("if-match"),
+            if_none_match: req.header("if-none-match"),
+            status: 0,
+        };
+        let head_only = req.method == "HEAD";
+        let object = state
+            .objects
+            .lock()
+            .unwrap()
+            .get(&key)
+            .map(|o| (o.bytes.clone(), o.etag.clone()));
+        let stream = reader.get_mut();
+        let answer = if key.contains("list-type=2") {
+            logged.status = 501;
+            s3_error(501, "Not Implemented", "NotImplemented", false)
+        } else if let Some((bytes, etag)) = object {
+            let size = bytes.len() as u64;
+            if logged
+                .if_match
+                .as_ref()
+                .is_some_and(|m| *m != etag && m != "*")
+            {
+                logged.status = 412;
+                s3_error(412, "Precondition Failed", "PreconditionFailed", head_only)
+            } else if logged
+                .if_none_match
+                .as_ref()
+                .is_some_and(|m| *m == etag || m == "*")
+            {
+                logged.status = 304;
+                format!("HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\n\r\n")
+            } else {
+                let span = match &logged.range {
+                    None => Ok(None),
+                    Some(r) => resolve_range(r, size).map(Some).ok_or(()),
+                };
+                match span {
+                    Err(()) => {
+                        logged.status = 416;
+                        s3_error(
+                            416,
+                            "Requested Range Not Satisfiable",
+                            "InvalidRange",
+                            head_only,
+                        )
+                    }
+                    Ok(span) => {
+                        let (status, (start, end)) = match span {
+                            Some(s) => (206, s),
+                            None => (200, (0, size.saturating_sub(1))),
+                        };
+                        logged.status = status;
+                        let len = if size == 0 { 0 } else { end - start + 1 };
+                        let range_line = if status == 206 {
+                            format!("Content-Range: bytes {start}-{end}/{size}\r\n")
+                        } else {
+                            String::new()
+                        };
+                        let reason = if status == 206 {
+                            "Partial Content"
+                        } else {
+                            "OK"
+                        };
+                        let head = format!(
+                            "HTTP/1.1 {status} {reason}\r\nContent-Length: {len}\r\nETag: {etag}\r\n\
+                             Last-Modified: {LAST_MODIFIED_HTTP}\r\nContent-Type: application/octet-stream\r\n\
+                             Accept-Ranges: bytes\r\n{range_line}x-amz-request-id: counting\r\n\r\n"
+                        );
+                        state.log.lock().unwrap().push(logged);
+                        let body = if head_only || len == 0 {
+                            bytes::Bytes::new()
+                        } else {
+                            bytes.slice(start as usize..=end as usize)
+                        };
+                        let hold = if head_only {
+                            None
+                        } else {
+                            let mut hold = state.hold.lock().unwrap();
+                            if hold
+                                .as_ref()
+                                .is_some_and(|h| h.at.is_none_or(|at| at == start))
+                            {
+                                hold.take()
+                            } else {
+                                None
+                            }
+                        };
+                        if !send_object(stream, head.as_bytes(), &body, hold).await {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+        } else {
+            logged.status = 404;
+            s3_error(404, "Not Found", "NoSuchKey", head_only)
+        };
+        state.log.lock().unwrap().push(logged);
+        if !write_all(stream, &[answer.as_bytes()]).await {
+            return;
+        }
+    }
+}
+
+/// Send an object answer, held part-way when `hold` says so; `false`: the connection is done.
+async fn send_object(stream: &mut TcpStream, head: &[u8], body: &[u8], hold: Option<Hold>) -> bool {
+    let Some(hold) = hold else {
+        return write_all(stream, &[head, body]).await;
+    };
+    let first = hold.after.min(body.len());
+    if !write_all(stream, &[head, &body[..first]]).await {
+        return false;
+    }
+    hold.held.sent.notify_one();
+    match hold.then {
+        Then::Hang => {
+            std::future::pending::<()>().await;
+            false
+        }
+        Then::Continue => {
+            hold.held.release.notified().await;
+            write_all(stream, &[&body[first..]]).await
+        }
+        Then::Reset => {
+            hold.held.release.notified().await;
+            let _ = socket2::SockRef::from(&*stream).set_linger(Some(Duration::ZERO));
+            false
+        }
+    }
+}
+
+/// A TCP proxy in front of a real store (s3s-fs) that logs each request head it forwards
+/// (method, target, Range) and passes every byte through unchanged, so SigV4 still checks.
+pub struct CountingProxy {
+    /// `http://127.0.0.1:PORT`
+    pub endpoint: String,
+    log: Arc<std::sync::Mutex<Vec<Logged>>>,
+    server: JoinHandle<()>,
+}
+
+impl Drop for CountingProxy {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl CountingProxy {
+    /// Proxy to `upstream` (`http://127.0.0.1:PORT`).
+    pub async fn start(upstream: &str) -> CountingProxy {
+        let upstream: std::net::SocketAddr = upstream
+            .trim_start_matches("http://")
+            .parse()
+            .expect("upstream is http://IP:PORT");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let shared = Arc::clone(&log);
+        let server = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
+                let log = Arc::clone(&shared);
+                connections.spawn(async move {
+                    let Ok(server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (mut server_r, mut server_w) = server.into_split();
+                    let (client_r, mut client_w) = client.into_split();
+                    let back = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut server_r, &mut client_w).await;
+                    });
+                    let mut reader = BufReader::new(client_r);
+                    // Requests from the gateway carry no body (HEAD, GET, ListObjectsV2).
+                    loop {
+                        let mut head = Vec::new();
+                        let mut lines = Vec::new();
+                        loop {
+                            let mut line = String::new();
+                            match reader.read_line(&mut line).await {
+                                Ok(0) | Err(_) => {
+                                    back.abort();
+                                    return;
+                                }
+                                Ok(_) => {}
+                            }
+                            head.extend_from_slice(line.as_bytes());
+                            let done = line == "\r\n";
+                            lines.push(line);
+                            if done {
+                                break;
+                            }
+                        }
+                        let mut first = lines[0].split_whitespace();
+                        let method = first.next().unwrap_or("").to_owned();
+                        let target = first.next().unwrap_or("").to_owned();
+                        let header = |name: &str| {
+                            lines.iter().skip(1).find_map(|l| {
+                                let (n, v) = l.split_once(':')?;
+                                n.trim()
+                                    .eq_ignore_ascii_case(name)
+                                    .then(|| v.trim().to_owned())
+                            })
+                        };
+                        log.lock().unwrap().push(Logged {
+                            method,
+                            key: key_of(&target),
+                            range: header("range"),
+                            if_match: header("if-match"),
+                            if_none_match: header("if-none-match"),
+                            status: 0,
+                        });
+                        if server_w.write_all(&head).await.is_err() {
+                            back.abort();
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        CountingProxy {
+            endpoint: format!("http://{addr}"),
+            log,
+            server,
+        }
+    }
+
+    pub fn log(&self) -> Vec<Logged> {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn gets_of(&self, key: &str) -> Vec<Logged> {
+        self.log()
+            .into_iter()
+            .filter(|l| l.is_object_get() && l.key == key)
+            .collect()
+    }
+}
