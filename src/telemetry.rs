@@ -104,6 +104,7 @@ pub struct Metrics {
     pub config_reloads: Family<ReloadLabel, Counter>,
     pub audit_dropped_records: Counter<u64, AtomicU64>,
     pub audit_write_errors: Counter<u64, AtomicU64>,
+    pub cors_unlisted_origin_responses: Family<RouteLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -218,8 +219,17 @@ impl Metrics {
             "Failed writes (or rotations) of the audit log",
             audit_write_errors.clone(),
         );
+        let cors_unlisted_origin_responses = Family::<RouteLabel, Counter>::default();
+        registry.register(
+            "cors_unlisted_origin_responses",
+            "Responses (preflight refusals included) to a request whose Origin [cors] does not \
+             list, by route: the browser hides them from the page, so a labeling app's missing \
+             [cors] entry shows here. Never labelled by origin (attacker text, unbounded)",
+            cors_unlisted_origin_responses.clone(),
+        );
         Metrics {
             registry,
+            cors_unlisted_origin_responses,
             network_decisions,
             proxy_protocol_failures,
             requests,
