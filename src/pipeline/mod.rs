@@ -188,22 +188,7 @@ impl Pipeline {
             }
             cors::apply(&snapshot.cors, &req.headers, resp.headers_mut());
             let status = resp.status().as_u16();
-            let route = ctx.route();
-            self.metrics
-                .requests
-                .get_or_create(&RouteStatus { route, status })
-                .inc();
-            self.metrics
-                .request_duration
-                .get_or_create(&RouteLabel { route })
-                .observe(started.elapsed().as_secs_f64());
-            if cors == CorsOutcome::NotListed {
-                // The browser hides this response from the page: a missing [cors] entry.
-                self.metrics
-                    .cors_unlisted_origin_responses
-                    .get_or_create(&RouteLabel { route })
-                    .inc();
-            }
+            self.count_response(ctx.route(), status, started, cors);
             let facts = ctx.finish(status);
             // 10. audit: the record is written when the body is done (or dropped), once.
             match audit {
@@ -216,6 +201,31 @@ impl Pipeline {
         }
         .instrument(span)
         .await
+    }
+
+    /// The metrics of one answered request.
+    fn count_response(
+        &self,
+        route: &'static str,
+        status: u16,
+        started: Instant,
+        cors: CorsOutcome,
+    ) {
+        self.metrics
+            .requests
+            .get_or_create(&RouteStatus { route, status })
+            .inc();
+        self.metrics
+            .request_duration
+            .get_or_create(&RouteLabel { route })
+            .observe(started.elapsed().as_secs_f64());
+        if cors == CorsOutcome::NotListed {
+            // The browser hides this response from the page: a missing [cors] entry.
+            self.metrics
+                .cors_unlisted_origin_responses
+                .get_or_create(&RouteLabel { route })
+                .inc();
+        }
     }
 
     /// The stages, in the order of the table at the top of this file.
