@@ -323,6 +323,7 @@ async fn label_studio_shows_signed_image_and_video_and_seeks_after_exp() {
 
     // One task holds both: a labeling config with <Image> and <Video> needs both fields in
     // every task. Each URL is minted for its own object.
+    let minted = Instant::now();
     let exp = unix_now() + EXP_SECS;
     let task = json!({
         "image": signed_url(&gw.base(), "pic.png", exp),
@@ -400,6 +401,7 @@ async fn label_studio_shows_signed_image_and_video_and_seeks_after_exp() {
     browser
         .execute("document.querySelector('video').pause();", json!([]))
         .await;
+    let played_after = minted.elapsed();
     assert!(
         unix_now() < exp,
         "page load took past exp ({EXP_SECS} s after minting): raise EXP_SECS"
@@ -428,7 +430,8 @@ async fn label_studio_shows_signed_image_and_video_and_seeks_after_exp() {
         seeked["seeked"]
             .as_f64()
             .is_some_and(|t| (t - SEEK_TO).abs() < 0.01),
-        "after exp the seek must land at {SEEK_TO} s (needs the use window of i16-window): {seeked}"
+        "after exp the seek must land at {SEEK_TO} s (the use window lets a URL in use live past \
+         exp): {seeked}"
     );
     wait_for(
         &browser,
@@ -492,8 +495,8 @@ async fn label_studio_shows_signed_image_and_video_and_seeks_after_exp() {
         "the seek to {SEEK_TO} s fetched from past the middle of the file:\n{text}"
     );
     eprintln!(
-        "label_studio: ready after {ready_after:?}; exp {EXP_SECS} s, seek {}s after exp; \
-         test wall time {:?}",
+        "label_studio: ready after {ready_after:?}; loaded and played {played_after:?} after \
+         minting (exp {EXP_SECS} s); seek {} s after exp; test wall time {:?}",
         seek_started.saturating_sub(exp),
         test_started.elapsed()
     );
