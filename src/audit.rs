@@ -9,12 +9,18 @@
 //! is the number of body bytes actually sent known: [`AuditedBody`] wraps every response body and
 //! writes the record from its `Drop`, once, with `"complete": false` for a body that was cut off.
 //!
+//! Each record also says what the request's `Origin` was, what `[cors]` made of it (`cors`:
+//! `allowed`, `not_listed`, `none`) and the `Range` it asked for, so a missing `[cors]` entry or
+//! a media player's seeks show in the log. Header values are attacker text: [`header_text`]
+//! bounds and escapes them.
+//!
 //! Tokens never reach this module's output: the identity stage records [`token_hash`] (the first
 //! 12 hex digits of the token's SHA-256), never the token.
 //!
 //! This module owns the record format and the writer. It must not decide access or choose status
 //! codes; the pipeline fills [`Facts`] as its stages finish.
 
+use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::net::IpAddr;
@@ -30,7 +36,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::defaults::AUDIT_CHANNEL_CAPACITY;
+use crate::config::defaults::{AUDIT_CHANNEL_CAPACITY, AUDIT_HEADER_VALUE_MAX_BYTES};
 use crate::config::{AuditConfig, AuditDestination};
 use crate::telemetry::Metrics;
 
@@ -52,6 +58,32 @@ pub enum AuditError {
 pub enum Decision {
     Allow,
     Deny,
+    /// A CORS preflight, answered without a token: whether it was allowed is in the record's
+    /// `cors` (`allowed` or `not_listed`), the `[cors]` entry that allowed it in `rule`.
+    Preflight,
+}
+
+/// What `[cors]` made of the request's `Origin` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CorsOutcome {
+    /// Exactly one `Origin`, listed: the response lets the browser read it.
+    Allowed,
+    /// An `Origin` `[cors]` does not list (or more than one): the browser hides the response
+    /// from the page, whatever its status. A missing `[cors]` entry looks like this.
+    NotListed,
+    /// No `Origin` header: not a CORS request (an `<img>` without `crossorigin`, curl).
+    None,
+}
+
+impl CorsOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CorsOutcome::Allowed => "allowed",
+            CorsOutcome::NotListed => "not_listed",
+            CorsOutcome::None => "none",
+        }
+    }
 }
 
 /// What the pipeline learned about a request, filled in as stages finish. Every field a stage
@@ -79,6 +111,12 @@ pub struct Facts {
     /// Where the body came from (`hit-memory`, `hit-disk`, `miss`, `coalesced`, `bypass`);
     /// `None` for a request that never reached the fetch stage.
     pub cache: Option<&'static str>,
+    /// The request's first `Origin` header, as [`header_text`] (attacker text: bounded, escaped).
+    pub origin: Option<String>,
+    /// What `[cors]` made of that origin.
+    pub cors: CorsOutcome,
+    /// The request's `Range` header as sent, as [`header_text`].
+    pub range: Option<String>,
 }
 
 impl Facts {
@@ -97,8 +135,38 @@ impl Facts {
             decision: Decision::Deny,
             rule: None,
             cache: None,
+            origin: None,
+            cors: CorsOutcome::None,
+            range: None,
         }
     }
+}
+
+/// A request header's value as the audit record (and the request span) carries it: the value
+/// is attacker text, so it is bounded to [`AUDIT_HEADER_VALUE_MAX_BYTES`] and every byte outside
+/// printable ASCII becomes `\xNN` (a backslash is doubled), so a record stays one line and
+/// shows exactly what was sent. A value cut short ends in `\...`, which no escaped value can.
+pub fn header_text(value: &[u8]) -> String {
+    let mut out = String::with_capacity(value.len().min(AUDIT_HEADER_VALUE_MAX_BYTES) + 4);
+    for &b in value {
+        let escaped_len = match b {
+            b'\\' => 2,
+            0x20..=0x7e => 1,
+            _ => 4,
+        };
+        if out.len() + escaped_len > AUDIT_HEADER_VALUE_MAX_BYTES {
+            out.push_str("\\...");
+            return out;
+        }
+        match b {
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(char::from(b)),
+            _ => {
+                let _ = write!(out, "\\x{b:02x}");
+            }
+        }
+    }
+    out
 }
 
 /// First 12 hex digits of the SHA-256 of `token`: enough to correlate requests made with one
@@ -125,6 +193,9 @@ struct RequestRecord<'a> {
     decision: Decision,
     rule: Option<&'a str>,
     cache: Option<&'a str>,
+    origin: Option<&'a str>,
+    cors: CorsOutcome,
+    range: Option<&'a str>,
     status: u16,
     bytes: u64,
     complete: bool,
@@ -282,6 +353,9 @@ impl Pending {
             decision: f.decision,
             rule: f.rule.as_deref(),
             cache: f.cache,
+            origin: f.origin.as_deref(),
+            cors: f.cors,
+            range: f.range.as_deref(),
             status: self.status,
             bytes,
             complete,
@@ -537,6 +611,35 @@ mod tests {
     fn token_hash_is_twelve_hex_digits_of_sha256() {
         // sha256("abc") = ba7816bf8f01cfea...
         assert_eq!(token_hash("abc"), "ba7816bf8f01");
+    }
+
+    #[test]
+    fn header_text_escapes_control_bytes_and_backslashes() {
+        assert_eq!(
+            header_text(b"https://label.example.com"),
+            "https://label.example.com"
+        );
+        assert_eq!(header_text(b"bytes=0-99"), "bytes=0-99");
+        assert_eq!(
+            header_text(b"a\r\n{\"x\":1}\\\x1b[31m\xc3\xa9"),
+            "a\\x0d\\x0a{\"x\":1}\\\\\\x1b[31m\\xc3\\xa9"
+        );
+    }
+
+    #[test]
+    fn header_text_is_bounded_and_marks_the_cut() {
+        let long = vec![b'a'; AUDIT_HEADER_VALUE_MAX_BYTES + 1];
+        let text = header_text(&long);
+        assert!(text.ends_with("\\..."), "{text}");
+        assert!(text.len() <= AUDIT_HEADER_VALUE_MAX_BYTES + 4);
+        let exact = vec![b'a'; AUDIT_HEADER_VALUE_MAX_BYTES];
+        assert_eq!(header_text(&exact).len(), AUDIT_HEADER_VALUE_MAX_BYTES);
+        // An escape is never split by the cut.
+        let escapes = vec![0u8; AUDIT_HEADER_VALUE_MAX_BYTES];
+        let text = header_text(&escapes);
+        let kept = text.strip_suffix("\\...").unwrap();
+        assert_eq!(kept.len() % 4, 0);
+        assert!(kept.len() + 4 > AUDIT_HEADER_VALUE_MAX_BYTES);
     }
 
     #[test]

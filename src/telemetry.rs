@@ -133,6 +133,7 @@ pub struct Metrics {
     pub cache_integrity_failures: Counter<u64, AtomicU64>,
     pub cache_disk_write_errors: Counter<u64, AtomicU64>,
     pub cache_disk_dropped_writes: Counter<u64, AtomicU64>,
+    pub cors_unlisted_origin_responses: Family<RouteLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -327,8 +328,17 @@ impl Metrics {
             "Disk cache writes dropped because the write queue was full (a slow disk)",
             cache_disk_dropped_writes.clone(),
         );
+        let cors_unlisted_origin_responses = Family::<RouteLabel, Counter>::default();
+        registry.register(
+            "cors_unlisted_origin_responses",
+            "Responses (preflight refusals included) to a request whose Origin [cors] does not \
+             list, by route: the browser hides them from the page, so a labeling app's missing \
+             [cors] entry shows here. Never labelled by origin (attacker text, unbounded)",
+            cors_unlisted_origin_responses.clone(),
+        );
         Metrics {
             registry,
+            cors_unlisted_origin_responses,
             cache_hits,
             cache_misses,
             cache_served_bytes,
@@ -361,7 +371,6 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition of every metric.
     /// One store failure of the source `source` (the configured name).
     pub fn upstream_error(&self, source: &str, kind: &'static str) {
         self.upstream_errors
@@ -372,6 +381,7 @@ impl Metrics {
             .inc();
     }
 
+    /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;

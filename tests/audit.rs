@@ -272,3 +272,161 @@ async fn audit_names_the_rule_of_a_network_denial() {
     assert_eq!(rec["rule"], "deny 127.0.0.1/32", "{rec}");
     assert_eq!(rec["client"], "127.0.0.1", "{rec}");
 }
+
+/// Issue 16: a missing `[cors]` entry was invisible (every hidden response audited as
+/// `200 allow complete`) and an answered preflight was audited as `"decision":"deny"`. Each
+/// record names the request's Origin, what `[cors]` made of it and the Range it asked for; a
+/// preflight is audited as one, with the entry that allowed it; a counter sums the responses to
+/// unlisted origins.
+#[tokio::test]
+async fn audit_records_origin_cors_outcome_range_and_preflights() {
+    const LISTED: &str = "https://label.example.com";
+    let data = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let log_path = logs.path().join("audit.log");
+    support::write_file(data.path(), "hello.txt", b"hello audit\n");
+    let audit_path = log_path.clone();
+    let mut gw = support::GatewayBuilder::new()
+        .source("local", support::fs_source(data.path()))
+        .tweak(move |config| {
+            identity(config);
+            config.cors = bucketgate::config::CorsConfig {
+                allowed_origins: vec![LISTED.to_owned()],
+                max_age: Duration::from_secs(600),
+            };
+            config.audit.destination = AuditDestination::File {
+                path: audit_path,
+                max_bytes: 1024 * 1024,
+                keep: 2,
+            };
+        })
+        .start()
+        .await;
+    let unlisted_metric = async |gw: &TestGateway| -> u64 {
+        let text = reqwest::get(gw.admin_url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix("bucketgate_cors_unlisted_origin_responses_total{route=\"object\"} ")
+            })
+            .map_or(0, |v| v.trim().parse().unwrap())
+    };
+    assert_eq!(unlisted_metric(&gw).await, 0);
+    let bearer = format!("Bearer {}", token(Target::prefix("").unwrap()));
+    let send = async |method: Method, headers: &[(&str, &str)]| {
+        let r = gw
+            .raw_exact(
+                Proto::H1,
+                method,
+                "/o/local/hello.txt",
+                headers,
+                Bytes::new(),
+            )
+            .await;
+        (r.status, r.header("x-request-id").unwrap().to_owned())
+    };
+    let (status, listed_range) = send(
+        Method::GET,
+        &[
+            ("authorization", &bearer),
+            ("origin", LISTED),
+            ("range", "bytes=2-6"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    let (status, unlisted) = send(
+        Method::GET,
+        &[
+            ("authorization", &bearer),
+            ("origin", "https://other.example.com"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, absent) = send(Method::GET, &[("authorization", &bearer)]).await;
+    assert_eq!(status, StatusCode::OK);
+    // Attacker text: a tab and non-ASCII bytes are escaped, never written raw.
+    let (status, hostile) = send(
+        Method::GET,
+        &[
+            ("authorization", &bearer),
+            ("origin", "https://x.example\t\u{e9}\\"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let preflight = |origin: &'static str| {
+        [
+            ("origin", origin),
+            ("access-control-request-method", "GET"),
+            ("access-control-request-headers", "range"),
+        ]
+    };
+    let (status, allowed_preflight) = send(Method::OPTIONS, &preflight(LISTED)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, refused_preflight) =
+        send(Method::OPTIONS, &preflight("https://evil.example.com")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // The unlisted GET, the hostile GET and the refused preflight; never the others.
+    assert_eq!(unlisted_metric(&gw).await, 3);
+    let metrics = reqwest::get(gw.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!metrics.contains("other.example.com"), "origin as a label");
+
+    gw.take_gateway().shutdown().await;
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let records: HashMap<String, Value> = text
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (v["request_id"].as_str().unwrap().to_owned(), v)
+        })
+        .collect();
+    assert_eq!(records.len(), 6, "{text}");
+    let rec = |id: &str| records[id].clone();
+
+    let r = rec(&listed_range);
+    assert_eq!(r["origin"], LISTED, "{r}");
+    assert_eq!(r["cors"], "allowed", "{r}");
+    assert_eq!(r["range"], "bytes=2-6", "{r}");
+    assert_eq!(r["decision"], "allow", "{r}");
+    assert_eq!(r["status"], 206, "{r}");
+
+    let r = rec(&unlisted);
+    assert_eq!(r["origin"], "https://other.example.com", "{r}");
+    assert_eq!(r["cors"], "not_listed", "{r}");
+    assert_eq!(r["range"], Value::Null, "{r}");
+    assert_eq!(r["decision"], "allow", "{r}");
+
+    let r = rec(&absent);
+    assert_eq!(r["origin"], Value::Null, "{r}");
+    assert_eq!(r["cors"], "none", "{r}");
+
+    let r = rec(&hostile);
+    assert_eq!(r["origin"], "https://x.example\\x09\\xc3\\xa9\\\\", "{r}");
+    assert_eq!(r["cors"], "not_listed", "{r}");
+
+    let r = rec(&allowed_preflight);
+    assert_eq!(r["method"], "OPTIONS", "{r}");
+    assert_eq!(r["decision"], "preflight", "{r}");
+    assert_eq!(r["cors"], "allowed", "{r}");
+    assert_eq!(r["rule"], format!("allow {LISTED}"), "{r}");
+    assert_eq!(r["status"], 204, "{r}");
+    assert_eq!(r["token_hash"], Value::Null, "{r}");
+
+    let r = rec(&refused_preflight);
+    assert_eq!(r["decision"], "preflight", "{r}");
+    assert_eq!(r["cors"], "not_listed", "{r}");
+    assert_eq!(r["origin"], "https://evil.example.com", "{r}");
+    assert_eq!(r["rule"], Value::Null, "{r}");
+    assert_eq!(r["status"], 403, "{r}");
+}

@@ -230,3 +230,56 @@ async fn cors_unlisted_origin_gets_no_cors_headers_but_vary() {
     assert_eq!(r.header("access-control-expose-headers"), None);
     assert_eq!(r.header("vary"), Some("Origin"));
 }
+
+/// Issue 16: with no `[cors]` entry for the labeling app nothing displays, yet every request
+/// succeeded as far as the gateway could tell. The unlisted-origin counter shows it, by route
+/// only (never the origin: attacker text, unbounded).
+#[tokio::test]
+async fn cors_missing_entry_shows_in_the_unlisted_origin_metric() {
+    let (gw, _dir) = gateway(&[]).await;
+    let bearer = format!("Bearer {}", token());
+    let series = "bucketgate_cors_unlisted_origin_responses_total{route=\"object\"} ";
+    let count = async || -> u64 {
+        let text = reqwest::get(gw.admin_url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    };
+    // No Origin (curl, an <img> without crossorigin): not a CORS request, not counted.
+    let r = gw
+        .raw_exact(
+            Proto::H2,
+            Method::GET,
+            "/o/local/hello.txt",
+            &[("authorization", &bearer)],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(count().await, 0);
+    for proto in Proto::BOTH {
+        let r = gw
+            .raw_exact(
+                proto,
+                Method::GET,
+                "/o/local/hello.txt",
+                &[("authorization", &bearer), ("origin", ORIGIN)],
+                Bytes::new(),
+            )
+            .await;
+        // The gateway answers 200; the browser hides it without Access-Control-Allow-Origin.
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.header("access-control-allow-origin"), None);
+    }
+    assert_eq!(count().await, 2);
+    let text = gw.gateway().metrics().encode().unwrap();
+    assert!(
+        !text.contains("label.example.com"),
+        "origin used as a label"
+    );
+}

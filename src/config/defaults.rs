@@ -100,6 +100,9 @@ pub const AUDIT_KEEP_MAX: u64 = 1_000;
 /// Audit records waiting for the writer; beyond this they are dropped and counted, so a slow
 /// disk never blocks a request.
 pub const AUDIT_CHANNEL_CAPACITY: usize = 16 * 1024;
+/// An audit record keeps at most this many bytes of a request header it quotes (`Origin`,
+/// `Range`): attacker text, bounded like any other.
+pub const AUDIT_HEADER_VALUE_MAX_BYTES: usize = 256;
 /// On shutdown, time given to the audit writer to write what is queued.
 pub const AUDIT_FLUSH_TIMEOUT_SECS: u64 = 5;
 

@@ -7,8 +7,14 @@
 //! listed origin carry the origin itself (never `*`, since credentials are allowed) and the
 //! headers a media viewer needs to read.
 //!
+//! Every request's `Origin` is classified once ([`Cors::outcome`]: `allowed`, `not_listed`,
+//! `none`) for the audit record and the unlisted-origin counter: a browser hides a response to
+//! an unlisted origin from the page whatever its status, so a missing `[cors]` entry must show
+//! somewhere other than in the browser.
+//!
 //! This stage decides only which headers a browser sees; it never grants access to an object.
 
+use std::fmt;
 use std::time::Duration;
 
 use http::header::{
@@ -18,6 +24,7 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 
+use crate::audit::CorsOutcome;
 use crate::config::CorsConfig;
 use crate::pipeline::error::Error;
 
@@ -69,6 +76,42 @@ impl Cors {
         }
         self.origins.iter().any(|o| o == origin).then_some(origin)
     }
+
+    /// What this policy makes of the request's `Origin` (for the audit record and the metric).
+    pub fn outcome(&self, headers: &HeaderMap) -> CorsOutcome {
+        if !headers.contains_key(ORIGIN) {
+            CorsOutcome::None
+        } else if self.allowed_origin(headers).is_some() {
+            CorsOutcome::Allowed
+        } else {
+            CorsOutcome::NotListed
+        }
+    }
+
+    /// The `[cors]` entry that lists the request's origin, if one does.
+    pub fn rule(&self, headers: &HeaderMap) -> Option<CorsRule> {
+        self.allowed_origin(headers).map(|origin| CorsRule {
+            origin: origin.clone(),
+        })
+    }
+}
+
+/// The `[cors] allowed_origins` entry that matched a request: `allow https://label.example.com`
+/// in the audit record's `rule`.
+#[derive(Debug, Clone)]
+pub struct CorsRule {
+    origin: HeaderValue,
+}
+
+impl fmt::Display for CorsRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Listed origins are validated as plain ASCII at config load.
+        write!(
+            f,
+            "allow {}",
+            String::from_utf8_lossy(self.origin.as_bytes())
+        )
+    }
 }
 
 /// Whether this request is a CORS preflight: `OPTIONS` with `Origin` and
@@ -79,16 +122,16 @@ pub fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
         && headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD)
 }
 
-/// Answer a preflight: 204 with the policy for a listed origin, else a refusal without
-/// `Access-Control-Allow-Origin`.
-pub fn preflight(cors: &Cors, headers: &HeaderMap) -> Result<Response<ResponseBody>, Error> {
-    let Some(origin) = cors.allowed_origin(headers) else {
+/// Answer a preflight: 204 with the policy for a listed origin (`rule`, from [`Cors::rule`]),
+/// else a refusal without `Access-Control-Allow-Origin`.
+pub fn preflight(cors: &Cors, rule: Option<CorsRule>) -> Result<Response<ResponseBody>, Error> {
+    let Some(CorsRule { origin }) = rule else {
         return Err(Error::CorsOriginNotAllowed);
     };
     let mut resp = Response::new(web::empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;
     let h = resp.headers_mut();
-    h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     h.insert(
         ACCESS_CONTROL_ALLOW_CREDENTIALS,
         HeaderValue::from_static("true"),
@@ -174,6 +217,23 @@ mod tests {
             ("origin", "https://label.example.com"),
         ]);
         assert!(c.allowed_origin(&twice).is_none());
+    }
+
+    #[test]
+    fn cors_outcome_tells_listed_unlisted_and_absent_origins_apart() {
+        let c = cors();
+        let listed = headers(&[("origin", "https://label.example.com")]);
+        assert_eq!(c.outcome(&listed), CorsOutcome::Allowed);
+        assert_eq!(
+            c.rule(&listed).unwrap().to_string(),
+            "allow https://label.example.com"
+        );
+        let other = headers(&[("origin", "https://other.example.com")]);
+        assert_eq!(c.outcome(&other), CorsOutcome::NotListed);
+        assert!(c.rule(&other).is_none());
+        assert_eq!(c.outcome(&HeaderMap::new()), CorsOutcome::None);
+        // No [cors] at all: every origin is unlisted (the misconfiguration the metric shows).
+        assert_eq!(Cors::disabled().outcome(&listed), CorsOutcome::NotListed);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 
-use crate::audit::{Decision, Facts};
+use crate::audit::{CorsOutcome, Decision, Facts, header_text};
 use crate::identity::Principal;
 
 use super::identity::Authenticated;
@@ -41,6 +41,9 @@ impl RequestCtx {
             role = tracing::field::Empty,
             project = tracing::field::Empty,
             cache = tracing::field::Empty,
+            origin = tracing::field::Empty,
+            cors = tracing::field::Empty,
+            range = tracing::field::Empty,
             status = tracing::field::Empty,
         );
         RequestCtx {
@@ -97,6 +100,44 @@ impl RequestCtx {
         self.span.record("rule", rule.as_str());
         self.facts.decision = Decision::Allow;
         self.facts.rule = Some(rule);
+    }
+
+    /// The request's `Origin` header (the first, if repeated) and what `[cors]` made of it.
+    pub fn origin(&mut self, origin: Option<&http::HeaderValue>, outcome: CorsOutcome) {
+        self.span.record("cors", outcome.as_str());
+        self.facts.cors = outcome;
+        if let Some(origin) = origin {
+            let text = header_text(origin.as_bytes());
+            self.span.record("origin", text.as_str());
+            self.facts.origin = Some(text);
+        }
+    }
+
+    /// The request's `Range` header, as sent (the first, if repeated).
+    pub fn range(&mut self, range: Option<&http::HeaderValue>) {
+        if let Some(range) = range {
+            let text = header_text(range.as_bytes());
+            self.span.record("range", text.as_str());
+            self.facts.range = Some(text);
+        }
+    }
+
+    /// A CORS preflight was answered: allowed by the `[cors]` entry `rule`, or refused (`None`;
+    /// the request's `cors` outcome says why). Not an authorization decision: no token was
+    /// asked for and no object is reached.
+    pub fn preflight(&mut self, rule: Option<impl fmt::Display>) {
+        self.span.record("decision", "preflight");
+        self.facts.decision = Decision::Preflight;
+        match rule {
+            Some(rule) => {
+                let rule = rule.to_string();
+                self.span.record("rule", rule.as_str());
+                self.facts.rule = Some(rule);
+            }
+            // The span keeps the network stage's rule (a field cannot be unset); the audit
+            // record says that no `[cors]` entry matched.
+            None => self.facts.rule = None,
+        }
     }
 
     /// The network stage let the request through by `rule`. Only the span says so: whether the

@@ -18,7 +18,8 @@
 //! | 9 | respond: head + streaming body, CORS headers; an error's status and headers | `respond` below, `respond.rs`, `cors.rs`, `error.rs` |
 //! | 10 | audit: one record per request, written when the body ends or is dropped | `crate::audit` |
 //!
-//! What the stages learn about the request (client, decision, rule, principal, target) goes into
+//! What the stages learn about the request (client, decision, rule, principal, target; and,
+//! before any stage, its `Origin`, what `[cors]` makes of it, and its `Range`) goes into
 //! its [`ctx::RequestCtx`], which writes the span and the audit record's facts together.
 //! `bucketgate explain` runs the same stages dry (`explain.rs`).
 //!
@@ -56,7 +57,7 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use tracing::Instrument;
 
-use crate::audit::{AuditLog, AuditedBody};
+use crate::audit::{AuditLog, AuditedBody, CorsOutcome};
 use crate::backend::{Backend, BackendError, Caller, ObjectMeta, Opened, Want};
 use crate::pipeline::error::Error;
 use crate::telemetry::{Metrics, NetworkDecisionLabel, RouteLabel, RouteStatus};
@@ -155,6 +156,10 @@ impl Pipeline {
         async move {
             let snapshot = self.snapshot();
             let (req, body) = req.into_parts();
+            // What the request says of itself, for the audit record, before any stage can refuse.
+            let cors = snapshot.cors.outcome(&req.headers);
+            ctx.origin(req.headers.get(http::header::ORIGIN), cors);
+            ctx.range(req.headers.get(http::header::RANGE));
             let mut close = false;
             let mut resp = match self.run(&snapshot, &req, body, conn, route, &mut ctx).await {
                 Ok(resp) => resp,
@@ -183,15 +188,7 @@ impl Pipeline {
             }
             cors::apply(&snapshot.cors, &req.headers, resp.headers_mut());
             let status = resp.status().as_u16();
-            let route = ctx.route();
-            self.metrics
-                .requests
-                .get_or_create(&RouteStatus { route, status })
-                .inc();
-            self.metrics
-                .request_duration
-                .get_or_create(&RouteLabel { route })
-                .observe(started.elapsed().as_secs_f64());
+            self.count_response(ctx.route(), status, started, cors);
             let facts = ctx.finish(status);
             // 10. audit: the record is written when the body is done (or dropped), once.
             match audit {
@@ -204,6 +201,31 @@ impl Pipeline {
         }
         .instrument(span)
         .await
+    }
+
+    /// The metrics of one answered request.
+    fn count_response(
+        &self,
+        route: &'static str,
+        status: u16,
+        started: Instant,
+        cors: CorsOutcome,
+    ) {
+        self.metrics
+            .requests
+            .get_or_create(&RouteStatus { route, status })
+            .inc();
+        self.metrics
+            .request_duration
+            .get_or_create(&RouteLabel { route })
+            .observe(started.elapsed().as_secs_f64());
+        if cors == CorsOutcome::NotListed {
+            // The browser hides this response from the page: a missing [cors] entry.
+            self.metrics
+                .cors_unlisted_origin_responses
+                .get_or_create(&RouteLabel { route })
+                .inc();
+        }
     }
 
     /// The stages, in the order of the table at the top of this file.
@@ -221,7 +243,9 @@ impl Pipeline {
         let object = match route {
             Route::Auth(route) => return self.auth(snapshot, route, req, body, client, ctx).await,
             Route::Object(_) if cors::is_preflight(&req.method, &req.headers) => {
-                return cors::preflight(&snapshot.cors, &req.headers);
+                let rule = snapshot.cors.rule(&req.headers);
+                ctx.preflight(rule.as_ref());
+                return cors::preflight(&snapshot.cors, rule);
             }
             Route::Object(object) => object,
             Route::NotFound => return Err(Error::Plan(plan::PlanError::NoRoute)),
