@@ -54,6 +54,7 @@ fn bench(c: &mut Criterion) {
             ),
         ],
         jwks: None,
+        use_window_max: Duration::from_secs(12 * 3600),
     };
     let state = tempfile::tempdir().unwrap();
     let identity =

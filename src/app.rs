@@ -93,6 +93,8 @@ pub struct StartOptions {
     /// The clock of delegated-role credential expiry, SAML assertion checks and SAML session
     /// expiry; `None`: the system clock.
     pub credentials_clock: Option<Arc<dyn crate::credentials::Clock>>,
+    /// The clock of token checks (`exp`, `nbf`, use windows); `None`: the system clock.
+    pub token_clock: Option<Arc<dyn crate::credentials::Clock>>,
 }
 
 impl Gateway {
@@ -135,7 +137,11 @@ impl Gateway {
         // SAML sessions outlive snapshots too, whether or not `[saml]` is configured now.
         let saml = Arc::new(crate::saml::sp::SamlState::new(clock)?);
         // The one home of all of it (see `state.rs`), built once for the process.
-        let shared = Arc::new(Shared::new(admission, revocations, delegations).with_saml(saml));
+        let mut shared = Shared::new(admission, revocations, delegations).with_saml(saml);
+        if let Some(clock) = &options.token_clock {
+            shared = shared.with_token_clock(Arc::clone(clock));
+        }
+        let shared = Arc::new(shared);
         let (audit, audit_done) = AuditLog::start(&config.audit, Arc::clone(&metrics))?;
         let pipeline = Arc::new(
             Pipeline::with_shared(
@@ -203,6 +209,10 @@ impl Gateway {
             shutdown.clone(),
         )));
         tasks.push(tokio::spawn(sweep_saml_sessions(
+            Arc::clone(&pipeline),
+            shutdown.clone(),
+        )));
+        tasks.push(tokio::spawn(sweep_use_windows(
             Arc::clone(&pipeline),
             shutdown.clone(),
         )));
@@ -312,6 +322,21 @@ async fn evict_idle_rate_limit_keys(pipeline: Arc<Pipeline>, shutdown: Cancellat
 
 /// Drop expired SAML sessions (and with them the users' credentials) even if nobody presents
 /// their cookie again.
+/// Forget lapsed use windows, every `USE_WINDOW_SWEEP_SECS` (a full store also sweeps itself).
+async fn sweep_use_windows(pipeline: Arc<Pipeline>, shutdown: CancellationToken) {
+    use crate::identity::use_window::UseWindowStore as _;
+    let every = Duration::from_secs(crate::config::defaults::USE_WINDOW_SWEEP_SECS);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {
+                let shared = pipeline.shared();
+                shared.use_windows().sweep(shared.token_now()).await;
+            }
+        }
+    }
+}
+
 async fn sweep_saml_sessions(pipeline: Arc<Pipeline>, shutdown: CancellationToken) {
     let every = Duration::from_secs(crate::config::defaults::SAML_SESSION_SWEEP_SECS);
     loop {

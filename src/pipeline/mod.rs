@@ -229,7 +229,9 @@ impl Pipeline {
         let (target, head_only) = object.into_target()?;
         let open_body = body::framing(body).map_err(|_| Error::BodyNotAllowed)?;
         ctx.target(&target);
-        let authenticated = self.identify(snapshot, &req.headers, &target, ctx).await?;
+        let authenticated = self
+            .identify(snapshot, &req.headers, &target, client, ctx)
+            .await?;
         let grant =
             authorize::authorize(authenticated.principal(), client, target, &snapshot.policy)
                 .inspect_err(|e| ctx.deny(e.rule()))
@@ -243,12 +245,14 @@ impl Pipeline {
             .await
     }
 
-    /// Stage 2: a token, or a SAML session (its principal and the user's credentials).
+    /// Stage 2: a token, or a SAML session (its principal and the user's credentials). A token
+    /// with a use window is judged by the window store, from `client`.
     async fn identify(
         &self,
         snapshot: &Snapshot,
         headers: &http::HeaderMap,
         target: &plan::Target,
+        client: network::ClientIp,
         ctx: &mut RequestCtx,
     ) -> Result<identity::Authenticated, Error> {
         let sessions = match (self.saml(), &snapshot.saml) {
@@ -264,10 +268,14 @@ impl Pipeline {
             sessions,
             headers,
             target.token(),
-            crate::identity::unix_now(),
+            self.shared.token_now(),
+            crate::identity::TokenUse {
+                client: client.addr(),
+                windows: self.shared.use_windows(),
+            },
         )
         .await
-        .inspect_err(|_| ctx.deny("identity"))
+        .inspect_err(|e| ctx.deny(e.rule()))
         .map_err(Error::Identity)?;
         ctx.authenticated(&authenticated);
         Ok(authenticated)
