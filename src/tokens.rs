@@ -40,7 +40,7 @@ pub enum TokenError {
          allow_non_expiring = true on the key"
     )]
     NonExpiringRefused(String),
-    #[error("--ttl must be positive")]
+    #[error("a lifetime (--ttl, --idle, --max) must be positive")]
     ZeroTtl,
     #[error("`{0}` is not a CIDR; write e.g. 203.0.113.7/32 or 2001:db8::/48")]
     BadCidr(String),
