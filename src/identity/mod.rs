@@ -18,7 +18,7 @@
 //!   signature is verified (against a stand-in key when the `kid` is unknown), the claims are
 //!   parsed and every claim is checked, and only then is one refusal picked
 //!   ([`Checks::decide`]). A bad signature is therefore not answered faster than an expired
-//!   token with a good one; the client sees the same 401 for both;
+//!   token with a good one (which alone is answered `token_expired`, below);
 //! - a token past `exp` is [`IdentityError::Expired`] only when everything else about it holds
 //!   (key, signature, `aud`, `iss`, `nbf`/`iat`, well-formed claims): the one refusal a client
 //!   may tell apart (`token_expired`, so a labeling app re-signs), and one that says nothing the
@@ -968,7 +968,7 @@ mod clock_tests {
         assert_eq!(claim_checks.aud, ClaimMatch::Matches);
         assert!(claim_checks.started);
         assert!(claim_checks.principal.is_ok());
-        // The signature is what is reported; the client gets the same 401 either way (the
+        // The signature is what is reported: the generic 401, never `token_expired` (the
         // status map's own test, in `pipeline::error`).
         let rejected = checks.decide().unwrap_err();
         assert!(

@@ -83,6 +83,12 @@ pub struct Sessions<'s> {
 /// Holds no borrowed token: only its hash, for the audit.
 pub struct Authenticated(Inner);
 
+// One per request, moved a few times: boxing the token's principal would allocate per request
+// to save copying ~200 bytes.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per request; a box would allocate per request"
+)]
 enum Inner {
     Token {
         principal: Principal,
