@@ -10,7 +10,7 @@
 //! | 1a | `/auth/` routes (SAML login, ACS, session, logout), after the per-address rate limit | `auth` (core: `crate::saml::sp`) |
 //! | 1b | CORS preflight, answered without a token | `cors.rs` |
 //! | 5a | parse: query, key syntax, method -> [`plan::Target`] (400s, 405; nothing about what exists) | `route.rs`, `plan.rs` |
-//! | 2 | identity: the one token or SAML session -> [`identity::Authenticated`] (401; two tokens: 400) | `identity.rs` |
+//! | 2 | identity: the one token or SAML session -> [`identity::Authenticated`] (401, `token_expired` told apart; two tokens: 400); a token's use window is judged, and its use recorded, in `state`'s store | `identity.rs` |
 //! | 3 | authorize: principal x client x target -> [`authorize::Grant`] holding both (403) | `authorize.rs` |
 //! | 4 | admit: rate limits per client address and subject -> [`admit::Admitted`]`<Grant>` (429) | `admit.rs` |
 //! | 5b | plan: the admitted grant -> [`plan::Plan`]; an unknown source is 404 only now | `plan.rs` |
