@@ -91,6 +91,7 @@ fn pipeline_head(c: &mut Criterion) {
             allow_non_expiring: false,
         }],
         jwks: None,
+        use_window_max: std::time::Duration::from_secs(12 * 3600),
     };
     let revocations = Arc::new(
         bucketgate::identity::revocation::Revocations::load(dir.path()).expect("revocations"),

@@ -3,6 +3,9 @@
 //! memory, then decide on a key. Targets (issue 4): HS256 + decision < 5 µs, EdDSA < 60 µs.
 //! `identity_refusal/*` compares refused tokens (issue 11): an expired token with a good
 //! signature, with a bad one, and under an unknown kid should cost the same per algorithm.
+//! `use_window/*` (issue 16): the use-window check of a warm window (target < 2 µs): the store
+//! step alone, with the token's SHA-256, and a whole HS256 `verify` of a window token past its
+//! `exp` beside a plain token's.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -54,6 +57,7 @@ fn bench(c: &mut Criterion) {
             ),
         ],
         jwks: None,
+        use_window_max: Duration::from_secs(12 * 3600),
     };
     let state = tempfile::tempdir().unwrap();
     let identity =
@@ -185,5 +189,139 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// The use-window check on a warm window (one already started, used again within `idle`).
+fn use_window(c: &mut Criterion) {
+    use bucketgate::identity::TokenUse;
+    use bucketgate::identity::use_window::{Use, UseWindowStore as _, UseWindows, WindowKey};
+    use futures_util::FutureExt as _;
+
+    let config = IdentityConfig {
+        audience: "bucketgate".into(),
+        issuer: None,
+        clock_skew: Duration::from_secs(30),
+        cookie_name: "bucketgate_session".into(),
+        keys: vec![KeyConfig {
+            kid: "hs".into(),
+            alg: KeyAlg::Hs256,
+            material: KeyMaterial::Hs256(Secret::new(SECRET.into())),
+            private_key: None,
+            allow_non_expiring: false,
+        }],
+        jwks: None,
+        use_window_max: Duration::from_secs(12 * 3600),
+    };
+    let state = tempfile::tempdir().unwrap();
+    let identity =
+        Identity::new(&config, Arc::new(Revocations::load(state.path()).unwrap())).unwrap();
+    let issued = unix_now();
+    let claims = |window: bool| {
+        let mut c = serde_json::json!({
+            "sub": "labeler-17", "aud": "bucketgate", "iat": issued, "exp": issued + 300,
+            "jti": "9f1c2d3e-bench", "scope": ["videos:exact/team-a/batch-7/clip_000123.mp4"],
+            "role": "annotator", "project": "p1",
+        });
+        if window {
+            c["idle"] = 600.into();
+            c["max"] = 28_800.into();
+        }
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some("hs".into());
+        jsonwebtoken::encode(&h, &c, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+    };
+    let (windowed, plain) = (claims(true), claims(false));
+    let window = identity
+        .verify_cached(&windowed, issued)
+        .unwrap()
+        .use_window()
+        .unwrap();
+    let client: std::net::IpAddr = "203.0.113.7".parse().unwrap();
+    // Busy store: many other live windows besides the one measured.
+    let windows = UseWindows::memory();
+    for n in 0..50_000u32 {
+        let other = Use {
+            key: WindowKey::of(&format!("other-token-{n}")),
+            window,
+            first_use_by: issued + 330,
+            client,
+            now: issued,
+        };
+        windows
+            .use_token(&other, true)
+            .now_or_never()
+            .unwrap()
+            .unwrap();
+    }
+    let at = TokenUse {
+        client,
+        windows: &windows,
+    };
+    // Start the measured window, then judge it 170 s past exp + skew, within idle (a live window).
+    identity
+        .verify(&windowed, issued, at)
+        .now_or_never()
+        .unwrap()
+        .unwrap();
+    let later = issued + 500;
+    identity
+        .verify(&windowed, later, at)
+        .now_or_never()
+        .unwrap()
+        .unwrap();
+    let warm = Use {
+        key: WindowKey::of(&windowed),
+        window,
+        first_use_by: issued + 330,
+        client,
+        now: later,
+    };
+
+    let mut g = c.benchmark_group("use_window");
+    g.bench_function("store_check_warm", |b| {
+        b.iter(|| {
+            windows
+                .use_token(black_box(&warm), true)
+                .now_or_never()
+                .unwrap()
+                .unwrap()
+        })
+    });
+    g.bench_function("hash_and_store_check_warm", |b| {
+        b.iter(|| {
+            let use_ = Use {
+                key: WindowKey::of(black_box(&windowed)),
+                ..warm
+            };
+            windows
+                .use_token(&use_, true)
+                .now_or_never()
+                .unwrap()
+                .unwrap()
+        })
+    });
+    g.bench_function("verify/hs256_window_token_past_exp", |b| {
+        b.iter(|| {
+            identity
+                .verify(black_box(&windowed), later, at)
+                .now_or_never()
+                .unwrap()
+                .unwrap()
+                .role()
+                .len()
+        })
+    });
+    g.bench_function("verify/hs256_plain_token", |b| {
+        b.iter(|| {
+            identity
+                .verify(black_box(&plain), issued, at)
+                .now_or_never()
+                .unwrap()
+                .unwrap()
+                .role()
+                .len()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, use_window);
 criterion_main!(benches);

@@ -12,7 +12,8 @@ use std::time::{Duration, SystemTime};
 use aws_credential_types::Credentials;
 use bucketgate::backend::Caller;
 use bucketgate::credentials::SessionCredentials;
-use bucketgate::identity::{Principal, Scope};
+use bucketgate::identity::use_window::UseWindows;
+use bucketgate::identity::{Principal, Scope, TokenUse};
 use bucketgate::pipeline::auth::SESSION_COOKIE;
 use bucketgate::pipeline::identity::{Sessions, authenticate_request};
 use bucketgate::saml::session::{AnySessionStore, Session, SessionStore as _};
@@ -80,6 +81,11 @@ fn bench(c: &mut Criterion) {
         cookie_name: SESSION_COOKIE,
         now,
     };
+    let windows = UseWindows::memory();
+    let at = TokenUse {
+        client: std::net::Ipv4Addr::LOCALHOST.into(),
+        windows: &windows,
+    };
 
     c.bench_function("saml/session_lookup_and_credential_selection", |b| {
         b.iter(|| {
@@ -89,6 +95,7 @@ fn bench(c: &mut Criterion) {
                 black_box(&headers),
                 None,
                 0,
+                at,
             ))
             .unwrap();
             let caller = authenticated

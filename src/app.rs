@@ -97,6 +97,8 @@ pub struct StartOptions {
     /// The clock of delegated-role credential expiry, SAML assertion checks and SAML session
     /// expiry; `None`: the system clock.
     pub credentials_clock: Option<Arc<dyn crate::credentials::Clock>>,
+    /// The clock of token checks (`exp`, `nbf`, use windows); `None`: the system clock.
+    pub token_clock: Option<Arc<dyn crate::credentials::Clock>>,
 }
 
 impl Gateway {
@@ -145,6 +147,9 @@ impl Gateway {
             let cache =
                 crate::cache::Cache::new(cache, Arc::clone(&metrics))?.with_limits(&config.limits);
             shared = shared.with_cache(Arc::new(cache));
+        }
+        if let Some(clock) = &options.token_clock {
+            shared = shared.with_token_clock(Arc::clone(clock));
         }
         let shared = Arc::new(shared);
         let (audit, audit_done) = AuditLog::start(&config.audit, Arc::clone(&metrics))?;
@@ -214,6 +219,10 @@ impl Gateway {
             shutdown.clone(),
         )));
         tasks.push(tokio::spawn(sweep_saml_sessions(
+            Arc::clone(&pipeline),
+            shutdown.clone(),
+        )));
+        tasks.push(tokio::spawn(sweep_use_windows(
             Arc::clone(&pipeline),
             shutdown.clone(),
         )));
@@ -323,6 +332,21 @@ async fn evict_idle_rate_limit_keys(pipeline: Arc<Pipeline>, shutdown: Cancellat
 
 /// Drop expired SAML sessions (and with them the users' credentials) even if nobody presents
 /// their cookie again.
+/// Forget lapsed use windows, every `USE_WINDOW_SWEEP_SECS` (a full store also sweeps itself).
+async fn sweep_use_windows(pipeline: Arc<Pipeline>, shutdown: CancellationToken) {
+    use crate::identity::use_window::UseWindowStore as _;
+    let every = Duration::from_secs(crate::config::defaults::USE_WINDOW_SWEEP_SECS);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {
+                let shared = pipeline.shared();
+                shared.use_windows().sweep(shared.token_now()).await;
+            }
+        }
+    }
+}
+
 async fn sweep_saml_sessions(pipeline: Arc<Pipeline>, shutdown: CancellationToken) {
     let every = Duration::from_secs(crate::config::defaults::SAML_SESSION_SWEEP_SECS);
     loop {

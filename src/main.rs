@@ -117,6 +117,17 @@ struct MintArgs {
     /// Bind the token to client addresses (a CIDR or one address).
     #[arg(long, value_parser = tokens::parse_cidr)]
     cip: Option<ipnet::IpNet>,
+    /// Use window: once first used (before --ttl runs out), the URL keeps working past its
+    /// expiry while it is used at least this often (30s, 10m, 1h); claim `idle`.
+    #[arg(long, value_parser = tokens::parse_duration)]
+    idle: Option<Duration>,
+    /// Use window: the longest it lasts after the first use (claim `max`). Default: the
+    /// config's [identity] use_window_max_secs (12 h unless set).
+    #[arg(long, value_parser = tokens::parse_duration, requires = "idle")]
+    max: Option<Duration>,
+    /// Use window: accept it from any client address, not only the first use's (`bind: false`).
+    #[arg(long, requires = "idle")]
+    no_bind: bool,
     /// Representations the token may see (repeatable): original, derived. Default: any.
     #[arg(long)]
     rep: Vec<Rep>,
@@ -232,7 +243,15 @@ fn mint(args: &MintArgs, signer: &Signer) -> anyhow::Result<(String, Target)> {
         cip: args.cip,
         rep: args.rep.clone(),
     };
-    Ok((signer.mint(&grant, SystemTime::now())?, target))
+    let window = args.idle.map(|idle| tokens::Window {
+        idle,
+        max: args.max,
+        bind: !args.no_bind,
+    });
+    Ok((
+        signer.mint_with_window(&grant, window, SystemTime::now())?,
+        target,
+    ))
 }
 
 fn sign(args: &MintArgs, base_url: Option<&str>) -> anyhow::Result<String> {

@@ -1,8 +1,9 @@
 //! Minting tokens and keys for the `sign`, `token` and `keygen` commands.
 //!
 //! A token is a standard JWT (header `{alg, kid, typ: "JWT"}`) with the claims the identity stage
-//! reads: `sub`, `aud`, `iss`, `exp`, `iat`, `jti`, `scope`, `role`, `project`, `cip`, `rep`. Any
-//! JWT library can mint the same tokens (see the README); this module is the gateway's own.
+//! reads: `sub`, `aud`, `iss`, `exp`, `iat`, `jti`, `scope`, `role`, `project`, `cip`, `rep`, and
+//! for a use window `idle`, `max`, `bind` (`crate::identity::use_window`). Any JWT library can
+//! mint the same tokens (see the README); this module is the gateway's own.
 //!
 //! This module never runs inside `serve`: it reads signing keys (secrets and private keys) that
 //! the gateway itself does not need.
@@ -39,7 +40,7 @@ pub enum TokenError {
          allow_non_expiring = true on the key"
     )]
     NonExpiringRefused(String),
-    #[error("--ttl must be positive")]
+    #[error("a lifetime (--ttl, --idle, --max) must be positive")]
     ZeroTtl,
     #[error("`{0}` is not a CIDR; write e.g. 203.0.113.7/32 or 2001:db8::/48")]
     BadCidr(String),
@@ -87,6 +88,15 @@ pub enum TokenError {
     },
     #[error("`{0}` is not a base URL; write https://host[:port] with no path")]
     BadBaseUrl(String),
+    #[error("a use window (--idle) needs an expiry: give a --ttl, not `none`")]
+    WindowWithoutExp,
+    #[error("--idle ({idle} s) is longer than --max ({max} s); use a shorter --idle")]
+    IdleAboveMax { idle: u64, max: u64 },
+    #[error(
+        "--max ({max} s) is longer than the config's [identity] use_window_max_secs ({cap} s), \
+         which the gateway would refuse; use a shorter --max or raise use_window_max_secs"
+    )]
+    MaxAboveCap { max: u64, cap: u64 },
 }
 
 /// How long a token lives.
@@ -103,6 +113,11 @@ pub fn parse_ttl(text: &str) -> Result<Ttl, TokenError> {
     if text == "none" {
         return Ok(Ttl::Never);
     }
+    parse_duration(text).map(Ttl::For)
+}
+
+/// Parse `30s`, `15m`, `1h`, `7d`: positive, at most 7 days (`--ttl`, `--idle`, `--max`).
+pub fn parse_duration(text: &str) -> Result<Duration, TokenError> {
     let bad = || TokenError::BadDuration(text.to_owned());
     let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
     let (digits, unit) = text.split_at(split);
@@ -121,7 +136,17 @@ pub fn parse_ttl(text: &str) -> Result<Ttl, TokenError> {
     if secs > MAX_TTL.as_secs() {
         return Err(TokenError::TtlTooLong(text.to_owned()));
     }
-    Ok(Ttl::For(Duration::from_secs(secs)))
+    Ok(Duration::from_secs(secs))
+}
+
+/// A use window to mint into a token (`--idle`, `--max`, `--no-bind`): see
+/// `crate::identity::use_window` for what the gateway does with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub idle: Duration,
+    /// `None`: the gateway's `use_window_max_secs`.
+    pub max: Option<Duration>,
+    pub bind: bool,
 }
 
 /// What a token may reach.
@@ -215,6 +240,13 @@ struct Claims<'a> {
     cip: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     rep: Vec<Rep>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idle: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max: Option<u64>,
+    /// Written only when false (true is the default with `idle`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bind: Option<bool>,
 }
 
 /// A key that can sign, with the audience and issuer tokens must carry.
@@ -225,6 +257,8 @@ pub struct Signer {
     allow_non_expiring: bool,
     audience: String,
     issuer: Option<String>,
+    /// The config's `use_window_max_secs`: a longer `--max` would be refused.
+    use_window_max_secs: u64,
 }
 
 impl fmt::Debug for Signer {
@@ -255,6 +289,7 @@ impl Signer {
             allow_non_expiring: false,
             audience: audience.to_owned(),
             issuer: issuer.map(str::to_owned),
+            use_window_max_secs: crate::config::defaults::USE_WINDOW_MAX_SECS,
         }
     }
 
@@ -308,6 +343,7 @@ impl Signer {
             allow_non_expiring: key.allow_non_expiring,
             audience: identity.audience.clone(),
             issuer: identity.issuer.clone(),
+            use_window_max_secs: identity.use_window_max.as_secs(),
         })
     }
 
@@ -317,6 +353,16 @@ impl Signer {
 
     /// Sign a token for `grant`, issued at `now`.
     pub fn mint(&self, grant: &Grant, now: SystemTime) -> Result<String, TokenError> {
+        self.mint_with_window(grant, None, now)
+    }
+
+    /// [`Signer::mint`], with a use window when `window` is given.
+    pub fn mint_with_window(
+        &self,
+        grant: &Grant,
+        window: Option<Window>,
+        now: SystemTime,
+    ) -> Result<String, TokenError> {
         let iat = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let exp = match grant.ttl {
             Ttl::For(d) if d > MAX_TTL => {
@@ -325,6 +371,28 @@ impl Signer {
             Ttl::For(d) => Some(iat + d.as_secs()),
             Ttl::Never if self.allow_non_expiring => None,
             Ttl::Never => return Err(TokenError::NonExpiringRefused(self.kid.clone())),
+        };
+        let (idle, max, bind) = match window {
+            None => (None, None, None),
+            Some(_) if exp.is_none() => return Err(TokenError::WindowWithoutExp),
+            Some(w) => {
+                let idle = w.idle.as_secs();
+                let max = w.max.map(|m| m.as_secs());
+                let effective = max.unwrap_or(self.use_window_max_secs);
+                if effective > self.use_window_max_secs {
+                    return Err(TokenError::MaxAboveCap {
+                        max: effective,
+                        cap: self.use_window_max_secs,
+                    });
+                }
+                if idle > effective {
+                    return Err(TokenError::IdleAboveMax {
+                        idle,
+                        max: effective,
+                    });
+                }
+                (Some(idle), max, (!w.bind).then_some(false))
+            }
         };
         let scope = match &grant.target {
             Target::Key(key) => format!("{}:exact/{key}", grant.source),
@@ -342,6 +410,9 @@ impl Signer {
             project: grant.project.as_deref(),
             cip: grant.cip.map(|c| c.to_string()),
             rep: grant.rep.clone(),
+            idle,
+            max,
+            bind,
         };
         let mut header = Header::new(algorithm(self.alg));
         header.kid = Some(self.kid.clone());
@@ -630,6 +701,70 @@ mod tests {
         assert!(matches!(
             signer.mint(&never, now),
             Err(TokenError::NonExpiringRefused(_))
+        ));
+    }
+
+    #[test]
+    fn window_flags_become_idle_max_bind_claims_and_nonsense_is_refused() {
+        let signer = Signer::hs256("k1", &Secret::new("s3cret".into()), "aud1", None);
+        let grant = Grant {
+            source: "local".into(),
+            target: Target::key("v.mp4").unwrap(),
+            ttl: Ttl::For(Duration::from_secs(300)),
+            subject: "alice".into(),
+            role: "annotator".into(),
+            project: None,
+            cip: None,
+            rep: vec![],
+        };
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let claims = |window| {
+            let token = signer.mint_with_window(&grant, window, now)?;
+            let payload = token.split('.').nth(1).unwrap();
+            let json =
+                base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+                    .unwrap();
+            Ok::<_, TokenError>(serde_json::from_slice::<serde_json::Value>(&json).unwrap())
+        };
+        let w = |idle, max: Option<u64>, bind| Window {
+            idle: Duration::from_secs(idle),
+            max: max.map(Duration::from_secs),
+            bind,
+        };
+        let c = claims(Some(w(600, Some(8 * 3600), true))).unwrap();
+        assert_eq!(
+            (c["idle"].clone(), c["max"].clone()),
+            (600.into(), 28_800.into())
+        );
+        assert!(
+            c.get("bind").is_none(),
+            "bind=true is the default, not written"
+        );
+        let c = claims(Some(w(60, None, false))).unwrap();
+        assert_eq!(c["idle"], 60);
+        assert!(c.get("max").is_none());
+        assert_eq!(c["bind"], false);
+        let c = claims(None).unwrap();
+        assert!(c.get("idle").is_none() && c.get("bind").is_none());
+        assert!(matches!(
+            claims(Some(w(700, Some(600), true))),
+            Err(TokenError::IdleAboveMax { .. })
+        ));
+        assert!(matches!(
+            claims(Some(w(60, Some(13 * 3600), true))),
+            Err(TokenError::MaxAboveCap { .. })
+        ));
+        let forever = Signer {
+            allow_non_expiring: true,
+            ..Signer::hs256("k1", &Secret::new("s3cret".into()), "aud1", None)
+        };
+        let never = Grant {
+            ttl: Ttl::Never,
+            ..grant.clone()
+        };
+        assert!(matches!(
+            forever.mint_with_window(&never, Some(w(60, None, true)), now),
+            Err(TokenError::WindowWithoutExp)
         ));
     }
 

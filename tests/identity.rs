@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Stages 2 and 3 against the running gateway: tokens from PyJWT and jsonwebtoken, the attack
-//! matrix (every 401 and every 403 byte-identical but for the request id), token locations,
+//! matrix (every 401 and every 403 byte-identical but for the request id, except the one
+//! `token_expired` of a token that verifies and is only past its exp), token locations,
 //! scope escapes, `cip` and `rep` bindings, revocation through the admin API (persisted across a
 //! restart), a removed key, and JWKS rotation served by a real HTTPS server.
 
@@ -182,6 +183,16 @@ fn hs(claims: &Value) -> String {
         Algorithm::HS256,
         support::TEST_KID,
         &EncodingKey::from_secret(TEST_SECRET.as_bytes()),
+        claims,
+    )
+}
+
+/// An HS256 token under the test kid, signed with a secret that is not the test key's.
+fn hs_with_other_secret(claims: &Value) -> String {
+    sign(
+        Algorithm::HS256,
+        support::TEST_KID,
+        &EncodingKey::from_secret(b"not-the-test-secret-0123456789abcdef"),
         claims,
     )
 }
@@ -430,8 +441,8 @@ async fn attack_matrix_is_401_with_one_identical_body() {
         ("truncated signature", truncated),
         ("signature removed", format!("{}.{}.", parts[0], parts[1])),
         (
-            "expired beyond the skew",
-            hs(&claims(json!({"exp": now() - 40, "iat": now() - 100}))),
+            "expired beyond the skew, with a bad signature",
+            hs_with_other_secret(&claims(json!({"exp": now() - 40, "iat": now() - 100}))),
         ),
         (
             "nbf beyond the skew",
@@ -536,6 +547,20 @@ async fn attack_matrix_is_401_with_one_identical_body() {
         matches!(bait.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
         "the gateway connected to a URL named in a token header"
     );
+    // The one cause told apart (issue 16): a token that verifies and is only past its exp.
+    let r = bed
+        .get(
+            "/o/local/a/x.txt",
+            &hs(&claims(json!({"exp": now() - 40, "iat": now() - 100}))),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    assert_eq!(
+        r.www_authenticate.as_deref(),
+        Some(r#"Bearer error="invalid_token", error_description="expired""#)
+    );
+    assert_ne!(r.body_without_id(), bodies[0].1);
+    assert!(r.body.contains(r#""error":"token_expired""#), "{}", r.body);
     // Boundaries inside the skew (30 s) are accepted.
     for (what, extra) in [
         (

@@ -32,3 +32,4 @@ mod requests;
 mod s3_backend;
 mod saml;
 mod saml_response;
+mod use_window;

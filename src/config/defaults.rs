@@ -131,6 +131,17 @@ pub const JWKS_MAX_BYTES: usize = 256 * 1024;
 pub const HS256_MIN_SECRET_BYTES: usize = 32;
 /// Longest token accepted; anything longer is refused before it is parsed.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// `[identity] use_window_max_secs`: the longest a use window lasts after its token's first use,
+/// the `max` of a token with `idle` but no `max`, and the largest `max` a token may claim
+/// (12 h: a long labeling session); at least a minute, at most 7 days (`sign`'s longest TTL).
+pub const USE_WINDOW_MAX_SECS: u64 = 12 * 3600;
+pub const USE_WINDOW_MAX_SECS_MIN: u64 = 60;
+pub const USE_WINDOW_MAX_SECS_MAX: u64 = 7 * 86_400;
+/// Live use windows kept in memory (about 100 bytes each); when full, a new window's first use
+/// is refused (503) rather than a live one evicted.
+pub const USE_WINDOW_MAX_ENTRIES: usize = 200_000;
+/// How often lapsed use windows are swept from memory.
+pub const USE_WINDOW_SWEEP_SECS: u64 = 60;
 
 /// `[saml]`: longest session; STS AssumeRoleWithSAML accepts 900 s to 12 h.
 pub const SAML_MAX_SESSION_SECS: u64 = 8 * 3600;

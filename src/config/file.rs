@@ -130,6 +130,7 @@ pub(super) struct RawIdentity {
     pub cookie_name: Option<Spanned<String>>,
     pub keys: Option<Spanned<Vec<Spanned<RawKey>>>>,
     pub jwks: Option<Spanned<RawJwks>>,
+    pub use_window_max_secs: Option<Spanned<i64>>,
 }
 
 /// `[[identity.keys]]`.

@@ -151,6 +151,8 @@ pub struct IdentityConfig {
     /// Keys from the config, unique by `kid`.
     pub keys: Vec<KeyConfig>,
     pub jwks: Option<JwksConfig>,
+    /// The default and largest `max` of a token's use window (`use_window_max_secs`).
+    pub use_window_max: Duration,
 }
 
 /// The algorithms a key may pin.
@@ -679,6 +681,7 @@ impl Config {
                     allow_non_expiring: false,
                 }],
                 jwks: None,
+                use_window_max: Duration::from_secs(defaults::USE_WINDOW_MAX_SECS),
             }),
             roles: default_roles(),
             projects: BTreeMap::new(),

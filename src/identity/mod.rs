@@ -18,14 +18,24 @@
 //!   signature is verified (against a stand-in key when the `kid` is unknown), the claims are
 //!   parsed and every claim is checked, and only then is one refusal picked
 //!   ([`Checks::decide`]). A bad signature is therefore not answered faster than an expired
-//!   token with a good one; the client sees the same 401 for both;
+//!   token with a good one (which alone is answered `token_expired`, below);
+//! - a token past `exp` is [`IdentityError::Expired`] only when everything else about it holds
+//!   (key, signature, `aud`, `iss`, `nbf`/`iat`, well-formed claims): the one refusal a client
+//!   may tell apart (`token_expired`, so a labeling app re-signs), and one that says nothing the
+//!   token's own `exp` does not;
 //! - revocation is checked last, by [`Identity::verify`], on a token whose signature and claims
 //!   verified: an async call to the revocation store ([`revocation::RevocationStore`]), which
-//!   may do I/O. [`Identity::verify_cached`] does no I/O and so does not check it.
+//!   may do I/O. [`Identity::verify_cached`] does no I/O and so does not check it;
+//! - a token with a use window (`idle`, [`use_window`]) is then judged by the window store,
+//!   which may accept it past `exp`. Its answer never depends on revocation: a revoked window
+//!   token gets the answer its window gives (expired or not), only never accepted, and no use
+//!   of it is recorded. [`Identity::verify_cached`] refuses a window token past `exp` (it
+//!   cannot ask the store).
 
 pub mod jwks;
 pub mod keys;
 pub mod revocation;
+pub mod use_window;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -43,9 +53,14 @@ use crate::config::defaults::MAX_TOKEN_BYTES;
 pub use crate::scope::{Scope, ScopeError};
 use keys::{StandIns, VerifyKey};
 use revocation::{RevocationStore, Revocations};
+use use_window::{
+    Lapse, Outcome, Use, UseWindow, UseWindowError, UseWindowStore, UseWindows, WindowKey,
+};
 
-/// Why a token was not accepted. Every variant but [`IdentityError::AmbiguousToken`] is a 401
-/// with one identical body; the variant is for logs and `explain` only.
+/// Why a token was not accepted. `pipeline/error.rs` decides each variant's answer: two tokens
+/// are a 400, an expired token (or a lapsed use window) a 401 that says `token_expired`, a
+/// window store that cannot answer a 503, and every other cause one identical 401; the variant
+/// is for logs, the audit rule ([`IdentityError::rule`]) and `explain`.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     #[error("identity is not configured: no [identity] table")]
@@ -80,10 +95,51 @@ pub enum IdentityError {
     BadClaims(&'static str),
     #[error("token has been revoked")]
     Revoked,
+    /// Past `exp` with a use window that was used, but not recently enough (`idle`) or not
+    /// for that long (`max`).
+    #[error("token's use window has lapsed ({})", .0.as_str())]
+    WindowLapsed(Lapse),
+    /// A use window bound to the client address of its first use, used from another.
+    #[error("token's use window is bound to another client address")]
+    WindowElsewhere,
+    /// The use-window store could not record the first use (fail closed).
+    #[error("use-window store")]
+    WindowStore(#[source] UseWindowError),
     /// A SAML session cookie that names no live session (expired, logged out, or never ours).
     /// Still a 401, but its body tells the UI to sign in again.
     #[error("SAML session expired or unknown")]
     SessionExpired,
+}
+
+impl IdentityError {
+    /// The audit record's rule for this refusal: `token_expired` (with the window's reason when
+    /// one lapsed) and `use_window ...` are told apart so an admin can see them; every other
+    /// cause is `identity` (the log has the cause).
+    pub fn rule(&self) -> &'static str {
+        match self {
+            IdentityError::Expired => "token_expired",
+            IdentityError::WindowLapsed(Lapse::Idle) => "token_expired: use_window idle",
+            IdentityError::WindowLapsed(Lapse::Max) => "token_expired: use_window max",
+            IdentityError::WindowElsewhere => "use_window: other client address",
+            IdentityError::WindowStore(_) => "use_window: store",
+            IdentityError::NotConfigured
+            | IdentityError::Missing
+            | IdentityError::AmbiguousToken
+            | IdentityError::NotBearer
+            | IdentityError::TooLong
+            | IdentityError::Malformed(_)
+            | IdentityError::MissingKid
+            | IdentityError::CriticalHeader
+            | IdentityError::UnknownKid
+            | IdentityError::AlgorithmMismatch
+            | IdentityError::Rejected(_)
+            | IdentityError::NoExpiry
+            | IdentityError::NotYetValid
+            | IdentityError::BadClaims(_)
+            | IdentityError::Revoked
+            | IdentityError::SessionExpired => "identity",
+        }
+    }
 }
 
 /// A representation of an object a token may be allowed to see.
@@ -119,6 +175,8 @@ pub struct Principal {
     issued_at: Option<u64>,
     kid: String,
     expires_at: Option<u64>,
+    /// The token's use window (`idle`, `max`, `bind`), if it has one.
+    window: Option<UseWindow>,
 }
 
 /// The `kid` a SAML session's principal reports (it was not made from a token).
@@ -148,6 +206,7 @@ impl Principal {
             issued_at: None,
             kid: SAML_SESSION_KID.to_owned(),
             expires_at: Some(expires_at),
+            window: None,
         }
     }
 
@@ -196,6 +255,10 @@ impl Principal {
     pub fn expires_at(&self) -> Option<u64> {
         self.expires_at
     }
+    /// The use window the token carries: then `expires_at` is the deadline of its first use.
+    pub fn use_window(&self) -> Option<UseWindow> {
+        self.window
+    }
 }
 
 /// The claims we read; unknown claims are ignored.
@@ -213,6 +276,10 @@ struct Claims {
     project: Option<String>,
     cip: Option<String>,
     rep: Option<Vec<String>>,
+    /// Use window ([`use_window`]).
+    idle: Option<u64>,
+    max: Option<u64>,
+    bind: Option<bool>,
 }
 
 /// `aud` (and, leniently, `iss`): one string or an array of them (RFC 7519 4.1.3).
@@ -246,6 +313,24 @@ pub struct Identity {
     skew_secs: u64,
     cookie_name: String,
     revocations: Arc<Revocations>,
+    /// The default and largest `max` of a use window.
+    use_window_max_secs: u64,
+}
+
+/// Where and through which store a token is used: the use-window check needs both.
+#[derive(Clone, Copy)]
+pub struct TokenUse<'a> {
+    /// The client address (stage 1's, canonical).
+    pub client: IpAddr,
+    pub windows: &'a UseWindows,
+}
+
+/// A token whose key, signature and claims verified, maybe past `exp` (only a window token).
+#[derive(Debug)]
+struct Verified {
+    principal: Principal,
+    /// `now` is at or past `exp` + skew: only a live use window may accept it.
+    past_exp: bool,
 }
 
 /// What the token's `kid` found.
@@ -304,10 +389,11 @@ struct ClaimChecks {
 }
 
 impl Checks {
-    /// One refusal, in a fixed order (the key, the signature, then the claims), or the
-    /// principal when every check passed. Every refusal is the same 401 to the client; the
-    /// variant is for logs and `explain`.
-    fn decide(self) -> Result<Principal, IdentityError> {
+    /// One refusal, in a fixed order (the key, the signature, then the claims, `exp` last), or
+    /// the principal when every check passed; a window token past `exp` passes, marked, for the
+    /// window store to judge. `exp` comes last so that `Expired` (the one refusal a client is
+    /// told apart, `token_expired`) means "this token was good until its exp".
+    fn decide(self) -> Result<Verified, IdentityError> {
         match self.kid {
             KidCheck::Missing => return Err(IdentityError::MissingKid),
             KidCheck::Unknown => return Err(IdentityError::UnknownKid),
@@ -332,15 +418,21 @@ impl Checks {
         };
         matched(claims.aud, "aud", ErrorKind::InvalidAudience)?;
         matched(claims.iss, "iss", ErrorKind::InvalidIssuer)?;
-        match claims.expiry {
-            ExpiryCheck::Valid => {}
-            ExpiryCheck::Expired => return Err(IdentityError::Expired),
-            ExpiryCheck::Missing => return Err(IdentityError::NoExpiry),
+        if claims.expiry == ExpiryCheck::Missing {
+            return Err(IdentityError::NoExpiry);
         }
         if !claims.started {
             return Err(IdentityError::NotYetValid);
         }
-        claims.principal.map_err(IdentityError::BadClaims)
+        let principal = claims.principal.map_err(IdentityError::BadClaims)?;
+        let past_exp = claims.expiry == ExpiryCheck::Expired;
+        if past_exp && principal.window.is_none() {
+            return Err(IdentityError::Expired);
+        }
+        Ok(Verified {
+            principal,
+            past_exp,
+        })
     }
 }
 
@@ -386,6 +478,7 @@ impl Identity {
             skew_secs: config.clock_skew.as_secs(),
             cookie_name: config.cookie_name.clone(),
             revocations,
+            use_window_max_secs: config.use_window_max.as_secs(),
         })
     }
 
@@ -407,9 +500,17 @@ impl Identity {
 
     /// Verify `token` at `now` (unix seconds), refreshing the JWKS (rate-limited) when its kid
     /// is unknown and a JWKS is configured; then, for a token that verified, ask the revocation
-    /// store. A store that cannot answer refuses the token (fail closed), as a revoked one.
-    pub async fn verify(&self, token: &str, now: u64) -> Result<Principal, IdentityError> {
-        let principal = self.verify_keys_and_claims(token, now).await?;
+    /// store, and for a token with a use window the window store (which records the use when
+    /// it is accepted). A revocation store that cannot answer refuses the token (fail closed),
+    /// as a revoked one; a window store that cannot, with [`IdentityError::WindowStore`].
+    pub async fn verify(
+        &self,
+        token: &str,
+        now: u64,
+        at: TokenUse<'_>,
+    ) -> Result<Principal, IdentityError> {
+        // Past exp or not, a window token is judged by its window (the store knows exp too).
+        let Verified { principal, .. } = self.verify_keys_and_claims(token, now).await?;
         let revoked = self
             .revocations
             .is_revoked(principal.jti(), principal.subject(), principal.issued_at)
@@ -421,10 +522,38 @@ impl Identity {
                 );
                 true
             });
-        if revoked {
-            return Err(IdentityError::Revoked);
+        let Some(window) = principal.window else {
+            return if revoked {
+                Err(IdentityError::Revoked)
+            } else {
+                Ok(principal)
+            };
+        };
+        // A window requires exp (claim validation); the fallback only keeps this total.
+        let first_use_by = principal
+            .expires_at
+            .map_or(0, |exp| exp.saturating_add(self.skew_secs));
+        let use_ = Use {
+            key: WindowKey::of(token),
+            window,
+            first_use_by,
+            client: at.client.to_canonical(),
+            now,
+        };
+        // A revoked token's use is judged (so its answer does not tell it was revoked) but
+        // never recorded.
+        let outcome = at
+            .windows
+            .use_token(&use_, !revoked)
+            .await
+            .map_err(IdentityError::WindowStore)?;
+        match outcome {
+            Outcome::Started | Outcome::Continued if revoked => Err(IdentityError::Revoked),
+            Outcome::Started | Outcome::Continued => Ok(principal),
+            Outcome::NotStarted => Err(IdentityError::Expired),
+            Outcome::Lapsed(lapse) => Err(IdentityError::WindowLapsed(lapse)),
+            Outcome::Elsewhere => Err(IdentityError::WindowElsewhere),
         }
-        Ok(principal)
     }
 
     /// Signature and claims, with a JWKS refresh for an unknown kid; no revocation check.
@@ -432,11 +561,11 @@ impl Identity {
         &self,
         token: &str,
         now: u64,
-    ) -> Result<Principal, IdentityError> {
-        match self.verify_cached(token, now) {
+    ) -> Result<Verified, IdentityError> {
+        match self.verify_offline(token, now) {
             Err(IdentityError::UnknownKid) => match &self.jwks {
                 Some(jwks) if jwks.refresh_for_unknown_kid().await => {
-                    self.verify_cached(token, now)
+                    self.verify_offline(token, now)
                 }
                 _ => Err(IdentityError::UnknownKid),
             },
@@ -445,8 +574,16 @@ impl Identity {
     }
 
     /// Verify the signature and the claims with the keys known now: no I/O, and therefore no
-    /// revocation check ([`Identity::verify`] does that).
+    /// revocation or use-window check ([`Identity::verify`] does those): a window token past
+    /// `exp` is refused as expired.
     pub fn verify_cached(&self, token: &str, now: u64) -> Result<Principal, IdentityError> {
+        match self.verify_offline(token, now)? {
+            Verified { past_exp: true, .. } => Err(IdentityError::Expired),
+            Verified { principal, .. } => Ok(principal),
+        }
+    }
+
+    fn verify_offline(&self, token: &str, now: u64) -> Result<Verified, IdentityError> {
         self.checks(token, now)?.decide()
     }
 
@@ -535,13 +672,18 @@ impl Identity {
             iss,
             expiry,
             started,
-            principal: principal(claims, kid),
+            principal: principal(claims, kid, self.use_window_max_secs),
         }
     }
 }
 
-/// The principal `claims` make, or which claim is malformed.
-fn principal(claims: Claims, kid: &str) -> Result<Principal, &'static str> {
+/// The principal `claims` make, or which claim is malformed. `use_window_max_secs`: the default
+/// and largest `max` of a use window.
+fn principal(
+    claims: Claims,
+    kid: &str,
+    use_window_max_secs: u64,
+) -> Result<Principal, &'static str> {
     if claims.sub.is_empty() {
         return Err("empty sub");
     }
@@ -576,6 +718,13 @@ fn principal(claims: Claims, kid: &str) -> Result<Principal, &'static str> {
             (o, d)
         }
     };
+    let window = UseWindow::from_claims(
+        claims.idle,
+        claims.max,
+        claims.bind,
+        claims.exp,
+        use_window_max_secs,
+    )?;
     Ok(Principal {
         subject: claims.sub,
         role: claims.role,
@@ -588,6 +737,7 @@ fn principal(claims: Claims, kid: &str) -> Result<Principal, &'static str> {
         issued_at: claims.iat,
         kid: kid.to_owned(),
         expires_at: claims.exp,
+        window,
     })
 }
 
@@ -692,8 +842,17 @@ mod clock_tests {
                 allow_non_expiring: false,
             }],
             jwks: None,
+            use_window_max: Duration::from_secs(3600),
         };
         Identity::new(&config, Arc::new(Revocations::load(dir).unwrap())).unwrap()
+    }
+
+    /// A use from 127.0.0.1 through `windows`.
+    fn from_1(windows: &UseWindows) -> TokenUse<'_> {
+        TokenUse {
+            client: "127.0.0.1".parse().unwrap(),
+            windows,
+        }
     }
 
     fn token(claims: serde_json::Value) -> String {
@@ -732,14 +891,15 @@ mod clock_tests {
         use revocation::Revocation;
         let dir = tempfile::tempdir().unwrap();
         let id = identity(dir.path());
+        let w = UseWindows::memory();
         let t = token(serde_json::json!({"exp": NOW + 60, "jti": "j1", "iat": NOW}));
-        assert!(id.verify(&t, NOW).await.is_ok());
+        assert!(id.verify(&t, NOW, from_1(&w)).await.is_ok());
         id.revocations()
             .revoke(Revocation::Token { jti: "j1".into() })
             .await
             .unwrap();
         assert!(matches!(
-            id.verify(&t, NOW).await,
+            id.verify(&t, NOW, from_1(&w)).await,
             Err(IdentityError::Revoked)
         ));
         assert!(
@@ -756,10 +916,10 @@ mod clock_tests {
         let newer = token(serde_json::json!({"exp": NOW + 60, "iat": NOW + 1}));
         let older = token(serde_json::json!({"exp": NOW + 60, "iat": NOW}));
         let no_iat = token(serde_json::json!({"exp": NOW + 60}));
-        assert!(id.verify(&newer, NOW + 1).await.is_ok());
+        assert!(id.verify(&newer, NOW + 1, from_1(&w)).await.is_ok());
         for t in [older, no_iat] {
             assert!(matches!(
-                id.verify(&t, NOW + 1).await,
+                id.verify(&t, NOW + 1, from_1(&w)).await,
                 Err(IdentityError::Revoked)
             ));
         }
@@ -808,7 +968,7 @@ mod clock_tests {
         assert_eq!(claim_checks.aud, ClaimMatch::Matches);
         assert!(claim_checks.started);
         assert!(claim_checks.principal.is_ok());
-        // The signature is what is reported; the client gets the same 401 either way (the
+        // The signature is what is reported: the generic 401, never `token_expired` (the
         // status map's own test, in `pipeline::error`).
         let rejected = checks.decide().unwrap_err();
         assert!(
@@ -912,5 +1072,185 @@ mod clock_tests {
             id.verify_cached(&t, NOW + 69),
             Err(IdentityError::NotYetValid)
         ));
+    }
+
+    #[test]
+    fn window_claims_are_checked_with_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = identity(dir.path());
+        let ok = token(serde_json::json!({"exp": NOW + 60, "idle": 600, "max": 3600}));
+        let p = id.verify_cached(&ok, NOW).unwrap();
+        let w = p.use_window().unwrap();
+        assert_eq!((w.idle_secs(), w.max_secs(), w.binds()), (600, 3600, true));
+        // max defaults to use_window_max_secs (3600 here); bind may be turned off.
+        let d = token(serde_json::json!({"exp": NOW + 60, "idle": 60, "bind": false}));
+        let w = id.verify_cached(&d, NOW).unwrap().use_window().unwrap();
+        assert_eq!((w.max_secs(), w.binds()), (3600, false));
+        assert!(
+            id.verify_cached(&token(serde_json::json!({"exp": NOW + 60})), NOW)
+                .unwrap()
+                .use_window()
+                .is_none()
+        );
+        for (what, claims) in [
+            ("idle 0", serde_json::json!({"exp": NOW + 60, "idle": 0})),
+            (
+                "negative idle",
+                serde_json::json!({"exp": NOW + 60, "idle": -5}),
+            ),
+            (
+                "fractional idle",
+                serde_json::json!({"exp": NOW + 60, "idle": 1.5}),
+            ),
+            (
+                "idle as text",
+                serde_json::json!({"exp": NOW + 60, "idle": "600"}),
+            ),
+            (
+                "idle above max",
+                serde_json::json!({"exp": NOW + 60, "idle": 601, "max": 600}),
+            ),
+            (
+                "max above the cap",
+                serde_json::json!({"exp": NOW + 60, "idle": 60, "max": 3601}),
+            ),
+            (
+                "max without idle",
+                serde_json::json!({"exp": NOW + 60, "max": 600}),
+            ),
+            (
+                "bind without idle",
+                serde_json::json!({"exp": NOW + 60, "bind": true}),
+            ),
+            (
+                "bind not a boolean",
+                serde_json::json!({"exp": NOW + 60, "idle": 60, "bind": 1}),
+            ),
+        ] {
+            let r = id.verify_cached(&token(claims), NOW);
+            assert!(
+                matches!(r, Err(IdentityError::BadClaims(_))),
+                "{what}: {r:?}"
+            );
+        }
+        // Even past exp: a malformed window is a bad token, never `token_expired`.
+        let r = id.verify_cached(
+            &token(serde_json::json!({"exp": NOW, "idle": 0})),
+            NOW + 100,
+        );
+        assert!(matches!(r, Err(IdentityError::BadClaims(_))), "{r:?}");
+    }
+
+    #[test]
+    fn idle_without_exp_is_refused_even_under_a_non_expiring_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = IdentityConfig {
+            audience: "bucketgate".into(),
+            issuer: None,
+            clock_skew: Duration::from_secs(30),
+            cookie_name: "s".into(),
+            keys: vec![KeyConfig {
+                kid: "k".into(),
+                alg: KeyAlg::Hs256,
+                material: KeyMaterial::Hs256(Secret::new(SECRET.into())),
+                private_key: None,
+                allow_non_expiring: true,
+            }],
+            jwks: None,
+            use_window_max: Duration::from_secs(3600),
+        };
+        let id = Identity::new(&config, Arc::new(Revocations::load(dir.path()).unwrap())).unwrap();
+        assert!(id.verify_cached(&token(serde_json::json!({})), NOW).is_ok());
+        let r = id.verify_cached(&token(serde_json::json!({"idle": 60})), NOW);
+        assert!(
+            matches!(r, Err(IdentityError::BadClaims("idle without exp"))),
+            "{r:?}"
+        );
+    }
+
+    /// `token_expired` is reported only for a token whose every other check holds: an expired
+    /// token that is also malformed or not yet valid is the generic refusal.
+    #[test]
+    fn expired_is_reported_only_after_every_other_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = identity(dir.path());
+        let later = NOW + 100;
+        let expired = token(serde_json::json!({"exp": NOW}));
+        assert!(matches!(
+            id.verify_cached(&expired, later),
+            Err(IdentityError::Expired)
+        ));
+        for (what, claims) in [
+            (
+                "bad scope",
+                serde_json::json!({"exp": NOW, "scope": ["local"]}),
+            ),
+            ("bad cip", serde_json::json!({"exp": NOW, "cip": "x"})),
+            (
+                "nbf after now",
+                serde_json::json!({"exp": NOW, "nbf": later + 100}),
+            ),
+        ] {
+            let r = id.verify_cached(&token(claims), later);
+            assert!(
+                !matches!(r, Err(IdentityError::Expired)) && r.is_err(),
+                "{what}: {r:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_window_token_is_accepted_past_exp_only_while_its_window_is_live() {
+        use revocation::Revocation;
+        let dir = tempfile::tempdir().unwrap();
+        let id = identity(dir.path());
+        let w = UseWindows::memory();
+        let t = token(serde_json::json!({"exp": NOW + 60, "idle": 100, "max": 1000, "jti": "w1"}));
+        // Before exp, first use: started. Past exp + skew, within idle: accepted by the window,
+        // while verify_cached (no store) refuses it.
+        assert!(id.verify(&t, NOW, from_1(&w)).await.is_ok());
+        assert!(id.verify(&t, NOW + 95, from_1(&w)).await.is_ok());
+        assert!(id.verify(&t, NOW + 195, from_1(&w)).await.is_ok());
+        assert!(matches!(
+            id.verify_cached(&t, NOW + 195),
+            Err(IdentityError::Expired)
+        ));
+        let elsewhere = TokenUse {
+            client: "127.0.0.2".parse().unwrap(),
+            windows: &w,
+        };
+        assert!(matches!(
+            id.verify(&t, NOW + 196, elsewhere).await,
+            Err(IdentityError::WindowElsewhere)
+        ));
+        // An idle gap longer than idle ends it.
+        assert!(matches!(
+            id.verify(&t, NOW + 296, from_1(&w)).await,
+            Err(IdentityError::WindowLapsed(Lapse::Idle))
+        ));
+        // Never used before exp: expired, like any token.
+        let unused = token(serde_json::json!({"exp": NOW + 60, "idle": 100}));
+        assert!(matches!(
+            id.verify(&unused, NOW + 90, from_1(&w)).await,
+            Err(IdentityError::Expired)
+        ));
+        // Revocation ends a live window at once; a lapsed one still answers expired.
+        let r = token(serde_json::json!({"exp": NOW + 60, "idle": 100, "jti": "w2"}));
+        assert!(id.verify(&r, NOW, from_1(&w)).await.is_ok());
+        id.revocations()
+            .revoke(Revocation::Token { jti: "w2".into() })
+            .await
+            .unwrap();
+        assert!(matches!(
+            id.verify(&r, NOW + 90, from_1(&w)).await,
+            Err(IdentityError::Revoked)
+        ));
+        assert!(
+            matches!(
+                id.verify(&r, NOW + 150, from_1(&w)).await,
+                Err(IdentityError::WindowLapsed(Lapse::Idle))
+            ),
+            "the refused use at +90 was not recorded"
+        );
     }
 }

@@ -21,6 +21,11 @@ use crate::telemetry::ErrorChain;
 
 /// The one body text of every 403, whatever refused the request.
 pub const FORBIDDEN: &str = "forbidden";
+/// The body text of a 401 for a token that was good until its `exp` (or whose use window
+/// lapsed): the one identity refusal a client is told apart, so a labeling app can re-sign.
+pub const TOKEN_EXPIRED: &str = "token_expired";
+/// The body text of every other 401 for a token.
+pub const UNAUTHORIZED: &str = "unauthorized";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -35,7 +40,9 @@ pub enum Error {
     NetworkDenied { rule: RuleRef },
     #[error("bad request")]
     Plan(#[from] PlanError),
-    /// Stage 2. Every cause is one 401 with one body, except a token in two places (400).
+    /// Stage 2. Every cause is one 401 with one body, except a token in two places (400), an
+    /// expired token (401 `token_expired`) and a use-window store that cannot answer (503):
+    /// see [`IdentityAnswer`].
     #[error("unauthorized")]
     Identity(#[source] IdentityError),
     /// Stage 3. Every cause is one 403 with one body.
@@ -92,9 +99,12 @@ impl Error {
                 | PlanError::UnknownParameter
                 | PlanError::RepeatedParameter => StatusCode::BAD_REQUEST,
             },
-            // Every identity failure but two tokens is the same 401, by design (fail closed).
-            Error::Identity(e) if is_ambiguous(e) => StatusCode::BAD_REQUEST,
-            Error::Identity(_) => StatusCode::UNAUTHORIZED,
+            // Every identity failure but these is the same 401, by design (fail closed).
+            Error::Identity(e) => match identity_answer(e) {
+                IdentityAnswer::Ambiguous => StatusCode::BAD_REQUEST,
+                IdentityAnswer::Expired | IdentityAnswer::Refused => StatusCode::UNAUTHORIZED,
+                IdentityAnswer::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            },
             Error::Saml(e) => saml_status(e),
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -160,10 +170,21 @@ impl Error {
                 | SpError::Request(_)
                 | SpError::ValidationAborted => {}
             },
-            Error::Identity(e) if is_ambiguous(e) => {}
-            Error::Identity(_) => {
-                h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
+            Error::Identity(e) => match identity_answer(e) {
+                IdentityAnswer::Ambiguous | IdentityAnswer::Unavailable => {}
+                // RFC 6750 section 3.1: an expired token is `invalid_token`.
+                IdentityAnswer::Expired => {
+                    h.insert(
+                        WWW_AUTHENTICATE,
+                        HeaderValue::from_static(
+                            "Bearer error=\"invalid_token\", error_description=\"expired\"",
+                        ),
+                    );
+                }
+                IdentityAnswer::Refused => {
+                    h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                }
+            },
             Error::RangeNotSatisfiable { size } => {
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                     h.insert(CONTENT_RANGE, v);
@@ -231,7 +252,11 @@ impl Error {
             }
             Error::Identity(IdentityError::SessionExpired) => SIGN_IN_AGAIN,
             Error::Saml(e) => saml_message(e),
-            Error::Identity(_) => "unauthorized",
+            Error::Identity(e) => match identity_answer(e) {
+                IdentityAnswer::Expired => TOKEN_EXPIRED,
+                IdentityAnswer::Unavailable => "too many active signed URLs, try again later",
+                IdentityAnswer::Ambiguous | IdentityAnswer::Refused => UNAUTHORIZED,
+            },
             Error::Forbidden(_) => "forbidden",
             Error::MethodNotAllowed => "method not allowed",
             Error::CorsOriginNotAllowed => "forbidden",
@@ -449,12 +474,33 @@ impl RequestError {
     }
 }
 
-/// The one identity refusal that is the client's malformed request (400, no challenge) rather
-/// than the same 401 as every other: two tokens. Exhaustive, so a new identity error decides
-/// here which answer it gets (and with it, its status and `WWW-Authenticate`).
-fn is_ambiguous(e: &IdentityError) -> bool {
+/// The answers an identity refusal may get; everything else about it is for the log and audit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdentityAnswer {
+    /// Two tokens: the client's malformed request (400, no challenge).
+    Ambiguous,
+    /// 401 `token_expired` with `error="invalid_token"`: the token verified (known key, good
+    /// signature, right `aud`/`iss`, well-formed claims, started) and only its `exp` (or its use
+    /// window) is over. Telling this apart lets an app re-sign and retry, and tells a holder
+    /// nothing the token's own `exp` does not; it is decided only after the signature verifies,
+    /// so a forger cannot use it as an oracle.
+    Expired,
+    /// The use-window store cannot record a first use (full, or later unreachable): 503.
+    Unavailable,
+    /// The one generic 401 of every other cause. A bad signature, an unknown `kid` or a wrong
+    /// `aud` would each tell a forger which part to change; `Revoked` would tell a thief the
+    /// token was noticed; a use window bound to another address would tell a thief that the
+    /// window is live (and bound) somewhere; `nbf` in the future is rare enough to need no name.
+    Refused,
+}
+
+/// The answer of each identity refusal. Exhaustive, so a new identity error decides here which
+/// answer it gets (and with it, its status, body and `WWW-Authenticate`).
+fn identity_answer(e: &IdentityError) -> IdentityAnswer {
     match e {
-        IdentityError::AmbiguousToken => true,
+        IdentityError::AmbiguousToken => IdentityAnswer::Ambiguous,
+        IdentityError::Expired | IdentityError::WindowLapsed(_) => IdentityAnswer::Expired,
+        IdentityError::WindowStore(_) => IdentityAnswer::Unavailable,
         IdentityError::NotConfigured
         | IdentityError::Missing
         | IdentityError::NotBearer
@@ -465,12 +511,12 @@ fn is_ambiguous(e: &IdentityError) -> bool {
         | IdentityError::UnknownKid
         | IdentityError::AlgorithmMismatch
         | IdentityError::Rejected(_)
-        | IdentityError::Expired
         | IdentityError::NoExpiry
         | IdentityError::NotYetValid
         | IdentityError::BadClaims(_)
         | IdentityError::Revoked
-        | IdentityError::SessionExpired => false,
+        | IdentityError::WindowElsewhere
+        | IdentityError::SessionExpired => IdentityAnswer::Refused,
     }
 }
 
@@ -485,14 +531,43 @@ mod tests {
         (e.status(), e.client_message())
     }
 
+    /// Issue 16: an expired token says `token_expired` (so an app re-signs); a bad signature,
+    /// an unknown kid, a revoked token and a window bound elsewhere get the one generic 401.
     #[test]
-    fn a_bad_signature_and_an_expiry_get_the_same_401() {
+    fn only_an_expiry_is_told_apart_from_the_generic_401() {
+        use crate::identity::use_window::Lapse;
         let rejected = Error::Identity(IdentityError::Rejected(
             jsonwebtoken::errors::ErrorKind::InvalidSignature.into(),
         ));
-        let expired = Error::Identity(IdentityError::Expired);
-        assert_eq!(answer(&rejected), answer(&expired));
-        assert_eq!(answer(&expired).0, StatusCode::UNAUTHORIZED);
+        let generic = answer(&rejected);
+        assert_eq!(generic, (StatusCode::UNAUTHORIZED, UNAUTHORIZED));
+        for e in [
+            IdentityError::UnknownKid,
+            IdentityError::Revoked,
+            IdentityError::WindowElsewhere,
+            IdentityError::NotYetValid,
+            IdentityError::BadClaims("scope"),
+        ] {
+            assert_eq!(answer(&Error::Identity(e)), generic);
+        }
+        for e in [
+            IdentityError::Expired,
+            IdentityError::WindowLapsed(Lapse::Idle),
+            IdentityError::WindowLapsed(Lapse::Max),
+        ] {
+            let e = Error::Identity(e);
+            assert_eq!(answer(&e), (StatusCode::UNAUTHORIZED, TOKEN_EXPIRED));
+            let mut h = HeaderMap::new();
+            e.headers(&mut h);
+            assert_eq!(
+                h[WWW_AUTHENTICATE],
+                "Bearer error=\"invalid_token\", error_description=\"expired\""
+            );
+        }
+        let full = Error::Identity(IdentityError::WindowStore(
+            crate::identity::use_window::UseWindowError::Full(1),
+        ));
+        assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! lists), the object stage's key and query checks, identity (the token, or a SAML session when
 //! the caller has the session store and a cookie), authorize, admit (the quotas that would apply,
 //! through an unlimited admission: no quota is consumed) and plan (the source must exist). Never
-//! fetches, and writes no audit record or metric of the gateway.
+//! fetches, and writes no audit record or metric of the gateway. A token's use window is judged
+//! against an empty store of its own (the gateway's state is not read or changed): a window
+//! token is explained as on its first use, and past `exp` as never used.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -16,7 +18,8 @@ use http::{HeaderMap, HeaderValue, Method};
 
 use crate::config::{Config, RateLimits};
 use crate::identity::revocation::{RevocationError, Revocations};
-use crate::identity::{Identity, IdentityError, IdentitySetupError, Principal};
+use crate::identity::use_window::{UseWindow, UseWindows};
+use crate::identity::{Identity, IdentityError, IdentitySetupError, Principal, TokenUse};
 use crate::telemetry::Metrics;
 
 use super::admit::{self, Admission, AnyAdmission, RateLimited};
@@ -111,6 +114,8 @@ pub struct Who {
     pub subject: String,
     pub role: String,
     pub project: Option<String>,
+    /// The token's use window and its `exp` (the deadline of the first use).
+    pub window: Option<(UseWindow, Option<u64>)>,
 }
 
 impl Who {
@@ -119,6 +124,7 @@ impl Who {
             subject: principal.subject().to_owned(),
             role: principal.role().to_owned(),
             project: principal.project().map(str::to_owned),
+            window: principal.use_window().map(|w| (w, principal.expires_at())),
         }
     }
 }
@@ -213,12 +219,18 @@ async fn access(
             .map_err(|_| ExplainError::TokenNotAHeader)?;
         headers.append(AUTHORIZATION, bearer);
     }
+    // A store of its own: a dry run neither reads nor records the gateway's use windows.
+    let windows = UseWindows::memory();
     let authenticated = match identity::authenticate_request(
         identity.as_ref(),
         request.sessions,
         &headers,
         target.token(),
         crate::identity::unix_now(),
+        TokenUse {
+            client: client.addr(),
+            windows: &windows,
+        },
     )
     .await
     {
@@ -271,10 +283,17 @@ impl fmt::Display for Explanation {
 impl fmt::Display for Who {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "subject {} role {}", self.subject, self.role)?;
-        match &self.project {
-            Some(p) => write!(f, " project {p}"),
-            None => Ok(()),
+        if let Some(p) = &self.project {
+            write!(f, " project {p}")?;
         }
+        if let Some((window, exp)) = &self.window {
+            let exp = exp.map_or_else(|| "?".to_owned(), |e| e.to_string());
+            write!(
+                f,
+                "\n           use window: first use needed before exp ({exp}, unix s), {window}"
+            )?;
+        }
+        Ok(())
     }
 }
 

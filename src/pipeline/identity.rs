@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
 
-use crate::identity::{Identity, IdentityError, Principal};
+use crate::identity::{Identity, IdentityError, Principal, TokenUse};
 use crate::saml::session::{AnySessionStore, Session, SessionStore as _};
 use crate::web::parse;
 
@@ -83,6 +83,12 @@ pub struct Sessions<'s> {
 /// Holds no borrowed token: only its hash, for the audit.
 pub struct Authenticated(Inner);
 
+// One per request, moved a few times: boxing the token's principal would allocate per request
+// to save copying ~200 bytes.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per request; a box would allocate per request"
+)]
 enum Inner {
     Token {
         principal: Principal,
@@ -119,15 +125,17 @@ impl Authenticated {
     }
 }
 
-/// Run stage 2 over every place: a token is verified by `identity`, a session id looked up in
-/// `sessions`. An unknown or expired session is [`IdentityError::SessionExpired`] (401, "sign in
-/// again"). With neither configured, every request is refused.
+/// Run stage 2 over every place: a token is verified by `identity` at `now` (unix s), used from
+/// `at` (its client address and the use-window store), a session id looked up in `sessions`.
+/// An unknown or expired session is [`IdentityError::SessionExpired`] (401, "sign in again").
+/// With neither configured, every request is refused.
 pub async fn authenticate_request(
     identity: Option<&Identity>,
     sessions: Option<Sessions<'_>>,
     headers: &HeaderMap,
     query_token: Option<&str>,
     now: u64,
+    at: TokenUse<'_>,
 ) -> Result<Authenticated, IdentityError> {
     if identity.is_none() && sessions.is_none() {
         return Err(IdentityError::NotConfigured);
@@ -152,7 +160,7 @@ pub async fn authenticate_request(
         }
         (Found::Token(token), _) => {
             let identity = identity.ok_or(IdentityError::NotConfigured)?;
-            let principal = identity.verify(&token, now).await?;
+            let principal = identity.verify(&token, now, at).await?;
             Ok(Authenticated(Inner::Token {
                 principal,
                 token_hash: crate::audit::token_hash(&token),

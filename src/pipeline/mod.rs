@@ -10,7 +10,7 @@
 //! | 1a | `/auth/` routes (SAML login, ACS, session, logout), after the per-address rate limit | `auth` (core: `crate::saml::sp`) |
 //! | 1b | CORS preflight, answered without a token | `cors.rs` |
 //! | 5a | parse: query, key syntax, method -> [`plan::Target`] (400s, 405; nothing about what exists) | `route.rs`, `plan.rs` |
-//! | 2 | identity: the one token or SAML session -> [`identity::Authenticated`] (401; two tokens: 400) | `identity.rs` |
+//! | 2 | identity: the one token or SAML session -> [`identity::Authenticated`] (401, `token_expired` told apart; two tokens: 400); a token's use window is judged, and its use recorded, in `state`'s store | `identity.rs` |
 //! | 3 | authorize: principal x client x target -> [`authorize::Grant`] holding both (403) | `authorize.rs` |
 //! | 4 | admit: rate limits per client address and subject -> [`admit::Admitted`]`<Grant>` (429) | `admit.rs` |
 //! | 5b | plan: the admitted grant -> [`plan::Plan`]; an unknown source is 404 only now | `plan.rs` |
@@ -253,7 +253,9 @@ impl Pipeline {
         let (target, head_only) = object.into_target()?;
         let open_body = body::framing(body).map_err(|_| Error::BodyNotAllowed)?;
         ctx.target(&target);
-        let authenticated = self.identify(snapshot, &req.headers, &target, ctx).await?;
+        let authenticated = self
+            .identify(snapshot, &req.headers, &target, client, ctx)
+            .await?;
         let grant =
             authorize::authorize(authenticated.principal(), client, target, &snapshot.policy)
                 .inspect_err(|e| ctx.deny(e.rule()))
@@ -267,12 +269,14 @@ impl Pipeline {
             .await
     }
 
-    /// Stage 2: a token, or a SAML session (its principal and the user's credentials).
+    /// Stage 2: a token, or a SAML session (its principal and the user's credentials). A token
+    /// with a use window is judged by the window store, from `client`.
     async fn identify(
         &self,
         snapshot: &Snapshot,
         headers: &http::HeaderMap,
         target: &plan::Target,
+        client: network::ClientIp,
         ctx: &mut RequestCtx,
     ) -> Result<identity::Authenticated, Error> {
         let sessions = match (self.saml(), &snapshot.saml) {
@@ -288,10 +292,14 @@ impl Pipeline {
             sessions,
             headers,
             target.token(),
-            crate::identity::unix_now(),
+            self.shared.token_now(),
+            crate::identity::TokenUse {
+                client: client.addr(),
+                windows: self.shared.use_windows(),
+            },
         )
         .await
-        .inspect_err(|_| ctx.deny("identity"))
+        .inspect_err(|e| ctx.deny(e.rule()))
         .map_err(Error::Identity)?;
         ctx.authenticated(&authenticated);
         Ok(authenticated)

@@ -7,6 +7,8 @@
 //! - admission: the rate-limit counters ([`admission`]), so a reload does not give every client
 //!   a fresh burst;
 //! - revocations: the revocation list every rebuilt identity checks;
+//! - use windows: first use, last use and bound address of signed URLs with a use window
+//!   (`identity::use_window`), with the clock tokens are judged by (injected by tests);
 //! - delegations: the delegated roles' cached credentials, so a reload makes no new STS call;
 //! - SAML state: sessions, the replay cache and the login-cookie key, so a reload keeps
 //!   everyone signed in;
@@ -21,8 +23,9 @@ pub mod admission;
 
 use std::sync::Arc;
 
-use crate::credentials::Delegations;
+use crate::credentials::{Clock, Delegations};
 use crate::identity::revocation::Revocations;
+use crate::identity::use_window::UseWindows;
 use crate::saml::sp::SamlState;
 use admission::{Admission, AnyAdmission};
 
@@ -31,6 +34,10 @@ pub struct Shared {
     admission: AnyAdmission,
     revocations: Arc<Revocations>,
     delegations: Arc<Delegations>,
+    use_windows: UseWindows,
+    /// The clock of token checks (`exp`, `nbf`, use windows): the system clock unless a test
+    /// injects one.
+    token_clock: Arc<dyn Clock>,
     /// `None`: no SAML at all (benches that drive the pipeline directly); a gateway always has
     /// one, whether or not `[saml]` is configured now, so a reload can add it.
     saml: Option<Arc<SamlState>>,
@@ -54,6 +61,8 @@ impl Shared {
             admission,
             revocations,
             delegations,
+            use_windows: UseWindows::memory(),
+            token_clock: crate::credentials::system_clock(),
             saml: None,
             cache: None,
         }
@@ -80,6 +89,12 @@ impl Shared {
         self.cache.as_ref()
     }
 
+    /// Judge tokens by `clock` (tests move it).
+    pub fn with_token_clock(mut self, clock: Arc<dyn Clock>) -> Shared {
+        self.token_clock = clock;
+        self
+    }
+
     /// Keep SAML sessions in `state`.
     pub fn with_saml(mut self, state: Arc<SamlState>) -> Shared {
         self.saml = Some(state);
@@ -97,6 +112,16 @@ impl Shared {
 
     pub fn delegations(&self) -> &Arc<Delegations> {
         &self.delegations
+    }
+
+    /// The use-window store (stage 2, for tokens with `idle`).
+    pub fn use_windows(&self) -> &UseWindows {
+        &self.use_windows
+    }
+
+    /// Now, in Unix seconds, on the clock tokens are judged by.
+    pub fn token_now(&self) -> u64 {
+        crate::civil_time::unix_secs(self.token_clock.now())
     }
 
     pub fn saml(&self) -> Option<&Arc<SamlState>> {

@@ -112,6 +112,7 @@ pub fn test_identity() -> IdentityConfig {
             allow_non_expiring: false,
         }],
         jwks: None,
+        use_window_max: Duration::from_secs(12 * 3600),
     }
 }
 
@@ -281,6 +282,12 @@ impl GatewayBuilder {
     /// The clock of credential expiry and SAML checks.
     pub fn credentials_clock(mut self, clock: Arc<dyn CredentialsClock>) -> GatewayBuilder {
         self.options.credentials_clock = Some(clock);
+        self
+    }
+
+    /// The clock tokens are judged by (`exp`, `nbf`, use windows).
+    pub fn token_clock(mut self, clock: Arc<dyn CredentialsClock>) -> GatewayBuilder {
+        self.options.token_clock = Some(clock);
         self
     }
 

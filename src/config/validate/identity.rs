@@ -66,6 +66,13 @@ impl Checker<'_> {
             0,
             d::CLOCK_SKEW_SECS_MAX,
         );
+        let use_window_max = self.bounded_u64(
+            raw.use_window_max_secs.as_ref(),
+            "identity.use_window_max_secs",
+            d::USE_WINDOW_MAX_SECS,
+            d::USE_WINDOW_MAX_SECS_MIN,
+            d::USE_WINDOW_MAX_SECS_MAX,
+        );
         let cookie_name = match &raw.cookie_name {
             None => Some(d::SESSION_COOKIE_NAME.to_owned()),
             Some(c) if is_cookie_name(c.get_ref()) => Some(c.get_ref().clone()),
@@ -102,6 +109,7 @@ impl Checker<'_> {
             cookie_name: cookie_name?,
             keys: keys?,
             jwks: jwks?,
+            use_window_max: Duration::from_secs(use_window_max),
         }))
     }
 
