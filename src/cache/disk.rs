@@ -523,7 +523,7 @@ impl Inner {
             }
         }
         // Oldest first, so the most recently used end up most recent in the index.
-        found.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        found.sort_by_key(|a| (a.0, a.1));
         let mut index = self.lock();
         for (mtime, name, header, size) in found {
             rebuilt.entries += 1;
@@ -614,6 +614,15 @@ impl Inner {
                 .prefix("w")
                 .suffix(".tmp")
                 .tempfile_in(&self.tmp)?;
+            #[cfg(test)]
+            if tests::STALL_WRITES.load(Ordering::Acquire) {
+                tmp.write_all(&sealed[..sealed.len() / 2])?;
+                tmp.as_file().sync_data()?;
+                println!("half-written");
+                // Until the test kills this process; a test that never does fails, not hangs.
+                std::thread::sleep(Duration::from_secs(60));
+                std::process::exit(1);
+            }
             tmp.write_all(&sealed)?;
             // Data on disk before the name: a crash leaves a temp file or a whole entry.
             tmp.as_file().sync_data()?;
@@ -786,7 +795,7 @@ impl Index {
 enum Sealer {
     Aead {
         key_id: Vec<u8>,
-        key: aead::LessSafeKey,
+        key: Box<aead::LessSafeKey>,
         names: hmac::Key,
     },
     Clear {
@@ -817,7 +826,7 @@ impl Sealer {
                 }
                 Ok(Sealer::Aead {
                     key_id,
-                    key: aead::LessSafeKey::new(aead_key),
+                    key: Box::new(aead::LessSafeKey::new(aead_key)),
                     names,
                 })
             }
@@ -1126,7 +1135,7 @@ fn unix_now() -> u64 {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -1615,6 +1624,87 @@ mod tests {
         tier.flush().await;
         assert_eq!(tier.stats().entries, 0);
         assert!(entry_files(&path).is_empty());
+    }
+
+    /// Set in the child of `disk_kill_9_mid_write_leaves_no_partial_entry`.
+    const CHILD_DIR_ENV: &str = "BUCKETGATE_DISK_KILL_CHILD_DIR";
+    const KILL_ENTRY_BYTES: usize = 2 << 20;
+    /// In that child: the writer stops after writing half of the next temp file (and says so),
+    /// so the kill lands mid-write every time.
+    pub(super) static STALL_WRITES: AtomicBool = AtomicBool::new(false);
+
+    /// Not a test of its own: the writer process that the kill -9 test starts and kills. Run
+    /// without the variable (as part of the suite) it returns at once.
+    #[test]
+    fn disk_kill_child_helper() {
+        let Ok(dir) = std::env::var(CHILD_DIR_ENV) else {
+            return;
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (tier, _) = open(&encrypted(Path::new(&dir), 1 << 30));
+            let bodies: Vec<Bytes> = (0..4).map(|i| body(i, KILL_ENTRY_BYTES)).collect();
+            for i in 0..12u32 {
+                let id = format!("e-{i}");
+                tier.put(&key("s", &id, &id), bodies[i as usize % 4].clone());
+            }
+            tier.flush().await;
+            println!("stored 11");
+            STALL_WRITES.store(true, Ordering::Release);
+            tier.put(&key("s", "e-12", "e-12"), bodies[0].clone());
+            tier.flush().await; // never returns: the writer stalls mid-write
+            unreachable!("the writer stalls");
+        });
+    }
+
+    #[tokio::test]
+    async fn disk_kill_9_mid_write_leaves_no_partial_entry() {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache");
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "cache::disk::tests::disk_kill_child_helper",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_DIR_ENV, &path)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        for wanted in ["stored 11", "half-written"] {
+            lines
+                // libtest's `test NAME ... ` may share the line.
+                .find(|l| l.as_deref().is_ok_and(|l| l.ends_with(wanted)))
+                .unwrap_or_else(|| panic!("the child never said {wanted:?}"))
+                .unwrap();
+        }
+        child.kill().unwrap(); // SIGKILL, in the middle of writing e-12
+        child.wait().unwrap();
+        assert_eq!(
+            fs::read_dir(path.join("tmp")).unwrap().count(),
+            1,
+            "a half temp file"
+        );
+        assert_eq!(entry_files(&path).len(), 12);
+        let (tier, metrics) = open(&encrypted(&path, 1 << 30));
+        assert_eq!(fs::read_dir(path.join("tmp")).unwrap().count(), 0);
+        let stored = tier.stats().entries;
+        assert_eq!(stored, 12);
+        let bodies: Vec<Bytes> = (0..4).map(|i| body(i, KILL_ENTRY_BYTES)).collect();
+        for i in 0..stored as u32 + 8 {
+            let id = format!("e-{i}");
+            match tier.get(&key("s", &id, &id)).await {
+                Some(bytes) => assert!(bytes == bodies[i as usize % 4], "e-{i} differs"),
+                None => assert!(i >= 12, "e-{i} was stored"),
+            }
+        }
+        assert_eq!(metrics.cache_integrity_failures.get(), 0);
     }
 
     #[test]
