@@ -51,7 +51,7 @@ fn disk_hit(c: &mut Criterion) {
         let id = DiskKey {
             source: "local",
             key: b"video/frame.bin",
-            id: b"local\0video/frame.bin\0etag\0orig\0-\00",
+            id: b"local|video/frame.bin|etag|orig|-|0",
         };
         rt.block_on(async {
             tier.put(&id, data.clone());

@@ -523,7 +523,7 @@ impl Inner {
             }
         }
         // Oldest first, so the most recently used end up most recent in the index.
-        found.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        found.sort_by_key(|&(mtime, name, ..)| (mtime, name));
         let mut index = self.lock();
         for (mtime, name, header, size) in found {
             rebuilt.entries += 1;
@@ -786,7 +786,9 @@ impl Index {
 enum Sealer {
     Aead {
         key_id: Vec<u8>,
-        key: aead::LessSafeKey,
+        /// Boxed: the expanded AES key schedule is several hundred bytes, the clear variant a
+        /// few dozen.
+        key: Box<aead::LessSafeKey>,
         names: hmac::Key,
     },
     Clear {
@@ -817,7 +819,7 @@ impl Sealer {
                 }
                 Ok(Sealer::Aead {
                     key_id,
-                    key: aead::LessSafeKey::new(aead_key),
+                    key: Box::new(aead::LessSafeKey::new(aead_key)),
                     names,
                 })
             }
