@@ -1,5 +1,7 @@
-//! The disk tier: whole entries (one chunk, or one derived output) in files under `disk_dir`,
-//! each sealed with AES-256-GCM, bounded by `disk_bytes` with least-recently-used eviction.
+//! The disk tier: whole entries (one chunk, one derived output, or an object's metadata) in
+//! files under `disk_dir`, each sealed with AES-256-GCM, bounded by `disk_bytes` with
+//! least-recently-used eviction. Entries are written once; only [`DiskTier::put_replacing`]
+//! (metadata after the object changed) overwrites one, renaming the new file over the old.
 //!
 //! It owns its directory and nothing else: it never decides access (the caller's [`DiskKey`]
 //! already holds the authority partition) and knows nothing of HTTP. A failure here is never a
@@ -63,6 +65,7 @@ use bytes::Bytes;
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::{aead, digest, hkdf, hmac};
 
+use super::key::is_meta_id;
 use super::{CacheError, Purge};
 use crate::civil_time::unix_secs;
 use crate::config::defaults as d;
@@ -104,9 +107,12 @@ pub struct DiskKey<'a> {
 /// A point-in-time view of the disk tier.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DiskStats {
-    /// Bytes of entry files.
+    /// Bytes of entry files (metadata entries included).
     pub bytes: u64,
+    /// Chunk and derived-output entries.
     pub entries: u64,
+    /// Objects' persisted metadata ([`super::key::is_meta_id`]).
+    pub metadata_entries: u64,
     /// Writes stopped after an error; reads continue.
     pub degraded: bool,
 }
@@ -239,12 +245,23 @@ impl DiskTier {
     /// Queues `data` for writing as the entry `id`, unless it is stored already, the tier is
     /// degraded, or the queue is full (dropped and counted). Never blocks.
     pub fn put(&self, id: &DiskKey<'_>, data: Bytes) {
+        self.queue_put(id, data, false);
+    }
+
+    /// Like [`DiskTier::put`], but a stored entry `id` is replaced (an object's metadata after
+    /// it changed): the new file is renamed over the old one, so a reader gets one or the other
+    /// whole. Puts are written in the order they were queued: the last one queued wins.
+    pub fn put_replacing(&self, id: &DiskKey<'_>, data: Bytes) {
+        self.queue_put(id, data, true);
+    }
+
+    fn queue_put(&self, id: &DiskKey<'_>, data: Bytes, replace: bool) {
         let inner = &self.inner;
         if inner.degraded.load(Ordering::Relaxed) || data.len() as u64 >= inner.max_bytes {
             return;
         }
         let name = inner.sealer.name(id.id);
-        if inner.lock().entries.contains_key(&name) {
+        if !replace && inner.lock().entries.contains_key(&name) {
             return;
         }
         let len = data.len() as u64;
@@ -260,6 +277,7 @@ impl DiskTier {
             key: id.key.into(),
             id: id.id.into(),
             data,
+            replace,
         }));
         if self.jobs.send(job).is_err() {
             inner.queued_bytes.fetch_sub(len, Ordering::AcqRel);
@@ -267,11 +285,12 @@ impl DiskTier {
     }
 
     /// Removes every entry `what` names at once (none is served after this returns) and queues
-    /// the deletion of their files; returns how many entries went. Entries written by puts
-    /// queued before the purge are removed when the writer reaches it.
+    /// the deletion of their files; returns how many entries went (metadata entries go too, and
+    /// are not counted). Entries written by puts queued before the purge are removed when the
+    /// writer reaches it.
     pub fn purge(&self, what: &Purge) -> u64 {
         let files = self.inner.unindex_matching(what, true);
-        let count = files.len() as u64;
+        let count = files.iter().filter(|f| !f.metadata).count() as u64;
         let _ = self.jobs.send(Job::Purge {
             what: what.clone(),
             files,
@@ -283,7 +302,8 @@ impl DiskTier {
         let index = self.inner.lock();
         DiskStats {
             bytes: index.on_disk(),
-            entries: index.entries.len() as u64,
+            entries: (index.entries.len() - index.metadata_entries) as u64,
+            metadata_entries: index.metadata_entries as u64,
             degraded: self.inner.degraded.load(Ordering::Relaxed),
         }
     }
@@ -304,7 +324,7 @@ enum Job {
     /// `files` were unindexed by the purge call and are still counted in `Index::doomed`.
     Purge {
         what: Purge,
-        files: Vec<(Name, u64)>,
+        files: Vec<Unindexed>,
     },
     Flush(tokio::sync::oneshot::Sender<()>),
     Stop,
@@ -316,6 +336,15 @@ struct PutJob {
     key: Box<[u8]>,
     id: Box<[u8]>,
     data: Bytes,
+    /// Overwrite a stored entry of the same id ([`DiskTier::put_replacing`]).
+    replace: bool,
+}
+
+/// An entry a purge took out of the index.
+struct Unindexed {
+    name: Name,
+    size: u64,
+    metadata: bool,
 }
 
 struct Inner {
@@ -420,6 +449,12 @@ impl Inner {
                 None
             }
             Err(why) => {
+                let mut index = self.lock();
+                if index.entries.get(name).is_none_or(|e| e.seq != seq) {
+                    // Replaced (or removed) since this read looked it up: the file it opened
+                    // was a newer write's, a plain miss, not damage.
+                    return None;
+                }
                 let reason = match why {
                     Fail::OtherKey => "sealed under another key",
                     Fail::Corrupt(reason) => reason,
@@ -431,7 +466,9 @@ impl Inner {
                     reason,
                     "cache disk entry failed to authenticate; deleted, served as a miss"
                 );
-                self.delete(name, seq);
+                let _ = fs::remove_file(self.path(name));
+                index.remove(name);
+                self.publish(&index);
                 None
             }
         }
@@ -528,7 +565,15 @@ impl Inner {
         for (mtime, name, header, size) in found {
             rebuilt.entries += 1;
             rebuilt.bytes += size;
-            index.insert(name, header.source, header.key, size, unix_secs(mtime));
+            let metadata = is_meta_id(&header.id);
+            index.insert(
+                name,
+                header.source,
+                header.key,
+                size,
+                unix_secs(mtime),
+                metadata,
+            );
         }
         self.publish(&index);
         rebuilt
@@ -570,15 +615,15 @@ impl Inner {
                     self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
                 }
                 Job::Purge { what, files } => {
-                    for (name, size) in files {
-                        let _ = fs::remove_file(self.path(&name));
+                    for file in files {
+                        let _ = fs::remove_file(self.path(&file.name));
                         let mut index = self.lock();
-                        index.doomed -= size;
+                        index.doomed -= file.size;
                         self.publish(&index);
                     }
                     // Entries this thread wrote between the purge call and now.
-                    for (name, _) in self.unindex_matching(&what, false) {
-                        let _ = fs::remove_file(self.path(&name));
+                    for file in self.unindex_matching(&what, false) {
+                        let _ = fs::remove_file(self.path(&file.name));
                     }
                 }
                 Job::Flush(done) => {
@@ -590,7 +635,9 @@ impl Inner {
     }
 
     fn write(&self, put: &PutJob) {
-        if self.degraded.load(Ordering::Relaxed) || self.lock().entries.contains_key(&put.name) {
+        if self.degraded.load(Ordering::Relaxed)
+            || (!put.replace && self.lock().entries.contains_key(&put.name))
+        {
             return;
         }
         let sealed = match self.sealer.seal(&self.rng, &put.name, put, &put.data) {
@@ -626,7 +673,20 @@ impl Inner {
             tmp.write_all(&sealed)?;
             // Data on disk before the name: a crash leaves a temp file or a whole entry.
             tmp.as_file().sync_data()?;
+            // The name and its index entry change together: a read that looked up a replaced
+            // entry finds, when its file does not match, that the index moved on (a miss, not
+            // damage).
+            let mut index = self.lock();
             tmp.persist(&path).map_err(|e| e.error)?;
+            index.insert(
+                put.name,
+                put.source.clone(),
+                put.key.clone(),
+                size,
+                unix_now(),
+                is_meta_id(&put.id),
+            );
+            self.publish(&index);
             Ok(())
         })();
         if let Err(e) = written {
@@ -639,17 +699,7 @@ impl Inner {
                      until the next start, reads and the memory tier continue"
                 );
             }
-            return;
         }
-        let mut index = self.lock();
-        index.insert(
-            put.name,
-            put.source.clone(),
-            put.key.clone(),
-            size,
-            unix_now(),
-        );
-        self.publish(&index);
     }
 
     /// Evicts least recently used entries until `incoming` more bytes fit; whether they do (not
@@ -678,7 +728,7 @@ impl Inner {
 
     /// Takes every entry `what` names out of the index; returns their names and sizes. `doom`:
     /// their bytes stay counted (`Index::doomed`) until the writer deletes the files.
-    fn unindex_matching(&self, what: &Purge, doom: bool) -> Vec<(Name, u64)> {
+    fn unindex_matching(&self, what: &Purge, doom: bool) -> Vec<Unindexed> {
         let matches = |e: &Entry| match what {
             Purge::Source(source) => *e.source == **source,
             Purge::Prefix { source, prefix } => {
@@ -687,20 +737,24 @@ impl Inner {
             Purge::Key { source, key } => *e.source == **source && *e.key == *key.as_bytes(),
         };
         let mut index = self.lock();
-        let names: Vec<(Name, u64)> = index
+        let files: Vec<Unindexed> = index
             .entries
             .iter()
             .filter(|(_, e)| matches(e))
-            .map(|(n, e)| (*n, e.size))
+            .map(|(n, e)| Unindexed {
+                name: *n,
+                size: e.size,
+                metadata: e.metadata,
+            })
             .collect();
-        for (name, size) in &names {
-            index.remove(name);
+        for file in &files {
+            index.remove(&file.name);
             if doom {
-                index.doomed += size;
+                index.doomed += file.size;
             }
         }
         self.publish(&index);
-        names
+        files
     }
 }
 
@@ -717,6 +771,8 @@ struct Entry {
     seq: u64,
     /// When the file's mtime was last set (Unix seconds).
     touched: u64,
+    /// An object's metadata, not a chunk (counted apart in the stats).
+    metadata: bool,
 }
 
 #[derive(Default)]
@@ -730,6 +786,8 @@ struct Index {
     bytes: u64,
     /// Bytes of purged files not deleted yet.
     doomed: u64,
+    /// How many of `entries` are metadata.
+    metadata_entries: usize,
 }
 
 impl Index {
@@ -738,7 +796,15 @@ impl Index {
         self.bytes + self.doomed
     }
 
-    fn insert(&mut self, name: Name, source: Box<str>, key: Box<[u8]>, size: u64, touched: u64) {
+    fn insert(
+        &mut self,
+        name: Name,
+        source: Box<str>,
+        key: Box<[u8]>,
+        size: u64,
+        touched: u64,
+        metadata: bool,
+    ) {
         self.remove(&name);
         let tick = self.next_tick;
         self.next_tick += 1;
@@ -746,6 +812,7 @@ impl Index {
         self.next_seq += 1;
         self.lru.insert(tick, name);
         self.bytes += size;
+        self.metadata_entries += usize::from(metadata);
         self.entries.insert(
             name,
             Entry {
@@ -755,6 +822,7 @@ impl Index {
                 tick,
                 seq,
                 touched,
+                metadata,
             },
         );
     }
@@ -779,6 +847,7 @@ impl Index {
         let entry = self.entries.remove(name)?;
         self.lru.remove(&entry.tick);
         self.bytes -= entry.size;
+        self.metadata_entries -= usize::from(entry.metadata);
         Some(entry)
     }
 
@@ -795,6 +864,8 @@ impl Index {
 enum Sealer {
     Aead {
         key_id: Vec<u8>,
+        /// Boxed: the expanded AES key schedule is several hundred bytes, the clear variant a
+        /// few dozen.
         key: Box<aead::LessSafeKey>,
         names: hmac::Key,
     },
@@ -1705,6 +1776,56 @@ mod tests {
             }
         }
         assert_eq!(metrics.cache_integrity_failures.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn disk_put_replacing_overwrites_metadata_counted_apart_and_purged_with_the_object() {
+        use crate::cache::key::{ObjectId, Partition};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache");
+        let (tier, metrics) = open(&encrypted(&path, 16 << 20));
+        let meta_id = ObjectId::new("photos", "a.jpg", Partition::Gateway).meta_id();
+        let meta = DiskKey {
+            source: "photos",
+            key: b"a.jpg",
+            id: &meta_id,
+        };
+        tier.put(&meta, body(1, 50));
+        tier.put(&key("photos", "a.jpg", "chunk-0"), body(2, 100));
+        tier.put(&meta, body(3, 50));
+        tier.flush().await;
+        assert_eq!(
+            tier.get(&meta).await,
+            Some(body(1, 50)),
+            "put keeps the stored one"
+        );
+        tier.put_replacing(&meta, body(4, 60));
+        tier.flush().await;
+        assert_eq!(
+            tier.get(&meta).await,
+            Some(body(4, 60)),
+            "put_replacing replaces"
+        );
+        let stats = tier.stats();
+        assert_eq!((stats.entries, stats.metadata_entries), (1, 1));
+        assert_eq!(entry_files(&path).len(), 2, "the old file was renamed over");
+        assert_eq!(metrics.cache_integrity_failures.get(), 0);
+        drop(tier);
+        let (tier, _) = open(&encrypted(&path, 16 << 20));
+        let stats = tier.stats();
+        assert_eq!((stats.entries, stats.metadata_entries), (1, 1), "rebuilt");
+        assert_eq!(
+            tier.purge(&Purge::Key {
+                source: "photos".into(),
+                key: "a.jpg".into(),
+            }),
+            1,
+            "chunks counted, metadata removed too"
+        );
+        tier.flush().await;
+        assert_eq!(tier.get(&meta).await, None);
+        assert_eq!(tier.stats().metadata_entries, 0);
+        assert!(entry_files(&path).is_empty());
     }
 
     #[test]

@@ -8,11 +8,16 @@
 //! never share a memory slot or a disk file, and the disk tier can bind them as associated data.
 //!
 //! The metadata of an object is known before its version, so it is keyed by [`ObjectId`]
-//! (source, key, partition) alone.
+//! (source, key, partition) alone. The disk tier keeps it too, so a restart can revalidate an
+//! object with one HEAD and serve its chunks from disk: [`ObjectId::meta_id`] is that entry's id
+//! (its own encoding tag, so it never shares a file with a chunk) and [`encode_meta`] /
+//! [`decode_meta`] its body.
 
 use std::sync::Arc;
 
-use crate::backend::Caller;
+use std::time::{Duration, UNIX_EPOCH};
+
+use crate::backend::{Caller, ObjectMeta};
 
 /// Whose view of the store a response is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -58,6 +63,25 @@ impl ObjectId {
     pub fn partition(&self) -> &Partition {
         &self.partition
     }
+
+    /// The disk id of this object's persisted metadata: `bgm1`, then source, key and partition
+    /// encoded as in [`ChunkId::encode`] (no version, representation or index: one per object as
+    /// this authority sees it).
+    pub fn meta_id(&self) -> Box<[u8]> {
+        let mut out = Vec::with_capacity(
+            4 + 4 + self.source.len() + 4 + self.key.len() + 4 + 1 + arn_len(&self.partition),
+        );
+        out.extend_from_slice(META_ENCODING);
+        push_field(&mut out, &[self.source.as_bytes()]);
+        push_field(&mut out, &[self.key.as_bytes()]);
+        push_partition(&mut out, &self.partition);
+        out.into_boxed_slice()
+    }
+}
+
+/// Whether a disk id is an object's metadata ([`ObjectId::meta_id`]) rather than a chunk.
+pub fn is_meta_id(id: &[u8]) -> bool {
+    id.starts_with(META_ENCODING)
 }
 
 /// The representation of the object as stored (`/o/`).
@@ -112,16 +136,16 @@ pub struct ChunkId(Box<[u8]>);
 
 /// Version tag of the encoding: a change of layout must not read old disk entries as new ones.
 const ENCODING: &[u8; 4] = b"bgc1";
+/// Tag of an object's metadata id: never a prefix of a chunk id, so never the same disk file.
+const META_ENCODING: &[u8; 4] = b"bgm1";
+/// Layout version of a persisted [`ObjectMeta`] body.
+const META_BODY_VERSION: u8 = 1;
 
 impl ChunkId {
     /// `bgc1`, then source, key, version, representation, partition, each as a big-endian `u32`
     /// length and its bytes (the partition is `g`, or `u` and the role ARN), then the chunk
     /// index as a big-endian `u64`.
     pub fn encode(key: &CacheKey, index: u64) -> ChunkId {
-        let arn = match key.partition() {
-            Partition::Gateway => None,
-            Partition::User(arn) => Some(arn.as_bytes()),
-        };
         let fields: [&[u8]; 4] = [
             key.source().as_bytes(),
             key.key(),
@@ -132,17 +156,14 @@ impl ChunkId {
             + fields.iter().map(|f| 4 + f.len()).sum::<usize>()
             + 4
             + 1
-            + arn.map_or(0, <[u8]>::len)
+            + arn_len(key.partition())
             + 8;
         let mut out = Vec::with_capacity(len);
         out.extend_from_slice(ENCODING);
         for field in fields {
             push_field(&mut out, &[field]);
         }
-        match arn {
-            None => push_field(&mut out, &[b"g"]),
-            Some(arn) => push_field(&mut out, &[b"u", arn]),
-        }
+        push_partition(&mut out, key.partition());
         out.extend_from_slice(&index.to_be_bytes());
         ChunkId(out.into_boxed_slice())
     }
@@ -158,6 +179,92 @@ impl ChunkId {
         let (key, _) = take_field(rest)?;
         Some((source, key))
     }
+}
+
+fn arn_len(partition: &Partition) -> usize {
+    match partition {
+        Partition::Gateway => 0,
+        Partition::User(arn) => arn.len(),
+    }
+}
+
+/// The partition field: `g`, or `u` and the role ARN.
+fn push_partition(out: &mut Vec<u8>, partition: &Partition) {
+    match partition {
+        Partition::Gateway => push_field(out, &[b"g"]),
+        Partition::User(arn) => push_field(out, &[b"u", arn.as_bytes()]),
+    }
+}
+
+/// The body of a persisted [`ObjectMeta`]: version 1, size (`u64`), then ETag, Last-Modified
+/// (Unix seconds, `u64`) and content type, each a presence byte (0/1) and, when present, the
+/// value (strings as a `u32` length and UTF-8 bytes). Big-endian.
+pub fn encode_meta(meta: &ObjectMeta) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        1 + 8
+            + 5
+            + meta.etag.as_ref().map_or(0, String::len)
+            + 9
+            + 5
+            + meta.content_type.as_ref().map_or(0, String::len),
+    );
+    out.push(META_BODY_VERSION);
+    out.extend_from_slice(&meta.size.to_be_bytes());
+    let push_text = |out: &mut Vec<u8>, text: &Option<String>| match text {
+        None => out.push(0),
+        Some(text) => {
+            out.push(1);
+            push_field(out, &[text.as_bytes()]);
+        }
+    };
+    push_text(&mut out, &meta.etag);
+    match meta
+        .last_modified
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+    {
+        None => out.push(0),
+        Some(since) => {
+            out.push(1);
+            out.extend_from_slice(&since.as_secs().to_be_bytes());
+        }
+    }
+    push_text(&mut out, &meta.content_type);
+    out
+}
+
+/// [`encode_meta`] read back; `None` for anything else (another layout version, trailing bytes).
+pub fn decode_meta(bytes: &[u8]) -> Option<ObjectMeta> {
+    fn take_text(bytes: &[u8]) -> Option<(Option<String>, &[u8])> {
+        let (present, rest) = bytes.split_first()?;
+        match present {
+            0 => Some((None, rest)),
+            1 => {
+                let (text, rest) = take_field(rest)?;
+                Some((Some(String::from_utf8(text.to_vec()).ok()?), rest))
+            }
+            _ => None,
+        }
+    }
+    let rest = bytes.strip_prefix(&[META_BODY_VERSION])?;
+    let (size, rest) = rest.split_first_chunk::<8>()?;
+    let (etag, rest) = take_text(rest)?;
+    let (present, rest) = rest.split_first()?;
+    let (last_modified, rest) = match present {
+        0 => (None, rest),
+        1 => {
+            let (secs, rest) = rest.split_first_chunk::<8>()?;
+            let at = UNIX_EPOCH.checked_add(Duration::from_secs(u64::from_be_bytes(*secs)))?;
+            (Some(at), rest)
+        }
+        _ => return None,
+    };
+    let (content_type, rest) = take_text(rest)?;
+    rest.is_empty().then_some(ObjectMeta {
+        size: u64::from_be_bytes(*size),
+        etag,
+        last_modified,
+        content_type,
+    })
 }
 
 fn push_field(out: &mut Vec<u8>, parts: &[&[u8]]) {
@@ -205,6 +312,53 @@ mod tests {
             for y in &ids[i + 1..] {
                 assert_ne!(x, y);
             }
+        }
+    }
+
+    #[test]
+    fn cache_key_meta_id_is_per_object_and_partition_and_never_a_chunk_id() {
+        let a = ObjectId::new("a", "b", Partition::Gateway);
+        let ids = [
+            a.meta_id(),
+            ObjectId::new("a", "c", Partition::Gateway).meta_id(),
+            ObjectId::new("ab", "", Partition::Gateway).meta_id(),
+            ObjectId::new("a", "b", Partition::User("arn:r".into())).meta_id(),
+        ];
+        for (i, x) in ids.iter().enumerate() {
+            assert!(is_meta_id(x));
+            for y in &ids[i + 1..] {
+                assert_ne!(x, y);
+            }
+        }
+        let chunk = key("a", "b", "\"v1\"", Partition::Gateway).chunk(0);
+        assert!(!is_meta_id(chunk.as_bytes()));
+        assert!(!chunk.as_bytes().starts_with(&ids[0]));
+    }
+
+    #[test]
+    fn cache_key_meta_encoding_round_trips_and_refuses_anything_else() {
+        let full = ObjectMeta {
+            size: 9000,
+            etag: Some("\"abc\"".to_owned()),
+            last_modified: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+            content_type: Some("image/png".to_owned()),
+        };
+        let bare = ObjectMeta {
+            size: 0,
+            etag: None,
+            last_modified: None,
+            content_type: None,
+        };
+        for meta in [&full, &bare] {
+            let bytes = encode_meta(meta);
+            assert_eq!(decode_meta(&bytes).as_ref(), Some(meta));
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert_eq!(decode_meta(&longer), None, "trailing bytes");
+            assert_eq!(decode_meta(&bytes[..bytes.len() - 1]), None, "truncated");
+            let mut other = bytes;
+            other[0] = 2;
+            assert_eq!(decode_meta(&other), None, "another layout version");
         }
     }
 

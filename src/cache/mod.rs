@@ -13,8 +13,10 @@
 //! `disk.rs`: the encrypted disk tier.
 //!
 //! A read, in order: the metadata (the table while it is younger than `metadata_ttl`, else one
-//! coalesced origin request: a cold object's comes with the first chunk the request reads, in
-//! one ranged GET; a known one's is revalidated with a HEAD); the pipeline answers 304/412/416
+//! coalesced origin request: a known one's is revalidated with a HEAD, and so is one the table
+//! forgot (a restart) whose metadata the disk tier kept, so its chunks are served from disk; a
+//! cold one's comes with the first chunk the request reads, in one ranged GET, and is then kept
+//! on disk too); the pipeline answers 304/412/416
 //! and HEAD from it; then each chunk of the part: memory, disk (promoted to memory), a fill in
 //! flight (joined), or a new fill (led). The entry key holds the version, so a changed object
 //! gets new entries and a response never mixes versions: a fill pinned to the version the
@@ -45,7 +47,7 @@ use crate::backend::{
 };
 use crate::config::CacheConfig;
 use crate::telemetry::{CacheTierLabel, Metrics};
-use disk::DiskTier;
+use disk::{DiskKey, DiskTier};
 use fill::Fill;
 use key::{CacheKey, ChunkId, ObjectId, Partition};
 use mem::MemoryTier;
@@ -123,6 +125,8 @@ pub struct Stats {
     pub disk_bytes: u64,
     pub disk_budget_bytes: u64,
     pub disk_entries: u64,
+    /// Objects whose metadata the disk tier keeps (not counted in `disk_entries`).
+    pub disk_metadata_entries: u64,
     /// The disk tier stopped writing after an error (full disk, I/O error); memory still serves.
     pub disk_degraded: bool,
     pub inflight_fills: u64,
@@ -289,11 +293,14 @@ impl Cache {
     /// others wait for it, each until its own `deadline`). The outcome says which: `HitMemory`
     /// (the table), `Miss` (this request's), `Coalesced` (another's).
     ///
-    /// An object the table has never seen is opened with one ranged GET of the chunk
-    /// `first_chunk` names for its metadata (the chunk the request will read first; `None`: no
-    /// body, HEAD or a conditional answer), and that body becomes the chunk's fill: a cold read
-    /// costs one origin round trip, not a HEAD and then a GET. An entry past its window is
-    /// revalidated with a HEAD (its chunks are likely still here).
+    /// An object the table does not hold and the disk tier holds no metadata for is opened with
+    /// one ranged GET of the chunk `first_chunk` names for its metadata (the chunk the request
+    /// will read first; `None`: no body, HEAD or a conditional answer), and that body becomes
+    /// the chunk's fill: a cold read costs one origin round trip, not a HEAD and then a GET. An
+    /// entry past its window, or one only the disk tier still holds (after a restart), is
+    /// revalidated with a HEAD: its chunks are likely still here, and they are keyed by the
+    /// version the HEAD returns, so a changed object never gets the old chunks. Whatever the
+    /// origin says is kept on disk (rewritten only when it changed).
     pub async fn metadata<F>(
         &self,
         object: &ObjectId,
@@ -314,14 +321,35 @@ impl Cache {
                 .entry(object.clone())
                 .or_insert_with(|| Arc::new(OnceCell::new())),
         );
-        let cold = lock(&inner.meta).peek(object).is_none();
+        let known = lock(&inner.meta).peek(object).map(|e| Arc::clone(&e.meta));
+        let generation = inner.generation.load(Ordering::SeqCst);
         let led = AtomicBool::new(false);
         let fetch = async {
             led.store(true, Ordering::Relaxed);
-            let result = if cold {
-                open_cold(inner, object, backend, caller, deadline, first_chunk).await
-            } else {
-                backend.head(object.key(), caller).await
+            let known = match known {
+                Some(meta) => Some(meta),
+                None => inner.stored_meta(object).await.map(Arc::new),
+            };
+            let result = match known {
+                Some(known) => {
+                    let fresh = backend.head(object.key(), caller).await;
+                    if let Ok(fresh) = &fresh {
+                        inner.persist_meta(object, fresh, Some(&known), generation);
+                    }
+                    fresh
+                }
+                None => {
+                    open_cold(
+                        inner,
+                        object,
+                        backend,
+                        caller,
+                        deadline,
+                        first_chunk,
+                        generation,
+                    )
+                    .await
+                }
             };
             let result = result.map(Arc::new).map_err(Arc::new);
             if let Ok(meta) = &result {
@@ -437,6 +465,7 @@ impl Cache {
             disk_bytes: disk.bytes,
             disk_budget_bytes: inner.config.disk.as_ref().map_or(0, |d| d.max_bytes),
             disk_entries: disk.entries,
+            disk_metadata_entries: disk.metadata_entries,
             disk_degraded: disk.degraded,
             inflight_fills: lock(&inner.fills).len() as u64,
         }
@@ -475,8 +504,9 @@ impl Cache {
     }
 }
 
-/// Open a cold object: its metadata, and the chunk `first_chunk` names as a fill other readers
-/// can join (see [`Cache::metadata`]).
+/// Open a cold object: its metadata (kept on disk, queued before the chunk so a chunk on disk
+/// has its metadata beside it), and the chunk `first_chunk` names as a fill other readers can
+/// join (see [`Cache::metadata`]).
 async fn open_cold<F>(
     inner: &Arc<Inner>,
     object: &ObjectId,
@@ -484,6 +514,7 @@ async fn open_cold<F>(
     caller: Caller<'_>,
     deadline: Instant,
     first_chunk: F,
+    generation: u64,
 ) -> Result<ObjectMeta, BackendError>
 where
     F: Fn(&ObjectMeta) -> Option<u64> + Send + Sync + 'static,
@@ -496,12 +527,16 @@ where
         None => Want::Meta,
     };
     match backend.open(object.key(), want, caller, deadline).await? {
-        Opened::Meta(meta) => Ok(meta),
+        Opened::Meta(meta) => {
+            inner.persist_meta(object, &meta, None, generation);
+            Ok(meta)
+        }
         Opened::Object {
             object: opened,
             part,
         } => {
             let meta = opened.meta.clone();
+            inner.persist_meta(object, &meta, None, generation);
             if let Some(range) = part {
                 let index = range.start / chunk;
                 if fill::chunk_range(index, chunk, meta.size) == Some(range) {
@@ -544,6 +579,49 @@ impl Inner {
         let mut table = lock(&self.meta);
         let entry = table.get(object)?;
         (entry.fetched_at.elapsed() < self.config.metadata_ttl).then(|| Arc::clone(&entry.meta))
+    }
+
+    /// The metadata of `object` the disk tier kept (before a restart, or before the table
+    /// forgot it); `None` without a disk tier, or when it holds none that opens and decodes.
+    async fn stored_meta(&self, object: &ObjectId) -> Option<ObjectMeta> {
+        let disk = self.disk.as_ref()?;
+        let id = object.meta_id();
+        let bytes = disk
+            .get(&DiskKey {
+                source: object.source(),
+                key: object.key().as_bytes(),
+                id: &id,
+            })
+            .await?;
+        key::decode_meta(&bytes)
+    }
+
+    /// Keep `meta` on disk as `object`'s metadata. `previous`: what the disk holds already, if
+    /// known; an unchanged one is only written if the disk lost it, a changed one replaces it.
+    /// Nothing is written if a purge ran since `generation`.
+    fn persist_meta(
+        &self,
+        object: &ObjectId,
+        meta: &ObjectMeta,
+        previous: Option<&ObjectMeta>,
+        generation: u64,
+    ) {
+        let Some(disk) = &self.disk else { return };
+        if self.generation.load(Ordering::SeqCst) != generation {
+            return;
+        }
+        let id = object.meta_id();
+        let entry = DiskKey {
+            source: object.source(),
+            key: object.key().as_bytes(),
+            id: &id,
+        };
+        let body = bytes::Bytes::from(key::encode_meta(meta));
+        if previous == Some(meta) {
+            disk.put(&entry, body);
+        } else {
+            disk.put_replacing(&entry, body);
+        }
     }
 
     /// Forget `object`'s metadata if it is still `version` (a fill found it changed or gone).

@@ -324,3 +324,132 @@ async fn cache_fill_goes_on_for_the_others_when_its_leader_leaves() {
     assert_ne!(third.outcome, Outcome::Miss);
     assert_eq!(rig.fills(), 1);
 }
+
+/// A cache with a disk tier in `disk_dir` (the rig's store stays): a restart is dropping one and
+/// building another on the same directory.
+fn disk_rig(disk_dir: &std::path::Path) -> (Arc<Cache>, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new());
+    let config = CacheConfig {
+        memory_bytes: 64 << 20,
+        chunk_bytes: CHUNK,
+        metadata_ttl: Duration::from_secs(60),
+        disk: Some(crate::config::DiskCacheConfig {
+            dir: disk_dir.to_owned(),
+            max_bytes: 64 << 20,
+            encryption: crate::config::DiskEncryption::Aes256Gcm {
+                key_id: "k1".to_owned(),
+                key: [9; 32],
+            },
+        }),
+        bypass: BTreeSet::new(),
+    };
+    let cache = Arc::new(Cache::new(&config, Arc::clone(&metrics)).unwrap());
+    (cache, metrics)
+}
+
+impl Rig {
+    /// Stop this cache (its disk writes done) and start another on the same disk directory.
+    async fn restart(&mut self, disk_dir: &std::path::Path) {
+        self.cache.inner.disk.as_ref().unwrap().flush().await;
+        // The old tier lets go of the directory when its cache is dropped.
+        let memory_only = rig(Duration::ZERO);
+        let old = std::mem::replace(&mut self.cache, memory_only.cache);
+        assert!(
+            Arc::into_inner(old).is_some(),
+            "nothing else holds the old cache"
+        );
+        let (cache, metrics) = disk_rig(disk_dir);
+        self.cache = cache;
+        self.metrics = metrics;
+    }
+}
+
+#[tokio::test]
+async fn cache_restart_revalidates_persisted_metadata_and_serves_chunks_from_disk() {
+    let disk_dir = tempfile::tempdir().unwrap();
+    let mut rig = rig(Duration::from_secs(60));
+    (rig.cache, rig.metrics) = disk_rig(disk_dir.path());
+    let small = object(3000, 4);
+    let big = object(2 * CHUNK as usize + 10, 5);
+    rig.write("small", &small);
+    rig.write("big", &big);
+    assert!(rig.get("small", None).await.unwrap().0 == small);
+    assert!(rig.get("big", None).await.unwrap().0 == big);
+    rig.cache.inner.disk.as_ref().unwrap().flush().await;
+    let stats = rig.cache.stats();
+    assert_eq!((stats.disk_entries, stats.disk_metadata_entries), (4, 2));
+
+    rig.restart(disk_dir.path()).await;
+    for (key, data) in [("small", &small), ("big", &big)] {
+        let (bytes, meta_outcome, outcome) = rig.get(key, None).await.unwrap();
+        assert!(&bytes == data, "{key}");
+        assert_eq!(
+            meta_outcome,
+            Outcome::Miss,
+            "{key}: revalidated with the origin"
+        );
+        assert_eq!(outcome, Outcome::HitDisk, "{key}: every chunk from disk");
+    }
+    let (bytes, _, outcome) = rig.get("big", r(CHUNK, CHUNK + 9)).await.unwrap();
+    assert!(bytes[..] == big[CHUNK as usize..][..10]);
+    assert_eq!(outcome, Outcome::HitMemory);
+    assert_eq!(rig.fills(), 0, "no chunk fetched from the origin");
+    assert_eq!(rig.metrics.cache_origin_bytes.get(), 0);
+
+    // A purge takes the metadata with the chunks: the next start opens the object cold.
+    assert_eq!(
+        rig.cache.purge(&Purge::Key {
+            source: "s".into(),
+            key: "small".into(),
+        }),
+        1 + 1,
+        "its chunk in memory and on disk"
+    );
+    rig.restart(disk_dir.path()).await;
+    let stats = rig.cache.stats();
+    assert_eq!((stats.disk_entries, stats.disk_metadata_entries), (3, 1));
+    let (bytes, _, outcome) = rig.get("small", None).await.unwrap();
+    assert!(bytes == small);
+    // Its chunk came with the cold open's ranged GET, a fill the read joined.
+    assert!(
+        matches!(outcome, Outcome::Miss | Outcome::Coalesced),
+        "{outcome:?}"
+    );
+    assert_eq!(rig.fills(), 1);
+}
+
+#[tokio::test]
+async fn cache_an_object_changed_before_a_restart_gets_its_new_bytes_never_old_disk_chunks() {
+    let disk_dir = tempfile::tempdir().unwrap();
+    let mut rig = rig(Duration::from_secs(60));
+    (rig.cache, rig.metrics) = disk_rig(disk_dir.path());
+    let old = object(CHUNK as usize + 500, 6);
+    rig.write("x", &old);
+    assert!(rig.get("x", None).await.unwrap().0 == old);
+
+    // Same size, other bytes, another modification time (so another version).
+    let new = object(old.len(), 7);
+    rig.write("x", &new);
+    std::fs::File::options()
+        .write(true)
+        .open(rig.root.join("x"))
+        .unwrap()
+        .set_modified(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000))
+        .unwrap();
+    rig.restart(disk_dir.path()).await;
+    let (bytes, _, outcome) = rig.get("x", None).await.unwrap();
+    assert!(bytes == new, "the new version, whole");
+    assert_eq!(outcome, Outcome::Miss);
+    assert_eq!(rig.fills(), 2, "both chunks fetched again");
+    let (bytes, _, outcome) = rig.get("x", r(CHUNK, CHUNK + 99)).await.unwrap();
+    assert!(bytes[..] == new[CHUNK as usize..][..100]);
+    assert_eq!(outcome, Outcome::HitMemory);
+
+    // The replaced metadata is what the next start revalidates: the new chunks, from disk.
+    rig.restart(disk_dir.path()).await;
+    let (bytes, _, outcome) = rig.get("x", None).await.unwrap();
+    assert!(bytes == new);
+    assert_eq!(outcome, Outcome::HitDisk);
+    assert_eq!(rig.fills(), 0);
+    assert_eq!(rig.cache.stats().disk_metadata_entries, 1);
+}
