@@ -384,8 +384,12 @@ impl Pipeline {
             .get(plan.source())
             .ok_or(Error::Plan(plan::PlanError::UnknownSource))?;
         let conditions = Arc::new(range::conditional_headers(headers));
+        // What a store that decides ranges and conditions itself (S3) puts in its one request;
+        // `want` below still decides.
+        let ask = range::ask(headers, head_only);
         // One first-byte budget for the whole wait on the store, however many calls it takes
-        // (HEAD, GET, their retries, starting over after a change).
+        // (the GET or HEAD, their retries, a second call where the store's answer is not the
+        // one decided, starting over after a change).
         let deadline = tokio::time::Instant::now() + snapshot.limits.upstream_first_byte_timeout;
         let mut attempts = 0;
         loop {
@@ -393,12 +397,13 @@ impl Pipeline {
             let decide = Arc::clone(&conditions);
             let want = move |meta: &ObjectMeta| match range::answer(&decide, meta, head_only) {
                 Answer::Send(part) if !head_only => Want::Body(part),
+                Answer::NotModified => Want::NotModified,
                 _ => Want::Meta,
             };
             // A SAML session's reads are signed with the user's own credentials; `saml`
             // sources refuse a request without them (never a fallback to broader ones).
             let caller = user.map_or(Caller::Gateway, Caller::User);
-            let opened = backend.open(plan.key(), want, caller, deadline).await;
+            let opened = backend.open(plan.key(), &ask, want, caller, deadline).await;
             let (meta, object) = match opened {
                 Ok(Opened::Meta(meta)) => (meta, None),
                 Ok(Opened::Object { object, part }) => (object.meta.clone(), Some((object, part))),
