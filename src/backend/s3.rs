@@ -49,10 +49,13 @@
 //!   answer's metadata, and the body is dropped unread;
 //! - 304 with both validators (ETag, Last-Modified), which the pipeline also finds current: sent
 //!   as is (a 304 has no size);
+//! - a ranged GET answered without `Content-Range` (a store that ignores that form of `Range`;
+//!   a 206 without it would look the same, so the answer's length may be the part's): the
+//!   decided range by a second GET, kept only if its `Content-Range` names the size the decision
+//!   was made with (else as below); decided 304: sent;
 //! - 412 and 416 carry no metadata (416 needs the size for `Content-Range: bytes */N`); a 304
-//!   the pipeline disagrees with or that lacks a validator (moto's has no Last-Modified), and a
-//!   ranged GET answered without `Content-Range` (a store that ignores `Range`): one HEAD, then
-//!   as the pipeline decides for its metadata;
+//!   the pipeline disagrees with or that lacks a validator (moto's has no Last-Modified): one
+//!   HEAD, then as the pipeline decides for its metadata;
 //! - `bytes=-0`, which no object satisfies: one HEAD (for the size), no GET.
 //!
 //! [`Backend::get`] (a cache's chunk fill) is one GetObject with `Range` and `If-Match`.
@@ -621,10 +624,24 @@ impl Backend for S3Backend {
                 Answered::NotModified(validators) if want(&validators) == Want::NotModified => {
                     Ok(Opened::Meta(validators))
                 }
-                Answered::RangeIgnored(meta) if want(&meta) == Want::NotModified => {
-                    Ok(Opened::Meta(meta))
-                }
-                Answered::NotModified(_) | Answered::RangeIgnored(_) | Answered::NoMeta => {
+                Answered::RangeIgnored(meta) => match want(&meta) {
+                    Want::NotModified => Ok(Opened::Meta(meta)),
+                    // Decided on a size that may be the part's: kept only if the ranged answer
+                    // names the same total.
+                    Want::Body(Some(part)) => {
+                        let object = self.get_with(key, Some(part), &meta, creds.clone()).await?;
+                        if object.meta.size == meta.size {
+                            return Ok(Opened::Object {
+                                object,
+                                part: Some(part),
+                            });
+                        }
+                        drop(object);
+                        self.head_then_settle(key, &want, creds).await
+                    }
+                    Want::Meta | Want::Body(None) => self.head_then_settle(key, &want, creds).await,
+                },
+                Answered::NotModified(_) | Answered::NoMeta => {
                     self.head_then_settle(key, &want, creds).await
                 }
             }
