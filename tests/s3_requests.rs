@@ -171,7 +171,7 @@ impl std::ops::Deref for Store {
 struct Bed {
     gw: TestGateway,
     proxy: CountingProxy,
-    _store: Store,
+    store: Store,
     data: Vec<u8>,
 }
 
@@ -194,7 +194,7 @@ async fn bed(moto: bool) -> Bed {
     Bed {
         gw,
         proxy,
-        _store: store,
+        store,
         data,
     }
 }
@@ -575,4 +575,40 @@ async fn origin_304_is_one_request_and_an_ignored_range_is_asked_again() {
             "{proto:?}: GET (range ignored), ranged GET"
         );
     }
+}
+
+/// `Backend::get` (a cache's chunk fill) is one GetObject carrying the range and the version it
+/// must read (If-Match on the expected ETag), never a HEAD first.
+#[tokio::test]
+async fn backend_get_is_one_ranged_get_pinned_by_if_match() {
+    use bucketgate::backend::{Backend, ByteRange, Caller};
+    use futures_util::StreamExt;
+    let bed = bed(false).await;
+    let source = bucketgate::config::S3Source {
+        endpoint: Some(bed.proxy.endpoint.clone()),
+        ..bed.store.source(BUCKET, "")
+    };
+    let backend = bucketgate::backend::s3::S3Backend::new(&source, &support::test_limits())
+        .await
+        .unwrap();
+    let meta = backend.head(KEY, Caller::Gateway).await.unwrap();
+    bed.proxy.take();
+    let range = ByteRange {
+        start: 1000,
+        end: 1999,
+    };
+    let got = backend
+        .get(KEY, Some(range), &meta, Caller::Gateway)
+        .await
+        .unwrap();
+    let mut body = Vec::new();
+    let mut stream = got.body;
+    while let Some(frame) = stream.next().await {
+        body.extend_from_slice(&frame.unwrap());
+    }
+    assert!(body == bed.data[1000..2000], "ranged body");
+    let seen = bed.proxy.take();
+    assert_methods(&seen, &["GET"], "Backend::get");
+    assert_eq!(seen[0].header("range"), Some("bytes=1000-1999"));
+    assert_eq!(seen[0].header("if-match"), meta.etag.as_deref());
 }
