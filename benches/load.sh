@@ -35,14 +35,48 @@
 #    likewise. moto (Python) bounds req/s, so the figure is the gateway's CPU time per request
 #    (its CPU delta over each variant's runs): ratio static/saml CPU (goal >= 0.9), and the STS
 #    calls moto saw (want 1: the sign-in);
-# 9. prints one table with req/s, MiB/s, latency and the bucketgate/peer ratios.
+# 9. s3lat section (issue 12): a delaying TCP proxy (python3 asyncio, written to the temp dir)
+#    in front of each S3 server holds back every piece of data the store sends by DELAY_MS, so
+#    each response's first byte arrives DELAY_MS late (one-way latency on the store's answers;
+#    requests, connection set-up and throughput are not slowed, as with a distant region on a
+#    warm keep-alive connection). S3 passthrough, cache off: time to first byte of 64k.bin,
+#    p50 of LAT_RUNS keep-alive requests (curl time_starttransfer - time_pretransfer: request
+#    sent -> first byte, so the gateway's local TLS handshake is not counted), bucketgate vs
+#    reading the store directly through the same proxy (goal: at most 1.1x); then wrk throughput
+#    of bucketgate vs nginx proxying the same delayed store (goal: at least 0.9x) and vs direct;
+# 10. cache section (issue 12; not in the default SECTIONS until the cache is merged: the
+#    gateway must know `[cache]`, else the section stops with a clear message). Gateways with
+#    `[cache]` in front of the delayed store (source `s3lat`; the fs source opts out with
+#    `cache = false`), signed URLs and audit on as in the fs section:
+#    - memory hit: 64k.bin, warmed, wrk (h1) and h2load (h2) vs nginx serving the same file
+#      (goal: at least 1.0x);
+#    - disk hit: 1m.bin through a gateway whose memory tier is tiny (CACHE_TINY_MEMORY_BYTES,
+#      chunk CACHE_TINY_CHUNK_BYTES), so hits come from the (encrypted, CACHE_ENCRYPT) disk
+#      tier, vs the same gateway reading 1m.bin from the uncached fs source (goal: at least
+#      0.9x);
+#    - cold vs warm: TTFB p50 of LAT_COLD_KEYS distinct 64 KiB objects read once each (cold:
+#      origin latency DELAY_MS), then of LAT_RUNS warm reads (goal: warm under 2 ms);
+#    - memory: the mem section's MEM_CLIENTS slow clients through the cache, each reading a
+#      CACHE_BIG_MIB object from its own offset (spread evenly, so together they touch more than
+#      the memory tier holds) (goal: RSS above idle within CACHE_MEMORY_BYTES + 64 MiB);
+# 11. prints one table with req/s, MiB/s, latency and the bucketgate/peer ratios, then the
+#    latency, cache and memory lines with their goals. Latency figures on a shared machine are
+#    noisy: compare within one run.
 #
 # Environment (defaults in brackets):
 #   DURATION [10] seconds per measurement   CONNECTIONS [50]   THREADS [2] client threads
 #   WORKERS [2] nginx worker_processes and bucketgate runtime threads
 #   H2_STREAMS [10] concurrent streams per h2load connection
 #   MEM_CLIENTS [200]  MEM_SECONDS [20]  MEM_RATE [1M]
-#   SECTIONS ["fs s3 mem net"]  any subset of "fs s3 mem net auth saml", space separated
+#   SECTIONS ["fs s3 mem net s3lat"]  any subset of "fs s3 mem net s3lat cache auth saml"
+#   DELAY_MS [20] one-way latency the delaying proxy adds to the store's answers (s3lat, cache)
+#   LAT_RUNS [50] keep-alive requests per TTFB figure   LAT_COLD_KEYS [20] cold objects (cache)
+#   CACHE_MEMORY_BYTES [134217728] memory tier of the cache section's gateways (128 MiB)
+#   CACHE_TINY_MEMORY_BYTES [262144] CACHE_TINY_CHUNK_BYTES [262144] the disk-hit gateway's
+#                    memory tier and chunk size   CACHE_DISK_BYTES [1073741824] its disk tier
+#   CACHE_ENCRYPT [1] disk tier encrypted with a random key (env:BENCH_CACHE_KEY, 32 bytes as
+#                    64 hex digits, key_id "k1"); 0 writes `encrypt = false`
+#   CACHE_BIG_MIB [512] size of the object the cache's memory test streams
 #   AB_ROUNDS [2] rounds of the net, auth and saml comparisons (each variant: DURATION s a round)
 #   BASELINE_COMMIT [61e0984] the unauthenticated baseline of the auth section; its binary is
 #                    built from `git archive` in a temp dir, cached in target/bench-baseline/
@@ -68,13 +102,22 @@ H2_STREAMS=${H2_STREAMS:-10}
 MEM_CLIENTS=${MEM_CLIENTS:-200}
 MEM_SECONDS=${MEM_SECONDS:-20}
 MEM_RATE=${MEM_RATE:-1M}
-SECTIONS=${SECTIONS:-"fs s3 mem net"}
+SECTIONS=${SECTIONS:-"fs s3 mem net s3lat"}
 AB_ROUNDS=${AB_ROUNDS:-2}
 BASELINE_COMMIT=${BASELINE_COMMIT:-61e0984}
 SKIP_GATEWAY=${SKIP_GATEWAY:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
 BENCH_RUST_LOG=${BENCH_RUST_LOG:-warn}
 S3_SERVER=${S3_SERVER:-auto}
+DELAY_MS=${DELAY_MS:-20}
+LAT_RUNS=${LAT_RUNS:-50}
+LAT_COLD_KEYS=${LAT_COLD_KEYS:-20}
+CACHE_MEMORY_BYTES=${CACHE_MEMORY_BYTES:-134217728}
+CACHE_TINY_MEMORY_BYTES=${CACHE_TINY_MEMORY_BYTES:-262144}
+CACHE_TINY_CHUNK_BYTES=${CACHE_TINY_CHUNK_BYTES:-262144}
+CACHE_DISK_BYTES=${CACHE_DISK_BYTES:-1073741824}
+CACHE_ENCRYPT=${CACHE_ENCRYPT:-1}
+CACHE_BIG_MIB=${CACHE_BIG_MIB:-512}
 S3S_FS_VERSION=0.14.1
 MEM_TARGET_MIB=64
 
@@ -271,6 +314,8 @@ S3_ANON_PORT=$(free_port) # s3s-fs without auth, for direct reads
 S3_ACCESS_KEY=BENCHACCESSKEY
 S3_SECRET_KEY=benchsecretkey0123456789
 S3_KIND=""
+S3LAT_PORT=""      # the delaying proxy in front of S3_PORT (the gateway's store), if started
+S3LAT_ANON_PORT="" # the delaying proxy in front of S3_ANON_PORT (direct reads, nginx)
 
 # s3s-fs (preferred, fast) or moto_server (fallback). Sets S3_KIND, S3_ANON_PORT and S3_PORT.
 start_s3() {
@@ -316,6 +361,91 @@ start_s3() {
     done
 }
 
+# The delaying proxy of the s3lat and cache sections: what the store sends reaches the client
+# DELAY_MS later, piece by piece in order (so each response's first byte is DELAY_MS late and a
+# long body keeps its rate); what the client sends passes at once. One upstream per instance.
+write_delay_proxy() {
+    cat >"$TMP/delay_proxy.py" <<'PY'
+import asyncio, sys
+
+listen_port, upstream_port, delay = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]) / 1000
+
+async def forward(reader, writer):
+    """Client to store, undelayed; the client's EOF is passed on."""
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.write_eof()
+    except (ConnectionError, OSError):
+        pass
+
+async def delayed(reader, writer):
+    """Store to client: each piece is written `delay` after it arrived, in order."""
+    loop = asyncio.get_running_loop()
+    queue = asyncio.Queue(maxsize=256)  # at most 16 MiB in flight per connection
+
+    async def feed():
+        try:
+            while True:
+                data = await reader.read(65536)
+                await queue.put((loop.time() + delay, data))
+                if not data:
+                    return
+        except (ConnectionError, OSError):
+            await queue.put((loop.time() + delay, b""))
+
+    feeder = asyncio.create_task(feed())
+    try:
+        while True:
+            due, data = await queue.get()
+            if (wait := due - loop.time()) > 0:
+                await asyncio.sleep(wait)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        feeder.cancel()
+        writer.close()
+
+async def handle(client_reader, client_writer):
+    try:
+        store_reader, store_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
+    except OSError:
+        client_writer.close()
+        return
+    up = asyncio.create_task(forward(client_reader, store_writer))
+    await delayed(store_reader, client_writer)
+    up.cancel()
+    store_writer.close()
+
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", listen_port, backlog=4096)
+    async with server:
+        await server.serve_forever()
+
+asyncio.run(main())
+PY
+}
+
+start_delay_proxy() { # upstream-port name; sets DELAY_PORT
+    local i pid
+    [[ -f "$TMP/delay_proxy.py" ]] || write_delay_proxy
+    DELAY_PORT=$(free_port)
+    python3 "$TMP/delay_proxy.py" "$DELAY_PORT" "$1" "$DELAY_MS" >"$TMP/delay-$2.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    for i in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || { cat "$TMP/delay-$2.log" >&2; die "delaying proxy ($2) exited"; }
+        [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$DELAY_PORT/" || true) != 000 ]] && return 0
+        sleep 0.1
+    done
+    die "delaying proxy ($2) did not listen on $DELAY_PORT"
+}
+
 start_nginx() {
     local h2_listen="" h2_directive="" ver
     ver=$("$NGINX" -v 2>&1 | sed -n 's|.*nginx/\([0-9.]*\).*|\1|p')
@@ -330,6 +460,17 @@ start_nginx() {
         s3_location="
         location /s3/ {
             proxy_pass http://s3_upstream/bench/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_buffering on;
+        }"
+    fi
+    local s3lat_upstream=""
+    if [[ -n "$S3LAT_ANON_PORT" ]]; then
+        s3lat_upstream="upstream s3lat_upstream { server 127.0.0.1:$S3LAT_ANON_PORT; keepalive 64; }"
+        s3_location+="
+        location /s3lat/ {
+            proxy_pass http://s3lat_upstream/bench/;
             proxy_http_version 1.1;
             proxy_set_header Connection \"\";
             proxy_buffering on;
@@ -353,6 +494,7 @@ http {
     scgi_temp_path $TMP/nginx/scgi;
     default_type application/octet-stream;
     upstream s3_upstream { server 127.0.0.1:$S3_ANON_PORT; keepalive 64; }
+    $s3lat_upstream
     server {
         listen 127.0.0.1:$NGINX_PORT ssl$h2_listen;
         $h2_directive
@@ -381,10 +523,22 @@ allow = ["127.0.0.0/8"]'
 
 # A gateway config on stdout. flavour `current`: today's keys, every request a signed URL;
 # `baseline`: only the keys BASELINE_COMMIT knows (no [identity], no per-subject limits, no audit).
-gateway_config() { # port admin-port network-toml flavour [extra-toml]
-    local port=$1 admin_port=$2 network=$3 flavour=$4 extra=${5:-} s3_source="" subject="" identity=""
-    if [[ -n "$S3_KIND" ]]; then
+gateway_config() { # port admin-port network-toml flavour [extra-toml [fs-source-extra-toml]]
+    local port=$1 admin_port=$2 network=$3 flavour=$4 extra=${5:-} fs_extra=${6:-} s3_source=""
+    local subject="" identity=""
+    if [[ -n "$S3LAT_PORT" ]]; then
         s3_source="
+# The same store behind the delaying proxy (DELAY_MS on every answer).
+[sources.s3lat]
+kind = \"s3\"
+bucket = \"bench\"
+region = \"us-east-1\"
+endpoint = \"http://127.0.0.1:$S3LAT_PORT\"
+path_style = true
+credentials = { access_key_id = \"$S3_ACCESS_KEY\", secret_access_key = \"env:BENCH_S3_SECRET_KEY\" }"
+    fi
+    if [[ -n "$S3_KIND" ]]; then
+        s3_source+="
 [sources.s3]
 kind = \"s3\"
 bucket = \"bench\"
@@ -428,6 +582,7 @@ $extra
 [sources.bench]
 kind = "fs"
 root = "$TMP/files"
+$fs_extra
 $s3_source
 EOF
 }
@@ -441,6 +596,9 @@ write_gateway_config() {
     Q_S3=""
     [[ -z "$S3_KIND" ]] ||
         Q_S3="?token=$(BENCH_S3_SECRET_KEY=$S3_SECRET_KEY "$BIN" token --config "$TMP/gw/config.toml" --source s3 --prefix "" --ttl 1h --role reviewer)"
+    Q_S3LAT=""
+    [[ -z "$S3LAT_PORT" ]] ||
+        Q_S3LAT="?token=$(BENCH_S3_SECRET_KEY=$S3_SECRET_KEY "$BIN" token --config "$TMP/gw/config.toml" --source s3lat --prefix "" --ttl 1h --role reviewer)"
 }
 
 start_gateway() { # log-name [config port binary probe-query]; sets GW_PID
@@ -694,15 +852,206 @@ percent_below() { # a b -> how many percent a is below b, one decimal (negative:
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
+# MEM_CLIENTS slow clients (curl --limit-rate MEM_RATE) read `url` from the gateway GW_PID for
+# MEM_SECONDS, from the start, or given the object's size each from its own offset (client i at
+# i/MEM_CLIENTS of it); its RSS is sampled throughout. Sets RSS_LINE (peak above idle against the
+# target).
+slow_clients_rss() { # log-name url target-mib [object-size-to-spread-over]
+    local name=$1 url=$2 target=$3 spread=${4:-0} idle peak peak_threads deadline now threads alive
+    local pid i hwm streamed above verdict
+    local -a range=()
+    sleep 1
+    idle=$(rss_kib "$GW_PID")
+    log "memory ($name): idle RSS $((idle / 1024)) MiB; $MEM_CLIENTS clients at $MEM_RATE/s for $MEM_SECONDS s"
+    local -a clients=()
+    rm -rf "$TMP/mem"
+    mkdir -p "$TMP/mem"
+    for i in $(seq "$MEM_CLIENTS"); do
+        ((spread == 0)) || range=(-r "$(((i - 1) * (spread / MEM_CLIENTS)))-")
+        curl -s -o /dev/null --cacert "$TMP/cert.pem" --limit-rate "$MEM_RATE" --max-time "$MEM_SECONDS" \
+            "${range[@]}" -w '%{http_code} %{size_download}\n' "$url" >"$TMP/mem/$i.out" 2>/dev/null &
+        clients+=("$!")
+        PIDS+=("$!")
+    done
+    peak=$idle
+    peak_threads=0
+    deadline=$((SECONDS + MEM_SECONDS + 5))
+    while ((SECONDS < deadline)); do
+        kill -0 "$GW_PID" 2>/dev/null || { cat "$TMP/gw/$name.log" >&2; die "bucketgate exited during the memory test"; }
+        now=$(rss_kib "$GW_PID")
+        ((now > peak)) && peak=$now
+        threads=$(awk '/^Threads:/ {print $2}' "/proc/$GW_PID/status" 2>/dev/null || echo 0)
+        ((threads > peak_threads)) && peak_threads=$threads
+        alive=0
+        for pid in "${clients[@]}"; do kill -0 "$pid" 2>/dev/null && alive=$((alive + 1)); done
+        ((alive == 0)) && break
+        sleep 0.25
+    done
+    for pid in "${clients[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${clients[@]}"; do wait "$pid" 2>/dev/null || true; done
+    hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$GW_PID/status" 2>/dev/null || echo 0)
+    streamed=$(cat "$TMP"/mem/*.out 2>/dev/null | awk '$1 == 200 || $1 == 206 {n++; b += $2} $1 != 200 && $1 != 206 {e++}
+        END {printf "%d clients got 200/206 (%.0f MiB in all), %d did not", n, b / 1048576, e}')
+    above=$(((peak - idle) / 1024))
+    verdict=ok
+    ((above < target)) || verdict=OVER
+    RSS_LINE="RSS above idle: $above MiB (target < $target MiB) [$verdict]; idle $((idle / 1024)) MiB, peak $((peak / 1024)) MiB, VmHWM $((hwm / 1024)) MiB, threads up to $peak_threads; streamed: $streamed"
+}
+
+# Time to first byte in ms over one keep-alive curl run (HTTP/1.1) of the given URLs in order;
+# the first, which opens the connection, is a warm-up and not counted. TTFB here is
+# time_starttransfer - time_pretransfer: from the request sent to the answer's first byte, so a
+# TLS handshake is not counted. Sets TTFB_P50 and TTFB_P90; warns about answers other than 200.
+ttfb() { # warm-up-url url...
+    local u out bad vals
+    local -a args=()
+    for u in "$@"; do args+=(-o /dev/null "$u"); done
+    out=$(curl -s --http1.1 --cacert "$TMP/cert.pem" --max-time 120 \
+        -w '%{http_code} %{time_pretransfer} %{time_starttransfer}\n' "${args[@]}" || true)
+    bad=$(awk 'NR > 1 && $1 != 200' <<<"$out" | wc -l)
+    ((bad == 0)) || log "WARNING: $bad of $(($# - 1)) TTFB requests did not answer 200 (first: $2)"
+    vals=$(awk 'NR > 1 && $1 == 200 { printf "%.3f\n", ($3 - $2) * 1000 }' <<<"$out" | sort -n)
+    TTFB_P50=$(awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else printf "%.2f", v[int((NR + 1) / 2)] }' <<<"$vals")
+    TTFB_P90=$(awk '{ v[NR] = $1 } END { if (NR == 0) { print "-"; exit }
+        i = int(NR * 0.9 + 0.5); if (i < 1) i = 1; printf "%.2f", v[i] }' <<<"$vals")
+}
+
+repeat() { # n word: the word n times, one a line
+    local i
+    for i in $(seq "$1"); do printf '%s\n' "$2"; done
+}
+
+# Put a file into the bench bucket as object `key`, through the anonymous endpoint (s3s-fs and
+# moto then keep its ETag: s3s-fs computes the MD5 of a file it did not store on every GET).
+# Falls back to copying the file into s3s-fs's directory.
+put_object() { # key file
+    if curl -sf -T "$2" "http://127.0.0.1:$S3_ANON_PORT/bench/$1" >/dev/null; then
+        return 0
+    fi
+    [[ "$S3_KIND" == s3s-fs ]] || die "uploading $1 to $S3_KIND failed"
+    log "NOTICE: PUT $1 to s3s-fs failed; copying the file (s3s-fs hashes it on every GET)"
+    mkdir -p "$(dirname "$TMP/s3root/bench/$1")"
+    cp "$2" "$TMP/s3root/bench/$1"
+}
+
+# A gateway config with [cache] (issue 12) in $TMP/gw/NAME.toml, the fs source opted out; stops
+# the run with a clear message when this bucketgate does not know the keys.
+cache_config() { # name port admin-port cache-toml
+    local out
+    gateway_config "$2" "$3" "$NET_ONE_RULE" current "$4" "cache = false" >"$TMP/gw/$1.toml"
+    if ! out=$(BENCH_S3_SECRET_KEY=$S3_SECRET_KEY "$BIN" check --config "$TMP/gw/$1.toml" 2>&1); then
+        if grep -qi 'unknown field\|unknown key' <<<"$out" && grep -q 'cache' <<<"$out"; then
+            die "this bucketgate does not know the cache's keys ([cache], a source's cache = false): the cache (issue 12) is not merged into $BIN yet. bucketgate check said: $out"
+        fi
+        die "bucketgate check rejected the cache config $TMP/gw/$1.toml: $out"
+    fi
+}
+
+# The cache section (see the header): memory hit, disk hit, cold vs warm, memory.
+cache_section() {
+    [[ -n "$S3LAT_PORT" ]] || die "the cache section needs an S3 server (s3s-fs or moto) and the delaying proxy"
+    local ttl="metadata_ttl_secs = 3600" port admin cgw pid i mem_toml disk_toml keys=()
+    local d50 d90 c50 c90 w50 w90
+    mem_toml="# The cache (issue 12): a memory tier; object metadata trusted for the whole run.
+[cache]
+memory_bytes = $CACHE_MEMORY_BYTES
+$ttl"
+    if [[ "$CACHE_ENCRYPT" == 1 ]]; then
+        BENCH_CACHE_KEY=$(openssl rand -hex 32)
+        export BENCH_CACHE_KEY
+        disk_toml='key = "env:BENCH_CACHE_KEY"
+key_id = "k1"'
+    else
+        disk_toml="encrypt = false"
+    fi
+    disk_toml="# The cache (issue 12): a tiny memory tier, so that hits come from the disk tier.
+[cache]
+memory_bytes = $CACHE_TINY_MEMORY_BYTES
+chunk_bytes = $CACHE_TINY_CHUNK_BYTES
+disk_dir = \"$TMP/cache-disk\"
+disk_bytes = $CACHE_DISK_BYTES
+$disk_toml
+$ttl"
+    mkdir -p "$TMP/cache-disk"
+
+    # Objects only this section reads: the cold keys, and the big one for the memory test.
+    for i in $(seq "$LAT_COLD_KEYS"); do
+        put_object "cold/64k-$i.bin" "$TMP/files/64k.bin"
+        keys+=("cold/64k-$i.bin")
+    done
+    truncate -s "${CACHE_BIG_MIB}M" "$TMP/big.bin"
+    put_object big.bin "$TMP/big.bin"
+    rm -f "$TMP/big.bin"
+
+    # Memory hit and cold vs warm.
+    port=$(free_port) admin=$(free_port)
+    cgw="https://127.0.0.1:$port"
+    cache_config cache-mem "$port" "$admin" "$mem_toml"
+    start_gateway cache-mem "$TMP/gw/cache-mem.toml" "$port"
+    pid=$GW_PID
+    # Cold: each key once, store +DELAY_MS; the warm-up request reads another object.
+    mapfile -t urls < <(for i in "${keys[@]}"; do printf '%s\n' "$cgw/o/s3lat/$i$Q_S3LAT"; done)
+    ttfb "$cgw/o/bench/64k.bin$Q_BENCH" "${urls[@]}"
+    c50=$TTFB_P50 c90=$TTFB_P90
+    check_url "$cgw/o/s3lat/64k.bin$Q_S3LAT" "${SIZE[64k.bin]}" || true
+    mapfile -t urls < <(repeat $((LAT_RUNS + 1)) "$cgw/o/s3lat/64k.bin$Q_S3LAT")
+    ttfb "${urls[@]}"
+    w50=$TTFB_P50 w90=$TTFB_P90
+    mapfile -t urls < <(repeat $((LAT_RUNS + 1)) "http://127.0.0.1:$S3LAT_ANON_PORT/bench/64k.bin")
+    ttfb "${urls[@]}"
+    d50=$TTFB_P50 d90=$TTFB_P90
+    GOAL_LINES+=("cache: TTFB p50/p90 of 64 KiB (store +$DELAY_MS ms): cold $c50/$c90 ms ($LAT_COLD_KEYS objects), warm $w50/$w90 ms ($LAT_RUNS reads), store direct $d50/$d90 ms; goal: warm p50 < 2 ms")
+    for proto in h1 h2; do
+        runner=run_wrk
+        [[ $proto == h2 ]] && runner=run_h2load
+        $runner cache "nginx(file)" 64k.bin "$NG/o/bench/64k.bin"
+        $runner cache bucketgate-mem-hit 64k.bin "$cgw/o/s3lat/64k.bin$Q_S3LAT"
+        GOAL_LINES+=("cache: memory hit 64k.bin $proto vs nginx serving the file: req/s ratio $(ratio "${REQS[cache|bucketgate-mem-hit|$proto|64k.bin]}" "${REQS[cache|nginx(file)|$proto|64k.bin]}"); goal >= 1.0")
+    done
+    stop "$pid"
+
+    # Disk hit vs the uncached fs source, one gateway.
+    port=$(free_port) admin=$(free_port)
+    cgw="https://127.0.0.1:$port"
+    cache_config cache-disk "$port" "$admin" "$disk_toml"
+    start_gateway cache-disk "$TMP/gw/cache-disk.toml" "$port"
+    pid=$GW_PID
+    check_url "$cgw/o/s3lat/1m.bin$Q_S3LAT" "${SIZE[1m.bin]}" || true
+    check_url "$cgw/o/s3lat/1m.bin$Q_S3LAT" "${SIZE[1m.bin]}" || true
+    run_wrk cache bucketgate-fs-nocache 1m.bin "$cgw/o/bench/1m.bin$Q_BENCH"
+    run_wrk cache bucketgate-disk-hit 1m.bin "$cgw/o/s3lat/1m.bin$Q_S3LAT"
+    GOAL_LINES+=("cache: disk hit 1m.bin h1 vs the uncached fs source, same gateway (memory tier $CACHE_TINY_MEMORY_BYTES B, encrypt=$CACHE_ENCRYPT): req/s ratio $(ratio "${REQS[cache|bucketgate-disk-hit|h1|1m.bin]}" "${REQS[cache|bucketgate-fs-nocache|h1|1m.bin]}"); goal >= 0.9")
+    stop "$pid"
+
+    # Memory: the slow clients on a big object through the cache, a fresh process.
+    port=$(free_port) admin=$(free_port)
+    cache_config cache-rss "$port" "$admin" "$mem_toml"
+    start_gateway cache-rss "$TMP/gw/cache-rss.toml" "$port"
+    slow_clients_rss cache-rss "https://127.0.0.1:$port/o/s3lat/big.bin$Q_S3LAT" \
+        $((CACHE_MEMORY_BYTES / 1048576 + MEM_TARGET_MIB)) $((CACHE_BIG_MIB * 1048576))
+    GOAL_LINES+=("cache: $MEM_CLIENTS slow clients, each from its own offset of a $CACHE_BIG_MIB MiB object, through the cache (memory tier $((CACHE_MEMORY_BYTES / 1048576)) MiB): $RSS_LINE")
+    stop "$GW_PID"
+    GW_PID=""
+}
+
 # --- run ------------------------------------------------------------------------------------------
 
-if has_section s3; then
-    start_s3 || log "NOTICE: no S3 server available (s3s-fs install failed, no .venv moto); s3 section skipped"
+if has_section s3 || has_section s3lat || has_section cache; then
+    start_s3 || log "NOTICE: no S3 server available (s3s-fs install failed, no .venv moto); s3, s3lat and cache sections skipped"
+fi
+if [[ -n "$S3_KIND" ]] && { has_section s3lat || has_section cache; }; then
+    start_delay_proxy "$S3_ANON_PORT" anon
+    S3LAT_ANON_PORT=$DELAY_PORT
+    S3LAT_PORT=$DELAY_PORT
+    if [[ "$S3_PORT" != "$S3_ANON_PORT" ]]; then
+        start_delay_proxy "$S3_PORT" signed
+        S3LAT_PORT=$DELAY_PORT
+    fi
 fi
 start_nginx
 if [[ "$SKIP_GATEWAY" != "1" ]]; then
     write_gateway_config
-    if has_section fs || has_section s3; then
+    if has_section fs || has_section s3 || has_section s3lat; then
         start_gateway bench
     fi
 fi
@@ -731,6 +1080,33 @@ if has_section s3 && [[ -n "$S3_KIND" ]]; then
         run_wrk s3 "$S3_KIND-direct(http)" "$f" "http://127.0.0.1:$S3_ANON_PORT/bench/$f"
         run_wrk s3 "nginx->$S3_KIND" "$f" "$NG/s3/$f"
         [[ "$SKIP_GATEWAY" == "1" ]] || run_wrk s3 "bucketgate->$S3_KIND" "$f" "$GW/o/s3/$f$Q_S3"
+    done
+fi
+
+declare -a GOAL_LINES=()
+if has_section s3lat && [[ -n "$S3LAT_PORT" ]]; then
+    direct="http://127.0.0.1:$S3LAT_ANON_PORT/bench"
+    check_url "$direct/64k.bin" "${SIZE[64k.bin]}" || true
+    check_url "$NG/s3lat/64k.bin" "${SIZE[64k.bin]}" || true
+    mapfile -t urls < <(repeat $((LAT_RUNS + 1)) "$direct/64k.bin")
+    ttfb "${urls[@]}"
+    d50=$TTFB_P50 d90=$TTFB_P90
+    mapfile -t urls < <(repeat $((LAT_RUNS + 1)) "$NG/s3lat/64k.bin")
+    ttfb "${urls[@]}"
+    n50=$TTFB_P50 n90=$TTFB_P90
+    g50="-" g90="-"
+    if [[ "$SKIP_GATEWAY" != "1" ]]; then
+        check_url "$GW/o/s3lat/64k.bin$Q_S3LAT" "${SIZE[64k.bin]}" || true
+        mapfile -t urls < <(repeat $((LAT_RUNS + 1)) "$GW/o/s3lat/64k.bin$Q_S3LAT")
+        ttfb "${urls[@]}"
+        g50=$TTFB_P50 g90=$TTFB_P90
+    fi
+    GOAL_LINES+=("s3lat: TTFB p50/p90 of 64k.bin, store +$DELAY_MS ms, cache off ($LAT_RUNS keep-alive requests): bucketgate $g50/$g90 ms, direct $d50/$d90 ms, nginx $n50/$n90 ms; p50 ratio bucketgate/direct $(ratio "$g50" "$d50"); goal <= 1.1")
+    for f in 64k.bin 1m.bin; do
+        run_wrk s3lat "$S3_KIND-direct(http)" "$f" "$direct/$f"
+        run_wrk s3lat "nginx->$S3_KIND" "$f" "$NG/s3lat/$f"
+        [[ "$SKIP_GATEWAY" == "1" ]] || run_wrk s3lat "bucketgate->$S3_KIND" "$f" "$GW/o/s3lat/$f$Q_S3LAT"
+        GOAL_LINES+=("s3lat: throughput $f h1 vs nginx proxying the same delayed store: req/s ratio $(ratio "${REQS[s3lat|bucketgate->$S3_KIND|h1|$f]:-}" "${REQS[s3lat|nginx->$S3_KIND|h1|$f]:-}"); goal >= 0.9")
     done
 fi
 
@@ -844,40 +1220,12 @@ if has_section mem && [[ "$SKIP_GATEWAY" != "1" ]]; then
     GW="https://127.0.0.1:$GW_PORT"
     write_gateway_config
     start_gateway mem
-    sleep 1
-    idle=$(rss_kib "$GW_PID")
-    log "memory: idle RSS $((idle / 1024)) MiB; $MEM_CLIENTS clients at $MEM_RATE/s for $MEM_SECONDS s"
-    declare -a CLIENTS=()
-    mkdir -p "$TMP/mem"
-    for i in $(seq "$MEM_CLIENTS"); do
-        curl -s -o /dev/null --cacert "$TMP/cert.pem" --limit-rate "$MEM_RATE" --max-time "$MEM_SECONDS" \
-            -w '%{http_code} %{size_download}\n' "$GW/o/bench/1g.bin$Q_BENCH" >"$TMP/mem/$i.out" 2>/dev/null &
-        CLIENTS+=("$!")
-        PIDS+=("$!")
-    done
-    peak=$idle
-    peak_threads=0
-    deadline=$((SECONDS + MEM_SECONDS + 5))
-    while ((SECONDS < deadline)); do
-        kill -0 "$GW_PID" 2>/dev/null || { cat "$TMP/gw/mem.log" >&2; die "bucketgate exited during the memory test"; }
-        now=$(rss_kib "$GW_PID")
-        ((now > peak)) && peak=$now
-        threads=$(awk '/^Threads:/ {print $2}' "/proc/$GW_PID/status" 2>/dev/null || echo 0)
-        ((threads > peak_threads)) && peak_threads=$threads
-        alive=0
-        for pid in "${CLIENTS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=$((alive + 1)); done
-        ((alive == 0)) && break
-        sleep 0.25
-    done
-    for pid in "${CLIENTS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${CLIENTS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$GW_PID/status" 2>/dev/null || echo 0)
-    streamed=$(cat "$TMP"/mem/*.out 2>/dev/null | awk '$1 == 200 {n++; b += $2} $1 != 200 {e++}
-        END {printf "%d clients got 200 (%.0f MiB in all), %d did not", n, b / 1048576, e}')
-    above=$(((peak - idle) / 1024))
-    verdict=ok
-    ((above < MEM_TARGET_MIB)) || verdict=OVER
-    MEM_LINE="RSS above idle: $above MiB (target < $MEM_TARGET_MIB MiB) [$verdict]; idle $((idle / 1024)) MiB, peak $((peak / 1024)) MiB, VmHWM $((hwm / 1024)) MiB, threads up to $peak_threads; streamed: $streamed"
+    slow_clients_rss mem "$GW/o/bench/1g.bin$Q_BENCH" "$MEM_TARGET_MIB"
+    MEM_LINE=$RSS_LINE
+fi
+
+if has_section cache && [[ "$SKIP_GATEWAY" != "1" ]]; then
+    cache_section
 fi
 
 # --- report ----------------------------------------------------------------------------------------
@@ -911,6 +1259,12 @@ if ((${#AB_LINES[@]})); then
     printf '\nsame-run comparisons (wrk h1 on 64k.bin, mean of %s alternated rounds of %s s):\n' \
         "$AB_ROUNDS" "$DURATION"
     for line in "${AB_LINES[@]}"; do
+        printf '  %s\n' "$line"
+    done
+fi
+if ((${#GOAL_LINES[@]})); then
+    printf '\nlatency and cache (issue 12; TTFB = request sent -> first byte; noisy on a shared machine):\n'
+    for line in "${GOAL_LINES[@]}"; do
         printf '  %s\n' "$line"
     done
 fi

@@ -29,7 +29,7 @@ use std::hint::black_box;
 
 use aws_credential_types::Credentials;
 use bucketgate::backend::s3::S3Backend;
-use bucketgate::backend::{Backend, Caller, Opened, Want};
+use bucketgate::backend::{Ask, Backend, Caller, Opened, Want};
 use bucketgate::config::{Limits, S3Credentials, S3Source};
 use bucketgate::credentials::UserCredentials;
 use bytes::Bytes;
@@ -55,6 +55,7 @@ async fn read(backend: &S3Backend, caller: Caller<'_>) -> usize {
     match backend
         .open(
             KEY,
+            &Ask::default(),
             |_| Want::Body(None),
             caller,
             tokio::time::Instant::now() + std::time::Duration::from_secs(30),

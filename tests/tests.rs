@@ -30,6 +30,7 @@ mod rate_limits;
 mod reload;
 mod requests;
 mod s3_backend;
+mod s3_requests;
 mod saml;
 mod saml_response;
 mod use_window;

@@ -24,8 +24,8 @@ use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::{Errno, ReadWriteFlags};
 
 use super::{
-    Backend, BackendError, BodyStream, ByteRange, Caller, Listing, ObjectBody, ObjectMeta, Opened,
-    Want,
+    Ask, Backend, BackendError, BodyStream, ByteRange, Caller, Listing, ObjectBody, ObjectMeta,
+    Opened, Want,
 };
 use crate::config::defaults::BODY_CHUNK_BYTES;
 
@@ -226,7 +226,7 @@ where
     }
     let meta = meta_of(Path::new(key), md);
     let range = match decide(&meta)? {
-        Want::Meta => return Ok((meta, None)),
+        Want::Meta | Want::NotModified => return Ok((meta, None)),
         Want::Body(range) => range,
     };
     let (start, len) = range.map_or((0, meta.size), |r| (r.start, r.len()));
@@ -375,16 +375,18 @@ impl Backend for FsBackend {
 
     /// Open, stat, decide and (for small bodies) read in one go: usually on this thread from the
     /// kernel's caches, else in one blocking call; the body comes from the very file the metadata
-    /// describes. No store to wait on: `deadline` does not apply.
+    /// describes. No store to wait on: `deadline` does not apply; `want` decides locally, so
+    /// `ask` is not needed.
     async fn open<F>(
         &self,
         key: &str,
+        _ask: &Ask,
         want: F,
         _caller: Caller<'_>,
         _deadline: tokio::time::Instant,
     ) -> Result<Opened, BackendError>
     where
-        F: FnOnce(&ObjectMeta) -> Want + Send + 'static,
+        F: Fn(&ObjectMeta) -> Want + Send + Sync + 'static,
     {
         let (meta, body) = self.open_with(key, move |meta| Ok(want(meta))).await?;
         Ok(match body {

@@ -3,7 +3,9 @@
 //! A backend answers two questions about a key: what is it ([`ObjectMeta`]) and what are its bytes
 //! (a stream of frames, optionally for one byte range). It knows nothing of HTTP requests, tokens,
 //! caching or status codes; it reports what went wrong as a [`BackendError`] and `error.rs` picks
-//! the status.
+//! the status. A store that evaluates ranges and conditions itself (S3) gets what the client asked
+//! for as an [`Ask`], so that one request to it can answer one client request; the pipeline's
+//! decider ([`Want`]) still has the last word on what is sent.
 
 pub mod fs;
 pub mod s3;
@@ -132,18 +134,59 @@ impl fmt::Debug for OwnedCaller {
     }
 }
 
-/// What to read once the metadata is known.
+/// What to read once the metadata is known: the pipeline's decision (RFC 9110 preconditions,
+/// `If-Range`, `Range`) for an object with that metadata.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Want {
-    /// Only the metadata (HEAD, 304, 412, 416).
+    /// Only the metadata (HEAD, 412, 416).
     Meta,
+    /// Only the validators: the client's copy is current (304). Decided from `etag` and
+    /// `last_modified` alone, so a store's not-modified answer, which carries no size, can be
+    /// checked against it.
+    NotModified,
     /// The body, whole or one range of it.
     Body(Option<ByteRange>),
+}
+
+/// A `Range` the client sent, before it meets an object size (RFC 9110, 14.1.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeSpec {
+    /// `bytes=a-b`
+    FromTo(u64, u64),
+    /// `bytes=a-`
+    From(u64),
+    /// `bytes=-n`
+    Suffix(u64),
+}
+
+/// What the client asked for, in a store's terms: what a backend whose store evaluates ranges and
+/// conditions itself puts into its one request (S3: one GetObject with `Range` and the
+/// conditions). A hint, never the decision: the backend checks the store's answer against the
+/// [`Want`] decider given with it, and asks again where they differ. The pipeline builds it
+/// (`range::ask`) in RFC 9110's order: a condition that the order ignores (If-Unmodified-Since
+/// beside If-Match, If-Modified-Since beside If-None-Match) is left out, and an entity-tag
+/// condition is kept only as one strong tag, the one form every S3-compatible store reads alike.
+/// The default asks for the whole object, unconditionally.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ask {
+    /// Only the metadata (HEAD): no body, whatever the conditions say.
+    pub head_only: bool,
+    /// The one range asked for; `None` for no `Range`, several ranges or an unreadable one.
+    pub range: Option<RangeSpec>,
+    /// `If-Match` as one strong entity tag, with its quotes.
+    pub if_match: Option<String>,
+    pub if_unmodified_since: Option<SystemTime>,
+    /// `If-None-Match` as one strong entity tag, with its quotes.
+    pub if_none_match: Option<String>,
+    pub if_modified_since: Option<SystemTime>,
 }
 
 /// The result of [`Backend::open`].
 #[derive(Debug)]
 pub enum Opened {
+    /// No body: HEAD, 412, 416, or 304. After [`Want::NotModified`] only the validators (`etag`,
+    /// `last_modified`) are known: a store's not-modified answer has no size or type, so `size`
+    /// may be 0 and `content_type` `None`.
     Meta(ObjectMeta),
     Object {
         object: ObjectBody,
@@ -293,26 +336,31 @@ pub trait Backend: Send + Sync {
     }
 
     /// Metadata, then whatever `want` asks for once it has seen the metadata, in as few round
-    /// trips as the store allows (the fs backend does it in one blocking call), on behalf of
-    /// `caller`. Every wait on a store ends by `deadline` (else [`BackendError::Timeout`]): one
-    /// first-byte budget the pipeline sets once per request, however many calls it takes. A
-    /// backend that does not wait on a store (fs) may ignore it.
+    /// trips as the store allows (the fs backend does it in one blocking call; S3 in one request,
+    /// carrying `ask`), on behalf of `caller`. What is sent is always what `want` decides for the
+    /// metadata the answer was read under; `ask` only lets a store do the deciding in the same
+    /// request, and may be ignored. `want` may be called more than once (a backend that checks a
+    /// store's answer against it, then asks again). Every wait on a store ends by `deadline`
+    /// (else [`BackendError::Timeout`]): one first-byte budget the pipeline sets once per
+    /// request, however many calls it takes. A backend that does not wait on a store (fs) may
+    /// ignore it.
     fn open<F>(
         &self,
         key: &str,
+        _ask: &Ask,
         want: F,
         caller: Caller<'_>,
         deadline: tokio::time::Instant,
     ) -> impl Future<Output = Result<Opened, BackendError>> + Send
     where
-        F: FnOnce(&ObjectMeta) -> Want + Send + 'static,
+        F: Fn(&ObjectMeta) -> Want + Send + Sync + 'static,
     {
         async move {
             let budget = deadline.saturating_duration_since(tokio::time::Instant::now());
             let calls = async {
                 let meta = self.head(key, caller).await?;
                 match want(&meta) {
-                    Want::Meta => Ok(Opened::Meta(meta)),
+                    Want::Meta | Want::NotModified => Ok(Opened::Meta(meta)),
                     Want::Body(part) => {
                         let object = self.get(key, part, &meta, caller).await?;
                         Ok(Opened::Object { object, part })
@@ -371,16 +419,17 @@ impl Backend for AnyBackend {
     async fn open<F>(
         &self,
         key: &str,
+        ask: &Ask,
         want: F,
         caller: Caller<'_>,
         deadline: tokio::time::Instant,
     ) -> Result<Opened, BackendError>
     where
-        F: FnOnce(&ObjectMeta) -> Want + Send + 'static,
+        F: Fn(&ObjectMeta) -> Want + Send + Sync + 'static,
     {
         match self {
-            AnyBackend::Fs(b) => b.open(key, want, caller, deadline).await,
-            AnyBackend::S3(b) => b.open(key, want, caller, deadline).await,
+            AnyBackend::Fs(b) => b.open(key, ask, want, caller, deadline).await,
+            AnyBackend::S3(b) => b.open(key, ask, want, caller, deadline).await,
         }
     }
 

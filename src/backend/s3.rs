@@ -10,9 +10,10 @@
 //! - response headers: `upstream_first_byte_timeout` is ONE budget for the whole wait, retries
 //!   included (up to `upstream_max_retries`, safe because nothing has reached the client yet),
 //!   not one timeout per attempt: the SDK's operation timeout bounds each call with its retries
-//!   and back-off, and [`S3Backend`]'s [`Backend::open`] bounds the HEAD, the GET and any refusal probe
-//!   of one request together, by a deadline the pipeline sets once per request (so starting over
-//!   after the object changed shares it too). The operation timeout ends when the SDK hands back
+//!   and back-off, and [`S3Backend`]'s [`Backend::open`] bounds every call of one request
+//!   together (its GET or HEAD, a second call where the store's answer was not the one decided,
+//!   a refusal probe), by a deadline the pipeline sets once per request (so starting over after
+//!   the object changed shares it too). The operation timeout ends when the SDK hands back
 //!   the response head: it never covers reading a GetObject body. Loading a delegated role's
 //!   credentials (STS, with its own timeout) happens before the deadline applies;
 //! - body: our own per-frame idle timeout (`upstream_idle_timeout`) in [`body_stream`]. The SDK's
@@ -37,6 +38,28 @@
 //!   request without them is refused with [`BackendError::AccessDenied`], never signed with
 //!   anything else.
 //!
+//! One request to the store per client request ([`Backend::open`]): a GET is one GetObject
+//! carrying the client's `Range` and conditions ([`Ask`]), a HEAD one HeadObject. The store's
+//! answer is checked against the pipeline's decision for the metadata it came with, and a second
+//! call is made only where it cannot answer in one:
+//! - 200 or 206 whose part is the one decided: sent. Decided otherwise (`If-Range` named another
+//!   version, which GetObject cannot evaluate; a store that clipped a range differently): a second
+//!   GET for the decided part, pinned to the first answer's ETag. Decided 304, 412 or 416 (a
+//!   condition the store ignored or was not given: a list, a weak tag, `*`): that, from the
+//!   answer's metadata, and the body is dropped unread;
+//! - 304 with both validators (ETag, Last-Modified), which the pipeline also finds current: sent
+//!   as is (a 304 has no size);
+//! - a ranged GET answered without `Content-Range` (a store that ignores that form of `Range`;
+//!   a 206 without it would look the same, so the answer's length may be the part's): the
+//!   decided range by a second GET, kept only if its `Content-Range` names the size the decision
+//!   was made with (else as below); decided 304: sent;
+//! - 412 and 416 carry no metadata (416 needs the size for `Content-Range: bytes */N`); a 304
+//!   the pipeline disagrees with or that lacks a validator (moto's has no Last-Modified): one
+//!   HEAD, then as the pipeline decides for its metadata;
+//! - `bytes=-0`, which no object satisfies: one HEAD (for the size), no GET.
+//!
+//! [`Backend::get`] (a cache's chunk fill) is one GetObject with `Range` and `If-Match`.
+//!
 //! Per-request credentials go through the SDK's per-operation config override, with the
 //! identity cache off (the credentials are already in memory; a cache keyed per provider would
 //! grow with every request).
@@ -47,17 +70,19 @@ use std::time::{Duration, SystemTime};
 
 use aws_config::default_provider::credentials::DefaultCredentialsChain;
 use aws_config::provider_config::ProviderConfig;
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, IdentityCache, Region, StalledStreamProtectionConfig,
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::get_object::GetObjectError;
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
 
 use super::{
-    Backend, BackendError, BodyStream, ByteRange, Caller, Listing, ObjectBody, ObjectMeta, Opened,
-    Want,
+    Ask, Backend, BackendError, BodyStream, ByteRange, Caller, Listing, ObjectBody, ObjectMeta,
+    Opened, RangeSpec, Want,
 };
 use crate::aws::{HeaderBlockLimit, SdkFailure, sdk_http_client, sort_sdk_error};
 use crate::config::defaults::{
@@ -376,6 +401,151 @@ impl S3Backend {
             body: body_stream(out.body, length, self.idle_timeout),
         })
     }
+
+    /// The one GetObject of [`Backend::open`]: the client's range and conditions as `ask` says.
+    async fn get_asked(
+        &self,
+        key: &str,
+        ask: &Ask,
+        creds: Option<Credentials>,
+    ) -> Result<Answered, BackendError> {
+        let mut request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(key));
+        if let Some(spec) = ask.range {
+            request = request.range(range_spec_header(spec));
+        }
+        if let Some(tag) = &ask.if_match {
+            request = request.if_match(tag);
+        }
+        if let Some(t) = ask.if_unmodified_since {
+            request = request.if_unmodified_since(DateTime::from(t));
+        }
+        if let Some(tag) = &ask.if_none_match {
+            request = request.if_none_match(tag);
+        }
+        if let Some(t) = ask.if_modified_since {
+            request = request.if_modified_since(DateTime::from(t));
+        }
+        let out = match send_as!(request, creds) {
+            Ok(out) => out,
+            Err(e) => return answered_without_body(&e).ok_or_else(|| self.classify(e)),
+        };
+        let length = content_length(out.content_length())?;
+        let mut meta = ObjectMeta {
+            size: length,
+            etag: out.e_tag().map(str::to_owned),
+            last_modified: out.last_modified().map(whole_seconds),
+            content_type: out.content_type().map(str::to_owned),
+        };
+        let part = match (ask.range, out.content_range()) {
+            (None, _) => None,
+            (Some(_), Some(value)) => {
+                let (part, total) = parse_content_range(value)?;
+                if length != part.len() {
+                    return Err(BackendError::Protocol(format!(
+                        "ranged GET: Content-Length {length} for bytes {}-{}",
+                        part.start, part.end
+                    )));
+                }
+                meta.size = total;
+                Some(part)
+            }
+            // A 200 to a range (a store that ignores Range) and a 206 without Content-Range look
+            // the same here: the length may not be the object's size.
+            (Some(_), None) => return Ok(Answered::RangeIgnored(meta)),
+        };
+        Ok(Answered::Body {
+            object: ObjectBody {
+                meta,
+                body: body_stream(out.body, length, self.idle_timeout),
+            },
+            part,
+        })
+    }
+
+    /// What the pipeline decides for `meta`, read with one more GET if it is a body.
+    async fn settle<F>(
+        &self,
+        key: &str,
+        meta: ObjectMeta,
+        want: &F,
+        creds: Option<Credentials>,
+    ) -> Result<Opened, BackendError>
+    where
+        F: Fn(&ObjectMeta) -> Want,
+    {
+        match want(&meta) {
+            Want::Meta | Want::NotModified => Ok(Opened::Meta(meta)),
+            Want::Body(part) => {
+                let object = self.get_with(key, part, &meta, creds).await?;
+                Ok(Opened::Object { object, part })
+            }
+        }
+    }
+
+    /// One HEAD, then what the pipeline decides for its metadata.
+    async fn head_then_settle<F>(
+        &self,
+        key: &str,
+        want: &F,
+        creds: Option<Credentials>,
+    ) -> Result<Opened, BackendError>
+    where
+        F: Fn(&ObjectMeta) -> Want,
+    {
+        let meta = self.head_with(key, creds.clone()).await?;
+        self.settle(key, meta, want, creds).await
+    }
+}
+
+/// How the store answered the one GetObject of [`Backend::open`].
+enum Answered {
+    /// 200, or 206 with its part: the body and the object's metadata (`size` the whole object's).
+    Body {
+        object: ObjectBody,
+        part: Option<ByteRange>,
+    },
+    /// A ranged GET answered without `Content-Range`: the metadata, except that `size` is the
+    /// answer's length, which may be the part's. The body is not used.
+    RangeIgnored(ObjectMeta),
+    /// 304: the validators the store sent with it (`size` 0, no content type).
+    NotModified(ObjectMeta),
+    /// 412, 416, or a 304 without both validators: no usable metadata.
+    NoMeta,
+}
+
+/// A GetObject answer without a body that is an answer to the client's conditions or range, not
+/// a failure: 304 (with its validators), 412 and 416. `None` for anything else.
+fn answered_without_body(err: &SdkError<GetObjectError, HttpResponse>) -> Option<Answered> {
+    let SdkError::ServiceError(service) = err else {
+        return None;
+    };
+    let raw = service.raw();
+    match raw.status().as_u16() {
+        // Both validators, or the 304 would lack a header a HEAD's metadata gives it (moto's
+        // 304 has no Last-Modified; S3's has both).
+        304 => {
+            let headers = raw.headers();
+            let etag = headers.get("etag");
+            let last_modified = headers
+                .get("last-modified")
+                .and_then(|v| httpdate::parse_http_date(v.trim()).ok());
+            Some(match (etag, last_modified) {
+                (Some(etag), Some(last_modified)) => Answered::NotModified(ObjectMeta {
+                    size: 0,
+                    etag: Some(etag.to_owned()),
+                    last_modified: Some(last_modified),
+                    content_type: None,
+                }),
+                _ => Answered::NoMeta,
+            })
+        }
+        412 | 416 => Some(Answered::NoMeta),
+        _ => None,
+    }
 }
 
 impl Backend for S3Backend {
@@ -415,27 +585,64 @@ impl Backend for S3Backend {
             .map_err(|e| self.classify(e))
     }
 
-    /// The credentials are chosen once for every call, and loaded first, outside the deadline:
-    /// a delegated refresh (STS, with its own timeout) is never cut half-way. Every store call
-    /// (HEAD, GET, a refusal probe) then answers by `deadline`, else [`BackendError::Timeout`].
+    /// One GetObject carrying `ask` (a HEAD: one HeadObject), checked against `want`; a second
+    /// call only where the module doc says. The credentials are chosen once for every call, and
+    /// loaded first, outside the deadline: a delegated refresh (STS, with its own timeout) is
+    /// never cut half-way. Every store call then answers by `deadline`, else
+    /// [`BackendError::Timeout`].
     async fn open<F>(
         &self,
         key: &str,
+        ask: &Ask,
         want: F,
         caller: Caller<'_>,
         deadline: tokio::time::Instant,
     ) -> Result<Opened, BackendError>
     where
-        F: FnOnce(&ObjectMeta) -> Want + Send + 'static,
+        F: Fn(&ObjectMeta) -> Want + Send + Sync + 'static,
     {
         let creds = self.credentials_for(caller).await?;
         let calls = async {
-            let meta = self.head_with(key, creds.clone()).await?;
-            match want(&meta) {
-                Want::Meta => Ok(Opened::Meta(meta)),
-                Want::Body(part) => {
-                    let object = self.get_with(key, part, &meta, creds).await?;
-                    Ok(Opened::Object { object, part })
+            if ask.head_only || ask.range == Some(RangeSpec::Suffix(0)) {
+                return self.head_then_settle(key, &want, creds).await;
+            }
+            match self.get_asked(key, ask, creds.clone()).await? {
+                Answered::Body { object, part } => match want(&object.meta) {
+                    Want::Body(decided) if decided == part => Ok(Opened::Object { object, part }),
+                    Want::Body(decided) => {
+                        let meta = object.meta.clone();
+                        // Unread: the store's connection closes rather than draining the body.
+                        drop(object);
+                        let object = self.get_with(key, decided, &meta, creds).await?;
+                        Ok(Opened::Object {
+                            object,
+                            part: decided,
+                        })
+                    }
+                    Want::Meta | Want::NotModified => Ok(Opened::Meta(object.meta)),
+                },
+                Answered::NotModified(validators) if want(&validators) == Want::NotModified => {
+                    Ok(Opened::Meta(validators))
+                }
+                Answered::RangeIgnored(meta) => match want(&meta) {
+                    Want::NotModified => Ok(Opened::Meta(meta)),
+                    // Decided on a size that may be the part's: kept only if the ranged answer
+                    // names the same total.
+                    Want::Body(Some(part)) => {
+                        let object = self.get_with(key, Some(part), &meta, creds.clone()).await?;
+                        if object.meta.size == meta.size {
+                            return Ok(Opened::Object {
+                                object,
+                                part: Some(part),
+                            });
+                        }
+                        drop(object);
+                        self.head_then_settle(key, &want, creds).await
+                    }
+                    Want::Meta | Want::Body(None) => self.head_then_settle(key, &want, creds).await,
+                },
+                Answered::NotModified(_) | Answered::NoMeta => {
+                    self.head_then_settle(key, &want, creds).await
                 }
             }
         };
@@ -506,9 +713,19 @@ fn range_header(range: ByteRange) -> String {
     format!("bytes={}-{}", range.start, range.end)
 }
 
-/// Check a `Content-Range: bytes start-end/total` against the range we asked for; return the
+/// `Range` header value for a range as the client wrote it: the store resolves it against the
+/// size (clipping an end past it, 416 for a start past it).
+fn range_spec_header(spec: RangeSpec) -> String {
+    match spec {
+        RangeSpec::FromTo(a, b) => format!("bytes={a}-{b}"),
+        RangeSpec::From(a) => format!("bytes={a}-"),
+        RangeSpec::Suffix(n) => format!("bytes=-{n}"),
+    }
+}
+
+/// Read a `Content-Range: bytes start-end/total` (`start <= end < total`): the part and the
 /// object's total size.
-fn check_content_range(value: &str, asked: ByteRange) -> Result<u64, BackendError> {
+fn parse_content_range(value: &str) -> Result<(ByteRange, u64), BackendError> {
     let bad =
         || BackendError::Protocol("ranged GET answered with an unusable Content-Range".into());
     let rest = value.trim().strip_prefix("bytes ").ok_or_else(bad)?;
@@ -517,10 +734,20 @@ fn check_content_range(value: &str, asked: ByteRange) -> Result<u64, BackendErro
     let start: u64 = start.parse().map_err(|_| bad())?;
     let end: u64 = end.parse().map_err(|_| bad())?;
     let total: u64 = total.parse().map_err(|_| bad())?;
-    if start != asked.start || end != asked.end || end >= total {
+    if start > end || end >= total {
+        return Err(bad());
+    }
+    Ok((ByteRange { start, end }, total))
+}
+
+/// Check a `Content-Range: bytes start-end/total` against the range we asked for; return the
+/// object's total size.
+fn check_content_range(value: &str, asked: ByteRange) -> Result<u64, BackendError> {
+    let (got, total) = parse_content_range(value)?;
+    if got != asked {
         return Err(BackendError::Protocol(format!(
-            "ranged GET: store sent bytes {start}-{end}/{total}, asked {}-{}",
-            asked.start, asked.end
+            "ranged GET: store sent bytes {}-{}/{total}, asked {}-{}",
+            got.start, got.end, asked.start, asked.end
         )));
     }
     Ok(total)
@@ -723,6 +950,36 @@ mod tests {
             range_header(ByteRange { start: 10, end: 19 }),
             "bytes=10-19"
         );
+    }
+
+    #[test]
+    fn range_spec_header_keeps_the_clients_form() {
+        assert_eq!(range_spec_header(RangeSpec::FromTo(0, 9)), "bytes=0-9");
+        assert_eq!(range_spec_header(RangeSpec::From(100)), "bytes=100-");
+        assert_eq!(range_spec_header(RangeSpec::Suffix(5)), "bytes=-5");
+    }
+
+    #[test]
+    fn content_range_gives_the_part_and_total() {
+        assert_eq!(
+            parse_content_range("bytes 995-999/1000").ok(),
+            Some((
+                ByteRange {
+                    start: 995,
+                    end: 999
+                },
+                1000
+            ))
+        );
+        for bad in [
+            "bytes 5-4/10",
+            "bytes 0-10/10",
+            "bytes */10",
+            "bytes 0-1/*",
+            "0-1/2",
+        ] {
+            assert!(parse_content_range(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

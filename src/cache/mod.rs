@@ -42,8 +42,8 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 use crate::backend::{
-    AnyBackend, Backend, BackendError, BodyStream, ByteRange, Caller, ObjectMeta, Opened,
-    OwnedCaller, Want,
+    AnyBackend, Ask, Backend, BackendError, BodyStream, ByteRange, Caller, ObjectMeta, Opened,
+    OwnedCaller, RangeSpec, Want,
 };
 use crate::config::CacheConfig;
 use crate::telemetry::{CacheTierLabel, Metrics};
@@ -307,6 +307,7 @@ impl Cache {
         backend: &AnyBackend,
         caller: Caller<'_>,
         deadline: Instant,
+        hint: Option<u64>,
         first_chunk: F,
     ) -> Result<(Arc<ObjectMeta>, Outcome), BackendError>
     where
@@ -345,6 +346,7 @@ impl Cache {
                         backend,
                         caller,
                         deadline,
+                        hint,
                         first_chunk,
                         generation,
                     )
@@ -483,7 +485,9 @@ impl Cache {
         let object = ObjectId::new(source, key, Partition::Gateway);
         let deadline = Instant::now() + self.inner.first_byte_timeout;
         let (meta, _) = self
-            .metadata(&object, backend, Caller::Gateway, deadline, |_| Some(0))
+            .metadata(&object, backend, Caller::Gateway, deadline, Some(0), |_| {
+                Some(0)
+            })
             .await?;
         let version = version_of(&meta);
         let entry = CacheKey::new(object, &version, key::ORIGINAL);
@@ -513,6 +517,7 @@ async fn open_cold<F>(
     backend: &AnyBackend,
     caller: Caller<'_>,
     deadline: Instant,
+    hint: Option<u64>,
     first_chunk: F,
     generation: u64,
 ) -> Result<ObjectMeta, BackendError>
@@ -526,7 +531,25 @@ where
         Some(range) => Want::Body(Some(range)),
         None => Want::Meta,
     };
-    match backend.open(object.key(), want, caller, deadline).await? {
+    // One ranged GET of the hinted chunk where the store reads ranges itself (S3); the decider
+    // above still decides, and the backend asks again where the hint was wrong.
+    let ask = match hint {
+        Some(i) => {
+            let start = i.saturating_mul(chunk);
+            Ask {
+                range: Some(RangeSpec::FromTo(start, start.saturating_add(chunk - 1))),
+                ..Ask::default()
+            }
+        }
+        None => Ask {
+            head_only: true,
+            ..Ask::default()
+        },
+    };
+    match backend
+        .open(object.key(), &ask, want, caller, deadline)
+        .await?
+    {
         Opened::Meta(meta) => {
             inner.persist_meta(object, &meta, None, generation);
             Ok(meta)

@@ -78,7 +78,14 @@ impl Rig {
         let first = move |_: &ObjectMeta| Some(part.map_or(0, |r| r.start / chunk));
         let (meta, meta_outcome) = self
             .cache
-            .metadata(&object, &self.backend, Caller::Gateway, deadline, first)
+            .metadata(
+                &object,
+                &self.backend,
+                Caller::Gateway,
+                deadline,
+                Some(0),
+                first,
+            )
             .await?;
         let entry = CacheKey::new(object, &version_of(&meta), key::ORIGINAL);
         let mut read = self
@@ -186,9 +193,14 @@ async fn cache_fill_of_a_changed_object_aborts_the_body_stores_nothing_and_forge
     // The cold open brings chunk 0 of the old version with the metadata.
     let (meta, _) = rig
         .cache
-        .metadata(&object_id, &rig.backend, Caller::Gateway, deadline, |_| {
-            Some(0)
-        })
+        .metadata(
+            &object_id,
+            &rig.backend,
+            Caller::Gateway,
+            deadline,
+            Some(0),
+            |_| Some(0),
+        )
         .await
         .unwrap();
     // The object changes under the cache (another size: another ETag).
@@ -293,9 +305,14 @@ async fn cache_fill_goes_on_for_the_others_when_its_leader_leaves() {
     // Metadata only: the leader below leads the fill.
     let (meta, _) = rig
         .cache
-        .metadata(&object_id, &rig.backend, Caller::Gateway, deadline, |_| {
-            None
-        })
+        .metadata(
+            &object_id,
+            &rig.backend,
+            Caller::Gateway,
+            deadline,
+            Some(0),
+            |_| None,
+        )
         .await
         .unwrap();
     let entry = CacheKey::new(object_id, &version_of(&meta), key::ORIGINAL);

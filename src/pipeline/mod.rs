@@ -58,7 +58,7 @@ use http_body_util::BodyExt;
 use tracing::Instrument;
 
 use crate::audit::{AuditLog, AuditedBody, CorsOutcome};
-use crate::backend::{Backend, BackendError, Caller, ObjectMeta, Opened, Want};
+use crate::backend::{Backend, BackendError, Caller, ObjectMeta, Opened, RangeSpec, Want};
 use crate::pipeline::error::Error;
 use crate::telemetry::{Metrics, NetworkDecisionLabel, RouteLabel, RouteStatus};
 use crate::web::{self, ConnInfo, ResponseBody, body};
@@ -414,7 +414,8 @@ impl Pipeline {
             .ok_or(Error::Plan(plan::PlanError::UnknownSource))?;
         let conditions = Arc::new(range::conditional_headers(headers));
         // One first-byte budget for the whole wait on the store, however many calls it takes
-        // (HEAD, GET, their retries, starting over after a change).
+        // (the GET or HEAD, their retries, a second call where the store's answer is not the
+        // one decided, starting over after a change).
         let deadline = tokio::time::Instant::now() + snapshot.limits.upstream_first_byte_timeout;
         // A SAML session's reads are signed with the user's own credentials; `saml` sources
         // refuse a request without them (never a fallback to broader ones).
@@ -478,8 +479,20 @@ impl Pipeline {
                 Answer::Send(part) if !head_only => Some(part.map_or(0, |r| r.start / chunk_bytes)),
                 _ => None,
             };
+            // The chunk a store that reads ranges itself (S3) is asked for with the metadata, so a
+            // cold read is one request; `None` (a suffix range, HEAD): the metadata first.
+            let hint = match range::ask(f.conditions, f.head_only) {
+                a if a.head_only => None,
+                a => match a.range {
+                    None => Some(0),
+                    Some(RangeSpec::FromTo(start, _) | RangeSpec::From(start)) => {
+                        Some(start / chunk_bytes)
+                    }
+                    Some(RangeSpec::Suffix(_)) => None,
+                },
+            };
             let (meta, meta_outcome) = cache
-                .metadata(&object, f.backend, f.caller, f.deadline, first_chunk)
+                .metadata(&object, f.backend, f.caller, f.deadline, hint, first_chunk)
                 .await
                 .map_err(backend_err)?;
             let part = match range::answer(f.conditions, &meta, f.head_only) {
@@ -559,15 +572,19 @@ impl Pipeline {
             source_name: plan.source().to_owned(),
             error,
         };
+        // What a store that decides ranges and conditions itself (S3) puts in its one request;
+        // `want` below still decides.
+        let ask = range::ask(conditions, head_only);
         let mut attempts = 0;
         loop {
             attempts += 1;
             let decide = Arc::clone(conditions);
             let want = move |meta: &ObjectMeta| match range::answer(&decide, meta, head_only) {
                 Answer::Send(part) if !head_only => Want::Body(part),
+                Answer::NotModified => Want::NotModified,
                 _ => Want::Meta,
             };
-            let opened = backend.open(plan.key(), want, caller, deadline).await;
+            let opened = backend.open(plan.key(), &ask, want, caller, deadline).await;
             let (meta, object) = match opened {
                 Ok(Opened::Meta(meta)) => (meta, None),
                 Ok(Opened::Object { object, part }) => (object.meta.clone(), Some((object, part))),

@@ -8,18 +8,11 @@ use http::header::{
     IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE,
 };
 
-use crate::backend::{ByteRange, ObjectMeta};
+use crate::backend::{Ask, ByteRange, ObjectMeta};
 
-/// What the client asked for with `Range`, before looking at the object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RangeSpec {
-    /// `bytes=a-b`
-    FromTo(u64, u64),
-    /// `bytes=a-`
-    From(u64),
-    /// `bytes=-n`
-    Suffix(u64),
-}
+/// What the client asked for with `Range`, before looking at the object (defined with the
+/// backends, which forward it in [`Ask`]).
+pub use crate::backend::RangeSpec;
 
 /// The part of the object to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +75,44 @@ pub fn conditional_headers(headers: &HeaderMap) -> HeaderMap {
         }
     }
     out
+}
+
+/// What to ask a store that evaluates ranges and conditions itself, so that its one answer is
+/// usually the one [`answer`] decides: the range [`parse_range`] reads, and each condition
+/// [`preconditions`] would look at, read the same way. If-Unmodified-Since goes only without
+/// If-Match, If-Modified-Since only without If-None-Match (RFC 9110, 13.2.2: S3 would otherwise
+/// answer 304 where the RFC says 200); an entity-tag list, a weak tag or `*` is not forwarded
+/// (nor the date it overrides): the store sends the object, and [`answer`] decides on its
+/// metadata.
+pub fn ask(headers: &HeaderMap, head_only: bool) -> Ask {
+    let mut ask = Ask {
+        head_only,
+        range: if head_only {
+            None
+        } else {
+            parse_range(headers)
+        },
+        ..Ask::default()
+    };
+    match header_str(headers, IF_MATCH) {
+        Some(v) => ask.if_match = one_strong_tag(v),
+        None => ask.if_unmodified_since = header_date(headers, IF_UNMODIFIED_SINCE),
+    }
+    match header_str(headers, IF_NONE_MATCH) {
+        Some(v) => ask.if_none_match = one_strong_tag(v),
+        None => ask.if_modified_since = header_date(headers, IF_MODIFIED_SINCE),
+    }
+    ask
+}
+
+/// `v` if it is exactly one strong entity tag (`"` etagc* `"`, RFC 9110, 8.8.3), else `None`.
+fn one_strong_tag(v: &str) -> Option<String> {
+    let v = v.trim();
+    let inner = v.strip_prefix('"')?.strip_suffix('"')?;
+    inner
+        .bytes()
+        .all(|b| b == 0x21 || (0x23..=0x7e).contains(&b))
+        .then(|| v.to_owned())
 }
 
 /// Parse a `Range` header. `None` means "serve the whole object": no header, several headers,
@@ -347,6 +378,57 @@ mod tests {
             preconditions(&headers(&[(IF_UNMODIFIED_SINCE, &before)]), &m),
             Precondition::Failed
         );
+    }
+
+    #[test]
+    fn ask_forwards_what_the_precondition_order_reads() {
+        let lm = "Wed, 01 Jan 2025 00:00:00 GMT";
+        let date = httpdate::parse_http_date(lm).ok();
+        let a = ask(
+            &headers(&[
+                (RANGE, "bytes=-5"),
+                (IF_NONE_MATCH, "\"abc\""),
+                (IF_MODIFIED_SINCE, lm),
+                (IF_UNMODIFIED_SINCE, lm),
+            ]),
+            false,
+        );
+        assert_eq!(
+            a,
+            Ask {
+                head_only: false,
+                range: Some(RangeSpec::Suffix(5)),
+                if_match: None,
+                if_unmodified_since: date,
+                if_none_match: Some("\"abc\"".into()),
+                if_modified_since: None,
+            }
+        );
+        // A list, a weak tag or `*` is decided here, never by the store; the date it overrides
+        // is not forwarded either.
+        for v in ["\"a\", \"b\"", "W/\"a\"", "*", "\"a\"b\"", "abc"] {
+            let a = ask(&headers(&[(IF_MATCH, v), (IF_UNMODIFIED_SINCE, lm)]), false);
+            assert_eq!((a.if_match, a.if_unmodified_since), (None, None), "{v}");
+            let a = ask(
+                &headers(&[(IF_NONE_MATCH, v), (IF_MODIFIED_SINCE, lm)]),
+                false,
+            );
+            assert_eq!((a.if_none_match, a.if_modified_since), (None, None), "{v}");
+        }
+        let a = ask(
+            &headers(&[(IF_MATCH, " \"x\" "), (IF_MODIFIED_SINCE, lm)]),
+            true,
+        );
+        assert_eq!(a.if_match.as_deref(), Some("\"x\""));
+        assert_eq!(a.if_modified_since, date);
+        assert!(a.head_only);
+        // HEAD never asks for a range; several ranges ask for none.
+        assert_eq!(ask(&headers(&[(RANGE, "bytes=0-1")]), true).range, None);
+        assert_eq!(
+            ask(&headers(&[(RANGE, "bytes=0-1,3-4")]), false).range,
+            None
+        );
+        assert_eq!(ask(&headers(&[]), false), Ask::default());
     }
 
     #[test]

@@ -46,7 +46,9 @@ pub enum Mode {
     ShortBody,
     /// GET: 200 with headers and part of the body, then silence with the connection open.
     StallMidBody,
-    /// A correct answer to everything (Range included).
+    /// A correct answer to everything: `Range` as `bytes=a-b` (other forms get the whole
+    /// object, as from a store that ignores them), `If-None-Match` with the ETag (304, with
+    /// ETag and Last-Modified as from S3).
     Healthy,
     /// GET: 200 with Content-Length [`ENDLESS_LEN`], then the [`object_bytes`] pattern repeated
     /// for as long as the peer takes it. A write that fails (the peer closed) counts as a cut GET.
@@ -216,6 +218,7 @@ struct Request {
     method: String,
     target: String,
     range: Option<String>,
+    if_none_match: Option<String>,
 }
 
 /// Read one request head; `None` when the peer closed or sent garbage.
@@ -228,6 +231,7 @@ async fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
     let method = parts.next()?.to_string();
     let target = parts.next()?.to_string();
     let mut range = None;
+    let mut if_none_match = None;
     loop {
         let mut header = String::new();
         if reader.read_line(&mut header).await.ok()? == 0 {
@@ -237,16 +241,20 @@ async fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
         if header.is_empty() {
             break;
         }
-        if let Some((name, value)) = header.split_once(':')
-            && name.trim().eq_ignore_ascii_case("range")
-        {
-            range = Some(value.trim().to_string());
+        if let Some((name, value)) = header.split_once(':') {
+            let name = name.trim();
+            if name.eq_ignore_ascii_case("range") {
+                range = Some(value.trim().to_string());
+            } else if name.eq_ignore_ascii_case("if-none-match") {
+                if_none_match = Some(value.trim().to_string());
+            }
         }
     }
     Some(Request {
         method,
         target,
         range,
+        if_none_match,
     })
 }
 
@@ -341,6 +349,14 @@ async fn serve(stream: TcpStream, mode: Mode, requests: Arc<AtomicUsize>, stats:
                         xml.len()
                     );
                     write_all(stream, &[head.as_bytes(), xml.as_bytes()]).await
+                } else if req.if_none_match.as_deref() == Some(ETAG) {
+                    // As S3 answers: both validators, no body.
+                    let head = format!(
+                        "HTTP/1.1 304 Not Modified\r\nETag: {ETAG}\r\n\
+                         Last-Modified: {LAST_MODIFIED_HTTP}\r\nx-amz-request-id: origin-test\r\n\
+                         {leaky}\r\n"
+                    );
+                    write_all(stream, &[head.as_bytes()]).await
                 } else if let Some((start, end)) = req.range.as_deref().and_then(parse_range) {
                     let extra =
                         format!("Content-Range: bytes {start}-{end}/{OBJECT_LEN}\r\n{leaky}");
