@@ -346,8 +346,10 @@ impl Cache {
                         backend,
                         caller,
                         deadline,
-                        hint,
-                        first_chunk,
+                        FirstChunk {
+                            hint,
+                            decide: first_chunk,
+                        },
                         generation,
                     )
                     .await
@@ -508,6 +510,13 @@ impl Cache {
     }
 }
 
+/// The chunk a cold open reads with the metadata: `decide` names it once the metadata is known;
+/// `hint` is the guess a store that reads ranges itself is asked for in the same request.
+struct FirstChunk<F> {
+    hint: Option<u64>,
+    decide: F,
+}
+
 /// Open a cold object: its metadata (kept on disk, queued before the chunk so a chunk on disk
 /// has its metadata beside it), and the chunk `first_chunk` names as a fill other readers can
 /// join (see [`Cache::metadata`]).
@@ -517,15 +526,15 @@ async fn open_cold<F>(
     backend: &AnyBackend,
     caller: Caller<'_>,
     deadline: Instant,
-    hint: Option<u64>,
-    first_chunk: F,
+    first: FirstChunk<F>,
     generation: u64,
 ) -> Result<ObjectMeta, BackendError>
 where
     F: Fn(&ObjectMeta) -> Option<u64> + Send + Sync + 'static,
 {
     let chunk = inner.config.chunk_bytes;
-    let want = move |meta: &ObjectMeta| match first_chunk(meta)
+    let FirstChunk { hint, decide } = first;
+    let want = move |meta: &ObjectMeta| match decide(meta)
         .and_then(|i| fill::chunk_range(i, chunk, meta.size))
     {
         Some(range) => Want::Body(Some(range)),
