@@ -13,7 +13,7 @@
 //! pipeline                     the request stages -> state, backend, credentials, identity, saml, audit
 //! state                        long-lived stores -> saml, identity, credentials
 //! backend, saml               -> credentials, identity; identity -> scope
-//! cache                       -> backend, config, telemetry (stage 6; never decides access)
+//! cache                       -> backend, config, telemetry, civil_time (stage 6; never decides access)
 //! credentials -> aws -> config -> scope; audit, telemetry, civil_time, tokens are leaves
 //! ```
 //!

@@ -143,7 +143,8 @@ pub enum CacheError {
     },
 }
 
-/// The cache, built once per process from `[cache]` and held in [`crate::state::Shared`].
+/// The cache, built once per process from `[cache]` and held in the long-lived state
+/// (`state::Shared`).
 ///
 /// What it stores is an object's [`ObjectMeta`] (size, ETag, Last-Modified, content type) and
 /// its bytes: never a header of the store's answer (`Set-Cookie`, `x-amz-*` and the like are
