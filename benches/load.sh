@@ -72,8 +72,9 @@
 #   DELAY_MS [20] one-way latency the delaying proxy adds to the store's answers (s3lat, cache)
 #   LAT_RUNS [50] keep-alive requests per TTFB figure   LAT_COLD_KEYS [20] cold objects (cache)
 #   CACHE_MEMORY_BYTES [134217728] memory tier of the cache section's gateways (128 MiB)
-#   CACHE_TINY_MEMORY_BYTES [262144] CACHE_TINY_CHUNK_BYTES [262144] the disk-hit gateway's
-#                    memory tier and chunk size   CACHE_DISK_BYTES [1073741824] its disk tier
+#   CACHE_TINY_MEMORY_BYTES [1048576] CACHE_TINY_CHUNK_BYTES [262144] the disk-hit gateway's
+#                    memory tier (its minimum) and chunk size; DISK_OBJECTS [8] 1 MiB objects it
+#                    reads round robin   CACHE_DISK_BYTES [1073741824] its disk tier
 #   CACHE_ENCRYPT [1] disk tier encrypted with a random key (env:BENCH_CACHE_KEY, 32 bytes as
 #                    64 hex digits, key_id "k1"); 0 writes `encrypt = false`
 #   CACHE_BIG_MIB [512] size of the object the cache's memory test streams
@@ -113,7 +114,8 @@ DELAY_MS=${DELAY_MS:-20}
 LAT_RUNS=${LAT_RUNS:-50}
 LAT_COLD_KEYS=${LAT_COLD_KEYS:-20}
 CACHE_MEMORY_BYTES=${CACHE_MEMORY_BYTES:-134217728}
-CACHE_TINY_MEMORY_BYTES=${CACHE_TINY_MEMORY_BYTES:-262144}
+CACHE_TINY_MEMORY_BYTES=${CACHE_TINY_MEMORY_BYTES:-1048576}
+DISK_OBJECTS=${DISK_OBJECTS:-8}
 CACHE_TINY_CHUNK_BYTES=${CACHE_TINY_CHUNK_BYTES:-262144}
 CACHE_DISK_BYTES=${CACHE_DISK_BYTES:-1073741824}
 CACHE_ENCRYPT=${CACHE_ENCRYPT:-1}
@@ -266,6 +268,7 @@ run_wrk() { # section target file url [header]
     local -a header=()
     [[ -z "${5:-}" ]] || header=(-H "$5")
     log "wrk  $target $file ($DURATION s, c=$CONNECTIONS, t=$THREADS)"
+    [[ -z "${WRK_LUA:-}" ]] || header+=(-s "$WRK_LUA")
     out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "${header[@]}" "$url" 2>&1) ||
         note="wrk-failed"
     WRK_REQUESTS=$(awk '/ requests in / {print $1}' <<<"$out")
@@ -1016,11 +1019,26 @@ $ttl"
     cache_config cache-disk "$port" "$admin" "$disk_toml"
     start_gateway cache-disk "$TMP/gw/cache-disk.toml" "$port"
     pid=$GW_PID
-    check_url "$cgw/o/s3lat/1m.bin$Q_S3LAT" "${SIZE[1m.bin]}" || true
-    check_url "$cgw/o/s3lat/1m.bin$Q_S3LAT" "${SIZE[1m.bin]}" || true
-    run_wrk cache bucketgate-fs-nocache 1m.bin "$cgw/o/bench/1m.bin$Q_BENCH"
-    run_wrk cache bucketgate-disk-hit 1m.bin "$cgw/o/s3lat/1m.bin$Q_S3LAT"
-    GOAL_LINES+=("cache: disk hit 1m.bin h1 vs the uncached fs source, same gateway (memory tier $CACHE_TINY_MEMORY_BYTES B, encrypt=$CACHE_ENCRYPT): req/s ratio $(ratio "${REQS[cache|bucketgate-disk-hit|h1|1m.bin]}" "${REQS[cache|bucketgate-fs-nocache|h1|1m.bin]}"); goal >= 0.9")
+    # DISK_OBJECTS different 1 MiB objects read round robin (a wrk script): the memory tier
+    # (its minimum, 1 MiB) holds at most one of them, so every read misses memory and hits disk.
+    # The uncached fs source reads the same files the same way.
+    mkdir -p "$TMP/files/disk"
+    for i in $(seq "$DISK_OBJECTS"); do
+        cp "$TMP/files/1m.bin" "$TMP/files/disk/1m-$i.bin"
+        put_object "disk/1m-$i.bin" "$TMP/files/1m.bin"
+        check_url "$cgw/o/s3lat/disk/1m-$i.bin$Q_S3LAT" "${SIZE[1m.bin]}" || true
+    done
+    rotate_lua() { # source query -> a wrk script reading disk/1m-*.bin round robin
+        printf 'local paths = {}\n'
+        for i in $(seq "$DISK_OBJECTS"); do printf 'paths[%d] = "/o/%s/disk/1m-%d.bin%s"\n' "$i" "$1" "$i" "$2"; done
+        printf 'local n = 0\nrequest = function()\n  n = n %% #paths + 1\n  return wrk.format(nil, paths[n])\nend\n'
+    }
+    rotate_lua bench "$Q_BENCH" >"$TMP/rotate-fs.lua"
+    rotate_lua s3lat "$Q_S3LAT" >"$TMP/rotate-disk.lua"
+    WRK_LUA="$TMP/rotate-fs.lua" run_wrk cache bucketgate-fs-nocache 1m.bin "$cgw/"
+    WRK_LUA="$TMP/rotate-disk.lua" run_wrk cache bucketgate-disk-hit 1m.bin "$cgw/"
+    curl -sf "http://127.0.0.1:$admin/metrics" | grep -E '^bucketgate_cache_(hits|misses|fills)' | sed 's/^/    /' || true
+    GOAL_LINES+=("cache: disk hit 1m.bin h1 ($DISK_OBJECTS objects round robin) vs the uncached fs source, same gateway (memory tier $CACHE_TINY_MEMORY_BYTES B, encrypt=$CACHE_ENCRYPT): req/s ratio $(ratio "${REQS[cache|bucketgate-disk-hit|h1|1m.bin]}" "${REQS[cache|bucketgate-fs-nocache|h1|1m.bin]}"); goal >= 0.9")
     stop "$pid"
 
     # Memory: the slow clients on a big object through the cache, a fresh process.

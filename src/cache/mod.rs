@@ -57,6 +57,10 @@ use read::{ChunkReader, FetchCtx};
 /// over a distant origin keeps this many ranged GETs in flight instead of one round trip per
 /// chunk. Bounds the memory one reader can pin to `(1 + READAHEAD_CHUNKS) * chunk_bytes`.
 pub const READAHEAD_CHUNKS: u64 = 3;
+
+/// The bytes all fills that reads lead may buffer at once (at least two chunks): with the
+/// memory tier's budget, what bounds the cache's memory however many readers there are.
+pub const FILL_BUDGET_BYTES: u64 = 32 << 20;
 /// Objects whose metadata the table remembers (least recently used forgotten first).
 pub const METADATA_ENTRIES: usize = 65_536;
 /// How many chunks past the read-ahead window the audit label looks at (memory or in flight)
@@ -165,6 +169,10 @@ struct Inner {
     fills: Mutex<HashMap<ChunkId, Arc<Fill>>>,
     /// Bumped by every purge: a fill that started before a purge stores nothing.
     generation: AtomicU64,
+    /// Bytes of the chunk fills reads lead now (each buffers its chunk until it is stored),
+    /// at most [`Inner::fill_budget`]: past it a read streams its part of a chunk straight from
+    /// the origin, uncached, so many slow readers cannot pin memory beyond the budget.
+    fill_bytes: AtomicU64,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
     metrics: Arc<Metrics>,
@@ -175,6 +183,31 @@ type MetaFetch = OnceCell<Result<Arc<ObjectMeta>, Arc<BackendError>>>;
 struct MetaEntry {
     meta: Arc<ObjectMeta>,
     fetched_at: Instant,
+}
+
+impl Inner {
+    /// The most bytes fills that reads lead may buffer at once.
+    fn fill_budget(&self) -> u64 {
+        FILL_BUDGET_BYTES.max(self.config.chunk_bytes.saturating_mul(2))
+    }
+
+    /// Reserve `len` bytes of the fill budget; `false` when it is spent.
+    fn reserve_fill(&self, len: u64) -> bool {
+        let budget = self.fill_budget();
+        self.fill_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used.saturating_add(len) <= budget).then_some(used + len)
+            })
+            .is_ok()
+    }
+
+    fn release_fill(&self, len: u64) {
+        let _ = self
+            .fill_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(len))
+            });
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -267,6 +300,7 @@ impl Cache {
                 meta_inflight: Mutex::new(HashMap::new()),
                 fills: Mutex::new(HashMap::new()),
                 generation: AtomicU64::new(0),
+                fill_bytes: AtomicU64::new(0),
                 first_byte_timeout: defaults.upstream_first_byte_timeout,
                 idle_timeout: defaults.upstream_idle_timeout,
                 config,

@@ -11,7 +11,7 @@ use super::disk::DiskKey;
 use super::fill::{self, Fill, FillReader};
 use super::key::{CacheKey, ChunkId};
 use super::{Inner, LABEL_SCAN_CHUNKS, Outcome, READAHEAD_CHUNKS, lock};
-use crate::backend::{AnyBackend, BackendError, ByteRange, ObjectMeta, OwnedCaller};
+use crate::backend::{AnyBackend, Backend, BackendError, ByteRange, ObjectMeta, OwnedCaller};
 use crate::telemetry::CacheTierLabel;
 
 /// What a fill of one entry's chunks needs, owned (the fill outlives the request).
@@ -30,6 +30,9 @@ enum Slot {
     Fill(FillReader, Outcome),
     /// Being looked up on disk (and filled if absent) by a read-ahead task.
     Resolving(tokio::task::JoinHandle<Slot>),
+    /// The fill budget is spent: this read's part of the chunk streams straight from the origin
+    /// (one ranged GET, started when the chunk is reached), uncached.
+    Direct(Option<crate::backend::BodyStream>),
 }
 
 impl Slot {
@@ -38,7 +41,7 @@ impl Slot {
             Slot::Ready(_, "disk") => Outcome::HitDisk,
             Slot::Ready(..) => Outcome::HitMemory,
             Slot::Fill(_, outcome) => *outcome,
-            Slot::Resolving(_) => Outcome::Miss,
+            Slot::Resolving(_) | Slot::Direct(_) => Outcome::Miss,
         }
     }
 }
@@ -134,6 +137,11 @@ impl ChunkReader {
                     index,
                 ))),
             };
+            if matches!(slot, Slot::Direct(_)) && !self.window.is_empty() {
+                // No read-ahead past the fill budget: this chunk is started when reached.
+                self.next_index -= 1;
+                break;
+            }
             self.window.push_back((index, slot));
         }
     }
@@ -179,6 +187,54 @@ impl ChunkReader {
                     self.window.pop_front();
                     self.served(tier, part.len());
                     return Some(Ok(part));
+                }
+                Slot::Direct(stream) => {
+                    let stream = match stream {
+                        Some(stream) => stream,
+                        None => {
+                            let base = *index * chunk;
+                            let part = ByteRange {
+                                start: base + lo,
+                                end: base + hi - 1,
+                            };
+                            let opened = tokio::time::timeout(
+                                self.inner.first_byte_timeout,
+                                self.fetch.backend.get(
+                                    self.fetch.key.object().key(),
+                                    Some(part),
+                                    &self.fetch.meta,
+                                    self.fetch.caller.as_caller(),
+                                ),
+                            )
+                            .await;
+                            match opened {
+                                Ok(Ok(object)) => stream.insert(object.body),
+                                Ok(Err(e)) => return self.fail(e),
+                                Err(_) => {
+                                    return self.fail(BackendError::Timeout(
+                                        self.inner.first_byte_timeout,
+                                    ));
+                                }
+                            }
+                        }
+                    };
+                    match futures_util::StreamExt::next(stream).await {
+                        Some(Ok(frame)) => {
+                            self.front_pos += frame.len() as u64;
+                            self.served("origin", frame.len());
+                            return Some(Ok(frame));
+                        }
+                        Some(Err(e)) => return self.fail(e),
+                        None if self.front_pos == hi - lo => {
+                            self.window.pop_front();
+                            self.front_pos = 0;
+                        }
+                        None => {
+                            return self.fail(BackendError::BodyBroken(
+                                "an uncached chunk read ended early".into(),
+                            ));
+                        }
+                    }
                 }
                 Slot::Fill(reader, _) => {
                     let item = match self.peeked.take() {
@@ -290,24 +346,33 @@ fn join_or_lead(inner: &Arc<Inner>, fetch: &Arc<FetchCtx>, index: u64, id: Chunk
     if let Some(bytes) = inner.memory.get_counting_hits(&id) {
         return Slot::Ready(bytes, "memory");
     }
+    if !inner.reserve_fill(range.len()) {
+        return Slot::Direct(None);
+    }
     let fill = Fill::new(range.len());
     fills.insert(id.clone(), Arc::clone(&fill));
     drop(fills);
+    let reserved = range.len();
+    let release = Arc::clone(inner);
     spawn_fill(inner, fetch.key.clone(), index, id, Arc::clone(&fill), {
         let fill = Arc::clone(&fill);
         let inner = Arc::clone(inner);
         let fetch = Arc::clone(fetch);
         async move {
-            fill.run(
-                &*fetch.backend,
-                fetch.key.object().key(),
-                range,
-                &fetch.meta,
-                fetch.caller.as_caller(),
-                inner.first_byte_timeout,
-                inner.idle_timeout,
-            )
-            .await
+            let result = fill
+                .run(
+                    &*fetch.backend,
+                    fetch.key.object().key(),
+                    range,
+                    &fetch.meta,
+                    fetch.caller.as_caller(),
+                    inner.first_byte_timeout,
+                    inner.idle_timeout,
+                )
+                .await;
+            // The chunk is stored (or dropped) right after; its buffer is the memory tier's now.
+            release.release_fill(reserved);
+            result
         }
     });
     let reader = fill.reader();

@@ -470,3 +470,38 @@ async fn cache_an_object_changed_before_a_restart_gets_its_new_bytes_never_old_d
     assert_eq!(rig.fills(), 0);
     assert_eq!(rig.cache.stats().disk_metadata_entries, 1);
 }
+
+#[tokio::test]
+async fn cache_reads_past_the_fill_budget_stream_uncached_and_byte_exact() {
+    let rig = rig(Duration::from_secs(60));
+    let data = object(5 * CHUNK as usize + 123, 9);
+    rig.write("big", &data);
+    // Learn the metadata (the cold open fills chunk 0), then spend the whole fill budget as if
+    // many slow readers held it.
+    let (bytes, ..) = rig.get("big", r(0, 10)).await.unwrap();
+    assert_eq!(bytes, data[..=10]);
+    let inner = &rig.cache.inner;
+    let budget = inner.fill_budget();
+    assert!(inner.reserve_fill(budget));
+    assert!(!inner.reserve_fill(1), "the budget is spent");
+    let fills = rig.fills();
+    for part in [
+        None,
+        r(100, 3 * CHUNK + 7),
+        r(2 * CHUNK - 1, 5 * CHUNK + 122),
+    ] {
+        let (bytes, _, outcome) = rig.get("big", part).await.unwrap();
+        let want = part.map_or(&data[..], |p| &data[p.start as usize..=p.end as usize]);
+        assert!(bytes == want, "{part:?} byte-exact");
+        assert_eq!(outcome, Outcome::Miss, "{part:?}");
+    }
+    assert_eq!(rig.fills(), fills, "no fill past the budget");
+    inner.release_fill(budget);
+    let (bytes, ..) = rig.get("big", r(3 * CHUNK, 3 * CHUNK + 9)).await.unwrap();
+    assert_eq!(bytes, data[3 * CHUNK as usize..3 * CHUNK as usize + 10]);
+    assert_eq!(
+        rig.fills(),
+        fills + 1,
+        "nothing was stored past the budget; with it back, a fill again"
+    );
+}
