@@ -352,11 +352,20 @@ impl Cache {
         if let Some(meta) = inner.fresh_meta(object) {
             return Ok((meta, Outcome::HitMemory));
         }
-        let cell = Arc::clone(
-            lock(&inner.meta_inflight)
-                .entry(object.clone())
-                .or_insert_with(|| Arc::new(OnceCell::new())),
-        );
+        let cell = {
+            let mut inflight = lock(&inner.meta_inflight);
+            // Again under the in-flight lock: a leader stores the metadata before it takes this
+            // lock to leave the table, so a request that missed above either finds the stored
+            // metadata now or joins the leader's cell (never starts a second request).
+            if let Some(meta) = inner.fresh_meta(object) {
+                return Ok((meta, Outcome::HitMemory));
+            }
+            Arc::clone(
+                inflight
+                    .entry(object.clone())
+                    .or_insert_with(|| Arc::new(OnceCell::new())),
+            )
+        };
         let known = lock(&inner.meta).peek(object).map(|e| Arc::clone(&e.meta));
         let generation = inner.generation.load(Ordering::SeqCst);
         let led = AtomicBool::new(false);
