@@ -829,6 +829,11 @@ mod clock_tests {
     const NOW: u64 = 1_800_000_000;
 
     fn identity(dir: &std::path::Path) -> Identity {
+        identity_with(dir, false)
+    }
+
+    /// The test identity, its one key allowing tokens without `exp` or not.
+    fn identity_with(dir: &std::path::Path, allow_non_expiring: bool) -> Identity {
         let config = IdentityConfig {
             audience: "bucketgate".into(),
             issuer: None,
@@ -839,7 +844,7 @@ mod clock_tests {
                 alg: KeyAlg::Hs256,
                 material: KeyMaterial::Hs256(Secret::new(SECRET.into())),
                 private_key: None,
-                allow_non_expiring: false,
+                allow_non_expiring,
             }],
             jwks: None,
             use_window_max: Duration::from_secs(3600),
@@ -1144,22 +1149,7 @@ mod clock_tests {
     #[test]
     fn idle_without_exp_is_refused_even_under_a_non_expiring_key() {
         let dir = tempfile::tempdir().unwrap();
-        let config = IdentityConfig {
-            audience: "bucketgate".into(),
-            issuer: None,
-            clock_skew: Duration::from_secs(30),
-            cookie_name: "s".into(),
-            keys: vec![KeyConfig {
-                kid: "k".into(),
-                alg: KeyAlg::Hs256,
-                material: KeyMaterial::Hs256(Secret::new(SECRET.into())),
-                private_key: None,
-                allow_non_expiring: true,
-            }],
-            jwks: None,
-            use_window_max: Duration::from_secs(3600),
-        };
-        let id = Identity::new(&config, Arc::new(Revocations::load(dir.path()).unwrap())).unwrap();
+        let id = identity_with(dir.path(), true);
         assert!(id.verify_cached(&token(serde_json::json!({})), NOW).is_ok());
         let r = id.verify_cached(&token(serde_json::json!({"idle": 60})), NOW);
         assert!(
