@@ -31,6 +31,7 @@ mod civil_time;
 pub mod config;
 pub mod credentials;
 pub mod identity;
+pub mod image;
 pub mod pipeline;
 pub mod reload;
 pub mod saml;

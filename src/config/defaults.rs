@@ -269,3 +269,23 @@ impl Default for RateLimits {
         }
     }
 }
+
+// [images]: derived images (src/image/).
+/// Pixels of an untiled source (100 MP).
+pub const IMAGE_MAX_SOURCE_PIXELS: u64 = 100_000_000;
+/// Pixels of a tiled pyramid's full level (only its tiles are decoded): 10 gigapixels.
+pub const IMAGE_MAX_TILED_SOURCE_PIXELS: u64 = 10_000_000_000;
+/// Output pixels (IIIF maxArea) and the longest output side (maxWidth / maxHeight).
+pub const IMAGE_MAX_OUTPUT_PIXELS: u64 = 16_777_216;
+pub const IMAGE_MAX_OUTPUT_SIDE: u32 = 8192;
+/// Frames an animated source may declare.
+pub const IMAGE_MAX_FRAMES: u32 = 1000;
+/// Bytes one job may read from the object (the whole file of an untiled source).
+pub const IMAGE_MAX_SOURCE_BYTES: u64 = 256 * 1024 * 1024;
+/// Decode threads (0 in the file: one per core) and jobs waiting beyond them.
+pub const IMAGE_WORKERS: usize = 0;
+pub const IMAGE_QUEUE: usize = 64;
+/// Time limit of one image job.
+pub const IMAGE_JOB_TIMEOUT_SECS: u64 = 20;
+/// Tile side advertised in info.json.
+pub const IMAGE_TILE_SIZE: u32 = 512;

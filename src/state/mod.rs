@@ -20,6 +20,7 @@
 //! This module builds nothing from config and decides nothing about requests.
 
 pub mod admission;
+pub mod redis;
 
 use std::sync::Arc;
 

@@ -8,6 +8,7 @@ pub mod browser;
 pub mod logs;
 pub mod origin;
 pub mod process;
+pub mod redis;
 pub mod s3;
 pub mod saml;
 pub mod sts;

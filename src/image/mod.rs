@@ -1,0 +1,169 @@
+//! Derived images (stage 8 of DESIGN.md for images): IIIF Image API 3.0 requests, thumbnails and
+//! tiles, from JPEG, PNG, WebP, GIF (first frame) and TIFF (strips, tiles, BigTIFF, pyramids).
+//!
+//! This module sits below the pipeline (it imports `backend`, `cache` and `config`, never
+//! `pipeline`): the pipeline parses and authorizes a request, then asks this module to describe
+//! (`info.json`) or render one image. The parts:
+//!
+//! | file | what |
+//! |---|---|
+//! | `iiif.rs` | the IIIF path parameters: parse, normalize, resolve against the image's size and the limits ([`ImageRequest`], [`RenderOp`]); `info.json` |
+//! | `source.rs` | [`source::ObjectBytes`]: ranged reads of the one object (through the cache when there is one), bounded |
+//! | `decode.rs` | format sniffing (magic bytes, never the name), header probes with the limits checked before any decode, decoding (JPEG at 1/2, 1/4, 1/8 in the DCT domain) |
+//! | `tiff.rs` | TIFF / BigTIFF: directories, pyramid levels (SubIFDs or one page per level), strips and tiles read with ranged reads, never the whole file |
+//! | `render.rs` | crop, resample (fast_image_resize, Lanczos3), EXIF orientation, rotation and mirroring, quality, encode (jpg, png, webp); nothing of the source's metadata is copied |
+//! | `pool.rs` | the bounded decode pool: CPU work off the async threads, a queue bound (503 + Retry-After past it), a time limit per job, a codec panic contained (422) |
+//!
+//! Flow of one render: [`probe`] reads the header (a few KiB; for TIFF its directories) and
+//! returns a [`SourceImage`] (format, size, levels); the pipeline resolves the IIIF request
+//! against it ([`iiif`]), then [`render`] reads what the operation needs (the whole object for
+//! untiled formats, bounded by `max_source_bytes`; only the needed tiles of a pyramid) and runs
+//! the CPU part on the pool.
+
+pub mod decode;
+pub mod iiif;
+pub mod pool;
+pub mod render;
+pub mod source;
+pub mod tiff;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+pub use iiif::{ImageRequest, RenderOp};
+
+/// The source formats decoded; anything else is 415.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SourceFormat {
+    Jpeg,
+    Png,
+    Webp,
+    Gif,
+    Tiff,
+}
+
+/// The output formats (`.jpg`, `.png`, `.webp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutputFormat {
+    Jpg,
+    Png,
+    Webp,
+}
+
+impl OutputFormat {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            OutputFormat::Jpg => "image/jpeg",
+            OutputFormat::Png => "image/png",
+            OutputFormat::Webp => "image/webp",
+        }
+    }
+    pub fn extension(self) -> &'static str {
+        match self {
+            OutputFormat::Jpg => "jpg",
+            OutputFormat::Png => "png",
+            OutputFormat::Webp => "webp",
+        }
+    }
+}
+
+/// One resolution level of a source: level 0 is full size; a pyramid has smaller ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Level {
+    pub width: u32,
+    pub height: u32,
+    /// Tile width and height when the level is stored in tiles.
+    pub tile: Option<(u32, u32)>,
+}
+
+/// What [`probe`] learned from the header, before any pixel is decoded. `width` and `height`
+/// are as displayed (after the EXIF orientation), which is what IIIF coordinates refer to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceImage {
+    pub format: SourceFormat,
+    pub width: u32,
+    pub height: u32,
+    /// Full size first, then the smaller levels a pyramid stores (largest to smallest). A JPEG
+    /// lists the sizes its DCT scaling decodes at cheaply (1/2, 1/4, 1/8).
+    pub levels: Vec<Level>,
+    /// EXIF orientation (1-8; 1 when absent), applied when rendering.
+    pub orientation: u8,
+}
+
+/// The limits of `[images]`, checked from the header before decoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageLimits {
+    /// Pixels of an untiled source (width x height of what would be decoded).
+    pub max_source_pixels: u64,
+    /// Pixels of a tiled pyramid's full level (only tiles are decoded, so it may be far larger).
+    pub max_tiled_source_pixels: u64,
+    /// Output pixels (IIIF `maxArea`), and its sides (`maxWidth`, `maxHeight`).
+    pub max_output_pixels: u64,
+    pub max_output_side: u32,
+    /// Frames an animated source may declare (only the first is decoded).
+    pub max_frames: u32,
+    /// Bytes read from the object for one job (the whole file of an untiled source).
+    pub max_source_bytes: u64,
+    /// Decode threads, and jobs waiting for one beyond which requests get 503.
+    pub workers: usize,
+    pub queue: usize,
+    /// Time limit of one job (read + decode + encode).
+    pub job_timeout: Duration,
+    /// Tile side advertised in `info.json`.
+    pub tile_size: u32,
+}
+
+impl Default for ImageLimits {
+    fn default() -> ImageLimits {
+        use crate::config::defaults as d;
+        ImageLimits {
+            max_source_pixels: d::IMAGE_MAX_SOURCE_PIXELS,
+            max_tiled_source_pixels: d::IMAGE_MAX_TILED_SOURCE_PIXELS,
+            max_output_pixels: d::IMAGE_MAX_OUTPUT_PIXELS,
+            max_output_side: d::IMAGE_MAX_OUTPUT_SIDE,
+            max_frames: d::IMAGE_MAX_FRAMES,
+            max_source_bytes: d::IMAGE_MAX_SOURCE_BYTES,
+            workers: d::IMAGE_WORKERS,
+            queue: d::IMAGE_QUEUE,
+            job_timeout: Duration::from_secs(d::IMAGE_JOB_TIMEOUT_SECS),
+            tile_size: d::IMAGE_TILE_SIZE,
+        }
+    }
+}
+
+/// Why an image could not be described or rendered. The pipeline maps each to its status in
+/// `pipeline/error.rs`; the messages are short and say nothing of the file's content.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// A IIIF parameter is malformed or not supported (400), naming which.
+    #[error("invalid {param}: {why}")]
+    BadParameter { param: &'static str, why: String },
+    /// The request or the source exceeds a limit (400 for the request's size, 413 for the source).
+    #[error("{0}")]
+    TooLarge(String),
+    /// Not one of the formats decoded (415).
+    #[error("unsupported image format")]
+    Unsupported,
+    /// The file is broken, hostile, or a codec panicked (422).
+    #[error("image cannot be decoded: {0}")]
+    Corrupt(String),
+    /// The decode pool's queue is full (503 + Retry-After).
+    #[error("image workers are busy")]
+    Busy,
+    /// The job ran past its time limit (503).
+    #[error("image job timed out")]
+    TimedOut,
+    /// Reading the object failed (the backend's status: 404, 403, 502, 504).
+    #[error(transparent)]
+    Source(#[from] crate::backend::BackendError),
+}
+
+/// A rendered image, ready to send.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub bytes: Bytes,
+    pub format: OutputFormat,
+    pub width: u32,
+    pub height: u32,
+}

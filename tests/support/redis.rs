@@ -1,0 +1,166 @@
+#![allow(dead_code)] // each test module uses a part
+//! A real Redis (Debian's `redis-server`) on loopback for the scale-out tests: started per test
+//! on a free port with no persistence file unless asked, stopped (by PID) and restarted on the
+//! same port, killed with the test. Without `redis-server` the tests fail loudly (`tests/run`
+//! installs it).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener as StdTcpListener, TcpStream as StdTcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use super::process::ChildGuard;
+
+const READY_ATTEMPTS: u32 = 200;
+const READY_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Options of a test Redis.
+#[derive(Debug, Clone, Default)]
+pub struct RedisOptions {
+    /// `requirepass`.
+    pub password: Option<String>,
+}
+
+/// A running `redis-server`, stopped on drop.
+pub struct RedisServer {
+    process: Option<ChildGuard>,
+    port: u16,
+    dir: TempDir,
+    options: RedisOptions,
+}
+
+impl RedisServer {
+    pub async fn start() -> RedisServer {
+        RedisServer::start_with(RedisOptions::default()).await
+    }
+
+    pub async fn start_with(options: RedisOptions) -> RedisServer {
+        let dir = tempfile::tempdir().expect("redis dir");
+        let port = free_port();
+        let mut server = RedisServer {
+            process: None,
+            port,
+            dir,
+            options,
+        };
+        server.spawn().await;
+        server
+    }
+
+    /// `redis://[:password@]127.0.0.1:port/0`.
+    pub fn url(&self) -> String {
+        match &self.options.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}/0", self.port),
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+        }
+    }
+
+    /// `redis://127.0.0.1:port/0` without the password (configs give it by secret reference).
+    pub fn plain_url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's PID (to stop it from outside, as an operator would).
+    pub fn pid(&mut self) -> Option<u32> {
+        self.process.as_mut().map(|p| p.child().id())
+    }
+
+    /// Stop the server (SIGTERM by PID, reaped). Its data is gone unless it saved.
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.stop();
+        }
+    }
+
+    /// Start it again on the same port (empty unless it saved).
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+
+    async fn spawn(&mut self) {
+        let bin = redis_binary();
+        let mut cmd = Command::new(&bin);
+        cmd.args([
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+        ])
+        .arg(self.dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        if let Some(p) = &self.options.password {
+            cmd.args(["--requirepass", p]);
+        }
+        let mut guard = ChildGuard::spawn("redis-server", &mut cmd);
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        for _ in 0..READY_ATTEMPTS {
+            if let Ok(Some(status)) = guard.child().try_wait() {
+                panic!("redis-server exited early ({status})");
+            }
+            if tokio::task::spawn_blocking(move || answers_ping(addr))
+                .await
+                .unwrap_or(false)
+            {
+                self.process = Some(guard);
+                return;
+            }
+            tokio::time::sleep(READY_INTERVAL).await;
+        }
+        panic!("redis-server on {addr} did not answer in time");
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `redis-server` on PATH or in /usr/bin; a failure (never a skip) without it.
+fn redis_binary() -> PathBuf {
+    for dir in std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
+    {
+        let p = dir.join("redis-server");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("redis-server not found: install it with `./tests/run` (apt-get install redis-server)");
+}
+
+fn free_port() -> u16 {
+    let listener = StdTcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Whether a Redis answers on `addr` (PONG, or NOAUTH from one that wants a password).
+fn answers_ping(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = StdTcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut head = [0u8; 5];
+    stream.read_exact(&mut head).is_ok()
+        && (head.starts_with(b"+PONG") || head.starts_with(b"-NOAU"))
+}
