@@ -109,6 +109,10 @@ pub enum IdentityError {
     /// Still a 401, but its body tells the UI to sign in again.
     #[error("SAML session expired or unknown")]
     SessionExpired,
+    /// The shared session store (Redis) cannot answer and no local copy of the session could
+    /// stand in: 503 (fail closed; signing in again would not help).
+    #[error("SAML session store unavailable")]
+    SessionStoreUnavailable,
 }
 
 impl IdentityError {
@@ -122,6 +126,7 @@ impl IdentityError {
             IdentityError::WindowLapsed(Lapse::Max) => "token_expired: use_window max",
             IdentityError::WindowElsewhere => "use_window: other client address",
             IdentityError::WindowStore(_) => "use_window: store",
+            IdentityError::SessionStoreUnavailable => "session: store",
             IdentityError::NotConfigured
             | IdentityError::Missing
             | IdentityError::AmbiguousToken

@@ -236,6 +236,9 @@ pub enum UseWindowError {
     /// Every slot holds a live window: a new window cannot start (fail closed).
     #[error("the use-window store is full ({0} live windows)")]
     Full(usize),
+    /// The shared store (Redis) cannot answer, or answered something unusable (fail closed).
+    #[error("the use-window store is unavailable")]
+    Unavailable,
 }
 
 /// Where window state lives. Every method may do I/O.
@@ -256,9 +259,25 @@ pub trait UseWindowStore: Send + Sync {
     fn sweep(&self, now: u64) -> impl Future<Output = usize> + Send;
 }
 
+/// A boxed future, for stores behind `dyn`.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// [`UseWindowStore`] for a store kept outside the process (Redis, `state::redis::use_windows`,
+/// which depends on this module and so cannot be named here): object-safe, one boxed future
+/// per call.
+pub trait SharedUseWindowStore: Send + Sync {
+    fn use_token<'a>(
+        &'a self,
+        use_: &'a Use,
+        record: bool,
+    ) -> BoxFuture<'a, Result<Outcome, UseWindowError>>;
+}
+
 /// The window store of a gateway.
 pub enum UseWindows {
     Memory(MemoryUseWindows),
+    /// Shared by every node (Redis); entries expire there by themselves.
+    Shared(Box<dyn SharedUseWindowStore>),
 }
 
 impl UseWindows {
@@ -272,12 +291,14 @@ impl UseWindowStore for UseWindows {
     async fn use_token(&self, use_: &Use, record: bool) -> Result<Outcome, UseWindowError> {
         match self {
             UseWindows::Memory(m) => m.use_token(use_, record),
+            UseWindows::Shared(s) => s.use_token(use_, record).await,
         }
     }
 
     async fn sweep(&self, now: u64) -> usize {
         match self {
             UseWindows::Memory(m) => m.sweep(now),
+            UseWindows::Shared(_) => 0,
         }
     }
 }

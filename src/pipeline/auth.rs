@@ -86,7 +86,7 @@ pub async fn handle<B: Body>(
             no_body(body).await?;
             let return_to = login_query(query)?;
             audit.rule = Some("saml login redirect");
-            login(sp, state, return_to.as_deref(), now)
+            login(sp, state, return_to.as_deref(), now).await
         }
         AuthRoute::Acs => {
             allow(method, &[Method::POST], "POST")?;
@@ -159,13 +159,13 @@ fn decode(value: &str, form: bool) -> Result<String, SpError> {
     })
 }
 
-fn login(
+async fn login(
     sp: &ServiceProvider,
     state: &SamlState,
     return_to: Option<&str>,
     now: SystemTime,
 ) -> Result<Response<Bytes>, SpError> {
-    let start = sp.login(state, return_to, now)?;
+    let start = sp.login(state, return_to, now).await?;
     // SameSite=None: the IdP posts the response cross-site, and a Lax cookie would not come
     // along; the MAC and the short lifetime make it useless to anyone else.
     let cookie = format!(
@@ -201,7 +201,9 @@ async fn acs<B: Body>(
     }
     let form = read_body(body).await?;
     let form = acs_form(&form)?;
-    let pending = sp.pending_login(state, cookies(headers, LOGIN_COOKIE), now);
+    let pending = sp
+        .pending_login(state, cookies(headers, LOGIN_COOKIE), now)
+        .await?;
     let session = sp.acs(state, form, pending, now, audit).await?;
     // Rotation: whatever session the browser had before ends now.
     for old in cookies(headers, SESSION_COOKIE) {

@@ -158,6 +158,7 @@ impl Error {
                 | SpError::BodyTimeout
                 | SpError::Response(_)
                 | SpError::Replayed
+                | SpError::SharedStateUnavailable
                 | SpError::SessionOver
                 | SpError::NoUsableRole
                 | SpError::SeveralRoles
@@ -251,6 +252,12 @@ impl Error {
                 "token given in more than one place (Authorization, cookie, token=)"
             }
             Error::Identity(IdentityError::SessionExpired) => SIGN_IN_AGAIN,
+            Error::Identity(IdentityError::SessionStoreUnavailable) => {
+                "sessions unavailable, try again later"
+            }
+            Error::Identity(IdentityError::WindowStore(
+                crate::identity::use_window::UseWindowError::Unavailable,
+            )) => "signed URL state unavailable, try again later",
             Error::Saml(e) => saml_message(e),
             Error::Identity(e) => match identity_answer(e) {
                 IdentityAnswer::Expired => TOKEN_EXPIRED,
@@ -385,13 +392,15 @@ fn saml_status(e: &SpError) -> StatusCode {
         SpError::NoUsableRole | SpError::SeveralRoles | SpError::StsRefused => {
             StatusCode::FORBIDDEN
         }
-        SpError::StsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        SpError::StsUnavailable | SpError::SharedStateUnavailable => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         SpError::StsTimeout => StatusCode::GATEWAY_TIMEOUT,
         // The gateway's own STS settings are wrong: not a refusal of the user (issue 11).
         SpError::StsProtocol | SpError::StsConfigFault { .. } => StatusCode::BAD_GATEWAY,
         SpError::Session(e) => match e {
             SessionError::Unknown | SessionError::Expired => StatusCode::UNAUTHORIZED,
-            SessionError::Full => StatusCode::SERVICE_UNAVAILABLE,
+            SessionError::Full | SessionError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             SessionError::Random => StatusCode::INTERNAL_SERVER_ERROR,
         },
         // A panic inside the XML library can only come from the client's document: refused as
@@ -422,11 +431,13 @@ fn saml_message(e: &SpError) -> &'static str {
         }
         SpError::NoUsableRole | SpError::SeveralRoles | SpError::StsRefused => FORBIDDEN,
         SpError::StsUnavailable => "sign-in service unavailable, try again",
+        SpError::SharedStateUnavailable => "sign-in unavailable, try again later",
         SpError::StsTimeout => "sign-in service timed out, try again",
         SpError::StsProtocol | SpError::StsConfigFault { .. } => "sign-in service failed",
         SpError::Session(e) => match e {
             SessionError::Unknown | SessionError::Expired => SIGN_IN_AGAIN,
             SessionError::Full => "too many sessions, try again later",
+            SessionError::Unavailable => "sessions unavailable, try again later",
             SessionError::Random => "internal error",
         },
         SpError::Request(_) => "internal error",
@@ -500,7 +511,9 @@ fn identity_answer(e: &IdentityError) -> IdentityAnswer {
     match e {
         IdentityError::AmbiguousToken => IdentityAnswer::Ambiguous,
         IdentityError::Expired | IdentityError::WindowLapsed(_) => IdentityAnswer::Expired,
-        IdentityError::WindowStore(_) => IdentityAnswer::Unavailable,
+        IdentityError::WindowStore(_) | IdentityError::SessionStoreUnavailable => {
+            IdentityAnswer::Unavailable
+        }
         IdentityError::NotConfigured
         | IdentityError::Missing
         | IdentityError::NotBearer

@@ -14,7 +14,7 @@ use http::HeaderMap;
 use http::header::AUTHORIZATION;
 
 use crate::identity::{Identity, IdentityError, Principal, TokenUse};
-use crate::saml::session::{AnySessionStore, Session, SessionStore as _};
+use crate::saml::session::{AnySessionStore, Session, SessionError, SessionStore as _};
 use crate::web::parse;
 
 /// Where a request's credential was found.
@@ -152,7 +152,10 @@ pub async fn authenticate_request(
                 .store
                 .get(id, s.now)
                 .await
-                .map_err(|_| IdentityError::SessionExpired)?;
+                .map_err(|e| match e {
+                    SessionError::Unavailable => IdentityError::SessionStoreUnavailable,
+                    _ => IdentityError::SessionExpired,
+                })?;
             Ok(Authenticated(Inner::Session {
                 session,
                 token_hash: crate::audit::token_hash(id),

@@ -1,10 +1,13 @@
 //! The login cookie's MAC: a login this gateway started (its AuthnRequest id and `return_to`),
 //! sealed with HMAC-SHA256 so that the ACS can trust it when the browser brings it back.
 //!
-//! The key is random per process unless `[saml] login_cookie_key` names one: then every node
-//! configured with the same key accepts the cookies of the others, so a login started on one
-//! node completes on another. This module seals and opens values; it knows nothing of cookies'
-//! names or attributes (the HTTP half, `pipeline/auth.rs`, writes them) and never logs.
+//! The key is random per process unless `[saml] login_cookie_key` names one, or the nodes share
+//! one through Redis (`state::redis::login_key`, behind [`SharedLoginKey`]): then every node
+//! accepts the cookies of the others, so a login started on one node completes on another. A
+//! [`LoginKeyRing`] seals with its current key and opens with any of its keys (current, and the
+//! previous one after a rotation, so logins in flight at a rotation complete). This module seals
+//! and opens values; it knows nothing of cookies' names or attributes (the HTTP half,
+//! `pipeline/auth.rs`, writes them) and never logs.
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,6 +24,7 @@ use crate::config::defaults as d;
 const LOGIN_MAC_CONTEXT: &[u8] = b"bucketgate-saml-login-v1\n";
 
 /// The HMAC-SHA256 key of login cookies. Never printed.
+#[derive(Clone)]
 pub struct LoginKey(hmac::Key);
 
 impl LoginKey {
@@ -72,6 +76,44 @@ impl fmt::Debug for LoginKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("LoginKey(<redacted>)")
     }
+}
+
+/// The login-cookie keys in force: seal with the current one, open with any.
+#[derive(Debug, Clone)]
+pub struct LoginKeyRing {
+    current: LoginKey,
+    previous: Option<LoginKey>,
+}
+
+impl LoginKeyRing {
+    pub fn new(current: LoginKey, previous: Option<LoginKey>) -> LoginKeyRing {
+        LoginKeyRing { current, previous }
+    }
+
+    /// [`LoginKey::seal`] with the current key.
+    pub fn seal(&self, request_id: &str, return_to: &str, now: SystemTime) -> String {
+        self.current.seal(request_id, return_to, now)
+    }
+
+    /// [`LoginKey::open`] with the current key, then the previous one.
+    pub fn open(&self, value: &str, now: SystemTime) -> Option<PendingLogin> {
+        self.current
+            .open(value, now)
+            .or_else(|| self.previous.as_ref().and_then(|k| k.open(value, now)))
+    }
+}
+
+/// The shared login key cannot be had (Redis down and no copy fetched yet, or garbage there).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the shared login-cookie key is unavailable")]
+pub struct LoginKeyUnavailable;
+
+/// A login-cookie key shared by every node, kept outside the process (Redis), which this module
+/// cannot name: object-safe, one boxed future per call. An implementation caches the keys.
+pub trait SharedLoginKey: Send + Sync {
+    fn keys(
+        &self,
+    ) -> super::session::BoxFuture<'_, Result<std::sync::Arc<LoginKeyRing>, LoginKeyUnavailable>>;
 }
 
 /// A login this gateway started, read back from its cookie.

@@ -5,8 +5,9 @@
 //! earliest expiry has passed, so the sweep is amortized and never runs for nothing.
 //!
 //! The cache is the async trait [`ReplayCache`]; [`AnyReplayCache`] dispatches to an
-//! implementation (today only [`MemoryReplayCache`], this process's map), so a shared cache
-//! (Redis) is one more variant and its callers do not change.
+//! implementation: [`MemoryReplayCache`], this process's map, or a cache shared by every node
+//! that this module cannot name (Redis, `state::redis::replay`) behind the object-safe
+//! [`SharedReplayCache`], so its callers do not change.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -16,8 +17,10 @@ use std::time::SystemTime;
 ///
 /// A shared implementation must make `first_use` one atomic step across every node (e.g. Redis
 /// `SET key NX PX ttl`): two nodes asked about the same id at once admit exactly one. It stores
-/// only the id (or its hash) and its expiry, no secret. When it cannot answer (full,
-/// unreachable) it returns false: a login is refused rather than a replay let through.
+/// only the id (or its hash) and its expiry, no secret. When it is full it returns false; when it
+/// cannot answer at all (unreachable, an unusable answer) it returns [`ReplayUnknown`]: either
+/// way a login is refused rather than a replay let through (the second one with a 503: the
+/// user did nothing wrong).
 pub trait ReplayCache: Send + Sync {
     /// True if `id` was not seen (and is now remembered until `until`); false for a replay, or
     /// when the cache cannot remember it.
@@ -26,12 +29,30 @@ pub trait ReplayCache: Send + Sync {
         id: &str,
         until: SystemTime,
         now: SystemTime,
-    ) -> impl Future<Output = bool> + Send;
+    ) -> impl Future<Output = Result<bool, ReplayUnknown>> + Send;
+}
+
+/// The shared cache could not say whether an id was seen (Redis down or answering garbage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the replay cache cannot answer")]
+pub struct ReplayUnknown;
+
+/// [`ReplayCache`] for a cache kept outside the process, which this module cannot name:
+/// object-safe, one boxed future per call.
+pub trait SharedReplayCache: Send + Sync {
+    fn first_use<'a>(
+        &'a self,
+        id: &'a str,
+        until: SystemTime,
+        now: SystemTime,
+    ) -> super::session::BoxFuture<'a, Result<bool, ReplayUnknown>>;
 }
 
 /// The configured replay cache.
 pub enum AnyReplayCache {
     Memory(MemoryReplayCache),
+    /// Shared by every node (Redis).
+    Shared(Box<dyn SharedReplayCache>),
 }
 
 impl AnyReplayCache {
@@ -42,9 +63,15 @@ impl AnyReplayCache {
 }
 
 impl ReplayCache for AnyReplayCache {
-    async fn first_use(&self, id: &str, until: SystemTime, now: SystemTime) -> bool {
+    async fn first_use(
+        &self,
+        id: &str,
+        until: SystemTime,
+        now: SystemTime,
+    ) -> Result<bool, ReplayUnknown> {
         match self {
-            AnyReplayCache::Memory(m) => m.first_use(id, until, now),
+            AnyReplayCache::Memory(m) => Ok(m.first_use(id, until, now)),
+            AnyReplayCache::Shared(s) => s.first_use(id, until, now).await,
         }
     }
 }

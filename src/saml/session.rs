@@ -5,8 +5,9 @@
 //! written by `pipeline/auth.rs` and `pipeline/identity.rs`.
 //!
 //! The store is the async trait [`SessionStore`]; [`AnySessionStore`] dispatches to an
-//! implementation (today only [`MemorySessions`], the in-process map), so a shared store (Redis)
-//! is one more variant and the pipeline does not change.
+//! implementation: [`MemorySessions`], the in-process map, or a shared store this module cannot
+//! name (Redis, `state::redis::sessions`, which depends on this module) behind the object-safe
+//! [`SharedSessionStore`], so the pipeline does not change.
 //!
 //! - Ids are 32 bytes from `ring::rand::SystemRandom`, sent as 64 lowercase hex digits. The map
 //!   is keyed by the SHA-256 of the id, so the store (or a dump of it) holds no usable cookie.
@@ -45,6 +46,10 @@ pub enum SessionError {
     Full,
     #[error("the system random number generator failed")]
     Random,
+    /// The shared store cannot answer (Redis down, or an unusable answer) and no local copy
+    /// of the session could stand in (fail closed: 503).
+    #[error("the shared session store is unavailable")]
+    Unavailable,
 }
 
 /// One signed-in user.
@@ -82,6 +87,11 @@ impl Session {
     pub fn expires(&self) -> SystemTime {
         self.expires
     }
+
+    /// Everything STS returned (for a store that must write the session out, sealed).
+    pub fn sts(&self) -> &SessionCredentials {
+        &self.credentials
+    }
 }
 
 impl fmt::Debug for Session {
@@ -98,6 +108,13 @@ impl fmt::Debug for Session {
 pub struct SessionId(String);
 
 impl SessionId {
+    /// A fresh random id and its store key (the SHA-256 of its bytes).
+    pub fn generate(rng: &SystemRandom) -> Result<(SessionId, [u8; 32]), SessionError> {
+        let mut raw = [0u8; ID_BYTES];
+        rng.fill(&mut raw).map_err(|_| SessionError::Random)?;
+        Ok((SessionId(hex::encode(raw)), key_of(&raw)))
+    }
+
     /// The cookie value: 64 lowercase hex digits.
     pub fn cookie_value(&self) -> &str {
         &self.0
@@ -146,9 +163,33 @@ pub trait SessionStore: Send + Sync {
     fn sweep(&self, now: SystemTime) -> impl Future<Output = usize> + Send;
 }
 
+/// A boxed future, for stores behind `dyn`.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// [`SessionStore`] for a store kept outside the process, which this module cannot name (it
+/// lives in `state::redis` and depends on this module): object-safe, one boxed future per call.
+/// The same contract as [`SessionStore`]; in addition, [`SessionError::Unavailable`] when the
+/// store cannot answer (never a guess).
+pub trait SharedSessionStore: Send + Sync {
+    fn create(
+        &self,
+        session: Session,
+        now: SystemTime,
+    ) -> BoxFuture<'_, Result<SessionId, SessionError>>;
+    fn get<'a>(
+        &'a self,
+        cookie: &'a str,
+        now: SystemTime,
+    ) -> BoxFuture<'a, Result<Arc<Session>, SessionError>>;
+    fn remove<'a>(&'a self, cookie: &'a str) -> BoxFuture<'a, bool>;
+    fn sweep(&self, now: SystemTime) -> BoxFuture<'_, usize>;
+}
+
 /// The configured session store.
 pub enum AnySessionStore {
     Memory(MemorySessions),
+    /// Shared by every node (Redis).
+    Shared(Box<dyn SharedSessionStore>),
 }
 
 impl AnySessionStore {
@@ -162,24 +203,28 @@ impl SessionStore for AnySessionStore {
     async fn create(&self, session: Session, now: SystemTime) -> Result<SessionId, SessionError> {
         match self {
             AnySessionStore::Memory(m) => m.create(session, now),
+            AnySessionStore::Shared(s) => s.create(session, now).await,
         }
     }
 
     async fn get(&self, cookie: &str, now: SystemTime) -> Result<Arc<Session>, SessionError> {
         match self {
             AnySessionStore::Memory(m) => m.get(cookie, now),
+            AnySessionStore::Shared(s) => s.get(cookie, now).await,
         }
     }
 
     async fn remove(&self, cookie: &str) -> bool {
         match self {
             AnySessionStore::Memory(m) => m.remove(cookie),
+            AnySessionStore::Shared(s) => s.remove(cookie).await,
         }
     }
 
     async fn sweep(&self, now: SystemTime) -> usize {
         match self {
             AnySessionStore::Memory(m) => m.sweep(now),
+            AnySessionStore::Shared(s) => s.sweep(now).await,
         }
     }
 }
@@ -202,10 +247,7 @@ impl MemorySessions {
 
     /// Store `session` under a fresh random id.
     pub fn create(&self, session: Session, now: SystemTime) -> Result<SessionId, SessionError> {
-        let mut raw = [0u8; ID_BYTES];
-        self.rng.fill(&mut raw).map_err(|_| SessionError::Random)?;
-        let id = hex::encode(raw);
-        let key = key_of(&raw);
+        let (id, key) = SessionId::generate(&self.rng)?;
         let mut sessions = self
             .sessions
             .write()
@@ -217,7 +259,7 @@ impl MemorySessions {
             }
         }
         sessions.insert(key, Arc::new(session));
-        Ok(SessionId(id))
+        Ok(id)
     }
 
     /// The live session for a cookie value. An expired one is removed.
@@ -281,6 +323,12 @@ fn key_of(raw: &[u8; ID_BYTES]) -> Key {
     let mut key = [0u8; 32];
     key.copy_from_slice(d.as_ref());
     key
+}
+
+/// A cookie value -> store key (the SHA-256 of the id), if it has the shape of an id we issue
+/// (64 lowercase hex digits).
+pub fn cookie_key(cookie: &str) -> Option<Key> {
+    parse(cookie)
 }
 
 /// A cookie value -> map key, if it has the shape of an id we issue (64 lowercase hex digits).

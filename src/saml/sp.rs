@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::login_cookie::{LoginKey, PendingLogin};
+use super::login_cookie::{LoginKey, LoginKeyRing, PendingLogin, SharedLoginKey};
 use super::replay::{AnyReplayCache, ReplayCache as _};
 use super::request;
 use super::response::{self, Expect, IdpTrust, SamlError};
@@ -65,6 +65,10 @@ pub enum SpError {
     Response(#[source] SamlError),
     #[error("SAML assertion or login request used a second time")]
     Replayed,
+    /// The state shared by every node (Redis: the replay cache, the login-cookie key) cannot
+    /// answer: a new login is refused (a replay cannot be ruled out), 503.
+    #[error("shared SAML state (replay cache or login-cookie key) is unavailable")]
+    SharedStateUnavailable,
     #[error("the IdP session already ended (SessionNotOnOrAfter)")]
     SessionOver,
     #[error("the response offers no role pair the config maps")]
@@ -114,6 +118,7 @@ impl SpError {
                 "saml response"
             }
             SpError::Replayed => "saml replay",
+            SpError::SharedStateUnavailable => "saml state",
             SpError::NoUsableRole | SpError::SeveralRoles => "saml role",
             SpError::StsRefused
             | SpError::StsConfigFault { .. }
@@ -159,8 +164,9 @@ pub struct ServiceProvider {
     trust: Arc<IdpTrust>,
     role_choice: RoleChoice,
     rules: Vec<SamlRoleRule>,
-    /// `[saml] login_cookie_key`; `None`: the process's own random key in [`SamlState`].
-    login_key: Option<LoginKey>,
+    /// `[saml] login_cookie_key`; `None`: the key of [`SamlState`] (random per process, or
+    /// shared through Redis).
+    login_key: Option<Arc<LoginKeyRing>>,
     /// Each ranked gateway role's `rank` (from `[roles]`), for `role_choice = "highest"`.
     ranks: HashMap<String, u32>,
     /// Each mapped project's sources, as scopes of the session principal.
@@ -208,7 +214,12 @@ impl ServiceProvider {
             login_key: config
                 .login_cookie_key
                 .as_ref()
-                .map(|key| LoginKey::from_secret(key.expose().as_bytes())),
+                .map(|key| {
+                    Arc::new(LoginKeyRing::new(
+                        LoginKey::from_secret(key.expose().as_bytes()),
+                        None,
+                    ))
+                }),
             ranks,
             project_scopes,
             sts,
@@ -222,24 +233,49 @@ impl ServiceProvider {
 pub struct SamlSetupError;
 
 /// SAML state that outlives config snapshots: sessions, the replay cache, the login cookie key
-/// used when `[saml] login_cookie_key` is not set (random per process) and the clock of every
-/// SAML time decision.
+/// used when `[saml] login_cookie_key` is not set (random per process, or shared by every node
+/// through Redis) and the clock of every SAML time decision.
 pub struct SamlState {
     sessions: AnySessionStore,
     replay: AnyReplayCache,
-    login_key: LoginKey,
+    login_key: StateLoginKey,
     clock: Arc<dyn Clock>,
+}
+
+/// Where [`SamlState`]'s login-cookie key comes from.
+enum StateLoginKey {
+    /// Random, this process only.
+    Process(Arc<LoginKeyRing>),
+    /// One key for every node (Redis).
+    Shared(Box<dyn SharedLoginKey>),
 }
 
 impl SamlState {
     /// In-memory sessions and replay cache, and a random login cookie key.
     pub fn new(clock: Arc<dyn Clock>) -> Result<SamlState, SamlSetupError> {
+        let key = LoginKey::random().map_err(|_| SamlSetupError)?;
         Ok(SamlState {
             sessions: AnySessionStore::memory(d::SAML_MAX_SESSIONS),
             replay: AnyReplayCache::memory(d::SAML_REPLAY_CAPACITY),
-            login_key: LoginKey::random().map_err(|_| SamlSetupError)?,
+            login_key: StateLoginKey::Process(Arc::new(LoginKeyRing::new(key, None))),
             clock,
         })
+    }
+
+    /// Sessions, replay cache and login-cookie key shared by every node (built in
+    /// `state::redis`).
+    pub fn shared(
+        sessions: AnySessionStore,
+        replay: AnyReplayCache,
+        login_key: Box<dyn SharedLoginKey>,
+        clock: Arc<dyn Clock>,
+    ) -> SamlState {
+        SamlState {
+            sessions,
+            replay,
+            login_key: StateLoginKey::Shared(login_key),
+            clock,
+        }
     }
 
     pub fn sessions(&self) -> &AnySessionStore {
@@ -281,7 +317,7 @@ pub struct NewSession {
 impl ServiceProvider {
     /// Start a login: a new AuthnRequest to the IdP, and the sealed login cookie value that
     /// remembers its id and `return_to` (made safe here).
-    pub fn login(
+    pub async fn login(
         &self,
         state: &SamlState,
         return_to: Option<&str>,
@@ -299,7 +335,10 @@ impl ServiceProvider {
             now,
         )
         .map_err(SpError::Request)?;
-        let login_cookie = self.login_key(state).seal(&request_id, &return_to, now);
+        let login_cookie = self
+            .login_keys(state)
+            .await?
+            .seal(&request_id, &return_to, now);
         Ok(LoginStart {
             redirect_url,
             login_cookie,
@@ -307,17 +346,19 @@ impl ServiceProvider {
     }
 
     /// The first of `cookie_values` (the login cookies a browser sent) that opens: sealed by this
-    /// gateway's key and not expired.
-    pub fn pending_login<'v>(
+    /// gateway's key and not expired. Fails only when the shared key cannot be had.
+    pub async fn pending_login<'v>(
         &self,
         state: &SamlState,
         cookie_values: impl IntoIterator<Item = &'v str>,
         now: SystemTime,
-    ) -> Option<PendingLogin> {
-        let key = self.login_key(state);
-        cookie_values
-            .into_iter()
-            .find_map(|value| key.open(value, now))
+    ) -> Result<Option<PendingLogin>, SpError> {
+        let mut values = cookie_values.into_iter().peekable();
+        if values.peek().is_none() {
+            return Ok(None);
+        }
+        let keys = self.login_keys(state).await?;
+        Ok(values.find_map(|value| keys.open(value, now)))
     }
 
     /// Finish a login: the IdP's response (`form`), answering `pending` (the login cookie's
@@ -362,7 +403,13 @@ impl ServiceProvider {
             .not_on_or_after
             .checked_add(self.trust.clock_skew)
             .unwrap_or(assertion.not_on_or_after);
-        if !state.replay.first_use(&assertion.id, until, now).await {
+        let unknown = |_| SpError::SharedStateUnavailable;
+        if !state
+            .replay
+            .first_use(&assertion.id, until, now)
+            .await
+            .map_err(unknown)?
+        {
             return Err(SpError::Replayed);
         }
         if let Some(p) = &pending
@@ -370,6 +417,7 @@ impl ServiceProvider {
                 .replay
                 .first_use(&format!("request {}", p.request_id), p.expires, now)
                 .await
+                .map_err(unknown)?
         {
             return Err(SpError::Replayed);
         }
@@ -424,9 +472,19 @@ impl ServiceProvider {
         })
     }
 
-    /// The login cookie key: `[saml] login_cookie_key` if configured, else the process's own.
-    fn login_key<'a>(&'a self, state: &'a SamlState) -> &'a LoginKey {
-        self.login_key.as_ref().unwrap_or(&state.login_key)
+    /// The login cookie keys: `[saml] login_cookie_key` if configured, else the state's (the
+    /// process's own, or the one shared through Redis).
+    async fn login_keys(&self, state: &SamlState) -> Result<Arc<LoginKeyRing>, SpError> {
+        if let Some(ring) = &self.login_key {
+            return Ok(Arc::clone(ring));
+        }
+        match &state.login_key {
+            StateLoginKey::Process(ring) => Ok(Arc::clone(ring)),
+            StateLoginKey::Shared(shared) => shared
+                .keys()
+                .await
+                .map_err(|_| SpError::SharedStateUnavailable),
+        }
     }
 }
 

@@ -15,6 +15,12 @@
 //! | `use_windows.rs` | use windows of signed URLs | `identity::use_window::UseWindowStore` |
 //! | `admission.rs` | rate limits, with a local fast path | `state::admission::AdmissionStore` |
 
+pub mod login_key;
+pub mod replay;
+pub mod seal;
+pub mod sessions;
+pub mod use_windows;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
