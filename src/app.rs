@@ -338,8 +338,28 @@ async fn with_redis_stores(
     let settings =
         RedisSettings::from_config(redis_config).map_err(|e| StartError::Redis(e.to_string()))?;
     let redis = Arc::new(Redis::connect(&settings).map_err(|e| StartError::Redis(e.to_string()))?);
-    let shared = shared.with_redis(Arc::clone(&redis));
+    let mut shared = shared.with_redis(Arc::clone(&redis));
     // ---- Redis-backed stores (one line each; see src/state/redis/mod.rs) ----
+    // Use windows (redis-saml): decided and written by one script per use.
+    shared = shared.with_use_windows(crate::identity::use_window::UseWindows::Shared(Box::new(
+        crate::state::redis::use_windows::RedisUseWindows::new(Arc::clone(&redis)),
+    )));
+    // SAML sessions (sealed), replay cache, login-cookie key (redis-saml). Without a seal_key
+    // (no [saml] at start) sessions stay in this process.
+    if let Some(seal_key) = &redis_config.seal_key {
+        let seal = crate::state::redis::seal::SealKey::new(&seal_key.0)
+            .map_err(|e| StartError::Redis(e.to_string()))?;
+        let clock = shared
+            .saml()
+            .map(|s| s.clock())
+            .unwrap_or_else(crate::credentials::system_clock);
+        shared = shared.with_saml(Arc::new(crate::state::redis::sessions::saml_state(
+            &redis,
+            &Arc::new(seal),
+            crate::config::defaults::SAML_MAX_SESSIONS,
+            clock,
+        )));
+    }
     // revocations (redis-core): `shared.with_revocations(...)`
     // SAML sessions, replay cache, login-cookie key, use windows (redis-saml):
     //   `shared.with_saml(...)`, `shared.with_use_windows(...)`; seal key: `redis_config.seal_key`

@@ -148,14 +148,10 @@ pub async fn authenticate_request(
     )?;
     match (found, sessions) {
         (Found::Session(id), Some(s)) => {
-            let session = s
-                .store
-                .get(id, s.now)
-                .await
-                .map_err(|e| match e {
-                    SessionError::Unavailable => IdentityError::SessionStoreUnavailable,
-                    _ => IdentityError::SessionExpired,
-                })?;
+            let session = s.store.get(id, s.now).await.map_err(|e| match e {
+                SessionError::Unavailable => IdentityError::SessionStoreUnavailable,
+                _ => IdentityError::SessionExpired,
+            })?;
             Ok(Authenticated(Inner::Session {
                 session,
                 token_hash: crate::audit::token_hash(id),

@@ -211,15 +211,12 @@ impl ServiceProvider {
             }),
             role_choice: config.idp.role_choice,
             rules: config.idp.roles.clone(),
-            login_key: config
-                .login_cookie_key
-                .as_ref()
-                .map(|key| {
-                    Arc::new(LoginKeyRing::new(
-                        LoginKey::from_secret(key.expose().as_bytes()),
-                        None,
-                    ))
-                }),
+            login_key: config.login_cookie_key.as_ref().map(|key| {
+                Arc::new(LoginKeyRing::new(
+                    LoginKey::from_secret(key.expose().as_bytes()),
+                    None,
+                ))
+            }),
             ranks,
             project_scopes,
             sts,
@@ -284,6 +281,11 @@ impl SamlState {
 
     pub fn now(&self) -> SystemTime {
         self.clock.now()
+    }
+
+    /// The clock of every SAML time decision.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        Arc::clone(&self.clock)
     }
 }
 

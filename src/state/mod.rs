@@ -102,12 +102,6 @@ impl Shared {
         self
     }
 
-    /// Keep use windows in `windows` (Redis, when `[redis]` is configured).
-    pub fn with_use_windows(mut self, windows: UseWindows) -> Shared {
-        self.use_windows = windows;
-        self
-    }
-
     /// Keep SAML sessions in `state`.
     pub fn with_saml(mut self, state: Arc<SamlState>) -> Shared {
         self.saml = Some(state);

@@ -95,10 +95,7 @@ impl RedisLoginKey {
             .fill(&mut raw)
             .map_err(|_| "random number generator failed")?;
         let rkey = self.redis_key();
-        let sealed = self
-            .seal
-            .seal(&rkey, &raw)
-            .map_err(|_| "sealing failed")?;
+        let sealed = self.seal.seal(&rkey, &raw).map_err(|_| "sealing failed")?;
         let set = redis::cmd("SET").arg(&rkey).arg(sealed).arg("NX").clone();
         match self.redis.query::<Value>(&set).await {
             Ok(v) if is_ok(&v) => Ok(raw),

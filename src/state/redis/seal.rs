@@ -157,6 +157,9 @@ mod tests {
         }
         assert!(key.open("p:v1:session:ab", &[0xff; 64]).is_none());
         // Two seals of one value differ (random nonce).
-        assert_ne!(sealed, key.seal("p:v1:session:ab", b"secret credentials").unwrap());
+        assert_ne!(
+            sealed,
+            key.seal("p:v1:session:ab", b"secret credentials").unwrap()
+        );
     }
 }

@@ -1,0 +1,746 @@
+//! SAML state and use windows shared by several nodes through Redis (issue 15): two gateways on
+//! one real `redis-server` (support/redis.rs), one test IdP (signxml) and one moto STS. A session
+//! made on one node works on the other, a logout on either ends it everywhere, an assertion is
+//! accepted once across nodes, a login started on one node completes on the other, a use
+//! window started on one node is bound on the other. Redis stopped by PID: new logins 503,
+//! existing sessions keep working from each node's local copy, recovery without a restart.
+//! Redis holds nothing usable (looked at raw), and hostile values in it are "down", never an
+//! allow or a panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use bucketgate::config::{
+    Config, ProjectConfig, RedisConfig, RoleChoice, S3Credentials, SamlConfig, SamlIdpConfig,
+    SamlRoleRule, SealKey, SourceConfig, StsConfig,
+};
+use bucketgate::credentials::ManualClock;
+use bucketgate::identity::Scope;
+use bucketgate::pipeline::auth::{LOGIN_COOKIE, SESSION_COOKIE};
+use http::StatusCode;
+use http::header::{CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::support::redis::RedisServer;
+use crate::support::saml::TestIdp;
+use crate::support::sts::MotoIam;
+use crate::support::{self, TestGateway};
+
+const BUCKET: &str = "assets";
+const SP_ENTITY_ID: &str = "https://gateway.test/saml";
+const PROJECT: &str = "labeling";
+const PREFIX: &str = "bgtest";
+const SEAL: [u8; 32] = [0x5e; 32];
+
+fn redis_config(redis: &RedisServer) -> RedisConfig {
+    RedisConfig {
+        url: redis.plain_url(),
+        ca_file: None,
+        username: None,
+        password: None,
+        prefix: PREFIX.to_owned(),
+        connect_timeout: Duration::from_millis(500),
+        command_timeout: Duration::from_millis(500),
+        connections: 2,
+        node_name: "node".to_owned(),
+        sync_interval: Duration::from_millis(200),
+        refuse_tokens_issued_during_outage: false,
+        seal_key: Some(SealKey(SEAL)),
+        expected_nodes: 2,
+    }
+}
+
+/// A raw connection to the test Redis (what an operator, or an attacker with Redis access, sees).
+async fn raw(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.plain_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Two gateway nodes on one Redis, behind one public ACS URL (node A's), one IdP, one moto.
+struct Cluster {
+    a: TestGateway,
+    b: TestGateway,
+    saml: SamlConfig,
+    redis: RedisServer,
+    idp: &'static TestIdp,
+    _moto: MotoIam,
+    clock: ManualClock,
+    provider_arn: String,
+    labeler: String,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let redis = RedisServer::start().await;
+        let idp = tokio::task::spawn_blocking(TestIdp::shared).await.unwrap();
+        let moto = MotoIam::start().await;
+        let metadata = format!("<EntityDescriptor>{}</EntityDescriptor>", idp.entity_id);
+        let provider_arn = moto.create_saml_provider("Corp", &metadata).await;
+        let labels = format!("arn:aws:s3:::{BUCKET}/labels/*");
+        let labeler = moto
+            .create_role(
+                "Labeler",
+                crate::support::sts::Trust::Saml {
+                    provider_arn: &provider_arn,
+                },
+                &[&labels],
+            )
+            .await;
+        moto.create_bucket(BUCKET).await;
+        moto.put(BUCKET, "labels/a.txt", b"label a\n", Some("text/plain"))
+            .await;
+        let clock = ManualClock::new();
+        let source = SourceConfig::S3(moto.source(BUCKET, "", S3Credentials::Saml));
+        let sts = StsConfig {
+            endpoint: Some(moto.sts_endpoint()),
+            timeout: Duration::from_secs(5),
+            ..StsConfig::default()
+        };
+        let node = || {
+            let mut config: Option<Config> = None;
+            let builder = support::GatewayBuilder::new()
+                .source(BUCKET, source.clone())
+                .tweak(|cfg| {
+                    cfg.projects.insert(
+                        PROJECT.to_owned(),
+                        ProjectConfig {
+                            sources: vec![Scope::parse("assets:").unwrap()],
+                        },
+                    );
+                    cfg.sts = sts.clone();
+                    cfg.redis = Some(redis_config(&redis));
+                    config = Some(cfg.clone());
+                })
+                .credentials_clock(Arc::new(clock.clone()));
+            (builder, config)
+        };
+        let (builder_a, config_a) = node();
+        let a = builder_a.start().await;
+        let (builder_b, config_b) = node();
+        let b = builder_b.start().await;
+        // [saml] names node A's port (the public URL both nodes sit behind): added by reload.
+        let saml = SamlConfig {
+            sp_entity_id: SP_ENTITY_ID.to_owned(),
+            acs_url: a.url("/auth/saml/acs"),
+            max_session: Duration::from_secs(8 * 3600),
+            max_response_age: Duration::from_secs(300),
+            login_cookie_key: None,
+            idp: SamlIdpConfig {
+                entity_id: idp.entity_id.clone(),
+                sso_url: idp.sso_url.clone(),
+                certificates: vec![idp.cert_der.clone()],
+                allow_idp_initiated: false,
+                clock_skew: Duration::from_secs(60),
+                role_choice: RoleChoice::First,
+                roles: vec![SamlRoleRule {
+                    role_arn: labeler.clone(),
+                    provider_arn: provider_arn.clone(),
+                    gateway_role: "annotator".to_owned(),
+                    project: PROJECT.to_owned(),
+                }],
+            },
+        };
+        for (gw, config) in [(&a, config_a), (&b, config_b)] {
+            let mut config = config.unwrap();
+            config.saml = Some(saml.clone());
+            gw.gateway().reload(config).await.unwrap();
+        }
+        Cluster {
+            a,
+            b,
+            saml,
+            redis,
+            idp,
+            _moto: moto,
+            clock,
+            provider_arn,
+            labeler,
+        }
+    }
+
+    fn client(gw: &TestGateway) -> reqwest::Client {
+        gw.anon_client_builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+    }
+
+    /// `GET /auth/saml/login` on `gw`: (the AuthnRequest id, the login cookie), or the status.
+    async fn start_login(&self, gw: &TestGateway) -> Result<(String, String), StatusCode> {
+        self.clock.set(SystemTime::now());
+        let resp = Self::client(gw)
+            .get(gw.url("/auth/saml/login?return_to=/ui/"))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() != StatusCode::FOUND {
+            return Err(resp.status());
+        }
+        let location = resp.headers()[LOCATION].to_str().unwrap().to_owned();
+        let cookie = set_cookies(&resp)[LOGIN_COOKIE].clone();
+        Ok((authn_request_id(&location), cookie))
+    }
+
+    /// A signed response for alice answering `request_id`.
+    async fn response(&self, request_id: &str) -> String {
+        let spec = json!({
+            "audience": SP_ENTITY_ID,
+            "recipient": self.a.url("/auth/saml/acs"),
+            "name_id": "alice@corp.example",
+            "roles": [[self.labeler, self.provider_arn]],
+            "role_session_name": "alice",
+            "in_response_to": request_id,
+        });
+        self.idp.response(&spec).await
+    }
+
+    async fn post_acs(&self, gw: &TestGateway, response: &str, cookie: &str) -> reqwest::Response {
+        let body = format!("SAMLResponse={}", form_encode(response));
+        Self::client(gw)
+            .post(gw.url("/auth/saml/acs"))
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(COOKIE, format!("{LOGIN_COOKIE}={cookie}"))
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// A login started on `start` and completed on `finish`: the ACS answer.
+    async fn login(&self, start: &TestGateway, finish: &TestGateway) -> reqwest::Response {
+        let (request_id, cookie) = self.start_login(start).await.unwrap();
+        let response = self.response(&request_id).await;
+        self.post_acs(finish, &response, &cookie).await
+    }
+
+    /// A login started on A and completed on B: the session cookie.
+    async fn sign_in(&self) -> String {
+        let resp = self.login(&self.a, &self.b).await;
+        let status = resp.status();
+        assert_eq!(
+            status,
+            StatusCode::SEE_OTHER,
+            "{}",
+            resp.text().await.unwrap()
+        );
+        set_cookies(&resp)[SESSION_COOKIE].clone()
+    }
+
+    /// An object read on `gw` with `session`: (status, body).
+    async fn read(&self, gw: &TestGateway, session: &str) -> (StatusCode, String) {
+        let resp = Self::client(gw)
+            .get(gw.url(&format!("/o/{BUCKET}/labels/a.txt")))
+            .header(COOKIE, format!("{SESSION_COOKIE}={session}"))
+            .send()
+            .await
+            .unwrap();
+        (resp.status(), resp.text().await.unwrap())
+    }
+
+    async fn logout(&self, gw: &TestGateway, session: &str) -> StatusCode {
+        Self::client(gw)
+            .post(gw.url("/auth/logout"))
+            .header(COOKIE, format!("{SESSION_COOKIE}={session}"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+}
+
+/// `name -> value` of every Set-Cookie.
+fn set_cookies(resp: &reqwest::Response) -> BTreeMap<String, String> {
+    resp.headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| {
+            let text = v.to_str().unwrap();
+            let pair = text.split(';').next().unwrap();
+            let (name, value) = pair.split_once('=').unwrap();
+            (name.to_owned(), value.to_owned())
+        })
+        .collect()
+}
+
+fn form_encode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// The ID of the AuthnRequest in an HTTP-Redirect URL (raw DEFLATE, base64, url-encoded).
+fn authn_request_id(location: &str) -> String {
+    use std::io::Read as _;
+    let query = location.split_once('?').unwrap().1;
+    let value = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("SAMLRequest="))
+        .unwrap();
+    let b64 = percent_encoding::percent_decode_str(value)
+        .decode_utf8()
+        .unwrap();
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.as_bytes())
+        .unwrap();
+    let mut xml = String::new();
+    flate2::read::DeflateDecoder::new(raw.as_slice())
+        .read_to_string(&mut xml)
+        .unwrap();
+    let start = xml.find(" ID=\"").unwrap() + 5;
+    let end = start + xml[start..].find('"').unwrap();
+    xml[start..end].to_owned()
+}
+
+/// The Redis key of a session cookie: `{prefix}:v1:session:{hex SHA-256 of the id's bytes}`.
+fn session_key(cookie: &str) -> String {
+    let raw = hex::decode(cookie).unwrap();
+    format!("{PREFIX}:v1:session:{}", hex::encode(Sha256::digest(&raw)))
+}
+
+#[tokio::test]
+async fn a_session_made_on_one_node_works_on_the_other_and_a_logout_on_either_ends_it() {
+    let c = Cluster::start().await;
+    // Started on A, completed on B: the login cookie's key is shared.
+    let session = c.sign_in().await;
+    // B made it; A (which never saw it) reads with it.
+    assert_eq!(
+        c.read(&c.a, &session).await,
+        (StatusCode::OK, "label a\n".to_owned())
+    );
+    assert_eq!(c.read(&c.b, &session).await.0, StatusCode::OK);
+    // A second session, used on both, logged out on B: refused on A at once (no local copy
+    // outlives a logout while Redis answers).
+    let other = c.sign_in().await;
+    assert_eq!(c.read(&c.a, &other).await.0, StatusCode::OK);
+    assert_eq!(c.logout(&c.b, &other).await, StatusCode::NO_CONTENT);
+    assert_eq!(c.read(&c.a, &other).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(c.read(&c.b, &other).await.0, StatusCode::UNAUTHORIZED);
+    // The first one is untouched; logged out on A, it is refused on B.
+    assert_eq!(c.read(&c.b, &session).await.0, StatusCode::OK);
+    assert_eq!(c.logout(&c.a, &session).await, StatusCode::NO_CONTENT);
+    assert_eq!(c.read(&c.b, &session).await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn an_assertion_accepted_on_one_node_is_refused_on_the_other() {
+    let c = Cluster::start().await;
+    let (request_id, cookie) = c.start_login(&c.a).await.unwrap();
+    let response = c.response(&request_id).await;
+    assert_eq!(
+        c.post_acs(&c.a, &response, &cookie).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    let replay = c.post_acs(&c.b, &response, &cookie).await;
+    assert_eq!(replay.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        !set_cookies(&replay).contains_key(SESSION_COOKIE),
+        "no session from a replay"
+    );
+    // And the other way round, with a fresh login.
+    let (request_id, cookie) = c.start_login(&c.b).await.unwrap();
+    let response = c.response(&request_id).await;
+    assert_eq!(
+        c.post_acs(&c.b, &response, &cookie).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(
+        c.post_acs(&c.a, &response, &cookie).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn redis_holds_no_credential_token_or_session_id_in_the_clear() {
+    let c = Cluster::start().await;
+    let session = c.sign_in().await;
+    assert_eq!(c.read(&c.a, &session).await.0, StatusCode::OK);
+    let mut conn = raw(&c.redis).await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{PREFIX}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = keys.iter().map(|k| k.split(':').nth(2).unwrap()).collect();
+    for kind in ["session", "replay", "saml-login-key"] {
+        assert!(kinds.contains(&kind), "{kind} in {keys:?}");
+    }
+    assert!(keys.contains(&session_key(&session)), "sessions by id hash");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(session_key(&session))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        ttl > 0 && ttl <= 8 * 3600 * 1000,
+        "a session expires with its end: {ttl}"
+    );
+    let mut everything = keys.join("\n").into_bytes();
+    for key in &keys {
+        let value: Vec<u8> = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        everything.extend_from_slice(&value);
+    }
+    // moto's STS keys start ASIA; the assumed-role ARN names the role and the session name.
+    for secret in [
+        session.as_str(),
+        "ASIA",
+        "alice",
+        "Labeler",
+        "assumed-role",
+        "annotator",
+    ] {
+        assert!(
+            !everything
+                .windows(secret.len())
+                .any(|w| w == secret.as_bytes()),
+            "{secret} found in redis"
+        );
+    }
+}
+
+#[tokio::test]
+async fn hostile_values_in_redis_are_down_for_that_lookup_never_an_allow() {
+    let c = Cluster::start().await;
+    let session = c.sign_in().await;
+    let other = c.sign_in().await;
+    let mut conn = raw(&c.redis).await;
+    let key = session_key(&session);
+    let good: Vec<u8> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let other_value: Vec<u8> = redis::cmd("GET")
+        .arg(session_key(&other))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Sealed under another seal key, for this very Redis key, with a plausible content.
+    let foreign = bucketgate::state::redis::seal::SealKey::new(&[0x11; 32])
+        .unwrap()
+        .seal(&key, br#"{"subject":"x"}"#)
+        .unwrap();
+    let mut flipped = good.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    let set = |value: Vec<u8>| redis::cmd("SET").arg(&key).arg(value).clone();
+    let cases: Vec<(&str, redis::Cmd)> = vec![
+        ("garbage", set(b"garbage \xff\x00".to_vec())),
+        ("truncated", set(good[..good.len() / 2].to_vec())),
+        ("one bit flipped", set(flipped)),
+        ("another session's value", set(other_value)),
+        ("sealed under another key", set(foreign)),
+        ("empty", set(Vec::new())),
+        (
+            "a hash",
+            redis::cmd("HSET").arg(&key).arg("f").arg("v").clone(),
+        ),
+        ("a list", redis::cmd("LPUSH").arg(&key).arg("v").clone()),
+    ];
+    // B completed the login (it holds a local copy); A never saw this session.
+    for (what, cmd) in cases {
+        let _: () = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let _: redis::Value = cmd.query_async(&mut conn).await.unwrap();
+        let (status, _) = c.read(&c.a, &session).await;
+        assert_eq!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{what}: a node with no copy cannot tell (fail closed)"
+        );
+        let info = Cluster::client(&c.a)
+            .get(c.a.url("/auth/session"))
+            .header(COOKIE, format!("{SESSION_COOKIE}={session}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(info.status(), StatusCode::SERVICE_UNAVAILABLE, "{what}");
+        // B holds its own copy of the session, which stands in as it does while Redis is down.
+        assert_eq!(c.read(&c.b, &session).await.0, StatusCode::OK, "{what}");
+    }
+    // The real value back: A reads again.
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(good)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(c.read(&c.a, &session).await.0, StatusCode::OK);
+
+    // A login-cookie key that does not open: a node that has none yet refuses logins (503);
+    // nothing is overwritten.
+    let login_key = format!("{PREFIX}:v1:saml-login-key:current");
+    let _: () = redis::cmd("SET")
+        .arg(&login_key)
+        .arg("garbage")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let fresh = c.third_node().await;
+    assert_eq!(
+        c.start_login(&fresh).await.err(),
+        Some(StatusCode::SERVICE_UNAVAILABLE)
+    );
+    let still: Vec<u8> = redis::cmd("GET")
+        .arg(&login_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(still, b"garbage");
+    // A replay-cache key of the wrong type: that assertion's login is refused with a 503.
+    let (request_id, cookie) = c.start_login(&c.a).await.unwrap();
+    let response = c.response(&request_id).await;
+    let request_key = format!(
+        "{PREFIX}:v1:replay:{}",
+        hex::encode(Sha256::digest(format!("request {request_id}").as_bytes()))
+    );
+    let _: () = redis::cmd("HSET")
+        .arg(&request_key)
+        .arg("f")
+        .arg("v")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // The assertion id is fresh (it passes); the login request's id meets the hash.
+    let resp = c.post_acs(&c.a, &response, &cookie).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::UNAUTHORIZED,
+        "SET NX on a hash key is nil: replay"
+    );
+}
+
+impl Cluster {
+    /// A third node on the same Redis with the same [saml], never used before.
+    async fn third_node(&self) -> TestGateway {
+        let mut captured = None;
+        let gw = support::GatewayBuilder::new()
+            .tweak(|cfg| {
+                cfg.redis = Some(redis_config(&self.redis));
+                captured = Some(cfg.clone());
+            })
+            .credentials_clock(Arc::new(self.clock.clone()))
+            .start()
+            .await;
+        let mut config = captured.unwrap();
+        config.saml = Some(self.saml.clone());
+        gw.gateway().reload(config).await.unwrap();
+        gw
+    }
+}
+
+#[tokio::test]
+async fn redis_stopped_new_logins_503_sessions_work_from_local_copies_and_it_recovers() {
+    let mut c = Cluster::start().await;
+    let session = c.sign_in().await;
+    // Both nodes have looked it up (B made it; A reads it once).
+    assert_eq!(c.read(&c.a, &session).await.0, StatusCode::OK);
+    let also = c.sign_in().await;
+    assert_eq!(c.read(&c.a, &also).await.0, StatusCode::OK);
+    let (request_id, cookie) = c.start_login(&c.a).await.unwrap();
+    let pending = c.response(&request_id).await;
+
+    c.redis.stop();
+    // A new login: refused with a 503 (a replay cannot be ruled out), not a 401.
+    let resp = c.post_acs(&c.b, &pending, &cookie).await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(!set_cookies(&resp).contains_key(SESSION_COOKIE));
+    // Existing sessions: from each node's local copy.
+    for gw in [&c.a, &c.b] {
+        assert_eq!(
+            c.read(gw, &session).await,
+            (StatusCode::OK, "label a\n".to_owned())
+        );
+    }
+    // A logout during the outage ends it on that node at once.
+    assert_eq!(c.logout(&c.a, &also).await, StatusCode::NO_CONTENT);
+    assert_eq!(c.read(&c.a, &also).await.0, StatusCode::UNAUTHORIZED);
+    // A session neither node has seen: 503 (it cannot be checked), never an allow.
+    let unknown = "ab".repeat(32);
+    assert_eq!(
+        c.read(&c.a, &unknown).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    // Back (empty: this Redis keeps no data): logins work again without a restart.
+    c.redis.restart().await;
+    let session_after = support::eventually(
+        "a login after redis returns",
+        50,
+        Duration::from_millis(100),
+        || async {
+            let resp = c.login(&c.a, &c.b).await;
+            (resp.status() == StatusCode::SEE_OTHER)
+                .then(|| set_cookies(&resp)[SESSION_COOKIE].clone())
+        },
+    )
+    .await;
+    assert_eq!(c.read(&c.a, &session_after).await.0, StatusCode::OK);
+    // The sessions Redis lost are over (an absent key cannot be told from a logout).
+    assert_eq!(c.read(&c.a, &session).await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_use_window_started_on_one_node_is_bound_on_the_other() {
+    let redis = RedisServer::start().await;
+    let data = tempfile::tempdir().unwrap();
+    support::write_file(data.path(), "clip.mp4", b"0123456789");
+    let clock = ManualClock::new();
+    let node = || {
+        support::GatewayBuilder::new()
+            .source("local", support::fs_source(data.path()))
+            .tweak(|cfg| {
+                cfg.redis = Some(RedisConfig {
+                    seal_key: None,
+                    ..redis_config(&redis)
+                })
+            })
+            .token_clock(Arc::new(clock.clone()))
+            .start()
+    };
+    let a = node().await;
+    let b = node().await;
+    let now = {
+        use bucketgate::credentials::Clock as _;
+        clock.now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    };
+    let token = support::mint(&json!({
+        "sub": "alice",
+        "aud": support::TEST_AUDIENCE,
+        "iat": now,
+        "exp": now + 60,
+        "scope": ["local:exact/clip.mp4"],
+        "role": "annotator",
+        "idle": 30,
+        "max": 600,
+    }));
+    let get = |gw: &TestGateway, from: &str| {
+        let client = gw
+            .anon_client_builder()
+            .local_address(from.parse::<IpAddr>().unwrap())
+            .build()
+            .unwrap();
+        let url = gw.url(&format!("/o/local/clip.mp4?token={token}"));
+        async move { client.get(url).send().await.unwrap().status() }
+    };
+    assert_eq!(get(&a, "127.0.0.1").await, StatusCode::OK, "first use on A");
+    assert_eq!(
+        get(&b, "127.0.0.2").await,
+        StatusCode::UNAUTHORIZED,
+        "bound to A's client on B"
+    );
+    clock.advance(Duration::from_secs(25));
+    assert_eq!(get(&b, "127.0.0.1").await, StatusCode::OK, "continued on B");
+    // Past exp: alive only because the window continued (on either node).
+    clock.advance(Duration::from_secs(25));
+    assert_eq!(get(&a, "127.0.0.1").await, StatusCode::OK, "past exp on A");
+    clock.advance(Duration::from_secs(31));
+    assert_eq!(
+        get(&b, "127.0.0.1").await,
+        StatusCode::UNAUTHORIZED,
+        "idle lapsed"
+    );
+
+    // The entry in Redis: by the token's hash, never the token; a broken one is refused (503).
+    let mut conn = raw(&redis).await;
+    let key = format!(
+        "{PREFIX}:v1:window:{}",
+        hex::encode(Sha256::digest(token.as_bytes()))
+    );
+    let entry: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        entry.starts_with("w1 ") && entry.ends_with(" 127.0.0.1"),
+        "{entry}"
+    );
+    let fresh = support::mint(&json!({
+        "sub": "bob",
+        "aud": support::TEST_AUDIENCE,
+        "iat": now,
+        "exp": now + 600,
+        "scope": ["local:exact/clip.mp4"],
+        "role": "annotator",
+        "idle": 30,
+    }));
+    let fresh_key = format!(
+        "{PREFIX}:v1:window:{}",
+        hex::encode(Sha256::digest(fresh.as_bytes()))
+    );
+    for (what, cmd) in [
+        (
+            "garbage",
+            redis::cmd("SET").arg(&fresh_key).arg("w1 x y").clone(),
+        ),
+        (
+            "a hash",
+            redis::cmd("HSET").arg(&fresh_key).arg("f").arg("v").clone(),
+        ),
+    ] {
+        let _: () = redis::cmd("DEL")
+            .arg(&fresh_key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let _: redis::Value = cmd.query_async(&mut conn).await.unwrap();
+        let client = a.anon_client_builder().build().unwrap();
+        let status = client
+            .get(a.url(&format!("/o/local/clip.mp4?token={fresh}")))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{what}");
+    }
+    // Redis down: window tokens are refused (503) on both nodes; plain tokens still work.
+    let _: () = redis::cmd("DEL")
+        .arg(&fresh_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut redis = redis;
+    redis.stop();
+    for gw in [&a, &b] {
+        let client = gw.anon_client_builder().build().unwrap();
+        let status = client
+            .get(gw.url(&format!("/o/local/clip.mp4?token={fresh}")))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    redis.restart().await;
+    support::eventually(
+        "a window token after redis returns",
+        50,
+        Duration::from_millis(100),
+        || {
+            let client = a.anon_client_builder().build().unwrap();
+            let url = a.url(&format!("/o/local/clip.mp4?token={fresh}"));
+            async move {
+                (client.get(url).send().await.unwrap().status() == StatusCode::OK).then_some(())
+            }
+        },
+    )
+    .await;
+}
