@@ -744,3 +744,183 @@ async fn a_use_window_started_on_one_node_is_bound_on_the_other() {
     )
     .await;
 }
+
+/// A client of the test Redis, as the gateway builds it.
+fn client(redis: &RedisServer, prefix: &str) -> Arc<bucketgate::state::redis::Redis> {
+    use bucketgate::state::redis::{Redis, RedisSettings};
+    Arc::new(
+        Redis::connect(&RedisSettings {
+            url: redis.plain_url(),
+            ca_pem: None,
+            password: None,
+            username: None,
+            prefix: prefix.to_owned(),
+            connect_timeout: Duration::from_millis(500),
+            command_timeout: Duration::from_millis(500),
+            connections: 2,
+        })
+        .unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn concurrent_first_uses_of_one_assertion_on_many_nodes_admit_exactly_one() {
+    use bucketgate::saml::replay::SharedReplayCache as _;
+    use bucketgate::state::redis::replay::RedisReplayCache;
+    let redis = RedisServer::start().await;
+    let nodes: Vec<Arc<RedisReplayCache>> = (0..4)
+        .map(|_| Arc::new(RedisReplayCache::new(client(&redis, PREFIX))))
+        .collect();
+    let now = SystemTime::now();
+    let until = now + Duration::from_secs(300);
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let node = Arc::clone(&nodes[i % nodes.len()]);
+            tokio::spawn(async move { node.first_use("_assertion", until, now).await })
+        })
+        .collect();
+    let mut admitted = 0;
+    for t in tasks {
+        if t.await.unwrap().unwrap() {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 1);
+    // Another deployment's prefix on the same Redis does not see it.
+    let other = RedisReplayCache::new(client(&redis, "other"));
+    assert_eq!(other.first_use("_assertion", until, now).await, Ok(true));
+    // Kept until the assertion expires (PX), hashed.
+    let mut conn = raw(&redis).await;
+    let key = nodes[0].redis_key("_assertion");
+    assert!(!key.contains("_assertion"), "{key}");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 290_000 && ttl <= 300_000, "{ttl}");
+    // Down: unknown, never a yes.
+    let mut redis = redis;
+    redis.stop();
+    assert!(nodes[0].first_use("_new", until, now).await.is_err());
+}
+
+#[tokio::test]
+async fn the_shared_login_key_is_made_once_and_rotates_by_deleting_it() {
+    use bucketgate::saml::login_cookie::SharedLoginKey as _;
+    use bucketgate::state::redis::login_key::RedisLoginKey;
+    use bucketgate::state::redis::seal::SealKey as Seal;
+    let redis = RedisServer::start().await;
+    let seal = Arc::new(Seal::new(&SEAL).unwrap());
+    let node = || {
+        RedisLoginKey::new(client(&redis, PREFIX), Arc::clone(&seal)).with_refresh(Duration::ZERO)
+    };
+    let (a, b) = (node(), node());
+    // Both ask at once: one creates it, both use the same.
+    let (ka, kb) = tokio::join!(a.keys(), b.keys());
+    let (ka, kb) = (ka.unwrap(), kb.unwrap());
+    let now = SystemTime::now();
+    let sealed_a = ka.seal("_r1", "/ui/", now);
+    assert_eq!(kb.open(&sealed_a, now).unwrap().request_id, "_r1");
+    // Sealed in Redis: the raw value is no HMAC key anyone can use.
+    let mut conn = raw(&redis).await;
+    let rkey = a.redis_key();
+    let stored: Vec<u8> = redis::cmd("GET")
+        .arg(&rkey)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(stored[0], 1, "format version");
+    assert!(
+        stored.len() > 32 + 16,
+        "nonce, tag and key id around 32 bytes"
+    );
+    // Rotation: delete it. B makes the next key; A takes it and still opens A's old cookies.
+    let _: () = redis::cmd("DEL")
+        .arg(&rkey)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let kb2 = b.keys().await.unwrap();
+    let sealed_b2 = kb2.seal("_r2", "/", now);
+    assert!(
+        kb2.open(&sealed_b2, now).is_some() && kb2.open(&sealed_a, now).is_some(),
+        "the previous key still opens"
+    );
+    let ka2 = a.keys().await.unwrap();
+    assert_eq!(ka2.open(&sealed_b2, now).unwrap().request_id, "_r2");
+    assert_eq!(ka2.open(&sealed_a, now).unwrap().request_id, "_r1");
+    // Under another seal key the stored key does not open: an error, and nothing is replaced.
+    let stranger = RedisLoginKey::new(
+        client(&redis, PREFIX),
+        Arc::new(Seal::new(&[0x22; 32]).unwrap()),
+    );
+    assert!(stranger.keys().await.is_err());
+    let after: Vec<u8> = redis::cmd("GET")
+        .arg(&rkey)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_ne!(after, Vec::<u8>::new());
+    assert!(b.keys().await.is_ok(), "the key was not overwritten");
+    // Down: a node that has a key keeps it; one that has none refuses.
+    let mut redis = redis;
+    redis.stop();
+    assert!(a.keys().await.is_ok());
+    assert!(stranger.keys().await.is_err());
+}
+
+/// The Lua script and `use_window::decide` (the memory store) agree on long sequences of uses:
+/// several tokens, two client addresses, bound and unbound windows, recorded and unrecorded
+/// uses, gaps around `idle` and `max`, first uses around the deadline.
+#[cfg(feature = "bench")]
+#[tokio::test]
+async fn the_redis_window_script_decides_as_the_memory_store_does() {
+    use bucketgate::identity::use_window::{
+        MemoryUseWindows, SharedUseWindowStore as _, Use, UseWindow, WindowKey,
+    };
+    use bucketgate::state::redis::use_windows::RedisUseWindows;
+    let redis = RedisServer::start().await;
+    let shared = RedisUseWindows::new(client(&redis, PREFIX));
+    let memory = MemoryUseWindows::new(1_000);
+    let windows = [
+        UseWindow::for_bench(10, 60, true),
+        UseWindow::for_bench(10, 60, false),
+        UseWindow::for_bench(5, 5, true),
+        UseWindow::for_bench(30, 100, true),
+    ];
+    let clients: [IpAddr; 2] = ["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
+    let mut now = 1_800_000_000u64;
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for step in 0..600 {
+        now += next(3);
+        // Token 7's deadline passes almost at once: its uses are mostly too late.
+        let t = next(8) as usize;
+        let use_ = Use {
+            key: WindowKey::of(&format!("token-{t}")),
+            window: windows[t % windows.len()],
+            first_use_by: 1_800_000_000 + if t == 7 { 2 } else { 100 + 100 * t as u64 },
+            client: clients[(next(5) == 0) as usize],
+            now,
+        };
+        let record = next(6) != 0;
+        let expected = memory.use_token(&use_, record).unwrap();
+        let got = shared.use_token(&use_, record).await.unwrap();
+        assert_eq!(
+            got,
+            expected,
+            "step {step}: token {t} at +{}",
+            now - 1_800_000_000
+        );
+        seen.insert(format!("{expected:?}"));
+    }
+    // The sequence reached every outcome (else it proves little).
+    assert_eq!(seen.len(), 6, "{seen:?}");
+}

@@ -39,6 +39,7 @@ pub struct RedisLoginKey {
     redis: Arc<Redis>,
     seal: Arc<SealKey>,
     cached: Mutex<Option<Cached>>,
+    refresh: Duration,
     rng: SystemRandom,
 }
 
@@ -54,8 +55,15 @@ impl RedisLoginKey {
             redis,
             seal,
             cached: Mutex::new(None),
+            refresh: REFRESH,
             rng: SystemRandom::new(),
         }
+    }
+
+    /// Read the key again every `refresh` instead of [`REFRESH`] (tests of rotation).
+    pub fn with_refresh(mut self, refresh: Duration) -> RedisLoginKey {
+        self.refresh = refresh;
+        self
     }
 
     /// The Redis key of the shared login key.
@@ -71,7 +79,7 @@ impl RedisLoginKey {
         let stale = {
             let cached = self.cached();
             match &*cached {
-                Some(c) if c.fetched.elapsed() < REFRESH => return Ok(Arc::clone(&c.ring)),
+                Some(c) if c.fetched.elapsed() < self.refresh => return Ok(Arc::clone(&c.ring)),
                 Some(c) => Some(Arc::clone(&c.ring)),
                 None => None,
             }
