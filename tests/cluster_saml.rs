@@ -579,6 +579,10 @@ async fn redis_stopped_new_logins_503_sessions_work_from_local_copies_and_it_rec
         StatusCode::SERVICE_UNAVAILABLE
     );
 
+    // The local copy lasts until the session's end (its credentials' at the latest), no longer.
+    c.clock.advance(Duration::from_secs(8 * 3600 + 1));
+    assert_eq!(c.read(&c.b, &session).await.0, StatusCode::UNAUTHORIZED);
+
     // Back (empty: this Redis keeps no data): logins work again without a restart.
     c.redis.restart().await;
     let session_after = support::eventually(
@@ -592,7 +596,14 @@ async fn redis_stopped_new_logins_503_sessions_work_from_local_copies_and_it_rec
         },
     )
     .await;
-    assert_eq!(c.read(&c.a, &session_after).await.0, StatusCode::OK);
+    // A's connections reconnect on their first command after the outage (B's already did).
+    support::eventually(
+        "the new session on A",
+        50,
+        Duration::from_millis(100),
+        || async { (c.read(&c.a, &session_after).await.0 == StatusCode::OK).then_some(()) },
+    )
+    .await;
     // The sessions Redis lost are over (an absent key cannot be told from a logout).
     assert_eq!(c.read(&c.a, &session).await.0, StatusCode::UNAUTHORIZED);
 }

@@ -11,7 +11,7 @@
 //! | file | store | trait |
 //! |---|---|---|
 //! | `revocations.rs` | revocations, admin changes, the cluster table | `identity::revocation::RevocationStore` |
-//! | `sessions.rs`, `replay.rs`, `login_key.rs` | SAML sessions (credentials sealed with AES-256-GCM), the assertion replay cache, the login-cookie key | `saml::session::SessionStore`, `saml::replay::ReplayCache` |
+//! | `sessions.rs`, `replay.rs`, `login_key.rs` (+ `seal.rs`) | SAML sessions (credentials sealed with AES-256-GCM), the assertion replay cache, the login-cookie key | `saml::session::SessionStore`, `saml::replay::ReplayCache` |
 //! | `use_windows.rs` | use windows of signed URLs | `identity::use_window::UseWindowStore` |
 //! | `admission.rs` | rate limits, with a local fast path | `state::admission::AdmissionStore` |
 
