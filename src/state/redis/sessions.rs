@@ -166,7 +166,7 @@ impl RedisSessions {
                 self.local().copies.remove(&key);
                 return Err(SessionError::Unknown);
             }
-            Err(fault) => return self.from_local(&key, now, &fault),
+            Err(fault) => return self.local_copy(&key, now, &fault),
         };
         if !self.local().tombstones.is_empty() {
             self.flush_tombstones().await;
@@ -193,7 +193,7 @@ impl RedisSessions {
                 }
                 None => {
                     let fault = RedisFault::BadReply("session value does not open");
-                    return self.from_local(&key, now, &fault);
+                    return self.local_copy(&key, now, &fault);
                 }
             },
         };
@@ -205,7 +205,7 @@ impl RedisSessions {
     }
 
     /// Redis gave no usable answer: this node's copy, if it has a live one.
-    fn from_local(
+    fn local_copy(
         &self,
         key: &Key,
         now: SystemTime,
