@@ -438,7 +438,6 @@ async fn hostile_values_in_redis_are_down_for_that_lookup_never_an_allow() {
         ("truncated", set(good[..good.len() / 2].to_vec())),
         ("one bit flipped", set(flipped)),
         ("another session's value", set(other_value)),
-        ("sealed under another key", set(foreign)),
         ("empty", set(Vec::new())),
         (
             "a hash",
@@ -470,7 +469,18 @@ async fn hostile_values_in_redis_are_down_for_that_lookup_never_an_allow() {
         // B holds its own copy of the session, which stands in as it does while Redis is down.
         assert_eq!(c.read(&c.b, &session).await.0, StatusCode::OK, "{what}");
     }
-    // The real value back: A reads again.
+    // Sealed under another seal_key (what every session is after a change of it): absent,
+    // sign in again (401), on both nodes; B drops its copy.
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(foreign)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for gw in [&c.a, &c.b] {
+        assert_eq!(c.read(gw, &session).await.0, StatusCode::UNAUTHORIZED);
+    }
+    // The real value back: both read again.
     let _: () = redis::cmd("DEL")
         .arg(&key)
         .query_async(&mut conn)
@@ -483,10 +493,14 @@ async fn hostile_values_in_redis_are_down_for_that_lookup_never_an_allow() {
         .await
         .unwrap();
     assert_eq!(c.read(&c.a, &session).await.0, StatusCode::OK);
+    assert_eq!(c.read(&c.b, &session).await.0, StatusCode::OK);
 
     // A login-cookie key that does not open: a node that has none yet refuses logins (503);
     // nothing is overwritten.
-    let login_key = format!("{PREFIX}:v1:saml-login-key:current");
+    let seal_id = bucketgate::state::redis::seal::SealKey::new(&SEAL)
+        .unwrap()
+        .id_hex();
+    let login_key = format!("{PREFIX}:v1:saml-login-key:{seal_id}");
     let _: () = redis::cmd("SET")
         .arg(&login_key)
         .arg("garbage")
@@ -758,10 +772,14 @@ async fn a_use_window_started_on_one_node_is_bound_on_the_other() {
 
 /// A client of the test Redis, as the gateway builds it.
 fn client(redis: &RedisServer, prefix: &str) -> Arc<bucketgate::state::redis::Redis> {
+    client_at(&redis.plain_url(), prefix)
+}
+
+fn client_at(url: &str, prefix: &str) -> Arc<bucketgate::state::redis::Redis> {
     use bucketgate::state::redis::{Redis, RedisSettings};
     Arc::new(
         Redis::connect(&RedisSettings {
-            url: redis.plain_url(),
+            url: url.to_owned(),
             ca_pem: None,
             password: None,
             username: None,
@@ -823,8 +841,9 @@ async fn the_shared_login_key_is_made_once_and_rotates_by_deleting_it() {
     use bucketgate::state::redis::seal::SealKey as Seal;
     let redis = RedisServer::start().await;
     let seal = Arc::new(Seal::new(&SEAL).unwrap());
+    let url = redis.plain_url();
     let node = || {
-        RedisLoginKey::new(client(&redis, PREFIX), Arc::clone(&seal)).with_refresh(Duration::ZERO)
+        RedisLoginKey::new(client_at(&url, PREFIX), Arc::clone(&seal)).with_refresh(Duration::ZERO)
     };
     let (a, b) = (node(), node());
     // Both ask at once: one creates it, both use the same.
@@ -861,24 +880,43 @@ async fn the_shared_login_key_is_made_once_and_rotates_by_deleting_it() {
     let ka2 = a.keys().await.unwrap();
     assert_eq!(ka2.open(&sealed_b2, now).unwrap().request_id, "_r2");
     assert_eq!(ka2.open(&sealed_a, now).unwrap().request_id, "_r1");
-    // Under another seal key the stored key does not open: an error, and nothing is replaced.
+    // A node with another seal key (a change of it) has a key of its own; ours is untouched.
     let stranger = RedisLoginKey::new(
         client(&redis, PREFIX),
         Arc::new(Seal::new(&[0x22; 32]).unwrap()),
     );
-    assert!(stranger.keys().await.is_err());
+    assert_ne!(stranger.redis_key(), rkey);
+    let ks = stranger.keys().await.unwrap();
+    assert!(ks.open(&sealed_b2, now).is_none());
+    assert_eq!(
+        b.keys()
+            .await
+            .unwrap()
+            .open(&sealed_b2, now)
+            .unwrap()
+            .request_id,
+        "_r2"
+    );
+    // Garbage where the key should be: an error, and nothing is replaced.
+    let _: () = redis::cmd("SET")
+        .arg(&rkey)
+        .arg("garbage")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let fresh = node();
+    assert!(fresh.keys().await.is_err());
     let after: Vec<u8> = redis::cmd("GET")
         .arg(&rkey)
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_ne!(after, Vec::<u8>::new());
-    assert!(b.keys().await.is_ok(), "the key was not overwritten");
+    assert_eq!(after, b"garbage");
     // Down: a node that has a key keeps it; one that has none refuses.
     let mut redis = redis;
     redis.stop();
     assert!(a.keys().await.is_ok());
-    assert!(stranger.keys().await.is_err());
+    assert!(node().keys().await.is_err());
 }
 
 /// The Lua script and `use_window::decide` (the memory store) agree on long sequences of uses:

@@ -2,20 +2,22 @@
 //! login started on one node completes on another (when `[saml] login_cookie_key` is not set;
 //! a configured key still wins).
 //!
-//! - One key for the deployment, `{prefix}:v1:saml-login-key`: 32 random bytes, created once by
-//!   whichever node needs it first (`SET NX`; every node then reads the winner), sealed with
-//!   `[redis] seal_key` ([`super::seal`]) so Redis never holds a usable key. No TTL.
+//! - One key for the deployment, `{prefix}:v1:saml-login-key:{seal key id}`: 32 random bytes,
+//!   created once by whichever node needs it first (`SET NX`; every node then reads the
+//!   winner), sealed with `[redis] seal_key` ([`super::seal`]) so Redis never holds a usable
+//!   key. No TTL. The seal key's id in the name gives nodes with another `seal_key` (a change
+//!   of it) a key of their own instead of one they cannot open.
 //! - Each node caches it in memory and reads it again every [`REFRESH`]; while Redis cannot
 //!   answer, the cached key keeps serving (the replay cache refuses the ACS anyway). A node
 //!   that has no key yet and cannot read one refuses logins (503).
-//! - Rotation: delete the key (`DEL {prefix}:v1:saml-login-key`). The next node to need a key
+//! - Rotation: delete the key (the one `{prefix}:v1:saml-login-key:*`), or change `seal_key`. The next node to need a key
 //!   creates a new one; every node picks it up within [`REFRESH`] and keeps the previous key for
 //!   opening cookies, so logins in flight complete. A login whose cookie was sealed under the
 //!   new key by one node and brought to a node that has not refreshed yet fails (the user
 //!   starts again); login cookies live `SAML_LOGIN_COOKIE_SECS` at most.
-//! - A value that does not open (garbage, truncated, sealed under another `seal_key`) is an
-//!   error, never replaced: nodes with different seal keys would otherwise overwrite each
-//!   other's. It is logged with what to do (align `seal_key`, or delete the key).
+//! - A value that does not open (garbage, truncated) is an error, never replaced (a node that
+//!   misreads it must not take every other node's key away). It is logged with what to do
+//!   (delete the key).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -68,7 +70,7 @@ impl RedisLoginKey {
 
     /// The Redis key of the shared login key.
     pub fn redis_key(&self) -> String {
-        self.redis.key(KIND, "current")
+        self.redis.key(KIND, &self.seal.id_hex())
     }
 
     fn cached(&self) -> std::sync::MutexGuard<'_, Option<Cached>> {
@@ -126,10 +128,10 @@ impl RedisLoginKey {
             Ok(_) => return Err("the key in redis is not a string"),
             Err(_) => return Err("redis unreachable"),
         };
-        let plain = self.seal.open(&rkey, &sealed).ok_or(
-            "the key in redis does not open: sealed under another [redis] seal_key, or \
-             damaged; align seal_key on every node, or delete the key to make a new one",
-        )?;
+        let plain = self
+            .seal
+            .open(&rkey, &sealed)
+            .map_err(|_| "the key in redis does not open (damaged): delete it to make a new one")?;
         <[u8; KEY_BYTES]>::try_from(plain.as_slice())
             .map(Some)
             .map_err(|_| "the key in redis has the wrong length")

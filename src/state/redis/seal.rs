@@ -10,9 +10,10 @@
 //! - The associated data is the version, the key id and the Redis key the value is stored
 //!   under, so a value copied to another key (another session's hash) does not open there.
 //!
-//! Opening fails (`None`) for anything else: truncated, another version, another key id, a
-//! changed byte. Callers treat that as "Redis answered garbage" for that lookup, never as an
-//! allow. Nothing here logs.
+//! Opening fails for anything else: [`OpenError::OtherKey`] for a well-formed value of this
+//! version sealed under another key id (after a `seal_key` change), [`OpenError::Broken`] for
+//! the rest (truncated, another version, a changed byte). Callers treat a failure as "Redis
+//! answered garbage" or as "absent" for that lookup, never as an allow. Nothing here logs.
 
 use std::fmt;
 
@@ -31,6 +32,15 @@ pub struct SealKey {
     key: LessSafeKey,
     id: [u8; KEY_ID_LEN],
     rng: SystemRandom,
+}
+
+/// Why a value does not open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenError {
+    /// Sealed (this format) under another key: e.g. before a `seal_key` change.
+    OtherKey,
+    /// Not a value this key sealed for this Redis key: garbage, truncated, tampered.
+    Broken,
 }
 
 /// The crypto library refused: the system random number generator failed, or (never with a
@@ -82,14 +92,14 @@ impl SealKey {
         Ok(out)
     }
 
-    /// The plaintext of a value read from `redis_key`, or `None` if it is not a value this key
-    /// sealed for that Redis key (garbage, truncated, another key, another version, tampered).
-    pub fn open(&self, redis_key: &str, sealed: &[u8]) -> Option<Vec<u8>> {
+    /// The plaintext of a value read from `redis_key`, or why it is not a value this key sealed
+    /// for that Redis key.
+    pub fn open(&self, redis_key: &str, sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
         if sealed.len() < HEADER_LEN + AES_256_GCM.tag_len() || sealed[0] != FORMAT {
-            return None;
+            return Err(OpenError::Broken);
         }
         if sealed[1..1 + KEY_ID_LEN] != self.id {
-            return None;
+            return Err(OpenError::OtherKey);
         }
         let mut nonce = [0u8; NONCE_LEN];
         nonce.copy_from_slice(&sealed[1 + KEY_ID_LEN..HEADER_LEN]);
@@ -101,8 +111,8 @@ impl SealKey {
                 Aad::from(aad(&self.id, redis_key)),
                 &mut body,
             )
-            .ok()?;
-        Some(plain.to_vec())
+            .map_err(|_| OpenError::Broken)?;
+        Ok(plain.to_vec())
     }
 }
 
@@ -140,22 +150,32 @@ mod tests {
             b"secret credentials"
         );
         // Moved to another key, under another seal key, truncated, flipped, garbage.
-        assert!(key.open("p:v1:session:cd", &sealed).is_none());
-        assert!(
+        assert_eq!(key.open("p:v1:session:cd", &sealed), Err(OpenError::Broken));
+        assert_eq!(
             SealKey::new(&[8u8; 32])
                 .unwrap()
-                .open("p:v1:session:ab", &sealed)
-                .is_none()
+                .open("p:v1:session:ab", &sealed),
+            Err(OpenError::OtherKey)
         );
         for n in [0, 1, HEADER_LEN, sealed.len() - 1] {
-            assert!(key.open("p:v1:session:ab", &sealed[..n]).is_none(), "{n}");
+            assert!(key.open("p:v1:session:ab", &sealed[..n]).is_err(), "{n}");
         }
-        for i in [0, 3, HEADER_LEN - 1, HEADER_LEN, sealed.len() - 1] {
+        for i in [0, HEADER_LEN - 1, HEADER_LEN, sealed.len() - 1] {
             let mut bad = sealed.clone();
             bad[i] ^= 1;
-            assert!(key.open("p:v1:session:ab", &bad).is_none(), "{i}");
+            assert_eq!(
+                key.open("p:v1:session:ab", &bad),
+                Err(OpenError::Broken),
+                "{i}"
+            );
         }
-        assert!(key.open("p:v1:session:ab", &[0xff; 64]).is_none());
+        let mut other_id = sealed.clone();
+        other_id[3] ^= 1;
+        assert_eq!(
+            key.open("p:v1:session:ab", &other_id),
+            Err(OpenError::OtherKey)
+        );
+        assert!(key.open("p:v1:session:ab", &[0xff; 64]).is_err());
         // Two seals of one value differ (random nonce).
         assert_ne!(
             sealed,

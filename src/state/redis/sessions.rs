@@ -21,9 +21,11 @@
 //!   refuses the session from then on, and the `DEL` is retried at the first lookup that
 //!   reaches Redis again and by every sweep, so other nodes see the logout as soon as Redis is
 //!   back. Until then, other nodes' local copies still serve it (they cannot learn of it).
-//! - A broken answer (wrong type, garbage, truncated, sealed under another key or for another
-//!   key) is handled as "Redis down" for that lookup: the local copy or 503, never an allow of
-//!   something that was not a session this deployment sealed.
+//! - A broken answer (wrong type, garbage, truncated, sealed for another Redis key) is handled
+//!   as "Redis down" for that lookup: the local copy or 503, never an allow of something that
+//!   was not a session this deployment sealed. A value sealed under another `seal_key` (what
+//!   every session is after a change of it) is absent: the user signs in again (401), and the
+//!   new session is sealed under the new key.
 //! - A Redis that loses its data (restarted without persistence) ends every session: an absent
 //!   key is the logout signal and cannot be told from a loss, so the local copies are not
 //!   written back. Run Redis with persistence (`appendonly yes`) and `maxmemory-policy
@@ -37,7 +39,7 @@ use redis::Value;
 use ring::rand::SystemRandom;
 use serde::{Deserialize, Serialize};
 
-use super::seal::SealKey;
+use super::seal::{OpenError, SealKey};
 use super::{Redis, RedisFault};
 use crate::credentials::sts::SessionCredentials;
 use crate::identity::Principal;
@@ -181,17 +183,19 @@ impl RedisSessions {
         };
         let session = match known {
             Some(session) => session,
-            None => match self
-                .seal
-                .open(&rkey, &sealed)
-                .and_then(|plain| Stored::decode(&plain))
-            {
-                Some(session) => {
+            None => match self.seal.open(&rkey, &sealed).map(|p| Stored::decode(&p)) {
+                Ok(Some(session)) => {
                     let session = Arc::new(session);
                     self.keep(key, sealed, Arc::clone(&session), now);
                     session
                 }
-                None => {
+                // Sealed under another seal_key (a change of it): the session is over, and
+                // signing in again makes one this key opens.
+                Err(OpenError::OtherKey) => {
+                    self.local().copies.remove(&key);
+                    return Err(SessionError::Unknown);
+                }
+                Err(OpenError::Broken) | Ok(None) => {
                     let fault = RedisFault::BadReply("session value does not open");
                     return self.local_copy(&key, now, &fault);
                 }
