@@ -109,9 +109,14 @@ impl Control {
     }
 
     /// A fingerprint of the configuration in force (file config and network lists; secrets
-    /// appear only redacted): equal on nodes that run the same, for `GET /admin/cluster`.
+    /// appear only redacted), for `GET /admin/cluster`: equal on nodes that run the same config,
+    /// so `[redis] node_name` (which differs by design) is left out.
     pub async fn config_fingerprint(&self) -> String {
-        let text = format!("{:?}", *self.current.lock().await);
+        let mut config = self.current.lock().await.clone();
+        if let Some(redis) = &mut config.redis {
+            redis.node_name.clear();
+        }
+        let text = format!("{config:?}");
         let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
         hex::encode(&digest.as_ref()[..8])
     }
