@@ -636,12 +636,47 @@ async fn garbage_in_the_shared_lists_and_heartbeats_is_refused_and_named() {
             .any(|n| n["node"] == "ghost" && n["error"] == "unreadable heartbeat"),
         "{table}"
     );
-    // Still serving with its own lists after several syncs saw the garbage document.
-    ready_says(&a, &["ready\n"]).await;
+    // Still serving with its own lists, and saying why, after syncs saw the garbage document.
+    ready_says(
+        &a,
+        &[
+            "ready\n",
+            "network_lists: degraded (lists in force here; the shared version does not validate)",
+        ],
+    )
+    .await;
+    assert_eq!(get(&a, &ok).await, StatusCode::OK);
+    // A truncated document (a new version) is refused the same way.
+    set_raw(
+        &r,
+        &[
+            "HSET",
+            &doc,
+            "counter",
+            "8",
+            "body",
+            "{\"allow\":[\"127.0.0.0/8\"],\"de",
+        ],
+    )
+    .await;
     for _ in 0..10 {
         assert_eq!(get(&a, &ok).await, StatusCode::OK);
         tokio::time::sleep(POLL).await;
     }
     let (_, lists) = admin(&a, reqwest::Method::GET, "/admin/network", None).await;
     assert!(!lists.contains("garbage"), "{lists}");
+    // An admin change on the node replaces the broken document, and the node is whole again.
+    let (status, body) = admin(
+        &a,
+        reqwest::Method::PATCH,
+        "/admin/network",
+        Some(json!({"add": {"deny": ["10.9.0.0/16"]}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    ready_says(&a, &["network_lists: ok"]).await;
+    let b = node(data.path(), redis.config("b")).await;
+    let (_, lists) = admin(&b, reqwest::Method::GET, "/admin/network", None).await;
+    assert!(lists.contains("10.9.0.0/16"), "{lists}");
+    assert_eq!(get(&b, &ok).await, StatusCode::OK);
 }

@@ -307,3 +307,65 @@ impl RevocationStore for RedisRevocations {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn s(text: &str) -> Value {
+        Value::BulkString(text.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_record_of_the_right_shape_parses() {
+        let items = [
+            s("e:1"),
+            Value::Array(vec![s("j1")]),
+            Value::Array(vec![s("bob"), s("100")]),
+        ];
+        let list = parse_record(&items).unwrap();
+        assert!(list.jti.contains("j1"));
+        assert_eq!(list.sub["bob"], 100);
+    }
+
+    #[test]
+    fn a_broken_record_is_a_bad_reply_never_a_partial_list() {
+        let cases: Vec<Vec<Value>> = vec![
+            // Truncated: the subject hash is missing.
+            vec![s("e:1"), Value::Array(vec![s("j1")])],
+            // A subject without its time.
+            vec![s("e:1"), Value::Array(vec![]), Value::Array(vec![s("bob")])],
+            // A time that is not a number, or negative.
+            vec![
+                s("e:1"),
+                Value::Array(vec![]),
+                Value::Array(vec![s("bob"), s("soon")]),
+            ],
+            vec![
+                s("e:1"),
+                Value::Array(vec![]),
+                Value::Array(vec![s("bob"), Value::Int(-1)]),
+            ],
+            // Bytes that are not UTF-8, an empty jti, a number where the set belongs.
+            vec![
+                s("e:1"),
+                Value::Array(vec![Value::BulkString(vec![0xff, 0xfe])]),
+                Value::Array(vec![]),
+            ],
+            vec![s("e:1"), Value::Array(vec![s("")]), Value::Array(vec![])],
+            vec![s("e:1"), Value::Int(3), Value::Array(vec![])],
+            vec![
+                s("e:1"),
+                Value::Array(vec![Value::Nil]),
+                Value::Array(vec![]),
+            ],
+        ];
+        for items in cases {
+            assert!(
+                matches!(parse_record(&items), Err(RedisFault::BadReply(_))),
+                "{items:?}"
+            );
+        }
+    }
+}
