@@ -680,3 +680,29 @@ async fn garbage_in_the_shared_lists_and_heartbeats_is_refused_and_named() {
     assert!(lists.contains("10.9.0.0/16"), "{lists}");
     assert_eq!(get(&b, &ok).await, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn without_redis_there_is_no_cluster_and_readyz_is_as_before() {
+    let data = data();
+    let gw = GatewayBuilder::new()
+        .source("local", support::fs_source(data.path()))
+        .tweak(|c| c.admin.token = Some(Secret::new(ADMIN_TOKEN.to_owned())))
+        .start()
+        .await;
+    let (status, body) = admin(&gw, reqwest::Method::GET, "/admin/cluster", None).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(body.contains("without [redis]"), "{body}");
+    assert_eq!(readyz(&gw).await, "ready\n");
+    let (status, _) = admin(
+        &gw,
+        reqwest::Method::POST,
+        "/admin/revocations",
+        Some(json!({"jti": "j"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        get(&gw, &token(json!({"jti": "j"}))).await,
+        StatusCode::UNAUTHORIZED
+    );
+}
