@@ -169,6 +169,10 @@ async fn a_revocation_on_one_node_is_refused_on_every_node_within_a_second_and_s
         WITHIN,
     )
     .await;
+    eprintln!(
+        "revocation in force on B and C {:?} after A answered",
+        revoked_at.elapsed()
+    );
 
     let (status, _) = admin(
         &c,
