@@ -710,3 +710,78 @@ async fn without_redis_there_is_no_cluster_and_readyz_is_as_before() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+#[tokio::test]
+async fn a_frozen_redis_costs_requests_nothing_and_admin_changes_wait_at_most_the_command_timeout()
+{
+    let mut redis = RedisServer::start().await;
+    let data = data();
+    let a = node(data.path(), redis.config("a")).await;
+    let b = node(data.path(), redis.config("b")).await;
+    let (status, _) = admin(
+        &a,
+        reqwest::Method::POST,
+        "/admin/revocations",
+        Some(json!({"jti": "j"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let revoked = token(json!({"jti": "j"}));
+    all_answer(
+        &[&b],
+        &revoked,
+        StatusCode::UNAUTHORIZED,
+        Instant::now(),
+        WITHIN,
+    )
+    .await;
+
+    // Hung, not gone: connections open, no answer.
+    redis.freeze();
+    ready_says(
+        &b,
+        &["redis: down", "revocations: degraded (last synced list)"],
+    )
+    .await;
+    let ok = token(json!({}));
+    for gw in [&a, &b] {
+        assert_eq!(get(gw, &ok).await, StatusCode::OK);
+        assert_eq!(get(gw, &revoked).await, StatusCode::UNAUTHORIZED);
+    }
+    let asked = Instant::now();
+    let (status, _) = admin(
+        &a,
+        reqwest::Method::POST,
+        "/admin/revocations",
+        Some(json!({"jti": "k"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    // The command timeout (250 ms) bounds it; a generous margin for a loaded machine.
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        asked.elapsed()
+    );
+
+    redis.thaw();
+    for gw in [&a, &b] {
+        ready_says(gw, &["redis: ok", "revocations: ok", "network_lists: ok"]).await;
+    }
+    let (status, _) = admin(
+        &b,
+        reqwest::Method::POST,
+        "/admin/revocations",
+        Some(json!({"jti": "k"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    all_answer(
+        &[&a],
+        &token(json!({"jti": "k"})),
+        StatusCode::UNAUTHORIZED,
+        Instant::now(),
+        WITHIN,
+    )
+    .await;
+}

@@ -6,7 +6,10 @@
 //! tokens against that copy only: a request never waits on Redis for revocation.
 //!
 //! - Revoke: one Lua script adds the entry and bumps the counter (atomically); then the node's
-//!   own copy takes it. If Redis does not take it, the admin API answers 503 and nothing changed.
+//!   own copy takes it. If Redis does not answer, the admin API answers 503: not in force here.
+//!   A command that timed out may still reach a hung Redis once it resumes, and then the
+//!   revocation takes effect everywhere at the next sync; retrying is safe (adding is
+//!   idempotent).
 //! - Sync: every `sync_interval_ms` a node asks for `epoch:counter`; when it differs from the one
 //!   it applied, the whole record comes in the same script call and is merged into the copy. A
 //!   revocation on any node is in force on every node within `sync_interval_ms` plus a command.
