@@ -785,3 +785,45 @@ async fn a_frozen_redis_costs_requests_nothing_and_admin_changes_wait_at_most_th
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_list_change_applied_from_another_node_is_audited_there_with_its_origin() {
+    let redis = RedisServer::start().await;
+    let data = data();
+    let a = node(data.path(), redis.config("node-a")).await;
+    let logs = tempfile::tempdir().unwrap();
+    let log_path = logs.path().join("audit.log");
+    let (audit_path, redis_b) = (log_path.clone(), redis.config("node-b"));
+    let b = GatewayBuilder::new()
+        .source("local", support::fs_source(data.path()))
+        .tweak(move |c| {
+            c.admin.token = Some(Secret::new(ADMIN_TOKEN.to_owned()));
+            c.redis = Some(redis_b);
+            c.audit.destination = bucketgate::config::AuditDestination::File {
+                path: audit_path,
+                max_bytes: 1024 * 1024,
+                keep: 1,
+            };
+        })
+        .start()
+        .await;
+    let patch = json!({"add": {"deny": ["10.7.0.0/16"]}});
+    let (status, _) = admin(&a, reqwest::Method::PATCH, "/admin/network", Some(patch)).await;
+    assert_eq!(status, StatusCode::OK);
+    support::eventually("B has A's change", 100, POLL, || async {
+        let (_, lists) = admin(&b, reqwest::Method::GET, "/admin/network", None).await;
+        lists.contains("10.7.0.0/16").then_some(())
+    })
+    .await;
+    b.shutdown().await;
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let synced: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["kind"] == "admin")
+        .collect();
+    assert_eq!(synced.len(), 1, "{text}");
+    assert_eq!(synced[0]["action"], "network-sync");
+    assert_eq!(synced[0]["who"], "cluster:node-a");
+    assert_eq!(synced[0]["what"]["deny"]["added"], json!(["10.7.0.0/16"]));
+}
