@@ -382,12 +382,25 @@ async fn redis_holds_no_credential_token_or_session_id_in_the_clear() {
     );
     let mut everything = keys.join("\n").into_bytes();
     for key in &keys {
-        let value: Vec<u8> = redis::cmd("GET")
+        // Keys of other stores (revocations, the cluster table) may be of other types.
+        let kind: String = redis::cmd("TYPE")
             .arg(key)
             .query_async(&mut conn)
             .await
             .unwrap();
-        everything.extend_from_slice(&value);
+        let read = match kind.as_str() {
+            "string" => redis::cmd("GET").arg(key).clone(),
+            "hash" => redis::cmd("HGETALL").arg(key).clone(),
+            "set" => redis::cmd("SMEMBERS").arg(key).clone(),
+            "zset" => redis::cmd("ZRANGE").arg(key).arg(0).arg(-1).clone(),
+            "list" => redis::cmd("LRANGE").arg(key).arg(0).arg(-1).clone(),
+            other => panic!("{key}: a {other}"),
+        };
+        let value: redis::Value = read.query_async(&mut conn).await.unwrap();
+        everything.extend_from_slice(format!("{value:?}").as_bytes());
+        if let redis::Value::BulkString(bytes) = value {
+            everything.extend_from_slice(&bytes);
+        }
     }
     // moto's STS keys start ASIA; the assumed-role ARN names the role and the session name.
     for secret in [

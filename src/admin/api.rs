@@ -8,6 +8,7 @@
 //! | `GET /admin/revocations` | the revocation list |
 //! | `POST /admin/revocations` | `{"jti": "..."}` or `{"sub": "...", "issued_before": N}`: persisted, then effective for the next request |
 //! | `POST /admin/reload` | read the config file again |
+//! | `GET /admin/cluster` | `[redis]`: this node's name and the nodes seen within the heartbeat TTL (`state::redis::cluster::NodeInfo` each); 409 without `[redis]`, 503 when Redis does not answer |
 //! | `GET /admin/cache` | cache statistics (`cache::Stats`) |
 //! | `POST /admin/cache/purge` | `{"source"}`, `{"source", "prefix"}` or `{"source", "key"}`: `{"purged": N}` entries removed |
 //! | `POST /admin/cache/prewarm` | `{"source", "keys": [...]}` or `{"source", "prefix"}`: 202 `{"job": "<id>"}` |
@@ -18,6 +19,15 @@
 //! (prewarm) or a prefix holding more objects than one job reads is 400; a listing the store
 //! refused or failed is 502; a prewarm while the most jobs already run is 429. See `cache.rs`
 //! for the bounds of prewarm jobs.
+//!
+//! With `[redis]`, network-list changes and revocations are shared by every node (see
+//! `reload/shared.rs` and `state/redis/revocations.rs`): a change is stored in Redis before it
+//! is in force here, so while Redis does not answer it is refused with 503 and is not in force
+//! (a command that timed out may still reach a hung Redis when it resumes, and then takes effect
+//! everywhere at the next sync: retrying a revocation is safe, a list change answers what the
+//! lists then are);
+//! a network-list change racing one made on another node is 409 (retry: it then builds on the
+//! other node's lists).
 //!
 //! Without `[admin] token` none of these routes exist (404). With one, every request needs
 //! `Authorization: Bearer <token>`, checked against the digest of the token in force now (a
@@ -131,6 +141,27 @@ async fn route(
             }
         },
         ("/admin/reload", _) => Err(AdminError::MethodNotAllowed { allow: "POST" }),
+        ("/admin/cluster", Method::GET) => {
+            let redis = admin
+                .pipeline
+                .shared()
+                .redis()
+                .cloned()
+                .ok_or(AdminError::ClusterOff)?;
+            let now = crate::civil_time::unix_secs(std::time::SystemTime::now());
+            let nodes = crate::state::redis::cluster::nodes(&redis, now)
+                .await
+                .map_err(AdminError::ClusterUnavailable)?;
+            let node = control
+                .effective_config()
+                .await
+                .redis
+                .map(|r| r.node_name)
+                .unwrap_or_default();
+            let body = serde_json::json!({ "node": node, "nodes": nodes });
+            Ok(api_json(StatusCode::OK, format!("{body}\n")))
+        }
+        ("/admin/cluster", _) => Err(AdminError::MethodNotAllowed { allow: "GET" }),
         (path, method) if path == "/admin/cache" || path.starts_with("/admin/cache/") => {
             cache_route(admin, &who, path, method, req).await
         }
