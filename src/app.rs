@@ -375,9 +375,12 @@ async fn with_redis_stores(
     let _ = revocations.sync().await;
     shared = shared.with_revocations(Arc::new(Revocations::Redis(revocations)));
     // Use windows (redis-saml): decided and written by one script per use.
-    shared = shared.with_use_windows(crate::identity::use_window::UseWindows::Shared(Box::new(
-        crate::state::redis::use_windows::RedisUseWindows::new(Arc::clone(&redis)),
-    )));
+    let windows = crate::state::redis::use_windows::RedisUseWindows::new(Arc::clone(&redis));
+    shared = shared
+        .with_redis_flag(windows.health().clone())
+        .with_use_windows(crate::identity::use_window::UseWindows::Shared(Box::new(
+            windows,
+        )));
     // SAML sessions (sealed), replay cache, login-cookie key (redis-saml). Without a seal_key
     // (no [saml] at start) sessions stay in this process.
     if let Some(seal_key) = &redis_config.seal_key {
@@ -387,12 +390,13 @@ async fn with_redis_stores(
             .saml()
             .map(|s| s.clock())
             .unwrap_or_else(crate::credentials::system_clock);
-        shared = shared.with_saml(Arc::new(crate::state::redis::sessions::saml_state(
+        let (saml, health) = crate::state::redis::sessions::saml_state(
             &redis,
             &Arc::new(seal),
             crate::config::defaults::SAML_MAX_SESSIONS,
             clock,
-        )));
+        );
+        shared = shared.with_saml(Arc::new(saml)).with_redis_flag(health);
     }
     // rate limits (redis-limits): `shared.with_admission(...)`; `redis_config.expected_nodes`
     Ok(shared)

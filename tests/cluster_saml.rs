@@ -256,6 +256,20 @@ impl Cluster {
     }
 }
 
+async fn readyz(gw: &TestGateway) -> String {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(gw.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// `name -> value` of every Set-Cookie.
 fn set_cookies(resp: &reqwest::Response) -> BTreeMap<String, String> {
     resp.headers()
@@ -596,6 +610,12 @@ async fn redis_stopped_new_logins_503_sessions_work_from_local_copies_and_it_rec
             (StatusCode::OK, "label a\n".to_owned())
         );
     }
+    // `/readyz` says which fallback is in use (and stays ready).
+    let ready = readyz(&c.b).await;
+    assert!(
+        ready.contains("saml sessions: degraded (local copies; new logins refused)"),
+        "{ready}"
+    );
     // A logout during the outage ends it on that node at once.
     assert_eq!(c.logout(&c.a, &also).await, StatusCode::NO_CONTENT);
     assert_eq!(c.read(&c.a, &also).await.0, StatusCode::UNAUTHORIZED);
@@ -631,6 +651,7 @@ async fn redis_stopped_new_logins_503_sessions_work_from_local_copies_and_it_rec
         || async { (c.read(&c.a, &session_after).await.0 == StatusCode::OK).then_some(()) },
     )
     .await;
+    assert!(readyz(&c.a).await.contains("saml sessions: ok"));
     // The sessions Redis lost are over (an absent key cannot be told from a logout).
     assert_eq!(c.read(&c.a, &session).await.0, StatusCode::UNAUTHORIZED);
 }
@@ -749,7 +770,8 @@ async fn a_use_window_started_on_one_node_is_bound_on_the_other() {
             .status();
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{what}");
     }
-    // Redis down: window tokens are refused (503) on both nodes; plain tokens still work.
+    assert!(readyz(&a).await.contains("use windows: ok"));
+    // Redis down: window tokens are refused (503) on both nodes.
     let _: () = redis::cmd("DEL")
         .arg(&fresh_key)
         .query_async(&mut conn)
@@ -767,6 +789,11 @@ async fn a_use_window_started_on_one_node_is_bound_on_the_other() {
             .status();
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     }
+    let ready = readyz(&b).await;
+    assert!(
+        ready.contains("use windows: degraded (window tokens refused)"),
+        "{ready}"
+    );
     redis.restart().await;
     support::eventually(
         "a window token after redis returns",

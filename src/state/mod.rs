@@ -49,6 +49,8 @@ pub struct Shared {
     cache: Option<Arc<crate::cache::Cache>>,
     /// `None`: no `[redis]` at start (one node, every store in this process).
     redis: Option<Arc<redis::Redis>>,
+    /// `/readyz` flags of Redis-backed stores that keep one (SAML sessions, use windows).
+    redis_flags: Vec<redis::saml_health::Degraded>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -72,6 +74,7 @@ impl Shared {
             saml: None,
             cache: None,
             redis: None,
+            redis_flags: Vec::new(),
         }
     }
 
@@ -127,7 +130,18 @@ impl Shared {
         if let Revocations::Redis(r) = &*self.revocations {
             out.push(r.health());
         }
+        out.extend(
+            self.redis_flags
+                .iter()
+                .map(redis::saml_health::Degraded::health),
+        );
         out
+    }
+
+    /// Report `flag` in `/readyz` (SAML sessions, use windows).
+    pub fn with_redis_flag(mut self, flag: redis::saml_health::Degraded) -> Shared {
+        self.redis_flags.push(flag);
+        self
     }
 
     /// Replace the rate-limit store (a Redis-backed one, built in `app.rs`).

@@ -28,6 +28,7 @@ pub mod revocations;
 
 pub mod login_key;
 pub mod replay;
+pub mod saml_health;
 pub mod seal;
 pub mod sessions;
 pub mod use_windows;

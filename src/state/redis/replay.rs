@@ -16,6 +16,7 @@ use redis::Value;
 use sha2::{Digest, Sha256};
 
 use super::Redis;
+use super::saml_health::Degraded;
 use super::sessions::is_ok;
 use crate::saml::replay::{ReplayUnknown, SharedReplayCache};
 use crate::saml::session::BoxFuture;
@@ -29,11 +30,21 @@ const MIN_TTL_MS: u64 = 1_000;
 /// Assertion and login-request ids, remembered in Redis until they expire.
 pub struct RedisReplayCache {
     redis: Arc<Redis>,
+    health: Option<Degraded>,
 }
 
 impl RedisReplayCache {
     pub fn new(redis: Arc<Redis>) -> RedisReplayCache {
-        RedisReplayCache { redis }
+        RedisReplayCache {
+            redis,
+            health: None,
+        }
+    }
+
+    /// Report to `health` (the sessions' `/readyz` flag) whether Redis answered.
+    pub fn with_health(mut self, health: Degraded) -> RedisReplayCache {
+        self.health = Some(health);
+        self
     }
 
     /// The Redis key of an id.
@@ -59,7 +70,11 @@ impl RedisReplayCache {
             .arg("PX")
             .arg(ttl_ms)
             .clone();
-        match self.redis.query::<Value>(&set).await {
+        let answer = self.redis.query::<Value>(&set).await;
+        if let Some(h) = &self.health {
+            h.note(&answer);
+        }
+        match answer {
             Ok(Value::Nil) => Ok(false),
             Ok(v) if is_ok(&v) => Ok(true),
             Ok(_) => Err(ReplayUnknown),

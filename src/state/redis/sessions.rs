@@ -39,6 +39,7 @@ use redis::Value;
 use ring::rand::SystemRandom;
 use serde::{Deserialize, Serialize};
 
+use super::saml_health::Degraded;
 use super::seal::{OpenError, SealKey};
 use super::{Redis, RedisFault};
 use crate::credentials::sts::SessionCredentials;
@@ -50,6 +51,9 @@ use crate::scope::Scope;
 
 /// The kind part of session keys.
 const KIND: &str = "session";
+/// This store in `/readyz`, and its fallback while Redis does not answer.
+const STORE: &str = "saml sessions";
+const FALLBACK: &str = "local copies; new logins refused";
 /// The provider name the rebuilt credentials carry (as `credentials::sts` names its own).
 const PROVIDER_NAME: &str = "bucketgate-sts";
 
@@ -58,6 +62,7 @@ type Key = [u8; 32];
 /// Sessions in Redis, with a bounded local copy for outages (see the module doc).
 pub struct RedisSessions {
     redis: Arc<Redis>,
+    health: Degraded,
     seal: Arc<SealKey>,
     local: Mutex<Local>,
     capacity: usize,
@@ -84,11 +89,17 @@ impl RedisSessions {
     pub fn new(redis: Arc<Redis>, seal: Arc<SealKey>, capacity: usize) -> RedisSessions {
         RedisSessions {
             redis,
+            health: Degraded::new(STORE, FALLBACK),
             seal,
             local: Mutex::new(Local::default()),
             capacity: capacity.max(1),
             rng: SystemRandom::new(),
         }
+    }
+
+    /// This store's `/readyz` flag (shared with the replay cache).
+    pub fn health(&self) -> &Degraded {
+        &self.health
     }
 
     /// The Redis key of a session's store key.
@@ -130,7 +141,9 @@ impl RedisSessions {
             .arg(ttl_ms)
             .arg("NX")
             .clone();
-        match self.redis.query::<Value>(&set).await {
+        let answer = self.redis.query::<Value>(&set).await;
+        self.health.note(&answer);
+        match answer {
             Ok(v) if is_ok(&v) => {
                 self.keep(key, sealed, Arc::new(session), now);
                 Ok(id)
@@ -155,12 +168,13 @@ impl RedisSessions {
         let answer = self
             .redis
             .query::<Value>(&redis::cmd("GET").arg(&rkey).clone())
-            .await
-            .and_then(|v| match v {
-                Value::Nil => Ok(None),
-                Value::BulkString(bytes) => Ok(Some(bytes)),
-                _ => Err(RedisFault::BadReply("session is not a string")),
-            });
+            .await;
+        self.health.note(&answer);
+        let answer = answer.and_then(|v| match v {
+            Value::Nil => Ok(None),
+            Value::BulkString(bytes) => Ok(Some(bytes)),
+            _ => Err(RedisFault::BadReply("session is not a string")),
+        });
         let sealed = match answer {
             Ok(Some(sealed)) => sealed,
             Ok(None) => {
@@ -299,30 +313,29 @@ impl SharedSessionStore for RedisSessions {
 }
 
 /// SAML state shared through `redis`: sessions sealed with `seal` (at most `local_capacity`
-/// local copies), the replay cache, the login-cookie key.
+/// local copies), the replay cache, the login-cookie key; and their `/readyz` flag.
 pub fn saml_state(
     redis: &Arc<Redis>,
     seal: &Arc<SealKey>,
     local_capacity: usize,
     clock: Arc<dyn crate::credentials::Clock>,
-) -> crate::saml::sp::SamlState {
+) -> (crate::saml::sp::SamlState, Degraded) {
     use crate::saml::replay::AnyReplayCache;
     use crate::saml::session::AnySessionStore;
-    crate::saml::sp::SamlState::shared(
-        AnySessionStore::Shared(Box::new(RedisSessions::new(
-            Arc::clone(redis),
-            Arc::clone(seal),
-            local_capacity,
-        ))),
-        AnyReplayCache::Shared(Box::new(super::replay::RedisReplayCache::new(Arc::clone(
-            redis,
-        )))),
+    let sessions = RedisSessions::new(Arc::clone(redis), Arc::clone(seal), local_capacity);
+    let health = sessions.health().clone();
+    let replay =
+        super::replay::RedisReplayCache::new(Arc::clone(redis)).with_health(health.clone());
+    let state = crate::saml::sp::SamlState::shared(
+        AnySessionStore::Shared(Box::new(sessions)),
+        AnyReplayCache::Shared(Box::new(replay)),
         Box::new(super::login_key::RedisLoginKey::new(
             Arc::clone(redis),
             Arc::clone(seal),
         )),
         clock,
-    )
+    );
+    (state, health)
 }
 
 /// `SET` answered `OK`.

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use redis::Script;
 
 use super::Redis;
+use super::saml_health::Degraded;
 use crate::identity::use_window::{
     BoxFuture, Lapse, Outcome, SharedUseWindowStore, Use, UseWindowError,
 };
@@ -64,6 +65,7 @@ return 1
 pub struct RedisUseWindows {
     redis: Arc<Redis>,
     script: Script,
+    health: Degraded,
 }
 
 impl RedisUseWindows {
@@ -71,7 +73,13 @@ impl RedisUseWindows {
         RedisUseWindows {
             redis,
             script: Script::new(SCRIPT),
+            health: Degraded::new("use windows", "window tokens refused"),
         }
+    }
+
+    /// This store's `/readyz` flag.
+    pub fn health(&self) -> &Degraded {
+        &self.health
     }
 
     /// The Redis key of a window token's use.
@@ -90,7 +98,9 @@ impl RedisUseWindows {
             .arg(u8::from(w.binds()))
             .arg(use_.client.to_string())
             .arg(u8::from(record));
-        let code = match self.redis.invoke::<i64>(&invocation).await {
+        let answer = self.redis.invoke::<i64>(&invocation).await;
+        self.health.note(&answer);
+        let code = match answer {
             Ok(code) => code,
             Err(fault) => {
                 tracing::warn!(%fault, "use-window store unavailable: request refused");
