@@ -5,8 +5,8 @@
 //! but is past `exp` (or whose window lapsed) is answered `token_expired`; every other refusal
 //! keeps the one generic 401. The `sign --idle/--max/--no-bind` flags and `explain`.
 //!
-//! Every window here lives in one gateway's memory: across two nodes needs the Redis store
-//! (issue 15), which does not exist yet.
+//! Every window here lives in one gateway's memory; across nodes (the Redis store, issue 15) see
+//! tests/cluster_saml.rs.
 
 use std::net::IpAddr;
 use std::path::Path;
