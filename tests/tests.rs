@@ -21,6 +21,7 @@ mod delegated;
 mod faults;
 mod fs_source;
 mod identity;
+mod iiif;
 mod label_studio;
 mod listener;
 mod network;
