@@ -21,6 +21,7 @@ mod delegated;
 mod faults;
 mod fs_source;
 mod identity;
+mod iiif;
 mod images;
 mod label_studio;
 mod listener;
