@@ -740,6 +740,8 @@ fn images_thumbnails_match_vipsthumbnail_within_35_db() {
     vips(d, &["colourspace", "source.jpg", "deep.png", "rgb16"]);
     vips(d, &["copy", "source.jpg", "lossy.webp[Q=90]"]);
     vips(d, &["copy", "source.jpg", "lossless.webp[lossless]"]);
+    vips(d, &["copy", "source.jpg", "interlaced.png[interlace]"]);
+    vips(d, &["copy", "source.jpg", "palette.gif"]);
     // An alpha channel: libvips and we both keep it in PNG.
     vips(d, &["bandjoin_const", "source.png", "alpha.png", "200"]);
     for name in [
@@ -751,6 +753,8 @@ fn images_thumbnails_match_vipsthumbnail_within_35_db() {
         "lossy.webp",
         "lossless.webp",
         "alpha.png",
+        "interlaced.png",
+        "palette.gif",
     ] {
         let reference = format!("vips-{name}.png");
         run(Command::new("vipsthumbnail")
