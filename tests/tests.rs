@@ -23,6 +23,8 @@ mod delegated;
 mod faults;
 mod fs_source;
 mod identity;
+mod iiif;
+mod images;
 mod label_studio;
 mod listener;
 mod network;

@@ -34,6 +34,7 @@ pub(super) struct RawConfig {
     pub sts: Option<Spanned<RawSts>>,
     pub cache: Option<Spanned<RawCache>>,
     pub redis: Option<Spanned<RawRedis>>,
+    pub images: Option<Spanned<RawImages>>,
 }
 
 /// `[redis]`: shared state of several nodes. `password` and `seal_key` are secret references.
@@ -55,6 +56,24 @@ pub(super) struct RawRedis {
     pub seal_key: Option<Spanned<String>>,
     /// Rate limits: per-node share of a quota while Redis is down.
     pub expected_nodes: Option<Spanned<i64>>,
+}
+
+/// `[images]`: derived images (IIIF). Counts in pixels, sizes in bytes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawImages {
+    pub enabled: Option<Spanned<bool>>,
+    pub base_url: Option<Spanned<String>>,
+    pub max_source_pixels: Option<Spanned<i64>>,
+    pub max_tiled_source_pixels: Option<Spanned<i64>>,
+    pub max_output_pixels: Option<Spanned<i64>>,
+    pub max_output_side: Option<Spanned<i64>>,
+    pub max_frames: Option<Spanned<i64>>,
+    pub max_source_bytes: Option<Spanned<i64>>,
+    pub workers: Option<Spanned<i64>>,
+    pub queue: Option<Spanned<i64>>,
+    pub job_timeout_secs: Option<Spanned<i64>>,
+    pub tile_size: Option<Spanned<i64>>,
 }
 
 /// `[cache]`: the object cache. Sizes in bytes; `key` is a secret reference.
@@ -208,6 +227,7 @@ pub(super) struct RawAudit {
 pub(super) struct RawCors {
     pub allowed_origins: Option<Spanned<Vec<Spanned<String>>>>,
     pub max_age_secs: Option<Spanned<i64>>,
+    pub any_origin_for_token_requests: Option<Spanned<bool>>,
 }
 
 /// `[listener]`: the TLS data listener.

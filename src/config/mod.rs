@@ -54,6 +54,8 @@ pub struct Config {
     /// (one node). Built once at start: a reload that changes it is logged and applied at the
     /// next start.
     pub redis: Option<RedisConfig>,
+    /// `[images]`: derived images (IIIF). Absent: the defaults, images on.
+    pub images: ImagesConfig,
 }
 
 /// `[redis]`: where the shared state lives and what each store does while Redis is down.
@@ -94,6 +96,47 @@ pub struct SealKey(pub [u8; 32]);
 impl fmt::Debug for SealKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
+    }
+}
+
+/// `[images]`: the IIIF routes, their public URL and the limits of image jobs. The limits and
+/// `base_url` apply on reload; `workers` and `queue` size the decode pool built at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImagesConfig {
+    /// `enabled = false`: the `/iiif/` routes answer 404.
+    pub enabled: bool,
+    /// `base_url`: the public URL in front of `/iiif/3/...` in `info.json` (`id`) and
+    /// redirects, e.g. `https://assets.example.com`; `None`: `https://{Host}`.
+    pub base_url: Option<String>,
+    pub max_source_pixels: u64,
+    pub max_tiled_source_pixels: u64,
+    pub max_output_pixels: u64,
+    pub max_output_side: u32,
+    pub max_frames: u32,
+    pub max_source_bytes: u64,
+    /// 0: one per core.
+    pub workers: usize,
+    pub queue: usize,
+    pub job_timeout: Duration,
+    pub tile_size: u32,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        ImagesConfig {
+            enabled: true,
+            base_url: None,
+            max_source_pixels: defaults::IMAGE_MAX_SOURCE_PIXELS,
+            max_tiled_source_pixels: defaults::IMAGE_MAX_TILED_SOURCE_PIXELS,
+            max_output_pixels: defaults::IMAGE_MAX_OUTPUT_PIXELS,
+            max_output_side: defaults::IMAGE_MAX_OUTPUT_SIDE,
+            max_frames: defaults::IMAGE_MAX_FRAMES,
+            max_source_bytes: defaults::IMAGE_MAX_SOURCE_BYTES,
+            workers: defaults::IMAGE_WORKERS,
+            queue: defaults::IMAGE_QUEUE,
+            job_timeout: Duration::from_secs(defaults::IMAGE_JOB_TIMEOUT_SECS),
+            tile_size: defaults::IMAGE_TILE_SIZE,
+        }
     }
 }
 
@@ -432,6 +475,11 @@ pub struct CorsConfig {
     /// without a default port.
     pub allowed_origins: Vec<String>,
     pub max_age: Duration,
+    /// `any_origin_for_token_requests`: a request that carries no `Cookie` header (its token
+    /// is in the URL or an `Authorization` header, which no browser adds by itself) gets
+    /// `Access-Control-Allow-Origin: *` without credentials from any origin, and so does its
+    /// preflight; cookie requests keep the listed origins with credentials. Default false.
+    pub any_origin_for_token_requests: bool,
 }
 
 impl Default for CorsConfig {
@@ -439,6 +487,7 @@ impl Default for CorsConfig {
         CorsConfig {
             allowed_origins: Vec::new(),
             max_age: Duration::from_secs(defaults::CORS_MAX_AGE_SECS),
+            any_origin_for_token_requests: false,
         }
     }
 }
@@ -749,6 +798,7 @@ impl Config {
                 bypass: std::collections::BTreeSet::new(),
             }),
             redis: None,
+            images: ImagesConfig::default(),
         })
     }
 }

@@ -12,8 +12,9 @@
 //! - delegations: the delegated roles' cached credentials, so a reload makes no new STS call;
 //! - SAML state: sessions, the replay cache and the login-cookie key, so a reload keeps
 //!   everyone signed in;
-//! - the object cache ([`crate::cache::Cache`]), when `[cache]` was configured at start; later
-//!   the image and video job tables too.
+//! - the object cache ([`crate::cache::Cache`]), when `[cache]` was configured at start;
+//! - the image work ([`ImageWork`]): the decode pool, recent probes, probes and renders in
+//!   flight (built from `[images]` at start).
 //!
 //! - the Redis client ([`redis::Redis`]), when `[redis]` was configured at start: the stores
 //!   that keep their state there hold it too, and `/readyz` and `/admin/cluster` read it.
@@ -51,7 +52,11 @@ pub struct Shared {
     redis: Option<Arc<redis::Redis>>,
     /// `/readyz` flags of Redis-backed stores that keep one (SAML sessions, use windows).
     redis_flags: Vec<redis::saml_health::Degraded>,
+    images: Arc<ImageWork>,
 }
+
+/// The image work, keyed by object version (probes) and derived entry (renders).
+pub type ImageWork = crate::image::Work<crate::cache::key::CacheKey>;
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -75,6 +80,11 @@ impl Shared {
             cache: None,
             redis: None,
             redis_flags: Vec::new(),
+            images: Arc::new(ImageWork::new(
+                crate::config::defaults::IMAGE_WORKERS,
+                crate::config::defaults::IMAGE_QUEUE,
+                crate::config::defaults::IMAGE_PROBE_ENTRIES,
+            )),
         }
     }
 
@@ -92,6 +102,16 @@ impl Shared {
     pub fn with_cache(mut self, cache: Arc<crate::cache::Cache>) -> Shared {
         self.cache = Some(cache);
         self
+    }
+
+    /// Run image jobs with `images` (built from `[images]` at start).
+    pub fn with_images(mut self, images: Arc<ImageWork>) -> Shared {
+        self.images = images;
+        self
+    }
+
+    pub fn images(&self) -> &Arc<ImageWork> {
+        &self.images
     }
 
     /// The object cache, if `[cache]` was configured at start.

@@ -225,6 +225,7 @@ impl GatewayBuilder {
             sts: bucketgate::config::StsConfig::default(),
             cache: None,
             redis: None,
+            images: bucketgate::config::ImagesConfig::default(),
         };
         GatewayBuilder {
             config,

@@ -31,6 +31,7 @@ use super::{Config, Secret, TlsConfig};
 mod audit_cors;
 mod cache;
 mod identity;
+mod images;
 mod limits;
 mod listener;
 mod network;
@@ -317,6 +318,7 @@ impl Checker<'_> {
         let sts = self.sts(raw.sts.as_ref());
         let cache = self.cache(raw.cache.as_ref(), raw.sources.as_ref());
         let redis = self.redis(raw.redis.as_ref(), raw.saml.is_some());
+        let images = self.images(raw.images.as_ref());
         if let Some(saml) = &saml {
             self.saml_sources_need_saml(raw.sources.as_ref(), saml.is_some());
         }
@@ -336,6 +338,7 @@ impl Checker<'_> {
             sts: sts?,
             cache: cache?,
             redis: redis?,
+            images: images?,
         })
     }
 
