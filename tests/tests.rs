@@ -26,6 +26,7 @@ mod listener;
 mod network;
 mod objects;
 mod operations;
+mod pyramid;
 mod rate_limits;
 mod reload;
 mod requests;
