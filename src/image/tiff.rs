@@ -685,7 +685,7 @@ pub async fn probe(
                 Err(e) => return Err(e),
             }
         }
-        candidates.sort_by(|a, b| b.width.cmp(&a.width));
+        candidates.sort_by_key(|d| std::cmp::Reverse(d.width));
     } else {
         let mut next = ifd0.next;
         while next != 0 && visited.len() < MAX_DIRECTORIES {
@@ -798,7 +798,8 @@ pub async fn render(
     limits: &ImageLimits,
     pool: &Pool,
 ) -> Result<Rendered, ImageError> {
-    let job = fetch(src, pyramid, op, limits).await?;
+    let deadline = tokio::time::Instant::now() + limits.job_timeout;
+    let job = fetch_by(deadline, src, pyramid, op, limits).await?;
     let op = RenderOp {
         region: Rect {
             x: 0,
@@ -808,7 +809,8 @@ pub async fn render(
         },
         ..op.clone()
     };
-    pool.run(limits.job_timeout, move || {
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    pool.run(left, move || {
         let region = job.assemble()?;
         super::render::finish(region.into_pixels(), &op, 1)
     })
@@ -824,8 +826,23 @@ pub async fn read_region(
     limits: &ImageLimits,
     pool: &Pool,
 ) -> Result<Region, ImageError> {
-    let job = fetch(src, pyramid, op, limits).await?;
-    pool.run(limits.job_timeout, move || job.assemble()).await
+    let deadline = tokio::time::Instant::now() + limits.job_timeout;
+    let job = fetch_by(deadline, src, pyramid, op, limits).await?;
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    pool.run(left, move || job.assemble()).await
+}
+
+/// [`fetch`] within the job's time limit (its reads are the first part of the job).
+async fn fetch_by(
+    deadline: tokio::time::Instant,
+    src: &ObjectBytes,
+    pyramid: &Pyramid,
+    op: &RenderOp,
+    limits: &ImageLimits,
+) -> Result<Job, ImageError> {
+    tokio::time::timeout_at(deadline, fetch(src, pyramid, op, limits))
+        .await
+        .unwrap_or(Err(ImageError::TimedOut))
 }
 
 /// The decode parameters of one level, owned for the pool.

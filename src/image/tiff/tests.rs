@@ -1028,3 +1028,39 @@ async fn tiff_large_offset_arrays_are_read_in_slices() {
     let read = src.bytes_read() - before;
     assert!(read < 16 << 10, "read {read} bytes");
 }
+
+/// A transparency mask between the levels (as a COG writes them) is skipped, and the level
+/// after it is still found.
+#[tokio::test]
+async fn tiff_masks_in_the_chain_are_skipped() {
+    let spec = Spec {
+        reduced: 2,
+        ..Spec::default()
+    };
+    let file = write_tiff_with(&spec, |k, mut tags| {
+        if k == 1 {
+            set_tag(&mut tags, (TAG_NEW_SUBFILE_TYPE, 4, vec![1 | 4]));
+        }
+        tags
+    });
+    let rig = rig();
+    let src = rig.object(&file, 64 * MB).await;
+    let limits = ImageLimits::default();
+    let (image, pyramid) = probe(&src, &limits).await.unwrap();
+    let widths: Vec<u32> = image.levels.iter().map(|l| l.width).collect();
+    assert_eq!(widths, vec![1000, 250]);
+    let region = Rect {
+        x: 0,
+        y: 0,
+        w: 1000,
+        h: 700,
+    };
+    let got = read_region(&src, &pyramid, &op(region, 250, 175), &limits, &rig.pool)
+        .await
+        .unwrap();
+    assert_eq!(got.level, 1);
+    assert!(
+        got.data == expected(2, got.rect, 3),
+        "the 1/4 level's pixels"
+    );
+}
