@@ -554,3 +554,102 @@ async fn iiif_tiles_through_the_gateway() {
         bed.size
     );
 }
+
+/// A short mutation run on a vips pyramid (JPEG tiles with shared tables, and Deflate): bytes
+/// flipped at random, half of them in the directories and arrays at the end of each level;
+/// every probe and read ends with a value or a 4xx-class error (never a panic, a Source or a
+/// TimedOut error), each within the time limit.
+#[tokio::test]
+async fn pyramid_byte_flips_of_vips_files_fail_cleanly() {
+    use bucketgate::backend::fs::FsBackend;
+    use bucketgate::image::ImageError;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let backend = Arc::new(AnyBackend::Fs(FsBackend::new(&root).unwrap()));
+    let limits = ImageLimits {
+        job_timeout: Duration::from_secs(2),
+        ..ImageLimits::default()
+    };
+    let pool = Pool::new(2, 8);
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
+    for compression in ["jpeg", "deflate"] {
+        let clean = make_pyramid(
+            dir.path(),
+            &[
+                "--tile",
+                "--pyramid",
+                "--bigtiff",
+                "--compression",
+                compression,
+                "--tile-width",
+                "128",
+                "--tile-height",
+                "128",
+            ],
+        );
+        for round in 0..30 {
+            let mut file = clean.clone();
+            for _ in 0..6 {
+                // Half the flips in the last 40% (libtiff's directories follow each level's
+                // tiles, the smallest levels' last), half anywhere.
+                let at = if round % 2 == 0 {
+                    file.len() * 6 / 10 + (next() % (file.len() as u64 * 4 / 10)) as usize
+                } else {
+                    (next() % file.len() as u64) as usize
+                };
+                file[at] ^= (next() >> 56) as u8 | 1;
+            }
+            std::fs::write(root.join("m.tif"), &file).unwrap();
+            let meta = backend.head("m.tif", Caller::Gateway).await.unwrap();
+            let src = ObjectBytes::new(
+                Arc::clone(&backend),
+                "m.tif".into(),
+                Arc::new(meta),
+                OwnedCaller::Gateway,
+                None,
+                64 << 20,
+            );
+            let started = std::time::Instant::now();
+            let result = match tiff::probe(&src, &limits).await {
+                Ok((image, pyramid)) => {
+                    let all = Rect {
+                        x: 0,
+                        y: 0,
+                        w: image.width,
+                        h: image.height,
+                    };
+                    // The pixels of the 1/8 level, and a finished (resized, encoded) image.
+                    let small = op(all, image.width / 8, image.height / 8);
+                    let region = tiff::read_region(&src, &pyramid, &small, &limits, &pool).await;
+                    let finished =
+                        tiff::render(&src, &pyramid, &op(all, 300, 200), &limits, &pool).await;
+                    region.map(|_| ()).and(finished.map(|_| ()))
+                }
+                Err(e) => Err(e),
+            };
+            assert!(
+                started.elapsed() < Duration::from_secs(4),
+                "round {round} took too long"
+            );
+            let label = match &result {
+                Ok(()) => "ok".to_owned(),
+                Err(ImageError::Corrupt(_)) => "corrupt".to_owned(),
+                Err(ImageError::TooLarge(_)) => "too large".to_owned(),
+                Err(ImageError::Unsupported) => "unsupported".to_owned(),
+                Err(e) => panic!("round {round} ({compression}): {e:?}"),
+            };
+            *outcomes
+                .entry(format!("{compression} {label}"))
+                .or_default() += 1;
+        }
+    }
+    eprintln!("outcomes: {outcomes:?}");
+}
