@@ -545,6 +545,36 @@ async fn iiif_tiles_through_the_gateway() {
         eprintln!("{path}: {db:.1} dB against vips crop + resize of the source");
         assert!(db >= 35.0, "{path}: {db:.1} dB");
     }
+    // A stored tile exactly (256 x 256 at its size, jpg): its JPEG stream with the shared
+    // tables, not re-encoded (libtiff codes it RGB at Q 92: an Adobe marker says so); a decoder
+    // reads it as vips does.
+    let tile = Rect {
+        x: 512,
+        y: 256,
+        w: 256,
+        h: 256,
+    };
+    let path = format!("{base}/512,256,256,256/256,256/0/default.jpg");
+    let resp = client.get(gw.url(&path)).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{path}");
+    let body = resp.bytes().await.unwrap();
+    assert!(
+        !body.windows(4).any(|w| w == b"JFIF" || w == b"Exif"),
+        "not re-encoded, no metadata"
+    );
+    assert!(body.windows(5).any(|w| w == b"Adobe"), "RGB coding marked");
+    let mut decoder = jpeg_decoder::Decoder::new(&body[..]);
+    let got = decoder.decode().unwrap();
+    let exact = vips_reference(
+        bed.dir.path(),
+        &format!("{}[page=0]", bed.pyramid_path()),
+        tile,
+        None,
+    );
+    let db = psnr(&got, &exact);
+    eprintln!("{path}: {db:.1} dB against vips' decode of the stored tile");
+    assert!(db >= 50.0, "{path}: {db:.1} dB");
+
     let gets = bed.proxy.gets_of(&bed.key);
     assert!(gets.len() > before, "the tiles were read from the store");
     let bytes = bed.assert_only_ranged_gets();
