@@ -10,7 +10,9 @@
 //! covering the region, then the chunks themselves ([`ObjectBytes::read_ranges`]: neighbours in
 //! one request, the rest concurrently), and decodes and assembles them on the pool: LZW (weezl),
 //! Deflate (flate2), JPEG with the shared `JPEGTables` (jpeg-decoder), or none; the horizontal
-//! predictor; 8-bit samples, 16-bit ones reduced to their high byte.
+//! predictor; 8-bit samples, 16-bit ones reduced to their high byte. A request that is exactly
+//! one stored JPEG tile at its own size is answered with that tile's JPEG stream (tables spliced
+//! in, metadata segments dropped), without a decode and re-encode, as iipsrv does.
 //!
 //! The levels of a pyramid: the SubIFDs of the first directory when it has any (`vips tiffsave
 //! --pyramid --subifd`), else the following pages of the chain (`vips tiffsave --pyramid`, a COG
