@@ -18,6 +18,7 @@ mod cli;
 mod config_errors;
 mod cors;
 mod delegated;
+mod deploy;
 mod faults;
 mod fs_source;
 mod identity;
