@@ -15,6 +15,7 @@ mod audit;
 mod binary;
 mod cache;
 mod cli;
+mod cluster;
 mod config_errors;
 mod cors;
 mod delegated;
