@@ -258,7 +258,10 @@ fn manifests_pass_kubernetes_validate_strict() {
     // One "passed" line per object: an object it skipped would not count as checked.
     let objects: usize = files.iter().map(|f| load_yaml(f).len()).sum();
     assert_eq!(text.matches(" passed ").count(), objects, "{text}");
-    let minor = KUBERNETES_VERSION.rsplit_once('.').map(|(mm, _)| mm).unwrap();
+    let minor = KUBERNETES_VERSION
+        .rsplit_once('.')
+        .map(|(mm, _)| mm)
+        .unwrap();
     assert!(text.contains(&format!("against version {minor}")), "{text}");
 
     // The same validator refuses a Deployment with a misspelt field: strict mode is on.
@@ -304,7 +307,11 @@ fn kustomization_names_every_manifest() {
         if object["kind"] == "Namespace" {
             assert_eq!(object["metadata"]["name"], namespace);
         } else {
-            assert_eq!(object["metadata"]["namespace"], namespace, "{}", object["kind"]);
+            assert_eq!(
+                object["metadata"]["namespace"], namespace,
+                "{}",
+                object["kind"]
+            );
         }
     }
 }
@@ -334,9 +341,16 @@ fn probes_hit_the_admin_listener_that_only_the_policy_lets_in() {
     ] {
         let get = &c[probe]["httpGet"];
         assert_eq!(get["path"], path, "{probe}");
-        assert_eq!(m.resolve_port(&get["port"]), admin, "{probe} on the admin port");
+        assert_eq!(
+            m.resolve_port(&get["port"]),
+            admin,
+            "{probe} on the admin port"
+        );
         // Plain HTTP: the admin listener has no TLS.
-        assert!(get["scheme"].is_null() || get["scheme"] == "HTTP", "{probe}");
+        assert!(
+            get["scheme"].is_null() || get["scheme"] == "HTTP",
+            "{probe}"
+        );
     }
     let ready_timeout = c["readinessProbe"]["timeoutSeconds"].as_u64().unwrap();
     assert!(
@@ -368,9 +382,14 @@ fn probes_hit_the_admin_listener_that_only_the_policy_lets_in() {
     };
     let rules = policy["spec"]["ingress"].as_array().expect("ingress rules");
     let admin_rules: Vec<&Value> = rules.iter().filter(|r| covers(r, admin)).collect();
-    assert!(!admin_rules.is_empty(), "no one at all could scrape /metrics");
+    assert!(
+        !admin_rules.is_empty(),
+        "no one at all could scrape /metrics"
+    );
     for rule in admin_rules {
-        let from = rule["from"].as_array().expect("an admin rule names its peers");
+        let from = rule["from"]
+            .as_array()
+            .expect("an admin rule names its peers");
         assert!(!from.is_empty(), "an empty `from` admits everyone");
         for peer in from {
             assert!(
@@ -383,7 +402,10 @@ fn probes_hit_the_admin_listener_that_only_the_policy_lets_in() {
             );
             // A bare namespaceSelector {} would be every pod of every namespace.
             if peer["podSelector"].is_null() {
-                assert!(peer["namespaceSelector"]["matchLabels"].is_object(), "{peer}");
+                assert!(
+                    peer["namespaceSelector"]["matchLabels"].is_object(),
+                    "{peer}"
+                );
             }
         }
     }
@@ -396,9 +418,7 @@ fn probes_hit_the_admin_listener_that_only_the_policy_lets_in() {
     let public = m.one("Service", "bucketgate");
     assert_eq!(public["spec"]["type"], "LoadBalancer");
     assert_eq!(public["spec"]["externalTrafficPolicy"], "Local");
-    assert!(m.selects_pods(
-        &serde_json::json!({"matchLabels": public["spec"]["selector"]})
-    ));
+    assert!(m.selects_pods(&serde_json::json!({"matchLabels": public["spec"]["selector"]})));
     for port in public["spec"]["ports"].as_array().unwrap() {
         assert_eq!(m.resolve_port(&port["targetPort"]), https, "{port}");
     }
@@ -438,8 +458,13 @@ fn pod_runs_unprivileged_on_a_read_only_root() {
     let c = m.container();
     assert_eq!(pod["automountServiceAccountToken"], false);
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
-    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
-    let uid = pod["securityContext"]["runAsUser"].as_u64().expect("runAsUser");
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let uid = pod["securityContext"]["runAsUser"]
+        .as_u64()
+        .expect("runAsUser");
     assert_ne!(uid, 0);
     let sc = &c["securityContext"];
     assert_eq!(sc["allowPrivilegeEscalation"], false);
@@ -462,9 +487,16 @@ fn pod_runs_unprivileged_on_a_read_only_root() {
     ];
     writable.push(writable[0].join("x"));
     for path in &writable {
-        assert!(path.is_absolute(), "{}: relative to the read-only config dir", path.display());
+        assert!(
+            path.is_absolute(),
+            "{}: relative to the read-only config dir",
+            path.display()
+        );
         let (mount, volume) = m.mount_of(path);
-        assert!(mount["readOnly"].is_null() || mount["readOnly"] == false, "{mount}");
+        assert!(
+            mount["readOnly"].is_null() || mount["readOnly"] == false,
+            "{mount}"
+        );
         assert!(volume["emptyDir"]["sizeLimit"].is_string(), "{volume}");
     }
 
@@ -473,8 +505,14 @@ fn pod_runs_unprivileged_on_a_read_only_root() {
     let config_file = m.config_arg();
     assert_eq!(config_file.file_name().unwrap(), "config.toml");
     let (mount, volume) = m.mount_of(&config_file);
-    assert!(mount["subPath"].is_null() && mount["subPathExpr"].is_null(), "{mount}");
-    assert_eq!(Path::new(mount["mountPath"].as_str().unwrap()), config_file.parent().unwrap());
+    assert!(
+        mount["subPath"].is_null() && mount["subPathExpr"].is_null(),
+        "{mount}"
+    );
+    assert_eq!(
+        Path::new(mount["mountPath"].as_str().unwrap()),
+        config_file.parent().unwrap()
+    );
     assert_eq!(volume["configMap"]["name"], "bucketgate-config");
 
     // Every `file:` secret and TLS file the config names is a key of a Secret mounted there.
@@ -490,7 +528,10 @@ fn pod_runs_unprivileged_on_a_read_only_root() {
     assert!(named.len() >= 5, "{named:?}");
     for path in &named {
         let (mount, volume) = m.mount_of(path);
-        let secret = m.one("Secret", volume["secret"]["secretName"].as_str().expect("a Secret"));
+        let secret = m.one(
+            "Secret",
+            volume["secret"]["secretName"].as_str().expect("a Secret"),
+        );
         let key = path
             .strip_prefix(mount["mountPath"].as_str().unwrap())
             .unwrap()
@@ -521,7 +562,10 @@ fn pod_runs_unprivileged_on_a_read_only_root() {
     let (_, cache_volume) = m.mount_of(&writable[0]);
     let disk_tier = config["cache"]["disk_bytes"].as_integer().unwrap() as u64;
     let cache_size = quantity_bytes(&cache_volume["emptyDir"]["sizeLimit"]);
-    assert!(cache_size > disk_tier, "emptyDir {cache_size} <= disk tier {disk_tier}");
+    assert!(
+        cache_size > disk_tier,
+        "emptyDir {cache_size} <= disk tier {disk_tier}"
+    );
     assert!(quantity_bytes(&resources["limits"]["ephemeral-storage"]) > cache_size);
 }
 
@@ -552,7 +596,9 @@ fn autoscaler_and_disruption_budget_fit_the_deployment() {
 
     let pdb = m.one("PodDisruptionBudget", "bucketgate");
     assert!(m.selects_pods(&pdb["spec"]["selector"]));
-    let unavailable = pdb["spec"]["maxUnavailable"].as_u64().expect("maxUnavailable");
+    let unavailable = pdb["spec"]["maxUnavailable"]
+        .as_u64()
+        .expect("maxUnavailable");
     assert!(unavailable >= 1 && unavailable < min);
     // A rollout never goes below the current count.
     assert_eq!(
@@ -608,7 +654,11 @@ fn lay_out_pod_files(
     let config_map = m.one("ConfigMap", "bucketgate-config");
     for (key, value) in config_map["data"].as_object().unwrap() {
         let value = value.as_str().unwrap();
-        let value = if key == "config.toml" { text.as_str() } else { value };
+        let value = if key == "config.toml" {
+            text.as_str()
+        } else {
+            value
+        };
         std::fs::write(config_dir.join(key), value).unwrap();
     }
     for mount in m.container()["volumeMounts"].as_array().unwrap() {
@@ -657,11 +707,16 @@ async fn shipped_config_serves_with_only_its_addresses_and_stores_swapped() {
         let moved = format!("{}{path}", root.path().display());
         values.insert(name, std::fs::read_to_string(moved).unwrap());
     }
-    // The ConfigMap's Redis CA placeholder, replaced like the Secrets.
+    // The customer's Redis: a real one, over TLS, asking for the password from the Secret; its
+    // CA replaces the ConfigMap's placeholder.
+    let redis = support::redis::RedisServer::start_with(support::redis::RedisOptions {
+        password: Some(values[".redis.password"].clone()),
+        tls: true,
+    })
+    .await;
     let config_dir = config_file.parent().unwrap();
-    if config_dir.join("redis-ca.pem").exists() {
-        std::fs::write(config_dir.join("redis-ca.pem"), &ca_pem).unwrap();
-    }
+    let ca_key = m.config()["redis"]["ca_file"].as_str().unwrap().to_owned();
+    std::fs::copy(redis.ca_file(), config_dir.join(&ca_key)).unwrap();
 
     let config = match bucketgate::config::load(&config_file) {
         Ok(config) => config,
@@ -685,24 +740,21 @@ async fn shipped_config_serves_with_only_its_addresses_and_stores_swapped() {
         }
     }
     assert!(!buckets.is_empty(), "the example config has an S3 source");
-    // The customer's Redis: a real one asking for the password from the Secret, in the clear on
-    // loopback (the TLS of `rediss://` is the Redis tests' business).
-    let redis_config = config.redis.as_mut().expect("the ConfigMap's config has [redis]");
-    let password = redis_config
-        .password
-        .as_ref()
-        .expect("[redis] password")
-        .expose()
-        .to_owned();
-    assert_eq!(password, values[".redis.password"]);
-    let redis = support::redis::RedisServer::start_with(support::redis::RedisOptions {
-        password: Some(password),
-    })
-    .await;
-    assert!(redis_config.url.starts_with("rediss://"), "TLS to the customer's Redis");
-    assert!(redis_config.ca_file.is_some());
+    // Only the address of the Redis changes: the scheme, CA file and password are the config's.
+    let redis_config = config
+        .redis
+        .as_mut()
+        .expect("the ConfigMap's config has [redis]");
+    assert!(
+        redis_config.url.starts_with("rediss://"),
+        "TLS to the customer's Redis"
+    );
+    assert_eq!(
+        redis_config.ca_file.as_deref(),
+        Some(config_dir.join(&ca_key).as_path())
+    );
     redis_config.url = redis.plain_url();
-    redis_config.ca_file = None;
+    assert!(redis_config.url.starts_with("rediss://"));
     for bucket in &buckets {
         s3.create_bucket(bucket).await;
         s3.put(bucket, "cats/1.txt", b"meow\n", Some("text/plain"))
@@ -719,7 +771,36 @@ async fn shipped_config_serves_with_only_its_addresses_and_stores_swapped() {
         let status = resp.status();
         let body = resp.text().await.unwrap();
         assert_eq!(status, 200, "{probe} {path}: {body}");
+        if probe == "readinessProbe" {
+            assert!(body.contains("redis: ok"), "readiness names Redis: {body}");
+        }
     }
+
+    // The README's check after a deploy: /admin/cluster, with the admin token from the Secret,
+    // lists this node (heartbeats go to the real Redis).
+    let admin_token = values[".admin.token"].clone();
+    let admin_addr = gw.admin_addr().to_string();
+    support::eventually(
+        "this node in /admin/cluster",
+        100,
+        std::time::Duration::from_millis(100),
+        || {
+            let http = http.clone();
+            let url = gw.admin_url("/admin/cluster");
+            let (admin_token, admin_addr) = (admin_token.clone(), admin_addr.clone());
+            async move {
+                let resp = http.get(url).bearer_auth(admin_token).send().await.ok()?;
+                assert_eq!(resp.status(), 200);
+                let body: Value = serde_json::from_str(&resp.text().await.ok()?).ok()?;
+                let nodes = body["nodes"].as_array()?;
+                nodes
+                    .iter()
+                    .any(|n| n["admin_addr"] == admin_addr.as_str() && n["node"] == body["node"])
+                    .then_some(())
+            }
+        },
+    )
+    .await;
 
     // A labeler's read, with a token signed by the HS256 key from the Secret.
     let keys = m.config()["identity"]["keys"].as_array().unwrap().clone();
@@ -762,7 +843,10 @@ fn committed_secrets_are_placeholders_the_gateway_refuses() {
     let secrets = m.all("Secret");
     assert!(secrets.len() >= 2);
     for secret in &secrets {
-        assert!(secret["data"].is_null(), "values only as readable stringData");
+        assert!(
+            secret["data"].is_null(),
+            "values only as readable stringData"
+        );
         for (key, value) in secret["stringData"].as_object().expect("stringData") {
             assert!(
                 value.as_str().unwrap().contains(PLACEHOLDER),
@@ -779,7 +863,10 @@ fn committed_secrets_are_placeholders_the_gateway_refuses() {
         Err(errors) => errors.to_string(),
     };
     for key in ["admin.token", "cache.key", "identity.keys[0].secret"] {
-        assert!(errors.contains(&format!(": {key}: ")), "{key} not refused:\n{errors}");
+        assert!(
+            errors.contains(&format!(": {key}: ")),
+            "{key} not refused:\n{errors}"
+        );
     }
 }
 
@@ -836,9 +923,8 @@ fn dockerfile_user() -> u64 {
         .map(|(_, a)| a.clone())
         .expect("USER in the final stage");
     let uid = user.split(':').next().unwrap();
-    uid.parse().unwrap_or_else(|_| {
-        panic!("USER {user}: numeric, so that runAsNonRoot can verify it")
-    })
+    uid.parse()
+        .unwrap_or_else(|_| panic!("USER {user}: numeric, so that runAsNonRoot can verify it"))
 }
 
 #[test]
@@ -862,23 +948,40 @@ fn dockerfile_stages_are_pinned_unprivileged_and_secret_free() {
         );
         if name == "rust" {
             // The toolchain the crate declares.
-            assert!(tag.starts_with("1.95"), "FROM {image}: rust-version is 1.95");
+            assert!(
+                tag.starts_with("1.95"),
+                "FROM {image}: rust-version is 1.95"
+            );
         }
         names.push(match words.as_slice() {
             [_, as_kw, stage] if as_kw.eq_ignore_ascii_case("as") => stage.to_string(),
             _ => String::new(),
         });
         for (instruction, args) in stage {
-            assert_ne!(instruction, "HEALTHCHECK", "Kubernetes probes the admin listener");
+            assert_ne!(
+                instruction, "HEALTHCHECK",
+                "Kubernetes probes the admin listener"
+            );
             assert_ne!(instruction, "ADD", "ADD fetches and unpacks: COPY only");
             if instruction == "ENV" || instruction == "ARG" {
                 let upper = args.to_ascii_uppercase();
                 for word in ["SECRET", "TOKEN", "PASSWORD", "KEY"] {
-                    assert!(!upper.contains(word), "{instruction} {args}: no secrets in images");
+                    assert!(
+                        !upper.contains(word),
+                        "{instruction} {args}: no secrets in images"
+                    );
                 }
             }
             if instruction == "COPY" {
-                for word in [".bucketgate", ".pem", ".key", ".crt", "certs", ".venv", "data"] {
+                for word in [
+                    ".bucketgate",
+                    ".pem",
+                    ".key",
+                    ".crt",
+                    "certs",
+                    ".venv",
+                    "data",
+                ] {
                     assert!(!args.contains(word), "COPY {args}: nothing secret or local");
                 }
             }
@@ -897,7 +1000,10 @@ fn dockerfile_stages_are_pinned_unprivileged_and_secret_free() {
     // Only the binary and the documentation example come in; no RUN builds anything there.
     for (i, a) in runtime {
         if i == "COPY" {
-            assert!(a.starts_with("--from=") || a.starts_with("config.toml.example "), "{a}");
+            assert!(
+                a.starts_with("--from=") || a.starts_with("config.toml.example "),
+                "{a}"
+            );
         }
     }
     assert!(
