@@ -39,8 +39,9 @@ COPY config.toml.example /usr/share/doc/bucketgate/config.toml.example
 # root-owned and mounted read-only above: point tls_cert/tls_key at /etc/bucketgate/certs/, or,
 # for a development certificate, give an absolute writable directory such as
 # dev_certificate_dir = "/srv/bucketgate/.bucketgate" (this home is the runtime user's).
-# Writable for the runtime user (volumes under a read-only root): /var/cache/bucketgate for
-# [cache] disk_dir, /var/lib/bucketgate for [admin] state_dir, /srv/bucketgate.
+# Writable for the runtime user (volumes under a read-only root): /var/cache/bucketgate and
+# /var/lib/bucketgate, for a [cache] disk_dir and an [admin] state_dir below them (e.g.
+# /var/cache/bucketgate/disk, /var/lib/bucketgate/state), and /srv/bucketgate.
 WORKDIR /srv/bucketgate
 USER 10001:10001
 # The data listener (TLS) and the admin listener (plain HTTP: keep it private).
