@@ -480,7 +480,7 @@ fn pod_runs_unprivileged_on_a_read_only_root() {
 
     // Every path the gateway writes is on a writable emptyDir with a size limit.
     let config = m.config();
-    let writable = vec![
+    let writable = [
         PathBuf::from(toml_str(&config, "cache", "disk_dir")),
         PathBuf::from(toml_str(&config, "admin", "state_dir")),
         PathBuf::from("/tmp"),
