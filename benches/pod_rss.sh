@@ -9,8 +9,9 @@
 # 2. runs it with the config of deploy/kubernetes/configmap.yaml, changed only where a pod and
 #    this machine differ: loopback ports, its absolute paths moved under a temp dir, the S3
 #    source replaced by an fs source of the same name (the [cache] applies to both), [redis] on
-#    a local redis-server with the password from a file (no TLS), random keys of the right form;
-#    so the 256 MiB memory tier, the encrypted disk tier and the Redis stores are all in play;
+#    a local redis-server with the password from a file (no TLS), random keys of the right form,
+#    and the rate limits lifted (one client and one subject make every request here); so the
+#    256 MiB memory tier, the encrypted disk tier and the Redis stores are all in play;
 # 3. idle: RSS a few seconds after /readyz answers;
 # 4. load: wrk (CONNECTIONS connections, DURATION s) on a 64 KiB object: req/s, the gateway's
 #    CPU seconds per 1,000 requests, peak RSS;
@@ -19,6 +20,7 @@
 #
 # Environment: DURATION [10] CONNECTIONS [50] THREADS [2] WORKERS [2] (TOKIO_WORKER_THREADS,
 # the pod's CPU limit) MEM_CLIENTS [200] MEM_SECONDS [20] MEM_RATE [1M] SKIP_BUILD [0]
+# CACHE_DISK [1] (0: the memory tier only, to tell the tiers' shares apart) BIN [release binary]
 # Needs: python3 with PyYAML (.venv-k8s from ./tests/run), redis-server, wrk, curl, openssl.
 set -euo pipefail
 
@@ -32,6 +34,7 @@ MEM_CLIENTS=${MEM_CLIENTS:-200}
 MEM_SECONDS=${MEM_SECONDS:-20}
 MEM_RATE=${MEM_RATE:-1M}
 SKIP_BUILD=${SKIP_BUILD:-0}
+CACHE_DISK=${CACHE_DISK:-1}
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 BIN=${BIN:-$TARGET_DIR/release/bucketgate}
 PY="$REPO/.venv-k8s/bin/python"
@@ -80,9 +83,9 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -su
     -out "$TMP/etc/bucketgate/tls/tls.crt" 2>/dev/null
 
 # The ConfigMap's config and the Secret's keys, laid out as in the pod (see the header).
-"$PY" - "$REPO/deploy/kubernetes" "$TMP" "$DATA_PORT" "$ADMIN_PORT" "$REDIS_PORT" <<'EOF'
+"$PY" - "$REPO/deploy/kubernetes" "$TMP" "$DATA_PORT" "$ADMIN_PORT" "$REDIS_PORT" "$CACHE_DISK" <<'EOF'
 import os, re, secrets, sys, yaml
-k8s, tmp, data_port, admin_port, redis_port = sys.argv[1:]
+k8s, tmp, data_port, admin_port, redis_port, cache_disk = sys.argv[1:]
 docs = [d for f in ("configmap.yaml", "secret.yaml") for d in yaml.safe_load_all(open(os.path.join(k8s, f))) if d]
 text = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["config.toml"]
 text = text.replace('"0.0.0.0:8443"', f'"127.0.0.1:{data_port}"')
@@ -93,6 +96,13 @@ assert n == 1, "no source table"
 text, n = re.subn(r'^url = "rediss?://.*"$', f'url = "redis://127.0.0.1:{redis_port}/0"', text, flags=re.M)
 assert n == 1, "no [redis] url"
 text = re.sub(r'^ca_file = .*\n', '', text, flags=re.M)
+# One client and one subject make all the requests here: lift their quotas (the defaults would
+# answer most of wrk's requests 429, measuring refusals instead of reads).
+if cache_disk == "0":
+    text, n = re.subn(r'^(disk_dir|disk_bytes|key|key_id) = .*\n', '', text, flags=re.M)
+    assert n == 4, "the [cache] disk keys"
+assert "[rate_limits]" not in text
+text += "\n[rate_limits]\n" + "".join(f"{k} = 1000000\n" for k in ("per_ip_rps", "per_ip_burst", "per_subject_rps", "per_subject_burst"))
 open(os.path.join(tmp, "etc/bucketgate/config/config.toml"), "w").write(text)
 keys = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "bucketgate-keys")
 for key in keys["stringData"]:
