@@ -169,6 +169,10 @@ async fn a_revocation_on_one_node_is_refused_on_every_node_within_a_second_and_s
         WITHIN,
     )
     .await;
+    eprintln!(
+        "revocation in force on B and C {:?} after A answered",
+        revoked_at.elapsed()
+    );
 
     let (status, _) = admin(
         &c,
@@ -636,12 +640,190 @@ async fn garbage_in_the_shared_lists_and_heartbeats_is_refused_and_named() {
             .any(|n| n["node"] == "ghost" && n["error"] == "unreadable heartbeat"),
         "{table}"
     );
-    // Still serving with its own lists after several syncs saw the garbage document.
-    ready_says(&a, &["ready\n"]).await;
+    // Still serving with its own lists, and saying why, after syncs saw the garbage document.
+    ready_says(
+        &a,
+        &[
+            "ready\n",
+            "network_lists: degraded (lists in force here; the shared version does not validate)",
+        ],
+    )
+    .await;
+    assert_eq!(get(&a, &ok).await, StatusCode::OK);
+    // A truncated document (a new version) is refused the same way.
+    set_raw(
+        &r,
+        &[
+            "HSET",
+            &doc,
+            "counter",
+            "8",
+            "body",
+            "{\"allow\":[\"127.0.0.0/8\"],\"de",
+        ],
+    )
+    .await;
     for _ in 0..10 {
         assert_eq!(get(&a, &ok).await, StatusCode::OK);
         tokio::time::sleep(POLL).await;
     }
     let (_, lists) = admin(&a, reqwest::Method::GET, "/admin/network", None).await;
     assert!(!lists.contains("garbage"), "{lists}");
+    // An admin change on the node replaces the broken document, and the node is whole again.
+    let (status, body) = admin(
+        &a,
+        reqwest::Method::PATCH,
+        "/admin/network",
+        Some(json!({"add": {"deny": ["10.9.0.0/16"]}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    ready_says(&a, &["network_lists: ok"]).await;
+    let b = node(data.path(), redis.config("b")).await;
+    let (_, lists) = admin(&b, reqwest::Method::GET, "/admin/network", None).await;
+    assert!(lists.contains("10.9.0.0/16"), "{lists}");
+    assert_eq!(get(&b, &ok).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn without_redis_there_is_no_cluster_and_readyz_is_as_before() {
+    let data = data();
+    let gw = GatewayBuilder::new()
+        .source("local", support::fs_source(data.path()))
+        .tweak(|c| c.admin.token = Some(Secret::new(ADMIN_TOKEN.to_owned())))
+        .start()
+        .await;
+    let (status, body) = admin(&gw, reqwest::Method::GET, "/admin/cluster", None).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(body.contains("without [redis]"), "{body}");
+    assert_eq!(readyz(&gw).await, "ready\n");
+    let (status, _) = admin(
+        &gw,
+        reqwest::Method::POST,
+        "/admin/revocations",
+        Some(json!({"jti": "j"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        get(&gw, &token(json!({"jti": "j"}))).await,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn a_frozen_redis_costs_requests_nothing_and_admin_changes_wait_at_most_the_command_timeout()
+{
+    let mut redis = RedisServer::start().await;
+    let data = data();
+    let a = node(data.path(), redis.config("a")).await;
+    let b = node(data.path(), redis.config("b")).await;
+    let (status, _) = admin(
+        &a,
+        reqwest::Method::POST,
+        "/admin/revocations",
+        Some(json!({"jti": "j"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let revoked = token(json!({"jti": "j"}));
+    all_answer(
+        &[&b],
+        &revoked,
+        StatusCode::UNAUTHORIZED,
+        Instant::now(),
+        WITHIN,
+    )
+    .await;
+
+    // Hung, not gone: connections open, no answer.
+    redis.freeze();
+    ready_says(
+        &b,
+        &["redis: down", "revocations: degraded (last synced list)"],
+    )
+    .await;
+    let ok = token(json!({}));
+    for gw in [&a, &b] {
+        assert_eq!(get(gw, &ok).await, StatusCode::OK);
+        assert_eq!(get(gw, &revoked).await, StatusCode::UNAUTHORIZED);
+    }
+    let asked = Instant::now();
+    let (status, _) = admin(
+        &a,
+        reqwest::Method::POST,
+        "/admin/revocations",
+        Some(json!({"jti": "k"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    // The command timeout (250 ms) bounds it; a generous margin for a loaded machine.
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        asked.elapsed()
+    );
+
+    redis.thaw();
+    for gw in [&a, &b] {
+        ready_says(gw, &["redis: ok", "revocations: ok", "network_lists: ok"]).await;
+    }
+    let (status, _) = admin(
+        &b,
+        reqwest::Method::POST,
+        "/admin/revocations",
+        Some(json!({"jti": "k"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    all_answer(
+        &[&a],
+        &token(json!({"jti": "k"})),
+        StatusCode::UNAUTHORIZED,
+        Instant::now(),
+        WITHIN,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_list_change_applied_from_another_node_is_audited_there_with_its_origin() {
+    let redis = RedisServer::start().await;
+    let data = data();
+    let a = node(data.path(), redis.config("node-a")).await;
+    let logs = tempfile::tempdir().unwrap();
+    let log_path = logs.path().join("audit.log");
+    let (audit_path, redis_b) = (log_path.clone(), redis.config("node-b"));
+    let b = GatewayBuilder::new()
+        .source("local", support::fs_source(data.path()))
+        .tweak(move |c| {
+            c.admin.token = Some(Secret::new(ADMIN_TOKEN.to_owned()));
+            c.redis = Some(redis_b);
+            c.audit.destination = bucketgate::config::AuditDestination::File {
+                path: audit_path,
+                max_bytes: 1024 * 1024,
+                keep: 1,
+            };
+        })
+        .start()
+        .await;
+    let patch = json!({"add": {"deny": ["10.7.0.0/16"]}});
+    let (status, _) = admin(&a, reqwest::Method::PATCH, "/admin/network", Some(patch)).await;
+    assert_eq!(status, StatusCode::OK);
+    support::eventually("B has A's change", 100, POLL, || async {
+        let (_, lists) = admin(&b, reqwest::Method::GET, "/admin/network", None).await;
+        lists.contains("10.7.0.0/16").then_some(())
+    })
+    .await;
+    b.shutdown().await;
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let synced: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["kind"] == "admin")
+        .collect();
+    assert_eq!(synced.len(), 1, "{text}");
+    assert_eq!(synced[0]["action"], "network-sync");
+    assert_eq!(synced[0]["who"], "cluster:node-a");
+    assert_eq!(synced[0]["what"]["deny"]["added"], json!(["10.7.0.0/16"]));
 }

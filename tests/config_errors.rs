@@ -1930,3 +1930,68 @@ fn config_source_cache_flag_without_cache_table_is_refused() {
     let e = one_error(&format!("{text}\n"));
     assert_at(&e, 8, "sources.local.cache", "there is no [cache] table");
 }
+
+// ---- [redis] ----
+
+#[test]
+fn config_redis_errors_point_at_the_key_and_never_echo_the_password() {
+    let dir = Dir::new();
+    std::fs::write(dir.path().join("redis-pass"), "hunter2-in-a-file\n").unwrap();
+    let text = format!(
+        "{}[redis]\nurl = \"redis://:hunter2@127.0.0.1:6379/0\"\npassword = \"hunter2\"\nprefix = \"\"\n",
+        &SAML_BASE[..SAML_BASE.find("[projects.cats]").unwrap()]
+    );
+    let errors = dir.load(&text).unwrap_err();
+    let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(errors.len(), 3, "{shown:#?}");
+    assert_eq!((errors[0].line, errors[0].key.as_str()), (10, "redis.url"));
+    assert!(
+        errors[0].message.contains("password = \"env:NAME\""),
+        "{shown:#?}"
+    );
+    assert_eq!(
+        (errors[1].line, errors[1].key.as_str()),
+        (11, "redis.password")
+    );
+    assert_eq!(
+        (errors[2].line, errors[2].key.as_str()),
+        (12, "redis.prefix")
+    );
+    assert!(shown.iter().all(|e| !e.contains("hunter2")), "{shown:#?}");
+
+    // By reference it loads, and the value is read from the file.
+    let text = format!(
+        "{}[redis]\nurl = \"redis://127.0.0.1:6379/0\"\npassword = \"file:redis-pass\"\nnode_name = \"gw-1\"\n",
+        &SAML_BASE[..SAML_BASE.find("[projects.cats]").unwrap()]
+    );
+    let redis = dir.load(&text).unwrap().redis.unwrap();
+    assert_eq!(redis.password.unwrap().expose(), "hunter2-in-a-file");
+    assert_eq!(redis.node_name, "gw-1");
+}
+
+#[test]
+fn config_redis_with_saml_requires_a_seal_key_of_64_hex_characters() {
+    let with_redis =
+        |extra: &str| format!("{SAML_BASE}\n[redis]\nurl = \"redis://127.0.0.1\"\n{extra}");
+    let e = one_saml_error(&with_redis(""));
+    assert_eq!(e.key, "redis.seal_key");
+    assert!(
+        e.message.contains("required with [saml]") && e.message.contains("openssl rand -hex 32"),
+        "{e}"
+    );
+
+    let dir = saml_dir();
+    std::fs::write(dir.path().join("seal.key"), "ab".repeat(31)).unwrap();
+    let errors = dir
+        .load(&with_redis("seal_key = \"file:seal.key\"\n"))
+        .unwrap_err();
+    assert_eq!(errors[0].key, "redis.seal_key");
+    assert!(errors[0].message.contains("62 characters") && !errors[0].message.contains("abab"));
+    std::fs::write(dir.path().join("seal.key"), "ab".repeat(32)).unwrap();
+    let config = dir
+        .load(&with_redis("seal_key = \"file:seal.key\"\n"))
+        .unwrap();
+    let key = config.redis.unwrap().seal_key.unwrap();
+    assert_eq!(key.0, [0xab; 32]);
+    assert_eq!(format!("{key:?}"), "<redacted>");
+}

@@ -474,6 +474,8 @@ const ADMIN_ROUTES: &[(&str, &str, Option<&str>)] = &[
     ("POST", "/admin/revocations", Some("{}")),
     ("PATCH", "/admin/network", Some("{}")),
     ("POST", "/admin/reload", None),
+    // 409 without [redis].
+    ("GET", "/admin/cluster", None),
 ];
 
 async fn admin_status(

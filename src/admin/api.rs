@@ -20,6 +20,15 @@
 //! refused or failed is 502; a prewarm while the most jobs already run is 429. See `cache.rs`
 //! for the bounds of prewarm jobs.
 //!
+//! With `[redis]`, network-list changes and revocations are shared by every node (see
+//! `reload/shared.rs` and `state/redis/revocations.rs`): a change is stored in Redis before it
+//! is in force here, so while Redis does not answer it is refused with 503 and is not in force
+//! (a command that timed out may still reach a hung Redis when it resumes, and then takes effect
+//! everywhere at the next sync: retrying a revocation is safe, a list change answers what the
+//! lists then are);
+//! a network-list change racing one made on another node is 409 (retry: it then builds on the
+//! other node's lists).
+//!
 //! Without `[admin] token` none of these routes exist (404). With one, every request needs
 //! `Authorization: Bearer <token>`, checked against the digest of the token in force now (a
 //! reload that rotates or removes it applies to the next request); a missing or wrong one gets

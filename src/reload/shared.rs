@@ -9,7 +9,7 @@
 //!
 //! Redis down: changes are refused (503), every node keeps the lists it has (and persisted, so
 //! a restart keeps them too). A document that does not validate is refused and logged once; the
-//! lists in force stay. A Redis without the document (fresh, or restarted without persistence)
+//! lists in force stay, `/readyz` says so, and the next admin change on any node replaces it. A Redis without the document (fresh, or restarted without persistence)
 //! gets this node's lists back if an admin change was ever persisted here.
 
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use super::lists::{self, NetworkLists};
 use super::{ChangeError, Control};
 use crate::config::Config;
 use crate::state::redis::doc::{Fetched, SharedDoc};
-use crate::state::redis::{Redis, RedisFault, StoreHealth};
+use crate::state::redis::{Redis, StoreHealth};
 
 /// The shared network lists and what this node applied of them.
 pub struct SharedLists {
@@ -28,7 +28,8 @@ pub struct SharedLists {
     /// The document tag in force here; `None` before the first one.
     applied: std::sync::Mutex<Option<String>>,
     healthy: AtomicBool,
-    /// The tag of a document refused as invalid (logged once).
+    /// The tag of a document refused as invalid (logged once); `None` once a valid one is in
+    /// force.
     refused: std::sync::Mutex<Option<String>>,
 }
 
@@ -65,9 +66,15 @@ impl SharedLists {
         }
     }
 
-    /// Publish `next` as the version after the one applied here.
+    /// Publish `next` as the version after the one applied here, or after the latest one seen
+    /// if that one was refused as invalid (so an admin change repairs a broken document).
     pub(super) async fn publish(&self, next: &NetworkLists) -> Result<(), ChangeError> {
-        let expected = self.applied();
+        let refused = self
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let expected = refused.or_else(|| self.applied());
         let body = next.to_json();
         match self
             .doc
@@ -85,17 +92,28 @@ impl SharedLists {
             Ok(Ok(tag)) => {
                 self.mark(true);
                 self.set_applied(tag);
+                *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 Ok(())
             }
         }
     }
 
-    /// `ok`, or `degraded` while Redis does not answer.
+    /// `ok`, or `degraded` while Redis does not answer or holds lists that do not validate.
     pub fn health(&self) -> StoreHealth {
-        if self.healthy.load(Ordering::Relaxed) {
-            StoreHealth::ok("network_lists")
-        } else {
+        let refused = self
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        if !self.healthy.load(Ordering::Relaxed) {
             StoreHealth::degraded("network_lists", "lists in force here; changes refused")
+        } else if refused {
+            StoreHealth::degraded(
+                "network_lists",
+                "lists in force here; the shared version does not validate",
+            )
+        } else {
+            StoreHealth::ok("network_lists")
         }
     }
 }
@@ -109,9 +127,14 @@ impl Control {
     }
 
     /// A fingerprint of the configuration in force (file config and network lists; secrets
-    /// appear only redacted): equal on nodes that run the same, for `GET /admin/cluster`.
+    /// appear only redacted), for `GET /admin/cluster`: equal on nodes that run the same config,
+    /// so `[redis] node_name` (which differs by design) is left out.
     pub async fn config_fingerprint(&self) -> String {
-        let text = format!("{:?}", *self.current.lock().await);
+        let mut config = self.current.lock().await.clone();
+        if let Some(redis) = &mut config.redis {
+            redis.node_name.clear();
+        }
+        let text = format!("{config:?}");
         let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
         hex::encode(&digest.as_ref()[..8])
     }
@@ -176,9 +199,9 @@ impl Control {
                             );
                             *refused = Some(tag);
                         }
-                        return Err(ChangeError::Shared(RedisFault::BadReply(
-                            "network lists that do not validate",
-                        )));
+                        // The lists in force stay; an admin change here replaces the
+                        // document (published over this version, see `publish`).
+                        return Ok(());
                     }
                 };
                 let before = NetworkLists::from_config(current);
@@ -189,6 +212,7 @@ impl Control {
                 }
                 self.put_lists(current, next.clone(), None).await?;
                 shared.set_applied(tag);
+                *shared.refused.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 let who = format!("cluster:{from}");
                 self.pipeline
                     .audit()

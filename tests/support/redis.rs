@@ -111,8 +111,30 @@ impl RedisServer {
     /// Stop the server (SIGTERM by PID, reaped). Its data is gone unless it saved.
     pub fn stop(&mut self) {
         if let Some(mut p) = self.process.take() {
+            // A frozen server would not act on SIGTERM.
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_child(p.child()),
+                rustix::process::Signal::CONT,
+            );
             p.stop();
         }
+    }
+
+    /// Freeze the server (SIGSTOP by PID): its connections stay open and nothing answers, as
+    /// with a hung or overloaded Redis. [`RedisServer::thaw`] resumes it.
+    pub fn freeze(&mut self) {
+        self.signal(rustix::process::Signal::STOP);
+    }
+
+    /// Resume a frozen server (SIGCONT).
+    pub fn thaw(&mut self) {
+        self.signal(rustix::process::Signal::CONT);
+    }
+
+    fn signal(&mut self, signal: rustix::process::Signal) {
+        let p = self.process.as_mut().expect("redis-server running");
+        let pid = rustix::process::Pid::from_child(p.child());
+        rustix::process::kill_process(pid, signal).expect("signal redis-server");
     }
 
     /// Start it again on the same port (empty unless it saved).

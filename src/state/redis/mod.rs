@@ -3,7 +3,10 @@
 //!
 //! [`Redis`] is the one client: a few multiplexed, reconnecting connections, a key prefix and
 //! format version on every key, a time limit on every command, and a health flag `/readyz`
-//! reports. Every store that keeps its state in Redis implements its module's store trait in a
+//! reports. One Redis primary (or a proxy in front of several): Redis Cluster and Sentinel are
+//! not supported (the scripts here touch several keys of one store, which Cluster would need
+//! hash tags for, and the crate's Sentinel client has no multiplexed reconnecting manager).
+//! `rediss://` verifies Redis's certificate against `ca_file`, or the system's roots. Every store that keeps its state in Redis implements its module's store trait in a
 //! file of its own here, and says in its doc (and in `config.toml.example`) what it does when
 //! Redis is down or answers garbage: a broken answer is an error for that lookup, handled as
 //! "Redis down" for it, never a panic and never an allow.

@@ -6,7 +6,10 @@
 //! tokens against that copy only: a request never waits on Redis for revocation.
 //!
 //! - Revoke: one Lua script adds the entry and bumps the counter (atomically); then the node's
-//!   own copy takes it. If Redis does not take it, the admin API answers 503 and nothing changed.
+//!   own copy takes it. If Redis does not answer, the admin API answers 503: not in force here.
+//!   A command that timed out may still reach a hung Redis once it resumes, and then the
+//!   revocation takes effect everywhere at the next sync; retrying is safe (adding is
+//!   idempotent).
 //! - Sync: every `sync_interval_ms` a node asks for `epoch:counter`; when it differs from the one
 //!   it applied, the whole record comes in the same script call and is merged into the copy. A
 //!   revocation on any node is in force on every node within `sync_interval_ms` plus a command.
@@ -305,5 +308,67 @@ impl RevocationStore for RedisRevocations {
             tracing::warn!(error = %crate::telemetry::ErrorChain(&e), "revocations: writing the local copy failed");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn s(text: &str) -> Value {
+        Value::BulkString(text.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_record_of_the_right_shape_parses() {
+        let items = [
+            s("e:1"),
+            Value::Array(vec![s("j1")]),
+            Value::Array(vec![s("bob"), s("100")]),
+        ];
+        let list = parse_record(&items).unwrap();
+        assert!(list.jti.contains("j1"));
+        assert_eq!(list.sub["bob"], 100);
+    }
+
+    #[test]
+    fn a_broken_record_is_a_bad_reply_never_a_partial_list() {
+        let cases: Vec<Vec<Value>> = vec![
+            // Truncated: the subject hash is missing.
+            vec![s("e:1"), Value::Array(vec![s("j1")])],
+            // A subject without its time.
+            vec![s("e:1"), Value::Array(vec![]), Value::Array(vec![s("bob")])],
+            // A time that is not a number, or negative.
+            vec![
+                s("e:1"),
+                Value::Array(vec![]),
+                Value::Array(vec![s("bob"), s("soon")]),
+            ],
+            vec![
+                s("e:1"),
+                Value::Array(vec![]),
+                Value::Array(vec![s("bob"), Value::Int(-1)]),
+            ],
+            // Bytes that are not UTF-8, an empty jti, a number where the set belongs.
+            vec![
+                s("e:1"),
+                Value::Array(vec![Value::BulkString(vec![0xff, 0xfe])]),
+                Value::Array(vec![]),
+            ],
+            vec![s("e:1"), Value::Array(vec![s("")]), Value::Array(vec![])],
+            vec![s("e:1"), Value::Int(3), Value::Array(vec![])],
+            vec![
+                s("e:1"),
+                Value::Array(vec![Value::Nil]),
+                Value::Array(vec![]),
+            ],
+        ];
+        for items in cases {
+            assert!(
+                matches!(parse_record(&items), Err(RedisFault::BadReply(_))),
+                "{items:?}"
+            );
+        }
     }
 }
