@@ -20,6 +20,7 @@ mod cluster_saml;
 mod config_errors;
 mod cors;
 mod delegated;
+mod deploy;
 mod faults;
 mod fs_source;
 mod identity;
