@@ -15,6 +15,8 @@
 //! | `use_windows.rs` | use windows of signed URLs | `identity::use_window::UseWindowStore` |
 //! | `admission.rs` | rate limits, with a local fast path | `state::admission::AdmissionStore` |
 
+pub mod admission;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
