@@ -59,6 +59,10 @@ pub enum StartError {
     /// without the cache it was configured with.
     #[error("setting up the cache ([cache])")]
     Cache(#[from] crate::cache::CacheError),
+    /// `[redis]` could not be set up (its `ca_file`, or a URL the client refuses). A Redis that
+    /// is down at start is not an error: the stores fall back as documented until it answers.
+    #[error("setting up Redis ([redis]): {0}")]
+    Redis(String),
     #[error("setting up SAML sessions")]
     Saml(#[from] crate::saml::sp::SamlSetupError),
     #[error("binding {what} listener on {addr}")]
@@ -142,6 +146,11 @@ impl Gateway {
         let saml = Arc::new(crate::saml::sp::SamlState::new(clock)?);
         // The one home of all of it (see `state.rs`), built once for the process.
         let mut shared = Shared::new(admission, revocations, delegations).with_saml(saml);
+        // `[redis]`: the shared client, and the stores that keep their state there, swapped in
+        // over the in-memory ones. Without `[redis]` nothing here runs (one node, as before).
+        if let Some(redis_config) = &config.redis {
+            shared = with_redis_stores(shared, redis_config, &config).await?;
+        }
         // The cache is built once, before any port is bound: a reload cannot rebuild it.
         if let Some(cache) = &config.cache {
             let cache =
@@ -316,6 +325,26 @@ impl Gateway {
             tracing::warn!("audit writer still busy after shutdown; some records may be lost");
         }
     }
+}
+
+/// Connect to `[redis]` (lazily: a Redis that is down at start does not stop the gateway) and
+/// swap in the stores that keep their state there. Each store's owner adds its line here.
+async fn with_redis_stores(
+    shared: Shared,
+    redis_config: &crate::config::RedisConfig,
+    _config: &Config,
+) -> Result<Shared, StartError> {
+    use crate::state::redis::{Redis, RedisSettings};
+    let settings =
+        RedisSettings::from_config(redis_config).map_err(|e| StartError::Redis(e.to_string()))?;
+    let redis = Arc::new(Redis::connect(&settings).map_err(|e| StartError::Redis(e.to_string()))?);
+    let shared = shared.with_redis(Arc::clone(&redis));
+    // ---- Redis-backed stores (one line each; see src/state/redis/mod.rs) ----
+    // revocations (redis-core): `shared.with_revocations(...)`
+    // SAML sessions, replay cache, login-cookie key, use windows (redis-saml):
+    //   `shared.with_saml(...)`, `shared.with_use_windows(...)`; seal key: `redis_config.seal_key`
+    // rate limits (redis-limits): `shared.with_admission(...)`; `redis_config.expected_nodes`
+    Ok(shared)
 }
 
 /// Forget rate-limit keys that have been idle long enough to be indistinguishable from new ones,

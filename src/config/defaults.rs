@@ -233,6 +233,37 @@ pub const DEV_KEY_FILE: &str = "dev-hs256.key";
 /// Revocations file inside the state directory.
 pub const REVOCATIONS_FILE: &str = "revocations.json";
 
+/// `[redis]`: key prefix when none is given (several deployments on one Redis set their own).
+pub const REDIS_PREFIX: &str = "bucketgate";
+/// Longest `[redis] prefix` and `node_name` (letters, digits, `.`, `_`, `-`).
+pub const REDIS_NAME_MAX_CHARS: usize = 64;
+/// `[redis] connect_timeout_ms`: time to open a connection (TCP, TLS, AUTH), and its bounds.
+pub const REDIS_CONNECT_TIMEOUT_MS: u64 = 1000;
+pub const REDIS_CONNECT_TIMEOUT_MS_MIN: u64 = 10;
+pub const REDIS_CONNECT_TIMEOUT_MS_MAX: u64 = 30_000;
+/// `[redis] command_timeout_ms`: time one command may take before it counts as "Redis down"
+/// for that lookup, and its bounds.
+pub const REDIS_COMMAND_TIMEOUT_MS: u64 = 250;
+pub const REDIS_COMMAND_TIMEOUT_MS_MIN: u64 = 5;
+pub const REDIS_COMMAND_TIMEOUT_MS_MAX: u64 = 10_000;
+/// `[redis] connections`: multiplexed connections commands are spread over, and the bound.
+pub const REDIS_CONNECTIONS: u64 = 4;
+pub const REDIS_CONNECTIONS_MAX: u64 = 64;
+/// `[redis] sync_interval_ms`: how often a node polls the shared versions (revocations, network
+/// lists). A change made on one node is in force on every node within this plus one command;
+/// at most 500 so the 1 s promise holds with a slow command.
+pub const REDIS_SYNC_INTERVAL_MS: u64 = 200;
+pub const REDIS_SYNC_INTERVAL_MS_MIN: u64 = 20;
+pub const REDIS_SYNC_INTERVAL_MS_MAX: u64 = 500;
+/// `[redis] expected_nodes`: the node count a rate-limit quota is divided by while Redis is
+/// down, and its bound.
+pub const REDIS_EXPECTED_NODES: u64 = 1;
+pub const REDIS_EXPECTED_NODES_MAX: u64 = 1000;
+/// Heartbeats for `GET /admin/cluster`: written this often, kept this long (a node not seen for
+/// the TTL drops out of the table).
+pub const REDIS_HEARTBEAT_SECS: u64 = 2;
+pub const REDIS_HEARTBEAT_TTL_SECS: u64 = 10;
+
 /// Bytes read from a backend per body frame: bounds per-response memory.
 pub const BODY_CHUNK_BYTES: usize = 64 * 1024;
 /// Per-stream h2 send buffer: with the chunk above, what one slow h2 reader can hold in memory.

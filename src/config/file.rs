@@ -33,6 +33,28 @@ pub(super) struct RawConfig {
     pub saml: Option<Spanned<RawSaml>>,
     pub sts: Option<Spanned<RawSts>>,
     pub cache: Option<Spanned<RawCache>>,
+    pub redis: Option<Spanned<RawRedis>>,
+}
+
+/// `[redis]`: shared state of several nodes. `password` and `seal_key` are secret references.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRedis {
+    pub url: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub username: Option<Spanned<String>>,
+    pub password: Option<Spanned<String>>,
+    pub prefix: Option<Spanned<String>>,
+    pub connect_timeout_ms: Option<Spanned<i64>>,
+    pub command_timeout_ms: Option<Spanned<i64>>,
+    pub connections: Option<Spanned<i64>>,
+    pub node_name: Option<Spanned<String>>,
+    pub sync_interval_ms: Option<Spanned<i64>>,
+    pub refuse_tokens_issued_during_outage: Option<Spanned<bool>>,
+    /// SAML sessions: `env:NAME` or `file:PATH`, 32 bytes as 64 hex characters.
+    pub seal_key: Option<Spanned<String>>,
+    /// Rate limits: per-node share of a quota while Redis is down.
+    pub expected_nodes: Option<Spanned<i64>>,
 }
 
 /// `[cache]`: the object cache. Sizes in bytes; `key` is a secret reference.

@@ -50,6 +50,51 @@ pub struct Config {
     /// the origin). Built once at start: a reload that changes it is logged and applied at the
     /// next start, except `bypass` (per-source `cache = false`), read per request.
     pub cache: Option<CacheConfig>,
+    /// `[redis]`: state shared by several nodes. `None`: every store is this process's own
+    /// (one node). Built once at start: a reload that changes it is logged and applied at the
+    /// next start.
+    pub redis: Option<RedisConfig>,
+}
+
+/// `[redis]`: where the shared state lives and what each store does while Redis is down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `url`: `redis://host:port/db` or `rediss://` (TLS); no password in it.
+    pub url: String,
+    /// `ca_file`: PEM roots for `rediss://` (the system's bundled roots when `None`).
+    pub ca_file: Option<PathBuf>,
+    /// `username`: ACL user (Redis 6+); `None`: the default user.
+    pub username: Option<String>,
+    /// `password`: resolved from its secret reference.
+    pub password: Option<Secret>,
+    /// `prefix`: first part of every key.
+    pub prefix: String,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    /// `connections`: multiplexed connections.
+    pub connections: usize,
+    /// `node_name`: this node in `GET /admin/cluster` (default: the host name).
+    pub node_name: String,
+    /// `sync_interval_ms`: how often shared versions are polled.
+    pub sync_interval: Duration,
+    /// `refuse_tokens_issued_during_outage`: while Redis is down, refuse tokens whose `iat` is
+    /// after the outage began (a revocation made elsewhere meanwhile cannot be seen).
+    pub refuse_tokens_issued_during_outage: bool,
+    /// `seal_key`: the AES-256-GCM key SAML session credentials are sealed with before they are
+    /// written to Redis. Required when `[saml]` is configured.
+    pub seal_key: Option<SealKey>,
+    /// `expected_nodes`: a rate-limit quota is divided by this while Redis is down.
+    pub expected_nodes: u32,
+}
+
+/// A 32-byte key that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealKey(pub [u8; 32]);
+
+impl fmt::Debug for SealKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// `[cache]`: memory tier, optional encrypted disk tier, chunking and metadata trust.
@@ -607,6 +652,14 @@ impl Secret {
     }
 }
 
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for Secret {}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
@@ -695,6 +748,7 @@ impl Config {
                 disk: None,
                 bypass: std::collections::BTreeSet::new(),
             }),
+            redis: None,
         })
     }
 }

@@ -249,6 +249,9 @@ impl Control {
                  `cache = false` applies now)"
             );
         }
+        if old.redis != effective.redis {
+            tracing::warn!("[redis] changed in the config; it applies at the next start");
+        }
         self.pipeline.replace(snapshot);
         if tls.leaf() != &self.tls.leaf() {
             tracing::info!("TLS certificate changed; new connections are served the new one");

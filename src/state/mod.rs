@@ -15,6 +15,9 @@
 //! - the object cache ([`crate::cache::Cache`]), when `[cache]` was configured at start; later
 //!   the image and video job tables too.
 //!
+//! - the Redis client ([`redis::Redis`]), when `[redis]` was configured at start: the stores
+//!   that keep their state there hold it too, and `/readyz` and `/admin/cluster` read it.
+//!
 //! Each part is a store behind its own type; where a part may later be kept outside the process
 //! (Redis), its store is an async trait with an in-memory implementation (see each part).
 //! This module builds nothing from config and decides nothing about requests.
@@ -44,6 +47,8 @@ pub struct Shared {
     saml: Option<Arc<SamlState>>,
     /// `None`: no `[cache]` at start (reads go to the origin).
     cache: Option<Arc<crate::cache::Cache>>,
+    /// `None`: no `[redis]` at start (one node, every store in this process).
+    redis: Option<Arc<redis::Redis>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -66,6 +71,7 @@ impl Shared {
             token_clock: crate::credentials::system_clock(),
             saml: None,
             cache: None,
+            redis: None,
         }
     }
 
@@ -99,6 +105,36 @@ impl Shared {
     /// Keep SAML sessions in `state`.
     pub fn with_saml(mut self, state: Arc<SamlState>) -> Shared {
         self.saml = Some(state);
+        self
+    }
+
+    /// Keep shared state in `redis` (the stores that use it are swapped in with the `with_*`
+    /// methods; this only makes the client reachable for health, the cluster table and sync).
+    pub fn with_redis(mut self, redis: Arc<redis::Redis>) -> Shared {
+        self.redis = Some(redis);
+        self
+    }
+
+    /// The Redis client, if `[redis]` was configured at start.
+    pub fn redis(&self) -> Option<&Arc<redis::Redis>> {
+        self.redis.as_ref()
+    }
+
+    /// Replace the rate-limit store (a Redis-backed one, built in `app.rs`).
+    pub fn with_admission(mut self, admission: AnyAdmission) -> Shared {
+        self.admission = admission;
+        self
+    }
+
+    /// Replace the revocation store (a Redis-backed one, built in `app.rs`).
+    pub fn with_revocations(mut self, revocations: Arc<Revocations>) -> Shared {
+        self.revocations = revocations;
+        self
+    }
+
+    /// Replace the use-window store (a Redis-backed one, built in `app.rs`).
+    pub fn with_use_windows(mut self, use_windows: UseWindows) -> Shared {
+        self.use_windows = use_windows;
         self
     }
 

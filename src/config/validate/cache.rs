@@ -366,7 +366,7 @@ impl Checker<'_> {
 }
 
 /// 64 hex characters -> 32 bytes; the problem (never the value) otherwise.
-fn parse_key(text: &str) -> Result<[u8; 32], String> {
+pub(super) fn parse_key(text: &str) -> Result<[u8; 32], String> {
     let text = text.trim();
     if text.len() != 64 {
         return Err(format!("the value has {} characters", text.chars().count()));

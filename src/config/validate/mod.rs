@@ -15,7 +15,7 @@
 //! shares (integer ranges, paths, secret references). Each section is a child module adding its
 //! methods to the `Checker`: `listener` (`[listener]`, `[admin]`), `limits` (`[limits]`,
 //! `[rate_limits]`), `network`, `sources`, `sts`, `identity` (`[identity]`, `[roles]`,
-//! `[projects]`), `saml`, `audit_cors` and `cache`.
+//! `[projects]`), `saml`, `audit_cors`, `cache` and `redis`.
 
 use std::fmt;
 use std::io;
@@ -34,6 +34,7 @@ mod identity;
 mod limits;
 mod listener;
 mod network;
+mod redis;
 mod saml;
 mod sources;
 mod sts;
@@ -315,6 +316,7 @@ impl Checker<'_> {
         let saml = self.saml(raw.saml.as_ref(), roles.as_ref(), projects.as_ref());
         let sts = self.sts(raw.sts.as_ref());
         let cache = self.cache(raw.cache.as_ref(), raw.sources.as_ref());
+        let redis = self.redis(raw.redis.as_ref(), raw.saml.is_some());
         if let Some(saml) = &saml {
             self.saml_sources_need_saml(raw.sources.as_ref(), saml.is_some());
         }
@@ -333,6 +335,7 @@ impl Checker<'_> {
             saml: saml?,
             sts: sts?,
             cache: cache?,
+            redis: redis?,
         })
     }
 

@@ -46,6 +46,28 @@ pub struct RedisSettings {
     pub connections: usize,
 }
 
+impl RedisSettings {
+    /// The settings of a validated `[redis]`: reads `ca_file` (the only I/O).
+    pub fn from_config(config: &crate::config::RedisConfig) -> std::io::Result<RedisSettings> {
+        let ca_pem = match &config.ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("reading {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        Ok(RedisSettings {
+            url: config.url.clone(),
+            ca_pem,
+            password: config.password.as_ref().map(|p| p.expose().to_owned()),
+            username: config.username.clone(),
+            prefix: config.prefix.clone(),
+            connect_timeout: config.connect_timeout,
+            command_timeout: config.command_timeout,
+            connections: config.connections,
+        })
+    }
+}
+
 impl std::fmt::Debug for RedisSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisSettings")
