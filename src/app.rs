@@ -29,6 +29,7 @@ use crate::server::tls::{LiveTls, LoadedTls, TlsError};
 use crate::server::{self, Role};
 use crate::state::Shared;
 use crate::state::admission::{Admission, AdmitClock, AnyAdmission};
+use crate::state::redis::admission::RedisAdmission;
 use crate::telemetry::Metrics;
 
 /// The embedded default config ([`Config::embedded_default`]) for `workdir`, with its HS256
@@ -149,7 +150,7 @@ impl Gateway {
         // `[redis]`: the shared client, and the stores that keep their state there, swapped in
         // over the in-memory ones. Without `[redis]` nothing here runs (one node, as before).
         if let Some(redis_config) = &config.redis {
-            shared = with_redis_stores(shared, redis_config, &config).await?;
+            shared = with_redis_stores(shared, redis_config, &config, &options).await?;
         }
         // The cache is built once, before any port is bound: a reload cannot rebuild it.
         if let Some(cache) = &config.cache {
@@ -332,7 +333,8 @@ impl Gateway {
 async fn with_redis_stores(
     shared: Shared,
     redis_config: &crate::config::RedisConfig,
-    _config: &Config,
+    config: &Config,
+    options: &StartOptions,
 ) -> Result<Shared, StartError> {
     use crate::state::redis::{Redis, RedisSettings};
     let settings =
@@ -343,7 +345,13 @@ async fn with_redis_stores(
     // revocations (redis-core): `shared.with_revocations(...)`
     // SAML sessions, replay cache, login-cookie key, use windows (redis-saml):
     //   `shared.with_saml(...)`, `shared.with_use_windows(...)`; seal key: `redis_config.seal_key`
-    // rate limits (redis-limits): `shared.with_admission(...)`; `redis_config.expected_nodes`
+    // rate limits (redis-limits): shared quotas with local leases, per node while Redis is down.
+    let shared = shared.with_admission(AnyAdmission::Redis(RedisAdmission::new(
+        Arc::clone(&redis),
+        &config.rate_limits,
+        redis_config.expected_nodes,
+        options.clock.clone(),
+    )));
     Ok(shared)
 }
 

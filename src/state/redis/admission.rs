@@ -274,7 +274,7 @@ fn lease_ttl_nanos() -> u64 {
     RATE_LIMIT_LEASE_TTL_MS * 1_000_000
 }
 
-/// Counts for tests and benches: how often Redis was asked, and what went where.
+/// Counts of one limit for tests and benches: how often Redis was asked, and what went where.
 #[derive(Debug, Default)]
 struct Counters {
     round_trips: AtomicU64,
@@ -283,7 +283,7 @@ struct Counters {
     bad_replies: AtomicU64,
 }
 
-/// A snapshot of [`RedisAdmission`]'s counters.
+/// A snapshot of [`RedisAdmission`]'s counters for one limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AdmissionStats {
     /// Lease requests sent to Redis.
@@ -306,7 +306,8 @@ pub struct RedisAdmission {
     /// The per-node limits while Redis is unreachable (and for a lookup it answered garbage).
     fallback: Admission,
     outage: Outage,
-    counters: Counters,
+    /// Per limit: `[ip, subject]`.
+    counters: [Counters; 2],
 }
 
 impl std::fmt::Debug for RedisAdmission {
@@ -361,7 +362,7 @@ impl RedisAdmission {
             quotas: ArcSwap::from_pointee(Quotas::new(limits, expected_nodes)),
             leases: Leases::new(),
             outage: Outage::default(),
-            counters: Counters::default(),
+            counters: Default::default(),
         }
     }
 
@@ -404,13 +405,21 @@ impl RedisAdmission {
         (ip, subject)
     }
 
-    pub fn stats(&self) -> AdmissionStats {
-        let c = &self.counters;
+    /// The counters of one limit.
+    pub fn stats(&self, kind: LimitKind) -> AdmissionStats {
+        let c = self.counters(kind);
         AdmissionStats {
             round_trips: c.round_trips.load(Ordering::Relaxed),
             local: c.local.load(Ordering::Relaxed),
             fallback: c.fallback.load(Ordering::Relaxed),
             bad_replies: c.bad_replies.load(Ordering::Relaxed),
+        }
+    }
+
+    fn counters(&self, kind: LimitKind) -> &Counters {
+        match kind {
+            LimitKind::Ip => &self.counters[0],
+            LimitKind::Subject => &self.counters[1],
         }
     }
 
@@ -427,18 +436,18 @@ impl RedisAdmission {
         let now = self.now();
         match self.look_locally(&key, quota, now) {
             Local::Spent(top_up) => {
-                self.counters.local.fetch_add(1, Ordering::Relaxed);
+                self.counters(kind).local.fetch_add(1, Ordering::Relaxed);
                 if top_up {
-                    self.top_up(key, quota, now).await;
+                    self.top_up(key, kind, quota, now).await;
                 }
                 Ok(())
             }
             Local::Refused(retry_after) => Err(RateLimited { kind, retry_after }),
             Local::AskRedis => {
                 if !self.outage.may_try(now) {
-                    return self.fall_back(&key);
+                    return self.fall_back(&key, kind);
                 }
-                match self.lease(&key, quota, quota.lease).await {
+                match self.lease(&key, kind, quota, quota.lease).await {
                     Ok(Granted::Tokens(n)) => {
                         let mut shard = self.leases.shard(&key);
                         let lease = shard.entry(key).or_default();
@@ -453,7 +462,7 @@ impl RedisAdmission {
                         lease.refused_until = now + nanos(retry_after);
                         Err(RateLimited { kind, retry_after })
                     }
-                    Err(_) => self.fall_back(&key),
+                    Err(_) => self.fall_back(&key, kind),
                 }
             }
         }
@@ -477,9 +486,9 @@ impl RedisAdmission {
     }
 
     /// Refill a low lease (this request was already admitted from it).
-    async fn top_up(&self, key: AdmitKey, quota: Quota, now: u64) {
+    async fn top_up(&self, key: AdmitKey, kind: LimitKind, quota: Quota, now: u64) {
         let answer = if self.outage.may_try(now) {
-            self.lease(&key, quota, quota.lease).await.ok()
+            self.lease(&key, kind, quota, quota.lease).await.ok()
         } else {
             None
         };
@@ -497,15 +506,22 @@ impl RedisAdmission {
         }
     }
 
-    fn fall_back(&self, key: &AdmitKey) -> Result<(), RateLimited> {
-        self.counters.fallback.fetch_add(1, Ordering::Relaxed);
+    fn fall_back(&self, key: &AdmitKey, kind: LimitKind) -> Result<(), RateLimited> {
+        self.counters(kind).fallback.fetch_add(1, Ordering::Relaxed);
         self.fallback.admit_key(key)
     }
 
     /// Ask Redis for up to `want` tokens of `key`. A fault turns the fallback on (down, slow)
     /// or is this lookup's alone (a broken answer).
-    async fn lease(&self, key: &AdmitKey, quota: Quota, want: u32) -> Result<Granted, RedisFault> {
-        self.counters.round_trips.fetch_add(1, Ordering::Relaxed);
+    async fn lease(
+        &self,
+        key: &AdmitKey,
+        kind: LimitKind,
+        quota: Quota,
+        want: u32,
+    ) -> Result<Granted, RedisFault> {
+        let counters = self.counters(kind);
+        counters.round_trips.fetch_add(1, Ordering::Relaxed);
         let now_arg = self
             .clock
             .shared_micros()
@@ -527,7 +543,7 @@ impl RedisAdmission {
                 self.outage.failed(self.now(), fault);
             }
             Err(fault @ RedisFault::BadReply(_)) => {
-                let n = self.counters.bad_replies.fetch_add(1, Ordering::Relaxed) + 1;
+                let n = counters.bad_replies.fetch_add(1, Ordering::Relaxed) + 1;
                 // Logged at 1, 2, 4, 8, ...: a broken key on a busy path does not flood the log.
                 if n.is_power_of_two() {
                     tracing::warn!(error = %fault, count = n, "rate limits: unusable answer from Redis, per-node quota for that request");

@@ -1,0 +1,326 @@
+//! Rate limits shared by three gateways through one real Redis (`state/redis/admission.rs`):
+//! the quota holds across the nodes within 10%, with the local fast path in use; Redis stopped
+//! by PID gives per-node quotas, restarted gives shared ones again without a restart; garbage in
+//! a key is handled as "down" for that lookup. Time is one fake admission clock all three
+//! gateways share (no sleeps); real-time polling only where a reconnect must happen.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use crate::support::redis::RedisServer;
+use crate::support::{GatewayBuilder, TestGateway, eventually, test_rate_limits};
+use bucketgate::config::{RateLimits, RedisConfig};
+use bucketgate::pipeline::admit::{AdmitClock, AnyAdmission, LimitKind};
+use bucketgate::state::redis::admission::AdmissionStats;
+use governor::clock::FakeRelativeClock;
+use sha2::Digest;
+
+const PREFIX: &str = "limits-test";
+const SUBJECT: &str = "test-user"; // the subject of the test token
+
+fn redis_config(server: &RedisServer, expected_nodes: u32) -> RedisConfig {
+    RedisConfig {
+        url: server.plain_url(),
+        ca_file: None,
+        username: None,
+        password: None,
+        prefix: PREFIX.to_owned(),
+        connect_timeout: Duration::from_millis(500),
+        command_timeout: Duration::from_millis(500),
+        connections: 2,
+        node_name: "node".to_owned(),
+        sync_interval: Duration::from_millis(200),
+        refuse_tokens_issued_during_outage: false,
+        seal_key: None,
+        expected_nodes,
+    }
+}
+
+/// A gateway on `server` with `limits`, its fs source `local` holding `hello.txt`.
+struct Node {
+    gw: TestGateway,
+    client: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    async fn start(
+        server: &RedisServer,
+        limits: &RateLimits,
+        expected_nodes: u32,
+        clock: &FakeRelativeClock,
+    ) -> Node {
+        let redis = redis_config(server, expected_nodes);
+        let limits = limits.clone();
+        let (gw, dir) = GatewayBuilder::new()
+            .tweak(move |c| {
+                c.rate_limits = limits;
+                c.redis = Some(redis);
+            })
+            .clock(AdmitClock::Fake(clock.clone()))
+            .start_fs("local")
+            .await;
+        crate::support::write_file(dir.path(), "hello.txt", b"hello\n");
+        let client = gw.client();
+        Node {
+            gw,
+            client,
+            _dir: dir,
+        }
+    }
+
+    /// Send `n` requests; how many were admitted (200). Anything but 200 or 429 fails.
+    async fn send(&self, n: usize) -> usize {
+        let url = self.gw.url("/o/local/hello.txt");
+        let mut admitted = 0;
+        for _ in 0..n {
+            let status = self.client.get(&url).send().await.unwrap().status();
+            match status.as_u16() {
+                200 => admitted += 1,
+                429 => {}
+                other => panic!("unexpected status {other}"),
+            }
+        }
+        admitted
+    }
+
+    fn admission(&self) -> &AnyAdmission {
+        self.gw.gateway().pipeline().admission()
+    }
+
+    fn stats(&self, kind: LimitKind) -> AdmissionStats {
+        match self.admission() {
+            AnyAdmission::Redis(a) => a.stats(kind),
+            AnyAdmission::Memory(_) => panic!("the gateway has no Redis rate limits"),
+        }
+    }
+
+    fn fallback_active(&self) -> bool {
+        self.admission().fallback_active()
+    }
+}
+
+async fn three_nodes(
+    server: &RedisServer,
+    limits: &RateLimits,
+    clock: &FakeRelativeClock,
+) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(Node::start(server, limits, 3, clock).await);
+    }
+    nodes
+}
+
+fn subject_limit(rps: u32, burst: u32) -> RateLimits {
+    RateLimits {
+        per_subject_rps: rps,
+        per_subject_burst: burst,
+        ..test_rate_limits()
+    }
+}
+
+fn ip_limit(rps: u32, burst: u32) -> RateLimits {
+    RateLimits {
+        per_ip_rps: rps,
+        per_ip_burst: burst,
+        ..test_rate_limits()
+    }
+}
+
+/// Three nodes, two requests to each every 20 ms of fake time for 3 s (300 rps offered against
+/// a quota of 100 rps, burst 100): GCRA on one node would admit burst + rps * 3 s = 400.
+async fn quota_holds_across_three_nodes(limits: RateLimits, kind: LimitKind) {
+    const RPS: u64 = 100;
+    const BURST: u64 = 100;
+    const STEP_MS: u64 = 20;
+    const STEPS: u64 = 150;
+    let server = RedisServer::start().await;
+    let clock = FakeRelativeClock::default();
+    let nodes = three_nodes(&server, &limits, &clock).await;
+    let mut admitted = 0;
+    for _ in 0..STEPS {
+        for node in &nodes {
+            admitted += node.send(2).await;
+        }
+        clock.advance(Duration::from_millis(STEP_MS));
+    }
+    let expected = BURST + RPS * STEPS * STEP_MS / 1000;
+    let admitted = admitted as u64;
+    assert!(
+        admitted.abs_diff(expected) * 10 <= expected,
+        "admitted {admitted} across three nodes, want {expected} +/- 10%"
+    );
+    // Per-node limits would have let each node admit up to the whole quota.
+    let stats: Vec<AdmissionStats> = nodes.iter().map(|n| n.stats(kind)).collect();
+    eprintln!("{kind:?}: admitted {admitted} of {expected}; {stats:?}");
+    let local: u64 = stats.iter().map(|s| s.local).sum();
+    let round_trips: u64 = stats.iter().map(|s| s.round_trips).sum();
+    assert!(
+        local > admitted / 3,
+        "the leases served requests without Redis: {stats:?}"
+    );
+    assert!(
+        round_trips < 3 * STEPS * 2,
+        "fewer round trips than requests: {stats:?}"
+    );
+    assert!(stats.iter().all(|s| s.fallback == 0 && s.bad_replies == 0));
+    for node in nodes {
+        node.gw.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn per_subject_quota_holds_across_three_nodes_within_ten_percent() {
+    quota_holds_across_three_nodes(subject_limit(100, 100), LimitKind::Subject).await;
+}
+
+#[tokio::test]
+async fn per_ip_quota_holds_across_three_nodes_within_ten_percent() {
+    quota_holds_across_three_nodes(ip_limit(100, 100), LimitKind::Ip).await;
+}
+
+/// Stopped by PID: each node admits its share (quota / 3) on its own; restarted: one node can
+/// again spend the whole shared burst, and the others then nothing, with no restart.
+#[tokio::test]
+async fn redis_stopped_gives_per_node_quotas_and_restarted_shared_ones_again() {
+    let mut server = RedisServer::start().await;
+    let clock = FakeRelativeClock::default();
+    // rps 30, burst 30: leases of 1 (exact); per node 10, burst 10.
+    let nodes = three_nodes(&server, &subject_limit(30, 30), &clock).await;
+    let shared = async |nodes: &[Node]| {
+        assert_eq!(
+            nodes[0].send(40).await,
+            30,
+            "the whole burst through one node"
+        );
+        assert_eq!(
+            nodes[1].send(10).await,
+            0,
+            "shared: nothing left for another node"
+        );
+        assert_eq!(nodes[2].send(10).await, 0);
+    };
+    shared(&nodes).await;
+    assert!(nodes.iter().all(|n| !n.fallback_active()));
+
+    assert!(server.pid().is_some());
+    server.stop();
+    clock.advance(Duration::from_secs(10));
+    for node in &nodes {
+        assert_eq!(node.send(20).await, 10, "per node: quota / expected_nodes");
+        assert!(
+            node.fallback_active(),
+            "readyz can say the limits are per node"
+        );
+    }
+
+    server.restart().await;
+    // The first request a second after the last try probes Redis; reconnecting takes real time.
+    for node in &nodes {
+        eventually(
+            "shared limits again",
+            100,
+            Duration::from_millis(50),
+            || {
+                clock.advance(Duration::from_millis(1_100));
+                async {
+                    node.send(1).await;
+                    (!node.fallback_active()).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    clock.advance(Duration::from_secs(10));
+    shared(&nodes).await;
+    for node in nodes {
+        node.gw.shutdown().await;
+    }
+}
+
+/// Garbage written into a key (another type, bytes that are not a number, a truncated number,
+/// NaN) is an error for that lookup: the per-node quota counts, never more, no 5xx, and Redis
+/// is not taken for down. A time far in the future (an infinity) refuses and is clamped.
+#[tokio::test]
+async fn garbage_in_a_key_counts_the_per_node_quota_and_never_more() {
+    let server = RedisServer::start().await;
+    let clock = FakeRelativeClock::default();
+    let nodes = three_nodes(&server, &subject_limit(30, 30), &clock).await;
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let key = format!(
+        "{PREFIX}:v1:rate-subject:{}",
+        hex::encode(sha2::Sha256::digest(SUBJECT.as_bytes()))
+    );
+
+    let garbage: [(&str, &[u8]); 4] = [
+        ("bytes", b"\xff\xfe\x00garbage"),
+        ("truncated", b"17e"),
+        ("nan", b"nan"),
+        ("empty", b""),
+    ];
+    let mut bad_before = 0;
+    for (what, value) in garbage {
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg(value)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        clock.advance(Duration::from_secs(10)); // every per-node bucket full again
+        assert_eq!(nodes[0].send(20).await, 10, "{what}: the per-node quota");
+        let stats = nodes[0].stats(LimitKind::Subject);
+        assert!(stats.bad_replies > bad_before, "{what}: {stats:?}");
+        bad_before = stats.bad_replies;
+        assert!(!nodes[0].fallback_active(), "{what}: Redis answered");
+    }
+
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("RPUSH")
+        .arg(&key)
+        .arg("x")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(
+        nodes[1].send(20).await,
+        10,
+        "wrong type: the per-node quota"
+    );
+
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("inf")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(nodes[2].send(5).await, 0, "a time past the quota refuses");
+    let value: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        value.parse::<f64>().unwrap().is_finite(),
+        "clamped: {value}"
+    );
+    // Clamped to a full bucket, it drains at the quota's rate: one token per 1/30 s.
+    clock.advance(Duration::from_millis(100));
+    assert_eq!(nodes[2].send(10).await, 3);
+
+    for node in nodes {
+        node.gw.shutdown().await;
+    }
+}
