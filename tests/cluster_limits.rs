@@ -239,6 +239,55 @@ async fn redis_stopped_gives_per_node_quotas_and_restarted_shared_ones_again() {
     }
 }
 
+fn signal(server: &mut RedisServer, signal: rustix::process::Signal) {
+    let pid = server.pid().expect("redis-server runs");
+    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).unwrap();
+    rustix::process::kill_process(pid, signal).unwrap();
+}
+
+/// A Redis that stops answering (SIGSTOP: connections open, no replies) costs one request the
+/// command timeout; the rest go straight to the per-node quota without waiting on it, until
+/// it answers again (SIGCONT) and the limits are shared again.
+#[tokio::test]
+async fn redis_too_slow_gives_per_node_quotas_with_one_request_waiting() {
+    let mut server = RedisServer::start().await;
+    let clock = FakeRelativeClock::default();
+    let node = Node::start(&server, &subject_limit(30, 30), 3, &clock).await;
+    assert_eq!(node.send(40).await, 30, "shared burst");
+    let trips = |node: &Node| {
+        node.stats(LimitKind::Ip).round_trips + node.stats(LimitKind::Subject).round_trips
+    };
+
+    signal(&mut server, rustix::process::Signal::STOP);
+    clock.advance(Duration::from_secs(10));
+    let before = trips(&node);
+    assert_eq!(node.send(20).await, 10, "per node: quota / expected_nodes");
+    assert_eq!(
+        trips(&node) - before,
+        1,
+        "only the first request asked the stalled Redis"
+    );
+    assert!(node.fallback_active());
+
+    signal(&mut server, rustix::process::Signal::CONT);
+    eventually(
+        "shared limits again",
+        100,
+        Duration::from_millis(50),
+        || {
+            clock.advance(Duration::from_millis(1_100));
+            async {
+                node.send(1).await;
+                (!node.fallback_active()).then_some(())
+            }
+        },
+    )
+    .await;
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(node.send(40).await, 30, "the shared burst again");
+    node.gw.shutdown().await;
+}
+
 /// Garbage written into a key (another type, bytes that are not a number, a truncated number,
 /// NaN) is an error for that lookup: the per-node quota counts, never more, no 5xx, and Redis
 /// is not taken for down. A time far in the future (an infinity) refuses and is clamped.
