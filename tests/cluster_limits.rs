@@ -11,7 +11,9 @@ use crate::support::redis::RedisServer;
 use crate::support::{GatewayBuilder, TestGateway, eventually, test_rate_limits};
 use bucketgate::config::{RateLimits, RedisConfig};
 use bucketgate::pipeline::admit::{AdmitClock, AnyAdmission, LimitKind};
-use bucketgate::state::redis::admission::AdmissionStats;
+use bucketgate::state::admission::AdmissionStore;
+use bucketgate::state::redis::admission::{AdmissionStats, RedisAdmission};
+use bucketgate::state::redis::{Redis, RedisSettings};
 use governor::clock::FakeRelativeClock;
 use sha2::Digest;
 
@@ -372,4 +374,49 @@ async fn garbage_in_a_key_counts_the_per_node_quota_and_never_more() {
     for node in nodes {
         node.gw.shutdown().await;
     }
+}
+
+/// Many requests at once on a key this node holds no lease for: one of them leases a batch,
+/// the others ask for their own token only, so the node does not take a batch per request
+/// (here 50 batches of 100 would have taken 5,000 tokens of a burst of 1,000).
+#[tokio::test]
+async fn concurrent_requests_on_a_cold_key_lease_one_batch() {
+    let server = RedisServer::start().await;
+    let config = redis_config(&server, 1);
+    let redis = Redis::connect(&RedisSettings::from_config(&config).unwrap()).unwrap();
+    let clock = FakeRelativeClock::default();
+    // rps 1000, burst 1000, one node: batches of 100, one token per 1,000 us.
+    let store = RedisAdmission::new(
+        std::sync::Arc::new(redis),
+        &ip_limit(1000, 1000),
+        1,
+        AdmitClock::Fake(clock.clone()),
+    );
+    let client: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+    let results = futures_util::future::join_all((0..50).map(|_| store.admit(client, None))).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+
+    let conn_client = redis::Client::open(server.url()).unwrap();
+    let mut conn = conn_client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let tat: String = redis::cmd("GET")
+        .arg(format!("{PREFIX}:v1:rate-ip:192.0.2.7"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // The clock stands at 0: the stored time is the tokens taken, in ms.
+    let taken = tat.parse::<f64>().unwrap() / 1000.0;
+    assert!(
+        (50.0..=149.0).contains(&taken),
+        "took {taken} tokens for 50 requests (one batch of 100 plus single tokens at most)"
+    );
+    // And the rest of the batch is spent locally.
+    let before = store.stats(LimitKind::Ip);
+    for _ in 0..20 {
+        store.admit(client, None).await.unwrap();
+    }
+    let after = store.stats(LimitKind::Ip);
+    assert!(after.round_trips - before.round_trips <= 1, "{after:?}");
 }

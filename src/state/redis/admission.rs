@@ -13,9 +13,11 @@
 //! Each node keeps, per key, a *lease*: the tokens it got and has not spent yet. A request
 //! spends one from the lease without asking Redis; the request that brings a lease down to a
 //! quarter of its size tops it up (one round trip, while the others keep spending what is
-//! left). So on a busy key one request in about `3k/4` waits on Redis. A refusal is remembered
-//! locally until the time Redis said a token is free: no round trip can change that answer
-//! sooner, since leases are only ever taken from Redis, never given back.
+//! left). So on a busy key one request in about `3k/4` waits on Redis. One batch request per key
+//! and node is in flight at a time: requests that find nothing leased meanwhile ask for their
+//! own token alone (a cold key hit by many requests at once takes one batch, not one each). A
+//! refusal is remembered locally until the time Redis said a token is free: no round trip can
+//! change that answer sooner, since leases are only ever taken from Redis, never given back.
 //!
 //! The lease size is `k = max(1, min(rps, burst) / (10 * expected_nodes))`
 //! ([`RATE_LIMIT_LEASE_DIVISOR`]). Every token a node spends was taken from the shared bucket
@@ -175,8 +177,8 @@ struct Lease {
     expires: u64,
     /// Redis said nothing is free before this.
     refused_until: u64,
-    /// A request is topping this lease up (so no other starts a second round trip).
-    topping_up: bool,
+    /// A batch request for this key is in flight (so no other request starts a second one).
+    leasing: bool,
 }
 
 impl Lease {
@@ -185,7 +187,7 @@ impl Lease {
     }
 
     fn idle(&self, now: u64) -> bool {
-        self.live_tokens(now) == 0 && now >= self.refused_until && !self.topping_up
+        self.live_tokens(now) == 0 && now >= self.refused_until && !self.leasing
     }
 }
 
@@ -336,12 +338,28 @@ impl AdmissionStore for RedisAdmission {
     }
 }
 
-/// How a request is decided after a look at its lease.
+/// How a request is decided after a look at its key's lease.
 enum Local {
-    /// Spent a leased token; `true`: this request tops the lease up.
-    Spent(bool),
+    /// Spent a leased token; `top_up`: this request then refills the lease.
+    Spent { top_up: bool },
+    /// Redis said nothing is free yet.
     Refused(Duration),
-    AskRedis,
+    /// Nothing leased: ask Redis for `want` tokens; `leasing`: as this node's one batch request
+    /// in flight for the key.
+    Ask { want: u32, leasing: bool },
+    /// Redis is unreachable and not due for a retry: the per-node quota.
+    FallBack,
+}
+
+/// Why Redis is asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    /// A batch, one token of it this request's.
+    Lease,
+    /// This request's token alone (a batch request is already in flight).
+    One,
+    /// A batch refilling a low lease (the request was admitted from it already).
+    TopUp,
 }
 
 impl RedisAdmission {
@@ -435,74 +453,120 @@ impl RedisAdmission {
     ) -> Result<(), RateLimited> {
         let now = self.now();
         match self.look_locally(&key, quota, now) {
-            Local::Spent(top_up) => {
+            Local::Spent { top_up } => {
                 self.counters(kind).local.fetch_add(1, Ordering::Relaxed);
                 if top_up {
-                    self.top_up(key, kind, quota, now).await;
+                    // Admitted already: the answer only refills the lease.
+                    let _ = self
+                        .ask(key, kind, quota, quota.lease, now, Ask::TopUp)
+                        .await;
                 }
                 Ok(())
             }
             Local::Refused(retry_after) => Err(RateLimited { kind, retry_after }),
-            Local::AskRedis => {
-                if !self.outage.may_try(now) {
-                    return self.fall_back(&key, kind);
-                }
-                match self.lease(&key, kind, quota, quota.lease).await {
-                    Ok(Granted::Tokens(n)) => {
-                        let mut shard = self.leases.shard(&key);
-                        let lease = shard.entry(key).or_default();
-                        // One of the tokens is this request's.
-                        lease.tokens = lease.live_tokens(now) + n - 1;
-                        lease.expires = now + lease_ttl_nanos();
-                        Ok(())
-                    }
-                    Ok(Granted::Wait(retry_after)) => {
-                        let mut shard = self.leases.shard(&key);
-                        let lease = shard.entry(key).or_default();
-                        lease.refused_until = now + nanos(retry_after);
-                        Err(RateLimited { kind, retry_after })
-                    }
-                    Err(_) => self.fall_back(&key, kind),
-                }
+            Local::FallBack => self.fall_back(&key, kind),
+            Local::Ask { want, leasing } => {
+                let ask = if leasing { Ask::Lease } else { Ask::One };
+                self.ask(key, kind, quota, want, now, ask).await
             }
         }
     }
 
     fn look_locally(&self, key: &AdmitKey, quota: Quota, now: u64) -> Local {
         let mut shard = self.leases.shard(key);
-        let Some(lease) = shard.get_mut(key) else {
-            return Local::AskRedis;
+        let lease = match shard.get_mut(key) {
+            Some(lease) => lease,
+            None => {
+                if !self.outage.may_try(now) {
+                    return Local::FallBack;
+                }
+                let lease = Lease {
+                    leasing: true,
+                    ..Lease::default()
+                };
+                shard.insert(key.clone(), lease);
+                return Local::Ask {
+                    want: quota.lease,
+                    leasing: true,
+                };
+            }
         };
         if lease.live_tokens(now) > 0 {
             lease.tokens -= 1;
-            let top_up = lease.tokens <= quota.low_water() && !lease.topping_up && quota.lease > 1;
-            lease.topping_up |= top_up;
-            Local::Spent(top_up)
+            let top_up = quota.lease > 1
+                && lease.tokens <= quota.low_water()
+                && !lease.leasing
+                && self.outage.may_try(now);
+            lease.leasing |= top_up;
+            Local::Spent { top_up }
         } else if now < lease.refused_until {
             Local::Refused(Duration::from_nanos(lease.refused_until - now))
+        } else if !self.outage.may_try(now) {
+            Local::FallBack
+        } else if lease.leasing {
+            // This node's lease request for the key is in flight: ask for this request's token
+            // alone, so concurrent requests on a cold key do not each lease a batch.
+            Local::Ask {
+                want: 1,
+                leasing: false,
+            }
         } else {
-            Local::AskRedis
+            lease.leasing = true;
+            Local::Ask {
+                want: quota.lease,
+                leasing: true,
+            }
         }
     }
 
-    /// Refill a low lease (this request was already admitted from it).
-    async fn top_up(&self, key: AdmitKey, kind: LimitKind, quota: Quota, now: u64) {
-        let answer = if self.outage.may_try(now) {
-            self.lease(&key, kind, quota, quota.lease).await.ok()
-        } else {
-            None
-        };
+    /// Ask Redis for `want` tokens of `key` and settle the answer in its lease; for
+    /// [`Ask::Lease`] and [`Ask::One`] one of them is this request's.
+    async fn ask(
+        &self,
+        key: AdmitKey,
+        kind: LimitKind,
+        quota: Quota,
+        want: u32,
+        now: u64,
+        ask: Ask,
+    ) -> Result<(), RateLimited> {
+        let answer = self.lease(&key, kind, quota, want).await;
+        let leasing = matches!(ask, Ask::Lease | Ask::TopUp);
         let mut shard = self.leases.shard(&key);
-        let lease = shard.entry(key).or_default();
-        lease.topping_up = false;
-        match answer {
-            Some(Granted::Tokens(n)) => {
-                lease.tokens = lease.live_tokens(now) + n;
-                lease.expires = now + lease_ttl_nanos();
+        let Ok(answer) = answer else {
+            if leasing && let Some(lease) = shard.get_mut(&key) {
+                lease.leasing = false;
             }
-            Some(Granted::Wait(wait)) => lease.refused_until = now + nanos(wait),
-            // The tokens left are still spent; then the fallback counts.
-            None => {}
+            drop(shard);
+            return match ask {
+                // The tokens left are still spent; then the fallback counts.
+                Ask::TopUp => Ok(()),
+                Ask::Lease | Ask::One => self.fall_back(&key, kind),
+            };
+        };
+        let lease = shard.entry(key).or_default();
+        if leasing {
+            lease.leasing = false;
+        }
+        let mine = u32::from(!matches!(ask, Ask::TopUp));
+        match answer {
+            Granted::Tokens(n) => {
+                lease.tokens = lease.live_tokens(now) + n - mine;
+                lease.expires = now + lease_ttl_nanos();
+                Ok(())
+            }
+            Granted::Wait(retry_after) => {
+                lease.refused_until = now + nanos(retry_after);
+                if mine == 0 {
+                    Ok(())
+                } else if lease.live_tokens(now) > 0 {
+                    // A lease that landed meanwhile has room for this request.
+                    lease.tokens -= 1;
+                    Ok(())
+                } else {
+                    Err(RateLimited { kind, retry_after })
+                }
+            }
         }
     }
 
@@ -651,7 +715,7 @@ mod tests {
             tokens: 3,
             expires: 10,
             refused_until: 0,
-            topping_up: false,
+            leasing: false,
         };
         assert!(!l.idle(5));
         assert!(l.idle(10), "expired tokens do not count");
