@@ -150,7 +150,18 @@ impl Gateway {
         // `[redis]`: the shared client, and the stores that keep their state there, swapped in
         // over the in-memory ones. Without `[redis]` nothing here runs (one node, as before).
         if let Some(redis_config) = &config.redis {
-            shared = with_redis_stores(shared, redis_config, &config, &options).await?;
+            let token_clock = options
+                .token_clock
+                .clone()
+                .unwrap_or_else(crate::credentials::system_clock);
+            shared = with_redis_stores(
+                shared,
+                redis_config,
+                &config,
+                token_clock,
+                options.clock.clone(),
+            )
+            .await?;
         }
         // The cache is built once, before any port is bound: a reload cannot rebuild it.
         if let Some(cache) = &config.cache {
@@ -182,6 +193,14 @@ impl Gateway {
             options.config_path.clone(),
             config.clone(),
         ));
+        if let (Some(redis), Some(redis_config)) = (shared.redis(), &config.redis) {
+            control.share_lists(crate::reload::SharedLists::new(
+                Arc::clone(redis),
+                redis_config.node_name.clone(),
+            ));
+            // Take up the lists other nodes agreed on before serving (Redis down: ours stay).
+            let _ = control.sync_shared_lists().await;
+        }
         let admin = Arc::new(Admin::new(
             Arc::clone(&pipeline),
             Arc::clone(&control),
@@ -236,6 +255,15 @@ impl Gateway {
             Arc::clone(&pipeline),
             shutdown.clone(),
         )));
+        if let Some(redis_config) = &config.redis {
+            tasks.push(tokio::spawn(sync_with_redis(
+                Arc::clone(&pipeline),
+                Arc::clone(&control),
+                redis_config.clone(),
+                (data_addr, admin_addr),
+                shutdown.clone(),
+            )));
+        }
         if let (Some(path), true) = (&options.config_path, options.watch_config_file) {
             let watcher = FileWatcher::new(Arc::clone(&control), path.clone());
             tasks.push(tokio::spawn(watcher.run(shutdown.clone())));
@@ -334,15 +362,27 @@ async fn with_redis_stores(
     shared: Shared,
     redis_config: &crate::config::RedisConfig,
     config: &Config,
-    options: &StartOptions,
+    token_clock: Arc<dyn crate::credentials::Clock>,
+    admit_clock: AdmitClock,
 ) -> Result<Shared, StartError> {
+    use crate::state::redis::revocations::RedisRevocations;
     use crate::state::redis::{Redis, RedisSettings};
     let settings =
         RedisSettings::from_config(redis_config).map_err(|e| StartError::Redis(e.to_string()))?;
     let redis = Arc::new(Redis::connect(&settings).map_err(|e| StartError::Redis(e.to_string()))?);
-    let shared = shared.with_redis(Arc::clone(&redis));
+    let mut shared = shared.with_redis(Arc::clone(&redis));
     // ---- Redis-backed stores (one line each; see src/state/redis/mod.rs) ----
-    // revocations (redis-core): `shared.with_revocations(...)`
+    // Revocations: the record in Redis, this node's copy in its state dir; synced once now so a
+    // node starts with the shared list (a Redis that is down leaves the copy, degraded).
+    let copy = crate::identity::revocation::FileRevocations::load(&config.admin.state_dir)?;
+    let revocations = RedisRevocations::new(
+        Arc::clone(&redis),
+        copy,
+        redis_config.refuse_tokens_issued_during_outage,
+        token_clock,
+    );
+    let _ = revocations.sync().await;
+    shared = shared.with_revocations(Arc::new(Revocations::Redis(revocations)));
     // SAML sessions, replay cache, login-cookie key, use windows (redis-saml):
     //   `shared.with_saml(...)`, `shared.with_use_windows(...)`; seal key: `redis_config.seal_key`
     // rate limits (redis-limits): shared quotas with local leases, per node while Redis is down.
@@ -350,9 +390,56 @@ async fn with_redis_stores(
         Arc::clone(&redis),
         &config.rate_limits,
         redis_config.expected_nodes,
-        options.clock.clone(),
+        admit_clock,
     )));
     Ok(shared)
+}
+
+/// `[redis]`: every `sync_interval_ms`, bring the shared revocations and network lists up to
+/// date; every `REDIS_HEARTBEAT_SECS`, write this node's heartbeat. Failures are logged by the
+/// stores on the change of state (not every tick) and retried on the next tick.
+async fn sync_with_redis(
+    pipeline: Arc<Pipeline>,
+    control: Arc<Control>,
+    redis_config: crate::config::RedisConfig,
+    addrs: (SocketAddr, SocketAddr),
+    shutdown: CancellationToken,
+) {
+    use crate::state::redis::cluster::{NodeInfo, beat};
+    let Some(redis) = pipeline.shared().redis().cloned() else {
+        return;
+    };
+    let started = crate::civil_time::unix_secs(std::time::SystemTime::now());
+    let mut tick = tokio::time::interval(redis_config.sync_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let beat_every = Duration::from_secs(crate::config::defaults::REDIS_HEARTBEAT_SECS);
+    let mut last_beat: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Revocations::Redis(r) = &**pipeline.shared().revocations() {
+            let _ = r.sync().await;
+        }
+        let _ = control.sync_shared_lists().await;
+        if last_beat.is_none_or(|t| t.elapsed() >= beat_every) {
+            last_beat = Some(tokio::time::Instant::now());
+            let info = NodeInfo {
+                node: redis_config.node_name.clone(),
+                data_addr: addrs.0.to_string(),
+                admin_addr: addrs.1.to_string(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                config: control.config_fingerprint().await,
+                started,
+                last_seen: crate::civil_time::unix_secs(std::time::SystemTime::now()),
+                redis_healthy: redis.healthy(),
+            };
+            if let Err(e) = beat(&redis, &info).await {
+                tracing::debug!(error = %e, "heartbeat not written");
+            }
+        }
+    }
 }
 
 /// Forget rate-limit keys that have been idle long enough to be indistinguishable from new ones,

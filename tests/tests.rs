@@ -15,6 +15,7 @@ mod audit;
 mod binary;
 mod cache;
 mod cli;
+mod cluster;
 mod cluster_limits;
 mod config_errors;
 mod cors;

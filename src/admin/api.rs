@@ -8,6 +8,7 @@
 //! | `GET /admin/revocations` | the revocation list |
 //! | `POST /admin/revocations` | `{"jti": "..."}` or `{"sub": "...", "issued_before": N}`: persisted, then effective for the next request |
 //! | `POST /admin/reload` | read the config file again |
+//! | `GET /admin/cluster` | `[redis]`: this node's name and the nodes seen within the heartbeat TTL (`state::redis::cluster::NodeInfo` each); 409 without `[redis]`, 503 when Redis does not answer |
 //! | `GET /admin/cache` | cache statistics (`cache::Stats`) |
 //! | `POST /admin/cache/purge` | `{"source"}`, `{"source", "prefix"}` or `{"source", "key"}`: `{"purged": N}` entries removed |
 //! | `POST /admin/cache/prewarm` | `{"source", "keys": [...]}` or `{"source", "prefix"}`: 202 `{"job": "<id>"}` |
@@ -131,6 +132,27 @@ async fn route(
             }
         },
         ("/admin/reload", _) => Err(AdminError::MethodNotAllowed { allow: "POST" }),
+        ("/admin/cluster", Method::GET) => {
+            let redis = admin
+                .pipeline
+                .shared()
+                .redis()
+                .cloned()
+                .ok_or(AdminError::ClusterOff)?;
+            let now = crate::civil_time::unix_secs(std::time::SystemTime::now());
+            let nodes = crate::state::redis::cluster::nodes(&redis, now)
+                .await
+                .map_err(AdminError::ClusterUnavailable)?;
+            let node = control
+                .effective_config()
+                .await
+                .redis
+                .map(|r| r.node_name)
+                .unwrap_or_default();
+            let body = serde_json::json!({ "node": node, "nodes": nodes });
+            Ok(api_json(StatusCode::OK, format!("{body}\n")))
+        }
+        ("/admin/cluster", _) => Err(AdminError::MethodNotAllowed { allow: "GET" }),
         (path, method) if path == "/admin/cache" || path.starts_with("/admin/cache/") => {
             cache_route(admin, &who, path, method, req).await
         }

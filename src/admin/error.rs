@@ -83,6 +83,11 @@ pub enum AdminError {
     PrewarmBusy { running: usize },
     #[error("no such prewarm job (only the most recent jobs are kept)")]
     NoSuchJob,
+    /// `GET /admin/cluster` while the gateway runs without `[redis]`.
+    #[error("no cluster: the gateway was started without [redis] in its config")]
+    ClusterOff,
+    #[error("the cluster table is unavailable (Redis does not answer)")]
+    ClusterUnavailable(#[source] crate::state::redis::RedisFault),
 }
 
 impl AdminError {
@@ -108,6 +113,12 @@ impl AdminError {
             AdminError::ConfigInvalid(_) | AdminError::TlsInvalid(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
+            // `[redis]`: the shared record did not answer; nothing changed, retry later.
+            AdminError::ChangeFailed(ChangeError::Shared(_))
+            | AdminError::NotPersisted(RevocationError::Shared(_))
+            | AdminError::ClusterUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AdminError::ChangeFailed(ChangeError::Conflict) => StatusCode::CONFLICT,
+            AdminError::ClusterOff => StatusCode::CONFLICT,
             AdminError::ChangeFailed(_)
             | AdminError::ReloadFailed(_)
             | AdminError::NotPersisted(_)
@@ -165,7 +176,9 @@ impl AdminError {
             | AdminError::PrefixTooBroad { .. }
             | AdminError::ListFailed(_)
             | AdminError::PrewarmBusy { .. }
-            | AdminError::NoSuchJob => {}
+            | AdminError::NoSuchJob
+            | AdminError::ClusterOff
+            | AdminError::ClusterUnavailable(_) => {}
         }
         resp
     }

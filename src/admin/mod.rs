@@ -1,5 +1,6 @@
 //! The admin listener (plain HTTP, loopback by default, never the data port): `/healthz` (the
-//! process is up), `/readyz` (every source answers), `/metrics` (Prometheus text), and the
+//! process is up), `/readyz` (every source answers; with `[redis]` it also names Redis and each
+//! store kept there: `ok`, or `degraded (fallback)`, still ready), `/metrics` (Prometheus text), and the
 //! authenticated `/admin/*` API in `api.rs` (network lists, revocations, reload, and the cache
 //! routes of `cache.rs`).
 //!
@@ -123,10 +124,35 @@ impl Admin {
             .flatten()
             .collect();
         if failed.is_empty() {
-            Ok(text(StatusCode::OK, "ready\n"))
+            Ok(text(
+                StatusCode::OK,
+                format!("ready\n{}", self.redis_lines()),
+            ))
         } else {
             Err(ProbeError::NotReady(failed))
         }
+    }
+}
+
+impl Admin {
+    /// With `[redis]`: one line for Redis and one per store kept there, e.g.
+    /// `revocations: degraded (last synced list)`. A degraded store still serves from its
+    /// documented fallback, so it does not make the node unready (taking every node out of the
+    /// load balancer because Redis is down would turn a degraded service into none).
+    fn redis_lines(&self) -> String {
+        let shared = self.pipeline.shared();
+        let Some(redis) = shared.redis() else {
+            return String::new();
+        };
+        let mut out = format!("redis: {}\n", if redis.healthy() { "ok" } else { "down" });
+        let lists = self.control.shared_lists().map(|l| l.health());
+        for h in shared.redis_health().into_iter().chain(lists) {
+            match h.fallback {
+                Some(fallback) => out.push_str(&format!("{}: {} ({fallback})\n", h.store, h.state)),
+                None => out.push_str(&format!("{}: {}\n", h.store, h.state)),
+            }
+        }
+        out
     }
 }
 

@@ -3,11 +3,12 @@
 //! claims verified ([`super::Identity::verify`]); changed through the admin API.
 //!
 //! [`Revocations`] is the store every caller uses: an async interface ([`RevocationStore`])
-//! dispatched over the implementations, so one kept outside the process (Redis) can be added
-//! without touching identity, the pipeline or the admin API. The one implementation today,
-//! [`FileRevocations`], keeps the list in memory (a hash lookup under a read lock) and persists
-//! it atomically to `<state_dir>/revocations.json` (write a temp file, fsync, rename, fsync the
-//! directory) before a change takes effect; it is loaded at start.
+//! dispatched over the implementations, so identity, the pipeline and the admin API do not know
+//! which one runs. [`FileRevocations`] (one node) keeps the list in memory (a hash lookup under a
+//! read lock) and persists it atomically to `<state_dir>/revocations.json` (write a temp file,
+//! fsync, rename, fsync the directory) before a change takes effect; it is loaded at start.
+//! With `[redis]`, [`crate::state::redis::revocations::RedisRevocations`] keeps the record in
+//! Redis and a synced copy in a `FileRevocations` (see there).
 //!
 //! A token of a revoked subject that carries no `iat` is treated as revoked: its issue time
 //! cannot prove it is newer.
@@ -43,6 +44,9 @@ pub enum RevocationError {
     },
     #[error("the persistence task failed")]
     Task(#[from] tokio::task::JoinError),
+    /// The shared record (Redis) did not take the change.
+    #[error("the shared revocation list is unavailable")]
+    Shared(#[from] crate::state::redis::RedisFault),
 }
 
 /// One revocation, as the admin API takes it: `{"jti": "..."}` or
@@ -93,6 +97,45 @@ pub struct RevocationList {
     pub sub: BTreeMap<String, u64>,
 }
 
+impl RevocationList {
+    /// Add everything in `other` (a subject keeps the later of the two times); whether anything
+    /// changed. Revocations are only ever added, so merging copies in any order converges.
+    pub fn merge(&mut self, other: &RevocationList) -> bool {
+        let mut changed = false;
+        for jti in &other.jti {
+            changed |= self.jti.insert(jti.clone());
+        }
+        for (sub, before) in &other.sub {
+            let entry = self.sub.entry(sub.clone()).or_insert(0);
+            if *before > *entry {
+                *entry = *before;
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    fn add(&mut self, revocation: Revocation) {
+        match revocation {
+            Revocation::Token { jti } => {
+                self.jti.insert(jti);
+            }
+            Revocation::Subject { sub, issued_before } => {
+                let entry = self.sub.entry(sub).or_insert(issued_before);
+                *entry = (*entry).max(issued_before);
+            }
+        }
+    }
+}
+
+impl From<Revocation> for RevocationList {
+    fn from(revocation: Revocation) -> RevocationList {
+        let mut list = RevocationList::default();
+        list.add(revocation);
+        list
+    }
+}
+
 /// What a revocation store answers. Every method may do I/O.
 pub trait RevocationStore: Send + Sync {
     /// Whether a token with these claims is revoked.
@@ -116,6 +159,8 @@ pub trait RevocationStore: Send + Sync {
 /// The revocation store of a gateway, dispatched without dynamic allocation.
 pub enum Revocations {
     File(FileRevocations),
+    /// `[redis]`: the record in Redis, a synced copy here.
+    Redis(crate::state::redis::revocations::RedisRevocations),
 }
 
 impl Revocations {
@@ -139,18 +184,21 @@ impl RevocationStore for Revocations {
     ) -> Result<bool, RevocationError> {
         match self {
             Revocations::File(r) => r.is_revoked(jti, sub, iat).await,
+            Revocations::Redis(r) => r.is_revoked(jti, sub, iat).await,
         }
     }
 
     async fn list(&self) -> Result<RevocationList, RevocationError> {
         match self {
             Revocations::File(r) => r.list().await,
+            Revocations::Redis(r) => r.list().await,
         }
     }
 
     async fn revoke(&self, revocation: Revocation) -> Result<(), RevocationError> {
         match self {
             Revocations::File(r) => r.revoke(revocation).await,
+            Revocations::Redis(r) => r.revoke(revocation).await,
         }
     }
 }
@@ -195,7 +243,7 @@ impl FileRevocations {
     }
 
     /// Whether a token with these claims is revoked: a lookup in memory.
-    fn is_revoked_now(&self, jti: Option<&str>, sub: &str, iat: Option<u64>) -> bool {
+    pub(crate) fn is_revoked_now(&self, jti: Option<&str>, sub: &str, iat: Option<u64>) -> bool {
         // A poisoned lock still holds the last list written whole; keep using it.
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
         if state.jti.is_empty() && state.sub.is_empty() {
@@ -210,8 +258,41 @@ impl FileRevocations {
         }
     }
 
-    fn list_now(&self) -> RevocationList {
+    pub(crate) fn list_now(&self) -> RevocationList {
         self.state.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Add everything in `incoming` (a copy of the shared record): in force in memory first, so
+    /// a disk that fails cannot keep a revocation out, then written to the file if anything
+    /// changed. Whether anything changed.
+    pub(crate) async fn merge(&self, incoming: &RevocationList) -> Result<bool, RevocationError> {
+        let _writer = self.write.lock().await;
+        let next = {
+            let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+            if !state.merge(incoming) {
+                return Ok(false);
+            }
+            state.clone()
+        };
+        self.persist(&next).await?;
+        Ok(true)
+    }
+
+    async fn persist(&self, list: &RevocationList) -> Result<(), RevocationError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let bytes = serde_json::to_vec_pretty(list).map_err(|source| RevocationError::Parse {
+            path: path.clone(),
+            source,
+        })?;
+        let target = path.clone();
+        tokio::task::spawn_blocking(move || write_atomically(&target, &bytes))
+            .await?
+            .map_err(|source| RevocationError::Write {
+                path: path.clone(),
+                source,
+            })
     }
 }
 
@@ -233,29 +314,8 @@ impl RevocationStore for FileRevocations {
     async fn revoke(&self, revocation: Revocation) -> Result<(), RevocationError> {
         let _writer = self.write.lock().await;
         let mut next = self.list_now();
-        match revocation {
-            Revocation::Token { jti } => {
-                next.jti.insert(jti);
-            }
-            Revocation::Subject { sub, issued_before } => {
-                let entry = next.sub.entry(sub).or_insert(issued_before);
-                *entry = (*entry).max(issued_before);
-            }
-        }
-        if let Some(path) = &self.path {
-            let bytes =
-                serde_json::to_vec_pretty(&next).map_err(|source| RevocationError::Parse {
-                    path: path.clone(),
-                    source,
-                })?;
-            let target = path.clone();
-            tokio::task::spawn_blocking(move || write_atomically(&target, &bytes))
-                .await?
-                .map_err(|source| RevocationError::Write {
-                    path: path.clone(),
-                    source,
-                })?;
-        }
+        next.add(revocation);
+        self.persist(&next).await?;
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = next;
         Ok(())
     }

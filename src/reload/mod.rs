@@ -15,6 +15,9 @@
 //! This module must not parse HTTP: `admin/api.rs` turns requests into calls here.
 
 pub mod lists;
+mod shared;
+
+pub use shared::SharedLists;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -73,6 +76,12 @@ pub enum ChangeError {
     Build(#[from] SnapshotError),
     #[error("persisting the change")]
     Persist(#[from] StateError),
+    /// `[redis]`: the lists shared by every node could not be read or written.
+    #[error("the shared network lists are unavailable")]
+    Shared(#[source] crate::state::redis::RedisFault),
+    /// `[redis]`: another node changed the lists between our read and our write.
+    #[error("the network lists were changed on another node meanwhile")]
+    Conflict,
 }
 
 /// SHA-256 of the admin token: compared in constant time, and its prefix names the admin in
@@ -115,6 +124,8 @@ pub struct Control {
     /// serializes every change.
     current: Mutex<Config>,
     admin_token: ArcSwapOption<TokenDigest>,
+    /// `[redis]`: the network lists every node follows (set once at start).
+    shared_lists: std::sync::OnceLock<SharedLists>,
 }
 
 /// `config` with the lists persisted under its state dir in force, if any.
@@ -163,6 +174,7 @@ impl Control {
             named_tls: ArcSwap::from_pointee(tls::files_of(&effective.listener.tls)),
             current: Mutex::new(effective),
             admin_token,
+            shared_lists: std::sync::OnceLock::new(),
         }
     }
 
@@ -310,6 +322,10 @@ impl Control {
         F: FnOnce(&NetworkLists, &Config) -> Result<NetworkLists, ListsError>,
     {
         let mut current = self.current.lock().await;
+        if let Some(shared) = self.shared_lists.get() {
+            // Change the latest lists, not a stale copy.
+            self.pull_shared(&mut current, shared).await?;
+        }
         let before = NetworkLists::from_config(&current);
         let mut after = change(&before, &current)?;
         after.normalize();
@@ -319,16 +335,37 @@ impl Control {
         for name in current.sources.keys() {
             after.sources.entry(name.clone()).or_default();
         }
+        let publish = self
+            .shared_lists
+            .get()
+            .map(|shared| (shared, after.clone()));
+        self.put_lists(&mut current, after.clone(), publish).await?;
+        Ok((before, after))
+    }
+
+    /// Build a snapshot with `lists` in force, publish them to every node (`[redis]`), persist
+    /// them to the state file, then swap the snapshot in. Any error leaves everything as it was
+    /// (a publish that succeeded before a later local error is taken up by every node, this
+    /// one included, at its next sync).
+    async fn put_lists(
+        &self,
+        current: &mut Config,
+        next: NetworkLists,
+        publish: Option<(&SharedLists, NetworkLists)>,
+    ) -> Result<(), ChangeError> {
         let mut effective = current.clone();
-        after.apply_to(&mut effective);
+        next.apply_to(&mut effective);
         let snapshot = build_snapshot(
             &effective,
             self.pipeline.shared().revocations(),
             self.pipeline.shared().delegations(),
         )
         .await?;
+        if let Some((shared, published)) = publish {
+            shared.publish(&published).await?;
+        }
         let state_dir = effective.admin.state_dir.clone();
-        let to_store = after.clone();
+        let to_store = next;
         tokio::task::spawn_blocking(move || lists::store_state(&state_dir, &to_store))
             .await
             .map_err(|_| {
@@ -339,7 +376,7 @@ impl Control {
             })??;
         self.pipeline.replace(snapshot);
         *current = effective;
-        Ok((before, after))
+        Ok(())
     }
 }
 

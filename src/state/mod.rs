@@ -120,6 +120,16 @@ impl Shared {
         self.redis.as_ref()
     }
 
+    /// The state of each store kept in Redis, for `/readyz` (empty without `[redis]`). Each
+    /// Redis-backed store adds its line here.
+    pub fn redis_health(&self) -> Vec<redis::StoreHealth> {
+        let mut out = Vec::new();
+        if let Revocations::Redis(r) = &*self.revocations {
+            out.push(r.health());
+        }
+        out
+    }
+
     /// Replace the rate-limit store (a Redis-backed one, built in `app.rs`).
     pub fn with_admission(mut self, admission: AnyAdmission) -> Shared {
         self.admission = admission;

@@ -22,6 +22,9 @@ const READY_INTERVAL: Duration = Duration::from_millis(50);
 pub struct RedisOptions {
     /// `requirepass`.
     pub password: Option<String>,
+    /// Serve TLS only (`--tls-port`, no plain port) with a certificate for 127.0.0.1 signed by
+    /// a CA made here with rcgen; [`RedisServer::ca_file`] is that CA.
+    pub tls: bool,
 }
 
 /// A running `redis-server`, stopped on drop.
@@ -50,6 +53,37 @@ impl RedisServer {
         server
     }
 
+    /// A `[redis]` table for a gateway node named `node` on this server: the password by value
+    /// (configs give it by secret reference), rediss:// with the test CA when TLS, the defaults
+    /// otherwise (sync every 200 ms), prefix `bg-test`.
+    pub fn config(&self, node: &str) -> bucketgate::config::RedisConfig {
+        use bucketgate::config::defaults as d;
+        bucketgate::config::RedisConfig {
+            url: self.plain_url(),
+            ca_file: self.options.tls.then(|| self.ca_file()),
+            username: None,
+            password: self
+                .options
+                .password
+                .clone()
+                .map(bucketgate::config::Secret::new),
+            prefix: "bg-test".to_owned(),
+            connect_timeout: Duration::from_millis(d::REDIS_CONNECT_TIMEOUT_MS),
+            command_timeout: Duration::from_millis(d::REDIS_COMMAND_TIMEOUT_MS),
+            connections: 2,
+            node_name: node.to_owned(),
+            sync_interval: Duration::from_millis(d::REDIS_SYNC_INTERVAL_MS),
+            refuse_tokens_issued_during_outage: false,
+            seal_key: None,
+            expected_nodes: 1,
+        }
+    }
+
+    /// The CA that signed the server's certificate (TLS servers only).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
     /// `redis://[:password@]127.0.0.1:port/0`.
     pub fn url(&self) -> String {
         match &self.options.password {
@@ -58,9 +92,11 @@ impl RedisServer {
         }
     }
 
-    /// `redis://127.0.0.1:port/0` without the password (configs give it by secret reference).
+    /// `redis://127.0.0.1:port/0` (`rediss://` for a TLS server) without the password (configs
+    /// give it by secret reference).
     pub fn plain_url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.options.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     pub fn port(&self) -> u16 {
@@ -88,9 +124,23 @@ impl RedisServer {
     async fn spawn(&mut self) {
         let bin = redis_binary();
         let mut cmd = Command::new(&bin);
+        if self.options.tls {
+            let dir = self.dir.path();
+            if !dir.join("ca.pem").exists() {
+                write_tls_files(dir);
+            }
+            cmd.args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(dir.join("server.pem"))
+                .arg("--tls-key-file")
+                .arg(dir.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(dir.join("ca.pem"))
+                .args(["--tls-auth-clients", "no"]);
+        } else {
+            cmd.args(["--port", &self.port.to_string()]);
+        }
         cmd.args([
-            "--port",
-            &self.port.to_string(),
             "--bind",
             "127.0.0.1",
             "--save",
@@ -112,9 +162,16 @@ impl RedisServer {
             if let Ok(Some(status)) = guard.child().try_wait() {
                 panic!("redis-server exited early ({status})");
             }
-            if tokio::task::spawn_blocking(move || answers_ping(addr))
-                .await
-                .unwrap_or(false)
+            let tls = self.options.tls;
+            if tokio::task::spawn_blocking(move || {
+                if tls {
+                    StdTcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+                } else {
+                    answers_ping(addr)
+                }
+            })
+            .await
+            .unwrap_or(false)
             {
                 self.process = Some(guard);
                 return;
@@ -144,6 +201,26 @@ fn redis_binary() -> PathBuf {
         }
     }
     panic!("redis-server not found: install it with `./tests/run` (apt-get install redis-server)");
+}
+
+/// `ca.pem`, `server.pem` and `server.key` (for 127.0.0.1) in `dir`, made with rcgen.
+fn write_tls_files(dir: &std::path::Path) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "bucketgate test redis CA");
+    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let key = KeyPair::generate().expect("server key");
+    let params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("server params");
+    let cert = params
+        .signed_by(&key, &ca, &ca_key)
+        .expect("server certificate");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write ca.pem");
+    std::fs::write(dir.join("server.pem"), cert.pem()).expect("write server.pem");
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("write server.key");
 }
 
 fn free_port() -> u16 {

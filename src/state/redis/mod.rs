@@ -14,6 +14,14 @@
 //! | `sessions.rs`, `replay.rs`, `login_key.rs` | SAML sessions (credentials sealed with AES-256-GCM), the assertion replay cache, the login-cookie key | `saml::session::SessionStore`, `saml::replay::ReplayCache` |
 //! | `use_windows.rs` | use windows of signed URLs | `identity::use_window::UseWindowStore` |
 //! | `admission.rs` | rate limits, with a local fast path | `state::admission::AdmissionStore` |
+//! | `doc.rs` | a versioned document every node polls (the admin's network lists) | - |
+//! | `cluster.rs` | heartbeats of the nodes (`GET /admin/cluster`) | - |
+//!
+//! Every store says its state for `/readyz` as a [`StoreHealth`].
+
+pub mod cluster;
+pub mod doc;
+pub mod revocations;
 
 pub mod admission;
 
@@ -200,16 +208,100 @@ impl Redis {
         let outcome = match result {
             Err(_) => Err(RedisFault::Timeout),
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) if e.kind() == redis::ErrorKind::UnexpectedReturnType => {
+            Ok(Err(e))
+                if matches!(
+                    e.kind(),
+                    redis::ErrorKind::UnexpectedReturnType | redis::ErrorKind::Parse
+                ) =>
+            {
                 Err(RedisFault::BadReply("unexpected reply type"))
             }
-            Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
-                Err(RedisFault::Down(e.category().to_owned()))
+            // An error reply from a Redis that answered: a key of the wrong type (WRONGTYPE), a
+            // script that failed on a garbage value (ERR). Redis is up; this lookup failed.
+            Ok(Err(e)) if e.code().is_some_and(|c| c == "WRONGTYPE" || c == "ERR") => {
+                Err(RedisFault::BadReply("error reply"))
             }
             Ok(Err(e)) => Err(RedisFault::Down(e.category().to_owned())),
         };
         let answered = !matches!(outcome, Err(RedisFault::Down(_) | RedisFault::Timeout));
         self.healthy.store(answered, Ordering::Relaxed);
         outcome
+    }
+}
+
+/// What a Redis-backed store reports to `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StoreHealth {
+    /// The store, e.g. `revocations`.
+    pub store: &'static str,
+    /// `ok`, or `degraded` while Redis does not answer it.
+    pub state: &'static str,
+    /// While degraded: the fallback in use, e.g. `last synced list`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<&'static str>,
+}
+
+impl StoreHealth {
+    pub fn ok(store: &'static str) -> StoreHealth {
+        StoreHealth {
+            store,
+            state: "ok",
+            fallback: None,
+        }
+    }
+
+    pub fn degraded(store: &'static str, fallback: &'static str) -> StoreHealth {
+        StoreHealth {
+            store,
+            state: "degraded",
+            fallback: Some(fallback),
+        }
+    }
+}
+
+/// Strict readers of reply values: anything but the expected shape is
+/// [`RedisFault::BadReply`], never a default.
+pub mod reply {
+    use redis::Value;
+
+    use super::RedisFault;
+
+    /// A bulk or simple string's bytes; `None` for nil.
+    pub fn opt_bytes(v: &Value) -> Result<Option<&[u8]>, RedisFault> {
+        match v {
+            Value::Nil => Ok(None),
+            Value::BulkString(b) => Ok(Some(b)),
+            Value::SimpleString(s) => Ok(Some(s.as_bytes())),
+            _ => Err(RedisFault::BadReply("expected a string")),
+        }
+    }
+
+    /// A UTF-8 string; `None` for nil.
+    pub fn opt_text(v: &Value) -> Result<Option<&str>, RedisFault> {
+        opt_bytes(v)?
+            .map(|b| std::str::from_utf8(b).map_err(|_| RedisFault::BadReply("not UTF-8")))
+            .transpose()
+    }
+
+    pub fn text(v: &Value) -> Result<&str, RedisFault> {
+        opt_text(v)?.ok_or(RedisFault::BadReply("unexpected nil"))
+    }
+
+    /// An integer reply, or a string holding one (what Lua numbers and `GET` give).
+    pub fn int(v: &Value) -> Result<i64, RedisFault> {
+        match v {
+            Value::Int(i) => Ok(*i),
+            other => text(other)?
+                .parse()
+                .map_err(|_| RedisFault::BadReply("expected an integer")),
+        }
+    }
+
+    /// An array reply.
+    pub fn array(v: &Value) -> Result<&[Value], RedisFault> {
+        match v {
+            Value::Array(items) => Ok(items),
+            _ => Err(RedisFault::BadReply("expected an array")),
+        }
     }
 }
