@@ -97,6 +97,13 @@ impl Node {
         }
     }
 
+    /// `/readyz`'s body (200: a degraded store does not make the node unready).
+    async fn readyz(&self) -> String {
+        let resp = reqwest::get(self.gw.admin_url("/readyz")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.text().await.unwrap()
+    }
+
     fn fallback_active(&self) -> bool {
         self.admission().fallback_active()
     }
@@ -211,9 +218,11 @@ async fn redis_stopped_gives_per_node_quotas_and_restarted_shared_ones_again() {
     clock.advance(Duration::from_secs(10));
     for node in &nodes {
         assert_eq!(node.send(20).await, 10, "per node: quota / expected_nodes");
+        assert!(node.fallback_active());
+        let ready = node.readyz().await;
         assert!(
-            node.fallback_active(),
-            "readyz can say the limits are per node"
+            ready.contains("rate limits: degraded (per-node quotas"),
+            "{ready}"
         );
     }
 
@@ -236,6 +245,7 @@ async fn redis_stopped_gives_per_node_quotas_and_restarted_shared_ones_again() {
     }
     clock.advance(Duration::from_secs(10));
     shared(&nodes).await;
+    assert!(nodes[0].readyz().await.contains("rate limits: ok"));
     for node in nodes {
         node.gw.shutdown().await;
     }
@@ -419,4 +429,34 @@ async fn concurrent_requests_on_a_cold_key_lease_one_batch() {
     }
     let after = store.stats(LimitKind::Ip);
     assert!(after.round_trips - before.round_trips <= 1, "{after:?}");
+}
+
+/// A request dropped while it waits on Redis for a batch (its client went away) does not keep
+/// the key from leasing batches: once the batch would have expired, the next request leases one
+/// and the ones after it are served locally.
+#[tokio::test]
+async fn a_request_dropped_while_leasing_does_not_stop_batches_for_its_key() {
+    let server = RedisServer::start().await;
+    let config = redis_config(&server, 1);
+    let redis = Redis::connect(&RedisSettings::from_config(&config).unwrap()).unwrap();
+    let clock = FakeRelativeClock::default();
+    let store = RedisAdmission::new(
+        std::sync::Arc::new(redis),
+        &ip_limit(1000, 1000),
+        1,
+        AdmitClock::Fake(clock.clone()),
+    );
+    let client: std::net::IpAddr = "192.0.2.8".parse().unwrap();
+    // Polled once (it sends its command and waits), then dropped.
+    let dropped = tokio::time::timeout(Duration::ZERO, store.admit(client, None)).await;
+    assert!(dropped.is_err(), "the request was still waiting on Redis");
+    assert_eq!(store.stats(LimitKind::Ip).round_trips, 1);
+
+    clock.advance(Duration::from_millis(1_100));
+    for _ in 0..20 {
+        store.admit(client, None).await.unwrap();
+    }
+    let stats = store.stats(LimitKind::Ip);
+    assert_eq!(stats.round_trips, 2, "one batch for the twenty: {stats:?}");
+    assert_eq!(stats.local, 19);
 }

@@ -127,6 +127,9 @@ impl Shared {
         if let Revocations::Redis(r) = &*self.revocations {
             out.push(r.health());
         }
+        if let AnyAdmission::Redis(a) = &self.admission {
+            out.push(a.health());
+        }
         out
     }
 

@@ -54,7 +54,7 @@ use arc_swap::ArcSwap;
 use governor::clock::Clock;
 use sha2::Digest;
 
-use super::{Redis, RedisFault};
+use super::{Redis, RedisFault, StoreHealth};
 use crate::config::RateLimits;
 use crate::config::defaults::{
     RATE_LIMIT_LEASE_DIVISOR, RATE_LIMIT_LEASE_TTL_MS, RATE_LIMIT_REDIS_RETRY_MS,
@@ -177,8 +177,10 @@ struct Lease {
     expires: u64,
     /// Redis said nothing is free before this.
     refused_until: u64,
-    /// A batch request for this key is in flight (so no other request starts a second one).
-    leasing: bool,
+    /// A batch request for this key is in flight until this time at the latest (so no other
+    /// request starts a second one). A time, not a flag: a request dropped while it waits on
+    /// Redis (its client went away) leaves no flag behind that would stop batches for good.
+    leasing_until: u64,
 }
 
 impl Lease {
@@ -187,7 +189,11 @@ impl Lease {
     }
 
     fn idle(&self, now: u64) -> bool {
-        self.live_tokens(now) == 0 && now >= self.refused_until && !self.leasing
+        self.live_tokens(now) == 0 && now >= self.refused_until && !self.leasing(now)
+    }
+
+    fn leasing(&self, now: u64) -> bool {
+        now < self.leasing_until
     }
 }
 
@@ -399,6 +405,15 @@ impl RedisAdmission {
         self.outage.active.load(Ordering::Relaxed)
     }
 
+    /// This store's line in `/readyz`.
+    pub fn health(&self) -> StoreHealth {
+        if self.fallback_active() {
+            StoreHealth::degraded("rate limits", "per-node quotas (quota / expected_nodes)")
+        } else {
+            StoreHealth::ok("rate limits")
+        }
+    }
+
     /// Forget leases that hold nothing (run periodically), and idle fallback keys.
     pub fn evict_idle(&self) {
         let now = self.now();
@@ -481,7 +496,7 @@ impl RedisAdmission {
                     return Local::FallBack;
                 }
                 let lease = Lease {
-                    leasing: true,
+                    leasing_until: now + lease_ttl_nanos(),
                     ..Lease::default()
                 };
                 shard.insert(key.clone(), lease);
@@ -495,15 +510,17 @@ impl RedisAdmission {
             lease.tokens -= 1;
             let top_up = quota.lease > 1
                 && lease.tokens <= quota.low_water()
-                && !lease.leasing
+                && !lease.leasing(now)
                 && self.outage.may_try(now);
-            lease.leasing |= top_up;
+            if top_up {
+                lease.leasing_until = now + lease_ttl_nanos();
+            }
             Local::Spent { top_up }
         } else if now < lease.refused_until {
             Local::Refused(Duration::from_nanos(lease.refused_until - now))
         } else if !self.outage.may_try(now) {
             Local::FallBack
-        } else if lease.leasing {
+        } else if lease.leasing(now) {
             // This node's lease request for the key is in flight: ask for this request's token
             // alone, so concurrent requests on a cold key do not each lease a batch.
             Local::Ask {
@@ -511,7 +528,7 @@ impl RedisAdmission {
                 leasing: false,
             }
         } else {
-            lease.leasing = true;
+            lease.leasing_until = now + lease_ttl_nanos();
             Local::Ask {
                 want: quota.lease,
                 leasing: true,
@@ -535,7 +552,7 @@ impl RedisAdmission {
         let mut shard = self.leases.shard(&key);
         let Ok(answer) = answer else {
             if leasing && let Some(lease) = shard.get_mut(&key) {
-                lease.leasing = false;
+                lease.leasing_until = 0;
             }
             drop(shard);
             return match ask {
@@ -546,7 +563,7 @@ impl RedisAdmission {
         };
         let lease = shard.entry(key).or_default();
         if leasing {
-            lease.leasing = false;
+            lease.leasing_until = 0;
         }
         let mine = u32::from(!matches!(ask, Ask::TopUp));
         match answer {
@@ -715,7 +732,7 @@ mod tests {
             tokens: 3,
             expires: 10,
             refused_until: 0,
-            leasing: false,
+            leasing_until: 0,
         };
         assert!(!l.idle(5));
         assert!(l.idle(10), "expired tokens do not count");
@@ -725,5 +742,11 @@ mod tests {
         };
         assert!(!l.idle(10));
         assert!(l.idle(20));
+        let l = Lease {
+            leasing_until: 30,
+            ..Lease::default()
+        };
+        assert!(!l.idle(25), "a batch request in flight");
+        assert!(l.idle(30), "one dropped long ago is not");
     }
 }
