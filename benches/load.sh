@@ -59,7 +59,15 @@
 #    - memory: the mem section's MEM_CLIENTS slow clients through the cache, each reading a
 #      CACHE_BIG_MIB object from its own offset (spread evenly, so together they touch more than
 #      the memory tier holds) (goal: RSS above idle within CACHE_MEMORY_BYTES + 64 MiB);
-# 11. prints one table with req/s, MiB/s, latency and the bucketgate/peer ratios, then the
+# 11. redis section (issue 15; not in the default SECTIONS): a redis-server on loopback (no
+#    persistence) and two gateways identical but for [redis]: one with today's memory stores,
+#    one keeping its state in that Redis (rate limits through Redis with local leases, and
+#    whatever other stores the build keeps there, e.g. revocations), expected_nodes =
+#    REDIS_NODES; quotas REDIS_RPS per IP and per subject (rps = burst) on both. wrk on the 64 KiB
+#    signed URL, the two alternated for AB_ROUNDS rounds; prints the mean req/s and CPU per
+#    request of each, the ratio redis/memory (goal >= 0.9), and the commands Redis processed per
+#    1,000 requests of the redis gateway (the fast path: most requests never wait on Redis);
+# 12. prints one table with req/s, MiB/s, latency and the bucketgate/peer ratios, then the
 #    latency, cache and memory lines with their goals. Latency figures on a shared machine are
 #    noisy: compare within one run.
 #
@@ -68,7 +76,7 @@
 #   WORKERS [2] nginx worker_processes and bucketgate runtime threads
 #   H2_STREAMS [10] concurrent streams per h2load connection
 #   MEM_CLIENTS [200]  MEM_SECONDS [20]  MEM_RATE [1M]
-#   SECTIONS ["fs s3 mem net s3lat"]  any subset of "fs s3 mem net s3lat cache auth saml"
+#   SECTIONS ["fs s3 mem net s3lat"]  any subset of "fs s3 mem net s3lat cache auth saml redis"
 #   DELAY_MS [20] one-way latency the delaying proxy adds to the store's answers (s3lat, cache)
 #   LAT_RUNS [50] keep-alive requests per TTFB figure   LAT_COLD_KEYS [20] cold objects (cache)
 #   CACHE_MEMORY_BYTES [134217728] memory tier of the cache section's gateways (128 MiB)
@@ -78,7 +86,9 @@
 #   CACHE_ENCRYPT [1] disk tier encrypted with a random key (env:BENCH_CACHE_KEY, 32 bytes as
 #                    64 hex digits, key_id "k1"); 0 writes `encrypt = false`
 #   CACHE_BIG_MIB [512] size of the object the cache's memory test streams
-#   AB_ROUNDS [2] rounds of the net, auth and saml comparisons (each variant: DURATION s a round)
+#   AB_ROUNDS [2] rounds of the net, auth, saml and redis comparisons (each variant: DURATION s a round)
+#   REDIS_RPS [1000000] per-IP and per-subject rps and burst of the redis section's gateways
+#   REDIS_NODES [3] their [redis] expected_nodes (sizes the leases: min(rps, burst) / (10 * n))
 #   BASELINE_COMMIT [61e0984] the unauthenticated baseline of the auth section; its binary is
 #                    built from `git archive` in a temp dir, cached in target/bench-baseline/
 #   SKIP_GATEWAY=1   measure the peers only (when bucketgate does not build or start)
@@ -89,7 +99,8 @@
 # Needs: nginx, wrk, nghttp2-client (h2load), curl, openssl, python3 (installed with apt-get
 # when missing and running as root); s3s-fs 0.14 (cargo install, pinned: newer needs rustc 1.96),
 # falling back to moto_server from ./.venv (see ./tests/run) for the s3 section; the saml section
-# needs ./.venv (moto_server, and signxml for the IdP).
+# needs ./.venv (moto_server, and signxml for the IdP); the redis section needs redis-server and
+# redis-cli (Debian's redis-server, installed when missing and running as root).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -105,6 +116,8 @@ MEM_SECONDS=${MEM_SECONDS:-20}
 MEM_RATE=${MEM_RATE:-1M}
 SECTIONS=${SECTIONS:-"fs s3 mem net s3lat"}
 AB_ROUNDS=${AB_ROUNDS:-2}
+REDIS_RPS=${REDIS_RPS:-1000000}
+REDIS_NODES=${REDIS_NODES:-3}
 BASELINE_COMMIT=${BASELINE_COMMIT:-61e0984}
 SKIP_GATEWAY=${SKIP_GATEWAY:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
@@ -195,6 +208,10 @@ need curl curl
 need openssl openssl
 need python3 python3
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+if has_section redis; then
+    need redis-server redis-server
+    need redis-cli redis-tools
+fi
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -1227,6 +1244,61 @@ if has_section saml && [[ "$SKIP_GATEWAY" != "1" ]]; then
     else
         log "NOTICE: no .venv with moto_server and python (run ./tests/run once); saml section skipped"
     fi
+fi
+
+# --- redis section: memory stores vs Redis stores on one loopback redis-server ---------------------
+
+redis_commands() { # port -> total commands the server processed so far
+    redis-cli -p "$1" info stats | awk -F: '/^total_commands_processed:/ { print $2 + 0 }'
+}
+
+if has_section redis && [[ "$SKIP_GATEWAY" != "1" ]]; then
+    main_pid=$GW_PID
+    mkdir -p "$TMP/redis"
+    redis_port=$(free_port)
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
+        --dir "$TMP/redis" >"$TMP/redis/redis.log" 2>&1 &
+    redis_pid=$!
+    PIDS+=("$redis_pid")
+    for _ in $(seq 100); do
+        [[ $(redis-cli -p "$redis_port" ping 2>/dev/null) == PONG ]] && break
+        sleep 0.1
+    done
+    [[ $(redis-cli -p "$redis_port" ping 2>/dev/null) == PONG ]] || die "redis-server did not start (see $TMP/redis/redis.log)"
+    quotas=$(printf '[rate_limits]\nper_ip_rps = %s\nper_ip_burst = %s\nper_subject_rps = %s\nper_subject_burst = %s\nmax_connections_per_ip = 100000\n' \
+        "$REDIS_RPS" "$REDIS_RPS" "$REDIS_RPS" "$REDIS_RPS")
+    redis_toml=$(printf '[redis]\nurl = "redis://127.0.0.1:%s/0"\nprefix = "bench"\nexpected_nodes = %s\n' \
+        "$redis_port" "$REDIS_NODES")
+    rd_port1=$(free_port) rd_admin1=$(free_port) rd_port2=$(free_port) rd_admin2=$(free_port)
+    # The section's quotas replace gateway_config's: the later [rate_limits] table would be a
+    # duplicate, so take it out of the generated config first.
+    gateway_config "$rd_port1" "$rd_admin1" "$NET_ONE_RULE" current |
+        awk '/^\[rate_limits\]/ { skip = 1; next } /^\[/ { skip = 0 } !skip' >"$TMP/gw/redis-memory.toml"
+    printf '%s\n' "$quotas" >>"$TMP/gw/redis-memory.toml"
+    gateway_config "$rd_port2" "$rd_admin2" "$NET_ONE_RULE" current |
+        awk '/^\[rate_limits\]/ { skip = 1; next } /^\[/ { skip = 0 } !skip' >"$TMP/gw/redis-redis.toml"
+    printf '%s\n%s\n' "$quotas" "$redis_toml" >>"$TMP/gw/redis-redis.toml"
+    start_gateway redis-memory "$TMP/gw/redis-memory.toml" "$rd_port1"
+    rd_pid1=$GW_PID
+    start_gateway redis-redis "$TMP/gw/redis-redis.toml" "$rd_port2"
+    rd_pid2=$GW_PID
+    rd_url1="https://127.0.0.1:$rd_port1/o/bench/64k.bin$Q_BENCH"
+    rd_url2="https://127.0.0.1:$rd_port2/o/bench/64k.bin$Q_BENCH"
+    check_url "$rd_url1" "${SIZE[64k.bin]}" || true
+    check_url "$rd_url2" "${SIZE[64k.bin]}" || true
+    # The Redis gateway really keeps its limits there: its first request wrote the keys.
+    rl_keys=$(redis-cli -p "$redis_port" --scan --pattern 'bench:v1:rate-*' | wc -l)
+    ((rl_keys > 0)) || log "WARNING: no rate-limit keys in Redis after a request to the redis gateway"
+    cmds_before=$(redis_commands "$redis_port")
+    ab_runs redis bucketgate-memory "$rd_url1" "$rd_pid1" bucketgate-redis "$rd_url2" "$rd_pid2"
+    cmds=$(($(redis_commands "$redis_port") - cmds_before))
+    rd_reqs=$(awk -v m="${AB_MEAN[1]}" -v d="$DURATION" -v r="$AB_ROUNDS" 'BEGIN { printf "%.0f", m * d * r }')
+    AB_LINES+=("redis: Redis stores (rate limits with leases, expected_nodes $REDIS_NODES, quotas $REDIS_RPS rps) vs memory stores: req/s ${AB_MEAN[1]} vs ${AB_MEAN[0]}, ratio $(ratio "${AB_MEAN[1]}" "${AB_MEAN[0]}"); CPU/request ${AB_CPU[1]} vs ${AB_CPU[0]} us, ratio $(ratio "${AB_CPU[0]}" "${AB_CPU[1]}"); goal: ratio >= 0.9")
+    AB_LINES+=("redis: commands Redis processed during the runs: $cmds, for about $rd_reqs requests of the redis gateway ($(awk -v c="$cmds" -v q="$rd_reqs" 'BEGIN { if (q == 0) print "-"; else printf "%.2f", c * 1000 / q }') per 1,000; the rest served from leases and local copies)")
+    stop "$rd_pid1"
+    stop "$rd_pid2"
+    stop "$redis_pid"
+    GW_PID=$main_pid
 fi
 
 MEM_LINE=""

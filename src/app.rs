@@ -29,6 +29,7 @@ use crate::server::tls::{LiveTls, LoadedTls, TlsError};
 use crate::server::{self, Role};
 use crate::state::Shared;
 use crate::state::admission::{Admission, AdmitClock, AnyAdmission};
+use crate::state::redis::admission::RedisAdmission;
 use crate::telemetry::Metrics;
 
 /// The embedded default config ([`Config::embedded_default`]) for `workdir`, with its HS256
@@ -153,7 +154,14 @@ impl Gateway {
                 .token_clock
                 .clone()
                 .unwrap_or_else(crate::credentials::system_clock);
-            shared = with_redis_stores(shared, redis_config, &config, token_clock).await?;
+            shared = with_redis_stores(
+                shared,
+                redis_config,
+                &config,
+                token_clock,
+                options.clock.clone(),
+            )
+            .await?;
         }
         // The cache is built once, before any port is bound: a reload cannot rebuild it.
         if let Some(cache) = &config.cache {
@@ -361,6 +369,7 @@ async fn with_redis_stores(
     redis_config: &crate::config::RedisConfig,
     config: &Config,
     token_clock: Arc<dyn crate::credentials::Clock>,
+    admit_clock: AdmitClock,
 ) -> Result<Shared, StartError> {
     use crate::state::redis::revocations::RedisRevocations;
     use crate::state::redis::{Redis, RedisSettings};
@@ -404,7 +413,13 @@ async fn with_redis_stores(
         );
         shared = shared.with_saml(Arc::new(saml)).with_redis_flag(health);
     }
-    // rate limits (redis-limits): `shared.with_admission(...)`; `redis_config.expected_nodes`
+    // rate limits (redis-limits): shared quotas with local leases, per node while Redis is down.
+    let shared = shared.with_admission(AnyAdmission::Redis(RedisAdmission::new(
+        Arc::clone(&redis),
+        &config.rate_limits,
+        redis_config.expected_nodes,
+        admit_clock,
+    )));
     Ok(shared)
 }
 

@@ -16,6 +16,7 @@ mod binary;
 mod cache;
 mod cli;
 mod cluster;
+mod cluster_limits;
 mod cluster_saml;
 mod config_errors;
 mod cors;

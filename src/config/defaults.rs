@@ -64,6 +64,15 @@ pub const RATE_MAX: u64 = 1_000_000;
 pub const MAX_CONNECTIONS_PER_IP_MAX: u64 = 1_000_000;
 /// How often idle rate-limiter keys are evicted.
 pub const RATE_LIMIT_EVICT_SECS: u64 = 60;
+/// Rate limits shared through Redis (`state/redis/admission.rs`): a node leases at most this
+/// fraction (1/n) of its share of a quota per round trip, so the tokens leased but not yet
+/// spent by all nodes stay within 10% of the quota.
+pub const RATE_LIMIT_LEASE_DIVISOR: u32 = 10;
+/// Leased tokens unspent after this long are dropped (the node asks Redis again).
+pub const RATE_LIMIT_LEASE_TTL_MS: u64 = 1_000;
+/// While Redis is unreachable, one request per this interval tries it again; the others use
+/// the per-node quotas without waiting on it.
+pub const RATE_LIMIT_REDIS_RETRY_MS: u64 = 1_000;
 
 /// Region used by an s3 source that names none.
 pub const DEFAULT_S3_REGION: &str = "us-east-1";

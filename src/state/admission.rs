@@ -10,10 +10,11 @@
 //! It decides nothing about requests beyond "room or not" and picks no status.
 //!
 //! The stage asks an [`AnyAdmission`]: the counting ([`AdmissionStore::admit`]) is async, so
-//! a store kept outside the process (Redis) can be added as another variant without touching
-//! the pipeline. The one implementation today is [`Admission`], governor in memory. Quota
-//! updates and idle eviction stay synchronous: they are housekeeping of the process's own
-//! limiters.
+//! a store kept outside the process is another variant the pipeline does not see. Two stores:
+//! [`Admission`], governor in memory (one node, the default), and
+//! [`crate::state::redis::admission::RedisAdmission`], the quotas shared by every node through
+//! Redis with a local fast path (`[redis]`). Quota updates and idle eviction stay synchronous:
+//! they are housekeeping of the process's own state.
 
 use std::hash::Hash;
 use std::net::IpAddr;
@@ -29,6 +30,7 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
 use crate::config::RateLimits;
+use crate::state::redis::admission::RedisAdmission;
 use crate::telemetry::{Metrics, RateLimitedLabel};
 
 /// What a limit is counted against.
@@ -82,6 +84,17 @@ pub enum AdmitClock {
 impl AdmitClock {
     pub fn monotonic() -> AdmitClock {
         AdmitClock::Monotonic(Instant::now())
+    }
+
+    /// Now on the clock all nodes share, in microseconds, for state kept in Redis: a fake
+    /// clock's reading (the test gateways of one process share one fake clock), or `None` for
+    /// the real clock, whose origin is this process's start: Redis's own `TIME` is then the one
+    /// clock of every node, so their skew does not matter.
+    pub fn shared_micros(&self) -> Option<u64> {
+        match self {
+            AdmitClock::Monotonic(_) => None,
+            AdmitClock::Fake(fake) => Some(fake.now().as_u64() / 1_000),
+        }
     }
 }
 
@@ -139,12 +152,15 @@ pub trait AdmissionStore: Send + Sync {
 /// The rate-limit store of a gateway, dispatched without dynamic allocation.
 pub enum AnyAdmission {
     Memory(Admission),
+    /// Shared through Redis (`[redis]`), per-node quotas while Redis is unreachable.
+    Redis(RedisAdmission),
 }
 
 impl AdmissionStore for AnyAdmission {
     async fn admit(&self, client: IpAddr, subject: Option<&str>) -> Result<(), RateLimited> {
         match self {
             AnyAdmission::Memory(a) => AdmissionStore::admit(a, client, subject).await,
+            AnyAdmission::Redis(a) => AdmissionStore::admit(a, client, subject).await,
         }
     }
 }
@@ -166,6 +182,7 @@ impl AnyAdmission {
     pub fn update(&self, limits: &RateLimits) {
         match self {
             AnyAdmission::Memory(a) => a.update(limits),
+            AnyAdmission::Redis(a) => a.update(limits),
         }
     }
 
@@ -173,6 +190,7 @@ impl AnyAdmission {
     pub fn evict_idle(&self) {
         match self {
             AnyAdmission::Memory(a) => a.evict_idle(),
+            AnyAdmission::Redis(a) => a.evict_idle(),
         }
     }
 
@@ -180,6 +198,16 @@ impl AnyAdmission {
     pub fn tracked_keys(&self) -> (usize, usize) {
         match self {
             AnyAdmission::Memory(a) => a.tracked_keys(),
+            AnyAdmission::Redis(a) => a.tracked_keys(),
+        }
+    }
+
+    /// Whether the limits are per node now because the shared store is unreachable (for
+    /// `/readyz`: "degraded: per-node rate limits"). Always `false` in memory.
+    pub fn fallback_active(&self) -> bool {
+        match self {
+            AnyAdmission::Memory(_) => false,
+            AnyAdmission::Redis(a) => a.fallback_active(),
         }
     }
 }
@@ -274,6 +302,17 @@ impl Admission {
     ) -> Result<(), RateLimited> {
         self.admit(client, subject)
             .inspect_err(|refused| count_refusal(refused, metrics))
+    }
+
+    /// Count a request against one key only (the limit its kind names).
+    pub fn admit_key(&self, key: &AdmitKey) -> Result<(), RateLimited> {
+        let Some(l) = &self.limiters else {
+            return Ok(());
+        };
+        match key {
+            AdmitKey::Ip(_) => self.check(&l.ip.load().limiter, key, LimitKind::Ip),
+            AdmitKey::Subject(_) => self.check(&l.subject.load().limiter, key, LimitKind::Subject),
+        }
     }
 
     fn check(&self, limiter: &Limiter, key: &AdmitKey, kind: LimitKind) -> Result<(), RateLimited> {

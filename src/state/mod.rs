@@ -155,6 +155,9 @@ impl Shared {
                 .iter()
                 .map(redis::saml_health::Degraded::health),
         );
+        if let AnyAdmission::Redis(a) = &self.admission {
+            out.push(a.health());
+        }
         out
     }
 

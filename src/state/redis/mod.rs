@@ -26,6 +26,7 @@ pub mod cluster;
 pub mod doc;
 pub mod revocations;
 
+pub mod admission;
 pub mod login_key;
 pub mod replay;
 pub mod saml_health;
