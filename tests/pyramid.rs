@@ -468,6 +468,9 @@ async fn iiif_tiles_through_the_gateway() {
     let info: serde_json::Value = serde_json::from_slice(&info.bytes().await.unwrap()).unwrap();
     assert_eq!(info["width"], WIDTH);
     assert_eq!(info["height"], HEIGHT);
+    // The pyramid's own 256-pixel tiles are advertised (not [images] tile_size = 512), so a
+    // viewer asks for exactly the stored tiles.
+    assert_eq!(info["tiles"][0]["width"], 256);
     let factors = info["tiles"][0]["scaleFactors"].clone();
     for f in [1, 2, 4, 8] {
         assert!(

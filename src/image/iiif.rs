@@ -581,7 +581,7 @@ pub fn scale_factors(image: &SourceImage, limits: &ImageLimits) -> Vec<u32> {
         .last()
         .is_none_or(|l| u64::from(l.width) * u64::from(l.height) <= limits.max_source_pixels);
     if smallest_decodable {
-        let tile = limits.tile_size.max(1);
+        let tile = advertised_tile(image, limits).max(1);
         let longest = image.width.max(image.height);
         let mut f = factors.last().copied().unwrap_or(1);
         while longest.div_ceil(f) > tile && f < (1 << 30) {
@@ -590,6 +590,16 @@ pub fn scale_factors(image: &SourceImage, limits: &ImageLimits) -> Vec<u32> {
         }
     }
     factors
+}
+
+/// The tile side `info.json` advertises: a tiled source's own square tile (so a viewer asks for
+/// exactly the stored tiles: no tile is assembled from four, and a JPEG tile can be sent as
+/// stored), else `[images] tile_size`.
+fn advertised_tile(image: &SourceImage, limits: &ImageLimits) -> u32 {
+    match image.levels.first().and_then(|l| l.tile) {
+        Some((w, h)) if w == h && (64..=limits.max_output_side).contains(&w) => w,
+        _ => limits.tile_size,
+    }
 }
 
 /// The `info.json` document of one image. `id` from [`service_id`].
@@ -615,7 +625,7 @@ pub fn info_json(id: &str, image: &SourceImage, limits: &ImageLimits) -> Value {
             .map(|(w, h)| json!({"width": w, "height": h}))
             .collect()
     };
-    let tile = limits.tile_size;
+    let tile = advertised_tile(image, limits);
     json!({
         "@context": "http://iiif.io/api/image/3/context.json",
         "id": id,
