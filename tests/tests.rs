@@ -21,6 +21,8 @@ mod delegated;
 mod faults;
 mod fs_source;
 mod identity;
+mod iiif_browser;
+mod images_fuzz;
 mod label_studio;
 mod listener;
 mod network;
