@@ -1930,3 +1930,49 @@ fn config_source_cache_flag_without_cache_table_is_refused() {
     let e = one_error(&format!("{text}\n"));
     assert_at(&e, 8, "sources.local.cache", "there is no [cache] table");
 }
+
+#[test]
+fn config_images_absent_means_images_on_with_the_defaults() {
+    let config = Dir::new().load(BASE).unwrap();
+    assert_eq!(config.images, config::ImagesConfig::default());
+    assert!(config.images.enabled && config.images.base_url.is_none());
+    let config = Dir::new()
+        .load(&with_base(
+            "[images]\nenabled = false\nbase_url = \"https://assets.example.com/gw\"\n\
+             max_output_side = 4096\nworkers = 0\nqueue = 0\ntile_size = 256\n",
+        ))
+        .unwrap();
+    assert!(!config.images.enabled);
+    assert_eq!(
+        config.images.base_url.as_deref(),
+        Some("https://assets.example.com/gw")
+    );
+    assert_eq!(
+        (
+            config.images.max_output_side,
+            config.images.queue,
+            config.images.tile_size
+        ),
+        (4096, 0, 256)
+    );
+}
+
+#[test]
+fn config_images_errors_point_at_the_key() {
+    let e = one_error(&with_base("[images]\nmax_output_side = 0\n"));
+    assert_at(&e, 10, "images.max_output_side", "0 is not allowed");
+    let e = one_error(&with_base(
+        "[images]\nbase_url = \"http://assets.example.com\"\n",
+    ));
+    assert_at(&e, 10, "images.base_url", "loopback");
+    let e = one_error(&with_base(
+        "[images]\nbase_url = \"https://a.example.com/\"\n",
+    ));
+    assert_at(&e, 10, "images.base_url", "ends with a slash");
+    let e = one_error(&with_base(
+        "[images]\nmax_output_side = 300\ntile_size = 512\n",
+    ));
+    assert_at(&e, 11, "images.tile_size", "max_output_side");
+    let e = one_error(&with_base("[images]\njob_timeout_secs = 601\n"));
+    assert_at(&e, 10, "images.job_timeout_secs", "out of range");
+}

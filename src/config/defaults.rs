@@ -289,3 +289,21 @@ pub const IMAGE_QUEUE: usize = 64;
 pub const IMAGE_JOB_TIMEOUT_SECS: u64 = 20;
 /// Tile side advertised in info.json.
 pub const IMAGE_TILE_SIZE: u32 = 512;
+/// Bounds of the `[images]` keys (the smallest and largest value each accepts).
+pub const IMAGE_MAX_SOURCE_PIXELS_MAX: u64 = 1_000_000_000;
+pub const IMAGE_MAX_TILED_SOURCE_PIXELS_MAX: u64 = 1_000_000_000_000;
+pub const IMAGE_MAX_OUTPUT_PIXELS_MAX: u64 = 268_435_456;
+pub const IMAGE_MAX_OUTPUT_SIDE_MAX: u64 = 65_535;
+pub const IMAGE_MAX_FRAMES_MAX: u64 = 100_000;
+pub const IMAGE_MAX_SOURCE_BYTES_MAX: u64 = 16 * 1024 * 1024 * 1024;
+pub const IMAGE_WORKERS_MAX: u64 = 256;
+pub const IMAGE_QUEUE_MAX: u64 = 65_536;
+pub const IMAGE_JOB_TIMEOUT_SECS_MAX: u64 = 600;
+pub const IMAGE_TILE_SIZE_MIN: u64 = 64;
+pub const IMAGE_TILE_SIZE_MAX: u64 = 4096;
+/// Probes (an image's header facts and a TIFF's parsed directories) kept per object version,
+/// so a tile does not re-read directories.
+pub const IMAGE_PROBE_ENTRIES: usize = 4096;
+/// Renders of derived outputs kept whole in the cache's memory tier up to this size; larger ones
+/// are sent without being stored.
+pub const IMAGE_CACHED_OUTPUT_BYTES_MAX: u64 = 16 * 1024 * 1024;

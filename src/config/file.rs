@@ -33,6 +33,25 @@ pub(super) struct RawConfig {
     pub saml: Option<Spanned<RawSaml>>,
     pub sts: Option<Spanned<RawSts>>,
     pub cache: Option<Spanned<RawCache>>,
+    pub images: Option<Spanned<RawImages>>,
+}
+
+/// `[images]`: derived images (IIIF). Counts in pixels, sizes in bytes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawImages {
+    pub enabled: Option<Spanned<bool>>,
+    pub base_url: Option<Spanned<String>>,
+    pub max_source_pixels: Option<Spanned<i64>>,
+    pub max_tiled_source_pixels: Option<Spanned<i64>>,
+    pub max_output_pixels: Option<Spanned<i64>>,
+    pub max_output_side: Option<Spanned<i64>>,
+    pub max_frames: Option<Spanned<i64>>,
+    pub max_source_bytes: Option<Spanned<i64>>,
+    pub workers: Option<Spanned<i64>>,
+    pub queue: Option<Spanned<i64>>,
+    pub job_timeout_secs: Option<Spanned<i64>>,
+    pub tile_size: Option<Spanned<i64>>,
 }
 
 /// `[cache]`: the object cache. Sizes in bytes; `key` is a secret reference.

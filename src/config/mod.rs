@@ -50,6 +50,49 @@ pub struct Config {
     /// the origin). Built once at start: a reload that changes it is logged and applied at the
     /// next start, except `bypass` (per-source `cache = false`), read per request.
     pub cache: Option<CacheConfig>,
+    /// `[images]`: derived images (IIIF). Absent: the defaults, images on.
+    pub images: ImagesConfig,
+}
+
+/// `[images]`: the IIIF routes, their public URL and the limits of image jobs. The limits and
+/// `base_url` apply on reload; `workers` and `queue` size the decode pool built at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImagesConfig {
+    /// `enabled = false`: the `/iiif/` routes answer 404.
+    pub enabled: bool,
+    /// `base_url`: the public URL in front of `/iiif/3/...` in `info.json` (`id`) and
+    /// redirects, e.g. `https://assets.example.com`; `None`: `https://{Host}`.
+    pub base_url: Option<String>,
+    pub max_source_pixels: u64,
+    pub max_tiled_source_pixels: u64,
+    pub max_output_pixels: u64,
+    pub max_output_side: u32,
+    pub max_frames: u32,
+    pub max_source_bytes: u64,
+    /// 0: one per core.
+    pub workers: usize,
+    pub queue: usize,
+    pub job_timeout: Duration,
+    pub tile_size: u32,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        ImagesConfig {
+            enabled: true,
+            base_url: None,
+            max_source_pixels: defaults::IMAGE_MAX_SOURCE_PIXELS,
+            max_tiled_source_pixels: defaults::IMAGE_MAX_TILED_SOURCE_PIXELS,
+            max_output_pixels: defaults::IMAGE_MAX_OUTPUT_PIXELS,
+            max_output_side: defaults::IMAGE_MAX_OUTPUT_SIDE,
+            max_frames: defaults::IMAGE_MAX_FRAMES,
+            max_source_bytes: defaults::IMAGE_MAX_SOURCE_BYTES,
+            workers: defaults::IMAGE_WORKERS,
+            queue: defaults::IMAGE_QUEUE,
+            job_timeout: Duration::from_secs(defaults::IMAGE_JOB_TIMEOUT_SECS),
+            tile_size: defaults::IMAGE_TILE_SIZE,
+        }
+    }
 }
 
 /// `[cache]`: memory tier, optional encrypted disk tier, chunking and metadata trust.
@@ -695,6 +738,7 @@ impl Config {
                 disk: None,
                 bypass: std::collections::BTreeSet::new(),
             }),
+            images: ImagesConfig::default(),
         })
     }
 }

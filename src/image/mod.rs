@@ -132,6 +132,24 @@ impl Default for ImageLimits {
     }
 }
 
+impl ImageLimits {
+    /// The limits `[images]` sets (its `enabled` and `base_url` are the pipeline's).
+    pub fn from_config(c: &crate::config::ImagesConfig) -> ImageLimits {
+        ImageLimits {
+            max_source_pixels: c.max_source_pixels,
+            max_tiled_source_pixels: c.max_tiled_source_pixels,
+            max_output_pixels: c.max_output_pixels,
+            max_output_side: c.max_output_side,
+            max_frames: c.max_frames,
+            max_source_bytes: c.max_source_bytes,
+            workers: c.workers,
+            queue: c.queue,
+            job_timeout: c.job_timeout,
+            tile_size: c.tile_size,
+        }
+    }
+}
+
 /// Why an image could not be described or rendered. The pipeline maps each to its status in
 /// `pipeline/error.rs`; the messages are short and say nothing of the file's content.
 #[derive(Debug, thiserror::Error)]

@@ -224,6 +224,7 @@ impl GatewayBuilder {
             saml: None,
             sts: bucketgate::config::StsConfig::default(),
             cache: None,
+            images: bucketgate::config::ImagesConfig::default(),
         };
         GatewayBuilder {
             config,

@@ -31,6 +31,7 @@ use super::{Config, Secret, TlsConfig};
 mod audit_cors;
 mod cache;
 mod identity;
+mod images;
 mod limits;
 mod listener;
 mod network;
@@ -315,6 +316,7 @@ impl Checker<'_> {
         let saml = self.saml(raw.saml.as_ref(), roles.as_ref(), projects.as_ref());
         let sts = self.sts(raw.sts.as_ref());
         let cache = self.cache(raw.cache.as_ref(), raw.sources.as_ref());
+        let images = self.images(raw.images.as_ref());
         if let Some(saml) = &saml {
             self.saml_sources_need_saml(raw.sources.as_ref(), saml.is_some());
         }
@@ -333,6 +335,7 @@ impl Checker<'_> {
             saml: saml?,
             sts: sts?,
             cache: cache?,
+            images: images?,
         })
     }
 
