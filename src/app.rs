@@ -148,6 +148,12 @@ impl Gateway {
                 crate::cache::Cache::new(cache, Arc::clone(&metrics))?.with_limits(&config.limits);
             shared = shared.with_cache(Arc::new(cache));
         }
+        // The decode pool too: `[images] workers` and `queue` apply at the next start.
+        shared = shared.with_images(Arc::new(crate::state::ImageWork::new(
+            config.images.workers,
+            config.images.queue,
+            crate::config::defaults::IMAGE_PROBE_ENTRIES,
+        )));
         if let Some(clock) = &options.token_clock {
             shared = shared.with_token_clock(Arc::clone(clock));
         }

@@ -98,6 +98,9 @@ pub struct Facts {
     pub key: Option<String>,
     /// `original` or `derived`.
     pub representation: Option<&'static str>,
+    /// A derived representation's parameters: the IIIF path after the key
+    /// (`full/max/0/default.jpg`, `info.json`).
+    pub params: Option<String>,
     /// From the identity stage's `Principal`.
     pub subject: Option<String>,
     pub role: Option<String>,
@@ -128,6 +131,7 @@ impl Facts {
             source: None,
             key: None,
             representation: None,
+            params: None,
             subject: None,
             role: None,
             project: None,
@@ -187,6 +191,8 @@ struct RequestRecord<'a> {
     source: Option<&'a str>,
     key: Option<&'a str>,
     representation: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    params: Option<&'a str>,
     subject: Option<&'a str>,
     role: Option<&'a str>,
     project: Option<&'a str>,
@@ -347,6 +353,7 @@ impl Pending {
             source: f.source.as_deref(),
             key: f.key.as_deref(),
             representation: f.representation,
+            params: f.params.as_deref(),
             subject: f.subject.as_deref(),
             role: f.role.as_deref(),
             project: f.project.as_deref(),

@@ -6,7 +6,8 @@
 //! nothing of HTTP requests or statuses.
 //!
 //! This file is the interface the pipeline and the admin API use ([`Cache::metadata`],
-//! [`Cache::read`], [`Cache::purge`], [`Cache::stats`], [`Cache::prewarm_object`]) and the
+//! [`Cache::read`], [`Cache::get_derived`] / [`Cache::put_derived`] (whole derived outputs, one
+//! entry each), [`Cache::purge`], [`Cache::stats`], [`Cache::prewarm_object`]) and the
 //! metadata table; `key.rs`: what identifies an entry and its byte encoding; `mem.rs`: the
 //! memory tier; `read.rs`: one read walking its chunks with a bounded read-ahead; `fill.rs`: one
 //! origin fetch per missing chunk, waiters streaming as bytes arrive, and the chunk arithmetic;
@@ -469,6 +470,45 @@ impl Cache {
             body: Box::pin(body),
             outcome,
         })
+    }
+
+    /// A whole derived output (a rendered image) stored under `key` (its representation names
+    /// the derivation): from the memory tier, else the disk tier (promoted to memory). `None`:
+    /// not stored; the caller renders it and may [`Cache::put_derived`] the result.
+    pub async fn get_derived(&self, key: &CacheKey) -> Option<(bytes::Bytes, Outcome)> {
+        let inner = &*self.inner;
+        let id = key.chunk(0);
+        if let Some(body) = inner.memory.get(&id) {
+            return Some((body, Outcome::HitMemory));
+        }
+        let disk = inner.disk.as_ref()?;
+        let body = disk
+            .get(&DiskKey {
+                source: key.source(),
+                key: key.key(),
+                id: id.as_bytes(),
+            })
+            .await?;
+        inner.memory.insert(id, body.clone());
+        Some((body, Outcome::HitDisk))
+    }
+
+    /// Store a whole derived output under `key`, in memory and on disk (within their budgets;
+    /// an entry larger than a memory shard is kept on disk only).
+    pub fn put_derived(&self, key: &CacheKey, body: bytes::Bytes) {
+        let inner = &*self.inner;
+        let id = key.chunk(0);
+        if let Some(disk) = &inner.disk {
+            disk.put(
+                &DiskKey {
+                    source: key.source(),
+                    key: key.key(),
+                    id: id.as_bytes(),
+                },
+                body.clone(),
+            );
+        }
+        inner.memory.insert(id, body);
     }
 
     /// Remove every entry `what` names, from both tiers and the metadata table; returns how many

@@ -27,9 +27,15 @@ pub mod render;
 pub mod source;
 pub mod tiff;
 
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use lru::LruCache;
+use tokio::sync::OnceCell;
 
 pub use iiif::{ImageRequest, RenderOp};
 
@@ -184,4 +190,218 @@ pub struct Rendered {
     pub format: OutputFormat,
     pub width: u32,
     pub height: u32,
+}
+
+/// What [`probe`] learned of one version of one object: the image, and for a TIFF its parsed
+/// directories (so a tile does not read them again).
+#[derive(Debug)]
+pub struct Probe {
+    pub image: SourceImage,
+    pub tiff: Option<Arc<tiff::Pyramid>>,
+}
+
+/// The bytes [`probe`] reads first (most headers fit; a format that needs more says so).
+pub const PROBE_HEAD_BYTES: u64 = 64 * 1024;
+/// Rounds of "read more" a header probe may ask for before the file is refused.
+const PROBE_ROUNDS: usize = 8;
+
+/// Describe the object: sniff its format from the first bytes (never the key's name), then read
+/// the header (a TIFF's directories) and check it against `limits`, before any pixel is decoded.
+pub async fn probe(src: &source::ObjectBytes, limits: &ImageLimits) -> Result<Probe, ImageError> {
+    let mut head = src.read_at(0, PROBE_HEAD_BYTES.min(src.size())).await?;
+    let format = decode::sniff(&head)?;
+    if format == SourceFormat::Tiff {
+        let (image, pyramid) = tiff::probe(src, limits).await?;
+        return Ok(Probe {
+            image,
+            tiff: Some(pyramid),
+        });
+    }
+    for _ in 0..PROBE_ROUNDS {
+        match decode::probe(format, &head, src.size(), limits)? {
+            decode::Probed::Image(image) => return Ok(Probe { image, tiff: None }),
+            decode::Probed::NeedBytes(n) => {
+                let have = head.len() as u64;
+                let want = (n as u64).min(src.size());
+                if want <= have || want > decode::MAX_HEADER_BYTES as u64 {
+                    return Err(ImageError::Corrupt("the header is cut short".into()));
+                }
+                let more = src.read_at(have, want - have).await?;
+                let mut joined = bytes::BytesMut::with_capacity(head.len() + more.len());
+                joined.extend_from_slice(&head);
+                joined.extend_from_slice(&more);
+                head = joined.freeze();
+            }
+        }
+    }
+    Err(ImageError::Corrupt("the header does not end".into()))
+}
+
+/// Render `op` (resolved against `probe.image`): a TIFF reads the tiles or strips it needs; any
+/// other format reads the whole object (bounded by `max_source_bytes`) and decodes on the pool.
+pub async fn render(
+    src: &source::ObjectBytes,
+    probe: &Probe,
+    op: &RenderOp,
+    limits: &ImageLimits,
+    pool: &pool::Pool,
+) -> Result<Rendered, ImageError> {
+    match &probe.tiff {
+        Some(pyramid) => tiff::render(src, pyramid, op, limits, pool).await,
+        None => {
+            let data = src.read_all().await?;
+            let image = probe.image.clone();
+            let op = op.clone();
+            let job_limits = limits.clone();
+            pool.run(limits.job_timeout, move || {
+                decode::render(&data, &image, &op, &job_limits)
+            })
+            .await
+        }
+    }
+}
+
+/// A copy of `e` for every request that waited on the same probe or render.
+pub fn share(e: &ImageError) -> ImageError {
+    use crate::backend::BackendError as B;
+    match e {
+        ImageError::BadParameter { param, why } => ImageError::BadParameter {
+            param,
+            why: why.clone(),
+        },
+        ImageError::TooLarge(s) => ImageError::TooLarge(s.clone()),
+        ImageError::Unsupported => ImageError::Unsupported,
+        ImageError::Corrupt(s) => ImageError::Corrupt(s.clone()),
+        ImageError::Busy => ImageError::Busy,
+        ImageError::TimedOut => ImageError::TimedOut,
+        ImageError::Source(b) => ImageError::Source(match b {
+            B::NotFound => B::NotFound,
+            B::NotAnObject => B::NotAnObject,
+            B::AccessDenied => B::AccessDenied,
+            B::ConfigFault { code } => B::ConfigFault { code },
+            B::RoleConfigFault { role_arn, code } => B::RoleConfigFault {
+                role_arn: role_arn.clone(),
+                code: code.clone(),
+            },
+            B::CredentialsUnavailable { retry_after } => B::CredentialsUnavailable {
+                retry_after: *retry_after,
+            },
+            B::Changed => B::Changed,
+            B::Unreachable(e) => B::Unreachable(e.to_string().into()),
+            B::Timeout(d) => B::Timeout(*d),
+            B::Stalled(d) => B::Stalled(*d),
+            B::BodyBroken(e) => B::BodyBroken(e.to_string().into()),
+            B::Io(io) => B::Io(std::io::Error::new(io.kind(), io.to_string())),
+            B::Protocol(s) => B::Protocol(s.clone()),
+        }),
+    }
+}
+
+type Flight<V> = Arc<OnceCell<Result<V, Arc<ImageError>>>>;
+
+/// One computation per key however many requests ask at once: the first runs it, the others
+/// wait for its result (if the first goes away, the next waiter runs it).
+pub struct Flights<K, V> {
+    inflight: Mutex<HashMap<K, Flight<V>>>,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Default for Flights<K, V> {
+    fn default() -> Self {
+        Flights {
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
+    /// `work`'s result for `key`, and whether this call ran it (`false`: it waited on another).
+    pub async fn run<F>(&self, key: &K, work: F) -> (Result<V, ImageError>, bool)
+    where
+        F: std::future::Future<Output = Result<V, ImageError>>,
+    {
+        let cell = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(inflight.entry(key.clone()).or_default())
+        };
+        let led = std::sync::atomic::AtomicBool::new(false);
+        let result = cell
+            .get_or_init(|| async {
+                led.store(true, std::sync::atomic::Ordering::Relaxed);
+                work.await.map_err(Arc::new)
+            })
+            .await;
+        {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            if inflight.get(key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                inflight.remove(key);
+            }
+        }
+        let led = led.load(std::sync::atomic::Ordering::Relaxed);
+        match result {
+            Ok(v) => (Ok(v.clone()), led),
+            Err(e) => (Err(share(e)), led),
+        }
+    }
+
+    /// Computations in flight now.
+    pub fn len(&self) -> usize {
+        self.inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The process's image machinery, built once at start from `[images]` and held in
+/// `state::Shared`: the decode pool, the probes of recent object versions (bounded, least
+/// recently used forgotten first) and the probes and renders in flight, each run once.
+pub struct Work<K: Hash + Eq + Clone> {
+    pool: pool::Pool,
+    probes: Mutex<LruCache<K, Arc<Probe>>>,
+    pub probing: Flights<K, Arc<Probe>>,
+    pub rendering: Flights<K, Rendered>,
+}
+
+impl<K: Hash + Eq + Clone> std::fmt::Debug for Work<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Work").finish_non_exhaustive()
+    }
+}
+
+impl<K: Hash + Eq + Clone> Work<K> {
+    /// `workers` decode threads (0: one per core), `queue` jobs waiting, `probes` remembered.
+    pub fn new(workers: usize, queue: usize, probes: usize) -> Work<K> {
+        Work {
+            pool: pool::Pool::new(workers, queue),
+            probes: Mutex::new(LruCache::new(
+                NonZeroUsize::new(probes).unwrap_or(NonZeroUsize::MIN),
+            )),
+            probing: Flights::default(),
+            rendering: Flights::default(),
+        }
+    }
+
+    pub fn pool(&self) -> &pool::Pool {
+        &self.pool
+    }
+
+    /// The remembered probe of `key` (an object version), if any.
+    pub fn probe_of(&self, key: &K) -> Option<Arc<Probe>> {
+        self.probes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    pub fn remember_probe(&self, key: K, probe: Arc<Probe>) {
+        self.probes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .put(key, probe);
+    }
 }

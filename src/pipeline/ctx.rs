@@ -153,6 +153,7 @@ impl RequestCtx {
         self.facts.source = Some(target.source().to_owned());
         self.facts.key = Some(target.key().to_owned());
         self.facts.representation = Some(target.representation().class().as_str());
+        self.facts.params = target.representation().params();
     }
 
     /// Who the request is (stage 2): the principal and the hash of its token or session id.

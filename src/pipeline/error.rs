@@ -10,6 +10,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::backend::BackendError;
 use crate::identity::IdentityError;
+use crate::image::ImageError;
 use crate::pipeline::admit::RateLimited;
 use crate::pipeline::authorize::AuthzError;
 use crate::pipeline::network::{NetworkError, RuleRef};
@@ -72,6 +73,14 @@ pub enum Error {
         #[source]
         error: BackendError,
     },
+    /// A derived image could not be described or rendered (a failed read of the object is
+    /// [`Error::Backend`], see [`Error::image`]).
+    #[error("image from source {source_name}")]
+    Image {
+        source_name: String,
+        #[source]
+        error: ImageError,
+    },
     /// Building our own response failed (a header value we made is invalid): our fault, never
     /// counted as an upstream one.
     #[error("building the response")]
@@ -79,6 +88,21 @@ pub enum Error {
 }
 
 impl Error {
+    /// An image job's error: a failed read of the object is the backend's (its own statuses and
+    /// upstream metrics), anything else [`Error::Image`].
+    pub fn image(source_name: &str, error: ImageError) -> Error {
+        match error {
+            ImageError::Source(error) => Error::Backend {
+                source_name: source_name.to_owned(),
+                error,
+            },
+            error => Error::Image {
+                source_name: source_name.to_owned(),
+                error,
+            },
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Error::Request(e) => e.status(),
@@ -97,7 +121,8 @@ impl Error {
                 | PlanError::DotSegment
                 | PlanError::KeyTooLong
                 | PlanError::UnknownParameter
-                | PlanError::RepeatedParameter => StatusCode::BAD_REQUEST,
+                | PlanError::RepeatedParameter
+                | PlanError::IiifParameter { .. } => StatusCode::BAD_REQUEST,
             },
             // Every identity failure but these is the same 401, by design (fail closed).
             Error::Identity(e) => match identity_answer(e) {
@@ -129,6 +154,15 @@ impl Error {
                 | BackendError::Protocol(_) => StatusCode::BAD_GATEWAY,
                 BackendError::Timeout(_) | BackendError::Stalled(_) => StatusCode::GATEWAY_TIMEOUT,
                 BackendError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            Error::Image { error, .. } => match error {
+                ImageError::BadParameter { .. } => StatusCode::BAD_REQUEST,
+                ImageError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                ImageError::Unsupported => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ImageError::Corrupt(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                ImageError::Busy | ImageError::TimedOut => StatusCode::SERVICE_UNAVAILABLE,
+                // Built as `Error::Backend` by `Error::image`; a read that failed regardless.
+                ImageError::Source(_) => StatusCode::BAD_GATEWAY,
             },
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -193,6 +227,18 @@ impl Error {
             Error::RateLimited(limited) => {
                 h.insert(RETRY_AFTER, HeaderValue::from(limited.retry_after_secs()));
             }
+            Error::Image { error, .. } => match error {
+                // The queue drains in about a job's time; a second is a fair first retry.
+                ImageError::Busy => {
+                    h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                }
+                ImageError::BadParameter { .. }
+                | ImageError::TooLarge(_)
+                | ImageError::Unsupported
+                | ImageError::Corrupt(_)
+                | ImageError::TimedOut
+                | ImageError::Source(_) => {}
+            },
             Error::Backend { error, .. } => match error {
                 BackendError::CredentialsUnavailable { retry_after } => {
                     // Whole seconds, rounded up, at least 1 (as for rate limits).
@@ -246,6 +292,7 @@ impl Error {
                 PlanError::KeyTooLong => "object key is longer than 1024 bytes",
                 PlanError::UnknownParameter => "unknown query parameter",
                 PlanError::RepeatedParameter => "repeated query parameter",
+                PlanError::IiifParameter { param, .. } => iiif_parameter_message(param),
             },
             Error::Identity(IdentityError::AmbiguousToken) => {
                 "token given in more than one place (Authorization, cookie, token=)"
@@ -280,6 +327,15 @@ impl Error {
                 BackendError::Timeout(_) | BackendError::Stalled(_) => "storage backend timed out",
                 BackendError::Io(_) => "internal error",
             },
+            Error::Image { error, .. } => match error {
+                ImageError::BadParameter { param, .. } => iiif_parameter_message(param),
+                ImageError::TooLarge(_) => "image is over the size limits",
+                ImageError::Unsupported => "unsupported image format",
+                ImageError::Corrupt(_) => "image cannot be decoded",
+                ImageError::Busy => "image workers are busy, try again",
+                ImageError::TimedOut => "image took too long, try again",
+                ImageError::Source(_) => "storage backend failed",
+            },
             Error::Internal(_) => "internal error",
         }
     }
@@ -309,6 +365,7 @@ impl Error {
             | Error::RangeNotSatisfiable { .. }
             | Error::RateLimited(_)
             | Error::Backend { .. }
+            | Error::Image { .. }
             | Error::Internal(_) => false,
         }
     }
@@ -363,6 +420,22 @@ pub fn log(err: &Error) {
         _ => {
             tracing::debug!(error = %ErrorChain(err), "request refused");
         }
+    }
+}
+
+/// The 400 text for a bad IIIF parameter: which one, and its accepted forms (fixed text: the
+/// parser's own explanation, which may quote the request, goes to the log only).
+fn iiif_parameter_message(param: &str) -> &'static str {
+    match param {
+        "region" => "invalid region: use full, square, x,y,w,h or pct:x,y,w,h within the image",
+        "size" => {
+            "invalid size: use max, w,, ,h, pct:n, w,h or !w,h within the region and \
+             maxWidth/maxArea (^ to upscale)"
+        }
+        "rotation" => "invalid rotation: use 0, 90, 180 or 270, ! to mirror",
+        "quality" => "invalid quality: use default, color, gray or bitonal",
+        "format" => "invalid format: use jpg, png or webp",
+        _ => "invalid IIIF request",
     }
 }
 

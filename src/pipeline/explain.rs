@@ -191,10 +191,11 @@ async fn access(
     client: network::ClientIp,
     request: DryRun<'_>,
 ) -> Result<Access, ExplainError> {
-    // Only object requests are explained; the `/auth/` routes answer for themselves.
+    // Only object and IIIF requests are explained; the `/auth/` routes answer for themselves,
+    // and an image's base URI is a redirect that reads and grants nothing.
     let object = match route {
-        Route::Object(object) => object,
-        Route::Auth(_) | Route::NotFound => {
+        Route::Object(object) | Route::Iiif(object) => object,
+        Route::Auth(_) | Route::NotFound | Route::IiifBase { .. } => {
             return Ok(Access::Request(Error::Plan(PlanError::NoRoute)));
         }
     };
@@ -353,12 +354,21 @@ impl fmt::Display for Access {
                 writeln!(f, "identity:  {who}")?;
                 writeln!(f, "authorize: allow: {rule}")?;
                 admit(f, quotas)?;
-                writeln!(
-                    f,
-                    "plan:      source {} key {} (would be fetched)",
-                    plan.source(),
-                    plan.key()
-                )
+                match plan.representation().params() {
+                    None => writeln!(
+                        f,
+                        "plan:      source {} key {} (would be fetched)",
+                        plan.source(),
+                        plan.key()
+                    ),
+                    Some(params) => writeln!(
+                        f,
+                        "plan:      source {} key {} representation {} {params} (would be derived)",
+                        plan.source(),
+                        plan.key(),
+                        plan.representation().class().as_str(),
+                    ),
+                }
             }
         }
     }

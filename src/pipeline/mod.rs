@@ -15,6 +15,7 @@
 //! | 4 | admit: rate limits per client address and subject -> [`admit::Admitted`]`<Grant>` (429) | `admit.rs` |
 //! | 5b | plan: the admitted grant -> [`plan::Plan`]; an unknown source is 404 only now | `plan.rs` |
 //! | 7 | fetch: metadata, preconditions, range, open the body | `fetch` below, `range.rs` |
+//! | 7-8 | derive (IIIF): metadata, ETag and 304, the derived output from the cache or probed, resolved and rendered once | `derive.rs`, `crate::image` |
 //! | 9 | respond: head + streaming body, CORS headers; an error's status and headers | `respond` below, `respond.rs`, `cors.rs`, `error.rs` |
 //! | 10 | audit: one record per request, written when the body ends or is dropped | `crate::audit` |
 //!
@@ -32,6 +33,7 @@ pub mod auth;
 pub mod authorize;
 pub mod cors;
 pub mod ctx;
+pub mod derive;
 pub mod error;
 pub mod explain;
 pub mod identity;
@@ -242,12 +244,23 @@ impl Pipeline {
         let client = self.network_stage(snapshot, req, &route, conn, ctx)?;
         let object = match route {
             Route::Auth(route) => return self.auth(snapshot, route, req, body, client, ctx).await,
-            Route::Object(_) if cors::is_preflight(&req.method, &req.headers) => {
+            Route::Iiif(_) | Route::IiifBase { .. } if !snapshot.images.enabled => {
+                return Err(Error::Plan(plan::PlanError::NoRoute));
+            }
+            Route::Object(_) | Route::Iiif(_) | Route::IiifBase { .. }
+                if cors::is_preflight(&req.method, &req.headers) =>
+            {
                 let rule = snapshot.cors.rule(&req.headers);
                 ctx.preflight(rule.as_ref());
                 return cors::preflight(&snapshot.cors, rule);
             }
-            Route::Object(object) => object,
+            // The base URI of an image: a redirect to its info.json, nothing read or granted.
+            Route::IiifBase { info, .. } => {
+                let info = info.inspect_err(|_| ctx.malformed(Some("iiif")))?;
+                ctx.allow("iiif base uri");
+                return derive::redirect(snapshot, req, &info);
+            }
+            Route::Object(object) | Route::Iiif(object) => object,
             Route::NotFound => return Err(Error::Plan(plan::PlanError::NoRoute)),
         };
         let (target, head_only) = object.into_target()?;
@@ -265,6 +278,16 @@ impl Pipeline {
         wait_for_empty_body(open_body).await?;
         let plan = plan::resolve(admitted, |s| snapshot.sources.contains_key(s))?;
         let user = authenticated.user_credentials();
+        if plan.representation() != &plan::Representation::Original {
+            let derive = derive::Derive {
+                snapshot,
+                shared: &self.shared,
+                request: req,
+                plan: &plan,
+                caller: user.map_or(Caller::Gateway, Caller::User),
+            };
+            return derive::serve(derive, ctx).await;
+        }
         self.fetch(snapshot, &req.headers, &plan, head_only, user, ctx)
             .await
     }

@@ -34,15 +34,25 @@ pub enum PlanError {
     UnknownParameter,
     #[error("repeated query parameter")]
     RepeatedParameter,
+    /// A IIIF parameter is malformed or not supported (400), naming which.
+    #[error("invalid {param}: {why}")]
+    IiifParameter { param: &'static str, why: String },
 }
 
-/// What a request asks to be served as. Only the object as stored exists today; a derived
-/// representation (IIIF region and size, a video rendition) is a variant carrying its parameters.
+/// What a request asks to be served as: the object as stored, or a derived representation
+/// carrying its normalized parameters (a video rendition would be another variant).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Representation {
     /// The object's bytes as stored (`/o/`).
     Original,
+    /// A IIIF image (`/iiif/3/.../{region}/{size}/{rotation}/{quality}.{format}`).
+    Iiif(crate::image::ImageRequest),
+    /// A IIIF image's `info.json`.
+    IiifInfo,
 }
+
+/// The cache label of an `info.json` (never stored: its `id` depends on the request's host).
+pub const IIIF_INFO: &str = "iiif-info";
 
 impl Representation {
     /// The class authorization decides on (a role's `read_original` / `read_derived`, a token's
@@ -50,13 +60,29 @@ impl Representation {
     pub fn class(&self) -> crate::identity::Representation {
         match self {
             Representation::Original => crate::identity::Representation::Original,
+            Representation::Iiif(_) | Representation::IiifInfo => {
+                crate::identity::Representation::Derived
+            }
         }
     }
 
-    /// The normalized, opaque name the cache keys this representation by.
-    pub fn cache_label(&self) -> &'static str {
+    /// The normalized, opaque name the cache keys this representation by: `o`, `iiif:` and the
+    /// canonical request, or `iiif-info`.
+    pub fn cache_label(&self) -> std::borrow::Cow<'static, str> {
         match self {
-            Representation::Original => crate::cache::key::ORIGINAL,
+            Representation::Original => crate::cache::key::ORIGINAL.into(),
+            Representation::Iiif(request) => format!("iiif:{}", request.canonical()).into(),
+            Representation::IiifInfo => IIIF_INFO.into(),
+        }
+    }
+
+    /// What the audit record and `explain` name besides the class: the IIIF path after the key
+    /// (`full/max/0/default.jpg`, `info.json`); `None` for the original.
+    pub fn params(&self) -> Option<String> {
+        match self {
+            Representation::Original => None,
+            Representation::Iiif(request) => Some(request.canonical().to_owned()),
+            Representation::IiifInfo => Some("info.json".to_owned()),
         }
     }
 }
@@ -92,7 +118,7 @@ impl Plan {
         CacheKey::new(
             self.object_id(partition),
             version,
-            self.representation.cache_label(),
+            &self.representation.cache_label(),
         )
     }
 }
@@ -168,6 +194,66 @@ pub fn parse_object(path: &str, query: Option<&str>) -> Result<Target, PlanError
         token,
         representation: Representation::Original,
     })
+}
+
+/// A parsed `/iiif/3/` path: the base URI of an image (`{source}/{key}`, redirected to its
+/// `info.json`; the key's check kept for the redirect), or a target.
+#[derive(Debug)]
+pub enum IiifPath {
+    Base { key: Result<String, PlanError> },
+    Target(Target),
+}
+
+/// Parse a `/iiif/3/{source}/{key}[/info.json | /{region}/{size}/{rotation}/{quality}.{format}]`
+/// request: the key is ONE segment (`/` written `%2F`), decoded once with the same rules as
+/// `/o/`; the query takes `token` only. Any other shape is the route's 404.
+pub fn parse_iiif(path: &str, query: Option<&str>) -> Result<IiifPath, PlanError> {
+    let rest = path
+        .strip_prefix(super::route::IIIF_PREFIX)
+        .ok_or(PlanError::NoRoute)?;
+    let segments: Vec<&str> = rest.split('/').collect();
+    let (source, raw_key, params) = match segments.as_slice() {
+        [source, key] => {
+            if source.is_empty() {
+                return Err(PlanError::NoRoute);
+            }
+            return Ok(IiifPath::Base {
+                key: check_query(query).and_then(|_| decode_key(key)),
+            });
+        }
+        [source, key, params @ ..] if params.len() == 1 || params.len() == 4 => {
+            (*source, *key, params)
+        }
+        _ => return Err(PlanError::NoRoute),
+    };
+    if source.is_empty() {
+        return Err(PlanError::NoRoute);
+    }
+    let token = check_query(query)?;
+    let key = decode_key(raw_key)?;
+    let representation = match params {
+        ["info.json"] => Representation::IiifInfo,
+        [region, size, rotation, quality_format] => Representation::Iiif(
+            crate::image::ImageRequest::parse(region, size, rotation, quality_format).map_err(
+                |e| match e {
+                    crate::image::ImageError::BadParameter { param, why } => {
+                        PlanError::IiifParameter { param, why }
+                    }
+                    other => PlanError::IiifParameter {
+                        param: "request",
+                        why: other.to_string(),
+                    },
+                },
+            )?,
+        ),
+        _ => return Err(PlanError::NoRoute),
+    };
+    Ok(IiifPath::Target(Target {
+        source: source.to_owned(),
+        key,
+        token,
+        representation,
+    }))
 }
 
 /// Parse and plan without authorization: for benches and unit tests of the parsing rules only

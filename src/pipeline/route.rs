@@ -8,8 +8,10 @@
 //! the CORS preflight), so the order of 400s, 403s and 404s is the lifecycle's. The network stage
 //! reads the source segment as written (still percent-encoded): it runs before any key work.
 //!
-//! Adding a route (IIIF, video: not implemented yet) is one [`Route`] variant with its parser
-//! here and one match arm in `Pipeline::run`; nothing else dispatches on the path.
+//! Adding a route (video: not implemented yet) is one [`Route`] variant with its parser here
+//! and one match arm in `Pipeline::run`; nothing else dispatches on the path. The IIIF routes
+//! are [`Route::Iiif`] (an object route whose target asks for a derived representation) and
+//! [`Route::IiifBase`] (the redirect to `info.json`).
 
 use http::Method;
 
@@ -18,12 +20,23 @@ use super::plan::{self, PlanError, Target};
 
 /// The path prefix of the object route.
 pub const OBJECT_PREFIX: &str = "/o/";
+/// The path prefix of the IIIF Image API 3.0 routes.
+pub const IIIF_PREFIX: &str = "/iiif/3/";
 
 /// What a request asks for.
 #[derive(Debug)]
 pub enum Route {
     /// `/o/{source}/{key...}`: one object, as stored.
     Object(ObjectRoute),
+    /// `/iiif/3/{source}/{key}/info.json` and `/iiif/3/{source}/{key}/{region}/{size}/
+    /// {rotation}/{quality}.{format}`: a derived image, through the same stages as an object.
+    Iiif(ObjectRoute),
+    /// `/iiif/3/{source}/{key}`: the image's base URI, redirected (303) to its `info.json`;
+    /// nothing is read or authorized for it. Holds the redirect's path (or the key's 400).
+    IiifBase {
+        source: String,
+        info: Result<String, PlanError>,
+    },
     /// `/auth/...`: the SAML service provider's routes (login, ACS, session, logout).
     Auth(AuthRoute),
     /// Anything else: 404 once the network stage has let it through.
@@ -63,6 +76,30 @@ impl Route {
                 method,
             });
         }
+        if let Some(rest) = path.strip_prefix(IIIF_PREFIX) {
+            let source = rest.split('/').next().unwrap_or_default().to_owned();
+            let method = match *method {
+                Method::GET => ObjectMethod::Get,
+                Method::HEAD => ObjectMethod::Head,
+                _ => ObjectMethod::Other,
+            };
+            return match plan::parse_iiif(path, query) {
+                Ok(plan::IiifPath::Base { key }) => Route::IiifBase {
+                    source,
+                    info: key.map(|_| format!("{path}/info.json")),
+                },
+                Ok(plan::IiifPath::Target(target)) => Route::Iiif(ObjectRoute {
+                    source: Some(source),
+                    target: Ok(target),
+                    method,
+                }),
+                Err(e) => Route::Iiif(ObjectRoute {
+                    source: Some(source),
+                    target: Err(e),
+                    method,
+                }),
+            };
+        }
         if path.starts_with(super::auth::AUTH_PREFIX) {
             return Route::Auth(AuthRoute::parse(path));
         }
@@ -73,6 +110,7 @@ impl Route {
     pub fn label(&self) -> &'static str {
         match self {
             Route::Object(_) => "object",
+            Route::Iiif(_) | Route::IiifBase { .. } => "iiif",
             Route::Auth(_) => "auth",
             Route::NotFound => "other",
         }
@@ -81,7 +119,8 @@ impl Route {
     /// The source segment as written (not decoded), for the network stage's per-source lists.
     pub fn network_source(&self) -> Option<&str> {
         match self {
-            Route::Object(object) => object.source.as_deref(),
+            Route::Object(object) | Route::Iiif(object) => object.source.as_deref(),
+            Route::IiifBase { source, .. } => Some(source),
             Route::Auth(_) | Route::NotFound => None,
         }
     }
@@ -130,6 +169,55 @@ mod tests {
         assert_eq!(route("/o/photos").label(), "object");
         assert_eq!(route("/auth/saml/login").label(), "auth");
         assert_eq!(route("/").label(), "other");
+    }
+
+    #[test]
+    fn iiif_routes_take_one_key_segment() {
+        let target = |path: &str| match route(path) {
+            Route::Iiif(o) => o.into_target().map(|(t, _)| t),
+            other => panic!("{path}: {other:?}"),
+        };
+        let t = target("/iiif/3/photos/a%2Fb.jpg/info.json").unwrap();
+        assert_eq!((t.source(), t.key()), ("photos", "a/b.jpg"));
+        assert_eq!(t.representation(), &plan::Representation::IiifInfo);
+        let t = target("/iiif/3/photos/k%2D1/full/max/0/default.jpg?token=x").unwrap();
+        assert_eq!((t.key(), t.token()), ("k-1", Some("x")));
+        match t.representation() {
+            plan::Representation::Iiif(r) => assert_eq!(r.canonical(), "full/max/0/default.jpg"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(route("/iiif/3/photos/k/info.json").label(), "iiif");
+        assert_eq!(
+            route("/iiif/3/photos/k/info.json").network_source(),
+            Some("photos")
+        );
+        // A key with a raw slash is a path of another shape: 404.
+        assert!(matches!(
+            target("/iiif/3/photos/a/b/full/max/0/default.jpg"),
+            Err(super::super::error::Error::Plan(PlanError::NoRoute))
+        ));
+        assert!(matches!(
+            target("/iiif/3/photos/a/b/c"),
+            Err(super::super::error::Error::Plan(PlanError::NoRoute))
+        ));
+        assert!(matches!(
+            target("/iiif/3/photos/%2e%2e/info.json"),
+            Err(super::super::error::Error::Plan(PlanError::DotSegment))
+        ));
+        assert!(matches!(
+            target("/iiif/3/photos/k/full/max/45/default.jpg"),
+            Err(super::super::error::Error::Plan(PlanError::IiifParameter {
+                param: "rotation",
+                ..
+            }))
+        ));
+        match route("/iiif/3/photos/a%2Fb") {
+            Route::IiifBase { source, info } => {
+                assert_eq!(source, "photos");
+                assert_eq!(info.unwrap(), "/iiif/3/photos/a%2Fb/info.json");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -60,6 +60,32 @@ pub struct Snapshot {
     pub(super) saml: Option<Arc<crate::saml::sp::ServiceProvider>>,
     /// `Strict-Transport-Security` on every response (`[listener] hsts_*`).
     pub(super) hsts: http::HeaderValue,
+    /// `[images]`: whether the IIIF routes answer, their public URL and the limits of a job.
+    pub(super) images: Images,
+}
+
+/// What one snapshot says of derived images (`[images]`, applied on reload).
+#[derive(Debug, Clone)]
+pub struct Images {
+    pub enabled: bool,
+    pub base_url: Option<String>,
+    pub limits: crate::image::ImageLimits,
+}
+
+impl Default for Images {
+    fn default() -> Images {
+        Images::from(&crate::config::ImagesConfig::default())
+    }
+}
+
+impl From<&crate::config::ImagesConfig> for Images {
+    fn from(c: &crate::config::ImagesConfig) -> Images {
+        Images {
+            enabled: c.enabled,
+            base_url: c.base_url.clone(),
+            limits: crate::image::ImageLimits::from_config(c),
+        }
+    }
 }
 
 impl Snapshot {
@@ -81,7 +107,14 @@ impl Snapshot {
             policy: authorize::Policy::default(),
             saml: None,
             hsts: respond::hsts_value(&crate::config::HstsConfig::default()),
+            images: Images::default(),
         }
+    }
+
+    /// Serve derived images as `[images]` says (default: on, with the default limits).
+    pub fn with_images(mut self, images: &crate::config::ImagesConfig) -> Snapshot {
+        self.images = Images::from(images);
+        self
     }
 
     /// Send `Strict-Transport-Security` as `config` says (default: one year, no
@@ -211,6 +244,7 @@ pub async fn build_snapshot(
             .unwrap_or_default(),
     )
     .with_cors(Cors::new(&config.cors))
+    .with_images(&config.images)
     .with_hsts(&config.listener.hsts)
     .with_saml(config.saml.as_ref().map(|saml| {
         Arc::new(crate::saml::sp::ServiceProvider::new(

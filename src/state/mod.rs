@@ -12,8 +12,9 @@
 //! - delegations: the delegated roles' cached credentials, so a reload makes no new STS call;
 //! - SAML state: sessions, the replay cache and the login-cookie key, so a reload keeps
 //!   everyone signed in;
-//! - the object cache ([`crate::cache::Cache`]), when `[cache]` was configured at start; later
-//!   the image and video job tables too.
+//! - the object cache ([`crate::cache::Cache`]), when `[cache]` was configured at start;
+//! - the image work ([`ImageWork`]): the decode pool, recent probes, probes and renders in
+//!   flight (built from `[images]` at start).
 //!
 //! Each part is a store behind its own type; where a part may later be kept outside the process
 //! (Redis), its store is an async trait with an in-memory implementation (see each part).
@@ -44,7 +45,11 @@ pub struct Shared {
     saml: Option<Arc<SamlState>>,
     /// `None`: no `[cache]` at start (reads go to the origin).
     cache: Option<Arc<crate::cache::Cache>>,
+    images: Arc<ImageWork>,
 }
+
+/// The image work, keyed by object version (probes) and derived entry (renders).
+pub type ImageWork = crate::image::Work<crate::cache::key::CacheKey>;
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -66,6 +71,11 @@ impl Shared {
             token_clock: crate::credentials::system_clock(),
             saml: None,
             cache: None,
+            images: Arc::new(ImageWork::new(
+                crate::config::defaults::IMAGE_WORKERS,
+                crate::config::defaults::IMAGE_QUEUE,
+                crate::config::defaults::IMAGE_PROBE_ENTRIES,
+            )),
         }
     }
 
@@ -83,6 +93,16 @@ impl Shared {
     pub fn with_cache(mut self, cache: Arc<crate::cache::Cache>) -> Shared {
         self.cache = Some(cache);
         self
+    }
+
+    /// Run image jobs with `images` (built from `[images]` at start).
+    pub fn with_images(mut self, images: Arc<ImageWork>) -> Shared {
+        self.images = images;
+        self
+    }
+
+    pub fn images(&self) -> &Arc<ImageWork> {
+        &self.images
     }
 
     /// The object cache, if `[cache]` was configured at start.
