@@ -28,6 +28,7 @@ mod listener;
 mod network;
 mod objects;
 mod operations;
+mod pyramid;
 mod rate_limits;
 mod reload;
 mod requests;
