@@ -293,6 +293,7 @@ async fn audit_records_origin_cors_outcome_range_and_preflights() {
             config.cors = bucketgate::config::CorsConfig {
                 allowed_origins: vec![LISTED.to_owned()],
                 max_age: Duration::from_secs(600),
+                any_origin_for_token_requests: false,
             };
             config.audit.destination = AuditDestination::File {
                 path: audit_path,

@@ -53,6 +53,7 @@ async fn gateway(origins: &[&str]) -> (TestGateway, tempfile::TempDir) {
             config.cors = CorsConfig {
                 allowed_origins: origins,
                 max_age: Duration::from_secs(600),
+                any_origin_for_token_requests: false,
             };
         })
         .start()

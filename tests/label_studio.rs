@@ -281,6 +281,7 @@ async fn label_studio_shows_signed_image_and_video_and_seeks_after_exp() {
             config.cors = CorsConfig {
                 allowed_origins: vec![cors_origin],
                 max_age: Duration::from_secs(600),
+                any_origin_for_token_requests: false,
             };
             config.audit.destination = AuditDestination::File {
                 path: audit,

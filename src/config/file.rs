@@ -205,6 +205,7 @@ pub(super) struct RawAudit {
 pub(super) struct RawCors {
     pub allowed_origins: Option<Spanned<Vec<Spanned<String>>>>,
     pub max_age_secs: Option<Spanned<i64>>,
+    pub any_origin_for_token_requests: Option<Spanned<bool>>,
 }
 
 /// `[listener]`: the TLS data listener.

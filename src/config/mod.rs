@@ -430,6 +430,11 @@ pub struct CorsConfig {
     /// without a default port.
     pub allowed_origins: Vec<String>,
     pub max_age: Duration,
+    /// `any_origin_for_token_requests`: a request that carries no `Cookie` header (its token
+    /// is in the URL or an `Authorization` header, which no browser adds by itself) gets
+    /// `Access-Control-Allow-Origin: *` without credentials from any origin, and so does its
+    /// preflight; cookie requests keep the listed origins with credentials. Default false.
+    pub any_origin_for_token_requests: bool,
 }
 
 impl Default for CorsConfig {
@@ -437,6 +442,7 @@ impl Default for CorsConfig {
         CorsConfig {
             allowed_origins: Vec::new(),
             max_age: Duration::from_secs(defaults::CORS_MAX_AGE_SECS),
+            any_origin_for_token_requests: false,
         }
     }
 }

@@ -12,6 +12,14 @@
 //! an unlisted origin from the page whatever its status, so a missing `[cors]` entry must show
 //! somewhere other than in the browser.
 //!
+//! With `[cors] any_origin_for_token_requests = true`, a request from an unlisted origin that
+//! carries no `Cookie` header gets `Access-Control-Allow-Origin: *` without credentials (and its
+//! preflight 204 the same way). Such a request can only be authorized by a token in its URL or an
+//! `Authorization` header, which the page must already hold and no browser adds by itself, so
+//! `*` exposes nothing another site could not read with that token anyway; and a browser refuses
+//! `*` for a credentialed (cookie) request, whose answer keeps the listed origins. This is what
+//! IIIF viewers embedded on any site, and the IIIF validator, expect.
+//!
 //! This stage decides only which headers a browser sees; it never grants access to an object.
 
 use std::fmt;
@@ -20,7 +28,7 @@ use std::time::Duration;
 use http::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
     ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE,
-    ACCESS_CONTROL_REQUEST_METHOD, ORIGIN, VARY,
+    ACCESS_CONTROL_REQUEST_METHOD, COOKIE, ORIGIN, VARY,
 };
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 
@@ -40,6 +48,8 @@ const EXPOSE_HEADERS: &str =
 pub struct Cors {
     origins: Vec<HeaderValue>,
     max_age: HeaderValue,
+    /// `any_origin_for_token_requests`.
+    any_origin: bool,
 }
 
 impl Cors {
@@ -52,6 +62,7 @@ impl Cors {
                 .filter_map(|o| HeaderValue::from_str(o).ok())
                 .collect(),
             max_age: HeaderValue::from(config.max_age.as_secs()),
+            any_origin: config.any_origin_for_token_requests,
         }
     }
 
@@ -60,11 +71,21 @@ impl Cors {
         Cors::new(&CorsConfig {
             allowed_origins: Vec::new(),
             max_age: Duration::from_secs(0),
+            any_origin_for_token_requests: false,
         })
     }
 
     fn enabled(&self) -> bool {
-        !self.origins.is_empty()
+        !self.origins.is_empty() || self.any_origin
+    }
+
+    /// Whether the request gets `*` (see the module doc): the option is on, the request has one
+    /// `Origin` (not a listed one) and no `Cookie` header.
+    fn any_origin_for(&self, headers: &HeaderMap) -> bool {
+        self.any_origin
+            && headers.get_all(ORIGIN).iter().count() == 1
+            && !headers.contains_key(COOKIE)
+            && self.allowed_origin(headers).is_none()
     }
 
     /// The request's `Origin`, if it is one of the listed origins (exact, byte for byte).
@@ -81,7 +102,7 @@ impl Cors {
     pub fn outcome(&self, headers: &HeaderMap) -> CorsOutcome {
         if !headers.contains_key(ORIGIN) {
             CorsOutcome::None
-        } else if self.allowed_origin(headers).is_some() {
+        } else if self.allowed_origin(headers).is_some() || self.any_origin_for(headers) {
             CorsOutcome::Allowed
         } else {
             CorsOutcome::NotListed
@@ -124,18 +145,28 @@ pub fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
 
 /// Answer a preflight: 204 with the policy for a listed origin (`rule`, from [`Cors::rule`]),
 /// else a refusal without `Access-Control-Allow-Origin`.
-pub fn preflight(cors: &Cors, rule: Option<CorsRule>) -> Result<Response<ResponseBody>, Error> {
-    let Some(CorsRule { origin }) = rule else {
-        return Err(Error::CorsOriginNotAllowed);
-    };
+pub fn preflight(
+    cors: &Cors,
+    request: &HeaderMap,
+    rule: Option<CorsRule>,
+) -> Result<Response<ResponseBody>, Error> {
     let mut resp = Response::new(web::empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;
     let h = resp.headers_mut();
-    h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-    h.insert(
-        ACCESS_CONTROL_ALLOW_CREDENTIALS,
-        HeaderValue::from_static("true"),
-    );
+    match rule {
+        Some(CorsRule { origin }) => {
+            h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            h.insert(
+                ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+        // Without credentials: the browser sends the actual request only if it carries none.
+        None if cors.any_origin_for(request) => {
+            h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+        }
+        None => return Err(Error::CorsOriginNotAllowed),
+    }
     h.insert(
         ACCESS_CONTROL_ALLOW_METHODS,
         HeaderValue::from_static(ALLOW_METHODS),
@@ -159,14 +190,19 @@ pub fn apply(cors: &Cors, request: &HeaderMap, response: &mut HeaderMap) {
         // A preflight answer already has its headers.
         return;
     }
-    let Some(origin) = cors.allowed_origin(request) else {
-        return;
-    };
-    response.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-    response.insert(
-        ACCESS_CONTROL_ALLOW_CREDENTIALS,
-        HeaderValue::from_static("true"),
-    );
+    match cors.allowed_origin(request) {
+        Some(origin) => {
+            response.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+            response.insert(
+                ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+        None if cors.any_origin_for(request) => {
+            response.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+        }
+        None => return,
+    }
     response.insert(
         ACCESS_CONTROL_EXPOSE_HEADERS,
         HeaderValue::from_static(EXPOSE_HEADERS),
@@ -182,6 +218,7 @@ mod tests {
         Cors::new(&CorsConfig {
             allowed_origins: vec!["https://label.example.com".into()],
             max_age: Duration::from_secs(600),
+            any_origin_for_token_requests: false,
         })
     }
 
@@ -234,6 +271,46 @@ mod tests {
         assert_eq!(c.outcome(&HeaderMap::new()), CorsOutcome::None);
         // No [cors] at all: every origin is unlisted (the misconfiguration the metric shows).
         assert_eq!(Cors::disabled().outcome(&listed), CorsOutcome::NotListed);
+    }
+
+    #[test]
+    fn any_origin_is_star_without_credentials_only_for_cookieless_requests() {
+        let c = Cors::new(&CorsConfig {
+            allowed_origins: vec!["https://label.example.com".into()],
+            max_age: Duration::from_secs(600),
+            any_origin_for_token_requests: true,
+        });
+        let answer = |req: &HeaderMap| {
+            let mut resp = HeaderMap::new();
+            apply(&c, req, &mut resp);
+            (
+                resp.get(ACCESS_CONTROL_ALLOW_ORIGIN)
+                    .map(|v| v.to_str().unwrap().to_owned()),
+                resp.contains_key(ACCESS_CONTROL_ALLOW_CREDENTIALS),
+            )
+        };
+        let other = headers(&[("origin", "https://viewer.example.org")]);
+        assert_eq!(answer(&other), (Some("*".into()), false));
+        assert_eq!(c.outcome(&other), CorsOutcome::Allowed);
+        // A cookie: only listed origins, with credentials.
+        let cookie = headers(&[("origin", "https://viewer.example.org"), ("cookie", "s=1")]);
+        assert_eq!(answer(&cookie), (None, false));
+        assert_eq!(c.outcome(&cookie), CorsOutcome::NotListed);
+        let listed = headers(&[("origin", "https://label.example.com"), ("cookie", "s=1")]);
+        assert_eq!(
+            answer(&listed),
+            (Some("https://label.example.com".into()), true)
+        );
+        // Preflights: `*` without credentials for a cookieless unlisted origin.
+        let pre = preflight(&c, &other, None).unwrap();
+        assert_eq!(pre.headers()[ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+        assert!(!pre.headers().contains_key(ACCESS_CONTROL_ALLOW_CREDENTIALS));
+        assert!(preflight(&c, &cookie, None).is_err());
+        // Off (the default): nothing for unlisted origins.
+        let mut resp = HeaderMap::new();
+        apply(&cors(), &other, &mut resp);
+        assert!(!resp.contains_key(ACCESS_CONTROL_ALLOW_ORIGIN));
+        assert!(preflight(&cors(), &other, None).is_err());
     }
 
     #[test]

@@ -252,7 +252,7 @@ impl Pipeline {
             {
                 let rule = snapshot.cors.rule(&req.headers);
                 ctx.preflight(rule.as_ref());
-                return cors::preflight(&snapshot.cors, rule);
+                return cors::preflight(&snapshot.cors, &req.headers, rule);
             }
             // The base URI of an image: a redirect to its info.json, nothing read or granted.
             Route::IiifBase { info, .. } => {
@@ -286,7 +286,8 @@ impl Pipeline {
                 plan: &plan,
                 caller: user.map_or(Caller::Gateway, Caller::User),
             };
-            return derive::serve(derive, ctx).await;
+            // Boxed: the derive future is large and would grow every request's future with it.
+            return Box::pin(derive::serve(derive, ctx)).await;
         }
         self.fetch(snapshot, &req.headers, &plan, head_only, user, ctx)
             .await

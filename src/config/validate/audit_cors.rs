@@ -156,6 +156,10 @@ impl Checker<'_> {
         (self.errors.len() == before).then(|| CorsConfig {
             allowed_origins,
             max_age: Duration::from_secs(max_age),
+            any_origin_for_token_requests: raw
+                .any_origin_for_token_requests
+                .as_ref()
+                .is_some_and(|v| *v.get_ref()),
         })
     }
 }
