@@ -53,7 +53,12 @@ fn picture(w: usize, h: usize, amp: u8) -> Vec<u8> {
 fn jpeg(w: usize, h: usize, amp: u8) -> Vec<u8> {
     let mut out = Vec::new();
     jpeg_encoder::Encoder::new(&mut out, 90)
-        .encode(&picture(w, h, amp), w as u16, h as u16, jpeg_encoder::ColorType::Rgb)
+        .encode(
+            &picture(w, h, amp),
+            w as u16,
+            h as u16,
+            jpeg_encoder::ColorType::Rgb,
+        )
         .unwrap();
     out
 }

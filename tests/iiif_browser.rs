@@ -53,7 +53,15 @@ fn make_pyramid(dir: &Path) -> PathBuf {
         .arg("tiffsave")
         .arg(&src)
         .arg(&out)
-        .args(["--tile", "--pyramid", "--bigtiff", "--compression", "jpeg", "--Q", "90"])
+        .args([
+            "--tile",
+            "--pyramid",
+            "--bigtiff",
+            "--compression",
+            "jpeg",
+            "--Q",
+            "90",
+        ])
         .args(["--tile-width", "256", "--tile-height", "256"])
         .status()
         .unwrap_or_else(|e| panic!("vips: {e} (tests/run installs libvips-tools)"));
@@ -138,18 +146,29 @@ viewer.addHandler("tile-load-failed", (e) => {{ window.osd.tilesFailed.push(Stri
 }
 
 /// Poll `window.osd` until `done` accepts it; panics with the last state after `within`.
-async fn wait_osd(browser: &Browser, what: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
+async fn wait_osd(
+    browser: &Browser,
+    what: &str,
+    within: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + within;
     loop {
-        let state = browser.execute("return window.osd || null;", json!([])).await;
+        let state = browser
+            .execute("return window.osd || null;", json!([]))
+            .await;
         if done(&state) {
             return state;
         }
         assert!(
-            state["openFailed"].is_null() && state["tilesFailed"].as_array().is_none_or(Vec::is_empty),
+            state["openFailed"].is_null()
+                && state["tilesFailed"].as_array().is_none_or(Vec::is_empty),
             "OpenSeadragon failed while waiting for {what}: {state}"
         );
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}; last state {state}");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {within:?}; last state {state}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -161,7 +180,12 @@ fn pixel(png_bytes: &[u8], x: u32, y: u32) -> [u8; 3] {
     let mut reader = decoder.read_info().expect("screenshot is a PNG");
     let mut buf = vec![0; reader.output_buffer_size().expect("screenshot buffer size")];
     let info = reader.next_frame(&mut buf).expect("screenshot decodes");
-    assert!(x < info.width && y < info.height, "({x}, {y}) outside the {}x{} screenshot", info.width, info.height);
+    assert!(
+        x < info.width && y < info.height,
+        "({x}, {y}) outside the {}x{} screenshot",
+        info.width,
+        info.height
+    );
     let channels = info.color_type.samples();
     let at = (y as usize * info.width as usize + x as usize) * channels;
     match channels {
@@ -221,14 +245,20 @@ async fn openseadragon_shows_a_pyramid_cross_origin_with_a_token() {
     let browser = Browser::start().await;
     browser.set_window_size(VIEW_W + 200, VIEW_H + 200).await;
     browser.goto(&format!("{page}/")).await;
-    let state = wait_osd(&browser, "OpenSeadragon to open info.json", Duration::from_secs(30), |s| {
-        s["opened"] == true
-    })
+    let state = wait_osd(
+        &browser,
+        "OpenSeadragon to open info.json",
+        Duration::from_secs(30),
+        |s| s["opened"] == true,
+    )
     .await;
     assert!(state["openFailed"].is_null(), "{state}");
-    let state = wait_osd(&browser, "every tile of the view", Duration::from_secs(60), |s| {
-        s["fullyLoaded"] == true
-    })
+    let state = wait_osd(
+        &browser,
+        "every tile of the view",
+        Duration::from_secs(60),
+        |s| s["fullyLoaded"] == true,
+    )
     .await;
     assert!(state["tilesLoaded"].as_u64().unwrap_or(0) >= 1, "{state}");
 
@@ -241,7 +271,10 @@ async fn openseadragon_shows_a_pyramid_cross_origin_with_a_token() {
         )
         .await;
     let gateway_tiles = gateway_tiles.as_array().cloned().unwrap_or_default();
-    assert!(!gateway_tiles.is_empty(), "no tile request to the gateway seen by the page");
+    assert!(
+        !gateway_tiles.is_empty(),
+        "no tile request to the gateway seen by the page"
+    );
 
     // The viewer's box in device pixels, then one sample in the middle of each quadrant.
     let rect = browser
@@ -269,7 +302,9 @@ async fn openseadragon_shows_a_pyramid_cross_origin_with_a_token() {
         if off > TOLERANCE {
             wrong += 1;
         }
-        report.push(format!("quadrant {q} at ({x},{y}): want {want:?}, got {got:?}"));
+        report.push(format!(
+            "quadrant {q} at ({x},{y}): want {want:?}, got {got:?}"
+        ));
     }
     if wrong > 0 {
         let keep = std::env::temp_dir().join("iiif_browser_screenshot.png");

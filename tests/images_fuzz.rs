@@ -106,7 +106,13 @@ fn make_originals(dir: &Path) -> Vec<(String, Vec<u8>)> {
         "64",
     ]);
     let strips = out("strips.tif");
-    vips(&["tiffsave", ppm, strips.to_str().unwrap(), "--compression", "deflate"]);
+    vips(&[
+        "tiffsave",
+        ppm,
+        strips.to_str().unwrap(),
+        "--compression",
+        "deflate",
+    ]);
     let mut names: Vec<&str> = targets.iter().map(|(n, _)| *n).collect();
     names.extend(["pyramid.tif", "strips.tif"]);
     let originals = names
@@ -201,7 +207,12 @@ async fn mutated_images_get_4xx_or_an_image_never_5xx() {
         let resp = client.get(&url).send().await.unwrap();
         let status = resp.status().as_u16();
         let body = resp.bytes().await.unwrap();
-        assert_eq!(status, 200, "original {key}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(
+            status,
+            200,
+            "original {key}: {}",
+            String::from_utf8_lossy(&body)
+        );
         check_png(&body).unwrap_or_else(|e| panic!("original {key}: {e}"));
     }
 
@@ -227,7 +238,12 @@ async fn mutated_images_get_4xx_or_an_image_never_5xx() {
             let _permit = permit;
             let mut findings = Vec::new();
             for (kind, url) in [("info.json", info), ("thumbnail", thumb)] {
-                let resp = match client.get(&url).timeout(Duration::from_secs(60)).send().await {
+                let resp = match client
+                    .get(&url)
+                    .timeout(Duration::from_secs(60))
+                    .send()
+                    .await
+                {
                     Ok(resp) => resp,
                     Err(e) => {
                         findings.push(format!("case {i} ({what}) {kind}: no answer: {e}"));
@@ -238,7 +254,9 @@ async fn mutated_images_get_4xx_or_an_image_never_5xx() {
                 let body = match resp.bytes().await {
                     Ok(body) => body,
                     Err(e) => {
-                        findings.push(format!("case {i} ({what}) {kind}: {status} with a broken body: {e}"));
+                        findings.push(format!(
+                            "case {i} ({what}) {kind}: {status} with a broken body: {e}"
+                        ));
                         continue;
                     }
                 };
@@ -254,7 +272,9 @@ async fn mutated_images_get_4xx_or_an_image_never_5xx() {
                 } else if status == 200 {
                     let parsed: Result<serde_json::Value, _> = serde_json::from_slice(&body);
                     if parsed.map_or(true, |v| v["width"].as_u64().is_none()) {
-                        findings.push(format!("case {i} ({what}) info.json: 200 but not an info.json"));
+                        findings.push(format!(
+                            "case {i} ({what}) info.json: 200 but not an info.json"
+                        ));
                     }
                 }
             }
@@ -277,7 +297,8 @@ async fn mutated_images_get_4xx_or_an_image_never_5xx() {
         let url = gw.url(&format!("/iiif/3/imgs/{key}/full/64,/0/default.png"));
         let resp = client.get(&url).send().await.unwrap();
         assert_eq!(resp.status().as_u16(), 200, "after the run: {key}");
-        check_png(&resp.bytes().await.unwrap()).unwrap_or_else(|e| panic!("after the run: {key}: {e}"));
+        check_png(&resp.bytes().await.unwrap())
+            .unwrap_or_else(|e| panic!("after the run: {key}: {e}"));
         let raw = client
             .get(gw.url(&format!("/o/imgs/{key}")))
             .send()

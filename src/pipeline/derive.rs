@@ -141,9 +141,10 @@ pub(super) async fn serve(
             let (rendered, led) = work
                 .rendering
                 .run(&entry, async {
-                    let rendered = tokio::time::timeout(limits.job_timeout, bytes.render(request))
-                        .await
-                        .unwrap_or(Err(ImageError::TimedOut))?;
+                    let rendered =
+                        tokio::time::timeout(limits.job_timeout, Box::pin(bytes.render(request)))
+                            .await
+                            .unwrap_or(Err(ImageError::TimedOut))?;
                     if let Some(cache) = &cache
                         && rendered.bytes.len() as u64
                             <= crate::config::defaults::IMAGE_CACHED_OUTPUT_BYTES_MAX
@@ -262,10 +263,12 @@ impl Source<'_, '_> {
             .probing
             .run(&key, async {
                 let src = self.bytes();
-                let probe =
-                    tokio::time::timeout(limits.job_timeout, crate::image::probe(&src, limits))
-                        .await
-                        .unwrap_or(Err(ImageError::TimedOut))?;
+                let probe = tokio::time::timeout(
+                    limits.job_timeout,
+                    Box::pin(crate::image::probe(&src, limits)),
+                )
+                .await
+                .unwrap_or(Err(ImageError::TimedOut))?;
                 let probe = Arc::new(probe);
                 work.remember_probe(key.clone(), Arc::clone(&probe));
                 Ok(probe)
@@ -284,7 +287,16 @@ impl Source<'_, '_> {
         let limits = &self.d.snapshot.images.limits;
         let op = iiif::resolve(request, &probe.image, limits)?;
         let src = self.bytes();
-        crate::image::render(&src, &probe, &op, limits, self.d.shared.images().pool()).await
+        // Boxed, as the probe and the render above: inline, these futures overflowed a 2 MiB
+        // worker stack in debug builds (the tests' build).
+        Box::pin(crate::image::render(
+            &src,
+            &probe,
+            &op,
+            limits,
+            self.d.shared.images().pool(),
+        ))
+        .await
     }
 }
 
