@@ -237,6 +237,7 @@ async fn mutated_images_get_4xx_or_an_image_never_5xx() {
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
             let mut findings = Vec::new();
+            let mut statuses = Vec::new();
             for (kind, url) in [("info.json", info), ("thumbnail", thumb)] {
                 let resp = match client
                     .get(&url)
@@ -251,6 +252,7 @@ async fn mutated_images_get_4xx_or_an_image_never_5xx() {
                     }
                 };
                 let status = resp.status().as_u16();
+                statuses.push(status);
                 let body = match resp.bytes().await {
                     Ok(body) => body,
                     Err(e) => {
@@ -278,18 +280,32 @@ async fn mutated_images_get_4xx_or_an_image_never_5xx() {
                     }
                 }
             }
-            findings
+            (findings, statuses)
         }));
     }
     let mut findings = Vec::new();
+    let mut by_status = std::collections::BTreeMap::<u16, usize>::new();
     for task in tasks {
-        findings.extend(task.await.expect("a case task panicked"));
+        let (found, statuses) = task.await.expect("a case task panicked");
+        findings.extend(found);
+        for s in statuses {
+            *by_status.entry(s).or_default() += 1;
+        }
     }
+    eprintln!("images_fuzz: seed {seed:#x}, {cases} cases, statuses {by_status:?}");
     assert!(
         findings.is_empty(),
         "seed {seed:#x}, {cases} cases: {} findings:\n{}",
         findings.len(),
         findings.join("\n")
+    );
+
+    // The run exercised both outcomes: some mutants still render, some are refused.
+    let ok = by_status.range(200..300).map(|(_, n)| n).sum::<usize>();
+    let refused = by_status.range(400..500).map(|(_, n)| n).sum::<usize>();
+    assert!(
+        ok > 0 && refused > 0,
+        "a mutation run where nothing rendered or nothing was refused: {by_status:?}"
     );
 
     // The gateway keeps serving: every original still renders, and a plain object is served.
