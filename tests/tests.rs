@@ -22,6 +22,7 @@ mod faults;
 mod fs_source;
 mod identity;
 mod iiif_browser;
+mod images;
 mod images_fuzz;
 mod label_studio;
 mod listener;

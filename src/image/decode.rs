@@ -173,6 +173,9 @@ struct Header {
     orientation: u8,
     /// JPEG only: components, sample precision, and the lossless process (no DCT scaling).
     components: u8,
+    /// JPEG only: how much smaller the most subsampled component is, across and down (2, 2
+    /// for 4:2:0; 1, 1 for 4:4:4 and gray).
+    subsampling: (u32, u32),
     precision: u8,
     lossless: bool,
 }
@@ -185,6 +188,7 @@ impl Header {
             orientation: 1,
             components: 0,
             precision: 8,
+            subsampling: (1, 1),
             lossless: false,
         }
     }
@@ -331,6 +335,7 @@ fn is_sof(marker: u8) -> bool {
 /// JPEG markers from SOI up to the frame header (SOF): size, components, EXIF orientation.
 fn jpeg_header(head: &[u8]) -> Result<Walk<Header>, ImageError> {
     let mut orientation = 1;
+    let mut seen_exif = false;
     let mut pos = 2;
     loop {
         // Fill bytes (0xFF) may precede a marker.
@@ -359,7 +364,9 @@ fn jpeg_header(head: &[u8]) -> Result<Walk<Header>, ImageError> {
             return Ok(Walk::Need(end));
         }
         let seg = &head[pos + 4..end];
-        if marker == 0xE1 && seg.starts_with(b"Exif\0\0") {
+        // The first EXIF block counts (as in libexif and exiftool); later ones are ignored.
+        if marker == 0xE1 && seg.starts_with(b"Exif\0\0") && !seen_exif {
+            seen_exif = true;
             orientation = exif_orientation(&seg[6..]);
         }
         if is_sof(marker) {
@@ -375,6 +382,19 @@ fn jpeg_header(head: &[u8]) -> Result<Walk<Header>, ImageError> {
             h.orientation = orientation;
             h.precision = seg[0];
             h.components = seg[5];
+            let factors: Vec<(u32, u32)> = seg[6..]
+                .chunks_exact(3)
+                .take(usize::from(h.components))
+                .map(|c| (u32::from(c[1] >> 4).max(1), u32::from(c[1] & 15).max(1)))
+                .collect();
+            if factors.len() == usize::from(h.components) {
+                let ratio = |f: fn(&(u32, u32)) -> u32| {
+                    let max = factors.iter().map(f).max().unwrap_or(1);
+                    let min = factors.iter().map(f).min().unwrap_or(1);
+                    (max / min).clamp(1, 4)
+                };
+                h.subsampling = (ratio(|f| f.0), ratio(|f| f.1));
+            }
             h.lossless = matches!(marker, 0xC3 | 0xC7 | 0xCB | 0xCF);
             if !matches!(h.components, 1 | 3 | 4) {
                 return Err(ImageError::Corrupt(
@@ -460,7 +480,7 @@ fn decode_jpeg(
     let eighths = if header.lossless {
         8
     } else {
-        dct_eighths(region, out)
+        dct_eighths(region, out, header.subsampling)
     };
     let mut dec = jpeg_decoder::Decoder::new(data);
     dec.read_info().map_err(jpeg_error)?;
@@ -529,13 +549,19 @@ fn decode_jpeg(
     Ok((pixels.crop(rect)?, icc))
 }
 
-/// The smallest DCT scale (in eighths) at which `region` still covers the output size `out`.
-fn dct_eighths(region: Rect, out: (u32, u32)) -> u32 {
+/// The smallest DCT scale (in eighths) at which `region` still covers the output size `out`,
+/// counting the subsampled chroma: at 1/k the chroma of a 4:2:0 file is decoded at 1/2k and
+/// upsampled, so it must cover the output too, or colour edges blur (against vipsthumbnail,
+/// whose libjpeg scales chroma less than luma, a 4:2:0 test chart fell from 41 to 28 dB). A
+/// thumbnail of a large photo is still decoded at 1/8.
+fn dct_eighths(region: Rect, out: (u32, u32), subsampling: (u32, u32)) -> u32 {
+    let want_w = u64::from(out.0) * u64::from(subsampling.0);
+    let want_h = u64::from(out.1) * u64::from(subsampling.1);
     [1u32, 2, 4]
         .into_iter()
         .find(|&e| {
-            u64::from(region.w) * u64::from(e) / 8 >= u64::from(out.0)
-                && u64::from(region.h) * u64::from(e) / 8 >= u64::from(out.1)
+            u64::from(region.w) * u64::from(e) / 8 >= want_w
+                && u64::from(region.h) * u64::from(e) / 8 >= want_h
         })
         .unwrap_or(8)
 }
@@ -834,8 +860,14 @@ fn decode_gif(data: &[u8], header: &Header, region: Rect) -> Result<Pixels, Imag
         return Err(ImageError::Corrupt("the GIF frame is short".into()));
     }
     let mut opaque = fl == 0 && ft == 0 && fw >= w && fh >= h;
-    for y in 0..fh.min(h.saturating_sub(ft)) {
-        let cols = fw.min(w.saturating_sub(fl)) as usize;
+    // The part of the frame on the screen (a frame may lie partly or wholly outside it).
+    let rows = if fl < w {
+        fh.min(h.saturating_sub(ft))
+    } else {
+        0
+    };
+    for y in 0..rows {
+        let cols = fw.min(w - fl) as usize;
         let src = (y * fw) as usize * 4;
         let dst = ((ft + y) * w + fl) as usize * 4;
         let row = &frame.buffer[src..src + cols * 4];
@@ -1131,36 +1163,25 @@ mod tests {
             w: 512,
             h: 512,
         };
-        assert_eq!(dct_eighths(op.region, (64, 64)), 1);
+        assert_eq!(dct_eighths(op.region, (64, 64), (1, 1)), 1);
+        // 4:2:0 chroma must cover the output too: one step larger.
+        assert_eq!(dct_eighths(op.region, (64, 64), (2, 2)), 2);
+        assert_eq!(dct_eighths(op.region, (64, 64), (2, 1)), 2);
         let (_, px) = png_pixels(&render(&data, &image, &op, &limits()).unwrap().bytes);
         // Red runs from 127 to 255 across the region.
         assert!((120..=140).contains(&px[0]), "{}", px[0]);
         assert!(px[63 * 3] > 240, "{}", px[63 * 3]);
         // A region the output size is decoded in full.
-        assert_eq!(
-            dct_eighths(
-                Rect {
-                    x: 0,
-                    y: 0,
-                    w: 100,
-                    h: 100
-                },
-                (100, 100)
-            ),
-            8
-        );
-        assert_eq!(
-            dct_eighths(
-                Rect {
-                    x: 0,
-                    y: 0,
-                    w: 400,
-                    h: 400
-                },
-                (100, 99)
-            ),
-            2
-        );
+        let square = |side| Rect {
+            x: 0,
+            y: 0,
+            w: side,
+            h: side,
+        };
+        assert_eq!(dct_eighths(square(100), (100, 100), (1, 1)), 8);
+        assert_eq!(dct_eighths(square(400), (100, 99), (1, 1)), 2);
+        // A 6000-pixel side to 256: 1/8 whatever the chroma.
+        assert_eq!(dct_eighths(square(6000), (256, 256), (2, 2)), 1);
     }
 
     #[test]
@@ -1430,6 +1451,25 @@ mod tests {
         assert!(
             px.chunks(3).all(|p| p == [255, 0, 0]),
             "the first frame is red"
+        );
+    }
+
+    #[test]
+    fn decode_gif_frame_right_of_the_screen_regression_panicked_slicing_the_canvas() {
+        // Found by the mutation test: a frame whose left edge is past the screen's width.
+        let mut out = Vec::new();
+        {
+            let mut enc = gif::Encoder::new(&mut out, 40, 30, &[0, 0, 0, 255, 0, 0]).unwrap();
+            let mut frame = gif::Frame::default();
+            (frame.left, frame.width, frame.height) = (50, 4, 4);
+            frame.buffer = std::borrow::Cow::Owned(vec![1; 16]);
+            enc.write_frame(&frame).unwrap();
+        }
+        let (info, px) = render_png(&out, 40, 30);
+        assert_eq!(info.color_type, png::ColorType::Rgba);
+        assert!(
+            px.chunks(4).all(|p| p[3] == 0),
+            "nothing of the frame is on the screen"
         );
     }
 
