@@ -210,16 +210,11 @@ impl Walk<'_> {
     /// Exactly `len` bytes at `offset`, or Corrupt when they are not all in the file.
     async fn bytes(&mut self, offset: u64, len: u64) -> Result<Bytes, ImageError> {
         let size = self.src.size();
-        let end = offset
-            .checked_add(len)
-            .filter(|&end| end <= size)
-            .ok_or_else(|| corrupt("a directory points past the end of the file"))?;
-        for (start, window) in &self.windows {
-            let window_end = start + window.len() as u64;
-            if offset >= *start && end <= window_end {
-                let from = (offset - start) as usize;
-                return Ok(window.slice(from..from + len as usize));
-            }
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(corrupt("a directory points past the end of the file"));
+        }
+        if let Some(held) = self.held(offset, len) {
+            return Ok(held);
         }
         let want = len.max(DIRECTORY_READ_BYTES).min(size - offset);
         let window = self.src.read_at(offset, want).await?;
@@ -229,6 +224,37 @@ impl Walk<'_> {
         let out = window.slice(..len as usize);
         self.windows.push((offset, window));
         Ok(out)
+    }
+
+    /// `len` bytes at `offset` if a window read already holds them (no request).
+    fn held(&self, offset: u64, len: u64) -> Option<Bytes> {
+        let end = offset.checked_add(len)?;
+        self.windows.iter().find_map(|(start, window)| {
+            let window_end = start + window.len() as u64;
+            (offset >= *start && end <= window_end).then(|| {
+                let from = (offset - start) as usize;
+                window.slice(from..from + len as usize)
+            })
+        })
+    }
+
+    /// The values of a small `array` when they are inline or in a window already read (libtiff
+    /// writes a directory's arrays right after it): the level then needs no array read later.
+    fn held_array(&self, array: &Array) -> Option<Vec<u64>> {
+        match array {
+            Array::Inline(values) => Some(values.clone()),
+            Array::At {
+                offset,
+                count,
+                elem,
+            } => {
+                if *count > WHOLE_ARRAY_ENTRIES {
+                    return None;
+                }
+                let bytes = self.held(*offset, count * u64::from(*elem))?;
+                Some(self.decode_ints(&bytes, u64::from(*elem)))
+            }
+        }
     }
 
     fn u16(&self, b: &[u8]) -> u16 {
@@ -537,6 +563,10 @@ impl Walk<'_> {
             }
             _ => None,
         };
+        let whole = match (self.held_array(&offsets), self.held_array(&byte_counts)) {
+            (Some(o), Some(c)) => OnceCell::new_with(Some(Arc::new((o, c)))),
+            _ => OnceCell::new(),
+        };
         Ok(Dir {
             width,
             height,
@@ -551,7 +581,7 @@ impl Walk<'_> {
             samples: samples as u16,
             predictor: predictor as u16,
             jpeg_tables,
-            whole: OnceCell::new(),
+            whole,
         })
     }
 }
@@ -921,8 +951,11 @@ async fn locate(
             .whole
             .get_or_try_init(|| async {
                 let all = [(0, whole_count(offsets))];
-                let o = read_array(src, offsets, &all, little).await?;
-                let c = read_array(src, counts, &all, little).await?;
+                let (o, c) = futures_util::future::try_join(
+                    read_array(src, offsets, &all, little),
+                    read_array(src, counts, &all, little),
+                )
+                .await?;
                 Ok::<_, ImageError>(Arc::new((o, c)))
             })
             .await?;
@@ -945,8 +978,11 @@ async fn locate(
             _ => runs.push((i, 1)),
         }
     }
-    let o = read_array(src, offsets, &runs, little).await?;
-    let c = read_array(src, counts, &runs, little).await?;
+    let (o, c) = futures_util::future::try_join(
+        read_array(src, offsets, &runs, little),
+        read_array(src, counts, &runs, little),
+    )
+    .await?;
     Ok(o.into_iter().zip(c).collect())
 }
 

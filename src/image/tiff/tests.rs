@@ -994,3 +994,37 @@ fn tiff_level_choice_is_the_smallest_level_with_enough_pixels() {
         }
     );
 }
+
+/// A level with more tiles than [`WHOLE_ARRAY_ENTRIES`]: its arrays are read in the slices a
+/// region needs, not whole.
+#[tokio::test]
+async fn tiff_large_offset_arrays_are_read_in_slices() {
+    let spec = Spec {
+        width: 2400,
+        height: 1800,
+        tile: Some((16, 16)),
+        compression: 1,
+        reduced: 0,
+        ..Spec::default()
+    };
+    let rig = rig();
+    let file = write_tiff(&spec);
+    let src = rig.object(&file, 64 * MB).await;
+    let limits = ImageLimits::default();
+    let (_, pyramid) = probe(&src, &limits).await.unwrap();
+    assert!(pyramid.levels[0].across * pyramid.levels[0].down > WHOLE_ARRAY_ENTRIES);
+    let before = src.bytes_read();
+    let region = Rect {
+        x: 1000,
+        y: 1000,
+        w: 40,
+        h: 40,
+    };
+    let got = read_region(&src, &pyramid, &op(region, 40, 40), &limits, &rig.pool)
+        .await
+        .unwrap();
+    assert!(got.data == expected(0, region, 3));
+    // 3 x 3 tiles of 768 bytes, and 3 rows of 3 entries of each array.
+    let read = src.bytes_read() - before;
+    assert!(read < 16 << 10, "read {read} bytes");
+}
