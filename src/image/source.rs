@@ -12,8 +12,8 @@
 //! requests: ranges close to each other in the file are merged into one read, and the merged
 //! reads run concurrently, so twenty tiles are not twenty serial round trips.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -46,6 +46,9 @@ pub struct ObjectBytes {
     spent: AtomicU64,
     /// Reads made (one per request to the cache or the backend), for tests and the log.
     reads: AtomicU64,
+    /// The bytes of the longest read from offset 0 so far (the format sniff's head): the TIFF
+    /// header and a COG's directories, read again by the probe, come from here.
+    head: Mutex<Bytes>,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
 }
@@ -83,6 +86,7 @@ impl ObjectBytes {
             budget,
             spent: AtomicU64::new(0),
             reads: AtomicU64::new(0),
+            head: Mutex::new(Bytes::new()),
             first_byte_timeout: limits.upstream_first_byte_timeout,
             idle_timeout: limits.upstream_idle_timeout,
         }
@@ -122,6 +126,9 @@ impl ObjectBytes {
             return Ok(Bytes::new());
         }
         let len = len.min(size - offset);
+        if let Some(held) = self.held(offset, len) {
+            return Ok(held);
+        }
         self.spend(len)?;
         let range = ByteRange {
             start: offset,
@@ -153,7 +160,21 @@ impl ObjectBytes {
                 .body
             }
         };
-        collect(body, len, self.idle_timeout).await
+        let bytes = collect(body, len, self.idle_timeout).await?;
+        if offset == 0 {
+            let mut head = self.head.lock().unwrap_or_else(|e| e.into_inner());
+            if bytes.len() > head.len() {
+                *head = bytes.clone();
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// `len` bytes at `offset` from the head already read, if it holds them.
+    fn held(&self, offset: u64, len: u64) -> Option<Bytes> {
+        let head = self.head.lock().unwrap_or_else(|e| e.into_inner());
+        let end = usize::try_from(offset.checked_add(len)?).ok()?;
+        (end <= head.len()).then(|| head.slice(offset as usize..end))
     }
 
     /// The whole object; [`ImageError::TooLarge`] before any read when it is over the budget.

@@ -810,7 +810,7 @@ pub async fn render(
     };
     pool.run(limits.job_timeout, move || {
         let region = job.assemble()?;
-        finish(region, &op)
+        super::render::finish(region.into_pixels(), &op, 1)
     })
     .await
 }
@@ -1086,12 +1086,23 @@ impl Job {
     }
 }
 
-/// The region to `render::finish` (resample, rotate, quality, encode).
-/// TEMPORARY until the codecs branch lands `render::finish`: then this converts `region` to its
-/// `Pixels` and calls it.
-fn finish(region: Region, op: &RenderOp) -> Result<Rendered, ImageError> {
-    let _ = (region, op);
-    Err(ImageError::Unsupported)
+impl Region {
+    /// As the pixels `render::finish` takes.
+    fn into_pixels(self) -> super::render::Pixels {
+        use super::render::{Layout, Pixels};
+        let layout = match self.channels {
+            1 => Layout::Gray8,
+            2 => Layout::GrayA8,
+            3 => Layout::Rgb8,
+            _ => Layout::Rgba8,
+        };
+        Pixels {
+            width: self.rect.w,
+            height: self.rect.h,
+            layout,
+            data: self.data,
+        }
+    }
 }
 
 impl Codec {
