@@ -21,7 +21,11 @@ mod delegated;
 mod faults;
 mod fs_source;
 mod identity;
+<<<<<<< HEAD
 mod iiif_browser;
+=======
+mod iiif;
+>>>>>>> codecs
 mod images;
 mod images_fuzz;
 mod label_studio;

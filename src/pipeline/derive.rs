@@ -74,7 +74,8 @@ pub(super) async fn serve(
     let partition = Partition::of(&d.caller);
     let object = d.plan.object_id(partition);
     let deadline = tokio::time::Instant::now() + d.snapshot.limits.upstream_first_byte_timeout;
-    let meta = metadata(&cache, &object, backend, d.caller, deadline)
+    // Each step's future is boxed: together they are too large for one poll's stack frame.
+    let meta = Box::pin(metadata(&cache, &object, backend, d.caller, deadline))
         .await
         .map_err(backend_err)?;
     let version = crate::cache::version_of(&meta);
@@ -95,7 +96,7 @@ pub(super) async fn serve(
                 meta: &meta,
                 version: &version,
             };
-            let probe = bytes.probe().await?;
+            let probe = Box::pin(bytes.probe()).await?;
             ctx.cache(if cache.is_some() {
                 Outcome::Miss
             } else {
@@ -140,19 +141,24 @@ pub(super) async fn serve(
             let work = d.shared.images();
             let (rendered, led) = work
                 .rendering
-                .run(&entry, async {
-                    let rendered =
-                        tokio::time::timeout(limits.job_timeout, Box::pin(bytes.render(request)))
-                            .await
-                            .unwrap_or(Err(ImageError::TimedOut))?;
-                    if let Some(cache) = &cache
-                        && rendered.bytes.len() as u64
-                            <= crate::config::defaults::IMAGE_CACHED_OUTPUT_BYTES_MAX
-                    {
-                        cache.put_derived(&entry, rendered.bytes.clone());
-                    }
-                    Ok(rendered)
-                })
+                .run(
+                    &entry,
+                    Box::pin(async {
+                        let rendered = tokio::time::timeout(
+                            limits.job_timeout,
+                            Box::pin(bytes.render(request)),
+                        )
+                        .await
+                        .unwrap_or(Err(ImageError::TimedOut))?;
+                        if let Some(cache) = &cache
+                            && rendered.bytes.len() as u64
+                                <= crate::config::defaults::IMAGE_CACHED_OUTPUT_BYTES_MAX
+                        {
+                            cache.put_derived(&entry, rendered.bytes.clone());
+                        }
+                        Ok(rendered)
+                    }),
+                )
                 .await;
             let rendered = rendered.map_err(|e| Error::image(source, e))?;
             ctx.cache(match (&cache, led) {
@@ -261,25 +267,28 @@ impl Source<'_, '_> {
         let limits = &self.d.snapshot.images.limits;
         let (probe, _) = work
             .probing
-            .run(&key, async {
-                let src = self.bytes();
-                let probe = tokio::time::timeout(
-                    limits.job_timeout,
-                    Box::pin(crate::image::probe(&src, limits)),
-                )
-                .await
-                .unwrap_or(Err(ImageError::TimedOut))?;
-                let probe = Arc::new(probe);
-                work.remember_probe(key.clone(), Arc::clone(&probe));
-                Ok(probe)
-            })
+            .run(
+                &key,
+                Box::pin(async {
+                    let src = self.bytes();
+                    let probe = tokio::time::timeout(
+                        limits.job_timeout,
+                        Box::pin(crate::image::probe(&src, limits)),
+                    )
+                    .await
+                    .unwrap_or(Err(ImageError::TimedOut))?;
+                    let probe = Arc::new(probe);
+                    work.remember_probe(key.clone(), Arc::clone(&probe));
+                    Ok(probe)
+                }),
+            )
             .await;
         probe.map_err(|e| Error::image(source, e))
     }
 
     /// Probe, resolve `request` against the image and the limits, render.
     async fn render(&self, request: &ImageRequest) -> Result<Rendered, ImageError> {
-        let probe = self.probe().await.map_err(|e| match e {
+        let probe = Box::pin(self.probe()).await.map_err(|e| match e {
             Error::Image { error, .. } => error,
             Error::Backend { error, .. } => ImageError::Source(error),
             other => ImageError::Corrupt(other.to_string()),
@@ -287,8 +296,6 @@ impl Source<'_, '_> {
         let limits = &self.d.snapshot.images.limits;
         let op = iiif::resolve(request, &probe.image, limits)?;
         let src = self.bytes();
-        // Boxed, as the probe and the render above: inline, these futures overflowed a 2 MiB
-        // worker stack in debug builds (the tests' build).
         Box::pin(crate::image::render(
             &src,
             &probe,
