@@ -21,11 +21,8 @@ mod delegated;
 mod faults;
 mod fs_source;
 mod identity;
-<<<<<<< HEAD
-mod iiif_browser;
-=======
 mod iiif;
->>>>>>> codecs
+mod iiif_browser;
 mod images;
 mod images_fuzz;
 mod label_studio;
