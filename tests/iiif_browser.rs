@@ -111,11 +111,15 @@ fn serve_page(listener: tokio::net::TcpListener, html: String, js: Vec<u8>) {
 /// The viewer page: OpenSeadragon on `info_url`, the token on every request it makes, and
 /// its events recorded in `window.osd` for the test to poll.
 fn viewer_page(info_url: &str, token: &str) -> String {
+    let headers = json!({ "Authorization": format!("Bearer {token}") });
+    // The headers go on the tile source as well as the viewer: OpenSeadragon 4.1.1 fetches a
+    // tile source given as a bare URL string without the viewer's `ajaxHeaders` (an empty
+    // per-image object wins over them), so `info.json` went out without the token (401).
     let config = json!({
         "id": "viewer",
-        "tileSources": info_url,
+        "tileSources": [{ "tileSource": info_url, "ajaxHeaders": headers }],
         "loadTilesWithAjax": true,
-        "ajaxHeaders": { "Authorization": format!("Bearer {token}") },
+        "ajaxHeaders": headers,
         "showNavigationControl": false,
         "animationTime": 0,
         "blendTime": 0,
