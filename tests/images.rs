@@ -189,99 +189,64 @@ fn small_jpeg(w: u16, h: u16, progressive: bool) -> Vec<u8> {
     out
 }
 
-#[test]
-fn images_hostile_png_of_41_bytes_claiming_50000_square_is_413() {
-    refused_cheaply(
-        "images::images_hostile_png_of_41_bytes_claiming_50000_square_is_413",
-        || {
-            let mut d = png_ihdr(50_000, 50_000);
-            // The start of an IDAT chunk header: 41 bytes in all.
-            d.extend_from_slice(&[0, 0, 0, 0]);
-            assert_eq!(d.len(), 37);
-            d.extend_from_slice(b"IDAT");
-            assert_eq!(d.len(), 41);
-            d
-        },
-        413,
-    );
+/// A PNG of 41 bytes whose IHDR claims 50,000 x 50,000.
+fn png_41_bytes_claiming_50000_square() -> Vec<u8> {
+    let mut d = png_ihdr(50_000, 50_000);
+    // The start of an IDAT chunk header: 41 bytes in all.
+    d.extend_from_slice(&[0, 0, 0, 0]);
+    d.extend_from_slice(b"IDAT");
+    assert_eq!(d.len(), 41);
+    d
 }
 
-#[test]
-fn images_hostile_png_zip_bomb_text_chunks_are_ignored_not_inflated() {
-    // 3 zTXt chunks of 64 MiB each (about 64 KiB compressed each): never decompressed, so the
-    // small image itself renders (200), cheaply. An image is not refused for its comments.
-    refused_cheaply(
-        "images::images_hostile_png_zip_bomb_text_chunks_are_ignored_not_inflated",
-        || {
-            let png = small_png(64, 64, |_| {});
-            let bomb = small_png(1, 1, |e| {
-                e.add_ztxt_chunk("c".into(), "x".repeat(64 << 20)).unwrap();
-            });
-            // Lift the zTXt chunk out of the 1x1 file and put it thrice before IDAT of the 64x64.
-            let at = bomb.windows(4).position(|w| w == b"zTXt").unwrap() - 4;
-            let len = u32::from_be_bytes(bomb[at..at + 4].try_into().unwrap()) as usize;
-            let chunk = &bomb[at..at + 12 + len];
-            let mut d = png[..33].to_vec();
-            for _ in 0..3 {
-                d.extend_from_slice(chunk);
-            }
-            d.extend_from_slice(&png[33..]);
-            assert!(d.len() < 1 << 20);
-            d
-        },
-        200,
-    );
+/// A 512x512 PNG with three zTXt chunks of 64 MiB each (about 64 KiB compressed each).
+fn png_zip_bomb_text() -> Vec<u8> {
+    let png = small_png(512, 512, |_| {});
+    let bomb = small_png(1, 1, |e| {
+        e.add_ztxt_chunk("c".into(), "x".repeat(64 << 20)).unwrap();
+    });
+    // Lift the zTXt chunk out of the 1x1 file and put it thrice before IDAT of the 512x512.
+    let at = bomb.windows(4).position(|w| w == b"zTXt").unwrap() - 4;
+    let len = u32::from_be_bytes(bomb[at..at + 4].try_into().unwrap()) as usize;
+    let chunk = &bomb[at..at + 12 + len];
+    let mut d = png[..33].to_vec();
+    for _ in 0..3 {
+        d.extend_from_slice(chunk);
+    }
+    d.extend_from_slice(&png[33..]);
+    assert!(d.len() < 1 << 20);
+    d
 }
 
-#[test]
-fn images_hostile_png_animation_of_5000_frames_is_413() {
-    refused_cheaply(
-        "images::images_hostile_png_animation_of_5000_frames_is_413",
-        || {
-            let png = small_png(8, 8, |_| {});
-            let mut d = png[..33].to_vec();
-            let mut actl = 5000u32.to_be_bytes().to_vec();
-            actl.extend_from_slice(&0u32.to_be_bytes());
-            png_chunk(&mut d, b"acTL", &actl);
-            d.extend_from_slice(&png[33..]);
-            d
-        },
-        413,
-    );
+/// An APNG declaring 5000 frames (acTL).
+fn png_animation_of_5000_frames() -> Vec<u8> {
+    let png = small_png(8, 8, |_| {});
+    let mut d = png[..33].to_vec();
+    let mut actl = 5000u32.to_be_bytes().to_vec();
+    actl.extend_from_slice(&0u32.to_be_bytes());
+    png_chunk(&mut d, b"acTL", &actl);
+    d.extend_from_slice(&png[33..]);
+    d
 }
 
-#[test]
-fn images_hostile_jpeg_sof_65500_square_is_413() {
-    refused_cheaply(
-        "images::images_hostile_jpeg_sof_65500_square_is_413",
-        || {
-            // A real small JPEG whose frame header is rewritten to 65500 x 65500.
-            let mut d = small_jpeg(64, 64, false);
-            let sof = d.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
-            d[sof + 5..sof + 9].copy_from_slice(&[0xFF, 0xDC, 0xFF, 0xDC]);
-            d
-        },
-        413,
-    );
+/// A real small JPEG whose frame header is rewritten to 65,500 x 65,500.
+fn jpeg_sof_65500_square() -> Vec<u8> {
+    let mut d = small_jpeg(64, 64, false);
+    let sof = d.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+    d[sof + 5..sof + 9].copy_from_slice(&[0xFF, 0xDC, 0xFF, 0xDC]);
+    d
 }
 
-#[test]
-fn images_hostile_progressive_jpeg_with_5000_scans_is_413() {
-    refused_cheaply(
-        "images::images_hostile_progressive_jpeg_with_5000_scans_is_413",
-        || {
-            // 2000x2000 progressive, then 5000 more (empty) refinement scans: without a scan
-            // limit each walks every block of the image.
-            let mut d = small_jpeg(2000, 2000, true);
-            d.truncate(d.len() - 2);
-            for _ in 0..5000 {
-                d.extend_from_slice(&[0xFF, 0xDA, 0, 8, 1, 1, 0, 1, 63, 0x10, 0x00]);
-            }
-            d.extend_from_slice(&[0xFF, 0xD9]);
-            d
-        },
-        413,
-    );
+/// A 2000x2000 progressive JPEG followed by 5000 more (empty) refinement scans: without a scan
+/// limit each walks every block of the image.
+fn progressive_jpeg_with_5000_scans() -> Vec<u8> {
+    let mut d = small_jpeg(2000, 2000, true);
+    d.truncate(d.len() - 2);
+    for _ in 0..5000 {
+        d.extend_from_slice(&[0xFF, 0xDA, 0, 8, 1, 1, 0, 1, 63, 0x10, 0x00]);
+    }
+    d.extend_from_slice(&[0xFF, 0xD9]);
+    d
 }
 
 /// A VP8X WebP header of a `w` x `h` canvas, animated, with `frames` ANMF chunks.
@@ -300,6 +265,113 @@ fn webp_canvas(w: u32, h: u32, frames: usize) -> Vec<u8> {
     d
 }
 
+/// A lossy WebP (VP8) frame header of 16383 x 16383.
+fn lossy_webp_16383_square() -> Vec<u8> {
+    let mut d = b"RIFF\x26\0\0\0WEBPVP8 \x1a\0\0\0".to_vec();
+    d.extend_from_slice(&[0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0xff, 0x3f, 0xff, 0x3f]);
+    d.extend_from_slice(&[0; 16]);
+    d
+}
+
+/// A GIF of 5000 small frames.
+fn gif_of_5000_frames() -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut enc = gif::Encoder::new(&mut out, 256, 256, &[0, 0, 0, 255, 255, 255]).unwrap();
+        for i in 0..5000u32 {
+            let mut frame = gif::Frame::default();
+            frame.width = 16;
+            frame.height = 16;
+            frame.buffer = std::borrow::Cow::Owned(vec![(i % 2) as u8; 256]);
+            enc.write_frame(&frame).unwrap();
+        }
+    }
+    out
+}
+
+fn svg() -> Vec<u8> {
+    br#"<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"><rect width="10" height="10"/></svg>"#.to_vec()
+}
+
+fn html_polyglot() -> Vec<u8> {
+    b"<!DOCTYPE html><html><script>alert(1)</script>\xFF\xD8\xFF\xE0".to_vec()
+}
+
+fn gif_header_then_html() -> Vec<u8> {
+    b"GIF89a\x10\0\x10\0\0\0\0<html><script>alert(1)</script></html>".to_vec()
+}
+
+/// The hostile set: name (stored as `{name}.jpg`), maker, status. The zip-bomb text is 200: its
+/// text is never decompressed, and an image is not refused for its comments.
+#[allow(clippy::type_complexity)]
+const HOSTILE: &[(&str, fn() -> Vec<u8>, u16)] = &[
+    (
+        "png-41-bytes-50000-square",
+        png_41_bytes_claiming_50000_square,
+        413,
+    ),
+    ("png-zip-bomb-text", png_zip_bomb_text, 200),
+    ("png-5000-frames", png_animation_of_5000_frames, 413),
+    ("jpeg-sof-65500-square", jpeg_sof_65500_square, 413),
+    ("jpeg-5000-scans", progressive_jpeg_with_5000_scans, 413),
+    (
+        "webp-canvas-16383-square",
+        || webp_canvas(16383, 16383, 1),
+        413,
+    ),
+    ("webp-lossy-16383-square", lossy_webp_16383_square, 413),
+    ("webp-5000-frames", || webp_canvas(256, 256, 5000), 413),
+    ("gif-5000-frames", gif_of_5000_frames, 413),
+    ("svg", svg, 415),
+    ("html-polyglot", html_polyglot, 415),
+    ("gif-header-then-html", gif_header_then_html, 422),
+];
+
+#[test]
+fn images_hostile_png_of_41_bytes_claiming_50000_square_is_413() {
+    refused_cheaply(
+        "images::images_hostile_png_of_41_bytes_claiming_50000_square_is_413",
+        png_41_bytes_claiming_50000_square,
+        413,
+    );
+}
+
+#[test]
+fn images_hostile_png_zip_bomb_text_chunks_are_ignored_not_inflated() {
+    refused_cheaply(
+        "images::images_hostile_png_zip_bomb_text_chunks_are_ignored_not_inflated",
+        png_zip_bomb_text,
+        200,
+    );
+}
+
+#[test]
+fn images_hostile_png_animation_of_5000_frames_is_413() {
+    refused_cheaply(
+        "images::images_hostile_png_animation_of_5000_frames_is_413",
+        png_animation_of_5000_frames,
+        413,
+    );
+}
+
+#[test]
+fn images_hostile_jpeg_sof_65500_square_is_413() {
+    refused_cheaply(
+        "images::images_hostile_jpeg_sof_65500_square_is_413",
+        jpeg_sof_65500_square,
+        413,
+    );
+}
+
+#[test]
+fn images_hostile_progressive_jpeg_with_5000_scans_is_413() {
+    refused_cheaply(
+        "images::images_hostile_progressive_jpeg_with_5000_scans_is_413",
+        progressive_jpeg_with_5000_scans,
+        413,
+    );
+}
+
 #[test]
 fn images_hostile_webp_canvas_16383_square_is_413() {
     refused_cheaply(
@@ -313,12 +385,7 @@ fn images_hostile_webp_canvas_16383_square_is_413() {
 fn images_hostile_lossy_webp_frame_16383_square_is_413() {
     refused_cheaply(
         "images::images_hostile_lossy_webp_frame_16383_square_is_413",
-        || {
-            let mut d = b"RIFF\x26\0\0\0WEBPVP8 \x1a\0\0\0".to_vec();
-            d.extend_from_slice(&[0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0xff, 0x3f, 0xff, 0x3f]);
-            d.extend_from_slice(&[0; 16]);
-            d
-        },
+        lossy_webp_16383_square,
         413,
     );
 }
@@ -336,41 +403,21 @@ fn images_hostile_animated_webp_of_5000_frames_is_413() {
 fn images_hostile_gif_of_5000_frames_is_413() {
     refused_cheaply(
         "images::images_hostile_gif_of_5000_frames_is_413",
-        || {
-            let mut out = Vec::new();
-            {
-                let mut enc =
-                    gif::Encoder::new(&mut out, 256, 256, &[0, 0, 0, 255, 255, 255]).unwrap();
-                for i in 0..5000u32 {
-                    let mut frame = gif::Frame::default();
-                    frame.width = 16;
-                    frame.height = 16;
-                    frame.buffer = std::borrow::Cow::Owned(vec![(i % 2) as u8; 256]);
-                    enc.write_frame(&frame).unwrap();
-                }
-            }
-            out
-        },
+        gif_of_5000_frames,
         413,
     );
 }
 
 #[test]
 fn images_hostile_svg_named_jpg_is_415() {
-    refused_cheaply(
-        "images::images_hostile_svg_named_jpg_is_415",
-        || {
-            br#"<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"><rect width="10" height="10"/></svg>"#.to_vec()
-        },
-        415,
-    );
+    refused_cheaply("images::images_hostile_svg_named_jpg_is_415", svg, 415);
 }
 
 #[test]
 fn images_hostile_html_polyglot_named_jpg_is_415() {
     refused_cheaply(
         "images::images_hostile_html_polyglot_named_jpg_is_415",
-        || b"<!DOCTYPE html><html><script>alert(1)</script>\xFF\xD8\xFF\xE0".to_vec(),
+        html_polyglot,
         415,
     );
 }
@@ -379,9 +426,131 @@ fn images_hostile_html_polyglot_named_jpg_is_415() {
 fn images_hostile_gif_header_followed_by_html_is_422() {
     refused_cheaply(
         "images::images_hostile_gif_header_followed_by_html_is_422",
-        || b"GIF89a\x10\0\x10\0\0\0\0<html><script>alert(1)</script></html>".to_vec(),
+        gif_header_then_html,
         422,
     );
+}
+
+/// `bucketgate serve` over an fs source `local` at `root/data`, with JSON logs; the guard and
+/// the data address from the startup line.
+fn serve_binary(root: &Path) -> (crate::support::process::ChildGuard, std::net::SocketAddr) {
+    use std::io::BufRead;
+    std::fs::write(root.join("hs256.key"), crate::support::TEST_SECRET).unwrap();
+    std::fs::write(
+        root.join("config.toml"),
+        format!(
+            "[listener]\naddr = \"127.0.0.1:0\"\ndev_certificate_dir = \"tls\"\n\
+             [network]\nallow = [\"127.0.0.0/8\"]\n\
+             [sources.local]\nkind = \"fs\"\nroot = \"data\"\n\
+             [identity]\naudience = \"{}\"\n\
+             [[identity.keys]]\nkid = \"{}\"\nalg = \"HS256\"\nsecret = \"file:hs256.key\"\n",
+            crate::support::TEST_AUDIENCE,
+            crate::support::TEST_KID,
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bucketgate"));
+    command
+        .current_dir(root)
+        .args(["--log-format", "json", "serve", "--config", "config.toml"])
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut guard = crate::support::process::ChildGuard::spawn("bucketgate serve", &mut command);
+    let stderr = guard.child().stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let line = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("\"bucketgate serving\"") => break line,
+            Ok(line) => seen.push(line),
+            Err(e) => panic!("no startup line ({e}):\n{}", seen.join("\n")),
+        }
+    };
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let data = event["data_addr"].as_str().unwrap().parse().unwrap();
+    (guard, data)
+}
+
+fn child_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The hostile set through the real binary, one file after another on one gateway: each IIIF
+/// thumbnail request gets its status within 2 s and raises the gateway's peak RSS (VmHWM, reset
+/// before each request through /proc/PID/clear_refs) less than 50 MiB above its RSS before; a
+/// real photo renders before and after (the gateway keeps serving).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_hostile_files_through_the_gateway_binary_are_refused_quickly_and_cheaply() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    std::fs::write(root.join("data/photo.jpg"), small_jpeg(1600, 1200, false)).unwrap();
+    for (name, make, _) in HOSTILE {
+        std::fs::write(root.join(format!("data/{name}.jpg")), make()).unwrap();
+    }
+    let (mut gw, addr) = serve_binary(root);
+    let pid = gw.child().id();
+    let pem = std::fs::read(root.join("tls/cert.pem")).unwrap();
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let token = crate::support::token_for_sources([&"local".to_owned()]);
+    let get = async |key: &str| {
+        let url = format!("https://{addr}/iiif/3/local/{key}/full/256,/0/default.jpg");
+        let r = client.get(&url).bearer_auth(&token).send().await.unwrap();
+        let status = r.status().as_u16();
+        let body = r.bytes().await.unwrap();
+        (status, body)
+    };
+    let (status, body) = get("photo.jpg").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    for (name, _, want) in HOSTILE {
+        std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset the gateway's VmHWM");
+        let before = child_status_kib(pid, "VmRSS:") << 10;
+        let started = Instant::now();
+        let (status, body) = get(&format!("{name}.jpg")).await;
+        let took = started.elapsed();
+        let extra = (child_status_kib(pid, "VmHWM:") << 10).saturating_sub(before);
+        println!(
+            "{name}: {status} in {took:?}, {} KiB extra peak",
+            extra >> 10
+        );
+        assert_eq!(status, *want, "{name}: {}", String::from_utf8_lossy(&body));
+        if status != 200 {
+            assert!(
+                body.len() < 200,
+                "{name}: a short message, got {} bytes",
+                body.len()
+            );
+        }
+        assert!(took < QUICKLY, "{name}: took {took:?}");
+        assert!(
+            extra < EXTRA_PEAK,
+            "{name}: {} MiB above the RSS before",
+            extra >> 20
+        );
+    }
+    let (status, _) = get("photo.jpg").await;
+    assert_eq!(status, 200, "the gateway keeps serving");
 }
 
 // ---- mutations ----

@@ -631,7 +631,8 @@ pub fn info_json(id: &str, image: &SourceImage, limits: &ImageLimits) -> Value {
         "tiles": [{"width": tile, "height": tile, "scaleFactors": scale_factors(image, limits)}],
         "extraFormats": ["png", "webp"],
         "extraQualities": ["color", "gray", "bitonal"],
-        "extraFeatures": ["mirroring", "sizeUpscaling", "regionSquare", "baseUriRedirect", "cors", "jsonldMediaType"],
+        // Beyond level 2 (which has square regions, the base URI redirect, CORS and JSON-LD).
+        "extraFeatures": ["mirroring", "sizeUpscaling"],
     })
 }
 
@@ -1011,12 +1012,7 @@ mod tests {
         assert_eq!(info["tiles"][0]["scaleFactors"], json!([1, 2, 4, 8, 16]));
         assert_eq!(info["extraFormats"], json!(["png", "webp"]));
         assert_eq!(info["extraQualities"], json!(["color", "gray", "bitonal"]));
-        assert!(
-            info["extraFeatures"]
-                .as_array()
-                .unwrap()
-                .contains(&json!("mirroring"))
-        );
+        assert_eq!(info["extraFeatures"], json!(["mirroring", "sizeUpscaling"]));
     }
 
     #[test]

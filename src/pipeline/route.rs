@@ -140,7 +140,7 @@ impl ObjectRoute {
 }
 
 #[cfg(test)]
-#[allow(clippy::panic)] // tests may panic; src/ may not
+#[allow(clippy::panic, clippy::unwrap_used)] // tests may panic and unwrap; src/ may not
 mod tests {
     use super::*;
 
