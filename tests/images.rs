@@ -279,10 +279,12 @@ fn gif_of_5000_frames() -> Vec<u8> {
     {
         let mut enc = gif::Encoder::new(&mut out, 256, 256, &[0, 0, 0, 255, 255, 255]).unwrap();
         for i in 0..5000u32 {
-            let mut frame = gif::Frame::default();
-            frame.width = 16;
-            frame.height = 16;
-            frame.buffer = std::borrow::Cow::Owned(vec![(i % 2) as u8; 256]);
+            let frame = gif::Frame {
+                width: 16,
+                height: 16,
+                buffer: std::borrow::Cow::Owned(vec![(i % 2) as u8; 256]),
+                ..gif::Frame::default()
+            };
             enc.write_frame(&frame).unwrap();
         }
     }
@@ -587,12 +589,14 @@ fn images_mutated_files_never_panic_and_never_fail_with_a_server_error() {
             let mut enc =
                 gif::Encoder::new(&mut out, 40, 30, &[0, 0, 0, 255, 0, 0, 0, 255, 0]).unwrap();
             for i in 0..3u8 {
-                let mut frame = gif::Frame::default();
-                frame.width = 40;
-                frame.height = 30;
-                frame.buffer = std::borrow::Cow::Owned(
-                    (0..1200).map(|p| (p as u8).wrapping_add(i) % 3).collect(),
-                );
+                let frame = gif::Frame {
+                    width: 40,
+                    height: 30,
+                    buffer: std::borrow::Cow::Owned(
+                        (0..1200).map(|p| (p as u8).wrapping_add(i) % 3).collect(),
+                    ),
+                    ..gif::Frame::default()
+                };
                 enc.write_frame(&frame).unwrap();
             }
         }
@@ -736,6 +740,8 @@ fn images_thumbnails_match_vipsthumbnail_within_35_db() {
     vips(d, &["colourspace", "source.jpg", "deep.png", "rgb16"]);
     vips(d, &["copy", "source.jpg", "lossy.webp[Q=90]"]);
     vips(d, &["copy", "source.jpg", "lossless.webp[lossless]"]);
+    vips(d, &["copy", "source.jpg", "interlaced.png[interlace]"]);
+    vips(d, &["copy", "source.jpg", "palette.gif"]);
     // An alpha channel: libvips and we both keep it in PNG.
     vips(d, &["bandjoin_const", "source.png", "alpha.png", "200"]);
     for name in [
@@ -747,6 +753,8 @@ fn images_thumbnails_match_vipsthumbnail_within_35_db() {
         "lossy.webp",
         "lossless.webp",
         "alpha.png",
+        "interlaced.png",
+        "palette.gif",
     ] {
         let reference = format!("vips-{name}.png");
         run(Command::new("vipsthumbnail")

@@ -897,7 +897,7 @@ fn decode_gif(data: &[u8], header: &Header, region: Rect) -> Result<Pixels, Imag
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
     use crate::image::OutputFormat;
@@ -1429,12 +1429,13 @@ mod tests {
             let mut enc =
                 gif::Encoder::new(&mut out, w, h, &[0, 0, 0, 255, 0, 0, 0, 0, 255]).unwrap();
             for i in 0..frames {
-                let mut frame = gif::Frame::default();
-                frame.width = w;
-                frame.height = h;
                 let index = if i == 0 { 1 } else { 2 };
-                frame.buffer =
-                    std::borrow::Cow::Owned(vec![index; usize::from(w) * usize::from(h)]);
+                let frame = gif::Frame {
+                    width: w,
+                    height: h,
+                    buffer: std::borrow::Cow::Owned(vec![index; usize::from(w) * usize::from(h)]),
+                    ..gif::Frame::default()
+                };
                 enc.write_frame(&frame).unwrap();
             }
         }
@@ -1460,9 +1461,13 @@ mod tests {
         let mut out = Vec::new();
         {
             let mut enc = gif::Encoder::new(&mut out, 40, 30, &[0, 0, 0, 255, 0, 0]).unwrap();
-            let mut frame = gif::Frame::default();
-            (frame.left, frame.width, frame.height) = (50, 4, 4);
-            frame.buffer = std::borrow::Cow::Owned(vec![1; 16]);
+            let frame = gif::Frame {
+                left: 50,
+                width: 4,
+                height: 4,
+                buffer: std::borrow::Cow::Owned(vec![1; 16]),
+                ..gif::Frame::default()
+            };
             enc.write_frame(&frame).unwrap();
         }
         let (info, px) = render_png(&out, 40, 30);

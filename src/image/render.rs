@@ -18,8 +18,9 @@
 //! Colour: outputs carry no EXIF, XMP, comments or text of the source. An ICC profile is the one
 //! thing passed on ([`finish_with_icc`]): embedded as is, not converted (no colour management
 //! dependency), so a wide-gamut source keeps its colours; only when it describes the output's
-//! colour space (RGB for colour outputs, gray for gray outputs of gray sources) and is at most
-//! [`MAX_ICC_BYTES`]. An sRGB source, with or without a profile, is never changed in colour.
+//! colour space (RGB for colour outputs, gray for gray outputs of gray sources), is at most
+//! [`MAX_ICC_BYTES`] and is not sRGB (its description says so; untagged means sRGB anyway). An
+//! sRGB source, with or without a profile, is never changed in colour.
 
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
@@ -329,10 +330,12 @@ fn flatten(img: Pixels) -> Pixels {
     }
 }
 
-/// Whether an ICC profile describes the output's colour space: RGB profiles for colour outputs,
-/// gray profiles for gray outputs of gray sources (a colour source made gray has no profile).
+/// Whether an ICC profile is worth embedding: it describes the output's colour space (RGB
+/// profiles for colour outputs, gray profiles for gray outputs of gray sources: a colour source
+/// made gray has no profile) and is not sRGB (what an untagged image is taken to be anyway:
+/// cameras tag most photos with a 3 KB sRGB profile that every tile would repeat).
 fn icc_fits(profile: &[u8], layout: Layout, source_gray: bool) -> bool {
-    if profile.len() < 128 || profile.len() > MAX_ICC_BYTES {
+    if profile.len() < 128 || profile.len() > MAX_ICC_BYTES || icc_is_srgb(profile) {
         return false;
     }
     match &profile[16..20] {
@@ -340,6 +343,33 @@ fn icc_fits(profile: &[u8], layout: Layout, source_gray: bool) -> bool {
         b"GRAY" => layout.is_gray() && source_gray,
         _ => false,
     }
+}
+
+/// Whether the profile's description (`desc` tag, ASCII in v2 profiles, UTF-16 in v4 `mluc`)
+/// names sRGB.
+fn icc_is_srgb(profile: &[u8]) -> bool {
+    let be32 = |at: usize| -> Option<usize> {
+        let b = profile.get(at..at + 4)?;
+        Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let Some(count) = be32(128) else {
+        return false;
+    };
+    for i in 0..count.min(256) {
+        let entry = 132 + 12 * i;
+        if profile.get(entry..entry + 4) != Some(b"desc") {
+            continue;
+        }
+        let (Some(offset), Some(size)) = (be32(entry + 4), be32(entry + 8)) else {
+            return false;
+        };
+        let Some(text) = profile.get(offset..offset.saturating_add(size.min(512))) else {
+            return false;
+        };
+        let ascii: Vec<u8> = text.iter().copied().filter(|&b| b != 0).collect();
+        return ascii.windows(4).any(|w| w == b"sRGB");
+    }
+    false
 }
 
 fn encode_error(what: &str) -> ImageError {
@@ -631,12 +661,25 @@ mod tests {
         assert_eq!(buf, img.data);
     }
 
-    /// A minimal ICC profile header of colour space `space`.
-    fn icc(space: &[u8; 4]) -> Vec<u8> {
+    /// A minimal ICC profile of colour space `space` with a `desc` tag (v2 text type).
+    fn icc_named(space: &[u8; 4], name: &str) -> Vec<u8> {
         let mut p = vec![0u8; 132];
         p[16..20].copy_from_slice(space);
         p[36..40].copy_from_slice(b"acsp");
+        p[128..132].copy_from_slice(&1u32.to_be_bytes());
+        let mut desc = b"desc\0\0\0\0".to_vec();
+        desc.extend_from_slice(&(name.len() as u32 + 1).to_be_bytes());
+        desc.extend_from_slice(name.as_bytes());
+        desc.push(0);
+        p.extend_from_slice(b"desc");
+        p.extend_from_slice(&144u32.to_be_bytes());
+        p.extend_from_slice(&(desc.len() as u32).to_be_bytes());
+        p.extend_from_slice(&desc);
         p
+    }
+
+    fn icc(space: &[u8; 4]) -> Vec<u8> {
+        icc_named(space, "Wide Gamut RGB")
     }
 
     #[test]
