@@ -545,6 +545,36 @@ async fn iiif_tiles_through_the_gateway() {
         eprintln!("{path}: {db:.1} dB against vips crop + resize of the source");
         assert!(db >= 35.0, "{path}: {db:.1} dB");
     }
+    // A stored tile exactly (256 x 256 at its size, jpg): its JPEG stream with the shared
+    // tables, not re-encoded (libtiff codes it RGB at Q 92: an Adobe marker says so); a decoder
+    // reads it as vips does.
+    let tile = Rect {
+        x: 512,
+        y: 256,
+        w: 256,
+        h: 256,
+    };
+    let path = format!("{base}/512,256,256,256/256,256/0/default.jpg");
+    let resp = client.get(gw.url(&path)).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{path}");
+    let body = resp.bytes().await.unwrap();
+    assert!(
+        !body.windows(4).any(|w| w == b"JFIF" || w == b"Exif"),
+        "not re-encoded, no metadata"
+    );
+    assert!(body.windows(5).any(|w| w == b"Adobe"), "RGB coding marked");
+    let mut decoder = jpeg_decoder::Decoder::new(&body[..]);
+    let got = decoder.decode().unwrap();
+    let exact = vips_reference(
+        bed.dir.path(),
+        &format!("{}[page=0]", bed.pyramid_path()),
+        tile,
+        None,
+    );
+    let db = psnr(&got, &exact);
+    eprintln!("{path}: {db:.1} dB against vips' decode of the stored tile");
+    assert!(db >= 50.0, "{path}: {db:.1} dB");
+
     let gets = bed.proxy.gets_of(&bed.key);
     assert!(gets.len() > before, "the tiles were read from the store");
     let bytes = bed.assert_only_ranged_gets();
@@ -553,4 +583,103 @@ async fn iiif_tiles_through_the_gateway() {
         "the store sent {bytes} of {} bytes",
         bed.size
     );
+}
+
+/// A short mutation run on a vips pyramid (JPEG tiles with shared tables, and Deflate): bytes
+/// flipped at random, half of them in the directories and arrays at the end of each level;
+/// every probe and read ends with a value or a 4xx-class error (never a panic, a Source or a
+/// TimedOut error), each within the time limit.
+#[tokio::test]
+async fn pyramid_byte_flips_of_vips_files_fail_cleanly() {
+    use bucketgate::backend::fs::FsBackend;
+    use bucketgate::image::ImageError;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let backend = Arc::new(AnyBackend::Fs(FsBackend::new(&root).unwrap()));
+    let limits = ImageLimits {
+        job_timeout: Duration::from_secs(2),
+        ..ImageLimits::default()
+    };
+    let pool = Pool::new(2, 8);
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
+    for compression in ["jpeg", "deflate"] {
+        let clean = make_pyramid(
+            dir.path(),
+            &[
+                "--tile",
+                "--pyramid",
+                "--bigtiff",
+                "--compression",
+                compression,
+                "--tile-width",
+                "128",
+                "--tile-height",
+                "128",
+            ],
+        );
+        for round in 0..30 {
+            let mut file = clean.clone();
+            for _ in 0..6 {
+                // Half the flips in the last 40% (libtiff's directories follow each level's
+                // tiles, the smallest levels' last), half anywhere.
+                let at = if round % 2 == 0 {
+                    file.len() * 6 / 10 + (next() % (file.len() as u64 * 4 / 10)) as usize
+                } else {
+                    (next() % file.len() as u64) as usize
+                };
+                file[at] ^= (next() >> 56) as u8 | 1;
+            }
+            std::fs::write(root.join("m.tif"), &file).unwrap();
+            let meta = backend.head("m.tif", Caller::Gateway).await.unwrap();
+            let src = ObjectBytes::new(
+                Arc::clone(&backend),
+                "m.tif".into(),
+                Arc::new(meta),
+                OwnedCaller::Gateway,
+                None,
+                64 << 20,
+            );
+            let started = std::time::Instant::now();
+            let result = match tiff::probe(&src, &limits).await {
+                Ok((image, pyramid)) => {
+                    let all = Rect {
+                        x: 0,
+                        y: 0,
+                        w: image.width,
+                        h: image.height,
+                    };
+                    // The pixels of the 1/8 level, and a finished (resized, encoded) image.
+                    let small = op(all, image.width / 8, image.height / 8);
+                    let region = tiff::read_region(&src, &pyramid, &small, &limits, &pool).await;
+                    let finished =
+                        tiff::render(&src, &pyramid, &op(all, 300, 200), &limits, &pool).await;
+                    region.map(|_| ()).and(finished.map(|_| ()))
+                }
+                Err(e) => Err(e),
+            };
+            assert!(
+                started.elapsed() < Duration::from_secs(4),
+                "round {round} took too long"
+            );
+            let label = match &result {
+                Ok(()) => "ok".to_owned(),
+                Err(ImageError::Corrupt(_)) => "corrupt".to_owned(),
+                Err(ImageError::TooLarge(_)) => "too large".to_owned(),
+                Err(ImageError::Unsupported) => "unsupported".to_owned(),
+                Err(e) => panic!("round {round} ({compression}): {e:?}"),
+            };
+            *outcomes
+                .entry(format!("{compression} {label}"))
+                .or_default() += 1;
+        }
+    }
+    eprintln!("outcomes: {outcomes:?}");
 }

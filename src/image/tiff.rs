@@ -10,7 +10,9 @@
 //! covering the region, then the chunks themselves ([`ObjectBytes::read_ranges`]: neighbours in
 //! one request, the rest concurrently), and decodes and assembles them on the pool: LZW (weezl),
 //! Deflate (flate2), JPEG with the shared `JPEGTables` (jpeg-decoder), or none; the horizontal
-//! predictor; 8-bit samples, 16-bit ones reduced to their high byte.
+//! predictor; 8-bit samples, 16-bit ones reduced to their high byte. A request that is exactly
+//! one stored JPEG tile at its own size is answered with that tile's JPEG stream (tables spliced
+//! in, metadata segments dropped), without a decode and re-encode, as iipsrv does.
 //!
 //! The levels of a pyramid: the SubIFDs of the first directory when it has any (`vips tiffsave
 //! --pyramid --subifd`), else the following pages of the chain (`vips tiffsave --pyramid`, a COG
@@ -685,7 +687,7 @@ pub async fn probe(
                 Err(e) => return Err(e),
             }
         }
-        candidates.sort_by(|a, b| b.width.cmp(&a.width));
+        candidates.sort_by_key(|d| std::cmp::Reverse(d.width));
     } else {
         let mut next = ifd0.next;
         while next != 0 && visited.len() < MAX_DIRECTORIES {
@@ -798,7 +800,11 @@ pub async fn render(
     limits: &ImageLimits,
     pool: &Pool,
 ) -> Result<Rendered, ImageError> {
-    let job = fetch(src, pyramid, op, limits).await?;
+    let deadline = tokio::time::Instant::now() + limits.job_timeout;
+    let job = fetch_by(deadline, src, pyramid, op, limits).await?;
+    if let Some(rendered) = job.passthrough(op) {
+        return Ok(rendered);
+    }
     let op = RenderOp {
         region: Rect {
             x: 0,
@@ -808,7 +814,8 @@ pub async fn render(
         },
         ..op.clone()
     };
-    pool.run(limits.job_timeout, move || {
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    pool.run(left, move || {
         let region = job.assemble()?;
         super::render::finish(region.into_pixels(), &op, 1)
     })
@@ -824,8 +831,23 @@ pub async fn read_region(
     limits: &ImageLimits,
     pool: &Pool,
 ) -> Result<Region, ImageError> {
-    let job = fetch(src, pyramid, op, limits).await?;
-    pool.run(limits.job_timeout, move || job.assemble()).await
+    let deadline = tokio::time::Instant::now() + limits.job_timeout;
+    let job = fetch_by(deadline, src, pyramid, op, limits).await?;
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    pool.run(left, move || job.assemble()).await
+}
+
+/// [`fetch`] within the job's time limit (its reads are the first part of the job).
+async fn fetch_by(
+    deadline: tokio::time::Instant,
+    src: &ObjectBytes,
+    pyramid: &Pyramid,
+    op: &RenderOp,
+    limits: &ImageLimits,
+) -> Result<Job, ImageError> {
+    tokio::time::timeout_at(deadline, fetch(src, pyramid, op, limits))
+        .await
+        .unwrap_or(Err(ImageError::TimedOut))
 }
 
 /// The decode parameters of one level, owned for the pool.
@@ -1046,6 +1068,63 @@ fn read_uint(b: &[u8], little: bool) -> u64 {
 }
 
 impl Job {
+    /// A JPEG tile that is the whole answer as it is: the region is exactly one stored tile,
+    /// asked at its own size, upright, in its own colours, as JPEG. Its stream is sent without a
+    /// decode and re-encode (as iipsrv does): the shared tables and the tile's own segments
+    /// rebuilt into one stream of quantization and Huffman tables, frame and scan, every APPn
+    /// and comment segment dropped (nothing of the source's metadata), the header checked by
+    /// the JPEG decoder. An RGB-coded tile (libtiff writes them so at high quality) gets the
+    /// Adobe marker that says so (transform 0), which decoders need to not convert it as YCbCr.
+    fn passthrough(&self, op: &RenderOp) -> Option<Rendered> {
+        use super::iiif::Quality;
+        let codec = &self.codec;
+        let colours = match codec.photometric {
+            Photometric::YCbCr | Photometric::Rgb => 3,
+            Photometric::BlackIsZero => 1,
+            Photometric::WhiteIsZero => return None,
+        };
+        let quality = match op.quality {
+            Quality::Default => true,
+            Quality::Color => colours == 3,
+            Quality::Gray => colours == 1,
+            Quality::Bitonal => false,
+        };
+        let [(left, top, cw, ch, bytes)] = self.chunks.as_slice() else {
+            return None;
+        };
+        let exact = (*left, *top, *cw, *ch) == (self.rect.x, self.rect.y, self.rect.w, self.rect.h)
+            && (op.width, op.height) == (self.rect.w, self.rect.h);
+        if codec.compression != Compression::Jpeg
+            || op.format != super::OutputFormat::Jpg
+            || op.mirror
+            || op.rotation != 0
+            || !quality
+            || !exact
+            || codec.channels != colours
+        {
+            return None;
+        }
+        let rgb = codec.photometric == Photometric::Rgb;
+        let stream = splice_jpeg(codec.jpeg_tables.as_deref(), bytes, rgb)?;
+        let mut decoder = jpeg_decoder::Decoder::new(stream.as_slice());
+        decoder.read_info().ok()?;
+        let info = decoder.info()?;
+        let format_ok = match info.pixel_format {
+            jpeg_decoder::PixelFormat::L8 => colours == 1,
+            jpeg_decoder::PixelFormat::RGB24 => colours == 3,
+            _ => false,
+        };
+        if !format_ok || (u32::from(info.width), u32::from(info.height)) != (*cw, *ch) {
+            return None;
+        }
+        Some(Rendered {
+            bytes: Bytes::from(stream),
+            format: super::OutputFormat::Jpg,
+            width: *cw,
+            height: *ch,
+        })
+    }
+
     /// Decode every chunk and copy its part of the region into one buffer.
     fn assemble(self) -> Result<Region, ImageError> {
         let Job {
@@ -1228,6 +1307,69 @@ impl Codec {
             out[to..to + w * channels].copy_from_slice(&decoded[from..from + w * channels]);
         }
         Ok(out)
+    }
+}
+
+/// One JPEG stream from the shared tables (`SOI`, tables, `EOI`) and a tile (`SOI` .. `EOI`):
+/// `SOI`, the tables' and the tile's DQT, DHT, DRI and SOF segments, then the tile's scan to its
+/// end. APPn and COM segments are dropped; any other marker, or a malformed stream: `None`.
+/// `rgb`: the components are R, G, B (not YCbCr): an Adobe segment with transform 0 follows
+/// `SOI`.
+fn splice_jpeg(tables: Option<&[u8]>, tile: &[u8], rgb: bool) -> Option<Vec<u8>> {
+    if !tile.ends_with(&[0xFF, 0xD9]) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(tile.len() + tables.map_or(0, <[u8]>::len) + 18);
+    out.extend_from_slice(&[0xFF, 0xD8]);
+    if rgb {
+        // APP14 "Adobe", version 100, flags 0 and 0, transform 0 (no colour transform).
+        out.extend_from_slice(&[
+            0xFF, 0xEE, 0x00, 0x0E, b'A', b'd', b'o', b'b', b'e', 0x00, 0x64, 0x00, 0x00, 0x00,
+            0x00, 0x00,
+        ]);
+    }
+    if let Some(tables) = tables {
+        copy_segments(tables, &mut out, false)?;
+    }
+    copy_segments(tile, &mut out, true)?;
+    Some(out)
+}
+
+/// Copy the table and frame segments of `s` (from its `SOI`) into `out`: up to its `EOI`
+/// (tables), or its `SOS` and everything after it (`scan`).
+fn copy_segments(s: &[u8], out: &mut Vec<u8>, scan: bool) -> Option<()> {
+    if !s.starts_with(&[0xFF, 0xD8]) {
+        return None;
+    }
+    let mut i = 2;
+    loop {
+        if *s.get(i)? != 0xFF {
+            return None;
+        }
+        while *s.get(i + 1)? == 0xFF {
+            i += 1; // fill bytes
+        }
+        let marker = *s.get(i + 1)?;
+        match marker {
+            0xD9 if !scan => return Some(()),
+            0xDA if scan => {
+                out.extend_from_slice(s.get(i..)?);
+                return Some(());
+            }
+            _ => {}
+        }
+        let len = usize::from(u16::from_be_bytes([*s.get(i + 2)?, *s.get(i + 3)?]));
+        if len < 2 {
+            return None;
+        }
+        let segment = s.get(i..i + 2 + len)?;
+        match marker {
+            // DQT, DHT, DRI, SOF0 (baseline), SOF1 (extended), SOF2 (progressive)
+            0xDB | 0xC4 | 0xDD | 0xC0 | 0xC1 | 0xC2 => out.extend_from_slice(segment),
+            0xE0..=0xEF | 0xFE => {}
+            _ => return None,
+        }
+        i += 2 + len;
     }
 }
 

@@ -1028,3 +1028,148 @@ async fn tiff_large_offset_arrays_are_read_in_slices() {
     let read = src.bytes_read() - before;
     assert!(read < 16 << 10, "read {read} bytes");
 }
+
+/// A transparency mask between the levels (as a COG writes them) is skipped, and the level
+/// after it is still found.
+#[tokio::test]
+async fn tiff_masks_in_the_chain_are_skipped() {
+    let spec = Spec {
+        reduced: 2,
+        ..Spec::default()
+    };
+    let file = write_tiff_with(&spec, |k, mut tags| {
+        if k == 1 {
+            set_tag(&mut tags, (TAG_NEW_SUBFILE_TYPE, 4, vec![1 | 4]));
+        }
+        tags
+    });
+    let rig = rig();
+    let src = rig.object(&file, 64 * MB).await;
+    let limits = ImageLimits::default();
+    let (image, pyramid) = probe(&src, &limits).await.unwrap();
+    let widths: Vec<u32> = image.levels.iter().map(|l| l.width).collect();
+    assert_eq!(widths, vec![1000, 250]);
+    let region = Rect {
+        x: 0,
+        y: 0,
+        w: 1000,
+        h: 700,
+    };
+    let got = read_region(&src, &pyramid, &op(region, 250, 175), &limits, &rig.pool)
+        .await
+        .unwrap();
+    assert_eq!(got.level, 1);
+    assert!(
+        got.data == expected(2, got.rect, 3),
+        "the 1/4 level's pixels"
+    );
+}
+
+/// A request that is exactly one stored JPEG tile at its size is that tile's stream, rebuilt
+/// without its APP segments: decoded, the same pixels as the decode-and-encode path reads.
+#[tokio::test]
+async fn tiff_an_aligned_jpeg_tile_is_sent_without_reencoding() {
+    let spec = Spec {
+        compression: 7,
+        photometric: 6,
+        reduced: 1,
+        ..Spec::default()
+    };
+    let rig = rig();
+    let file = write_tiff(&spec);
+    let src = rig.object(&file, 64 * MB).await;
+    let limits = ImageLimits::default();
+    let (_, pyramid) = probe(&src, &limits).await.unwrap();
+    let tile = Rect {
+        x: 256,
+        y: 256,
+        w: 256,
+        h: 256,
+    };
+    let mut want = op(tile, 256, 256);
+    want.format = OutputFormat::Jpg;
+    let got = render(&src, &pyramid, &want, &limits, &rig.pool)
+        .await
+        .unwrap();
+    assert_eq!((got.width, got.height), (256, 256));
+    // The tile's own entropy-coded data, and no JFIF (APP0) segment.
+    assert!(!got.bytes.windows(4).any(|w| w == b"JFIF"), "APP0 dropped");
+    let mut decoder = jpeg_decoder::Decoder::new(&got.bytes[..]);
+    let pixels = decoder.decode().unwrap();
+    let region = read_region(&src, &pyramid, &want, &limits, &rig.pool)
+        .await
+        .unwrap();
+    assert!(pixels == region.data, "the same pixels as the decode path");
+    // The stored tile's scan is the answer's tail, byte for byte (no re-encode).
+    let dir = &pyramid.levels[0];
+    let places = locate(&src, &pyramid, dir, &[dir.across + 1])
+        .await
+        .unwrap();
+    let (offset, count) = places[0];
+    let stored = &file[offset as usize..(offset + count) as usize];
+    let sos = stored.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+    assert!(
+        got.bytes.ends_with(&stored[sos..]),
+        "the stored scan, unchanged"
+    );
+
+    // Mirrored, rotated, resized or PNG: decoded and encoded.
+    for changed in [
+        RenderOp {
+            mirror: true,
+            ..want.clone()
+        },
+        RenderOp {
+            rotation: 90,
+            ..want.clone()
+        },
+        RenderOp {
+            width: 200,
+            height: 200,
+            ..want.clone()
+        },
+    ] {
+        let other = render(&src, &pyramid, &changed, &limits, &rig.pool)
+            .await
+            .unwrap();
+        assert!(other.bytes != got.bytes);
+    }
+    // Not a whole tile (an edge tile's padding would show): decoded.
+    let edge = Rect {
+        x: 768,
+        y: 512,
+        w: 232,
+        h: 188,
+    };
+    let mut want = op(edge, 232, 188);
+    want.format = OutputFormat::Jpg;
+    let got = render(&src, &pyramid, &want, &limits, &rig.pool)
+        .await
+        .unwrap();
+    assert_eq!((got.width, got.height), (232, 188));
+}
+
+#[test]
+fn tiff_jpeg_splice_keeps_tables_and_scan_and_drops_metadata() {
+    let tables = [
+        0xFF, 0xD8, 0xFF, 0xDB, 0x00, 0x04, 0xAA, 0xBB, 0xFF, 0xC4, 0x00, 0x03, 0xCC, 0xFF, 0xD9,
+    ];
+    let tile = [
+        0xFF, 0xD8, 0xFF, 0xE1, 0x00, 0x04, b'E', b'x', 0xFF, 0xFE, 0x00, 0x03, b'c', 0xFF, 0xC0,
+        0x00, 0x03, 0x08, 0xFF, 0xDA, 0x00, 0x02, 0x12, 0x34, 0xFF, 0xD9,
+    ];
+    let out = splice_jpeg(Some(&tables), &tile, false).unwrap();
+    assert_eq!(
+        out,
+        vec![
+            0xFF, 0xD8, 0xFF, 0xDB, 0x00, 0x04, 0xAA, 0xBB, 0xFF, 0xC4, 0x00, 0x03, 0xCC, 0xFF,
+            0xC0, 0x00, 0x03, 0x08, 0xFF, 0xDA, 0x00, 0x02, 0x12, 0x34, 0xFF, 0xD9
+        ]
+    );
+    // An unknown marker before the scan, a cut segment, a missing EOI: no splice.
+    let mut odd = tile;
+    odd[3] = 0xC8;
+    assert!(splice_jpeg(Some(&tables), &odd, false).is_none());
+    assert!(splice_jpeg(Some(&tables), &tile[..12], false).is_none());
+    assert!(splice_jpeg(None, &tile[..tile.len() - 1], false).is_none());
+}
