@@ -8,7 +8,7 @@
 # 1. builds bucketgate (`cargo build --release --locked`);
 # 2. makes the test images in a temp dir with ffmpeg and vips: a noisy 6000x4000 JPEG (12 MB,
 #    the issue's ffmpeg command), a camera-like one (smooth content with mild sensor noise,
-#    2-4 MB), a 50 MP camera-like JPEG, and a tiled pyramidal BigTIFF (JPEG tiles of TILE px,
+#    2-4 MB), a 50 MP camera-like JPEG (the camera-like one enlarged with vips), and a tiled pyramidal BigTIFF (JPEG tiles of TILE px,
 #    `vips tiffsave --tile --pyramid --bigtiff`) of PYRAMID_REPLICATE copies of the camera-like
 #    image; a self-signed ECDSA P-256 certificate that the gateway and nginx serve;
 # 3. thumb: a cold 256 px thumbnail (`full/!256,256/0/default.jpg`) of each 6000x4000 JPEG
@@ -210,7 +210,11 @@ log "making the test images"
 ffmpeg_img testsrc2 6000x4000 "noise=alls=25:allf=t" "$TMP/files/noisy.jpg"
 # Camera-like: smooth gradients and edges with mild sensor noise, 2-4 MB.
 ffmpeg_img mandelbrot 6000x4000 "noise=alls=6:allf=t" "$TMP/files/camera.jpg"
-has_section mem && ffmpeg_img mandelbrot 8660x5774 "noise=alls=6:allf=t" "$TMP/files/50mp.jpg"
+# 50 MP (8660x5773): the camera-like picture enlarged (ffmpeg's mandelbrot source refuses
+# that size).
+if has_section mem; then
+    vips resize "$TMP/files/camera.jpg" "$TMP/files/50mp.jpg[Q=90]" 1.44334 || die "vips resize failed"
+fi
 # A 16x16 JPEG: vipsthumbnail's start-up cost, nearly nothing else.
 ffmpeg_img testsrc2 16x16 "null" "$TMP/files/tiny.jpg"
 if has_section tiles; then
@@ -234,11 +238,13 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
 chmod 644 "$TMP/key.pem" "$TMP/cert.pem"
 
 # A fresh key for a cold request: a hard link to the file under a name never asked for before.
+# Sets KEY (not printed: a $(...) subshell would lose the counter).
 COLD_N=0
-cold_key() { # file-stem -> key (prints it)
+KEY=""
+cold_key() { # file-stem
     COLD_N=$((COLD_N + 1))
     ln "$TMP/files/$1.jpg" "$TMP/files/cold/$1-$COLD_N.jpg"
-    printf 'cold%%2F%s-%s.jpg' "$1" "$COLD_N"
+    KEY="cold%2F$1-$COLD_N.jpg"
 }
 
 # --- the gateway ---------------------------------------------------------------------------------
@@ -353,12 +359,14 @@ thumb_section() {
         VIPS_CPU=0
         local gw_cpu=0
         # One warm-up of each (page cache, the gateway's first connection), not counted.
-        gw_get_ms "$(cold_key "$f")/$THUMB_PATH" >/dev/null
+        cold_key "$f"
+        gw_get_ms "$KEY/$THUMB_PATH" >/dev/null
         vips_run "$TMP/files/$f.jpg"
         VIPS_CPU=0
         for r in $(seq "$ROUNDS"); do
             local key
-            key=$(cold_key "$f")
+            cold_key "$f"
+            key=$KEY
             if ((r % 2)); then
                 c0=$(cpu_ms "$GW_PID")
                 gws+=("$(gw_get_ms "$key/$THUMB_PATH")")
@@ -388,15 +396,19 @@ thumb_section() {
 
 scale_section() {
     local r t0 ones=() twos=() a b
-    gw_get_ms "$(cold_key noisy)/$THUMB_PATH" >/dev/null
+    cold_key noisy
+    gw_get_ms "$KEY/$THUMB_PATH" >/dev/null
     for r in $(seq "$ROUNDS"); do
         if ((r % 2)); then
+            cold_key noisy
             t0=$(now_ns)
-            gw_get_ms "$(cold_key noisy)/$THUMB_PATH" >/dev/null
+            gw_get_ms "$KEY/$THUMB_PATH" >/dev/null
             ones+=("$(ms_since "$t0")")
         fi
-        a=$(cold_key noisy)
-        b=$(cold_key noisy)
+        cold_key noisy
+        a=$KEY
+        cold_key noisy
+        b=$KEY
         t0=$(now_ns)
         gw_get_ms "$a/$THUMB_PATH" >/dev/null &
         local p1=$!
@@ -406,8 +418,9 @@ scale_section() {
         wait "$p2" || die "scale: a thumbnail failed"
         twos+=("$(ms_since "$t0")")
         if ! ((r % 2)); then
+            cold_key noisy
             t0=$(now_ns)
-            gw_get_ms "$(cold_key noisy)/$THUMB_PATH" >/dev/null
+            gw_get_ms "$KEY/$THUMB_PATH" >/dev/null
             ones+=("$(ms_since "$t0")")
         fi
     done
