@@ -1,4 +1,4 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Criterion benches for the CPU half of a derived image (issue 13), on one thread, no I/O: the
 //! header probe, the IIIF request parsed and resolved, then decode + resize + encode
 //! (`decode::render`) of a 256 px JPEG thumbnail (`full/!256,256/0/default.jpg`) from a
