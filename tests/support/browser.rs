@@ -193,6 +193,25 @@ impl Browser {
         .await
     }
 
+    /// The window's outer size in CSS pixels (`POST /window/rect`).
+    pub async fn set_window_size(&self, width: u32, height: u32) {
+        self.call(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({ "width": width, "height": height })),
+        )
+        .await;
+    }
+
+    /// A screenshot of the viewport, as PNG bytes (`GET /screenshot`).
+    pub async fn screenshot_png(&self) -> Vec<u8> {
+        use base64::Engine as _;
+        let b64 = self.call(reqwest::Method::GET, "/screenshot", None).await;
+        base64::engine::general_purpose::STANDARD
+            .decode(b64.as_str().expect("screenshot is a base64 string"))
+            .expect("screenshot base64 decodes")
+    }
+
     /// Names of the cookies the browser holds for the current page's origin (HttpOnly included).
     pub async fn cookies(&self) -> Vec<Value> {
         self.call(reqwest::Method::GET, "/cookie", None)
