@@ -388,7 +388,7 @@ async fn with_redis_stores(
         token_clock,
     );
     let _ = revocations.sync().await;
-    shared = shared.with_revocations(Arc::new(Revocations::Redis(revocations)));
+    shared = shared.with_redis_revocations(Arc::new(revocations));
     // Use windows (redis-saml): decided and written by one script per use.
     let windows = crate::state::redis::use_windows::RedisUseWindows::new(Arc::clone(&redis));
     shared = shared
@@ -447,7 +447,7 @@ async fn sync_with_redis(
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Revocations::Redis(r) = &**pipeline.shared().revocations() {
+        if let Some(r) = pipeline.shared().redis_revocations() {
             let _ = r.sync().await;
         }
         let _ = control.sync_shared_lists().await;

@@ -7,7 +7,7 @@
 //! which one runs. [`FileRevocations`] (one node) keeps the list in memory (a hash lookup under a
 //! read lock) and persists it atomically to `<state_dir>/revocations.json` (write a temp file,
 //! fsync, rename, fsync the directory) before a change takes effect; it is loaded at start.
-//! With `[redis]`, [`crate::state::redis::revocations::RedisRevocations`] keeps the record in
+//! With `[redis]`, `state::redis::revocations::RedisRevocations` keeps the record in
 //! Redis and a synced copy in a `FileRevocations` (see there).
 //!
 //! A token of a revoked subject that carries no `iat` is treated as revoked: its issue time
@@ -46,7 +46,7 @@ pub enum RevocationError {
     Task(#[from] tokio::task::JoinError),
     /// The shared record (Redis) did not take the change.
     #[error("the shared revocation list is unavailable")]
-    Shared(#[from] crate::state::redis::RedisFault),
+    Shared(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// One revocation, as the admin API takes it: `{"jti": "..."}` or
@@ -156,11 +156,30 @@ pub trait RevocationStore: Send + Sync {
     ) -> impl Future<Output = Result<(), RevocationError>> + Send;
 }
 
-/// The revocation store of a gateway, dispatched without dynamic allocation.
+/// A revocation store shared by several nodes (`[redis]`), plugged in from `state` through this
+/// object-safe trait so that identity names no module above it. A check is answered from the
+/// node's synced copy, without I/O; only a new revocation waits on the shared record.
+pub trait SharedRevocationStore: Send + Sync {
+    fn is_revoked_now(
+        &self,
+        jti: Option<&str>,
+        sub: &str,
+        iat: Option<u64>,
+    ) -> Result<bool, RevocationError>;
+
+    fn list_now(&self) -> Result<RevocationList, RevocationError>;
+
+    fn revoke(
+        &self,
+        revocation: Revocation,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), RevocationError>> + Send + '_>>;
+}
+
+/// The revocation store of a gateway.
 pub enum Revocations {
     File(FileRevocations),
-    /// `[redis]`: the record in Redis, a synced copy here.
-    Redis(crate::state::redis::revocations::RedisRevocations),
+    /// `[redis]`: the record in Redis, a synced copy here (`state::redis::revocations`).
+    Shared(std::sync::Arc<dyn SharedRevocationStore>),
 }
 
 impl Revocations {
@@ -184,21 +203,21 @@ impl RevocationStore for Revocations {
     ) -> Result<bool, RevocationError> {
         match self {
             Revocations::File(r) => r.is_revoked(jti, sub, iat).await,
-            Revocations::Redis(r) => r.is_revoked(jti, sub, iat).await,
+            Revocations::Shared(r) => r.is_revoked_now(jti, sub, iat),
         }
     }
 
     async fn list(&self) -> Result<RevocationList, RevocationError> {
         match self {
             Revocations::File(r) => r.list().await,
-            Revocations::Redis(r) => r.list().await,
+            Revocations::Shared(r) => r.list_now(),
         }
     }
 
     async fn revoke(&self, revocation: Revocation) -> Result<(), RevocationError> {
         match self {
             Revocations::File(r) => r.revoke(revocation).await,
-            Revocations::Redis(r) => r.revoke(revocation).await,
+            Revocations::Shared(r) => r.revoke(revocation).await,
         }
     }
 }

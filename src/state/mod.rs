@@ -50,6 +50,8 @@ pub struct Shared {
     cache: Option<Arc<crate::cache::Cache>>,
     /// `None`: no `[redis]` at start (one node, every store in this process).
     redis: Option<Arc<redis::Redis>>,
+    /// The Redis revocation store (also `revocations`), for `/readyz` and the sync task.
+    redis_revocations: Option<Arc<redis::revocations::RedisRevocations>>,
     /// `/readyz` flags of Redis-backed stores that keep one (SAML sessions, use windows).
     redis_flags: Vec<redis::saml_health::Degraded>,
     images: Arc<ImageWork>,
@@ -79,6 +81,7 @@ impl Shared {
             saml: None,
             cache: None,
             redis: None,
+            redis_revocations: None,
             redis_flags: Vec::new(),
             images: Arc::new(ImageWork::new(
                 crate::config::defaults::IMAGE_WORKERS,
@@ -147,7 +150,7 @@ impl Shared {
     /// Redis-backed store adds its line here.
     pub fn redis_health(&self) -> Vec<redis::StoreHealth> {
         let mut out = Vec::new();
-        if let Revocations::Redis(r) = &*self.revocations {
+        if let Some(r) = &self.redis_revocations {
             out.push(r.health());
         }
         out.extend(
@@ -177,6 +180,22 @@ impl Shared {
     pub fn with_revocations(mut self, revocations: Arc<Revocations>) -> Shared {
         self.revocations = revocations;
         self
+    }
+
+    /// Keep revocations in Redis (`[redis]`): `revocations` becomes the shared store, and its
+    /// handle stays here for `/readyz` and the sync task.
+    pub fn with_redis_revocations(
+        mut self,
+        revocations: Arc<redis::revocations::RedisRevocations>,
+    ) -> Shared {
+        self.revocations = Arc::new(Revocations::Shared(Arc::clone(&revocations) as _));
+        self.redis_revocations = Some(revocations);
+        self
+    }
+
+    /// The Redis revocation store, when `[redis]` keeps them.
+    pub fn redis_revocations(&self) -> Option<&Arc<redis::revocations::RedisRevocations>> {
+        self.redis_revocations.as_ref()
     }
 
     /// Replace the use-window store (a Redis-backed one, built in `app.rs`).

@@ -33,7 +33,7 @@ use redis::{Script, Value};
 use super::{Redis, RedisFault, StoreHealth, reply};
 use crate::credentials::Clock;
 use crate::identity::revocation::{
-    FileRevocations, Revocation, RevocationError, RevocationList, RevocationStore,
+    FileRevocations, Revocation, RevocationError, RevocationList, SharedRevocationStore,
 };
 
 /// `{epoch, "epoch:counter"}`, plus the record when the tag differs from `ARGV[1]`; `{false}`
@@ -282,8 +282,15 @@ fn parse_record(items: &[Value]) -> Result<RevocationList, RedisFault> {
     Ok(list)
 }
 
-impl RevocationStore for RedisRevocations {
-    async fn is_revoked(
+impl From<RedisFault> for RevocationError {
+    fn from(fault: RedisFault) -> RevocationError {
+        RevocationError::Shared(Box::new(fault))
+    }
+}
+
+impl SharedRevocationStore for RedisRevocations {
+    /// From this node's synced copy: no request waits on Redis.
+    fn is_revoked_now(
         &self,
         jti: Option<&str>,
         sub: &str,
@@ -296,18 +303,23 @@ impl RevocationStore for RedisRevocations {
         Ok(self.refuse_during_outage && since != 0 && iat.is_none_or(|iat| iat >= since))
     }
 
-    async fn list(&self) -> Result<RevocationList, RevocationError> {
+    fn list_now(&self) -> Result<RevocationList, RevocationError> {
         Ok(self.copy.list_now())
     }
 
     /// Stored in Redis first (503 from the admin API if it cannot be), then in this node's copy.
-    async fn revoke(&self, revocation: Revocation) -> Result<(), RevocationError> {
-        let list = RevocationList::from(revocation);
-        self.merge_into_redis(&list).await?;
-        if let Err(e) = self.copy.merge(&list).await {
-            tracing::warn!(error = %crate::telemetry::ErrorChain(&e), "revocations: writing the local copy failed");
-        }
-        Ok(())
+    fn revoke(
+        &self,
+        revocation: Revocation,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), RevocationError>> + Send + '_>> {
+        Box::pin(async move {
+            let list = RevocationList::from(revocation);
+            self.merge_into_redis(&list).await?;
+            if let Err(e) = self.copy.merge(&list).await {
+                tracing::warn!(error = %crate::telemetry::ErrorChain(&e), "revocations: writing the local copy failed");
+            }
+            Ok(())
+        })
     }
 }
 
