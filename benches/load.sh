@@ -139,68 +139,9 @@ MEM_TARGET_MIB=64
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 BIN="$TARGET_DIR/release/bucketgate"
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() {
-    printf 'load.sh: error: %s\n' "$*" >&2
-    exit 1
-}
-has_section() { [[ " $SECTIONS " == *" $1 "* ]]; }
-
-# --- processes: every child is tracked by pid and ended by pid on exit ------------------------
-
-declare -a PIDS=()
-TMP=""
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    if [[ -n "$TMP" && -d "$TMP" ]]; then
-        if [[ "${KEEP_TMP:-0}" == "1" ]]; then
-            log "kept $TMP"
-        else
-            rm -rf "$TMP"
-        fi
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-stop() {
-    local pid=$1 i
-    kill "$pid" 2>/dev/null || return 0
-    for i in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -9 "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-# --- tools ---------------------------------------------------------------------------------------
-
-APT_UPDATED=0
-apt_install() {
-    [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1 || return 1
-    export DEBIAN_FRONTEND=noninteractive
-    if [[ $APT_UPDATED -eq 0 ]]; then
-        apt-get update -qq >/dev/null
-        APT_UPDATED=1
-    fi
-    apt-get install -y -qq "$@" >/dev/null
-}
-
-need() {
-    local cmd=$1 pkg=$2
-    if ! command -v "$cmd" >/dev/null 2>&1 && ! [[ -x "/usr/sbin/$cmd" ]]; then
-        log "installing $pkg (for $cmd)"
-        apt_install "$pkg" || die "$cmd is missing; install the Debian package $pkg"
-    fi
-}
+# Logging, tracked child processes (ended by pid on exit), apt installs of missing tools.
+# shellcheck source=benches/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need nginx nginx
 need wrk wrk
 need h2load nghttp2-client
