@@ -93,21 +93,7 @@ if has_section tiles && [[ ! -x "$IIPSRV" ]]; then
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
-wait_http() { # url, seconds, pid-to-watch, [curl args...]: wait until url answers 200
-    local url=$1 secs=$2 pid=$3 deadline
-    shift 3
-    deadline=$((SECONDS + secs))
-    while ((SECONDS < deadline)); do
-        kill -0 "$pid" 2>/dev/null || return 1
-        [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@" "$url" || true) == 200 ]] && return 0
-        sleep 0.2
-    done
-    return 1
-}
 
 now_ns() { date +%s%N; }
 ms_since() { awk -v a="$1" -v b="$(now_ns)" 'BEGIN { printf "%.1f", (b - a) / 1e6 }'; }
@@ -118,9 +104,6 @@ median() { # numbers... -> median (mean of the middle two for an even count)
         if (NR % 2) printf "%.1f", v[(NR + 1) / 2]; else printf "%.1f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
-ratio() { # a b -> a/b with two decimals, or "-"
-    awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a == "" || a == "-" || b == "" || b == "-" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'
-}
 
 # CPU time (user + system) of a process so far, in ms.
 cpu_ms() {

@@ -64,3 +64,25 @@ need() {
         apt_install "$pkg" || die "$cmd is missing; install the Debian package $pkg"
     fi
 }
+
+# --- small helpers --------------------------------------------------------------------------
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_http() { # url, seconds, pid-to-watch, [curl args...]: wait until url answers 200
+    local url=$1 secs=$2 pid=$3 deadline
+    shift 3
+    deadline=$((SECONDS + secs))
+    while ((SECONDS < deadline)); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@" "$url" || true) == 200 ]] && return 0
+        sleep 0.2
+    done
+    return 1
+}
+
+ratio() { # a b -> a/b with two decimals, or "-"
+    awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a == "" || a == "-" || b == "" || b == "-" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'
+}
