@@ -13,7 +13,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
 use bucketgate::config::{
     Config, ProjectConfig, RedisConfig, RoleChoice, S3Credentials, SamlConfig, SamlIdpConfig,
     SamlRoleRule, SealKey, SourceConfig, StsConfig,
@@ -27,7 +26,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::support::redis::RedisServer;
-use crate::support::saml::TestIdp;
+use crate::support::saml::{TestIdp, authn_request_id, form_encode};
 use crate::support::sts::MotoIam;
 use crate::support::{self, TestGateway};
 
@@ -282,33 +281,6 @@ fn set_cookies(resp: &reqwest::Response) -> BTreeMap<String, String> {
             (name.to_owned(), value.to_owned())
         })
         .collect()
-}
-
-fn form_encode(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
-/// The ID of the AuthnRequest in an HTTP-Redirect URL (raw DEFLATE, base64, url-encoded).
-fn authn_request_id(location: &str) -> String {
-    use std::io::Read as _;
-    let query = location.split_once('?').unwrap().1;
-    let value = query
-        .split('&')
-        .find_map(|p| p.strip_prefix("SAMLRequest="))
-        .unwrap();
-    let b64 = percent_encoding::percent_decode_str(value)
-        .decode_utf8()
-        .unwrap();
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(b64.as_bytes())
-        .unwrap();
-    let mut xml = String::new();
-    flate2::read::DeflateDecoder::new(raw.as_slice())
-        .read_to_string(&mut xml)
-        .unwrap();
-    let start = xml.find(" ID=\"").unwrap() + 5;
-    let end = start + xml[start..].find('"').unwrap();
-    xml[start..end].to_owned()
 }
 
 /// The Redis key of a session cookie: `{prefix}:v1:session:{hex SHA-256 of the id's bytes}`.

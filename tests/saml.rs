@@ -14,9 +14,8 @@ use std::time::Duration;
 
 use crate::support::TestGateway;
 use crate::support::logs::CapturedLogs;
-use crate::support::saml::TestIdp;
+use crate::support::saml::{TestIdp, authn_request_id, form_encode};
 use crate::support::sts::{MotoIam, ProxyMode, Trust};
-use base64::Engine as _;
 use bucketgate::config::{
     AuditConfig, AuditDestination, Config, ProjectConfig, RoleChoice, S3Credentials, SamlConfig,
     SamlIdpConfig, SamlRoleRule, Secret, SourceConfig, StsConfig,
@@ -429,33 +428,6 @@ async fn body(resp: reqwest::Response) -> String {
 async fn error_text(resp: reqwest::Response) -> String {
     let v: Value = serde_json::from_str(&body(resp).await).unwrap();
     v["error"].as_str().unwrap().to_owned()
-}
-
-fn form_encode(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
-/// The ID of the AuthnRequest in an HTTP-Redirect URL (raw DEFLATE, base64, url-encoded).
-fn authn_request_id(location: &str) -> String {
-    use std::io::Read as _;
-    let query = location.split_once('?').unwrap().1;
-    let value = query
-        .split('&')
-        .find_map(|p| p.strip_prefix("SAMLRequest="))
-        .unwrap();
-    let b64 = percent_encoding::percent_decode_str(value)
-        .decode_utf8()
-        .unwrap();
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(b64.as_bytes())
-        .unwrap();
-    let mut xml = String::new();
-    flate2::read::DeflateDecoder::new(raw.as_slice())
-        .read_to_string(&mut xml)
-        .unwrap();
-    let start = xml.find(" ID=\"").unwrap() + 5;
-    let end = start + xml[start..].find('"').unwrap();
-    xml[start..end].to_owned()
 }
 
 #[tokio::test]

@@ -268,3 +268,30 @@ fn html_unescape(s: &str) -> String {
         .replace("&gt;", ">")
         .replace("&amp;", "&")
 }
+
+/// `s` percent-encoded for an `application/x-www-form-urlencoded` body.
+pub fn form_encode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// The ID of the AuthnRequest in an HTTP-Redirect URL (raw DEFLATE, base64, url-encoded).
+pub fn authn_request_id(location: &str) -> String {
+    let query = location.split_once('?').unwrap().1;
+    let value = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("SAMLRequest="))
+        .unwrap();
+    let b64 = percent_encoding::percent_decode_str(value)
+        .decode_utf8()
+        .unwrap();
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.as_bytes())
+        .unwrap();
+    let mut xml = String::new();
+    flate2::read::DeflateDecoder::new(raw.as_slice())
+        .read_to_string(&mut xml)
+        .unwrap();
+    let start = xml.find(" ID=\"").unwrap() + 5;
+    let end = start + xml[start..].find('"').unwrap();
+    xml[start..end].to_owned()
+}
