@@ -126,6 +126,11 @@ async fn all_answer(
     }
 }
 
+/// `POST /admin/revocations` with `body` on `gw`: the status and the answer.
+async fn revoke(gw: &TestGateway, body: Value) -> (StatusCode, String) {
+    admin(gw, reqwest::Method::POST, "/admin/revocations", Some(body)).await
+}
+
 /// Poll `/readyz` until it contains every one of `want`.
 async fn ready_says(gw: &TestGateway, want: &[&str]) -> String {
     let mut last = String::new();
@@ -154,13 +159,7 @@ async fn a_revocation_on_one_node_is_refused_on_every_node_within_a_second_and_s
         assert_eq!(get(gw, &bobs).await, StatusCode::OK);
     }
 
-    let (status, body) = admin(
-        &a,
-        reqwest::Method::POST,
-        "/admin/revocations",
-        Some(json!({"jti": "jti-1"})),
-    )
-    .await;
+    let (status, body) = revoke(&a, json!({"jti": "jti-1"})).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let revoked_at = Instant::now();
     all_answer(
@@ -176,13 +175,7 @@ async fn a_revocation_on_one_node_is_refused_on_every_node_within_a_second_and_s
         revoked_at.elapsed()
     );
 
-    let (status, _) = admin(
-        &c,
-        reqwest::Method::POST,
-        "/admin/revocations",
-        Some(json!({"sub": "bob", "issued_before": now()})),
-    )
-    .await;
+    let (status, _) = revoke(&c, json!({"sub": "bob", "issued_before": now()})).await;
     assert_eq!(status, StatusCode::CREATED);
     let revoked_at = Instant::now();
     all_answer(
@@ -301,13 +294,7 @@ async fn redis_stopped_by_pid_mid_test_then_restarted_empty_degrades_as_document
     strict.refuse_tokens_issued_during_outage = true;
     let b = node(data.path(), strict).await;
     let revoked = token(json!({"jti": "before-outage"}));
-    let (status, _) = admin(
-        &a,
-        reqwest::Method::POST,
-        "/admin/revocations",
-        Some(json!({"jti": "before-outage"})),
-    )
-    .await;
+    let (status, _) = revoke(&a, json!({"jti": "before-outage"})).await;
     assert_eq!(status, StatusCode::CREATED);
     all_answer(
         &[&b],
@@ -340,13 +327,7 @@ async fn redis_stopped_by_pid_mid_test_then_restarted_empty_degrades_as_document
     assert_eq!(get(&a, &fresh).await, StatusCode::OK);
     assert_eq!(get(&b, &fresh).await, StatusCode::UNAUTHORIZED);
     // Changes cannot be shared, so none is taken: 503, nothing changed.
-    let (status, _) = admin(
-        &a,
-        reqwest::Method::POST,
-        "/admin/revocations",
-        Some(json!({"jti": "during"})),
-    )
-    .await;
+    let (status, _) = revoke(&a, json!({"jti": "during"})).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     let (status, _) = admin(
         &a,
@@ -365,13 +346,7 @@ async fn redis_stopped_by_pid_mid_test_then_restarted_empty_degrades_as_document
         ready_says(gw, &["redis: ok", "revocations: ok", "network_lists: ok"]).await;
     }
     assert_eq!(get(&b, &fresh).await, StatusCode::OK);
-    let (status, _) = admin(
-        &b,
-        reqwest::Method::POST,
-        "/admin/revocations",
-        Some(json!({"jti": "after"})),
-    )
-    .await;
+    let (status, _) = revoke(&b, json!({"jti": "after"})).await;
     assert_eq!(status, StatusCode::CREATED);
     let after = token(json!({"jti": "after"}));
     all_answer(
@@ -398,13 +373,7 @@ async fn nodes_authenticate_to_a_redis_with_a_password_and_a_wrong_one_is_down()
     let data = data();
     let a = node(data.path(), redis.config("a")).await;
     let b = node(data.path(), redis.config("b")).await;
-    let (status, _) = admin(
-        &a,
-        reqwest::Method::POST,
-        "/admin/revocations",
-        Some(json!({"jti": "pw"})),
-    )
-    .await;
+    let (status, _) = revoke(&a, json!({"jti": "pw"})).await;
     assert_eq!(status, StatusCode::CREATED);
     all_answer(
         &[&b],
@@ -420,13 +389,7 @@ async fn nodes_authenticate_to_a_redis_with_a_password_and_a_wrong_one_is_down()
     let w = node(data.path(), wrong).await;
     let ready = ready_says(&w, &["revocations: degraded"]).await;
     assert!(ready.starts_with("ready\n"), "{ready}");
-    let (status, _) = admin(
-        &w,
-        reqwest::Method::POST,
-        "/admin/revocations",
-        Some(json!({"jti": "x"})),
-    )
-    .await;
+    let (status, _) = revoke(&w, json!({"jti": "x"})).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
 
@@ -441,13 +404,7 @@ async fn nodes_reach_redis_over_tls_with_the_configured_ca() {
     let data = data();
     let a = node(data.path(), redis.config("a")).await;
     let b = node(data.path(), redis.config("b")).await;
-    let (status, body) = admin(
-        &a,
-        reqwest::Method::POST,
-        "/admin/revocations",
-        Some(json!({"jti": "tls"})),
-    )
-    .await;
+    let (status, body) = revoke(&a, json!({"jti": "tls"})).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     all_answer(
         &[&b],
@@ -694,13 +651,7 @@ async fn without_redis_there_is_no_cluster_and_readyz_is_as_before() {
     assert_eq!(status, StatusCode::CONFLICT);
     assert!(body.contains("without [redis]"), "{body}");
     assert_eq!(readyz(&gw).await, "ready\n");
-    let (status, _) = admin(
-        &gw,
-        reqwest::Method::POST,
-        "/admin/revocations",
-        Some(json!({"jti": "j"})),
-    )
-    .await;
+    let (status, _) = revoke(&gw, json!({"jti": "j"})).await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(
         get(&gw, &token(json!({"jti": "j"}))).await,
@@ -715,13 +666,7 @@ async fn a_frozen_redis_costs_requests_nothing_and_admin_changes_wait_at_most_th
     let data = data();
     let a = node(data.path(), redis.config("a")).await;
     let b = node(data.path(), redis.config("b")).await;
-    let (status, _) = admin(
-        &a,
-        reqwest::Method::POST,
-        "/admin/revocations",
-        Some(json!({"jti": "j"})),
-    )
-    .await;
+    let (status, _) = revoke(&a, json!({"jti": "j"})).await;
     assert_eq!(status, StatusCode::CREATED);
     let revoked = token(json!({"jti": "j"}));
     all_answer(
@@ -746,13 +691,7 @@ async fn a_frozen_redis_costs_requests_nothing_and_admin_changes_wait_at_most_th
         assert_eq!(get(gw, &revoked).await, StatusCode::UNAUTHORIZED);
     }
     let asked = Instant::now();
-    let (status, _) = admin(
-        &a,
-        reqwest::Method::POST,
-        "/admin/revocations",
-        Some(json!({"jti": "k"})),
-    )
-    .await;
+    let (status, _) = revoke(&a, json!({"jti": "k"})).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     // The command timeout (250 ms) bounds it; a generous margin for a loaded machine.
     assert!(
@@ -765,13 +704,7 @@ async fn a_frozen_redis_costs_requests_nothing_and_admin_changes_wait_at_most_th
     for gw in [&a, &b] {
         ready_says(gw, &["redis: ok", "revocations: ok", "network_lists: ok"]).await;
     }
-    let (status, _) = admin(
-        &b,
-        reqwest::Method::POST,
-        "/admin/revocations",
-        Some(json!({"jti": "k"})),
-    )
-    .await;
+    let (status, _) = revoke(&b, json!({"jti": "k"})).await;
     assert_eq!(status, StatusCode::CREATED);
     all_answer(
         &[&a],
