@@ -179,7 +179,7 @@ impl Redis {
     /// One of the connections (round robin).
     pub fn conn(&self) -> ConnectionManager {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
-        self.conns[i % self.conns.len()].clone()
+        self.conns[i].clone()
     }
 
     /// Whether the last command got an answer (for `/readyz`).
