@@ -40,6 +40,7 @@ pub mod server;
 pub mod state;
 pub mod telemetry;
 pub mod tokens;
+pub mod video;
 pub mod web;
 
 pub use app::{Gateway, StartError, StartOptions};

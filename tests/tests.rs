@@ -43,3 +43,4 @@ mod s3_requests;
 mod saml;
 mod saml_response;
 mod use_window;
+mod video;

@@ -347,3 +347,62 @@ pub const IMAGE_PROBE_ENTRIES: usize = 4096;
 /// Renders of derived outputs kept whole in the cache's memory tier up to this size; larger ones
 /// are sent without being stored.
 pub const IMAGE_CACHED_OUTPUT_BYTES_MAX: u64 = 16 * 1024 * 1024;
+
+// [video]: derived video (src/video/).
+/// Tools: names looked up in PATH, or paths.
+pub const VIDEO_FFMPEG: &str = "ffmpeg";
+pub const VIDEO_FFPROBE: &str = "ffprobe";
+/// Children at once (0 in the file: one per core) and jobs waiting beyond them.
+pub const VIDEO_JOBS: usize = 0;
+pub const VIDEO_QUEUE: usize = 32;
+/// Time limit of a short job (probe, poster, frame, segment, sprite) and of a whole-file one.
+pub const VIDEO_JOB_TIMEOUT_SECS: u64 = 30;
+pub const VIDEO_TRANSCODE_TIMEOUT_SECS: u64 = 3600;
+/// Source limits: duration (4 h), coded size, streams, overall bit rate, object size.
+pub const VIDEO_MAX_DURATION_SECS: u64 = 4 * 3600;
+pub const VIDEO_MAX_WIDTH: u32 = 8192;
+pub const VIDEO_MAX_HEIGHT: u32 = 8192;
+pub const VIDEO_MAX_PIXELS: u64 = 8192 * 4320;
+pub const VIDEO_MAX_STREAMS: u32 = 16;
+pub const VIDEO_MAX_BIT_RATE: u64 = 400_000_000;
+pub const VIDEO_MAX_SOURCE_BYTES: u64 = 64 * 1024 * 1024 * 1024;
+/// Codecs accepted by default (ffprobe's codec_name).
+pub const VIDEO_CODECS: &[&str] = &[
+    "h264",
+    "hevc",
+    "vp8",
+    "vp9",
+    "av1",
+    "mpeg4",
+    "mpeg2video",
+    "mpeg1video",
+    "prores",
+    "mjpeg",
+];
+pub const AUDIO_CODECS: &[&str] = &[
+    "aac",
+    "mp3",
+    "opus",
+    "vorbis",
+    "ac3",
+    "eac3",
+    "flac",
+    "alac",
+    "mp2",
+    "pcm_s16le",
+    "pcm_s24le",
+    "pcm_s16be",
+    "pcm_f32le",
+];
+/// Transcodes: x264 preset and CRF, longest output side.
+pub const VIDEO_PRESET: &str = "veryfast";
+pub const VIDEO_CRF: u8 = 23;
+pub const VIDEO_MAX_OUTPUT_SIDE: u32 = 1920;
+/// Target HLS segment length.
+pub const VIDEO_SEGMENT_SECS: u32 = 4;
+/// Widest poster, frame or sprite cell a `w` may ask for.
+pub const VIDEO_MAX_OUTPUT_WIDTH: u32 = 3840;
+/// The rendition store's byte budget (web.mp4 files), in the work dir.
+pub const VIDEO_STORE_BYTES: u64 = 20 * 1024 * 1024 * 1024;
+/// Probes (ffprobe's facts and the frame index) kept per object version.
+pub const VIDEO_PROBE_ENTRIES: usize = 1024;

@@ -297,15 +297,26 @@ pub fn share(e: &ImageError) -> ImageError {
     }
 }
 
-type Flight<V> = Arc<OnceCell<Result<V, Arc<ImageError>>>>;
+/// An error every waiter of a shared computation gets a copy of.
+pub trait ShareError {
+    fn share(&self) -> Self;
+}
+
+impl ShareError for ImageError {
+    fn share(&self) -> ImageError {
+        share(self)
+    }
+}
+
+type Flight<V, E> = Arc<OnceCell<Result<V, Arc<E>>>>;
 
 /// One computation per key however many requests ask at once: the first runs it, the others
 /// wait for its result (if the first goes away, the next waiter runs it).
-pub struct Flights<K, V> {
-    inflight: Mutex<HashMap<K, Flight<V>>>,
+pub struct Flights<K, V, E = ImageError> {
+    inflight: Mutex<HashMap<K, Flight<V, E>>>,
 }
 
-impl<K: Hash + Eq + Clone, V: Clone> Default for Flights<K, V> {
+impl<K: Hash + Eq + Clone, V: Clone, E: ShareError> Default for Flights<K, V, E> {
     fn default() -> Self {
         Flights {
             inflight: Mutex::new(HashMap::new()),
@@ -313,11 +324,11 @@ impl<K: Hash + Eq + Clone, V: Clone> Default for Flights<K, V> {
     }
 }
 
-impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
+impl<K: Hash + Eq + Clone, V: Clone, E: ShareError> Flights<K, V, E> {
     /// `work`'s result for `key`, and whether this call ran it (`false`: it waited on another).
-    pub async fn run<F>(&self, key: &K, work: F) -> (Result<V, ImageError>, bool)
+    pub async fn run<F>(&self, key: &K, work: F) -> (Result<V, E>, bool)
     where
-        F: std::future::Future<Output = Result<V, ImageError>>,
+        F: std::future::Future<Output = Result<V, E>>,
     {
         let cell = {
             let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
@@ -339,7 +350,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
         let led = led.load(std::sync::atomic::Ordering::Relaxed);
         match result {
             Ok(v) => (Ok(v.clone()), led),
-            Err(e) => (Err(share(e)), led),
+            Err(e) => (Err(e.share()), led),
         }
     }
 

@@ -12,6 +12,7 @@ pub mod redis;
 pub mod s3;
 pub mod saml;
 pub mod sts;
+pub mod video;
 
 use std::collections::BTreeMap;
 use std::future::Future;
