@@ -429,6 +429,7 @@ pub fn path_arg(path: &Path) -> OsString {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may; src/ may not
 mod tests {
     use super::*;
 

@@ -42,6 +42,7 @@ const FEED_SOCKET_BUFFER_BYTES: usize = 64 << 10;
 const SNIFF_BYTES: u64 = 4096;
 
 /// Where the bytes come from.
+#[allow(clippy::large_enum_variant)] // one per job, inside an Arc: boxing buys nothing
 pub enum Origin {
     /// An fs source's file, resolved beneath its root.
     File(PathBuf),

@@ -171,7 +171,7 @@ pub fn describe(
             StreamKind::Audio => &limits.audio_codecs,
             StreamKind::Other => &Vec::new(),
         };
-        if kind != StreamKind::Other && !allowed.iter().any(|c| *c == codec) {
+        if kind != StreamKind::Other && !allowed.contains(&codec) {
             let what = if kind == StreamKind::Video {
                 "video"
             } else {

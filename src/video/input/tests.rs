@@ -1,6 +1,7 @@
 //! The input with real files and real ffprobe: sniffing, the fs path checks, keys that look like
 //! options or protocols, and the loopback feed (over an fs backend's ranged reads: the same
 //! [`ObjectBytes`] an S3 source uses).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may; src/ may not
 
 use std::ffi::OsString;
 use std::io::{Read, Write};

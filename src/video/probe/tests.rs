@@ -1,5 +1,6 @@
 //! The description: ffprobe's JSON read and checked (crafted JSON for each limit), and real
 //! probes of small lavfi files through a file and through the loopback feed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may; src/ may not
 
 use std::sync::{Arc, OnceLock};
 
