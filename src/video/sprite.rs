@@ -8,11 +8,16 @@
 //! aspect (rotation applied) and even, [`COLUMNS`] to a row. Cell i shows the keyframe whose
 //! time is nearest `i * interval` (from the probe's frame index).
 //!
-//! One ffmpeg child makes the cells: `-skip_frame nokey` (only keyframes are decoded), a
-//! `select` of the wanted keyframes' times (`-copyts`, so times are the index's), scaled, as raw
-//! RGB on stdout; the grid is laid out and encoded as JPEG here, off the async threads. A
+//! One ffmpeg child makes the cells: `-discard nokey -skip_frame nokey` (only keyframes are
+//! read and decoded), a `select` of the wanted keyframes' times (`-copyts`, so times are the
+//! index's), scaled, as raw RGB on stdout; the grid is laid out and encoded as JPEG here, off the async threads. A
 //! keyframe the decoder did not deliver (the count of cells is off) reruns the select on every
 //! frame, within the same time limit.
+//!
+//! Measured on a 10-minute 1280x720 H.264 MP4 (490 MB, a keyframe every 2 s, 100 cells), the
+//! same ffmpeg 5.1: this child 1.5 s; without `-discard nokey` 4.4 s (every packet read);
+//! one `-ss T -noaccurate_seek -frames:v 1` child per cell 43 s in all; decoding every frame
+//! 49.6 s.
 
 use bytes::Bytes;
 
@@ -217,7 +222,9 @@ async fn cells(
     let mut opened = job.input.open(job.probe.container).await?;
     let mut args: Vec<std::ffi::OsString> = Vec::new();
     if keyframes_only {
-        args.extend(["-skip_frame", "nokey"].map(Into::into));
+        // The demuxer drops the other packets unread (mov skips their bytes), the decoder
+        // decodes keyframes only.
+        args.extend(["-discard", "nokey", "-skip_frame", "nokey"].map(Into::into));
     }
     args.push("-copyts".into());
     args.extend(std::mem::take(&mut opened.args));
