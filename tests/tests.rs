@@ -45,3 +45,4 @@ mod saml_response;
 mod use_window;
 mod video;
 mod video_frames;
+mod video_web;
