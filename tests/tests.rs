@@ -44,3 +44,4 @@ mod saml;
 mod saml_response;
 mod use_window;
 mod video;
+mod video_hls;
