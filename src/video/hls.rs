@@ -302,7 +302,8 @@ fn segment_args(
         (!opts.is_empty()).then(|| format!("{name}={}", opts.join(":")))
     };
 
-    if copy_video(video) {
+    let copy = copy_video(video);
+    if copy {
         o.extend(["-c:v".into(), "copy".into()]);
         if let Some(f) = drop_expr(lo, hi) {
             o.extend(["-bsf:v".into(), f]);
@@ -333,7 +334,10 @@ fn segment_args(
         ]);
     }
     if let Some(au) = audio {
-        if au.codec == "aac" {
+        // AAC is copied only beside copied video: the `noise` filter's pts were in the 90 kHz
+        // time base there (measured), but not when the video is encoded (the HEVC sample's
+        // first segment kept audio up to the read limit). Decoded audio is cut by `atrim`.
+        if copy && au.codec == "aac" {
             o.extend(["-c:a".into(), "copy".into()]);
             if let Some(f) = drop_expr(lo, hi) {
                 o.extend(["-bsf:a".into(), f]);
@@ -546,3 +550,4 @@ mod tests {
         assert!(line.ends_with("-f mpegts pipe:1"));
     }
 }
+
