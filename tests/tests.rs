@@ -45,4 +45,6 @@ mod saml_response;
 mod use_window;
 mod video;
 mod video_frames;
+mod video_hls;
 mod video_hostile;
+mod video_web;
