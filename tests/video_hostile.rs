@@ -2,10 +2,10 @@
 //! ffmpeg options or protocols, broken and lying MP4s, and job floods, against the real fence,
 //! input and probe with real ffmpeg/ffprobe; an S3 source (s3s-fs) read only by ranges.
 //!
-//! These call the library (`bucketgate::video`) directly: the `/v/` route lands with the
-//! pipeline helper's branch, and the same cases then go through the gateway for their statuses.
-//! What each asserts is the error kind the pipeline maps (415 Unsupported, 422 Corrupt, 413
-//! TooLarge, 503 Busy), that nothing else was opened, and that no child or temp dir is left.
+//! Most call the library (`bucketgate::video`) directly, to see what a status cannot show (the
+//! argument list, the exact error kind, the ranges read); the last two go through the running
+//! gateway for the statuses (415, 422, 413, 200; 503 + Retry-After in a flood). Each checks that
+//! nothing else was opened and that no child or temp dir is left.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -274,7 +274,7 @@ async fn hostile_faststart_mp4_cut_in_half_probes_but_frames_past_the_cut_are_42
     let store_dir = tempfile::tempdir().unwrap();
     let work = Work::new(
         fence,
-        web::Store::new(store_dir.path().to_path_buf(), 1 << 30),
+        web::Store::new(store_dir.path().to_path_buf(), 1 << 30).unwrap(),
         4,
     );
     let input = Input::of_object(&backend, "cut.mp4", object(&backend, "cut.mp4").await)
@@ -426,7 +426,7 @@ async fn hostile_flood_of_frame_jobs_never_runs_more_than_the_limit() {
     let store_dir = tempfile::tempdir().unwrap();
     let work = Arc::new(Work::new(
         fence,
-        web::Store::new(store_dir.path().to_path_buf(), 1 << 30),
+        web::Store::new(store_dir.path().to_path_buf(), 1 << 30).unwrap(),
         4,
     ));
     let input = Arc::new(
@@ -548,7 +548,7 @@ async fn hostile_s3_source_is_read_by_ranges_never_whole_for_a_poster() {
     let store_dir = tempfile::tempdir().unwrap();
     let work = Work::new(
         fence,
-        web::Store::new(store_dir.path().to_path_buf(), 1 << 30),
+        web::Store::new(store_dir.path().to_path_buf(), 1 << 30).unwrap(),
         4,
     );
     let links = Links {
@@ -589,4 +589,153 @@ async fn hostile_s3_source_is_read_by_ranges_never_whole_for_a_poster() {
         "read {fetched} of {size} bytes for a probe and a poster at 2 s: {:?}",
         gets.iter().map(|g| g.range.clone()).collect::<Vec<_>>()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Through the running gateway (fs source `local`): the statuses the pipeline gives these
+// errors, and the gateway still serving afterwards.
+
+use crate::support::{GatewayBuilder, TestGateway};
+
+async fn status_of(gw: &TestGateway, path: &str) -> (http::StatusCode, http::HeaderMap, String) {
+    let r = gw.client().get(gw.url(path)).send().await.unwrap();
+    let (status, headers) = (r.status(), r.headers().clone());
+    (status, headers, r.text().await.unwrap_or_default())
+}
+
+fn v_path(key: &str, tail: &str) -> String {
+    let key = percent_encoding::utf8_percent_encode(key, percent_encoding::NON_ALPHANUMERIC);
+    format!("/v/local/{key}/{tail}")
+}
+
+#[tokio::test]
+async fn hostile_inputs_through_the_gateway_get_4xx_and_it_keeps_serving() {
+    let bait = Bait::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mp4 = read(Sample::H264Faststart);
+    let moov_at_end = read(Sample::MoovAtEnd);
+    let mut long = mp4.clone();
+    for (kind, skip) in [(b"mvhd", 16), (b"mdhd", 16), (b"tkhd", 20)] {
+        for at in boxes(&long.clone(), kind) {
+            long[at + skip..at + skip + 4].copy_from_slice(&0xF000_0000u32.to_be_bytes());
+        }
+    }
+    let playlist = format!(
+        "#EXTM3U\n#EXT-X-TARGETDURATION:12\n#EXTINF:12,\n{}\n#EXTINF:12,\nclip.mp4\n#EXT-X-ENDLIST\n",
+        bait.url("seg.ts")
+    );
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("clip.mp4", mp4.clone()),
+        ("x.mp4", playlist.into_bytes()),
+        (
+            "list.mp4",
+            b"ffconcat version 1.0\nfile 'clip.mp4'\n".to_vec(),
+        ),
+        ("-i", mp4.clone()),
+        ("concat:a|b", mp4.clone()),
+        ("a:b", mp4),
+        ("cut.mp4", moov_at_end[..moov_at_end.len() / 2].to_vec()),
+        ("long.mp4", long),
+    ];
+    for (key, bytes) in &files {
+        std::fs::write(dir.path().join(key), bytes).unwrap();
+    }
+    let gw = GatewayBuilder::new()
+        .source("local", support::fs_source(dir.path()))
+        .start()
+        .await;
+    for (key, want) in [
+        ("x.mp4", 415),
+        ("list.mp4", 415),
+        ("cut.mp4", 422),
+        ("long.mp4", 413),
+        ("-i", 200),
+        ("concat:a|b", 200),
+        ("a:b", 200),
+        ("clip.mp4", 200),
+    ] {
+        let (status, _, body) = status_of(&gw, &v_path(key, "info.json")).await;
+        assert_eq!(status.as_u16(), want, "{key}: {body}");
+        assert!(
+            !body.contains(dir.path().to_str().unwrap()),
+            "{key}: a path in {body}"
+        );
+    }
+    let (status, _, _) = status_of(&gw, &v_path("clip.mp4", "frame/30.jpg?w=64")).await;
+    assert_eq!(status, 200);
+    assert!(bait.untouched());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_flood_through_the_gateway_gets_503_with_retry_after_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("flood.mp4"), read(Sample::MoovAtEnd)).unwrap();
+    let marker = dir
+        .path()
+        .canonicalize()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let gw = GatewayBuilder::new()
+        .source("local", support::fs_source(dir.path()))
+        .tweak(|c| {
+            c.video.jobs = 2;
+            c.video.queue = 2;
+        })
+        .start()
+        .await;
+    let (status, _, body) = status_of(&gw, &v_path("flood.mp4", "info.json")).await;
+    assert_eq!(status, 200, "{body}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let most = Arc::new(AtomicUsize::new(0));
+    let watcher = {
+        let (stop, most, marker) = (Arc::clone(&stop), Arc::clone(&most), marker.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                most.fetch_max(children_marked(&marker), Ordering::SeqCst);
+                std::thread::yield_now();
+            }
+        })
+    };
+    let gw = Arc::new(gw);
+    let mut requests = Vec::new();
+    for n in 0..16u64 {
+        let gw = Arc::clone(&gw);
+        requests.push(tokio::spawn(async move {
+            status_of(
+                &gw,
+                &v_path("flood.mp4", &format!("frame/{}.jpg?w=64", n * 17)),
+            )
+            .await
+        }));
+    }
+    let (mut ok, mut busy) = (0, 0);
+    for r in requests {
+        let (status, headers, body) = tokio::time::timeout(GUARD, r).await.unwrap().unwrap();
+        match status.as_u16() {
+            200 => ok += 1,
+            503 => {
+                assert!(
+                    headers.contains_key("retry-after"),
+                    "503 without Retry-After: {body}"
+                );
+                busy += 1;
+            }
+            other => panic!("a flooded request got {other}: {body}"),
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    watcher.join().unwrap();
+    assert!(ok >= 2 && busy >= 1, "{ok} made, {busy} refused");
+    let most = most.load(Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&most),
+        "{most} children at once, the limit is 2"
+    );
+    assert_eq!(children_marked(&marker), 0, "children left after the flood");
+    // Still serving.
+    let (status, _, _) = status_of(&gw, &v_path("flood.mp4", "frame/1.jpg")).await;
+    assert_eq!(status, 200);
 }
