@@ -45,3 +45,5 @@ mod saml_response;
 mod use_window;
 mod video;
 mod video_frames;
+mod video_hls;
+mod video_web;
