@@ -195,7 +195,7 @@ fn local(rt: &tokio::runtime::Runtime, sample: Sample) -> Local {
     let store = tempfile::tempdir().unwrap();
     let work = Work::new(
         Fence::new(Tools::find("ffmpeg", "ffprobe"), 2, 64),
-        web::Store::new(store.path().to_owned(), 1 << 30),
+        web::Store::new(store.path().to_owned(), 1 << 30).unwrap(),
         16,
     );
     let container = container_of(sample);
@@ -379,4 +379,151 @@ fn frame_width_over_the_limit_is_400() {
         .block_on(frame::frame(&job, 3, Some(2000), FrameFormat::Png))
         .unwrap();
     assert_eq!(video::decode_to_rgb(&png).0, 640);
+}
+
+// ---- through the running gateway ----
+
+use bucketgate::config::SourceConfig;
+use http::StatusCode;
+
+use crate::support::origin::CountingProxy;
+use crate::support::{self, GatewayBuilder};
+
+const ALL: [Sample; 7] = [
+    Sample::H264Faststart,
+    Sample::MoovAtEnd,
+    Sample::Hevc,
+    Sample::Vp9Webm,
+    Sample::Vfr,
+    Sample::Rotated,
+    Sample::Mpegts,
+];
+
+/// Every sample in an fs source: `frame/{n}.png?w=320` equals the reference for a spread of n,
+/// the frame after the last is 404, a poster past the end is the last frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn video_frames_of_every_sample_through_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    for s in ALL {
+        let bytes = std::fs::read(video::sample(s)).unwrap();
+        support::write_file(dir.path(), s.file_name(), &bytes);
+    }
+    let gw = GatewayBuilder::new()
+        .source("local", support::fs_source(dir.path()))
+        .start()
+        .await;
+    for s in ALL {
+        let path = video::sample(s);
+        let count = video::frame_times(&path).len() as u64;
+        let base = format!("/v/local/{}", s.file_name());
+        for n in [0, 50, 137, count - 1] {
+            let r = gw
+                .client()
+                .get(gw.url(&format!("{base}/frame/{n}.png?w=320")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "{s:?} frame {n}");
+            assert_eq!(r.headers()["content-type"], "image/png");
+            let got = video::decode_to_rgb(&r.bytes().await.unwrap());
+            let want = video::reference_frame(&path, n, Some(320));
+            assert_eq!((got.0, got.1), (want.0, want.1), "{s:?} frame {n}");
+            assert!(got.2 == want.2, "{s:?} frame {n}: pixels differ");
+        }
+        let r = gw
+            .client()
+            .get(gw.url(&format!("{base}/frame/{count}.jpg")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{s:?}");
+        let r = gw
+            .client()
+            .get(gw.url(&format!("{base}/poster.jpg?t=3600&w=320")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{s:?} poster");
+        assert_eq!(r.headers()["content-type"], "image/jpeg");
+        let got = video::decode_to_rgb(&r.bytes().await.unwrap());
+        let want = video::reference_frame(&path, count - 1, Some(320));
+        let db = video::psnr(&got.2, &want.2);
+        assert!(db >= JPEG_MIN_PSNR, "{s:?} poster past the end: {db:.2} dB");
+    }
+}
+
+/// A poster of a faststart MP4 in S3 (s3s-fs, SigV4 checked) through a proxy that logs every
+/// GET: every read is ranged and together they are a small part of the object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn video_poster_from_s3_reads_only_ranges() {
+    // 120 s of 640x360 (about 27 MB with ultrafast): a poster at 5 s needs the index and the
+    // data of 4-5 s (about 1 MB in); each child's reads run ahead in 1 MiB ranges, so what is
+    // read is a few MiB whatever the object's size (measured 5.2 MB here of a 9 MB 40 s file).
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("long.mp4");
+    video::ffmpeg(
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x360:rate=25:duration=120",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "50",
+            "-pix_fmt",
+            "yuv420p",
+            "-movflags",
+            "+faststart",
+        ]
+        .map(String::from)
+        .into_iter()
+        .chain([file.display().to_string()])
+        .collect::<Vec<_>>(),
+    );
+    let object = std::fs::read(&file).unwrap();
+    let size = object.len() as u64;
+    assert!(size > 20 << 20, "sample of {size} bytes");
+    let store = support::s3::S3sFs::start("AKIDVIDEO", "video-secret-0123456789").await;
+    store.create_bucket("bucket").await;
+    store
+        .put("bucket", "clips/long.mp4", &object, Some("video/mp4"))
+        .await;
+    let proxy = CountingProxy::start(&store.endpoint).await;
+    let mut source = store.source("bucket", "clips/");
+    source.endpoint = Some(proxy.endpoint.clone());
+    let gw = GatewayBuilder::new()
+        .source("s3", SourceConfig::S3(source))
+        .start()
+        .await;
+    let r = gw
+        .client()
+        .get(gw.url("/v/s3/long.mp4/poster.jpg?t=5&w=320"))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body = r.bytes().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let got = video::decode_to_rgb(&body);
+    let want = video::reference_frame(&file, 125, Some(320));
+    let db = video::psnr(&got.2, &want.2);
+    assert!(db >= JPEG_MIN_PSNR, "poster at 5 s: {db:.2} dB");
+
+    let gets = proxy.gets_of("clips/long.mp4");
+    assert!(!gets.is_empty());
+    let mut read = 0;
+    for g in &gets {
+        assert!(g.range.is_some(), "a GET without Range: {g:?}");
+        let (a, b) = g.span(size).unwrap();
+        read += b - a + 1;
+    }
+    assert!(
+        read * 4 < size,
+        "{} GETs read {read} of {size} bytes: {:?}",
+        gets.len(),
+        gets.iter().map(|g| g.range.clone()).collect::<Vec<_>>()
+    );
 }

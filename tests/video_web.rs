@@ -201,12 +201,7 @@ async fn web_mp4_of_a_rotated_phone_video_keeps_its_rotation() {
     let r = rig.web_mp4().await;
     let tmp = tempfile::tempdir().unwrap();
     let (out, _) = save(&r, tmp.path());
-    let rotation = |p: &Path| {
-        field(
-            &ffprobe(p, "stream_side_data=rotation", "v:0"),
-            "rotation",
-        )
-    };
+    let rotation = |p: &Path| field(&ffprobe(p, "stream_side_data=rotation", "v:0"), "rotation");
     assert!(rotation(&rig.path).is_some(), "the sample is rotated");
     assert_eq!(rotation(&out), rotation(&rig.path));
     assert_eq!(video_packets_hash(&out), video_packets_hash(&rig.path));
@@ -299,7 +294,10 @@ async fn sprite_cells_are_the_nearest_keyframes_in_a_grid_its_track_names() {
         if keyframe > 0 {
             // And it is not some other keyframe.
             let (_, _, other) = video::reference_frame(&rig.path, keyframe - 50, Some(160));
-            assert!(video::psnr(&other, &got) < db - 3.0, "cell {cell} is distinct");
+            assert!(
+                video::psnr(&other, &got) < db - 3.0,
+                "cell {cell} is distinct"
+            );
         }
     }
     let vtt = sprite::vtt(&rig.job()).unwrap();
