@@ -222,8 +222,11 @@ impl HlsGateway {
             ),
         )
         .expect("write wrapper");
-        std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .expect("chmod wrapper");
+        std::fs::set_permissions(
+            &wrapper,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod wrapper");
         let gw = GatewayBuilder::new()
             .source("vids", crate::support::fs_source(&data))
             .tweak(|c| {
@@ -302,7 +305,10 @@ pub(crate) fn parse_playlist(text: &str) -> Vec<(f64, String)> {
     for (i, l) in lines.iter().enumerate() {
         if let Some(v) = l.strip_prefix("#EXTINF:") {
             let d: f64 = v.trim_end_matches(',').parse().expect("EXTINF number");
-            assert!(d.round() <= target, "EXTINF {d} over TARGETDURATION {target}");
+            assert!(
+                d.round() <= target,
+                "EXTINF {d} over TARGETDURATION {target}"
+            );
             out.push((d, lines[i + 1].to_owned()));
         }
     }
@@ -390,9 +396,17 @@ async fn check_all_segments(h: &HlsGateway, s: Sample, min_psnr: f64) {
     let mut total = 0;
     let mut prev_last: Option<f64> = None;
     for (n, ((extinf, link), seg)) in listed.iter().zip(&plan).enumerate() {
-        assert!((extinf - seg.duration).abs() < 0.001, "{s:?} {n}: {extinf} vs {seg:?}");
+        assert!(
+            (extinf - seg.duration).abs() < 0.001,
+            "{s:?} {n}: {extinf} vs {seg:?}"
+        );
         let (status, ts) = h.get(&h.gw.url(link)).await;
-        assert_eq!(status, 200, "{s:?} segment {n}: {}", String::from_utf8_lossy(&ts));
+        assert_eq!(
+            status,
+            200,
+            "{s:?} segment {n}: {}",
+            String::from_utf8_lossy(&ts)
+        );
         assert_eq!(ts.first(), Some(&0x47), "{s:?} segment {n}: not MPEG-TS");
         let path = dir.path().join(format!("{n}.ts"));
         std::fs::write(&path, &ts).expect("write segment");
@@ -479,6 +493,15 @@ async fn hls_copied_segments_hold_every_frame_once() {
     assert!(runs.iter().all(|r| r.contains("-c:v copy")), "{runs:#?}");
 }
 
+/// MPEG-TS (whose seeks land late: the cut seeks a second early and drops by pts) and variable
+/// frame rate (segments of unequal frame counts) are copied just as exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hls_mpegts_and_vfr_segments_hold_every_frame_once() {
+    let h = HlsGateway::start(&[Sample::Mpegts, Sample::Vfr], |_| {}).await;
+    check_all_segments(&h, Sample::Mpegts, f64::INFINITY).await;
+    check_all_segments(&h, Sample::Vfr, f64::INFINITY).await;
+}
+
 /// HEVC and VP9 are transcoded to H.264 per segment, with the same frames and timestamps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hls_transcoded_segments_hold_every_frame_once() {
@@ -514,7 +537,11 @@ async fn hls_last_segment_first_runs_one_child_and_is_right() {
     assert!(p.audio_packets > 0, "the segment has its audio");
     let got = frame_rgb(&path, 0);
     let want = frame_rgb(&source, seg.first);
-    assert_eq!(video::psnr(&got, &want), f64::INFINITY, "first frame of the last segment");
+    assert_eq!(
+        video::psnr(&got, &want),
+        f64::INFINITY,
+        "first frame of the last segment"
+    );
 }
 
 /// Past the last segment: 404, and no ffmpeg ran for it.

@@ -127,9 +127,10 @@ async fn wait_player(
         if done(&state) {
             return state;
         }
-        let fatal = state["errors"]
-            .as_array()
-            .is_some_and(|e| e.iter().any(|e| e.as_str().is_some_and(|e| e.ends_with(":true"))));
+        let fatal = state["errors"].as_array().is_some_and(|e| {
+            e.iter()
+                .any(|e| e.as_str().is_some_and(|e| e.ends_with(":true")))
+        });
         assert!(!fatal, "hls.js failed while waiting for {what}: {state}");
         assert!(
             Instant::now() < deadline,
@@ -211,10 +212,7 @@ async fn hls_js_plays_and_seeks_cross_origin_with_a_token() {
         .map(|v| v.as_u64().unwrap_or(0) as u8)
         .collect();
     assert_eq!(rgba.len(), (W * H * 4) as usize);
-    let rgb: Vec<u8> = rgba
-        .chunks(4)
-        .flat_map(|p| [p[0], p[1], p[2]])
-        .collect();
+    let rgb: Vec<u8> = rgba.chunks(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
     let counter = |img: &[u8]| -> Vec<u8> {
         (COUNTER_Y.0..COUNTER_Y.1)
             .flat_map(|y| {
@@ -250,7 +248,10 @@ async fn hls_js_plays_and_seeks_cross_origin_with_a_token() {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|r| r.to_string().contains("hls/") && r.to_string().contains(".ts"))
         .collect();
-    assert!(!segments.is_empty(), "no segment request in the audit log:\n{text}");
+    assert!(
+        !segments.is_empty(),
+        "no segment request in the audit log:\n{text}"
+    );
     for r in &segments {
         assert_eq!(r["status"], 200, "{r}");
         assert_eq!(r["decision"], "allow", "{r}");
