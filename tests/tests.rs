@@ -44,4 +44,6 @@ mod saml;
 mod saml_response;
 mod use_window;
 mod video;
+mod video_frames;
+mod video_hls;
 mod video_web;
