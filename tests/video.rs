@@ -46,7 +46,9 @@ const CLIP: &str = "clips/h264.mp4";
 const CLIP_PATH: &str = "/v/local/clips%2Fh264.mp4";
 
 /// A gateway over an fs source `local` holding the H.264 and HEVC samples.
-async fn video_gateway(tweak: impl FnOnce(&mut Config) + 'static) -> (TestGateway, tempfile::TempDir) {
+async fn video_gateway(
+    tweak: impl FnOnce(&mut Config) + 'static,
+) -> (TestGateway, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let h264 = std::fs::read(video::sample(Sample::H264Faststart)).unwrap();
     let hevc = std::fs::read(video::sample(Sample::Hevc)).unwrap();
@@ -74,7 +76,12 @@ async fn info(gw: &TestGateway, path: &str) -> serde_json::Value {
     let r = get(gw, path).await;
     let status = r.status();
     let body = r.bytes().await.unwrap();
-    assert_eq!(status, StatusCode::OK, "{path}: {}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{path}: {}",
+        String::from_utf8_lossy(&body)
+    );
     serde_json::from_slice(&body).unwrap()
 }
 
@@ -138,7 +145,13 @@ async fn video_bad_parameters_are_400_naming_them_and_other_tails_404() {
 #[tokio::test]
 async fn video_without_ffmpeg_is_503_saying_so_and_readyz_names_it_still_ready() {
     let (gw, _dir) = video_gateway(|c| c.video.ffmpeg = "/nonexistent/ffmpeg".into()).await;
-    for tail in ["info.json", "poster.jpg?t=1", "frame/3.jpg", "web.mp4", "hls/index.m3u8"] {
+    for tail in [
+        "info.json",
+        "poster.jpg?t=1",
+        "frame/3.jpg",
+        "web.mp4",
+        "hls/index.m3u8",
+    ] {
         let (status, body) = status_and_text(&gw, &format!("{CLIP_PATH}/{tail}")).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{tail}: {body}");
         assert!(body.contains("ffmpeg not found"), "{tail}: {body}");
@@ -253,7 +266,11 @@ async fn video_info_json_describes_the_h264_sample_and_carries_the_token() {
     assert_eq!(v["container"], "mov", "{v}");
     let duration = v["duration"].as_f64().unwrap();
     assert!((duration - 12.0).abs() < 0.1, "{v}");
-    assert_eq!((v["width"].as_u64(), v["height"].as_u64()), (Some(640), Some(360)), "{v}");
+    assert_eq!(
+        (v["width"].as_u64(), v["height"].as_u64()),
+        (Some(640), Some(360)),
+        "{v}"
+    );
     assert_eq!(v["frame_count"], 300, "{v}");
     let keyframes: Vec<f64> = v["keyframes"]
         .as_array()
@@ -275,7 +292,10 @@ async fn video_info_json_describes_the_h264_sample_and_carries_the_token() {
     assert_eq!(audio["codec"], "aac");
     assert!(audio["channels"].as_u64().is_some(), "{audio}");
     assert_eq!(v["renditions"]["web_mp4"], format!("{CLIP_PATH}/web.mp4"));
-    assert_eq!(v["renditions"]["frame"], format!("{CLIP_PATH}/frame/{{n}}.jpg"));
+    assert_eq!(
+        v["renditions"]["frame"],
+        format!("{CLIP_PATH}/frame/{{n}}.jpg")
+    );
     let hevc = info(&gw, "/v/local/hevc.mp4/info.json").await;
     assert_eq!(hevc["browser_ready"], false, "{hevc}");
     assert_eq!(hevc["frame_count"], 300, "{hevc}");
@@ -290,7 +310,7 @@ async fn video_info_json_describes_the_h264_sample_and_carries_the_token() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["cache-control"], "private, no-store");
-    let v: serde_json::Value = r.json().await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
     assert_eq!(
         v["renditions"]["hls"],
         format!("{CLIP_PATH}/hls/index.m3u8?token={token}")
@@ -415,7 +435,10 @@ async fn video_web_mp4_is_served_with_range_if_range_and_head() {
     assert_eq!(r.bytes().await.unwrap(), whole.slice(whole.len() - 5..));
     let r = ranged(&format!("bytes={len}-"), None).await;
     assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
-    assert_eq!(r.headers()["content-range"], format!("bytes */{len}").as_str());
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes */{len}").as_str()
+    );
     // If-Range with the ETag: the range; with another validator: the whole file.
     let r = ranged("bytes=0-9", Some(&etag)).await;
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);

@@ -383,7 +383,11 @@ async fn web_mp4_concurrent_gets_share_one_transcode_and_ranges_come_from_the_st
             let r = client.get(&url).send().await.unwrap();
             assert_eq!(r.status(), 200);
             assert_eq!(r.headers()["content-type"], "video/mp4");
-            let len: u64 = r.headers()["content-length"].to_str().unwrap().parse().unwrap();
+            let len: u64 = r.headers()["content-length"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
             let body = r.bytes().await.unwrap();
             assert_eq!(body.len() as u64, len, "the whole file, as announced");
             body
@@ -400,7 +404,11 @@ async fn web_mp4_concurrent_gets_share_one_transcode_and_ranges_come_from_the_st
         .collect();
     assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
     assert_moov_first(&bodies[0]);
-    assert_eq!(rig.web_runs(), 1, "one ffmpeg made web.mp4 for four requests");
+    assert_eq!(
+        rig.web_runs(),
+        1,
+        "one ffmpeg made web.mp4 for four requests"
+    );
 
     // A range of the stored file.
     let r = client
@@ -506,7 +514,9 @@ v.addEventListener("error", () => {{ window.st.error = String(v.error && v.error
     browser.goto(&format!("{page_origin}/")).await;
     let deadline = Instant::now() + Duration::from_secs(90);
     let state: Value = loop {
-        let state = browser.execute("return window.st || null;", json!([])).await;
+        let state = browser
+            .execute("return window.st || null;", json!([]))
+            .await;
         assert!(state["error"].is_null(), "the video failed: {state}");
         if state["seeked"] == true {
             break state;
