@@ -550,7 +550,8 @@ fn frames_exact(
     use futures_util::StreamExt;
     use std::io::Seek;
     use tokio::io::AsyncReadExt;
-    let mut file = rendition.file.try_clone()?;
+    // Its own offset: a `try_clone` would share one with every concurrent response.
+    let mut file = rendition.reopen()?;
     file.seek(std::io::SeekFrom::Start(start))?;
     let reader = tokio::fs::File::from_std(file).take(len);
     let stream = tokio_util::io::ReaderStream::with_capacity(reader, FILE_CHUNK_BYTES);

@@ -33,12 +33,10 @@ use crate::cache::key::CacheKey;
 /// The content type of `web.mp4`.
 pub const CONTENT_TYPE: &str = "video/mp4";
 
-/// Most bytes of ffmpeg's stdout kept (it writes to a file; stdout stays empty).
-const MAX_STDOUT: usize = 64 * 1024;
-
 /// A finished rendition in the store, open (so eviction while it is served is harmless).
 /// The handle is shared by every response serving it: read with [`Rendition::read_at`]
-/// (positional), never by seeking it.
+/// (positional), or seek a [`Rendition::reopen`]ed handle; never seek `file` or a `try_clone`
+/// of it (a clone shares the offset, so concurrent responses would read each other's bytes).
 #[derive(Debug)]
 pub struct Rendition {
     pub file: std::fs::File,
@@ -50,6 +48,13 @@ impl Rendition {
     /// Bytes at `offset` into `buf` (positional: concurrent readers do not disturb each other).
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
         self.file.read_at(buf, offset)
+    }
+
+    /// A new read-only handle on the same file with its own offset (through `/proc/self/fd`,
+    /// so it works after eviction unlinked the name).
+    pub fn reopen(&self) -> std::io::Result<File> {
+        use std::os::fd::AsRawFd;
+        File::open(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
     }
 }
 
@@ -351,9 +356,7 @@ fn output_args(plan: Plan, limits: &super::VideoLimits, out: &Path) -> Vec<std::
     );
     let mut args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
     // `file:` so the output is never read as another protocol, whatever the store's path.
-    let mut target = std::ffi::OsString::from("file:");
-    target.push(out);
-    args.push(target);
+    args.push(super::fence::path_arg(out));
     args
 }
 
@@ -453,7 +456,7 @@ async fn make(job: &Job<'_>, entry: &CacheKey) -> Result<Arc<Rendition>, VideoEr
     args.extend(output_args(plan, job.limits, pending.path()));
     job.work
         .fence
-        .run(Tool::Ffmpeg, args, job.limits.transcode_timeout, MAX_STDOUT)
+        .run_to_files(Tool::Ffmpeg, args, job.limits.transcode_timeout)
         .await?;
     drop(opened);
     let file = pending.tmp.as_file();
@@ -568,6 +571,12 @@ mod tests {
         assert!(store.get(&key("a")).is_none(), "a evicted");
         let mut buf = [0u8; 100];
         assert_eq!(a.read_at(&mut buf, 0).expect("read evicted"), 100);
+        // Reopened handles of an evicted rendition read it too, each at its own offset.
+        use std::io::{Read, Seek};
+        let (mut one, mut two) = (a.reopen().expect("reopen"), a.reopen().expect("reopen"));
+        one.seek(std::io::SeekFrom::Start(90)).expect("seek");
+        assert_eq!(two.read(&mut buf).expect("read"), 100);
+        assert_eq!(one.read(&mut buf).expect("read"), 10);
         assert_eq!(store.bytes(), 200);
     }
 
