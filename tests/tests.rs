@@ -44,3 +44,5 @@ mod saml;
 mod saml_response;
 mod use_window;
 mod video;
+mod video_frames;
+mod video_hls;
