@@ -46,3 +46,4 @@ mod use_window;
 mod video;
 mod video_frames;
 mod video_hls;
+mod video_web;
