@@ -66,6 +66,12 @@ pub enum StartError {
     Redis(String),
     #[error("setting up SAML sessions")]
     Saml(#[from] crate::saml::sp::SamlSetupError),
+    /// No private work directory could be made for `[video]` (the system temp dir is not
+    /// writable): set `[video] work_dir`.
+    #[error(
+        "making a private video work directory under the system temp dir; set [video] work_dir"
+    )]
+    VideoWorkDir(#[source] std::io::Error),
     #[error("binding {what} listener on {addr}")]
     Bind {
         what: &'static str,
@@ -175,6 +181,10 @@ impl Gateway {
             config.images.queue,
             crate::config::defaults::IMAGE_PROBE_ENTRIES,
         )));
+        // The video machinery too: the tools, `jobs`, `queue`, `work_dir` and `store_bytes`
+        // apply at the next start; a missing tool is a warning, not a failed start.
+        let (video, video_dir) = build_video(&config.video)?;
+        shared = shared.with_video(video, video_dir);
         if let Some(clock) = &options.token_clock {
             shared = shared.with_token_clock(Arc::clone(clock));
         }
@@ -511,4 +521,35 @@ async fn sweep_saml_sessions(pipeline: Arc<Pipeline>, shutdown: CancellationToke
             }
         }
     }
+}
+
+/// The video machinery of `[video]`: the tools looked up (a missing one is logged and makes the
+/// `/v/` routes answer 503), the fence, the rendition store in `work_dir` or in a private
+/// directory under the system temp dir (returned, so it is removed with the process's state).
+fn build_video(
+    config: &crate::config::VideoConfig,
+) -> Result<(Arc<crate::video::Work>, Option<tempfile::TempDir>), StartError> {
+    let tools = crate::video::Tools::find(&config.ffmpeg, &config.ffprobe);
+    if let Some(reason) = tools.unavailable() {
+        tracing::warn!(
+            reason = %reason,
+            "video processing is unavailable: the /v/ routes answer 503 until ffmpeg and \
+             ffprobe are installed (or [video] ffmpeg and ffprobe are set) and the gateway is \
+             restarted"
+        );
+    }
+    let (dir, private) = match &config.work_dir {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let private = tempfile::Builder::new()
+                .prefix("bucketgate-video-")
+                .tempdir()
+                .map_err(StartError::VideoWorkDir)?;
+            (private.path().to_path_buf(), Some(private))
+        }
+    };
+    let fence = crate::video::fence::Fence::new(tools, config.jobs, config.queue);
+    let store = crate::video::web::Store::new(dir, config.store_bytes);
+    let work = crate::video::Work::new(fence, store, crate::config::defaults::VIDEO_PROBE_ENTRIES);
+    Ok((Arc::new(work), private))
 }

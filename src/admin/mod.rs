@@ -1,6 +1,7 @@
 //! The admin listener (plain HTTP, loopback by default, never the data port): `/healthz` (the
-//! process is up), `/readyz` (every source answers; with `[redis]` it also names Redis and each
-//! store kept there: `ok`, or `degraded (fallback)`, still ready), `/metrics` (Prometheus text), and the
+//! process is up), `/readyz` (every source answers; it names the video routes' state, `video:
+//! ok` or `video: unavailable: ffmpeg not found`, still ready; with `[redis]` it also names Redis
+//! and each store kept there: `ok`, or `degraded (fallback)`, still ready), `/metrics` (Prometheus text), and the
 //! authenticated `/admin/*` API in `api.rs` (network lists, revocations, reload, and the cache
 //! routes of `cache.rs`).
 //!
@@ -126,7 +127,7 @@ impl Admin {
         if failed.is_empty() {
             Ok(text(
                 StatusCode::OK,
-                format!("ready\n{}", self.redis_lines()),
+                format!("ready\n{}{}", self.video_line(), self.redis_lines()),
             ))
         } else {
             Err(ProbeError::NotReady(failed))
@@ -135,6 +136,22 @@ impl Admin {
 }
 
 impl Admin {
+    /// The video routes' state: `video: ok`, `video: off` (`[video] enabled = false`), or
+    /// `video: unavailable: REASON` (ffmpeg or ffprobe missing). Never makes the node unready:
+    /// a gateway without ffmpeg still serves objects and images.
+    fn video_line(&self) -> String {
+        if !self.pipeline.snapshot().video_enabled() {
+            return "video: off\n".to_owned();
+        }
+        match self.pipeline.shared().video() {
+            None => "video: unavailable: not set up\n".to_owned(),
+            Some(work) => match work.fence.tools().unavailable() {
+                None => "video: ok\n".to_owned(),
+                Some(reason) => format!("video: unavailable: {reason}\n"),
+            },
+        }
+    }
+
     /// With `[redis]`: one line for Redis and one per store kept there, e.g.
     /// `revocations: degraded (last synced list)`. A degraded store still serves from its
     /// documented fallback, so it does not make the node unready (taking every node out of the

@@ -104,6 +104,53 @@ impl FsBackend {
     }
 }
 
+impl FsBackend {
+    /// The canonical absolute path of `key`'s file and its metadata, for a child process that
+    /// must open the file itself (video: ffmpeg gets `file:` + this path, never the key). The
+    /// same checks as a read: the key resolved beneath the root (a symlink that leaves it is "no
+    /// such object"), a regular file only. The path is the canonicalized `root/key`, accepted
+    /// only when it lies below the root and names the very file (device and inode) the checked
+    /// open found. What this cannot stop: the operator's own directory being changed between
+    /// this check and the child's open (the root is trusted; clients cannot create symlinks).
+    pub async fn local_path(&self, key: &str) -> Result<(PathBuf, ObjectMeta), BackendError> {
+        use std::os::unix::fs::MetadataExt;
+        if !is_file_key(key) {
+            return Err(BackendError::NotFound);
+        }
+        let root_fd = self.root_fd.clone();
+        let root = Arc::clone(&self.root);
+        let key = key.to_owned();
+        blocking(move || {
+            let (_file, md) = match &root_fd {
+                Some(root_fd) => match open_beneath(root_fd, &key, ResolveFlags::empty()) {
+                    Ok(fd) => {
+                        let file = File::from(fd);
+                        let md = file.metadata().map_err(map_io)?;
+                        (file, md)
+                    }
+                    Err(Errno::XDEV) => open_by_path(&root, Path::new(&key))?,
+                    Err(e) => return Err(map_errno(e)),
+                },
+                None => open_by_path(&root, Path::new(&key))?,
+            };
+            if !md.is_file() {
+                return Err(BackendError::NotAnObject);
+            }
+            let real = root.join(&key).canonicalize().map_err(map_io)?;
+            if !real.starts_with(root.as_path()) {
+                return Err(BackendError::NotFound);
+            }
+            let named = std::fs::metadata(&real).map_err(map_io)?;
+            if (named.dev(), named.ino()) != (md.dev(), md.ino()) {
+                // Renamed or swapped between the open and the canonicalize.
+                return Err(BackendError::Changed);
+            }
+            Ok((real, meta_of(Path::new(&key), &md)))
+        })
+        .await
+    }
+}
+
 /// [`FsBackend::open_with`] on the blocking pool, where waiting for a disk is fine.
 async fn open_blocking<F>(
     root_fd: Option<Arc<OwnedFd>>,

@@ -388,6 +388,16 @@ pub enum AnyBackend {
     S3(s3::S3Backend),
 }
 
+impl AnyBackend {
+    /// The fs source, when this is one (video hands its files to ffmpeg by path).
+    pub fn as_fs(&self) -> Option<&fs::FsBackend> {
+        match self {
+            AnyBackend::Fs(b) => Some(b),
+            AnyBackend::S3(_) => None,
+        }
+    }
+}
+
 impl Backend for AnyBackend {
     async fn head(&self, key: &str, caller: Caller<'_>) -> Result<ObjectMeta, BackendError> {
         match self {

@@ -406,3 +406,40 @@ pub const VIDEO_MAX_OUTPUT_WIDTH: u32 = 3840;
 pub const VIDEO_STORE_BYTES: u64 = 20 * 1024 * 1024 * 1024;
 /// Probes (ffprobe's facts and the frame index) kept per object version.
 pub const VIDEO_PROBE_ENTRIES: usize = 1024;
+/// Bounds of the `[video]` keys.
+pub const VIDEO_JOBS_MAX: u64 = 256;
+pub const VIDEO_QUEUE_MAX: u64 = 65_536;
+pub const VIDEO_JOB_TIMEOUT_SECS_MAX: u64 = 600;
+pub const VIDEO_TRANSCODE_TIMEOUT_SECS_MAX: u64 = 86_400;
+pub const VIDEO_MAX_DURATION_SECS_MAX: u64 = 7 * 86_400;
+pub const VIDEO_MAX_SIDE_MAX: u64 = 65_535;
+pub const VIDEO_MAX_PIXELS_MAX: u64 = 1 << 32;
+pub const VIDEO_MAX_STREAMS_MAX: u64 = 1024;
+pub const VIDEO_MAX_BIT_RATE_MAX: u64 = 100_000_000_000;
+pub const VIDEO_MAX_SOURCE_BYTES_MAX: u64 = 1 << 40;
+pub const VIDEO_CRF_MAX: u64 = 51;
+/// Narrowest output (`w`, `max_output_side`, `max_output_width`) and the widest.
+pub const VIDEO_OUTPUT_SIDE_MIN: u64 = 16;
+pub const VIDEO_OUTPUT_SIDE_MAX: u64 = 16_384;
+pub const VIDEO_SEGMENT_SECS_MIN: u64 = 2;
+pub const VIDEO_SEGMENT_SECS_MAX: u64 = 30;
+pub const VIDEO_STORE_BYTES_MIN: u64 = 1024 * 1024;
+pub const VIDEO_STORE_BYTES_MAX: u64 = 1 << 44;
+/// The containers `[video] containers` may name (and the default: all of them).
+pub const VIDEO_CONTAINERS: &[&str] = &["mov", "matroska", "avi", "mpegts"];
+/// x264's presets, the values `[video] preset` may take.
+pub const VIDEO_PRESETS: &[&str] = &[
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+    "placebo",
+];
+/// Renditions made whole in memory (posters, frames, segments, sprites) are kept in the cache up
+/// to this size; larger ones are sent without being stored.
+pub const VIDEO_CACHED_OUTPUT_BYTES_MAX: u64 = 32 * 1024 * 1024;

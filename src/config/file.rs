@@ -35,6 +35,7 @@ pub(super) struct RawConfig {
     pub cache: Option<Spanned<RawCache>>,
     pub redis: Option<Spanned<RawRedis>>,
     pub images: Option<Spanned<RawImages>>,
+    pub video: Option<Spanned<RawVideo>>,
 }
 
 /// `[redis]`: shared state of several nodes. `password` and `seal_key` are secret references.
@@ -74,6 +75,37 @@ pub(super) struct RawImages {
     pub queue: Option<Spanned<i64>>,
     pub job_timeout_secs: Option<Spanned<i64>>,
     pub tile_size: Option<Spanned<i64>>,
+}
+
+/// `[video]`: derived video (ffmpeg, ffprobe). Times in seconds, sizes in bytes, rates in bits
+/// per second.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVideo {
+    pub enabled: Option<Spanned<bool>>,
+    pub ffmpeg: Option<Spanned<String>>,
+    pub ffprobe: Option<Spanned<String>>,
+    pub jobs: Option<Spanned<i64>>,
+    pub queue: Option<Spanned<i64>>,
+    pub job_timeout_secs: Option<Spanned<i64>>,
+    pub transcode_timeout_secs: Option<Spanned<i64>>,
+    pub max_duration_secs: Option<Spanned<i64>>,
+    pub max_width: Option<Spanned<i64>>,
+    pub max_height: Option<Spanned<i64>>,
+    pub max_pixels: Option<Spanned<i64>>,
+    pub max_streams: Option<Spanned<i64>>,
+    pub max_bit_rate: Option<Spanned<i64>>,
+    pub max_source_bytes: Option<Spanned<i64>>,
+    pub containers: Option<Spanned<Vec<Spanned<String>>>>,
+    pub video_codecs: Option<Spanned<Vec<Spanned<String>>>>,
+    pub audio_codecs: Option<Spanned<Vec<Spanned<String>>>>,
+    pub preset: Option<Spanned<String>>,
+    pub crf: Option<Spanned<i64>>,
+    pub max_output_side: Option<Spanned<i64>>,
+    pub segment_secs: Option<Spanned<i64>>,
+    pub max_output_width: Option<Spanned<i64>>,
+    pub work_dir: Option<Spanned<String>>,
+    pub store_bytes: Option<Spanned<i64>>,
 }
 
 /// `[cache]`: the object cache. Sizes in bytes; `key` is a secret reference.

@@ -56,6 +56,8 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     /// `[images]`: derived images (IIIF). Absent: the defaults, images on.
     pub images: ImagesConfig,
+    /// `[video]`: derived video (ffmpeg). Absent: the defaults, video on.
+    pub video: VideoConfig,
 }
 
 /// `[redis]`: where the shared state lives and what each store does while Redis is down.
@@ -137,6 +139,95 @@ impl Default for ImagesConfig {
             job_timeout: Duration::from_secs(defaults::IMAGE_JOB_TIMEOUT_SECS),
             tile_size: defaults::IMAGE_TILE_SIZE,
         }
+    }
+}
+
+/// `[video]`: the `/v/` routes, the tools, and the limits of video jobs. The limits apply on
+/// reload; `enabled` too; the tools, `jobs`, `queue`, `work_dir` and `store_bytes` are read at
+/// start (a reload that changes them is logged and applied at the next start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VideoConfig {
+    /// `enabled = false`: the `/v/` routes answer 404.
+    pub enabled: bool,
+    /// `ffmpeg`, `ffprobe`: a name looked up in PATH, or an absolute path.
+    pub ffmpeg: String,
+    pub ffprobe: String,
+    /// Children at once (0: one per core) and jobs waiting beyond them (503 past it).
+    pub jobs: usize,
+    pub queue: usize,
+    pub job_timeout: Duration,
+    pub transcode_timeout: Duration,
+    pub max_duration: Duration,
+    pub max_width: u32,
+    pub max_height: u32,
+    pub max_pixels: u64,
+    pub max_streams: u32,
+    pub max_bit_rate: u64,
+    pub max_source_bytes: u64,
+    /// Demuxer names, a subset of `mov`, `matroska`, `avi`, `mpegts`.
+    pub containers: Vec<String>,
+    /// ffprobe's `codec_name`s accepted.
+    pub video_codecs: Vec<String>,
+    pub audio_codecs: Vec<String>,
+    /// x264 `-preset` and `-crf` of transcodes; longest output side of a transcode.
+    pub preset: String,
+    pub crf: u8,
+    pub max_output_side: u32,
+    pub segment_secs: u32,
+    /// Widest poster, frame or sprite cell a `w` may ask for.
+    pub max_output_width: u32,
+    /// The rendition store's directory; `None`: a private directory under the system temp dir,
+    /// made at start.
+    pub work_dir: Option<PathBuf>,
+    pub store_bytes: u64,
+}
+
+impl Default for VideoConfig {
+    fn default() -> Self {
+        VideoConfig {
+            enabled: true,
+            ffmpeg: defaults::VIDEO_FFMPEG.to_owned(),
+            ffprobe: defaults::VIDEO_FFPROBE.to_owned(),
+            jobs: defaults::VIDEO_JOBS,
+            queue: defaults::VIDEO_QUEUE,
+            job_timeout: Duration::from_secs(defaults::VIDEO_JOB_TIMEOUT_SECS),
+            transcode_timeout: Duration::from_secs(defaults::VIDEO_TRANSCODE_TIMEOUT_SECS),
+            max_duration: Duration::from_secs(defaults::VIDEO_MAX_DURATION_SECS),
+            max_width: defaults::VIDEO_MAX_WIDTH,
+            max_height: defaults::VIDEO_MAX_HEIGHT,
+            max_pixels: defaults::VIDEO_MAX_PIXELS,
+            max_streams: defaults::VIDEO_MAX_STREAMS,
+            max_bit_rate: defaults::VIDEO_MAX_BIT_RATE,
+            max_source_bytes: defaults::VIDEO_MAX_SOURCE_BYTES,
+            containers: defaults::VIDEO_CONTAINERS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            video_codecs: defaults::VIDEO_CODECS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            audio_codecs: defaults::AUDIO_CODECS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            preset: defaults::VIDEO_PRESET.to_owned(),
+            crf: defaults::VIDEO_CRF,
+            max_output_side: defaults::VIDEO_MAX_OUTPUT_SIDE,
+            segment_secs: defaults::VIDEO_SEGMENT_SECS,
+            max_output_width: defaults::VIDEO_MAX_OUTPUT_WIDTH,
+            work_dir: None,
+            store_bytes: defaults::VIDEO_STORE_BYTES,
+        }
+    }
+}
+
+impl VideoConfig {
+    /// Whether a reload from `self` to `new` changes what is read only at start.
+    pub fn differs_at_start(&self, new: &VideoConfig) -> bool {
+        (&self.ffmpeg, &self.ffprobe, self.jobs, self.queue)
+            != (&new.ffmpeg, &new.ffprobe, new.jobs, new.queue)
+            || (&self.work_dir, self.store_bytes) != (&new.work_dir, new.store_bytes)
     }
 }
 
@@ -799,6 +890,7 @@ impl Config {
             }),
             redis: None,
             images: ImagesConfig::default(),
+            video: VideoConfig::default(),
         })
     }
 }

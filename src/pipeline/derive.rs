@@ -170,7 +170,10 @@ pub(super) async fn serve(
             let resp = head(StatusCode::OK, &etag, Some(ctype), body.len() as u64)?;
             Ok(resp.map(|_| web::full(body)))
         }
-        Representation::Original => Err(Error::Plan(super::plan::PlanError::NoRoute)),
+        // Served by `video.rs`; the original by the fetch stage.
+        Representation::Original | Representation::Video(_) => {
+            Err(Error::Plan(super::plan::PlanError::NoRoute))
+        }
     }
 }
 
@@ -199,7 +202,7 @@ pub(super) fn redirect(
 
 /// The object's metadata: the cache's table (one coalesced origin request when stale), else a
 /// HEAD within the first-byte budget.
-async fn metadata(
+pub(super) async fn metadata(
     cache: &Option<Arc<Cache>>,
     object: &ObjectId,
     backend: &crate::backend::AnyBackend,
@@ -324,7 +327,7 @@ fn derived_label(request: &ImageRequest, limits: &crate::image::ImageLimits) -> 
 }
 
 /// A strong ETag: 128 bits of SHA-256 over the parts (each length-prefixed).
-fn etag(parts: &[&str]) -> String {
+pub(super) fn etag(parts: &[&str]) -> String {
     let mut h = Sha256::new();
     for p in parts {
         h.update((p.len() as u64).to_be_bytes());
@@ -334,7 +337,7 @@ fn etag(parts: &[&str]) -> String {
 }
 
 /// Whether `If-None-Match` names `etag` (or is `*`): weak comparison, as RFC 9110 13.1.2 says.
-fn not_modified(headers: &HeaderMap, etag: &str) -> bool {
+pub(super) fn not_modified(headers: &HeaderMap, etag: &str) -> bool {
     headers
         .get_all(IF_NONE_MATCH)
         .iter()

@@ -19,6 +19,7 @@ use crate::pipeline::request::RequestError;
 use crate::saml::session::SessionError;
 use crate::saml::sp::{SIGN_IN_AGAIN, SpError};
 use crate::telemetry::ErrorChain;
+use crate::video::VideoError;
 
 /// The one body text of every 403, whatever refused the request.
 pub const FORBIDDEN: &str = "forbidden";
@@ -81,6 +82,14 @@ pub enum Error {
         #[source]
         error: ImageError,
     },
+    /// A video could not be described or rendered (a failed read of the object is
+    /// [`Error::Backend`], see [`Error::video`]).
+    #[error("video from source {source_name}")]
+    Video {
+        source_name: String,
+        #[source]
+        error: VideoError,
+    },
     /// Building our own response failed (a header value we made is invalid): our fault, never
     /// counted as an upstream one.
     #[error("building the response")]
@@ -97,6 +106,23 @@ impl Error {
                 error,
             },
             error => Error::Image {
+                source_name: source_name.to_owned(),
+                error,
+            },
+        }
+    }
+
+    /// A video job's error: a failed read of the object is the backend's (its own statuses and
+    /// upstream metrics), anything else [`Error::Video`].
+    pub fn video(source_name: &str, error: VideoError) -> Error {
+        match error {
+            VideoError::Source(error) => Error::Backend {
+                source_name: source_name.to_owned(),
+                // Shared between the requests of one job: the one that led may hold the only
+                // reference, the others see a copy of its kind.
+                error: std::sync::Arc::try_unwrap(error).unwrap_or_else(|e| copy_backend_error(&e)),
+            },
+            error => Error::Video {
                 source_name: source_name.to_owned(),
                 error,
             },
@@ -122,7 +148,8 @@ impl Error {
                 | PlanError::KeyTooLong
                 | PlanError::UnknownParameter
                 | PlanError::RepeatedParameter
-                | PlanError::IiifParameter { .. } => StatusCode::BAD_REQUEST,
+                | PlanError::IiifParameter { .. }
+                | PlanError::VideoParameter { .. } => StatusCode::BAD_REQUEST,
             },
             // Every identity failure but these is the same 401, by design (fail closed).
             Error::Identity(e) => match identity_answer(e) {
@@ -163,6 +190,18 @@ impl Error {
                 ImageError::Busy | ImageError::TimedOut => StatusCode::SERVICE_UNAVAILABLE,
                 // Built as `Error::Backend` by `Error::image`; a read that failed regardless.
                 ImageError::Source(_) => StatusCode::BAD_GATEWAY,
+            },
+            Error::Video { error, .. } => match error {
+                VideoError::BadParameter { .. } => StatusCode::BAD_REQUEST,
+                VideoError::NoSuchPart(_) => StatusCode::NOT_FOUND,
+                VideoError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                VideoError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                VideoError::Corrupt(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                VideoError::Busy | VideoError::TimedOut | VideoError::Unavailable(_) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                // Built as `Error::Backend` by `Error::video`; a read that failed regardless.
+                VideoError::Source(_) => StatusCode::BAD_GATEWAY,
             },
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -240,6 +279,20 @@ impl Error {
                 | ImageError::TimedOut
                 | ImageError::Source(_) => {}
             },
+            Error::Video { error, .. } => match error {
+                // As for images: the queue drains in about a job's time.
+                VideoError::Busy => {
+                    h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                }
+                VideoError::BadParameter { .. }
+                | VideoError::NoSuchPart(_)
+                | VideoError::TooLarge(_)
+                | VideoError::Unsupported(_)
+                | VideoError::Corrupt(_)
+                | VideoError::TimedOut
+                | VideoError::Unavailable(_)
+                | VideoError::Source(_) => {}
+            },
             Error::Backend { error, .. } => match error {
                 BackendError::CredentialsUnavailable { retry_after } => {
                     // Whole seconds, rounded up, at least 1 (as for rate limits).
@@ -272,8 +325,31 @@ impl Error {
         }
     }
 
-    /// The short text the client sees. Fixed strings only.
-    pub fn client_message(&self) -> &'static str {
+    /// The short text the client sees: fixed strings, and for a video the gateway's own short
+    /// texts (a parameter's problem, a limit exceeded, the missing tool), never a cause chain,
+    /// ffmpeg's output or a path.
+    pub fn client_message(&self) -> std::borrow::Cow<'static, str> {
+        match self {
+            Error::Plan(PlanError::VideoParameter { param, why }) => {
+                format!("invalid {param}: {why}").into()
+            }
+            Error::Video { error, .. } => match error {
+                VideoError::BadParameter { .. }
+                | VideoError::NoSuchPart(_)
+                | VideoError::TooLarge(_)
+                | VideoError::Unsupported(_)
+                | VideoError::Unavailable(_) => error.to_string().into(),
+                VideoError::Corrupt(_) => "video cannot be processed".into(),
+                VideoError::Busy => "video workers are busy, try again".into(),
+                VideoError::TimedOut => "video job took too long, try again".into(),
+                VideoError::Source(_) => "storage backend failed".into(),
+            },
+            other => other.fixed_message().into(),
+        }
+    }
+
+    /// The fixed text of every error but a video's.
+    fn fixed_message(&self) -> &'static str {
         match self {
             Error::Request(e) => e.client_message(),
             Error::Network(e) => match e {
@@ -294,6 +370,7 @@ impl Error {
                 PlanError::UnknownParameter => "unknown query parameter",
                 PlanError::RepeatedParameter => "repeated query parameter",
                 PlanError::IiifParameter { param, .. } => iiif_parameter_message(param),
+                PlanError::VideoParameter { .. } => "invalid video request",
             },
             Error::Identity(IdentityError::AmbiguousToken) => {
                 "token given in more than one place (Authorization, cookie, token=)"
@@ -343,6 +420,7 @@ impl Error {
                 ImageError::TimedOut => "image took too long, try again",
                 ImageError::Source(_) => "storage backend failed",
             },
+            Error::Video { .. } => "video cannot be processed",
             Error::Internal(_) => "internal error",
         }
     }
@@ -373,6 +451,7 @@ impl Error {
             | Error::RateLimited(_)
             | Error::Backend { .. }
             | Error::Image { .. }
+            | Error::Video { .. }
             | Error::Internal(_) => false,
         }
     }
@@ -381,6 +460,32 @@ impl Error {
     /// an ordinary client mistake.
     pub fn is_server_fault(&self) -> bool {
         self.status().is_server_error()
+    }
+}
+
+/// A copy of a backend error shared between the requests of one video job (its sources as
+/// text).
+fn copy_backend_error(e: &BackendError) -> BackendError {
+    use BackendError as B;
+    match e {
+        B::NotFound => B::NotFound,
+        B::NotAnObject => B::NotAnObject,
+        B::AccessDenied => B::AccessDenied,
+        B::ConfigFault { code } => B::ConfigFault { code },
+        B::RoleConfigFault { role_arn, code } => B::RoleConfigFault {
+            role_arn: role_arn.clone(),
+            code: code.clone(),
+        },
+        B::CredentialsUnavailable { retry_after } => B::CredentialsUnavailable {
+            retry_after: *retry_after,
+        },
+        B::Changed => B::Changed,
+        B::Unreachable(e) => B::Unreachable(e.to_string().into()),
+        B::Timeout(d) => B::Timeout(*d),
+        B::Stalled(d) => B::Stalled(*d),
+        B::BodyBroken(e) => B::BodyBroken(e.to_string().into()),
+        B::Io(io) => B::Io(std::io::Error::new(io.kind(), io.to_string())),
+        B::Protocol(s) => B::Protocol(s.clone()),
     }
 }
 
@@ -614,7 +719,60 @@ mod tests {
 
     /// The status and client text a refusal gets.
     fn answer(e: &Error) -> (StatusCode, &'static str) {
-        (e.status(), e.client_message())
+        (e.status(), e.fixed_message())
+    }
+
+    #[test]
+    fn video_errors_get_their_statuses_and_short_messages() {
+        let v = |error| Error::video("s", error);
+        let cases = [
+            (
+                VideoError::BadParameter {
+                    param: "t",
+                    why: "bad".into(),
+                },
+                400,
+            ),
+            (
+                VideoError::NoSuchPart("frame 400 is past the end".into()),
+                404,
+            ),
+            (VideoError::TooLarge("too long".into()), 413),
+            (VideoError::Unsupported("codec".into()), 415),
+            (VideoError::Corrupt("ffmpeg said: /secret/path".into()), 422),
+            (VideoError::Busy, 503),
+            (VideoError::TimedOut, 503),
+            (VideoError::Unavailable("ffmpeg not found".into()), 503),
+        ];
+        for (error, status) in cases {
+            let e = v(error);
+            assert_eq!(e.status().as_u16(), status, "{e:?}");
+            assert!(!e.client_message().contains("/secret"), "{e:?}");
+            let mut h = HeaderMap::new();
+            e.headers(&mut h);
+            assert_eq!(
+                h.contains_key(RETRY_AFTER),
+                matches!(
+                    e,
+                    Error::Video {
+                        error: VideoError::Busy,
+                        ..
+                    }
+                )
+            );
+        }
+        let e = v(VideoError::Source(std::sync::Arc::new(
+            BackendError::NotFound,
+        )));
+        assert!(matches!(e, Error::Backend { .. }));
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            v(VideoError::Unavailable(
+                "video processing is unavailable: ffmpeg not found".into()
+            ))
+            .client_message(),
+            "video processing is unavailable: ffmpeg not found"
+        );
     }
 
     /// Issue 16: an expired token says `token_expired` (so an app re-signs); a bad signature,

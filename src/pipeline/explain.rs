@@ -191,10 +191,13 @@ async fn access(
     client: network::ClientIp,
     request: DryRun<'_>,
 ) -> Result<Access, ExplainError> {
-    // Only object and IIIF requests are explained; the `/auth/` routes answer for themselves,
-    // and an image's base URI is a redirect that reads and grants nothing.
+    // Only object, IIIF and video requests are explained; the `/auth/` routes answer for
+    // themselves, and an image's base URI is a redirect that reads and grants nothing.
     let object = match route {
-        Route::Object(object) | Route::Iiif(object) => object,
+        Route::Video(_) if !config.video.enabled => {
+            return Ok(Access::Request(Error::Plan(PlanError::NoRoute)));
+        }
+        Route::Object(object) | Route::Iiif(object) | Route::Video(object) => object,
         Route::Auth(_) | Route::NotFound | Route::IiifBase { .. } => {
             return Ok(Access::Request(Error::Plan(PlanError::NoRoute)));
         }

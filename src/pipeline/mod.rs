@@ -16,6 +16,7 @@
 //! | 5b | plan: the admitted grant -> [`plan::Plan`]; an unknown source is 404 only now | `plan.rs` |
 //! | 7 | fetch: metadata, preconditions, range, open the body | `fetch` below, `range.rs` |
 //! | 7-8 | derive (IIIF): metadata, ETag and 304, the derived output from the cache or probed, resolved and rendered once | `derive.rs`, `crate::image` |
+//! | 7-8 | video: metadata, ETag and 304, the probe (once per version), the part from the cache or made once (posters, frames, segments, sprite), made per request (info.json, playlist, VTT) or served with Range from the rendition store (web.mp4) | `video.rs`, `crate::video` |
 //! | 9 | respond: head + streaming body, CORS headers; an error's status and headers | `respond` below, `respond.rs`, `cors.rs`, `error.rs` |
 //! | 10 | audit: one record per request, written when the body ends or is dropped | `crate::audit` |
 //!
@@ -44,6 +45,7 @@ pub mod request;
 pub mod respond;
 pub mod route;
 pub mod snapshot;
+pub mod video;
 
 /// The error-chain printer lives with the logging setup, so lower modules need not import
 /// the pipeline for it.
@@ -247,7 +249,10 @@ impl Pipeline {
             Route::Iiif(_) | Route::IiifBase { .. } if !snapshot.images.enabled => {
                 return Err(Error::Plan(plan::PlanError::NoRoute));
             }
-            Route::Object(_) | Route::Iiif(_) | Route::IiifBase { .. }
+            Route::Video(_) if !snapshot.video.enabled => {
+                return Err(Error::Plan(plan::PlanError::NoRoute));
+            }
+            Route::Object(_) | Route::Iiif(_) | Route::IiifBase { .. } | Route::Video(_)
                 if cors::is_preflight(&req.method, &req.headers) =>
             {
                 let rule = snapshot.cors.rule(&req.headers);
@@ -260,7 +265,7 @@ impl Pipeline {
                 ctx.allow("iiif base uri");
                 return derive::redirect(snapshot, req, &info);
             }
-            Route::Object(object) | Route::Iiif(object) => object,
+            Route::Object(object) | Route::Iiif(object) | Route::Video(object) => object,
             Route::NotFound => return Err(Error::Plan(plan::PlanError::NoRoute)),
         };
         let (target, head_only) = object.into_target()?;
@@ -278,6 +283,20 @@ impl Pipeline {
         wait_for_empty_body(open_body).await?;
         let plan = plan::resolve(admitted, |s| snapshot.sources.contains_key(s))?;
         let user = authenticated.user_credentials();
+        if let plan::Representation::Video(request) = plan.representation() {
+            let serve = video::Serve {
+                snapshot,
+                shared: &self.shared,
+                request: req,
+                plan: &plan,
+                video: request,
+                head_only,
+                caller: user.map_or(Caller::Gateway, Caller::User),
+                metrics: &self.metrics,
+            };
+            // Boxed, as derive's: the video future is large.
+            return Box::pin(video::serve(serve, ctx)).await;
+        }
         if plan.representation() != &plan::Representation::Original {
             let derive = derive::Derive {
                 snapshot,

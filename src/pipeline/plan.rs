@@ -37,6 +37,9 @@ pub enum PlanError {
     /// A IIIF parameter is malformed or not supported (400), naming which.
     #[error("invalid {param}: {why}")]
     IiifParameter { param: &'static str, why: String },
+    /// A `/v/` parameter is malformed or not one the part takes (400), naming which.
+    #[error("invalid {param}: {why}")]
+    VideoParameter { param: &'static str, why: String },
 }
 
 /// What a request asks to be served as: the object as stored, or a derived representation
@@ -49,6 +52,9 @@ pub enum Representation {
     Iiif(crate::image::ImageRequest),
     /// A IIIF image's `info.json`.
     IiifInfo,
+    /// A video part (`/v/{source}/{key}/{tail}`): `info.json`, a poster, a frame, `web.mp4`,
+    /// HLS, the sprite.
+    Video(crate::video::VideoRequest),
 }
 
 /// The cache label of an `info.json` (never stored: its `id` depends on the request's host).
@@ -60,7 +66,7 @@ impl Representation {
     pub fn class(&self) -> crate::identity::Representation {
         match self {
             Representation::Original => crate::identity::Representation::Original,
-            Representation::Iiif(_) | Representation::IiifInfo => {
+            Representation::Iiif(_) | Representation::IiifInfo | Representation::Video(_) => {
                 crate::identity::Representation::Derived
             }
         }
@@ -73,6 +79,7 @@ impl Representation {
             Representation::Original => crate::cache::key::ORIGINAL.into(),
             Representation::Iiif(request) => format!("iiif:{}", request.canonical()).into(),
             Representation::IiifInfo => IIIF_INFO.into(),
+            Representation::Video(request) => format!("video:{}", request.canonical()).into(),
         }
     }
 
@@ -83,6 +90,7 @@ impl Representation {
             Representation::Original => None,
             Representation::Iiif(request) => Some(request.canonical().to_owned()),
             Representation::IiifInfo => Some("info.json".to_owned()),
+            Representation::Video(request) => Some(format!("video:{}", request.canonical())),
         }
     }
 }
@@ -254,6 +262,60 @@ pub fn parse_iiif(path: &str, query: Option<&str>) -> Result<IiifPath, PlanError
         token,
         representation,
     }))
+}
+
+/// Parse a `/v/{source}/{key}/{tail...}` request: the key is ONE segment (`/` written `%2F`),
+/// decoded once with the same rules as `/o/`; the tail names the part ([`VideoRequest`]); the
+/// query takes `token`, and `t` and `w` where the part takes them, each at most once. A tail
+/// that names no part is the route's 404.
+///
+/// [`VideoRequest`]: crate::video::VideoRequest
+pub fn parse_video(path: &str, query: Option<&str>) -> Result<Target, PlanError> {
+    let rest = path
+        .strip_prefix(super::route::VIDEO_PREFIX)
+        .ok_or(PlanError::NoRoute)?;
+    let (source, rest) = rest.split_once('/').ok_or(PlanError::NoRoute)?;
+    let (raw_key, tail) = rest.split_once('/').ok_or(PlanError::NoRoute)?;
+    if source.is_empty() || tail.is_empty() {
+        return Err(PlanError::NoRoute);
+    }
+    let mut seen = HashSet::new();
+    let mut token = None;
+    let mut params: Vec<(&str, String)> = Vec::new();
+    for (name, value) in query
+        .filter(|q| !q.is_empty())
+        .map(parse::query_pairs)
+        .into_iter()
+        .flatten()
+    {
+        if !seen.insert(name) {
+            return Err(PlanError::RepeatedParameter);
+        }
+        let decoded =
+            parse::percent_decode_utf8(value.unwrap_or(""), false).map_err(|e| match e {
+                DecodeError::BadPercent => PlanError::BadPercentEncoding,
+                DecodeError::NotUtf8 => PlanError::InvalidUtf8,
+            })?;
+        if name == "token" {
+            token = Some(decoded);
+        } else {
+            params.push((name, decoded));
+        }
+    }
+    let key = decode_key(raw_key)?;
+    let params: Vec<(&str, &str)> = params.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let request = crate::video::VideoRequest::parse(tail, &params).map_err(|e| match e {
+        crate::video::VideoError::BadParameter { param, why } => {
+            PlanError::VideoParameter { param, why }
+        }
+        _ => PlanError::NoRoute,
+    })?;
+    Ok(Target {
+        source: source.to_owned(),
+        key,
+        token,
+        representation: Representation::Video(request),
+    })
 }
 
 /// Parse and plan without authorization: for benches and unit tests of the parsing rules only

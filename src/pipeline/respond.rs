@@ -121,10 +121,10 @@ pub fn strict_transport_security(headers: &mut HeaderMap, value: &HeaderValue) {
 /// maps to the same client message.
 pub fn error_response(err: &Error, request_id: &str) -> Response<ResponseBody> {
     let status = err.status();
-    // Both strings are ours: fixed ASCII messages and a UUID; nothing needs escaping.
+    // Both strings are ours (a video message may name a parameter): escaped as JSON.
     let body = format!(
-        "{{\"error\":\"{}\",\"request_id\":\"{}\"}}\n",
-        err.client_message(),
+        "{{\"error\":{},\"request_id\":\"{}\"}}\n",
+        serde_json::Value::String(err.client_message().into_owned()),
         request_id
     );
     let mut resp = Response::new(web::full(body));

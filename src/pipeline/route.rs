@@ -8,10 +8,11 @@
 //! the CORS preflight), so the order of 400s, 403s and 404s is the lifecycle's. The network stage
 //! reads the source segment as written (still percent-encoded): it runs before any key work.
 //!
-//! Adding a route (video: not implemented yet) is one [`Route`] variant with its parser here
-//! and one match arm in `Pipeline::run`; nothing else dispatches on the path. The IIIF routes
-//! are [`Route::Iiif`] (an object route whose target asks for a derived representation) and
-//! [`Route::IiifBase`] (the redirect to `info.json`).
+//! Adding a route is one [`Route`] variant with its parser here and one match arm in
+//! `Pipeline::run`; nothing else dispatches on the path. The IIIF routes are [`Route::Iiif`] (an
+//! object route whose target asks for a derived representation) and [`Route::IiifBase`] (the
+//! redirect to `info.json`); the video routes are [`Route::Video`] (an object route whose
+//! target asks for a video part).
 
 use http::Method;
 
@@ -22,6 +23,8 @@ use super::plan::{self, PlanError, Target};
 pub const OBJECT_PREFIX: &str = "/o/";
 /// The path prefix of the IIIF Image API 3.0 routes.
 pub const IIIF_PREFIX: &str = "/iiif/3/";
+/// The path prefix of the video routes.
+pub const VIDEO_PREFIX: &str = "/v/";
 
 /// What a request asks for.
 #[derive(Debug)]
@@ -37,6 +40,9 @@ pub enum Route {
         source: String,
         info: Result<String, PlanError>,
     },
+    /// `/v/{source}/{key}/{tail...}`: a video part (`info.json`, a poster, a frame, `web.mp4`,
+    /// HLS, the sprite), through the same stages as an object.
+    Video(ObjectRoute),
     /// `/auth/...`: the SAML service provider's routes (login, ACS, session, logout).
     Auth(AuthRoute),
     /// Anything else: 404 once the network stage has let it through.
@@ -100,6 +106,18 @@ impl Route {
                 }),
             };
         }
+        if let Some(rest) = path.strip_prefix(VIDEO_PREFIX) {
+            let method = match *method {
+                Method::GET => ObjectMethod::Get,
+                Method::HEAD => ObjectMethod::Head,
+                _ => ObjectMethod::Other,
+            };
+            return Route::Video(ObjectRoute {
+                source: rest.split_once('/').map(|(source, _)| source.to_owned()),
+                target: plan::parse_video(path, query),
+                method,
+            });
+        }
         if path.starts_with(super::auth::AUTH_PREFIX) {
             return Route::Auth(AuthRoute::parse(path));
         }
@@ -111,6 +129,7 @@ impl Route {
         match self {
             Route::Object(_) => "object",
             Route::Iiif(_) | Route::IiifBase { .. } => "iiif",
+            Route::Video(_) => "video",
             Route::Auth(_) => "auth",
             Route::NotFound => "other",
         }
@@ -119,7 +138,9 @@ impl Route {
     /// The source segment as written (not decoded), for the network stage's per-source lists.
     pub fn network_source(&self) -> Option<&str> {
         match self {
-            Route::Object(object) | Route::Iiif(object) => object.source.as_deref(),
+            Route::Object(object) | Route::Iiif(object) | Route::Video(object) => {
+                object.source.as_deref()
+            }
             Route::IiifBase { source, .. } => Some(source),
             Route::Auth(_) | Route::NotFound => None,
         }
@@ -218,6 +239,94 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn video_routes_take_one_key_segment() {
+        let target = |path: &str| match route(path) {
+            Route::Video(o) => o.into_target().map(|(t, _)| t),
+            other => panic!("{path}: {other:?}"),
+        };
+        let t = target("/v/clips/a%2Fb.mp4/info.json?token=x").unwrap();
+        assert_eq!(
+            (t.source(), t.key(), t.token()),
+            ("clips", "a/b.mp4", Some("x"))
+        );
+        assert_eq!(
+            t.representation(),
+            &plan::Representation::Video(crate::video::VideoRequest::Info)
+        );
+        let t = target("/v/clips/k/poster.jpg?t=5.000&w=320").unwrap();
+        assert_eq!(
+            t.representation().cache_label(),
+            "video:poster.jpg?t=5&w=320"
+        );
+        assert_eq!(
+            t.representation().class(),
+            crate::identity::Representation::Derived
+        );
+        let t = target("/v/clips/k/hls/3.ts").unwrap();
+        assert_eq!(
+            t.representation().params().as_deref(),
+            Some("video:hls/3.ts")
+        );
+        assert_eq!(route("/v/clips/k/web.mp4").label(), "video");
+        assert_eq!(route("/v/clips/k/web.mp4").network_source(), Some("clips"));
+        assert_eq!(
+            route("/v/cl%69ps/k/web.mp4").network_source(),
+            Some("cl%69ps")
+        );
+        let no_route = |path: &str| {
+            assert!(
+                matches!(
+                    target(path),
+                    Err(super::super::error::Error::Plan(PlanError::NoRoute))
+                ),
+                "{path}"
+            );
+        };
+        // A key with a raw slash is a tail of another shape: 404.
+        no_route("/v/clips/a/b/info.json");
+        no_route("/v/clips/k");
+        no_route("/v/clips/k/");
+        no_route("/v/clips/k/nothing");
+        no_route("/v//k/info.json");
+        no_route("/v/clips");
+        assert!(matches!(
+            target("/v/clips/%2e%2e/info.json"),
+            Err(super::super::error::Error::Plan(PlanError::DotSegment))
+        ));
+        for (path, param) in [
+            ("/v/clips/k/poster.jpg?t=-1", "t"),
+            ("/v/clips/k/poster.jpg?w=1", "w"),
+            ("/v/clips/k/frame/%2B1.jpg", "n"),
+            ("/v/clips/k/frame/1.jpg?t=1", "query"),
+            ("/v/clips/k/info.json?x=1", "query"),
+        ] {
+            match target(path) {
+                Err(super::super::error::Error::Plan(PlanError::VideoParameter {
+                    param: p,
+                    ..
+                })) => assert_eq!(p, param, "{path}"),
+                other => panic!("{path}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            target("/v/clips/k/poster.jpg?t=1&t=2"),
+            Err(super::super::error::Error::Plan(
+                PlanError::RepeatedParameter
+            ))
+        ));
+        assert!(matches!(
+            target("/v/clips/k/info.json?token=a&token=b"),
+            Err(super::super::error::Error::Plan(
+                PlanError::RepeatedParameter
+            ))
+        ));
+        let Route::Video(o) = Route::parse(&Method::HEAD, "/v/clips/k/web.mp4", None) else {
+            panic!("not a video route");
+        };
+        assert!(o.into_target().unwrap().1);
     }
 
     #[test]

@@ -62,6 +62,8 @@ pub struct Snapshot {
     pub(super) hsts: http::HeaderValue,
     /// `[images]`: whether the IIIF routes answer, their public URL and the limits of a job.
     pub(super) images: Images,
+    /// `[video]`: whether the video routes answer and the limits of a job.
+    pub(super) video: Video,
 }
 
 /// What one snapshot says of derived images (`[images]`, applied on reload).
@@ -88,6 +90,29 @@ impl From<&crate::config::ImagesConfig> for Images {
     }
 }
 
+/// What one snapshot says of derived video (`[video]` `enabled` and the limits, applied on
+/// reload; the tools and the job slots are `state::Shared`'s, built at start).
+#[derive(Debug, Clone)]
+pub struct Video {
+    pub enabled: bool,
+    pub limits: crate::video::VideoLimits,
+}
+
+impl Default for Video {
+    fn default() -> Video {
+        Video::from(&crate::config::VideoConfig::default())
+    }
+}
+
+impl From<&crate::config::VideoConfig> for Video {
+    fn from(c: &crate::config::VideoConfig) -> Video {
+        Video {
+            enabled: c.enabled,
+            limits: crate::video::VideoLimits::from_config(c),
+        }
+    }
+}
+
 impl Snapshot {
     pub fn new(
         sources: HashMap<String, AnyBackend>,
@@ -108,12 +133,24 @@ impl Snapshot {
             saml: None,
             hsts: respond::hsts_value(&crate::config::HstsConfig::default()),
             images: Images::default(),
+            video: Video::default(),
         }
     }
 
     /// Serve derived images as `[images]` says (default: on, with the default limits).
     pub fn with_images(mut self, images: &crate::config::ImagesConfig) -> Snapshot {
         self.images = Images::from(images);
+        self
+    }
+
+    /// Whether the `/v/` routes answer (`[video] enabled`).
+    pub fn video_enabled(&self) -> bool {
+        self.video.enabled
+    }
+
+    /// Serve derived video as `[video]` says (default: on, with the default limits).
+    pub fn with_video(mut self, video: &crate::config::VideoConfig) -> Snapshot {
+        self.video = Video::from(video);
         self
     }
 
@@ -245,6 +282,7 @@ pub async fn build_snapshot(
     )
     .with_cors(Cors::new(&config.cors))
     .with_images(&config.images)
+    .with_video(&config.video)
     .with_hsts(&config.listener.hsts)
     .with_saml(config.saml.as_ref().map(|saml| {
         Arc::new(crate::saml::sp::ServiceProvider::new(

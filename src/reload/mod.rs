@@ -264,6 +264,12 @@ impl Control {
         if old.redis != effective.redis {
             tracing::warn!("[redis] changed in the config; it applies at the next start");
         }
+        if old.video.differs_at_start(&effective.video) {
+            tracing::warn!(
+                "[video] ffmpeg, ffprobe, jobs, queue, work_dir or store_bytes changed in the \
+                 config; they apply at the next start (the limits and `enabled` apply now)"
+            );
+        }
         self.pipeline.replace(snapshot);
         if tls.leaf() != &self.tls.leaf() {
             tracing::info!("TLS certificate changed; new connections are served the new one");

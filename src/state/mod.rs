@@ -16,6 +16,8 @@
 //! - the image work ([`ImageWork`]): the decode pool, recent probes, probes and renders in
 //!   flight (built from `[images]` at start).
 //!
+//! - the video work ([`crate::video::Work`]): the fence (tools, children, queue), the
+//!   rendition store, recent probes, jobs in flight (built from `[video]` at start).
 //! - the Redis client ([`redis::Redis`]), when `[redis]` was configured at start: the stores
 //!   that keep their state there hold it too, and `/readyz` and `/admin/cluster` read it.
 //!
@@ -55,6 +57,12 @@ pub struct Shared {
     /// `/readyz` flags of Redis-backed stores that keep one (SAML sessions, use windows).
     redis_flags: Vec<redis::saml_health::Degraded>,
     images: Arc<ImageWork>,
+    /// `None`: no video machinery (benches); a gateway always has one, built from `[video]` at
+    /// start (its tools may be missing: the routes then answer 503).
+    video: Option<Arc<crate::video::Work>>,
+    /// The private work directory made at start when `[video] work_dir` is not set, removed
+    /// when the process's state is dropped.
+    _video_dir: Option<tempfile::TempDir>,
 }
 
 /// The image work, keyed by object version (probes) and derived entry (renders).
@@ -88,6 +96,8 @@ impl Shared {
                 crate::config::defaults::IMAGE_QUEUE,
                 crate::config::defaults::IMAGE_PROBE_ENTRIES,
             )),
+            video: None,
+            _video_dir: None,
         }
     }
 
@@ -115,6 +125,23 @@ impl Shared {
 
     pub fn images(&self) -> &Arc<ImageWork> {
         &self.images
+    }
+
+    /// Run video jobs with `video` (built from `[video]` at start); `private_dir` is its work
+    /// directory when the gateway made one (removed with this state).
+    pub fn with_video(
+        mut self,
+        video: Arc<crate::video::Work>,
+        private_dir: Option<tempfile::TempDir>,
+    ) -> Shared {
+        self.video = Some(video);
+        self._video_dir = private_dir;
+        self
+    }
+
+    /// The video machinery, if built (a gateway always builds it).
+    pub fn video(&self) -> Option<&Arc<crate::video::Work>> {
+        self.video.as_ref()
     }
 
     /// The object cache, if `[cache]` was configured at start.

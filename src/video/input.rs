@@ -5,15 +5,35 @@
 //! and forced with `-f`; `-format_whitelist` and `-protocol_whitelist` list only what the input
 //! needs, so a playlist or concat list disguised as `.mp4` opens nothing else.
 //!
-//! Skeleton: the fence helper fills this in.
+//! Keys are never arguments. A file is named by its CANONICAL path (the file the fs source's
+//! checks resolved, below the root), prefixed with `file:` so that no leading `-`, `|`, `:` or a
+//! protocol-looking prefix (`concat:`, `http:`, `file:`) is parsed as anything but a path; a
+//! path holding a control character (a newline ends an ffmpeg option line in some places) is
+//! refused. An object is named by `http://127.0.0.1:PORT/<32 hex>`, the key appears nowhere.
+//!
+//! Sniffing (magic bytes only, never the name or the store's content type):
+//! - ISO BMFF (MP4, MOV, 3GP): a box type `ftyp`, `moov`, `mdat`, `free`, `skip` or `wide` at
+//!   bytes 4..8 -> [`Container::Mov`];
+//! - EBML `1A 45 DF A3` -> [`Container::Matroska`] (WebM too);
+//! - `RIFF....AVI ` -> [`Container::Avi`];
+//! - MPEG-TS: the sync byte 0x47 at 0, 188 and 376, or M2TS (AVCHD cameras' `.MTS`: 192-byte
+//!   packets with a 4-byte timestamp first) at 4, 196 and 388 -> [`Container::Mpegts`] (ffmpeg's
+//!   `mpegts` demuxer reads both packet sizes).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
 use super::{Container, VideoError};
 use crate::image::source::ObjectBytes;
+
+/// The loopback feed answers ranges in pieces of this size (each one ranged read of the object),
+/// so it never holds more than one piece per connection.
+pub const FEED_CHUNK_BYTES: u64 = 1 << 20;
+/// Bytes read from the start for the sniff.
+const SNIFF_BYTES: u64 = 4096;
 
 /// Where the bytes come from.
 pub enum Origin {
@@ -25,8 +45,11 @@ pub enum Origin {
 
 /// One version of one object, as ffmpeg's input.
 pub struct Input {
-    origin: Origin,
+    /// Shared with the loopback feed's task while a child reads it.
+    origin: Arc<Origin>,
     size: u64,
+    /// The file, opened on the first [`Input::read_at`].
+    file: OnceLock<Arc<std::fs::File>>,
 }
 
 impl std::fmt::Debug for Input {
@@ -39,7 +62,11 @@ impl std::fmt::Debug for Input {
 
 impl Input {
     pub fn new(origin: Origin, size: u64) -> Input {
-        Input { origin, size }
+        Input {
+            origin: Arc::new(origin),
+            size,
+            file: OnceLock::new(),
+        }
     }
 
     /// The input for one object version: an fs source's file resolved beneath its root (its
@@ -49,10 +76,22 @@ impl Input {
         key: &str,
         bytes: ObjectBytes,
     ) -> Result<Input, VideoError> {
-        let _ = backend;
-        let _ = key;
-        let size = bytes.size();
-        Ok(Input::new(Origin::Object(bytes), size))
+        let Some(fs) = backend.as_fs() else {
+            let size = bytes.size();
+            return Ok(Input::new(Origin::Object(bytes), size));
+        };
+        let (path, meta) = fs.local_path(key).await?;
+        let expected = bytes.meta();
+        // The version the request was planned on must be the file ffmpeg will read.
+        let same_version = match (&meta.etag, &expected.etag) {
+            (Some(now), Some(then)) => now == then,
+            _ => true,
+        };
+        if meta.size != expected.size || !same_version {
+            return Err(crate::backend::BackendError::Changed.into());
+        }
+        check_path(&path)?;
+        Ok(Input::new(Origin::File(path), meta.size))
     }
 
     pub fn size(&self) -> u64 {
@@ -65,22 +104,144 @@ impl Input {
 
     /// `len` bytes at `offset` (clipped at the end), for sniffing and the MP4 index.
     pub async fn read_at(&self, offset: u64, len: u64) -> Result<Bytes, VideoError> {
-        let _ = (offset, len);
-        Err(VideoError::Unavailable("not implemented yet".into()))
+        if offset >= self.size || len == 0 {
+            return Ok(Bytes::new());
+        }
+        let len = len.min(self.size - offset);
+        match &*self.origin {
+            Origin::Object(bytes) => Ok(bytes.read_at(offset, len).await?),
+            Origin::File(path) => {
+                let file = match self.file.get() {
+                    Some(file) => Arc::clone(file),
+                    None => {
+                        let path = path.clone();
+                        let opened = blocking(move || std::fs::File::open(path)).await?;
+                        Arc::clone(self.file.get_or_init(|| Arc::new(opened)))
+                    }
+                };
+                blocking(move || pread(&file, offset, len)).await
+            }
+        }
     }
 
     /// The container, from the first bytes (never the name); 415 for anything not allowed.
     pub async fn sniff(&self, allowed: &[Container]) -> Result<Container, VideoError> {
-        let _ = allowed;
-        Err(VideoError::Unavailable("not implemented yet".into()))
+        let head = self.read_at(0, SNIFF_BYTES).await?;
+        let container = sniff_bytes(&head)
+            .ok_or_else(|| VideoError::Unsupported("not a video container we accept".into()))?;
+        if !allowed.contains(&container) {
+            return Err(VideoError::Unsupported(format!(
+                "container {} is not accepted here",
+                container.name()
+            )));
+        }
+        Ok(container)
     }
 
     /// Open for one child: the arguments that name the input (`-protocol_whitelist ...
     /// -format_whitelist ... -f DEMUXER -i URL`), and the feed kept alive while the child runs.
     pub async fn open(&self, container: Container) -> Result<Opened, VideoError> {
-        let _ = container;
-        Err(VideoError::Unavailable("not implemented yet".into()))
+        let demuxer = container.demuxer();
+        match &*self.origin {
+            Origin::File(path) => {
+                check_path(path)?;
+                let mut url = OsString::from("file:");
+                url.push(path.as_os_str());
+                Ok(Opened {
+                    args: input_args("file", demuxer, url),
+                    feed: None,
+                })
+            }
+            Origin::Object(_) => {
+                let (url, feed) = feed::start(Arc::clone(&self.origin)).await?;
+                Ok(Opened {
+                    args: input_args("http,tcp", demuxer, url.into()),
+                    feed: Some(feed),
+                })
+            }
+        }
     }
+}
+
+fn input_args(protocols: &str, demuxer: &str, url: OsString) -> Vec<OsString> {
+    vec![
+        "-protocol_whitelist".into(),
+        protocols.into(),
+        "-format_whitelist".into(),
+        demuxer.into(),
+        "-f".into(),
+        demuxer.into(),
+        "-i".into(),
+        url,
+    ]
+}
+
+/// A path ffmpeg can be given: absolute, valid UTF-8 (ffmpeg's own strings), no control
+/// characters.
+fn check_path(path: &std::path::Path) -> Result<(), VideoError> {
+    let ok = path.is_absolute()
+        && path
+            .to_str()
+            .is_some_and(|s| !s.chars().any(char::is_control));
+    if ok {
+        Ok(())
+    } else {
+        Err(VideoError::BadParameter {
+            param: "key",
+            why: "names a file that cannot be handed to the video tools".into(),
+        })
+    }
+}
+
+/// The container named by `head`'s magic bytes, if it is one we know.
+pub fn sniff_bytes(head: &[u8]) -> Option<Container> {
+    let at = |offset: usize, magic: &[u8]| head.get(offset..offset + magic.len()) == Some(magic);
+    if head.len() >= 8 {
+        let kind = &head[4..8];
+        if [b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide"]
+            .iter()
+            .any(|k| kind == *k)
+        {
+            return Some(Container::Mov);
+        }
+    }
+    if at(0, &[0x1A, 0x45, 0xDF, 0xA3]) {
+        return Some(Container::Matroska);
+    }
+    if at(0, b"RIFF") && at(8, b"AVI ") {
+        return Some(Container::Avi);
+    }
+    let synced =
+        |first: usize, step: usize| (0..3).all(|i| head.get(first + i * step) == Some(&0x47));
+    if synced(0, 188) || synced(4, 192) {
+        return Some(Container::Mpegts);
+    }
+    None
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, VideoError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| VideoError::Unavailable(format!("blocking read failed: {e}")))?
+        .map_err(|e| crate::backend::BackendError::Io(e).into())
+}
+
+fn pread(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<Bytes> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok(Bytes::from(buf))
 }
 
 /// An input opened for one child; dropping it closes the feed (if any).
@@ -99,3 +260,160 @@ impl Drop for Opened {
         }
     }
 }
+
+/// The loopback feed: one HTTP/1.1 server per opened input, on 127.0.0.1:0, answering only
+/// `GET /<credential>` (with or without a Range) from the object's ranged reads.
+mod feed {
+    use std::convert::Infallible;
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use http::{Request, Response, StatusCode, header};
+    use http_body_util::{BodyExt, Empty, StreamBody, combinators::UnsyncBoxBody};
+    use hyper::body::{Frame, Incoming};
+    use hyper_util::rt::TokioIo;
+    use tokio::net::TcpListener;
+    use tokio::task::JoinSet;
+
+    use super::{FEED_CHUNK_BYTES, Origin};
+    use crate::video::VideoError;
+
+    type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+    /// Bind, spawn the server; its URL and the handle that stops it (and every connection).
+    pub(super) async fn start(
+        origin: Arc<Origin>,
+    ) -> Result<(String, tokio::task::AbortHandle), VideoError> {
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .map_err(|e| VideoError::Unavailable(format!("cannot open the video feed: {e}")))?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| VideoError::Unavailable(format!("cannot open the video feed: {e}")))?
+            .port();
+        let credential = credential()?;
+        let url = format!("http://127.0.0.1:{port}/{credential}");
+        let path: Arc<str> = format!("/{credential}").into();
+        let task = tokio::spawn(async move {
+            // Connections live in this set: aborting the server drops them all.
+            let mut connections = JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((stream, _peer)) = accepted else { continue };
+                        let origin = Arc::clone(&origin);
+                        let path = Arc::clone(&path);
+                        let service = hyper::service::service_fn(move |req| {
+                            let origin = Arc::clone(&origin);
+                            let path = Arc::clone(&path);
+                            async move { Ok::<_, Infallible>(answer(&req, &path, origin)) }
+                        });
+                        connections.spawn(async move {
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .keep_alive(true)
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        });
+                    }
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
+            }
+        });
+        Ok((url, task.abort_handle()))
+    }
+
+    fn credential() -> Result<String, VideoError> {
+        let mut bytes = [0u8; 16];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+            .map_err(|_| VideoError::Unavailable("no randomness for the video feed".into()))?;
+        Ok(hex::encode(bytes))
+    }
+
+    fn empty(status: StatusCode) -> Response<Body> {
+        let mut response = Response::new(Empty::new().map_err(|e| match e {}).boxed_unsync());
+        *response.status_mut() = status;
+        response
+    }
+
+    fn answer(req: &Request<Incoming>, path: &str, origin: Arc<Origin>) -> Response<Body> {
+        if req.method() != http::Method::GET || req.uri().path() != path {
+            return empty(StatusCode::NOT_FOUND);
+        }
+        let Origin::Object(bytes) = &*origin else {
+            return empty(StatusCode::NOT_FOUND);
+        };
+        let size = bytes.size();
+        let range = req
+            .headers()
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| parse_range(v, size));
+        let (status, start, end) = match range {
+            None => (StatusCode::OK, 0, size),
+            Some(Some((start, end))) => (StatusCode::PARTIAL_CONTENT, start, end),
+            Some(None) => {
+                let mut response = empty(StatusCode::RANGE_NOT_SATISFIABLE);
+                if let Ok(v) = http::HeaderValue::from_str(&format!("bytes */{size}")) {
+                    response.headers_mut().insert(header::CONTENT_RANGE, v);
+                }
+                return response;
+            }
+        };
+        // One piece at a time, read when hyper asks for it (the socket has room).
+        let pieces = futures_util::stream::unfold(start, move |offset| {
+            let origin = Arc::clone(&origin);
+            async move {
+                if offset >= end {
+                    return None;
+                }
+                let Origin::Object(bytes) = &*origin else {
+                    return None;
+                };
+                let len = (end - offset).min(FEED_CHUNK_BYTES);
+                match bytes.read_at(offset, len).await {
+                    Ok(piece) if piece.len() as u64 == len => {
+                        Some((Ok(Frame::data(piece)), offset + len))
+                    }
+                    Ok(_) => Some((Err(std::io::Error::other("short read")), end)),
+                    Err(e) => Some((Err(std::io::Error::other(e.to_string())), end)),
+                }
+            }
+        });
+        // An error ends the stream (the next state is the end): hyper aborts the connection
+        // short of Content-Length, so ffmpeg sees a truncated body, never a complete one.
+        let mut response = Response::new(BodyExt::boxed_unsync(StreamBody::new(pieces)));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::ACCEPT_RANGES,
+            http::HeaderValue::from_static("bytes"),
+        );
+        headers.insert(header::CONTENT_LENGTH, http::HeaderValue::from(end - start));
+        if status == StatusCode::PARTIAL_CONTENT {
+            let value = format!("bytes {start}-{}/{size}", end - 1);
+            if let Ok(v) = http::HeaderValue::from_str(&value) {
+                headers.insert(header::CONTENT_RANGE, v);
+            }
+        }
+        response
+    }
+
+    /// `bytes=N-` or `bytes=N-M` as a half-open span within `size`; None when unsatisfiable or
+    /// not one of those forms.
+    pub(super) fn parse_range(value: &str, size: u64) -> Option<(u64, u64)> {
+        let spec = value.trim().strip_prefix("bytes=")?;
+        let (first, last) = spec.split_once('-')?;
+        let start: u64 = first.trim().parse().ok()?;
+        if start >= size {
+            return None;
+        }
+        let end = match last.trim() {
+            "" => size,
+            last => last.parse::<u64>().ok()?.checked_add(1)?.min(size),
+        };
+        (end > start).then_some((start, end))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -9,6 +9,7 @@
 //! | file | what |
 //! |---|---|
 //! | `request.rs` | the `/v/{source}/{key}/...` tail and its query (`t`, `w`): parse, normalize ([`VideoRequest`]) |
+//! | `info.rs` | `info.json` from the probe: container, streams, frame count, keyframe times, browser readiness, the renditions' links |
 //! | `fence.rs` | the child processes: resolved tool paths, `-nostdin`, a time limit, `kill_on_drop`, stderr captured and never sent, a concurrency limit with a queue bound, temp dirs removed on every path, children counted |
 //! | `input.rs` | what ffmpeg may open: an fs source's resolved file, or for S3 a loopback-only feed of exactly that object's bytes (per-job random credential, ranged reads through the cache); the container sniffed from magic bytes and forced (`-f`), `-format_whitelist`, `-protocol_whitelist` |
 //! | `probe.rs` | ffprobe's streams and format, checked against the limits (413/415/422); the frame index attached |
@@ -25,6 +26,7 @@
 pub mod fence;
 pub mod frame;
 pub mod hls;
+pub mod info;
 pub mod input;
 pub mod mp4;
 pub mod probe;
@@ -118,6 +120,35 @@ pub struct VideoLimits {
     pub segment_secs: u32,
     /// Widest poster / frame / sprite cell asked with `w`.
     pub max_output_width: u32,
+}
+
+impl VideoLimits {
+    /// The limits `[video]` sets (validated: every container name is known).
+    pub fn from_config(c: &crate::config::VideoConfig) -> VideoLimits {
+        VideoLimits {
+            max_duration: c.max_duration,
+            max_width: c.max_width,
+            max_height: c.max_height,
+            max_pixels: c.max_pixels,
+            max_streams: c.max_streams,
+            max_bit_rate: c.max_bit_rate,
+            max_source_bytes: c.max_source_bytes,
+            containers: c
+                .containers
+                .iter()
+                .filter_map(|n| Container::from_name(n))
+                .collect(),
+            video_codecs: c.video_codecs.clone(),
+            audio_codecs: c.audio_codecs.clone(),
+            job_timeout: c.job_timeout,
+            transcode_timeout: c.transcode_timeout,
+            preset: c.preset.clone(),
+            crf: c.crf,
+            max_output_side: c.max_output_side,
+            segment_secs: c.segment_secs,
+            max_output_width: c.max_output_width,
+        }
+    }
 }
 
 impl Default for VideoLimits {

@@ -227,6 +227,7 @@ impl GatewayBuilder {
             cache: None,
             redis: None,
             images: bucketgate::config::ImagesConfig::default(),
+            video: bucketgate::config::VideoConfig::default(),
         };
         GatewayBuilder {
             config,

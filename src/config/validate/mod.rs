@@ -39,6 +39,7 @@ mod redis;
 mod saml;
 mod sources;
 mod sts;
+mod video;
 
 /// One mistake in a config file, printed as `file:line:col: key: message`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -319,6 +320,7 @@ impl Checker<'_> {
         let cache = self.cache(raw.cache.as_ref(), raw.sources.as_ref());
         let redis = self.redis(raw.redis.as_ref(), raw.saml.is_some());
         let images = self.images(raw.images.as_ref());
+        let video = self.video(raw.video.as_ref());
         if let Some(saml) = &saml {
             self.saml_sources_need_saml(raw.sources.as_ref(), saml.is_some());
         }
@@ -339,6 +341,7 @@ impl Checker<'_> {
             cache: cache?,
             redis: redis?,
             images: images?,
+            video: video?,
         })
     }
 
