@@ -13,8 +13,9 @@
 #    benches/load.sh starts it, `cargo install`ed when missing); a self-signed ECDSA certificate;
 # 3. the gateway as deployed: fs source `bench` and s3 source `s3`, a signed URL token on every
 #    request, audit on (stdout, to its log), rate limits lifted, a [cache] memory tier,
-#    VIDEO_TOML appended. Gateway times are curl's request sent -> last byte (TLS handshake
-#    excluded); the peers' are the wall time of the process, as a customer would run it;
+#    [video] with its defaults (work_dir in the temp dir) and VIDEO_TOML. Gateway times are
+#    curl's request sent -> last byte (TLS handshake excluded); the peers' are the wall time of
+#    the process, as a customer would run it;
 # 4. poster: `poster.jpg?t=POSTER_T` of the clip, cold (a fresh key every request: a hard link
 #    under a new name, so nothing is warm but the page cache) vs `ffmpeg -ss POSTER_T -i clip.mp4
 #    -frames:v 1 -f image2 out.jpg` on the same local file, alternated (who goes first swaps
@@ -44,7 +45,7 @@
 #   REMUX_MIB [1024]  size of the remux source (whole clips, at least this)
 #   WORKERS [2] gateway runtime threads (TOKIO_WORKER_THREADS)
 #   CACHE_MEMORY_BYTES [268435456] the gateway's [cache] memory tier
-#   VIDEO_TOML [""] extra config for the gateway (e.g. a `[video]` section)
+#   VIDEO_TOML [""] extra keys of the gateway's [video] section (e.g. `jobs = 4`)
 #   SKIP_BUILD=1     use the existing target/release/bucketgate
 #   SKIP_GATEWAY=1   measure the peers only
 #   BENCH_RUST_LOG [warn]   KEEP_TMP=1 keep the temp dir   TMPDIR [/tmp] where it is made
@@ -291,6 +292,8 @@ secret = "file:$TMP/gw/hs256.key"
 memory_bytes = $CACHE_MEMORY_BYTES
 metadata_ttl_secs = 3600
 
+[video]
+work_dir = "$GW_DIR/video"
 $VIDEO_TOML
 
 [sources.bench]
