@@ -549,7 +549,8 @@ fn build_video(
         }
     };
     let fence = crate::video::fence::Fence::new(tools, config.jobs, config.queue);
-    let store = crate::video::web::Store::new(dir, config.store_bytes);
+    let store = crate::video::web::Store::new(dir, config.store_bytes)
+        .map_err(StartError::VideoWorkDir)?;
     let work = crate::video::Work::new(fence, store, crate::config::defaults::VIDEO_PROBE_ENTRIES);
     Ok((Arc::new(work), private))
 }
