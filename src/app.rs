@@ -72,6 +72,10 @@ pub enum StartError {
         "making a private video work directory under the system temp dir; set [video] work_dir"
     )]
     VideoWorkDir(#[source] std::io::Error),
+    /// The rendition store's directory could not be made 0700 or emptied of a previous run's
+    /// files: fix its permissions or set another `[video] work_dir`.
+    #[error("preparing the video rendition store {0}; fix its permissions or set [video] work_dir")]
+    VideoStore(String, #[source] std::io::Error),
     #[error("binding {what} listener on {addr}")]
     Bind {
         what: &'static str,
@@ -549,8 +553,8 @@ fn build_video(
         }
     };
     let fence = crate::video::fence::Fence::new(tools, config.jobs, config.queue);
-    let store = crate::video::web::Store::new(dir, config.store_bytes)
-        .map_err(StartError::VideoWorkDir)?;
+    let store = crate::video::web::Store::new(dir.clone(), config.store_bytes)
+        .map_err(|e| StartError::VideoStore(dir.display().to_string(), e))?;
     let work = crate::video::Work::new(fence, store, crate::config::defaults::VIDEO_PROBE_ENTRIES);
     Ok((Arc::new(work), private))
 }

@@ -33,9 +33,6 @@ use crate::cache::key::CacheKey;
 /// The content type of `web.mp4`.
 pub const CONTENT_TYPE: &str = "video/mp4";
 
-/// Most bytes of ffmpeg's stdout kept (it writes to a file; stdout stays empty).
-const MAX_STDOUT: usize = 64 * 1024;
-
 /// A finished rendition in the store, open (so eviction while it is served is harmless).
 /// The handle is shared by every response serving it: read with [`Rendition::read_at`]
 /// (positional), never by seeking it.
@@ -351,9 +348,7 @@ fn output_args(plan: Plan, limits: &super::VideoLimits, out: &Path) -> Vec<std::
     );
     let mut args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
     // `file:` so the output is never read as another protocol, whatever the store's path.
-    let mut target = std::ffi::OsString::from("file:");
-    target.push(out);
-    args.push(target);
+    args.push(super::fence::path_arg(out));
     args
 }
 
@@ -453,7 +448,7 @@ async fn make(job: &Job<'_>, entry: &CacheKey) -> Result<Arc<Rendition>, VideoEr
     args.extend(output_args(plan, job.limits, pending.path()));
     job.work
         .fence
-        .run(Tool::Ffmpeg, args, job.limits.transcode_timeout, MAX_STDOUT)
+        .run_to_files(Tool::Ffmpeg, args, job.limits.transcode_timeout)
         .await?;
     drop(opened);
     let file = pending.tmp.as_file();
