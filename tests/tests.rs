@@ -46,4 +46,5 @@ mod use_window;
 mod video;
 mod video_frames;
 mod video_hls;
+mod video_hostile;
 mod video_web;

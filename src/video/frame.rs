@@ -115,7 +115,9 @@ pub async fn frame(
         .map(OsString::from),
     );
     match format {
-        FrameFormat::Jpg => args.extend(["-c:v", "mjpeg", "-qmin", "1", "-q:v", "1"].map(OsString::from)),
+        FrameFormat::Jpg => {
+            args.extend(["-c:v", "mjpeg", "-qmin", "1", "-q:v", "1"].map(OsString::from))
+        }
         FrameFormat::Png => args.extend(["-c:v", "png"].map(OsString::from)),
     }
     args.push("-".into());

@@ -29,9 +29,15 @@ use bytes::Bytes;
 use super::{Container, VideoError};
 use crate::image::source::ObjectBytes;
 
-/// The loopback feed answers ranges in pieces of this size (each one ranged read of the object),
-/// so it never holds more than one piece per connection.
+/// The loopback feed answers ranges in pieces (each one ranged read of the object), so it never
+/// holds more than one piece per connection: the first piece of a response is
+/// [`FEED_FIRST_CHUNK_BYTES`], each next one twice the last, up to [`FEED_CHUNK_BYTES`]. ffmpeg
+/// often reads a little and then seeks (a new request): small first pieces keep the bytes read
+/// and thrown away small, doubling keeps a long sequential read (a remux) at few requests.
 pub const FEED_CHUNK_BYTES: u64 = 1 << 20;
+pub const FEED_FIRST_CHUNK_BYTES: u64 = 64 << 10;
+/// The feed's socket send buffer (the kernel doubles it): how far ahead of the child it runs.
+const FEED_SOCKET_BUFFER_BYTES: usize = 64 << 10;
 /// Bytes read from the start for the sniff.
 const SNIFF_BYTES: u64 = 4096;
 
@@ -154,8 +160,15 @@ impl Input {
             }
             Origin::Object(_) => {
                 let (url, feed) = feed::start(Arc::clone(&self.origin)).await?;
+                // The child's receive buffer fixed small (no autotuning to megabytes): with the
+                // feed's small send buffer, the object is read about as far as ffmpeg reads it.
+                let mut args: Vec<OsString> = vec![
+                    "-recv_buffer_size".into(),
+                    FEED_SOCKET_BUFFER_BYTES.to_string().into(),
+                ];
+                args.extend(input_args("http,tcp", demuxer, url.into()));
                 Ok(Opened {
-                    args: input_args("http,tcp", demuxer, url.into()),
+                    args,
                     feed: Some(feed),
                 })
             }
@@ -246,8 +259,8 @@ fn pread(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<Bytes> 
 
 /// An input opened for one child; dropping it closes the feed (if any).
 pub struct Opened {
-    /// `-protocol_whitelist P -format_whitelist F -f D -i URL`: put after any input option
-    /// such as `-ss`, before the outputs.
+    /// `-protocol_whitelist P -format_whitelist F -f D -i URL` (the feed's prefixed with
+    /// `-recv_buffer_size N`): put after any input option such as `-ss`, before the outputs.
     pub args: Vec<OsString>,
     /// The loopback feed's task, aborted on drop (None for a file).
     pub feed: Option<tokio::task::AbortHandle>,
@@ -275,7 +288,7 @@ mod feed {
     use tokio::net::TcpListener;
     use tokio::task::JoinSet;
 
-    use super::{FEED_CHUNK_BYTES, Origin};
+    use super::{FEED_CHUNK_BYTES, FEED_FIRST_CHUNK_BYTES, FEED_SOCKET_BUFFER_BYTES, Origin};
     use crate::video::VideoError;
 
     type Body = UnsyncBoxBody<Bytes, std::io::Error>;
@@ -301,6 +314,9 @@ mod feed {
                 tokio::select! {
                     accepted = listener.accept() => {
                         let Ok((stream, _peer)) = accepted else { continue };
+                        // A small send buffer: the feed reads the object only as fast as the
+                        // child consumes it, not megabytes ahead into the kernel's buffers.
+                        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(FEED_SOCKET_BUFFER_BYTES);
                         let origin = Arc::clone(&origin);
                         let path = Arc::clone(&path);
                         let service = hyper::service::service_fn(move |req| {
@@ -360,25 +376,29 @@ mod feed {
             }
         };
         // One piece at a time, read when hyper asks for it (the socket has room).
-        let pieces = futures_util::stream::unfold(start, move |offset| {
-            let origin = Arc::clone(&origin);
-            async move {
-                if offset >= end {
-                    return None;
-                }
-                let Origin::Object(bytes) = &*origin else {
-                    return None;
-                };
-                let len = (end - offset).min(FEED_CHUNK_BYTES);
-                match bytes.read_at(offset, len).await {
-                    Ok(piece) if piece.len() as u64 == len => {
-                        Some((Ok(Frame::data(piece)), offset + len))
+        let pieces = futures_util::stream::unfold(
+            (start, FEED_FIRST_CHUNK_BYTES),
+            move |(offset, piece)| {
+                let origin = Arc::clone(&origin);
+                async move {
+                    if offset >= end {
+                        return None;
                     }
-                    Ok(_) => Some((Err(std::io::Error::other("short read")), end)),
-                    Err(e) => Some((Err(std::io::Error::other(e.to_string())), end)),
+                    let Origin::Object(bytes) = &*origin else {
+                        return None;
+                    };
+                    let len = (end - offset).min(piece);
+                    let next = (piece * 2).min(FEED_CHUNK_BYTES);
+                    match bytes.read_at(offset, len).await {
+                        Ok(data) if data.len() as u64 == len => {
+                            Some((Ok(Frame::data(data)), (offset + len, next)))
+                        }
+                        Ok(_) => Some((Err(std::io::Error::other("short read")), (end, next))),
+                        Err(e) => Some((Err(std::io::Error::other(e.to_string())), (end, next))),
+                    }
                 }
-            }
-        });
+            },
+        );
         // An error ends the stream (the next state is the end): hyper aborts the connection
         // short of Content-Length, so ffmpeg sees a truncated body, never a complete one.
         let mut response = Response::new(BodyExt::boxed_unsync(StreamBody::new(pieces)));
