@@ -106,3 +106,277 @@ fn mp4_index_matches_ffprobe_on_every_mp4_sample() {
         );
     }
 }
+
+// ---- exact frames and posters, through video::frame with a job built here ----
+
+use bucketgate::video::fence::Fence;
+use bucketgate::video::frame;
+use bucketgate::video::input::{Input, Origin};
+use bucketgate::video::probe::{StreamInfo, StreamKind, VideoProbe};
+use bucketgate::video::request::FrameFormat;
+use bucketgate::video::{Container, Job, Links, Tools, VideoLimits, Work, web};
+
+/// What a test needs to build a [`Job`] for one local sample.
+struct Local {
+    path: std::path::PathBuf,
+    input: Input,
+    probe: VideoProbe,
+    limits: VideoLimits,
+    work: Work,
+    links: Links,
+    _store: tempfile::TempDir,
+}
+
+impl Local {
+    fn job(&self) -> Job<'_> {
+        Job {
+            input: &self.input,
+            probe: &self.probe,
+            limits: &self.limits,
+            work: &self.work,
+            links: &self.links,
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// ffprobe's format start time and the video stream's size and rotation.
+fn describe(path: &Path) -> (f64, u32, u32, i32) {
+    let out = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "format=start_time:stream=width,height:stream_side_data=rotation",
+            "-of",
+            "default=nw=1",
+        ])
+        .arg(path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .map(str::to_owned)
+    };
+    (
+        field("start_time").unwrap().parse().unwrap(),
+        field("width").unwrap().parse().unwrap(),
+        field("height").unwrap().parse().unwrap(),
+        field("rotation").map_or(0, |r| r.parse().unwrap()),
+    )
+}
+
+fn container_of(s: Sample) -> Container {
+    match s {
+        Sample::Vp9Webm => Container::Matroska,
+        Sample::Mpegts => Container::Mpegts,
+        _ => Container::Mov,
+    }
+}
+
+/// A job on `sample` read as an fs source's file; the frame index made by `mp4::frame_index`
+/// (the boxes for MP4, ffprobe's packets for WebM and TS).
+fn local(rt: &tokio::runtime::Runtime, sample: Sample) -> Local {
+    let path = video::sample(sample);
+    let (start_time, width, height, rotation) = describe(&path);
+    let size = std::fs::metadata(&path).unwrap().len();
+    let input = Input::new(Origin::File(path.clone()), size);
+    let limits = VideoLimits::default();
+    let store = tempfile::tempdir().unwrap();
+    let work = Work::new(
+        Fence::new(Tools::find("ffmpeg", "ffprobe"), 2, 64),
+        web::Store::new(store.path().to_owned(), 1 << 30),
+        16,
+    );
+    let container = container_of(sample);
+    let frames = rt
+        .block_on(mp4::frame_index(
+            &input,
+            &work.fence,
+            container,
+            start_time,
+            &limits,
+        ))
+        .unwrap();
+    let probe = VideoProbe {
+        container,
+        format_name: container.name().to_owned(),
+        duration: f64::from(video::SAMPLE_SECS),
+        start_time,
+        bit_rate: None,
+        size,
+        streams: vec![StreamInfo {
+            index: 0,
+            kind: StreamKind::Video,
+            codec: "h264".into(),
+            profile: None,
+            width: Some(width),
+            height: Some(height),
+            rotation,
+            frame_rate: None,
+            pix_fmt: None,
+            bit_rate: None,
+            channels: None,
+            sample_rate: None,
+        }],
+        video: Some(0),
+        frames: Some(std::sync::Arc::new(frames)),
+        browser_ready: false,
+    };
+    Local {
+        path,
+        input,
+        probe,
+        limits,
+        work,
+        links: Links {
+            base: "/v/src/key/".into(),
+            query: None,
+        },
+        _store: store,
+    }
+}
+
+/// JPEG at `-q:v 1` against the reference decoded to RGB: at least this (measured 48 dB).
+const JPEG_MIN_PSNR: f64 = 45.0;
+
+/// frame/{n} for a spread of n equals the `select` reference: PNG scaled to 320 pixel-equal,
+/// JPEG unscaled at least 45 dB; past the last frame 404; posters at 5 s and past the end.
+fn frames_are_exact(sample: Sample) {
+    let rt = runtime();
+    let l = local(&rt, sample);
+    let job = l.job();
+    let count = l.probe.frames.as_ref().unwrap().pts.len();
+    assert_eq!(
+        count,
+        video::frame_times(&l.path).len(),
+        "{sample:?}: count"
+    );
+    let last = count - 1;
+    for n in [0, 1, 49, 50, 51, 137, last] {
+        let png = rt
+            .block_on(frame::frame(&job, n as u64, Some(320), FrameFormat::Png))
+            .unwrap();
+        assert_eq!(&png[1..4], b"PNG", "{sample:?} {n}");
+        let got = video::decode_to_rgb(&png);
+        let want = video::reference_frame(&l.path, n as u64, Some(320));
+        assert_eq!(
+            (got.0, got.1),
+            (want.0, want.1),
+            "{sample:?} frame {n}: size"
+        );
+        assert!(
+            got.2 == want.2,
+            "{sample:?} frame {n}: png differs from the reference (psnr {:.1})",
+            video::psnr(&got.2, &want.2)
+        );
+    }
+    for n in [0, 137, last] {
+        let jpg = rt
+            .block_on(frame::frame(&job, n as u64, None, FrameFormat::Jpg))
+            .unwrap();
+        assert_eq!(&jpg[..2], [0xff, 0xd8], "{sample:?} {n}");
+        let got = video::decode_to_rgb(&jpg);
+        let want = video::reference_frame(&l.path, n as u64, None);
+        assert_eq!(
+            (got.0, got.1),
+            (want.0, want.1),
+            "{sample:?} frame {n}: size"
+        );
+        let db = video::psnr(&got.2, &want.2);
+        assert!(db >= JPEG_MIN_PSNR, "{sample:?} frame {n}: jpg {db:.2} dB");
+    }
+    // Past the last frame.
+    let err = rt
+        .block_on(frame::frame(&job, count as u64, None, FrameFormat::Jpg))
+        .unwrap_err();
+    assert!(
+        matches!(err, VideoError::NoSuchPart(_)),
+        "{sample:?}: {err:?}"
+    );
+    // A poster past the end is the last frame; at 5 s, the frame shown then (t counts from
+    // the format's start time, as ffmpeg's -ss does: 1.459 s on the TS sample, whose video
+    // starts at 1.48 s; -0.007 s on the WebM).
+    let times = video::frame_times(&l.path);
+    let at_5 = times.partition_point(|t| *t <= l.probe.start_time + 5.0) - 1;
+    for (t_ms, n) in [(3_600_000, last), (5_000, at_5)] {
+        let jpg = rt.block_on(frame::poster(&job, t_ms, Some(320))).unwrap();
+        let got = video::decode_to_rgb(&jpg);
+        let want = video::reference_frame(&l.path, n as u64, Some(320));
+        let db = video::psnr(&got.2, &want.2);
+        assert!(
+            db >= JPEG_MIN_PSNR,
+            "{sample:?} poster {t_ms} ms (frame {n}): {db:.2} dB"
+        );
+    }
+    assert_eq!(l.work.fence.running(), 0);
+}
+
+#[test]
+fn frames_are_exact_faststart() {
+    frames_are_exact(Sample::H264Faststart);
+}
+
+#[test]
+fn frames_are_exact_moov_at_end() {
+    frames_are_exact(Sample::MoovAtEnd);
+}
+
+#[test]
+fn frames_are_exact_hevc() {
+    frames_are_exact(Sample::Hevc);
+}
+
+#[test]
+fn frames_are_exact_vp9_webm() {
+    frames_are_exact(Sample::Vp9Webm);
+}
+
+#[test]
+fn frames_are_exact_vfr() {
+    frames_are_exact(Sample::Vfr);
+}
+
+#[test]
+fn frames_are_exact_rotated() {
+    frames_are_exact(Sample::Rotated);
+}
+
+#[test]
+fn frames_are_exact_mpegts() {
+    frames_are_exact(Sample::Mpegts);
+}
+
+#[test]
+fn frame_width_over_the_limit_is_400() {
+    let rt = runtime();
+    let l = local(&rt, Sample::H264Faststart);
+    let job = l.job();
+    let err = rt
+        .block_on(frame::frame(
+            &job,
+            3,
+            Some(l.limits.max_output_width + 1),
+            FrameFormat::Png,
+        ))
+        .unwrap_err();
+    assert!(
+        matches!(err, VideoError::BadParameter { param: "w", .. }),
+        "{err:?}"
+    );
+    // Wider than the video: the frame unscaled, never upscaled.
+    let png = rt
+        .block_on(frame::frame(&job, 3, Some(2000), FrameFormat::Png))
+        .unwrap();
+    assert_eq!(video::decode_to_rgb(&png).0, 640);
+}
