@@ -46,5 +46,6 @@ mod use_window;
 mod video;
 mod video_frames;
 mod video_hls;
+mod video_hls_browser;
 mod video_hostile;
 mod video_web;

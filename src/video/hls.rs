@@ -186,7 +186,7 @@ pub async fn segment(job: &Job<'_>, n: u32) -> Result<Bytes, VideoError> {
     };
     let opened = job.input.open(job.probe.container).await?;
     let args = segment_args(&cut, video, audio, job.limits, opened.args.clone());
-    let max = max_segment_bytes(job.limits, seg.duration);
+    let max = max_segment_bytes(job.limits, job.probe.bit_rate, seg.duration);
     let body = job
         .work
         .fence
@@ -199,11 +199,12 @@ pub async fn segment(job: &Job<'_>, n: u32) -> Result<Bytes, VideoError> {
     Ok(Bytes::from(body))
 }
 
-/// The most bytes a segment may have: its duration at the highest bit rate allowed, doubled,
-/// and never under 16 MiB.
-fn max_segment_bytes(limits: &VideoLimits, duration: f64) -> usize {
-    let secs = duration.max(0.0).ceil() + 2.0;
-    let bytes = (limits.max_bit_rate as f64 / 8.0) * secs * 2.0;
+/// The most bytes a segment may have: its duration (plus the margins) at the source's bit rate
+/// (the highest allowed when unknown), doubled for a transcode's overshoot, never under 16 MiB.
+fn max_segment_bytes(limits: &VideoLimits, bit_rate: Option<u64>, duration: f64) -> usize {
+    let rate = bit_rate.unwrap_or(limits.max_bit_rate).min(limits.max_bit_rate);
+    let secs = duration.max(0.0).ceil() + 2.0 * MARGIN_SECS;
+    let bytes = (rate as f64 / 8.0) * secs * 2.0;
     (bytes.min(usize::MAX as f64) as usize).max(16 << 20)
 }
 
