@@ -201,12 +201,7 @@ async fn web_mp4_of_a_rotated_phone_video_keeps_its_rotation() {
     let r = rig.web_mp4().await;
     let tmp = tempfile::tempdir().unwrap();
     let (out, _) = save(&r, tmp.path());
-    let rotation = |p: &Path| {
-        field(
-            &ffprobe(p, "stream_side_data=rotation", "v:0"),
-            "rotation",
-        )
-    };
+    let rotation = |p: &Path| field(&ffprobe(p, "stream_side_data=rotation", "v:0"), "rotation");
     assert!(rotation(&rig.path).is_some(), "the sample is rotated");
     assert_eq!(rotation(&out), rotation(&rig.path));
     assert_eq!(video_packets_hash(&out), video_packets_hash(&rig.path));
@@ -282,24 +277,34 @@ async fn sprite_cells_are_the_nearest_keyframes_in_a_grid_its_track_names() {
     // 12 s: a cell a second, 10 to a row, 160x90.
     assert_eq!((w, h), (1600, 180));
     let (cw, ch) = (160usize, 90usize);
+    // The sample's keyframes (every 50 frames), as ffmpeg decodes and scales them.
+    let keyframes: Vec<Vec<u8>> = (0..6u64)
+        .map(|k| {
+            let (rw, rh, rgb) = video::reference_frame(&rig.path, k * 50, Some(160));
+            assert_eq!((rw as usize, rh as usize), (cw, ch));
+            rgb
+        })
+        .collect();
     for cell in [0usize, 1, 2, 3, 7, 11] {
         // Keyframes every 2 s (50 frames); at an odd second both neighbours are 1 s away
         // and the earlier is taken.
-        let keyframe = (cell / 2) as u64 * 50;
-        let (rw, rh, reference) = video::reference_frame(&rig.path, keyframe, Some(160));
-        assert_eq!((rw as usize, rh as usize), (cw, ch));
+        let keyframe = cell / 2;
         let (x0, y0) = ((cell % 10) * cw, (cell / 10) * ch);
         let mut got = Vec::with_capacity(cw * ch * 3);
         for y in y0..y0 + ch {
             let at = (y * w as usize + x0) * 3;
             got.extend_from_slice(&rgb[at..at + cw * 3]);
         }
-        let db = video::psnr(&reference, &got);
-        assert!(db > 25.0, "cell {cell} vs frame {keyframe}: PSNR {db}");
-        if keyframe > 0 {
-            // And it is not some other keyframe.
-            let (_, _, other) = video::reference_frame(&rig.path, keyframe - 50, Some(160));
-            assert!(video::psnr(&other, &got) < db - 3.0, "cell {cell} is distinct");
+        // Loosely (a 160 px JPEG cell of a busy test pattern): clearly this keyframe, and
+        // clearly not any other.
+        let db = video::psnr(&keyframes[keyframe], &got);
+        assert!(db > 20.0, "cell {cell} vs keyframe {keyframe}: PSNR {db}");
+        for (other, rgb) in keyframes.iter().enumerate().filter(|(k, _)| *k != keyframe) {
+            let not = video::psnr(rgb, &got);
+            assert!(
+                not < db - 5.0,
+                "cell {cell}: keyframe {other} ({not} dB) about as near as {keyframe} ({db} dB)"
+            );
         }
     }
     let vtt = sprite::vtt(&rig.job()).unwrap();

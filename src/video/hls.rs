@@ -147,7 +147,9 @@ fn render_playlist(segments: &[Segment], link: impl Fn(usize) -> String) -> Stri
     let mut out = String::with_capacity(128 + segments.len() * 64);
     out.push_str("#EXTM3U\n#EXT-X-VERSION:3\n");
     let _ = writeln!(out, "#EXT-X-TARGETDURATION:{target}");
-    out.push_str("#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-PLAYLIST-TYPE:VOD\n#EXT-X-INDEPENDENT-SEGMENTS\n");
+    out.push_str(
+        "#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-PLAYLIST-TYPE:VOD\n#EXT-X-INDEPENDENT-SEGMENTS\n",
+    );
     for (n, s) in segments.iter().enumerate() {
         let _ = writeln!(out, "#EXTINF:{:.6},\n{}", s.duration, link(n));
     }
@@ -264,7 +266,10 @@ fn segment_args(
         a.extend(["-ss".into(), seconds(from)]);
     }
     if !cut.last_segment {
-        a.extend(["-to".into(), seconds(cut.end - cut.start_time + MARGIN_SECS)]);
+        a.extend([
+            "-to".into(),
+            seconds(cut.end - cut.start_time + MARGIN_SECS),
+        ]);
     }
     let mut args: Vec<OsString> = a.into_iter().map(OsString::from).collect();
     args.extend(input);
@@ -280,7 +285,12 @@ fn segment_args(
     if let Some(au) = audio {
         o.extend(["-map".into(), format!("0:{}", au.index)]);
     }
-    o.extend(["-map_metadata".into(), "-1".into(), "-sn".into(), "-dn".into()]);
+    o.extend([
+        "-map_metadata".into(),
+        "-1".into(),
+        "-sn".into(),
+        "-dn".into(),
+    ]);
 
     let drop_expr = |lo: Option<f64>, hi: Option<f64>| -> Option<String> {
         let mut parts = Vec::new();
@@ -383,9 +393,7 @@ mod tests {
     }
 
     fn durations(s: &[Segment]) -> Vec<f64> {
-        s.iter()
-            .map(|s| (s.duration * 1e6).round() / 1e6)
-            .collect()
+        s.iter().map(|s| (s.duration * 1e6).round() / 1e6).collect()
     }
 
     #[test]
@@ -472,8 +480,10 @@ mod tests {
         );
         // A longest segment just over a whole second rounds the target up.
         let f = index(300, 25.0, 0.0, |i| i == 0 || i == 101);
-        assert!(render_playlist(&plan(&f, 12.0, 4), |n| n.to_string())
-            .contains("#EXT-X-TARGETDURATION:8\n"));
+        assert!(
+            render_playlist(&plan(&f, 12.0, 4), |n| n.to_string())
+                .contains("#EXT-X-TARGETDURATION:8\n")
+        );
     }
 
     fn stream(codec: &str, rotation: i32, w: u32, h: u32) -> StreamInfo {
@@ -545,10 +555,12 @@ mod tests {
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         let line = args.join(" ");
-        assert!(line.starts_with("-copyts -ss 3.000000 -to 9.000000 -i file:/x "), "{line}");
+        assert!(
+            line.starts_with("-copyts -ss 3.000000 -to 9.000000 -i file:/x "),
+            "{line}"
+        );
         assert!(line.contains("-c:v copy -bsf:v noise=drop=lt(pts\\,359955)+gte(pts\\,719955)"));
         assert!(line.contains("-map 0:0 -map 0:1"));
         assert!(line.ends_with("-f mpegts pipe:1"));
     }
 }
-
