@@ -461,3 +461,56 @@ async fn video_web_mp4_is_served_with_range_if_range_and_head() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
 }
+
+#[tokio::test]
+async fn video_explain_names_the_derived_representation_and_the_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("k"), support::TEST_SECRET).unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[listener]\naddr = \"127.0.0.1:0\"\ndev_certificate_dir = \"tls\"\n\
+             [network]\nallow = [\"127.0.0.1/32\"]\n\
+             [sources.local]\nkind = \"fs\"\nroot = \"data\"\n\
+             [identity]\naudience = \"{}\"\n\
+             [[identity.keys]]\nkid = \"{}\"\nalg = \"HS256\"\nsecret = \"file:k\"\n",
+            support::TEST_AUDIENCE,
+            support::TEST_KID
+        ),
+    )
+    .unwrap();
+    let config = bucketgate::config::load(&path).unwrap();
+    let headers = http::HeaderMap::new();
+    let explain = async |path_and_query: &str, token: &str| {
+        bucketgate::pipeline::explain::explain(
+            &config,
+            bucketgate::pipeline::explain::DryRun {
+                peer: "127.0.0.1".parse().unwrap(),
+                headers: &headers,
+                path_and_query,
+                token: Some(token),
+                sessions: None,
+            },
+        )
+        .await
+        .unwrap()
+        .to_string()
+    };
+    let both = token_with_rep(&["original", "derived"]);
+    let out = explain("/v/local/a%2Fb.mp4/poster.jpg?t=5.000&w=320", &both).await;
+    assert!(
+        out.contains(
+            "plan:      source local key a/b.mp4 representation derived \
+             video:poster.jpg?t=5&w=320 (would be derived)"
+        ),
+        "{out}"
+    );
+    let original = token_with_rep(&["original"]);
+    let out = explain("/v/local/a.mp4/hls/index.m3u8", &original).await;
+    assert!(
+        out.contains("authorize: refuse (403): rep excludes derived"),
+        "{out}"
+    );
+}

@@ -292,7 +292,6 @@ impl Pipeline {
                 video: request,
                 head_only,
                 caller: user.map_or(Caller::Gateway, Caller::User),
-                metrics: &self.metrics,
             };
             // Boxed, as derive's: the video future is large.
             return Box::pin(video::serve(serve, ctx)).await;

@@ -38,7 +38,6 @@ use crate::pipeline::plan::{Plan, PlanError};
 use crate::pipeline::range::{self, Answer};
 use crate::pipeline::respond;
 use crate::pipeline::snapshot::Snapshot;
-use crate::telemetry::Metrics;
 use crate::video::input::Input;
 use crate::video::probe::VideoProbe;
 use crate::video::request::FrameFormat;
@@ -59,8 +58,6 @@ pub(super) struct Serve<'a> {
     pub video: &'a VideoRequest,
     pub head_only: bool,
     pub caller: Caller<'a>,
-    #[allow(dead_code)] // kept for the per-part metrics to come
-    pub metrics: &'a Arc<Metrics>,
 }
 
 /// Serve `s.video` of `s.plan`'s object.
@@ -161,7 +158,6 @@ pub(super) async fn serve(
         meta: &meta,
         version: &version,
         limits,
-        links: &links,
         limits_tag: &limits_tag,
     };
     match s.video {
@@ -386,7 +382,6 @@ struct Part<'a, 's> {
     meta: &'a Arc<ObjectMeta>,
     version: &'a str,
     limits: &'a VideoLimits,
-    links: &'a Links,
     limits_tag: &'a str,
 }
 
@@ -417,7 +412,6 @@ impl Part<'_, '_> {
 
     /// The probe of this version: remembered, or made once however many requests ask.
     async fn probe(&self, input: &Input) -> Result<Arc<VideoProbe>, VideoError> {
-        let _ = self.links;
         let key = CacheKey::new(
             self.object.clone(),
             self.version,
