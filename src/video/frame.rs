@@ -225,6 +225,7 @@ pub fn output_width(asked: Option<u32>, display: u32, max: u32) -> Result<Option
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -637,6 +637,7 @@ fn build(track: &Track) -> Result<FrameIndex, VideoError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
