@@ -319,6 +319,7 @@ pub fn vtt(job: &Job<'_>) -> Result<String, VideoError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap; src/ may not
 mod tests {
     use std::sync::Arc;
 

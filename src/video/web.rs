@@ -476,6 +476,7 @@ async fn make(job: &Job<'_>, entry: &CacheKey) -> Result<Arc<Rendition>, VideoEr
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap; src/ may not
 mod tests {
     use super::*;
     use crate::cache::key::{ObjectId, Partition};
