@@ -11,10 +11,11 @@
 //! - stdin `/dev/null` and `-nostdin` (ffmpeg reads keys from a terminal otherwise);
 //! - `-hide_banner -loglevel error` so stderr holds errors only, at most [`STDERR_BYTES`] kept
 //!   (the rest read and dropped so a chatty child never blocks on a full pipe);
-//! - for ffmpeg, `-threads T -filter_threads T` where `T = cores / jobs` (at least 1): one job
-//!   cannot take every core from the others and from the gateway's own requests. `-threads`
-//!   placed first applies to the first input's decoder; a job that encodes adds
-//!   `-threads` [`Fence::threads`] to its output itself.
+//! - for ffmpeg, `-threads T -filter_threads T` where `T = cores / (children running + 1)` when
+//!   it starts (at least 1): a job on an idle gateway decodes on every core (a cold poster is as
+//!   fast as the ffmpeg CLI), and jobs that start beside others share the cores instead of
+//!   oversubscribing them. `-threads` placed first applies to the first input's decoder; a job
+//!   that encodes adds `-threads` [`Fence::threads`] to its output itself.
 //!
 //! The time limit covers the whole job, the wait for a slot included: past it the child is
 //! killed (SIGKILL) and reaped before [`Fence::run`] returns [`VideoError::TimedOut`]. A job
@@ -102,7 +103,7 @@ pub struct Fence {
     limit: usize,
     /// Children spawned and not yet reaped.
     running: Arc<AtomicUsize>,
-    threads: usize,
+    cores: usize,
     temp_root: Option<PathBuf>,
 }
 
@@ -117,7 +118,7 @@ impl Fence {
             admitted: Arc::new(AtomicUsize::new(0)),
             limit: jobs.saturating_add(queue),
             running: Arc::new(AtomicUsize::new(0)),
-            threads: (cores / jobs).max(1),
+            cores,
             temp_root: None,
         }
     }
@@ -137,9 +138,10 @@ impl Fence {
         self.running.load(Ordering::SeqCst)
     }
 
-    /// Threads one job's codecs and filters may use (`cores / jobs`, at least 1).
+    /// Threads a job starting now may use: the cores shared among the children running and
+    /// this one (at least 1).
     pub fn threads(&self) -> usize {
-        self.threads
+        (self.cores / (self.running() + 1)).max(1)
     }
 
     /// Run `tool` with `args` (after the fence's own: `-nostdin -hide_banner -loglevel error`
@@ -253,7 +255,7 @@ impl Fence {
         }
         args.extend(["-hide_banner", "-loglevel", "error"].map(OsString::from));
         if tool == Tool::Ffmpeg {
-            let threads = OsString::from(self.threads.to_string());
+            let threads = OsString::from(self.threads().to_string());
             args.extend([
                 "-threads".into(),
                 threads.clone(),

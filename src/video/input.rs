@@ -36,6 +36,11 @@ use crate::image::source::ObjectBytes;
 /// and thrown away small, doubling keeps a long sequential read (a remux) at few requests.
 pub const FEED_CHUNK_BYTES: u64 = 1 << 20;
 pub const FEED_FIRST_CHUNK_BYTES: u64 = 64 << 10;
+/// Bytes of one response sent before the feed reads ahead: FEED_READ_AHEAD_PIECES pieces of
+/// FEED_READ_AHEAD_PIECE_BYTES in flight at once (at most 16 MiB held per connection).
+pub const FEED_READ_AHEAD_AFTER_BYTES: u64 = 4 << 20;
+pub const FEED_READ_AHEAD_PIECE_BYTES: u64 = 4 << 20;
+pub const FEED_READ_AHEAD_PIECES: usize = 4;
 /// The feed's socket send buffer (the kernel doubles it): how far ahead of the child it runs.
 const FEED_SOCKET_BUFFER_BYTES: usize = 64 << 10;
 /// Bytes read from the start for the sniff.
@@ -289,7 +294,12 @@ mod feed {
     use tokio::net::TcpListener;
     use tokio::task::JoinSet;
 
-    use super::{FEED_CHUNK_BYTES, FEED_FIRST_CHUNK_BYTES, FEED_SOCKET_BUFFER_BYTES, Origin};
+    use futures_util::StreamExt;
+
+    use super::{
+        FEED_CHUNK_BYTES, FEED_FIRST_CHUNK_BYTES, FEED_READ_AHEAD_AFTER_BYTES,
+        FEED_READ_AHEAD_PIECE_BYTES, FEED_READ_AHEAD_PIECES, FEED_SOCKET_BUFFER_BYTES, Origin,
+    };
     use crate::video::VideoError;
 
     type Body = UnsyncBoxBody<Bytes, std::io::Error>;
@@ -376,30 +386,56 @@ mod feed {
                 return response;
             }
         };
-        // One piece at a time, read when hyper asks for it (the socket has room).
-        let pieces = futures_util::stream::unfold(
+        // One piece at a time, read when hyper asks for it (the socket has room), growing;
+        // past FEED_READ_AHEAD_AFTER_BYTES the child is plainly reading on (a remux, a long
+        // segment) and the rest goes in larger pieces, several read ahead at once, so the store's
+        // per-request latency does not add up over a whole file.
+        let ramp_end = end.min(start.saturating_add(FEED_READ_AHEAD_AFTER_BYTES));
+        let read = move |origin: Arc<Origin>, offset: u64, len: u64| async move {
+            let Origin::Object(bytes) = &*origin else {
+                return Err(std::io::Error::other("not an object"));
+            };
+            match bytes.read_at(offset, len).await {
+                Ok(data) if data.len() as u64 == len => Ok(Frame::data(data)),
+                Ok(_) => Err(std::io::Error::other("short read")),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            }
+        };
+        let ramp_origin = Arc::clone(&origin);
+        let ramp = futures_util::stream::unfold(
             (start, FEED_FIRST_CHUNK_BYTES),
             move |(offset, piece)| {
-                let origin = Arc::clone(&origin);
+                let origin = Arc::clone(&ramp_origin);
                 async move {
-                    if offset >= end {
+                    if offset >= ramp_end {
                         return None;
                     }
-                    let Origin::Object(bytes) = &*origin else {
-                        return None;
-                    };
-                    let len = (end - offset).min(piece);
+                    let len = (ramp_end - offset).min(piece);
                     let next = (piece * 2).min(FEED_CHUNK_BYTES);
-                    match bytes.read_at(offset, len).await {
-                        Ok(data) if data.len() as u64 == len => {
-                            Some((Ok(Frame::data(data)), (offset + len, next)))
-                        }
-                        Ok(_) => Some((Err(std::io::Error::other("short read")), (end, next))),
-                        Err(e) => Some((Err(std::io::Error::other(e.to_string())), (end, next))),
+                    match read(origin, offset, len).await {
+                        Ok(frame) => Some((Ok(frame), (offset + len, next))),
+                        Err(e) => Some((Err(e), (ramp_end, next))),
                     }
                 }
             },
         );
+        let ahead = futures_util::stream::iter(
+            (ramp_end..end)
+                .step_by(FEED_READ_AHEAD_PIECE_BYTES as usize)
+                .map(move |offset| (offset, (end - offset).min(FEED_READ_AHEAD_PIECE_BYTES))),
+        )
+        .map(move |(offset, len)| read(Arc::clone(&origin), offset, len))
+        .buffered(FEED_READ_AHEAD_PIECES);
+        // The first error ends the body: nothing after it is sent.
+        let pieces = ramp.chain(ahead).scan(false, |failed, item| {
+            let out = if *failed {
+                None
+            } else {
+                *failed = item.is_err();
+                Some(item)
+            };
+            std::future::ready(out)
+        });
         // An error ends the stream (the next state is the end): hyper aborts the connection
         // short of Content-Length, so ffmpeg sees a truncated body, never a complete one.
         let mut response = Response::new(BodyExt::boxed_unsync(StreamBody::new(pieces)));
