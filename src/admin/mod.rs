@@ -136,9 +136,10 @@ impl Admin {
 }
 
 impl Admin {
-    /// The video routes' state: `video: ok`, `video: off` (`[video] enabled = false`), or
-    /// `video: unavailable: REASON` (ffmpeg or ffprobe missing). Never makes the node unready:
-    /// a gateway without ffmpeg still serves objects and images.
+    /// The video routes' state when it is not the usual one: `video: off` (`[video] enabled =
+    /// false`) or `video: unavailable: REASON` (ffmpeg or ffprobe missing); nothing when they
+    /// work, so a plain node's answer stays `ready`. Never makes the node unready: a gateway
+    /// without ffmpeg still serves objects and images.
     fn video_line(&self) -> String {
         if !self.pipeline.snapshot().video_enabled() {
             return "video: off\n".to_owned();
@@ -146,7 +147,7 @@ impl Admin {
         match self.pipeline.shared().video() {
             None => "video: unavailable: not set up\n".to_owned(),
             Some(work) => match work.fence.tools().unavailable() {
-                None => "video: ok\n".to_owned(),
+                None => String::new(),
                 Some(reason) => format!("video: unavailable: {reason}\n"),
             },
         }
