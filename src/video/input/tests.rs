@@ -10,10 +10,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::*;
-use crate::video::testutil::{ffmpeg, object};
 use crate::backend::fs::FsBackend;
 use crate::backend::{AnyBackend, BackendError};
 use crate::video::fence::{Fence, Tool};
+use crate::video::testutil::{ffmpeg, object};
 use crate::video::{Tools, VideoError};
 
 /// A 1 s 64x64 H.264 MP4 and the same in MKV, AVI and TS, made once per test process.

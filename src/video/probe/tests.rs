@@ -7,11 +7,11 @@ use std::sync::{Arc, OnceLock};
 use serde_json::json;
 
 use super::*;
-use crate::video::testutil::{ffmpeg, object};
-use crate::backend::fs::FsBackend;
 use crate::backend::AnyBackend;
+use crate::backend::fs::FsBackend;
 use crate::video::Tools;
 use crate::video::input::Origin;
+use crate::video::testutil::{ffmpeg, object};
 
 fn limits() -> VideoLimits {
     VideoLimits::default()
