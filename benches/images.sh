@@ -95,14 +95,6 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 
 
-now_ns() { date +%s%N; }
-ms_since() { awk -v a="$1" -v b="$(now_ns)" 'BEGIN { printf "%.1f", (b - a) / 1e6 }'; }
-
-median() { # numbers... -> median (mean of the middle two for an even count)
-    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
-        if (NR == 0) { print "-"; exit }
-        if (NR % 2) printf "%.1f", v[(NR + 1) / 2]; else printf "%.1f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
 
 
 # CPU time (user + system) of a process so far, in ms.
@@ -179,33 +171,8 @@ Q=""
 # A gateway config on stdout: fs source `bench` over $TMP/files, signed URLs, audit on stdout
 # (the default), rate limits lifted (the load comes from one address), EXTRA appended.
 gateway_config() { # port admin-port [extra-toml]
+    gateway_toml_head "$1" "$2"
     cat <<EOF
-[listener]
-addr = "127.0.0.1:$1"
-tls_cert = "$TMP/cert.pem"
-tls_key = "$TMP/key.pem"
-
-[admin]
-addr = "127.0.0.1:$2"
-
-[network]
-allow = ["127.0.0.0/8"]
-
-[rate_limits]
-per_ip_rps = 1000000
-per_ip_burst = 1000000
-per_subject_rps = 1000000
-per_subject_burst = 1000000
-max_connections_per_ip = 100000
-
-# Every request carries a signed URL (?token=), verified and authorized as in production.
-[identity]
-audience = "bucketgate"
-
-[[identity.keys]]
-kid = "bench"
-alg = "HS256"
-secret = "file:$TMP/gw/hs256.key"
 
 $IMAGES_TOML
 ${3:-}

@@ -86,3 +86,61 @@ wait_http() { # url, seconds, pid-to-watch, [curl args...]: wait until url answe
 ratio() { # a b -> a/b with two decimals, or "-"
     awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a == "" || a == "-" || b == "" || b == "-" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'
 }
+
+now_ns() { date +%s%N; }
+ms_since() { awk -v a="$1" -v b="$(now_ns)" 'BEGIN { printf "%.1f", (b - a) / 1e6 }'; }
+median() { # numbers... -> median (mean of the middle two for an even count)
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+        if (NR == 0) { print "-"; exit }
+        if (NR % 2) printf "%.1f", v[(NR + 1) / 2]; else printf "%.1f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# --- gateway config pieces (TOML on stdout) -------------------------------------------------
+
+# [listener] on `port` with $TMP's certificate, [admin] on `admin-port`, loopback [network],
+# the rate limits lifted (the load comes from one address), and signed URLs (?token=) with the
+# bench key in $TMP/gw/hs256.key.
+gateway_toml_head() { # port admin-port
+    cat <<EOF
+[listener]
+addr = "127.0.0.1:$1"
+tls_cert = "$TMP/cert.pem"
+tls_key = "$TMP/key.pem"
+
+[admin]
+addr = "127.0.0.1:$2"
+
+[network]
+allow = ["127.0.0.0/8"]
+
+[rate_limits]
+per_ip_rps = 1000000
+per_ip_burst = 1000000
+per_subject_rps = 1000000
+per_subject_burst = 1000000
+max_connections_per_ip = 100000
+
+# Every request carries a signed URL (?token=), verified and authorized as in production.
+[identity]
+audience = "bucketgate"
+
+[[identity.keys]]
+kid = "bench"
+alg = "HS256"
+secret = "file:$TMP/gw/hs256.key"
+EOF
+}
+
+# An S3 source `name` over bucket `bench` at 127.0.0.1:`port`, path-style, with the bench access
+# key ($S3_ACCESS_KEY) and its secret from env BENCH_S3_SECRET_KEY.
+s3_source_toml() { # name port
+    cat <<EOF
+[sources.$1]
+kind = "s3"
+bucket = "bench"
+region = "us-east-1"
+endpoint = "http://127.0.0.1:$2"
+path_style = true
+credentials = { access_key_id = "$S3_ACCESS_KEY", secret_access_key = "env:BENCH_S3_SECRET_KEY" }
+EOF
+}

@@ -473,23 +473,11 @@ gateway_config() { # port admin-port network-toml flavour [extra-toml [fs-source
     if [[ -n "$S3LAT_PORT" ]]; then
         s3_source="
 # The same store behind the delaying proxy (DELAY_MS on every answer).
-[sources.s3lat]
-kind = \"s3\"
-bucket = \"bench\"
-region = \"us-east-1\"
-endpoint = \"http://127.0.0.1:$S3LAT_PORT\"
-path_style = true
-credentials = { access_key_id = \"$S3_ACCESS_KEY\", secret_access_key = \"env:BENCH_S3_SECRET_KEY\" }"
+$(s3_source_toml s3lat "$S3LAT_PORT")"
     fi
     if [[ -n "$S3_KIND" ]]; then
         s3_source+="
-[sources.s3]
-kind = \"s3\"
-bucket = \"bench\"
-region = \"us-east-1\"
-endpoint = \"http://127.0.0.1:$S3_PORT\"
-path_style = true
-credentials = { access_key_id = \"$S3_ACCESS_KEY\", secret_access_key = \"env:BENCH_S3_SECRET_KEY\" }"
+$(s3_source_toml s3 "$S3_PORT")"
     fi
     if [[ $flavour == current ]]; then
         subject="per_subject_rps = 1000000

@@ -93,13 +93,6 @@ need curl curl
 need openssl openssl
 need python3 python3
 
-now_ns() { date +%s%N; }
-ms_since() { awk -v a="$1" -v b="$(now_ns)" 'BEGIN { printf "%.1f", (b - a) / 1e6 }'; }
-median() { # numbers... -> median (mean of the middle two for an even count)
-    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
-        if (NR == 0) { print "-"; exit }
-        if (NR % 2) printf "%.1f", v[(NR + 1) / 2]; else printf "%.1f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
 sum() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", a + b }'; }
 mib() { awk -v b="$(stat -c %s "$1")" 'BEGIN { printf "%.0f", b / 1048576 }'; }
 verdict() { # value op goal -> "ok" or "MISSED"
@@ -252,41 +245,10 @@ gateway_config() { # port admin-port
     local s3_source=""
     if [[ -n "$S3_PORT" ]]; then
         s3_source="
-[sources.s3]
-kind = \"s3\"
-bucket = \"bench\"
-region = \"us-east-1\"
-endpoint = \"http://127.0.0.1:$S3_PORT\"
-path_style = true
-credentials = { access_key_id = \"$S3_ACCESS_KEY\", secret_access_key = \"env:BENCH_S3_SECRET_KEY\" }"
+$(s3_source_toml s3 "$S3_PORT")"
     fi
+    gateway_toml_head "$1" "$2"
     cat <<EOF
-[listener]
-addr = "127.0.0.1:$1"
-tls_cert = "$TMP/cert.pem"
-tls_key = "$TMP/key.pem"
-
-[admin]
-addr = "127.0.0.1:$2"
-
-[network]
-allow = ["127.0.0.0/8"]
-
-[rate_limits]
-per_ip_rps = 1000000
-per_ip_burst = 1000000
-per_subject_rps = 1000000
-per_subject_burst = 1000000
-max_connections_per_ip = 100000
-
-# Every request carries a signed URL (?token=), verified and authorized as in production.
-[identity]
-audience = "bucketgate"
-
-[[identity.keys]]
-kid = "bench"
-alg = "HS256"
-secret = "file:$TMP/gw/hs256.key"
 
 [cache]
 memory_bytes = $CACHE_MEMORY_BYTES

@@ -622,19 +622,6 @@ async fn iiif_on_s3s_fs_serves_info_and_tiles() {
     assert!(near(tile.rgb(100, 100), COLORS[7][7], 2));
 }
 
-/// A token of the test key for source `local` with `rep`.
-fn token_with_rep(rep: &[&str]) -> String {
-    support::mint(&serde_json::json!({
-        "sub": "rep-user",
-        "aud": support::TEST_AUDIENCE,
-        "iat": support::now(),
-        "exp": support::now() + 600,
-        "scope": ["local:"],
-        "role": "owner",
-        "rep": rep,
-    }))
-}
-
 #[tokio::test]
 async fn iiif_a_token_for_originals_only_is_403_and_the_audit_names_derived() {
     let logs = tempfile::tempdir().unwrap();
@@ -657,7 +644,7 @@ async fn iiif_a_token_for_originals_only_is_403_and_the_audit_names_derived() {
             .unwrap()
             .status()
     };
-    let original = token_with_rep(&["original"]);
+    let original = support::token_with_rep(&["original"]);
     assert_eq!(send("/o/local/grid.png", &original).await, StatusCode::OK);
     assert_eq!(
         send("/iiif/3/local/grid.png/full/100,/0/default.jpg", &original).await,
@@ -667,7 +654,7 @@ async fn iiif_a_token_for_originals_only_is_403_and_the_audit_names_derived() {
         send("/iiif/3/local/grid.png/info.json", &original).await,
         StatusCode::FORBIDDEN
     );
-    let derived = token_with_rep(&["derived"]);
+    let derived = support::token_with_rep(&["derived"]);
     assert_eq!(
         send("/iiif/3/local/grid.png/full/100,/0/default.jpg", &derived).await,
         StatusCode::OK
@@ -916,46 +903,14 @@ async fn iiif_the_official_validator_passes_every_level_2_test() {
 
 #[tokio::test]
 async fn iiif_explain_names_the_derived_representation_and_its_parameters() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("data")).unwrap();
-    std::fs::write(dir.path().join("k"), support::TEST_SECRET).unwrap();
-    let path = dir.path().join("config.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[listener]\naddr = \"127.0.0.1:0\"\ndev_certificate_dir = \"tls\"\n\
-             [network]\nallow = [\"127.0.0.1/32\"]\n\
-             [sources.local]\nkind = \"fs\"\nroot = \"data\"\n\
-             [identity]\naudience = \"{}\"\n\
-             [[identity.keys]]\nkid = \"{}\"\nalg = \"HS256\"\nsecret = \"file:k\"\n",
-            support::TEST_AUDIENCE,
-            support::TEST_KID
-        ),
-    )
-    .unwrap();
-    let config = bucketgate::config::load(&path).unwrap();
-    let headers = http::HeaderMap::new();
-    let explain = async |path_and_query: &str, token: &str| {
-        bucketgate::pipeline::explain::explain(
-            &config,
-            bucketgate::pipeline::explain::DryRun {
-                peer: "127.0.0.1".parse().unwrap(),
-                headers: &headers,
-                path_and_query,
-                token: Some(token),
-                sessions: None,
-            },
+    let dry = support::DryRunConfig::load();
+    let both = support::token_with_rep(&["original", "derived"]);
+    let out = dry
+        .explain(
+            "/iiif/3/local/a%2Fb.png/0,0,10,10/^pct:150/!90/gray.png",
+            &both,
         )
-        .await
-        .unwrap()
-        .to_string()
-    };
-    let both = token_with_rep(&["original", "derived"]);
-    let out = explain(
-        "/iiif/3/local/a%2Fb.png/0,0,10,10/^pct:150/!90/gray.png",
-        &both,
-    )
-    .await;
+        .await;
     assert!(
         out.contains(
             "plan:      source local key a/b.png representation derived \
@@ -963,15 +918,19 @@ async fn iiif_explain_names_the_derived_representation_and_its_parameters() {
         ),
         "{out}"
     );
-    let out = explain("/iiif/3/local/a.png/info.json", &both).await;
+    let out = dry.explain("/iiif/3/local/a.png/info.json", &both).await;
     assert!(out.contains("representation derived info.json"), "{out}");
-    let original = token_with_rep(&["original"]);
-    let out = explain("/iiif/3/local/a.png/info.json", &original).await;
+    let original = support::token_with_rep(&["original"]);
+    let out = dry
+        .explain("/iiif/3/local/a.png/info.json", &original)
+        .await;
     assert!(
         out.contains("authorize: refuse (403): rep excludes derived"),
         "{out}"
     );
-    let out = explain("/iiif/3/local/a.png/full/max/45/default.jpg", &both).await;
+    let out = dry
+        .explain("/iiif/3/local/a.png/full/max/45/default.jpg", &both)
+        .await;
     assert!(
         out.contains("request:   refuse (400): invalid rotation"),
         "{out}"

@@ -15,10 +15,9 @@ use std::time::{Duration, Instant};
 
 use bucketgate::config::CorsConfig;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::GatewayBuilder;
-use crate::support::browser::Browser;
+use crate::support::browser::{self, Browser};
 
 /// The test image: WIDTH x HEIGHT, four quadrants of these colours (top-left, top-right,
 /// bottom-left, bottom-right), saturated and far apart so JPEG tiles keep them recognisable.
@@ -30,11 +29,6 @@ const VIEW_W: u32 = 800;
 const VIEW_H: u32 = 600;
 /// Per-channel tolerance of the pixel check (JPEG tiles, resampling, colour management).
 const TOLERANCE: i32 = 40;
-
-fn openseadragon_js() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/node/node_modules/openseadragon/build/openseadragon/openseadragon.min.js")
-}
 
 /// The quadrant image as a binary PPM, then a tiled JPEG pyramid in a BigTIFF, as a slide
 /// scanner or `vips` would write it.
@@ -68,44 +62,6 @@ fn make_pyramid(dir: &Path) -> PathBuf {
     assert!(status.success(), "vips tiffsave failed");
     std::fs::remove_file(&src).unwrap();
     out
-}
-
-/// The page's origin: a plain HTTP/1.1 server on another loopback port serving the viewer page
-/// and OpenSeadragon's build. Every connection is one request (`Connection: close`).
-fn serve_page(listener: tokio::net::TcpListener, html: String, js: Vec<u8>) {
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
-                return;
-            };
-            let (html, js) = (html.clone(), js.clone());
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16384 {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let line = String::from_utf8_lossy(&head);
-                let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
-                let (status, ctype, body) = match path.as_str() {
-                    "/" => ("200 OK", "text/html; charset=utf-8", html.into_bytes()),
-                    "/openseadragon.min.js" => ("200 OK", "text/javascript", js),
-                    _ => ("404 Not Found", "text/plain", b"not found".to_vec()),
-                };
-                let head = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\
-                     Cache-Control: no-store\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = conn.write_all(head.as_bytes()).await;
-                let _ = conn.write_all(&body).await;
-                let _ = conn.shutdown().await;
-            });
-        }
-    });
 }
 
 /// The viewer page: OpenSeadragon on `info_url`, the token on every request it makes, and
@@ -200,13 +156,10 @@ fn pixel(png_bytes: &[u8], x: u32, y: u32) -> [u8; 3] {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn openseadragon_shows_a_pyramid_cross_origin_with_a_token() {
-    let js_path = openseadragon_js();
-    let js = std::fs::read(&js_path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}: run ./tests/run, which installs OpenSeadragon from npm into tests/node",
-            js_path.display()
-        )
-    });
+    let js = browser::node_module(
+        "openseadragon/build/openseadragon/openseadragon.min.js",
+        "OpenSeadragon",
+    );
     let dir = tempfile::tempdir().unwrap();
     make_pyramid(dir.path());
 
@@ -243,7 +196,17 @@ async fn openseadragon_shows_a_pyramid_cross_origin_with_a_token() {
     assert_eq!(info["width"], WIDTH, "{info}");
     assert_eq!(info["height"], HEIGHT, "{info}");
 
-    serve_page(page_listener, viewer_page(&info_url, &token), js);
+    browser::serve_page(
+        page_listener,
+        vec![
+            (
+                "/",
+                "text/html; charset=utf-8",
+                viewer_page(&info_url, &token).into_bytes(),
+            ),
+            ("/openseadragon.min.js", "text/javascript", js),
+        ],
+    );
     let page = page_origin;
 
     let browser = Browser::start().await;

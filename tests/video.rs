@@ -5,15 +5,7 @@ use crate::support::video::{self, Sample};
 /// The synthetic samples are what the other tests assume: every one decodes, with frames.
 #[test]
 fn video_samples_are_made_as_described() {
-    for s in [
-        Sample::H264Faststart,
-        Sample::MoovAtEnd,
-        Sample::Hevc,
-        Sample::Vp9Webm,
-        Sample::Vfr,
-        Sample::Rotated,
-        Sample::Mpegts,
-    ] {
+    for s in Sample::ALL {
         let path = video::sample(s);
         let times = video::frame_times(&path);
         assert!(times.len() > 100, "{s:?}: {} frames", times.len());
@@ -185,19 +177,6 @@ async fn video_disabled_is_404_and_readyz_says_off() {
     assert!(text.contains("video: off"), "{text}");
 }
 
-/// A token of the test key for source `local` with `rep`.
-fn token_with_rep(rep: &[&str]) -> String {
-    support::mint(&serde_json::json!({
-        "sub": "rep-user",
-        "aud": support::TEST_AUDIENCE,
-        "iat": support::now(),
-        "exp": support::now() + 600,
-        "scope": ["local:"],
-        "role": "owner",
-        "rep": rep,
-    }))
-}
-
 #[tokio::test]
 async fn video_a_token_for_originals_only_is_403_and_the_audit_names_derived() {
     let logs = tempfile::tempdir().unwrap();
@@ -220,12 +199,12 @@ async fn video_a_token_for_originals_only_is_403_and_the_audit_names_derived() {
             .unwrap()
             .status()
     };
-    let original = token_with_rep(&["original"]);
+    let original = support::token_with_rep(&["original"]);
     assert_eq!(
         send(&format!("{CLIP_PATH}/info.json"), &original).await,
         StatusCode::FORBIDDEN
     );
-    let derived = token_with_rep(&["derived"]);
+    let derived = support::token_with_rep(&["derived"]);
     assert_eq!(
         send(&format!("{CLIP_PATH}/poster.jpg?t=5.000"), &derived).await,
         StatusCode::OK
@@ -464,42 +443,11 @@ async fn video_web_mp4_is_served_with_range_if_range_and_head() {
 
 #[tokio::test]
 async fn video_explain_names_the_derived_representation_and_the_tail() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("data")).unwrap();
-    std::fs::write(dir.path().join("k"), support::TEST_SECRET).unwrap();
-    let path = dir.path().join("config.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[listener]\naddr = \"127.0.0.1:0\"\ndev_certificate_dir = \"tls\"\n\
-             [network]\nallow = [\"127.0.0.1/32\"]\n\
-             [sources.local]\nkind = \"fs\"\nroot = \"data\"\n\
-             [identity]\naudience = \"{}\"\n\
-             [[identity.keys]]\nkid = \"{}\"\nalg = \"HS256\"\nsecret = \"file:k\"\n",
-            support::TEST_AUDIENCE,
-            support::TEST_KID
-        ),
-    )
-    .unwrap();
-    let config = bucketgate::config::load(&path).unwrap();
-    let headers = http::HeaderMap::new();
-    let explain = async |path_and_query: &str, token: &str| {
-        bucketgate::pipeline::explain::explain(
-            &config,
-            bucketgate::pipeline::explain::DryRun {
-                peer: "127.0.0.1".parse().unwrap(),
-                headers: &headers,
-                path_and_query,
-                token: Some(token),
-                sessions: None,
-            },
-        )
-        .await
-        .unwrap()
-        .to_string()
-    };
-    let both = token_with_rep(&["original", "derived"]);
-    let out = explain("/v/local/a%2Fb.mp4/poster.jpg?t=5.000&w=320", &both).await;
+    let dry = support::DryRunConfig::load();
+    let both = support::token_with_rep(&["original", "derived"]);
+    let out = dry
+        .explain("/v/local/a%2Fb.mp4/poster.jpg?t=5.000&w=320", &both)
+        .await;
     assert!(
         out.contains(
             "plan:      source local key a/b.mp4 representation derived \
@@ -507,8 +455,10 @@ async fn video_explain_names_the_derived_representation_and_the_tail() {
         ),
         "{out}"
     );
-    let original = token_with_rep(&["original"]);
-    let out = explain("/v/local/a.mp4/hls/index.m3u8", &original).await;
+    let original = support::token_with_rep(&["original"]);
+    let out = dry
+        .explain("/v/local/a.mp4/hls/index.m3u8", &original)
+        .await;
     assert!(
         out.contains("authorize: refuse (403): rep excludes derived"),
         "{out}"

@@ -52,22 +52,18 @@ fn index_of(file: &CountingFile) -> FrameIndex {
 
 /// ffprobe's keyframe packets, as frame numbers in presentation order.
 fn ffprobe_keyframes(path: &Path) -> Vec<usize> {
-    let out = std::process::Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
+    let out = video::ffprobe(
+        path,
+        &[
             "-select_streams",
             "v:0",
             "-show_entries",
             "packet=pts_time,flags",
             "-of",
             "csv=p=0:nk=0",
-        ])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let idx = mp4::parse_packet_list(&out.stdout).unwrap();
+        ],
+    );
+    let idx = mp4::parse_packet_list(&out).unwrap();
     idx.keyframes
 }
 
@@ -148,21 +144,18 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// ffprobe's format start time and the video stream's size and rotation.
 fn describe(path: &Path) -> (f64, u32, u32, i32) {
-    let out = std::process::Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
+    let out = video::ffprobe(
+        path,
+        &[
             "-select_streams",
             "v:0",
             "-show_entries",
             "format=start_time:stream=width,height:stream_side_data=rotation",
             "-of",
             "default=nw=1",
-        ])
-        .arg(path)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+        ],
+    );
+    let text = String::from_utf8_lossy(&out);
     let field = |k: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("{k}=")))
@@ -389,22 +382,12 @@ use http::StatusCode;
 use crate::support::origin::CountingProxy;
 use crate::support::{self, GatewayBuilder};
 
-const ALL: [Sample; 7] = [
-    Sample::H264Faststart,
-    Sample::MoovAtEnd,
-    Sample::Hevc,
-    Sample::Vp9Webm,
-    Sample::Vfr,
-    Sample::Rotated,
-    Sample::Mpegts,
-];
-
 /// Every sample in an fs source: `frame/{n}.png?w=320` equals the reference for a spread of n,
 /// the frame after the last is 404, a poster past the end is the last frame.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn video_frames_of_every_sample_through_the_gateway() {
     let dir = tempfile::tempdir().unwrap();
-    for s in ALL {
+    for s in Sample::ALL {
         let bytes = std::fs::read(video::sample(s)).unwrap();
         support::write_file(dir.path(), s.file_name(), &bytes);
     }
@@ -412,7 +395,7 @@ async fn video_frames_of_every_sample_through_the_gateway() {
         .source("local", support::fs_source(dir.path()))
         .start()
         .await;
-    for s in ALL {
+    for s in Sample::ALL {
         let path = video::sample(s);
         let count = video::frame_times(&path).len() as u64;
         let base = format!("/v/local/{}", s.file_name());

@@ -15,21 +15,18 @@ use crate::support::{GatewayBuilder, TestGateway};
 /// presentation times ascending, keyframes by their number in that order; and the format's
 /// duration.
 fn ffprobe_index(path: &Path) -> (FrameIndex, f64) {
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
+    let out = video::ffprobe(
+        path,
+        &[
             "-select_streams",
             "v:0",
             "-show_entries",
             "packet=pts_time,flags",
             "-of",
             "csv=p=0",
-        ])
-        .arg(path)
-        .output()
-        .expect("ffprobe runs");
-    let mut packets: Vec<(f64, bool)> = String::from_utf8_lossy(&out.stdout)
+        ],
+    );
+    let mut packets: Vec<(f64, bool)> = String::from_utf8_lossy(&out)
         .lines()
         .filter_map(|l| {
             let mut it = l.split(',');
@@ -48,19 +45,11 @@ fn ffprobe_index(path: &Path) -> (FrameIndex, f64) {
             .map(|(i, _)| i)
             .collect(),
     };
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "format=duration",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(path)
-        .output()
-        .expect("ffprobe runs");
-    let duration = String::from_utf8_lossy(&out.stdout)
+    let out = video::ffprobe(
+        path,
+        &["-show_entries", "format=duration", "-of", "csv=p=0"],
+    );
+    let duration = String::from_utf8_lossy(&out)
         .trim()
         .parse()
         .expect("format duration");
@@ -326,21 +315,17 @@ struct SegmentProbe {
 }
 
 fn probe_segment(path: &Path) -> SegmentProbe {
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
+    let out = video::ffprobe(
+        path,
+        &[
             "-show_entries",
             "frame=media_type,pts_time",
             "-of",
             "csv=p=0",
-        ])
-        .arg(path)
-        .output()
-        .expect("ffprobe runs");
-    assert!(out.status.success(), "ffprobe {}", path.display());
+        ],
+    );
     let mut pts = Vec::new();
-    for l in String::from_utf8_lossy(&out.stdout).lines() {
+    for l in String::from_utf8_lossy(&out).lines() {
         let mut it = l.split(',');
         if it.next() == Some("video")
             && let Some(t) = it.next().and_then(|t| t.trim().parse::<f64>().ok())
@@ -349,21 +334,18 @@ fn probe_segment(path: &Path) -> SegmentProbe {
         }
     }
     pts.sort_by(f64::total_cmp);
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
+    let out = video::ffprobe(
+        path,
+        &[
             "-select_streams",
             "a",
             "-show_entries",
             "packet=pts_time",
             "-of",
             "csv=p=0",
-        ])
-        .arg(path)
-        .output()
-        .expect("ffprobe runs");
-    let audio_packets = String::from_utf8_lossy(&out.stdout)
+        ],
+    );
+    let audio_packets = String::from_utf8_lossy(&out)
         .lines()
         .filter(|l| !l.trim().is_empty())
         .count();

@@ -10,14 +10,12 @@
 //! chromium and chromedriver are [`Browser`] guards, the page server a task of the test's
 //! runtime: nothing outlives the test. Every wait polls a condition up to a deadline.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bucketgate::config::{AuditDestination, CorsConfig};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::browser::Browser;
+use crate::support::browser::{self, Browser};
 use crate::support::video::{self, Sample};
 use crate::video_hls::HlsGateway;
 
@@ -32,48 +30,6 @@ const COUNTER_Y: (u32, u32) = (20, 84);
 /// The canvas the page draws the video into (the sample's size).
 const W: u32 = 640;
 const H: u32 = 360;
-
-fn hls_js() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node/node_modules/hls.js/dist/hls.min.js")
-}
-
-/// The page's origin: a plain HTTP/1.1 server on another loopback port serving the page and
-/// hls.js. Every connection is one request (`Connection: close`).
-fn serve_page(listener: tokio::net::TcpListener, html: String, js: Vec<u8>) {
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
-                return;
-            };
-            let (html, js) = (html.clone(), js.clone());
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16384 {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let line = String::from_utf8_lossy(&head);
-                let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
-                let (status, ctype, body) = match path.as_str() {
-                    "/" => ("200 OK", "text/html; charset=utf-8", html.into_bytes()),
-                    "/hls.min.js" => ("200 OK", "text/javascript", js),
-                    _ => ("404 Not Found", "text/plain", b"not found".to_vec()),
-                };
-                let head = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\
-                     Cache-Control: no-store\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = conn.write_all(head.as_bytes()).await;
-                let _ = conn.write_all(&body).await;
-                let _ = conn.shutdown().await;
-            });
-        }
-    });
-}
 
 /// The player page: hls.js on `playlist`, its events and the video's in `window.player`.
 fn player_page(playlist: &str) -> String {
@@ -142,13 +98,7 @@ async fn wait_player(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hls_js_plays_and_seeks_cross_origin_with_a_token() {
-    let js_path = hls_js();
-    let js = std::fs::read(&js_path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}: run ./tests/run, which installs hls.js from npm into tests/node",
-            js_path.display()
-        )
-    });
+    let js = browser::node_module("hls.js/dist/hls.min.js", "hls.js");
     let s = Sample::H264Faststart;
     let logs = tempfile::tempdir().expect("temp dir");
     let audit = logs.path().join("audit.log");
@@ -170,7 +120,17 @@ async fn hls_js_plays_and_seeks_cross_origin_with_a_token() {
     })
     .await;
     let playlist = h.url(s, "hls/index.m3u8");
-    serve_page(page_listener, player_page(&playlist), js);
+    browser::serve_page(
+        page_listener,
+        vec![
+            (
+                "/",
+                "text/html; charset=utf-8",
+                player_page(&playlist).into_bytes(),
+            ),
+            ("/hls.min.js", "text/javascript", js),
+        ],
+    );
 
     let browser = Browser::start().await;
     browser.goto(&format!("{page_origin}/")).await;

@@ -83,6 +83,45 @@ async fn probe_fed(
         .expect("the probe was not bounded")
 }
 
+/// What a [`Job`] needs besides its input and probe: a work area over a fence with its store
+/// in a fresh temp dir, the default limits, links under `base`.
+struct JobParts {
+    work: Work,
+    limits: VideoLimits,
+    links: Links,
+    _store: tempfile::TempDir,
+}
+
+impl JobParts {
+    fn new(fence: Fence, base: &str) -> JobParts {
+        let store = tempfile::tempdir().unwrap();
+        let work = Work::new(
+            fence,
+            web::Store::new(store.path().to_path_buf(), 1 << 30).unwrap(),
+            4,
+        );
+        JobParts {
+            work,
+            limits: VideoLimits::default(),
+            links: Links {
+                base: base.into(),
+                query: None,
+            },
+            _store: store,
+        }
+    }
+
+    fn job<'a>(&'a self, input: &'a Input, probe: &'a VideoProbe) -> Job<'a> {
+        Job {
+            input,
+            probe,
+            limits: &self.limits,
+            work: &self.work,
+            links: &self.links,
+        }
+    }
+}
+
 fn read(sample: Sample) -> Vec<u8> {
     std::fs::read(video::sample(sample)).unwrap()
 }
@@ -271,27 +310,11 @@ async fn hostile_faststart_mp4_cut_in_half_probes_but_frames_past_the_cut_are_42
     let probe = probe_fs(&backend, "cut.mp4", &fence).await.unwrap();
     let frames = probe.frames.clone().unwrap();
     let last = frames.pts.len() as u64 - 1;
-    let store_dir = tempfile::tempdir().unwrap();
-    let work = Work::new(
-        fence,
-        web::Store::new(store_dir.path().to_path_buf(), 1 << 30).unwrap(),
-        4,
-    );
+    let parts = JobParts::new(fence, "/v/s/cut.mp4/");
     let input = Input::of_object(&backend, "cut.mp4", object(&backend, "cut.mp4").await)
         .await
         .unwrap();
-    let links = Links {
-        base: "/v/s/cut.mp4/".into(),
-        query: None,
-    };
-    let limits = VideoLimits::default();
-    let job = Job {
-        input: &input,
-        probe: &probe,
-        limits: &limits,
-        work: &work,
-        links: &links,
-    };
+    let job = parts.job(&input, &probe);
     let early = frame::frame(&job, 1, Some(64), FrameFormat::Jpg).await;
     assert!(early.is_ok(), "{early:?}");
     let late = tokio::time::timeout(GUARD, frame::frame(&job, last, Some(64), FrameFormat::Jpg))
@@ -545,24 +568,8 @@ async fn hostile_s3_source_is_read_by_ranges_never_whole_for_a_poster() {
         .await
         .unwrap();
     assert_eq!(probe.frames.as_ref().unwrap().pts.len(), 1000);
-    let store_dir = tempfile::tempdir().unwrap();
-    let work = Work::new(
-        fence,
-        web::Store::new(store_dir.path().to_path_buf(), 1 << 30).unwrap(),
-        4,
-    );
-    let links = Links {
-        base: "/v/s/cam%2Fbig.mp4/".into(),
-        query: None,
-    };
-    let limits = VideoLimits::default();
-    let job = Job {
-        input: &input,
-        probe: &probe,
-        limits: &limits,
-        work: &work,
-        links: &links,
-    };
+    let parts = JobParts::new(fence, "/v/s/cam%2Fbig.mp4/");
+    let job = parts.job(&input, &probe);
     let poster = frame::poster(&job, 2_000, Some(160)).await.unwrap();
     assert!(poster.starts_with(&[0xFF, 0xD8]));
 

@@ -125,15 +125,18 @@ fn assert_moov_first(bytes: &[u8]) {
 
 /// ffprobe's `-show_entries` of `path` as `key=value` lines.
 fn ffprobe(path: &Path, entries: &str, select: &str) -> String {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", select, "-show_entries"])
-        .arg(entries)
-        .args(["-of", "default=nw=1"])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap()
+    let out = video::ffprobe(
+        path,
+        &[
+            "-select_streams",
+            select,
+            "-show_entries",
+            entries,
+            "-of",
+            "default=nw=1",
+        ],
+    );
+    String::from_utf8(out).unwrap()
 }
 
 fn field(text: &str, key: &str) -> Option<String> {
@@ -427,43 +430,6 @@ async fn web_mp4_concurrent_gets_share_one_transcode_and_ranges_come_from_the_st
     assert_eq!(rig.web_runs(), 1, "served from the store");
 }
 
-/// The page's origin: a plain HTTP/1.1 server on another loopback port serving one page.
-fn serve_page(listener: tokio::net::TcpListener, html: String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
-                return;
-            };
-            let html = html.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16384 {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let line = String::from_utf8_lossy(&head);
-                let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
-                let (status, body) = match path.as_str() {
-                    "/" => ("200 OK", html.into_bytes()),
-                    _ => ("404 Not Found", b"not found".to_vec()),
-                };
-                let head = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\n\
-                     Content-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = conn.write_all(head.as_bytes()).await;
-                let _ = conn.write_all(&body).await;
-                let _ = conn.shutdown().await;
-            });
-        }
-    });
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn browser_plays_web_mp4_cross_origin_with_a_token_and_seeks_by_ranges() {
     use serde_json::{Value, json};
@@ -508,7 +474,10 @@ v.addEventListener("seeked", () => {{ window.st.seeked = true; window.st.time = 
 v.addEventListener("error", () => {{ window.st.failure = String(v.error && v.error.code) + " " + String(v.error && v.error.message); }});
 </script></body></html>"#
     );
-    serve_page(page_listener, page);
+    crate::support::browser::serve_page(
+        page_listener,
+        vec![("/", "text/html; charset=utf-8", page.into_bytes())],
+    );
 
     let browser = Browser::start().await;
     browser.goto(&format!("{page_origin}/")).await;

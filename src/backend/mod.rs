@@ -275,6 +275,32 @@ impl BackendError {
         )
     }
 
+    /// A copy of this error for every request that waited on the same shared read (its sources
+    /// as text: they are not `Clone`).
+    pub fn share(&self) -> BackendError {
+        use BackendError as B;
+        match self {
+            B::NotFound => B::NotFound,
+            B::NotAnObject => B::NotAnObject,
+            B::AccessDenied => B::AccessDenied,
+            B::ConfigFault { code } => B::ConfigFault { code },
+            B::RoleConfigFault { role_arn, code } => B::RoleConfigFault {
+                role_arn: role_arn.clone(),
+                code: code.clone(),
+            },
+            B::CredentialsUnavailable { retry_after } => B::CredentialsUnavailable {
+                retry_after: *retry_after,
+            },
+            B::Changed => B::Changed,
+            B::Unreachable(e) => B::Unreachable(e.to_string().into()),
+            B::Timeout(d) => B::Timeout(*d),
+            B::Stalled(d) => B::Stalled(*d),
+            B::BodyBroken(e) => B::BodyBroken(e.to_string().into()),
+            B::Io(io) => B::Io(std::io::Error::new(io.kind(), io.to_string())),
+            B::Protocol(s) => B::Protocol(s.clone()),
+        }
+    }
+
     /// Short machine label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {

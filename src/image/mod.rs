@@ -263,7 +263,6 @@ pub async fn render(
 
 /// A copy of `e` for every request that waited on the same probe or render.
 pub fn share(e: &ImageError) -> ImageError {
-    use crate::backend::BackendError as B;
     match e {
         ImageError::BadParameter { param, why } => ImageError::BadParameter {
             param,
@@ -274,26 +273,7 @@ pub fn share(e: &ImageError) -> ImageError {
         ImageError::Corrupt(s) => ImageError::Corrupt(s.clone()),
         ImageError::Busy => ImageError::Busy,
         ImageError::TimedOut => ImageError::TimedOut,
-        ImageError::Source(b) => ImageError::Source(match b {
-            B::NotFound => B::NotFound,
-            B::NotAnObject => B::NotAnObject,
-            B::AccessDenied => B::AccessDenied,
-            B::ConfigFault { code } => B::ConfigFault { code },
-            B::RoleConfigFault { role_arn, code } => B::RoleConfigFault {
-                role_arn: role_arn.clone(),
-                code: code.clone(),
-            },
-            B::CredentialsUnavailable { retry_after } => B::CredentialsUnavailable {
-                retry_after: *retry_after,
-            },
-            B::Changed => B::Changed,
-            B::Unreachable(e) => B::Unreachable(e.to_string().into()),
-            B::Timeout(d) => B::Timeout(*d),
-            B::Stalled(d) => B::Stalled(*d),
-            B::BodyBroken(e) => B::BodyBroken(e.to_string().into()),
-            B::Io(io) => B::Io(std::io::Error::new(io.kind(), io.to_string())),
-            B::Protocol(s) => B::Protocol(s.clone()),
-        }),
+        ImageError::Source(b) => ImageError::Source(b.share()),
     }
 }
 

@@ -120,7 +120,7 @@ impl Error {
                 source_name: source_name.to_owned(),
                 // Shared between the requests of one job: the one that led may hold the only
                 // reference, the others see a copy of its kind.
-                error: std::sync::Arc::try_unwrap(error).unwrap_or_else(|e| copy_backend_error(&e)),
+                error: std::sync::Arc::try_unwrap(error).unwrap_or_else(|e| e.share()),
             },
             error => Error::Video {
                 source_name: source_name.to_owned(),
@@ -460,32 +460,6 @@ impl Error {
     /// an ordinary client mistake.
     pub fn is_server_fault(&self) -> bool {
         self.status().is_server_error()
-    }
-}
-
-/// A copy of a backend error shared between the requests of one video job (its sources as
-/// text).
-fn copy_backend_error(e: &BackendError) -> BackendError {
-    use BackendError as B;
-    match e {
-        B::NotFound => B::NotFound,
-        B::NotAnObject => B::NotAnObject,
-        B::AccessDenied => B::AccessDenied,
-        B::ConfigFault { code } => B::ConfigFault { code },
-        B::RoleConfigFault { role_arn, code } => B::RoleConfigFault {
-            role_arn: role_arn.clone(),
-            code: code.clone(),
-        },
-        B::CredentialsUnavailable { retry_after } => B::CredentialsUnavailable {
-            retry_after: *retry_after,
-        },
-        B::Changed => B::Changed,
-        B::Unreachable(e) => B::Unreachable(e.to_string().into()),
-        B::Timeout(d) => B::Timeout(*d),
-        B::Stalled(d) => B::Stalled(*d),
-        B::BodyBroken(e) => B::BodyBroken(e.to_string().into()),
-        B::Io(io) => B::Io(std::io::Error::new(io.kind(), io.to_string())),
-        B::Protocol(s) => B::Protocol(s.clone()),
     }
 }
 

@@ -162,29 +162,23 @@ pub(super) async fn serve(
     };
     match s.video {
         VideoRequest::Info | VideoRequest::HlsPlaylist | VideoRequest::SpriteVtt => {
-            let input = Box::pin(part.input()).await.map_err(video_err)?;
-            let probe = Box::pin(part.probe(&input)).await.map_err(video_err)?;
-            let job = Job {
-                input: &input,
-                probe: &probe,
-                limits,
-                work,
-                links: &links,
-            };
-            let (body, ctype) = match s.video {
-                VideoRequest::HlsPlaylist => (
-                    video::hls::playlist(&job).map_err(video_err)?,
-                    "application/vnd.apple.mpegurl",
-                ),
-                VideoRequest::SpriteVtt => (
-                    video::sprite::vtt(&job).map_err(video_err)?,
-                    "text/vtt; charset=utf-8",
-                ),
-                _ => (
-                    video::info::info_json(&probe, &links).to_string(),
-                    "application/json",
-                ),
-            };
+            let (body, ctype) = part
+                .with_job(&links, async |job| {
+                    Ok(match s.video {
+                        VideoRequest::HlsPlaylist => {
+                            (video::hls::playlist(job)?, "application/vnd.apple.mpegurl")
+                        }
+                        VideoRequest::SpriteVtt => {
+                            (video::sprite::vtt(job)?, "text/vtt; charset=utf-8")
+                        }
+                        _ => (
+                            video::info::info_json(job.probe, job.links).to_string(),
+                            "application/json",
+                        ),
+                    })
+                })
+                .await
+                .map_err(video_err)?;
             ctx.cache(Outcome::Bypass);
             let resp = head(
                 StatusCode::OK,
@@ -202,36 +196,28 @@ pub(super) async fn serve(
                 .run(
                     &key,
                     Box::pin(async {
-                        let input = Box::pin(part.input()).await?;
-                        let probe = Box::pin(part.probe(&input)).await?;
-                        let job = Job {
-                            input: &input,
-                            probe: &probe,
-                            limits,
-                            work,
-                            links: &links,
-                        };
-                        let rendition = tokio::time::timeout(
-                            limits.transcode_timeout,
-                            Box::pin(video::web::web_mp4(&job, &key)),
-                        )
-                        .await
-                        .unwrap_or(Err(VideoError::TimedOut))?;
+                        let rendition = part
+                            .with_job(&links, async |job| {
+                                tokio::time::timeout(
+                                    limits.transcode_timeout,
+                                    Box::pin(video::web::web_mp4(job, &key)),
+                                )
+                                .await
+                                .unwrap_or(Err(VideoError::TimedOut))
+                            })
+                            .await?;
                         Ok(Output::File(rendition))
                     }),
                 )
                 .await;
             ctx.cache(Outcome::Bypass);
-            match made.map_err(video_err)? {
-                Output::File(rendition) => {
-                    serve_file(&s.request.headers, &etag, rendition, s.head_only)
-                }
-                // web_mp4 makes files only.
-                Output::Bytes { body, content_type } => bytes_response(&etag, content_type, body),
-                Output::Text { body, content_type } => {
-                    bytes_response(&etag, content_type, Bytes::from(body))
-                }
-            }
+            // web_mp4 makes files only.
+            output_response(
+                &s.request.headers,
+                &etag,
+                made.map_err(video_err)?,
+                s.head_only,
+            )
         }
         VideoRequest::Poster { .. }
         | VideoRequest::Frame { .. }
@@ -243,21 +229,16 @@ pub(super) async fn serve(
                 .run(
                     &entry,
                     Box::pin(async {
-                        let input = Box::pin(part.input()).await?;
-                        let probe = Box::pin(part.probe(&input)).await?;
-                        let job = Job {
-                            input: &input,
-                            probe: &probe,
-                            limits,
-                            work,
-                            links: &links,
-                        };
-                        let body = tokio::time::timeout(
-                            limits.job_timeout,
-                            Box::pin(make_bytes(&job, s.video)),
-                        )
-                        .await
-                        .unwrap_or(Err(VideoError::TimedOut))?;
+                        let body = part
+                            .with_job(&links, async |job| {
+                                tokio::time::timeout(
+                                    limits.job_timeout,
+                                    Box::pin(make_bytes(job, s.video)),
+                                )
+                                .await
+                                .unwrap_or(Err(VideoError::TimedOut))
+                            })
+                            .await?;
                         if let Some(cache) = &cache
                             && body.len() as u64
                                 <= crate::config::defaults::VIDEO_CACHED_OUTPUT_BYTES_MAX
@@ -276,15 +257,12 @@ pub(super) async fn serve(
                 (Some(_), true) => Outcome::Miss,
                 (Some(_), false) => Outcome::Coalesced,
             });
-            match made.map_err(video_err)? {
-                Output::Bytes { body, content_type } => bytes_response(&etag, content_type, body),
-                Output::Text { body, content_type } => {
-                    bytes_response(&etag, content_type, Bytes::from(body))
-                }
-                Output::File(rendition) => {
-                    serve_file(&s.request.headers, &etag, rendition, s.head_only)
-                }
-            }
+            output_response(
+                &s.request.headers,
+                &etag,
+                made.map_err(video_err)?,
+                s.head_only,
+            )
         }
     }
 }
@@ -386,6 +364,24 @@ struct Part<'a, 's> {
 }
 
 impl Part<'_, '_> {
+    /// `make` on the job over this version's input and its probe.
+    async fn with_job<T>(
+        &self,
+        links: &Links,
+        make: impl AsyncFnOnce(&Job<'_>) -> Result<T, VideoError>,
+    ) -> Result<T, VideoError> {
+        let input = Box::pin(self.input()).await?;
+        let probe = Box::pin(self.probe(&input)).await?;
+        let job = Job {
+            input: &input,
+            probe: &probe,
+            limits: self.limits,
+            work: self.work,
+            links,
+        };
+        make(&job).await
+    }
+
     /// ffmpeg's input: the fs file, or ranged reads of this version through the cache.
     async fn input(&self) -> Result<Input, VideoError> {
         let limits = &self.s.snapshot.limits;
@@ -463,6 +459,22 @@ fn head(
         b = b.header(CONTENT_TYPE, ctype).header(CONTENT_LENGTH, len);
     }
     b.body(web::empty()).map_err(Error::Internal)
+}
+
+/// The response for a job's output: bytes or text whole, a file with Range and HEAD.
+fn output_response(
+    headers: &http::HeaderMap,
+    etag: &str,
+    output: Output,
+    head_only: bool,
+) -> Result<Response<ResponseBody>, Error> {
+    match output {
+        Output::Bytes { body, content_type } => bytes_response(etag, content_type, body),
+        Output::Text { body, content_type } => {
+            bytes_response(etag, content_type, Bytes::from(body))
+        }
+        Output::File(rendition) => serve_file(headers, etag, rendition, head_only),
+    }
 }
 
 fn bytes_response(

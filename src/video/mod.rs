@@ -32,6 +32,8 @@ pub mod mp4;
 pub mod probe;
 pub mod request;
 pub mod sprite;
+#[cfg(test)]
+mod testutil;
 pub mod web;
 
 use std::path::PathBuf;

@@ -253,3 +253,61 @@ fn delete_session(port: u16, session: &str) -> std::io::Result<()> {
         Err(std::io::Error::other(head))
     }
 }
+
+/// A page's origin for cross-origin browser tests: a plain HTTP/1.1 server on `listener`
+/// (another loopback port is another origin) answering each `(path, content type, body)` of
+/// `files` and 404 to anything else. Every connection is one request (`Connection: close`).
+/// The server is a task of the test's runtime: it ends with the test.
+pub fn serve_page(
+    listener: tokio::net::TcpListener,
+    files: Vec<(&'static str, &'static str, Vec<u8>)>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let files = std::sync::Arc::new(files);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let files = files.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16384 {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&head);
+                let path = line.split_whitespace().nth(1).unwrap_or("/");
+                let (status, ctype, body) = match files.iter().find(|(p, _, _)| *p == path) {
+                    Some((_, ctype, body)) => ("200 OK", *ctype, &body[..]),
+                    None => ("404 Not Found", "text/plain", &b"not found"[..]),
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\
+                     Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(head.as_bytes()).await;
+                let _ = conn.write_all(body).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+}
+
+/// The bytes of `tests/node/node_modules/<path>` (a JS build `tests/run` installs from npm as
+/// `package`); a missing file fails the test, naming the command that installs it.
+pub fn node_module(path: &str, package: &str) -> Vec<u8> {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/node/node_modules")
+        .join(path);
+    std::fs::read(&full).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: run ./tests/run, which installs {package} from npm into tests/node",
+            full.display()
+        )
+    })
+}

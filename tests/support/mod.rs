@@ -162,6 +162,66 @@ pub struct TestGateway {
     token: Option<String>,
 }
 
+/// A token of the test key for source `local` with `rep` (the representations it allows).
+pub fn token_with_rep(rep: &[&str]) -> String {
+    mint(&serde_json::json!({
+        "sub": "rep-user",
+        "aud": TEST_AUDIENCE,
+        "iat": now(),
+        "exp": now() + 600,
+        "scope": ["local:"],
+        "role": "owner",
+        "rep": rep,
+    }))
+}
+
+/// `bucketgate explain` dry runs against a config loaded from a file: an fs source `local`,
+/// the test key, peers on 127.0.0.1.
+pub struct DryRunConfig {
+    _dir: TempDir,
+    config: bucketgate::config::Config,
+}
+
+impl DryRunConfig {
+    pub fn load() -> DryRunConfig {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        std::fs::write(dir.path().join("k"), TEST_SECRET).unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[listener]\naddr = \"127.0.0.1:0\"\ndev_certificate_dir = \"tls\"\n\
+                 [network]\nallow = [\"127.0.0.1/32\"]\n\
+                 [sources.local]\nkind = \"fs\"\nroot = \"data\"\n\
+                 [identity]\naudience = \"{TEST_AUDIENCE}\"\n\
+                 [[identity.keys]]\nkid = \"{TEST_KID}\"\nalg = \"HS256\"\nsecret = \"file:k\"\n",
+            ),
+        )
+        .unwrap();
+        let config = bucketgate::config::load(&path).unwrap();
+        DryRunConfig { _dir: dir, config }
+    }
+
+    /// What `explain` prints for a request of `path_and_query` with `token` from 127.0.0.1.
+    pub async fn explain(&self, path_and_query: &str, token: &str) -> String {
+        let headers = HeaderMap::new();
+        bucketgate::pipeline::explain::explain(
+            &self.config,
+            bucketgate::pipeline::explain::DryRun {
+                peer: "127.0.0.1".parse().unwrap(),
+                headers: &headers,
+                path_and_query,
+                token: Some(token),
+                sessions: None,
+            },
+        )
+        .await
+        .unwrap()
+        .to_string()
+    }
+}
+
 /// Rate limits for tests: high enough that no test trips them unless it sets its own.
 pub fn test_rate_limits() -> RateLimits {
     RateLimits {

@@ -28,6 +28,17 @@ pub enum Sample {
 }
 
 impl Sample {
+    /// Every kind of sample.
+    pub const ALL: [Sample; 7] = [
+        Sample::H264Faststart,
+        Sample::MoovAtEnd,
+        Sample::Hevc,
+        Sample::Vp9Webm,
+        Sample::Vfr,
+        Sample::Rotated,
+        Sample::Mpegts,
+    ];
+
     pub fn file_name(self) -> &'static str {
         match self {
             Sample::H264Faststart => "faststart.mp4",
@@ -213,6 +224,24 @@ pub fn ffmpeg(args: &[String]) -> Vec<u8> {
     out.stdout
 }
 
+/// Run ffprobe with `-v error`, `args`, then `path`; its stdout. Panics with its stderr on
+/// failure.
+pub fn ffprobe(path: &Path, args: &[&str]) -> Vec<u8> {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error"])
+        .args(args)
+        .arg(path)
+        .output()
+        .expect("ffprobe runs (tests/run installs it)");
+    assert!(
+        out.status.success(),
+        "ffprobe {args:?} {} failed: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// Frame `n` of `path` as ffmpeg's `select=eq(n\,N)` decodes it, scaled to `width` when given
 /// (bicubic, height even), as raw RGB24: (width, height, pixels).
 pub fn reference_frame(path: &Path, n: u64, width: Option<u32>) -> (u32, u32, Vec<u8>) {
@@ -241,21 +270,18 @@ pub fn decode_to_rgb(image: &[u8]) -> (u32, u32, Vec<u8>) {
     let dir = tempfile::tempdir().expect("temp dir");
     let src = dir.path().join("in");
     std::fs::write(&src, image).expect("write");
-    let probe = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
+    let probe = ffprobe(
+        &src,
+        &[
             "-select_streams",
             "v:0",
             "-show_entries",
             "stream=width,height",
             "-of",
             "csv=p=0",
-        ])
-        .arg(&src)
-        .output()
-        .expect("ffprobe runs");
-    let text = String::from_utf8_lossy(&probe.stdout);
+        ],
+    );
+    let text = String::from_utf8_lossy(&probe);
     let mut it = text.trim().split(',');
     let w: u32 = it.next().and_then(|v| v.parse().ok()).expect("width");
     let h: u32 = it.next().and_then(|v| v.parse().ok()).expect("height");
@@ -294,21 +320,18 @@ pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
 /// Presentation times (seconds) of every video frame of `path`, in presentation order, as
 /// ffprobe reads them (the whole file).
 pub fn frame_times(path: &Path) -> Vec<f64> {
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
+    let out = ffprobe(
+        path,
+        &[
             "-select_streams",
             "v:0",
             "-show_entries",
             "frame=pts_time",
             "-of",
             "csv=p=0",
-        ])
-        .arg(path)
-        .output()
-        .expect("ffprobe runs");
-    let mut t: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        ],
+    );
+    let mut t: Vec<f64> = String::from_utf8_lossy(&out)
         .lines()
         .filter_map(|l| l.trim().trim_end_matches(',').parse().ok())
         .collect();

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use super::*;
 use crate::backend::fs::FsBackend;
-use crate::backend::{AnyBackend, Backend, BackendError, Caller, OwnedCaller};
+use crate::backend::{AnyBackend, BackendError};
 use crate::video::fence::{Fence, Tool};
+use crate::video::testutil::{ffmpeg, object};
 use crate::video::{Tools, VideoError};
 
 /// A 1 s 64x64 H.264 MP4 and the same in MKV, AVI and TS, made once per test process.
@@ -21,16 +22,8 @@ fn samples() -> &'static Path {
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
-        let run = |args: &[&str]| {
-            let status = std::process::Command::new("ffmpeg")
-                .args(["-nostdin", "-v", "error", "-y"])
-                .args(args)
-                .status()
-                .unwrap();
-            assert!(status.success(), "ffmpeg {args:?}");
-        };
         let mp4 = p.join("a.mp4");
-        run(&[
+        ffmpeg(&[
             "-f",
             "lavfi",
             "-i",
@@ -50,7 +43,7 @@ fn samples() -> &'static Path {
             args.extend(extra);
             let out = p.join(out);
             args.push(out.to_str().unwrap());
-            run(&args);
+            ffmpeg(&args);
         }
         dir
     })
@@ -69,18 +62,6 @@ fn source(files: &[(&str, Vec<u8>)]) -> (tempfile::TempDir, Arc<AnyBackend>) {
     }
     let backend = Arc::new(AnyBackend::Fs(FsBackend::new(dir.path()).unwrap()));
     (dir, backend)
-}
-
-async fn object(backend: &Arc<AnyBackend>, key: &str) -> ObjectBytes {
-    let meta = backend.head(key, Caller::Gateway).await.unwrap();
-    ObjectBytes::new(
-        Arc::clone(backend),
-        key.to_owned(),
-        Arc::new(meta),
-        OwnedCaller::Gateway,
-        None,
-        64 << 20,
-    )
 }
 
 fn mp4_bytes() -> Vec<u8> {

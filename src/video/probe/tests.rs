@@ -7,11 +7,11 @@ use std::sync::{Arc, OnceLock};
 use serde_json::json;
 
 use super::*;
+use crate::backend::AnyBackend;
 use crate::backend::fs::FsBackend;
-use crate::backend::{AnyBackend, Backend, Caller, OwnedCaller};
-use crate::image::source::ObjectBytes;
 use crate::video::Tools;
 use crate::video::input::Origin;
+use crate::video::testutil::{ffmpeg, object};
 
 fn limits() -> VideoLimits {
     VideoLimits::default()
@@ -252,15 +252,7 @@ fn samples() -> &'static std::path::Path {
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let mp4 = dir.path().join("a.mp4");
-        let run = |args: &[&str]| {
-            let status = std::process::Command::new("ffmpeg")
-                .args(["-nostdin", "-v", "error", "-y"])
-                .args(args)
-                .status()
-                .unwrap();
-            assert!(status.success(), "ffmpeg {args:?}");
-        };
-        run(&[
+        ffmpeg(&[
             "-f",
             "lavfi",
             "-i",
@@ -279,7 +271,7 @@ fn samples() -> &'static std::path::Path {
             "+faststart",
             mp4.to_str().unwrap(),
         ]);
-        run(&[
+        ffmpeg(&[
             "-i",
             mp4.to_str().unwrap(),
             "-c",
@@ -289,18 +281,6 @@ fn samples() -> &'static std::path::Path {
         dir
     })
     .path()
-}
-
-async fn object(backend: &Arc<AnyBackend>, key: &str) -> ObjectBytes {
-    let meta = backend.head(key, Caller::Gateway).await.unwrap();
-    ObjectBytes::new(
-        Arc::clone(backend),
-        key.to_owned(),
-        Arc::new(meta),
-        OwnedCaller::Gateway,
-        None,
-        64 << 20,
-    )
 }
 
 #[tokio::test]
