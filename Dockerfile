@@ -22,11 +22,13 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked --bin bucketgate \
     && install -m 0755 target/release/bucketgate /usr/local/bin/bucketgate
 
-# Runtime stage: the binary, CA roots and an unprivileged user; nothing else is written at run
-# time but the directories below, so the root filesystem can be mounted read-only.
+# Runtime stage: the binary, CA roots, Debian's ffmpeg (ffmpeg and ffprobe, for the /v/ video
+# routes; without them those routes answer 503) and an unprivileged user; nothing else is
+# written at run time but the directories below and /tmp (video jobs), so the root filesystem
+# can be mounted read-only.
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
+    && apt-get install -y --no-install-recommends ca-certificates ffmpeg \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 bucketgate \
     && useradd --system --uid 10001 --gid 10001 --home-dir /srv/bucketgate --shell /usr/sbin/nologin bucketgate \
