@@ -154,32 +154,9 @@ impl VideoLimits {
 }
 
 impl Default for VideoLimits {
+    /// The limits of an absent `[video]` table (one place holds the defaults: `VideoConfig`).
     fn default() -> VideoLimits {
-        use crate::config::defaults as d;
-        VideoLimits {
-            max_duration: Duration::from_secs(d::VIDEO_MAX_DURATION_SECS),
-            max_width: d::VIDEO_MAX_WIDTH,
-            max_height: d::VIDEO_MAX_HEIGHT,
-            max_pixels: d::VIDEO_MAX_PIXELS,
-            max_streams: d::VIDEO_MAX_STREAMS,
-            max_bit_rate: d::VIDEO_MAX_BIT_RATE,
-            max_source_bytes: d::VIDEO_MAX_SOURCE_BYTES,
-            containers: vec![
-                Container::Mov,
-                Container::Matroska,
-                Container::Avi,
-                Container::Mpegts,
-            ],
-            video_codecs: d::VIDEO_CODECS.iter().map(|s| (*s).to_owned()).collect(),
-            audio_codecs: d::AUDIO_CODECS.iter().map(|s| (*s).to_owned()).collect(),
-            job_timeout: Duration::from_secs(d::VIDEO_JOB_TIMEOUT_SECS),
-            transcode_timeout: Duration::from_secs(d::VIDEO_TRANSCODE_TIMEOUT_SECS),
-            preset: d::VIDEO_PRESET.to_owned(),
-            crf: d::VIDEO_CRF,
-            max_output_side: d::VIDEO_MAX_OUTPUT_SIDE,
-            segment_secs: d::VIDEO_SEGMENT_SECS,
-            max_output_width: d::VIDEO_MAX_OUTPUT_WIDTH,
-        }
+        VideoLimits::from_config(&crate::config::VideoConfig::default())
     }
 }
 
